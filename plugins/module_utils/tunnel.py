@@ -1,0 +1,699 @@
+# Copyright: sitelink.gateway contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Reconcile the IPIP tunnels of a Linux gateway with a desired set.
+
+Runs on the managed gateway, so standard library only (Python 3.9+).  It is
+split so that everything except ``run_module`` / ``IpRunner`` is pure and can
+be unit tested without Ansible, root or an ipip-capable kernel:
+
+* ``validate_tunnels``  raw module input -> normalised tunnel dicts
+* ``parse_*``           ``ip -j`` JSON -> plain Python structures
+* ``plan``              desired + live -> ordered list of ``Action`` (ip argv)
+* ``render_persist``    desired -> ``ip -batch`` file text for boot
+* ``apply``             runs actions through an injected runner
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tempfile
+
+# Every link we create carries this prefix in its ifalias; it is the only
+# ownership signal, so links without it are never modified or deleted.
+MARKER = "sitelink-gateway"
+PERSIST_HEADER = "# Managed by sitelink.gateway: do not edit"
+DEFAULT_PERSIST_PATH = "/etc/sitelink/tunnels.batch"
+DEFAULT_MTU = 1480
+DEFAULT_TTL = 64
+# IFNAMSIZ is 16 including the NUL byte.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+# IFALIASZ is 256 including the NUL byte.
+_MAX_ALIAS = 255
+# ip -batch has no escape syntax: '#' starts a comment anywhere on a line and
+# a quoted word ends at the next quote, so these cannot appear in the alias.
+_BAD_DESC_RE = re.compile(r"[\"'#\\\x00-\x1f\x7f]")
+# Largest MTU the kernel accepts on ipip: IP_MAX_MTU minus the outer header.
+MTU_MIN, MTU_MAX = 68, 65515
+
+
+class TunnelError(Exception):
+    """Invalid input or a live state we refuse to touch; nothing was changed."""
+
+
+class CommandError(Exception):
+    """An ip command failed while applying; ``done`` lists what already ran."""
+
+    def __init__(self, argv, rc, stdout, stderr, done):
+        self.argv = list(argv)
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+        self.done = list(done)
+        super().__init__(
+            "'{}' failed (rc={}): {}".format(
+                format_cmd(argv), rc, (stderr or stdout or "").strip() or "no output"
+            )
+        )
+
+
+class Action:
+    """One ip invocation; ``argv`` excludes the ip binary itself."""
+
+    def __init__(self, tunnel, kind, argv):
+        self.tunnel = tunnel
+        self.kind = kind  # remove | recreate | create | update
+        self.argv = list(argv)
+
+    def __repr__(self):
+        return f"Action({self.tunnel!r}, {self.kind!r}, {self.argv!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Action) and (self.tunnel, self.kind, self.argv) == (
+            other.tunnel,
+            other.kind,
+            other.argv,
+        )
+
+
+# --------------------------------------------------------------------------
+# input validation
+
+
+def alias_for(description):
+    return f"{MARKER}: {description}" if description else MARKER
+
+
+def _ipv4(value, where, errors):
+    try:
+        return ipaddress.IPv4Address(str(value).strip())
+    except (ipaddress.AddressValueError, ValueError):
+        errors.append(f"{where}: {value!r} is not an IPv4 address")
+        return None
+
+
+def _int_in(value, lo, hi, where, errors):
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = int(value)
+    except (TypeError, ValueError):
+        errors.append(f"{where}: {value!r} is not an integer")
+        return None
+    if not lo <= number <= hi:
+        errors.append(f"{where}: {number} is outside {lo}..{hi}")
+        return None
+    return number
+
+
+def validate_tunnels(raw):
+    """Return the normalised desired tunnels sorted by name.
+
+    Collects every problem before raising so the user can fix all in one go.
+    """
+    errors = []
+    result = []
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise TunnelError("tunnels: must be a list")
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            errors.append(f"tunnels[{index}]: must be a dict")
+            continue
+        name = item.get("name")
+        label = f"tunnel {name!r}" if name else f"tunnels[{index}]"
+        if not isinstance(name, str) or not _NAME_RE.match(name) or name in (".", ".."):
+            errors.append(
+                f"{label}: name must be 1-15 characters of A-Z a-z 0-9 _ . - (got {name!r})"
+            )
+        local = _ipv4(item.get("local"), label + " local", errors)
+        remote = _ipv4(item.get("remote"), label + " remote", errors)
+        if local is not None and (local.is_unspecified or local.is_multicast):
+            errors.append(f"{label} local: {local} is not a unicast address")
+        if remote is not None and (remote.is_unspecified or remote.is_multicast):
+            errors.append(f"{label} remote: {remote} is not a unicast address")
+        if local is not None and local == remote:
+            errors.append(f"{label}: local and remote are both {local}")
+
+        address = None
+        raw_addr = item.get("address")
+        if isinstance(raw_addr, str) and "/" in raw_addr:
+            # Tolerate an explicit /32, nothing else: the tunnel address is a host address.
+            raw_addr, _, plen = raw_addr.partition("/")
+            if plen.strip() != "32":
+                errors.append(
+                    "{} address: only /32 is allowed (got {!r})".format(label, item["address"])
+                )
+        address = _ipv4(raw_addr, label + " address", errors)
+
+        routes = []
+        raw_routes = item.get("routes") or []
+        if not isinstance(raw_routes, list):
+            errors.append(f"{label} routes: must be a list")
+            raw_routes = []
+        for prefix in raw_routes:
+            try:
+                net = ipaddress.IPv4Network(str(prefix).strip(), strict=True)
+            except (ipaddress.AddressValueError, ipaddress.NetmaskValueError, ValueError) as e:
+                errors.append(f"{label} routes: {prefix!r} is not an IPv4 prefix ({e})")
+                continue
+            if net in routes:
+                errors.append(f"{label} routes: {net} listed twice")
+                continue
+            routes.append(net)
+        routes.sort()
+
+        mtu = item.get("mtu")
+        mtu = _int_in(DEFAULT_MTU if mtu is None else mtu, MTU_MIN, MTU_MAX, label + " mtu", errors)
+        ttl = item.get("ttl")
+        ttl = _int_in(DEFAULT_TTL if ttl is None else ttl, 0, 255, label + " ttl", errors)
+
+        description = item.get("description")
+        description = "" if description is None else str(description).strip()
+        if _BAD_DESC_RE.search(description):
+            errors.append(
+                f"{label} description: must not contain quotes, '#', backslash or control "
+                "characters"
+            )
+        elif len(alias_for(description).encode("utf-8")) > _MAX_ALIAS:
+            errors.append(f"{label} description: too long for the link alias")
+
+        result.append(
+            {
+                "name": name,
+                "local": str(local) if local else None,
+                "remote": str(remote) if remote else None,
+                "address": str(address) if address else None,
+                "routes": [str(n) for n in routes],
+                "mtu": mtu,
+                "ttl": ttl,
+                "description": description,
+            }
+        )
+
+    # Cross-tunnel checks: each would make the kernel or routing ambiguous.
+    seen = {}
+    for t in result:
+        for field in ("name", "remote"):
+            value = t[field]
+            if value is None:
+                continue
+            other = seen.get((field, value))
+            if other is not None:
+                errors.append(
+                    "tunnel {!r} {}: {} already used by tunnel {!r}".format(
+                        t["name"], field, value, other
+                    )
+                )
+            else:
+                seen[(field, value)] = t["name"]
+        for prefix in t["routes"]:
+            other = seen.get(("route", prefix))
+            if other is not None:
+                errors.append(
+                    "tunnel {!r} routes: {} already routed via tunnel {!r}".format(
+                        t["name"], prefix, other
+                    )
+                )
+            else:
+                seen[("route", prefix)] = t["name"]
+    if errors:
+        raise TunnelError("invalid tunnels: " + "; ".join(errors))
+    return sorted(result, key=lambda t: t["name"])
+
+
+# --------------------------------------------------------------------------
+# parsing `ip -j` output (iproute2 >= 4.15; field names as in iproute2 6.1)
+
+
+def _load(text):
+    text = (text or "").strip()
+    if not text:
+        return []  # some iproute2 versions print nothing when nothing matches
+    data = json.loads(text)
+    return data if isinstance(data, list) else []
+
+
+def parse_links(text):
+    """``ip -j -d link show`` -> {ifname: link dict}; all kinds, so name clashes are seen."""
+    links = {}
+    for entry in _load(text):
+        if not isinstance(entry, dict) or not entry.get("ifname"):
+            continue
+        info = entry.get("linkinfo") or {}
+        data = info.get("info_data") or {}
+        alias = entry.get("ifalias") or ""
+        ttl = data.get("ttl")
+        if ttl == "inherit":  # text form of 0; JSON prints a number, be tolerant anyway
+            ttl = 0
+        try:
+            ttl = int(ttl) if ttl is not None else 0
+        except (TypeError, ValueError):
+            ttl = None
+        links[entry["ifname"]] = {
+            "name": entry["ifname"],
+            "kind": info.get("info_kind"),
+            # "any" when the endpoint is unset (e.g. the tunl0 fallback device).
+            "local": data.get("local"),
+            "remote": data.get("remote"),
+            "ttl": ttl,
+            "mtu": entry.get("mtu"),
+            "alias": alias,
+            "owned": alias.startswith(MARKER),
+            "up": "UP" in (entry.get("flags") or []),
+        }
+    return links
+
+
+def parse_addrs(text):
+    """``ip -j addr show`` -> {ifname: ["a.b.c.d/len", ...]} (IPv4 only)."""
+    addrs = {}
+    for entry in _load(text):
+        if not isinstance(entry, dict) or not entry.get("ifname"):
+            continue
+        lst = addrs.setdefault(entry["ifname"], [])
+        for info in entry.get("addr_info") or []:
+            if info.get("family") == "inet" and info.get("local"):
+                lst.append("{}/{}".format(info["local"], info.get("prefixlen", 32)))
+    return addrs
+
+
+def _norm_dst(dst):
+    if dst in (None, "default"):
+        return "0.0.0.0/0"
+    try:
+        # Host routes are printed without "/32".
+        return str(ipaddress.IPv4Network(dst, strict=False))
+    except ValueError:
+        return dst
+
+
+def parse_routes(text):
+    """``ip -j route show table main`` -> {dev: [route dict]}.
+
+    Multipath and typed (blackhole, unreachable...) routes have no single
+    "dev" and are skipped: they cannot belong to one of our tunnels.
+    """
+    routes = {}
+    for entry in _load(text):
+        if not isinstance(entry, dict) or not entry.get("dev"):
+            continue
+        if entry.get("type", "unicast") != "unicast":
+            continue
+        routes.setdefault(entry["dev"], []).append(
+            {
+                "dst": _norm_dst(entry.get("dst")),
+                "prefsrc": entry.get("prefsrc"),
+                "gateway": entry.get("gateway"),
+                "metric": entry.get("metric") or 0,
+                "protocol": entry.get("protocol"),
+            }
+        )
+    return routes
+
+
+def _describe_route(route, own_addrs):
+    # Plain prefix when it looks like what the module sets up, so an unchanged
+    # tunnel renders identically before and after in --diff.
+    text = route["dst"]
+    if route["gateway"]:
+        text += " via " + route["gateway"]
+    if route["prefsrc"] not in own_addrs:
+        text += " src " + str(route["prefsrc"])
+    if route["metric"]:
+        text += " metric " + str(route["metric"])
+    return text
+
+
+class LiveState:
+    def __init__(self, links, addrs, routes):
+        self.links = links
+        self.addrs = addrs
+        self.routes = routes
+
+    @classmethod
+    def from_json(cls, link_json, addr_json, route_json):
+        return cls(parse_links(link_json), parse_addrs(addr_json), parse_routes(route_json))
+
+    def host_addresses(self):
+        return {a.split("/")[0] for lst in self.addrs.values() for a in lst}
+
+    def owned(self):
+        return sorted(n for n, lk in self.links.items() if lk["kind"] == "ipip" and lk["owned"])
+
+    def describe(self, name):
+        """Owned tunnel as a dict shaped like a desired one (for diffs)."""
+        lk = self.links[name]
+        alias = lk["alias"]
+        desc = alias[len(MARKER) :]
+        desc = desc[1:].strip() if desc.startswith(":") else desc.strip()
+        addrs = sorted(self.addrs.get(name, []))
+        own = {a.split("/")[0] for a in addrs}
+        return {
+            "name": name,
+            "local": lk["local"],
+            "remote": lk["remote"],
+            "address": ", ".join(addrs) if addrs else None,
+            "routes": sorted(
+                _describe_route(r, own)
+                for r in self.routes.get(name, [])
+                if r["protocol"] != "kernel"
+            ),
+            "mtu": lk["mtu"],
+            "ttl": lk["ttl"],
+            "description": desc,
+            "up": lk["up"],
+        }
+
+
+# --------------------------------------------------------------------------
+# planning
+
+
+def create_argvs(t):
+    """ip argv lists that build tunnel ``t`` from nothing; shared by plan and boot file."""
+    name = t["name"]
+    argvs = [
+        ["link", "add", "name", name, "type", "ipip"]
+        + ["local", t["local"], "remote", t["remote"], "ttl", str(t["ttl"])],
+        # Must be up before routes can be added onto it.
+        [
+            "link",
+            "set",
+            "dev",
+            name,
+            "mtu",
+            str(t["mtu"]),
+            "alias",
+            alias_for(t["description"]),
+            "up",
+        ],
+        ["address", "add", t["address"] + "/32", "dev", name],
+    ]
+    for prefix in t["routes"]:
+        argvs.append(["route", "replace", prefix, "dev", name, "src", t["address"]])
+    return argvs
+
+
+def _route_del(name, route):
+    argv = ["route", "del", route["dst"], "dev", name]
+    if route["metric"]:
+        argv += ["metric", str(route["metric"])]
+    return argv
+
+
+def plan(desired, live, purge=True):
+    """Pure: return (actions, removed) turning ``live`` into ``desired``.
+
+    Raises TunnelError before any action when a desired name is taken by a
+    link we do not own, or a ``local`` is not configured on the host.
+
+    Actions are ordered in phases so that one tunnel's step never trips over
+    another's: deletions first (a renamed tunnel frees its local/remote pair;
+    a route moving between tunnels is deleted from the old one before
+    ``route replace`` would move it), extra routes before extra addresses (the
+    kernel flushes routes whose src address goes away, a later ``route del``
+    would then fail), and adds last.
+    """
+    errors = []
+    host_addrs = live.host_addresses()
+    for t in desired:
+        lk = live.links.get(t["name"])
+        if lk is not None and lk["kind"] != "ipip":
+            errors.append(
+                "tunnel {!r}: a {} link with that name exists and is not an ipip tunnel".format(
+                    t["name"], lk["kind"] or "non-virtual"
+                )
+            )
+        elif lk is not None and not lk["owned"]:
+            errors.append(
+                "tunnel {!r}: an ipip link with that name exists but is not managed by "
+                "sitelink.gateway (its alias does not start with {!r})".format(t["name"], MARKER)
+            )
+        if t["local"] not in host_addrs:
+            errors.append(
+                "tunnel {!r} local: {} is not configured on any interface of this host".format(
+                    t["name"], t["local"]
+                )
+            )
+    if errors:
+        raise TunnelError("; ".join(errors))
+
+    wanted = {t["name"] for t in desired}
+    removes, route_dels, addr_dels, adds = [], [], [], []
+    removed = []
+    if purge:
+        for name in live.owned():
+            if name not in wanted:
+                removes.append(Action(name, "remove", ["link", "del", "dev", name]))
+                removed.append(name)
+
+    for t in desired:
+        name = t["name"]
+        lk = live.links.get(name)
+        if lk is None:
+            adds += [Action(name, "create", a) for a in create_argvs(t)]
+            continue
+        if (lk["local"], lk["remote"], lk["ttl"]) != (t["local"], t["remote"], t["ttl"]):
+            # Changing endpoints in place is unreliable, so rebuild this one tunnel.
+            removes.append(Action(name, "recreate", ["link", "del", "dev", name]))
+            adds += [Action(name, "recreate", a) for a in create_argvs(t)]
+            continue
+
+        link_set = []
+        if lk["mtu"] != t["mtu"]:
+            link_set += ["mtu", str(t["mtu"])]
+        if lk["alias"] != alias_for(t["description"]):
+            link_set += ["alias", alias_for(t["description"])]
+        if not lk["up"]:
+            link_set.append("up")
+        if link_set:
+            adds.append(Action(name, "update", ["link", "set", "dev", name] + link_set))
+
+        want_addr = t["address"] + "/32"
+        have_addrs = live.addrs.get(name, [])
+        for addr in sorted(have_addrs):
+            if addr != want_addr:
+                addr_dels.append(Action(name, "update", ["address", "del", addr, "dev", name]))
+        if want_addr not in have_addrs:
+            adds.append(Action(name, "update", ["address", "add", want_addr, "dev", name]))
+
+        good = set()
+        for route in live.routes.get(name, []):
+            if route["protocol"] == "kernel":
+                # Derived from an address; goes away with the address itself.
+                continue
+            if route["dst"] in t["routes"] and not route["metric"]:
+                if route["prefsrc"] == t["address"] and not route["gateway"]:
+                    good.add(route["dst"])
+                # else: fixed by the `route replace` below (same dst/metric key)
+            else:
+                route_dels.append(Action(name, "update", _route_del(name, route)))
+        for prefix in t["routes"]:
+            if prefix not in good:
+                argv = ["route", "replace", prefix, "dev", name, "src", t["address"]]
+                adds.append(Action(name, "update", argv))
+
+    return removes + route_dels + addr_dels + adds, removed
+
+
+# --------------------------------------------------------------------------
+# rendering
+
+
+def _quote_batch(word):
+    # ip -batch splits on whitespace and honours "..." (no escapes); the
+    # validator keeps quotes and '#' out of every word.
+    return f'"{word}"' if (not word or re.search(r"\s", word)) else word
+
+
+def format_cmd(argv):
+    return " ".join(_quote_batch(str(a)) for a in argv)
+
+
+def render_persist(desired, path=None):
+    """Deterministic ``ip -batch`` file that rebuilds ``desired`` on a tunnel-less boot.
+
+    With no tunnels it is just the header: ``ip -batch`` of a comment-only file
+    exits 0, so the boot unit keeps succeeding.
+    """
+    lines = [PERSIST_HEADER]
+    lines.append("# Applied at boot with: ip -batch %s" % (path or "FILE"))
+    for t in sorted(desired, key=lambda t: t["name"]):
+        lines.append("")
+        lines.append("# {} -> {}".format(t["name"], t["remote"]))
+        lines.extend(format_cmd(a) for a in create_argvs(t))
+    return "\n".join(lines) + "\n"
+
+
+def render_state(tunnels):
+    """Readable text of tunnels for --diff, one block per tunnel."""
+    blocks = []
+    for t in sorted(tunnels, key=lambda t: t["name"]):
+        address = t.get("address") or "-"
+        if address != "-" and "/" not in address:
+            address += "/32"
+        lines = [
+            "tunnel {}".format(t["name"]),
+            "  local: {}".format(t.get("local")),
+            "  remote: {}".format(t.get("remote")),
+            "  ttl: {}".format(t.get("ttl")),
+            "  mtu: {}".format(t.get("mtu")),
+            f"  address: {address}",
+            "  routes: %s" % (", ".join(t.get("routes") or []) or "-"),
+            "  description: %s" % (t.get("description") or ""),
+        ]
+        if t.get("up") is False:
+            lines.append("  state: down")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + ("\n" if blocks else "")
+
+
+# --------------------------------------------------------------------------
+# side effects
+
+
+class IpRunner:
+    """Runs ip through AnsibleModule.run_command; tests inject a fake instead."""
+
+    def __init__(self, module):
+        self.module = module
+        self.ip = module.get_bin_path("ip", required=True)
+
+    def run(self, argv):
+        """Return (rc, stdout, stderr); never raises on rc != 0."""
+        return self.module.run_command([self.ip] + list(argv), check_rc=False)
+
+
+def read_live(runner):
+    out = []
+    for argv in (
+        ["-j", "-d", "link", "show"],
+        ["-j", "address", "show"],
+        ["-j", "route", "show", "table", "main"],
+    ):
+        rc, stdout, stderr = runner.run(argv)
+        if rc != 0:
+            raise CommandError(["ip"] + argv, rc, stdout, stderr, [])
+        out.append(stdout)
+    return LiveState.from_json(*out)
+
+
+def apply(actions, runner):
+    """Run actions in order; stop at the first failure (later steps depend on earlier ones)."""
+    done = []
+    for action in actions:
+        rc, stdout, stderr = runner.run(action.argv)
+        if rc != 0:
+            raise CommandError(["ip"] + action.argv, rc, stdout, stderr, done)
+        done.append(format_cmd(["ip"] + action.argv))
+    return done
+
+
+def read_file(path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def write_atomic(module, path, content):
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+        os.chmod(directory, 0o755)  # noqa: S103  (world-readable on purpose; umask filters makedirs)
+    fd, tmp = tempfile.mkstemp(prefix=".tunnels.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        os.chmod(tmp, 0o644)
+        module.atomic_move(tmp, path)
+        os.chmod(path, 0o644)  # atomic_move keeps an existing file's mode
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_module(module, runner=None):
+    """Entry point used by the thin module; ``runner`` is injectable for tests."""
+    params = module.params
+    persist_path = params.get("persist_path") or None
+    result = {"changed": False, "commands": [], "removed": [], "persist_path": persist_path}
+    try:
+        desired = validate_tunnels(params.get("tunnels"))
+    except TunnelError as e:
+        module.fail_json(msg=str(e), **result)
+    result["tunnels"] = desired
+
+    runner = runner or IpRunner(module)
+    try:
+        live = read_live(runner)
+        actions, removed = plan(desired, live, purge=params.get("purge", True))
+    except TunnelError as e:
+        module.fail_json(msg=str(e), **result)
+    except CommandError as e:
+        module.fail_json(msg=f"reading state: {e}", stderr=e.stderr, rc=e.rc, **result)
+    except ValueError as e:  # undecodable JSON from ip
+        module.fail_json(msg=f"cannot parse ip -j output: {e}", **result)
+
+    result["removed"] = removed
+    result["commands"] = [format_cmd(["ip"] + a.argv) for a in actions]
+    result["changed"] = bool(actions)
+
+    old_file = new_file = None
+    if persist_path:
+        old_file = read_file(persist_path)
+        new_file = render_persist(desired, persist_path)
+        result["persist_changed"] = old_file != new_file
+        result["changed"] = result["changed"] or result["persist_changed"]
+
+    if module._diff:
+        before = [live.describe(n) for n in live.owned()]
+        # Without purge, owned tunnels that are not desired stay as they are.
+        names = {t["name"] for t in desired}
+        kept = [b for b in before if b["name"] not in names and b["name"] not in removed]
+        diff = [
+            {
+                "before_header": "ipip tunnels (owned by sitelink.gateway)",
+                "after_header": "ipip tunnels (owned by sitelink.gateway)",
+                "before": render_state(before),
+                "after": render_state(desired + kept),
+            }
+        ]
+        if persist_path:
+            diff.append(
+                {
+                    "before_header": persist_path,
+                    "after_header": persist_path,
+                    "before": old_file or "",
+                    "after": new_file,
+                }
+            )
+        result["diff"] = diff
+
+    if module.check_mode:
+        module.exit_json(**result)
+
+    try:
+        result["commands"] = apply(actions, runner)
+    except CommandError as e:
+        result["commands"] = e.done
+        result["changed"] = bool(e.done)
+        module.fail_json(
+            msg="{}; commands already run: {}".format(e, ", ".join(e.done) or "none"),
+            failed_command=format_cmd(e.argv),
+            rc=e.rc,
+            stderr=e.stderr,
+            **result,
+        )
+    # File last: it should describe a state that was actually applied.
+    if persist_path and result.get("persist_changed"):
+        try:
+            write_atomic(module, persist_path, new_file)
+        except OSError as e:
+            module.fail_json(msg=f"writing {persist_path}: {e}", **result)
+    module.exit_json(**result)

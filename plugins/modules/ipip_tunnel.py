@@ -1,0 +1,237 @@
+#!/usr/bin/python
+# Copyright: sitelink.gateway contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ipip_tunnel
+short_description: Reconcile the IPIP tunnels of a Linux gateway with a desired set
+description:
+  - Makes the IPIP (IPv4-in-IPv4) tunnels owned by this collection on a Linux host match
+    O(tunnels) exactly, in one call, using iproute2 (C(ip)).
+  - A link is owned by this collection if and only if its alias (C(ifalias)) starts with
+    C(sitelink-gateway). Links without that marker are never modified or deleted.
+  - A missing tunnel is created. A tunnel whose O(tunnels[].local), O(tunnels[].remote) or
+    O(tunnels[].ttl) differ is deleted and recreated (only that tunnel). MTU, alias and
+    link state are changed in place. The tunnel carries exactly one IPv4 address
+    (O(tunnels[].address)/32) and, in the main routing table, exactly the routes in
+    O(tunnels[].routes) with that address as source.
+  - The whole input is validated, and every O(tunnels[].local) is checked to be
+    configured on the host, before anything is changed.
+  - Optionally writes an C(ip -batch) file that recreates the desired tunnels at boot.
+version_added: 1.0.0
+author:
+  - sitelink.gateway contributors
+requirements:
+  - iproute2 with JSON output (C(ip -j)), for example Debian 12
+  - the C(ipip) kernel module (loaded automatically by C(ip link add ... type ipip))
+attributes:
+  check_mode:
+    support: full
+    description: Computes and reports the commands that would run; changes nothing.
+  diff_mode:
+    support: full
+    description: Shows the owned tunnels and the persistence file before and after.
+  platform:
+    support: full
+    platforms: posix
+options:
+  tunnels:
+    description:
+      - The complete desired set of tunnels owned by this collection on the host.
+      - An empty list with O(purge=true) removes every owned tunnel.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description:
+          - Interface name, 1 to 15 characters of C(A-Z a-z 0-9 _ . -).
+          - If a link with this name exists and is not an owned ipip tunnel, the module fails.
+        type: str
+        required: true
+      local:
+        description:
+          - Outer source address (this gateway's WAN address). Must be configured on the host.
+        type: str
+        required: true
+      remote:
+        description:
+          - Outer destination address (the peer gateway's WAN address). Must be unique.
+        type: str
+        required: true
+      address:
+        description:
+          - Inner IPv4 address put on the tunnel as a /32 (an explicit C(/32) suffix is
+            accepted) and used as source of O(tunnels[].routes).
+        type: str
+        required: true
+      routes:
+        description:
+          - IPv4 prefixes routed into the tunnel (main table). A prefix may appear in only
+            one tunnel. Host bits must be zero.
+        type: list
+        elements: str
+        default: []
+      mtu:
+        description:
+          - Tunnel MTU; normally the WAN MTU minus 20 bytes of outer header.
+        type: int
+        default: 1480
+      ttl:
+        description:
+          - TTL of the outer header, C(0) means inherit from the inner packet.
+        type: int
+        default: 64
+      description:
+        description:
+          - "Free text stored in the link alias after the ownership marker, as
+            C(sitelink-gateway: <description>)."
+          - Must not contain quotes, C(#), backslashes or control characters (the boot file
+            format cannot escape them).
+        type: str
+        default: ''
+  purge:
+    description:
+      - Delete owned tunnels that are not listed in O(tunnels).
+    type: bool
+    default: true
+  persist_path:
+    description:
+      - File written with C(ip -batch) commands that recreate O(tunnels) on a boot without
+        tunnels, for a oneshot unit running C(ip -batch FILE).
+      - With no tunnels desired the file holds only comments, so C(ip -batch) still succeeds.
+      - Owned tunnels kept because of O(purge=false) are not written to the file.
+      - The directory is created with mode 0755 if missing; the file is written atomically with
+        mode 0644, only when its content changes.
+      - Set to V(null) or an empty string to not persist.
+    type: str
+    default: /etc/sitelink/tunnels.batch
+notes:
+  - Only changing commands are reported in RV(commands); the read-only C(ip -j) calls are not.
+  - State is read with C(ip -j -d link show), C(ip -j address show) and
+    C(ip -j route show table main).
+seealso:
+  - name: ip-link(8)
+    description: iproute2 link configuration, including ipip tunnels.
+    link: https://man7.org/linux/man-pages/man8/ip-link.8.html
+"""
+
+EXAMPLES = r"""
+- name: Tunnel to the Brooklyn office
+  sitelink.gateway.ipip_tunnel:
+    tunnels:
+      - name: sl-brooklyn
+        local: 172.16.1.12
+        remote: 172.17.2.10
+        address: 192.168.1.126
+        routes: [192.168.2.0/24]
+        mtu: 1480
+        ttl: 64
+        description: peer brooklyn
+
+- name: Remove every tunnel managed by this collection, keep the boot file valid
+  sitelink.gateway.ipip_tunnel:
+    tunnels: []
+
+- name: Add a tunnel without touching other owned ones, no boot file
+  sitelink.gateway.ipip_tunnel:
+    tunnels:
+      - name: sl-queens
+        local: 172.16.1.12
+        remote: 172.17.3.10
+        address: 192.168.1.126
+    purge: false
+    persist_path: null
+"""
+
+RETURN = r"""
+tunnels:
+  description: The desired tunnels as applied, validated and normalised, sorted by name.
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - name: sl-brooklyn
+      local: 172.16.1.12
+      remote: 172.17.2.10
+      address: 192.168.1.126
+      routes: [192.168.2.0/24]
+      mtu: 1480
+      ttl: 64
+      description: peer brooklyn
+commands:
+  description:
+    - The changing C(ip) command lines run, in order (in check mode, those that would run).
+    - On failure, the commands that ran before the failing one.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - ip link add name sl-brooklyn type ipip local 172.16.1.12 remote 172.17.2.10 ttl 64
+    - ip link set dev sl-brooklyn mtu 1480 alias "sitelink-gateway: peer brooklyn" up
+    - ip address add 192.168.1.126/32 dev sl-brooklyn
+    - ip route replace 192.168.2.0/24 dev sl-brooklyn src 192.168.1.126
+removed:
+  description: Names of owned tunnels deleted because they are not desired (O(purge=true)).
+  returned: always
+  type: list
+  elements: str
+  sample: [sl-oldpeer]
+persist_path:
+  description: The boot-time file managed, or V(null) when not persisting.
+  returned: always
+  type: str
+  sample: /etc/sitelink/tunnels.batch
+persist_changed:
+  description: Whether the boot-time file content changed (or would change in check mode).
+  returned: when O(persist_path) is set
+  type: bool
+  sample: false
+failed_command:
+  description: The C(ip) command line that failed.
+  returned: when an ip command fails
+  type: str
+  sample: ip link add name sl-brooklyn type ipip local 172.16.1.12 remote 172.17.2.10 ttl 64
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
+from ansible_collections.sitelink.gateway.plugins.module_utils.tunnel import (  # noqa: E402
+    DEFAULT_MTU,
+    DEFAULT_PERSIST_PATH,
+    DEFAULT_TTL,
+    run_module,
+)
+
+TUNNEL_OPTIONS = dict(
+    name=dict(type="str", required=True),
+    local=dict(type="str", required=True),
+    remote=dict(type="str", required=True),
+    address=dict(type="str", required=True),
+    routes=dict(type="list", elements="str", default=[]),
+    mtu=dict(type="int", default=DEFAULT_MTU),
+    ttl=dict(type="int", default=DEFAULT_TTL),
+    description=dict(type="str", default=""),
+)
+
+
+def build_module():
+    # Factory so tests can build the module with the real argument_spec.
+    return AnsibleModule(
+        argument_spec=dict(
+            tunnels=dict(type="list", elements="dict", default=[], options=TUNNEL_OPTIONS),
+            purge=dict(type="bool", default=True),
+            persist_path=dict(type="str", default=DEFAULT_PERSIST_PATH),
+        ),
+        supports_check_mode=True,
+    )
+
+
+def main():
+    run_module(build_module())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,789 @@
+"""Unit tests for sitelink.gateway.ipip_tunnel and its module_utils.
+
+No root, network or ipip kernel module needed: live state is given as ``ip -j``
+JSON shaped like iproute2 6.1 on Debian 12 prints it, and commands go to a fake
+runner that records them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+
+import pytest
+from ansible_collections.sitelink.gateway.plugins.module_utils import tunnel as tu
+
+WAN = "172.16.1.12"
+LAN = "192.168.1.126"
+UNSPEC = "0.0.0.0"  # noqa: S104  (an unset tunnel endpoint, not a bind address)
+
+BROOKLYN = {
+    "name": "sl-brooklyn",
+    "local": WAN,
+    "remote": "172.17.2.10",
+    "address": LAN,
+    "routes": ["192.168.2.0/24"],
+    "mtu": 1480,
+    "ttl": 64,
+    "description": "peer brooklyn",
+}
+QUEENS = {
+    "name": "sl-queens",
+    "local": WAN,
+    "remote": "172.17.3.10",
+    "address": LAN,
+    "routes": ["192.168.3.0/24", "10.30.0.0/16"],
+    "mtu": 1480,
+    "ttl": 64,
+    "description": "peer queens",
+}
+
+
+# --------------------------------------------------------------------------
+# ip -j fixtures (iproute2 6.1, Debian 12 kernel 6.1)
+
+
+def _base(ifindex, name, flags, mtu, operstate, link_type, address, broadcast, **extra):
+    entry = {"ifindex": ifindex}
+    if link_type == "ipip":
+        entry["link"] = None  # ipip links have no lower device: printed as "@NONE"
+    entry.update(
+        {
+            "ifname": name,
+            "flags": flags,
+            "mtu": mtu,
+            "qdisc": "noqueue" if link_type == "ipip" else "fq_codel",
+            "operstate": operstate,
+            "linkmode": "DEFAULT",
+            "group": "default",
+            "txqlen": 1000,
+            "link_type": link_type,
+            "address": address,
+        }
+    )
+    if "POINTOPOINT" in flags:
+        entry["link_pointtopoint"] = True
+    entry["broadcast"] = broadcast
+    entry.update(extra)
+    return entry
+
+
+def eth_link(ifindex, name, mac):
+    return _base(
+        ifindex,
+        name,
+        ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"],
+        1500,
+        "UP",
+        "ether",
+        mac,
+        "ff:ff:ff:ff:ff:ff",
+        promiscuity=0,
+        allmulti=0,
+        min_mtu=68,
+        max_mtu=9000,
+        inet6_addr_gen_mode="eui64",
+        num_tx_queues=1,
+        num_rx_queues=1,
+        gso_max_size=65536,
+        gso_max_segs=65535,
+        parentbus="pci",
+        parentdev="0000:00:03.0",
+    )
+
+
+def ipip_link(ifindex, name, local, remote, ttl=64, mtu=1480, alias=None, up=True):
+    ptp = remote != "any"
+    flags = (["POINTOPOINT"] if ptp else []) + ["NOARP"] + (["UP", "LOWER_UP"] if up else [])
+    entry = _base(
+        ifindex,
+        name,
+        flags,
+        mtu,
+        "UNKNOWN" if up else "DOWN",
+        "ipip",
+        UNSPEC if local == "any" else local,
+        UNSPEC if remote == "any" else remote,
+        promiscuity=0,
+        allmulti=0,
+        min_mtu=68,
+        max_mtu=65515,
+        linkinfo={
+            "info_kind": "ipip",
+            "info_data": {
+                "proto": "ipip",
+                "remote": remote,
+                "local": local,
+                "ttl": ttl,
+                "pmtudisc": ttl != 0 or ptp,
+            },
+        },
+        inet6_addr_gen_mode="eui64",
+        num_tx_queues=1,
+        num_rx_queues=1,
+        gso_max_size=65536,
+        gso_max_segs=65535,
+    )
+    if alias is not None:
+        entry["ifalias"] = alias
+    return entry
+
+
+def lo_link():
+    return _base(
+        1,
+        "lo",
+        ["LOOPBACK", "UP", "LOWER_UP"],
+        65536,
+        "UNKNOWN",
+        "loopback",
+        "00:00:00:00:00:00",
+        "00:00:00:00:00:00",
+    )
+
+
+def inet(local, prefixlen, label, broadcast=None, scope="global"):
+    info = {"family": "inet", "local": local, "prefixlen": prefixlen}
+    if broadcast:
+        info["broadcast"] = broadcast
+    info.update(
+        {
+            "scope": scope,
+            "label": label,
+            "valid_life_time": 4294967295,
+            "preferred_life_time": 4294967295,
+        }
+    )
+    return info
+
+
+def with_addrs(link, addr_info):
+    """``ip -j addr show`` repeats the link header without the -d details."""
+    keep = [
+        "ifindex",
+        "link",
+        "ifname",
+        "flags",
+        "mtu",
+        "qdisc",
+        "operstate",
+        "group",
+        "txqlen",
+        "link_type",
+        "address",
+        "link_pointtopoint",
+        "broadcast",
+    ]
+    entry = {k: link[k] for k in keep if k in link}
+    entry["addr_info"] = addr_info
+    return entry
+
+
+def tunnel_route(dst, dev, src):
+    return {"dst": dst, "dev": dev, "scope": "link", "prefsrc": src, "flags": []}
+
+
+class Host:
+    """Builds the three JSON documents the module reads."""
+
+    def __init__(self, wan=WAN):
+        self.links = [
+            lo_link(),
+            eth_link(2, "eth0", "52:54:00:12:34:56"),
+            eth_link(3, "eth1", "52:54:00:12:34:57"),
+        ]
+        self.addrs = {
+            "lo": [inet("127.0.0.1", 8, "lo", scope="host")],
+            "eth0": [inet(wan, 24, "eth0", "172.16.1.255")] if wan else [],
+            "eth1": [inet(LAN, 24, "eth1", "192.168.1.255")],
+        }
+        self.routes = [
+            {"dst": "default", "gateway": "172.16.1.1", "dev": "eth0", "flags": []},
+            {
+                "dst": "172.16.1.0/24",
+                "dev": "eth0",
+                "protocol": "kernel",
+                "scope": "link",
+                "prefsrc": WAN,
+                "flags": [],
+            },
+            {
+                "dst": "192.168.1.0/24",
+                "dev": "eth1",
+                "protocol": "kernel",
+                "scope": "link",
+                "prefsrc": LAN,
+                "flags": [],
+            },
+        ]
+
+    def add_tunnel(self, t, alias=None, addrs=None, routes=None, **kw):
+        ifindex = len(self.links) + 2
+        alias = tu.alias_for(t["description"]) if alias is None else alias
+        link = ipip_link(
+            ifindex,
+            t["name"],
+            kw.get("local", t["local"]),
+            kw.get("remote", t["remote"]),
+            ttl=kw.get("ttl", t["ttl"]),
+            mtu=kw.get("mtu", t["mtu"]),
+            alias=alias or None,
+            up=kw.get("up", True),
+        )
+        self.links.append(link)
+        if addrs is None:
+            addrs = [(t["address"], 32)]
+        self.addrs[t["name"]] = [inet(a, p, t["name"]) for a, p in addrs]
+        if routes is None:
+            routes = [(r, t["address"]) for r in t["routes"]]
+        self.routes += [tunnel_route(d, t["name"], s) for d, s in routes]
+        return self
+
+    def add_tunl0(self):
+        # Created by the kernel as soon as the ipip module is loaded.
+        self.links.append(ipip_link(len(self.links) + 2, "tunl0", "any", "any", ttl=0, up=False))
+        self.addrs["tunl0"] = []
+        return self
+
+    def json(self):
+        addr_doc = [with_addrs(lk, self.addrs.get(lk["ifname"], [])) for lk in self.links]
+        return json.dumps(self.links), json.dumps(addr_doc), json.dumps(self.routes)
+
+    def live(self):
+        return tu.LiveState.from_json(*self.json())
+
+
+def desired(*tunnels):
+    return tu.validate_tunnels([dict(t) for t in tunnels])
+
+
+def argvs(actions):
+    return [" ".join(a.argv) for a in actions]
+
+
+# --------------------------------------------------------------------------
+# parsing
+
+
+def test_parse_links_reads_ipip_details_and_ownership():
+    links = Host().add_tunl0().add_tunnel(BROOKLYN).live().links
+    assert links["sl-brooklyn"] == {
+        "name": "sl-brooklyn",
+        "kind": "ipip",
+        "local": WAN,
+        "remote": "172.17.2.10",
+        "ttl": 64,
+        "mtu": 1480,
+        "alias": "sitelink-gateway: peer brooklyn",
+        "owned": True,
+        "up": True,
+    }
+    assert links["tunl0"]["owned"] is False
+    assert links["tunl0"]["local"] == "any"
+    assert links["eth0"]["kind"] is None
+
+
+def test_parse_is_tolerant_of_empty_output_missing_keys_and_inherit():
+    assert tu.parse_links("") == {}
+    assert tu.parse_links("[ ]") == {}
+    text = json.dumps(
+        [
+            {"ifname": "x", "linkinfo": {"info_kind": "ipip", "info_data": {"ttl": "inherit"}}},
+            {"ifindex": 9},
+        ]
+    )
+    link = tu.parse_links(text)["x"]
+    assert link["ttl"] == 0 and link["local"] is None and link["up"] is False
+    assert link["owned"] is False
+    assert tu.parse_addrs(json.dumps([{"ifname": "x"}])) == {"x": []}
+
+
+def test_parse_routes_normalises_host_and_default_routes_and_skips_multipath():
+    text = json.dumps(
+        [
+            {"dst": "default", "gateway": "172.16.1.1", "dev": "eth0", "flags": []},
+            {"dst": "10.1.2.3", "dev": "sl-x", "scope": "link", "flags": []},
+            {"dst": "10.9.0.0/16", "metric": 100, "dev": "sl-x", "flags": []},
+            {"type": "blackhole", "dst": "10.66.0.0/16", "flags": []},
+            {"dst": "10.7.0.0/16", "nexthops": [{"gateway": "1.2.3.4", "dev": "eth0"}]},
+        ]
+    )
+    routes = tu.parse_routes(text)
+    assert routes["eth0"][0]["dst"] == "0.0.0.0/0"
+    assert [r["dst"] for r in routes["sl-x"]] == ["10.1.2.3/32", "10.9.0.0/16"]
+    assert routes["sl-x"][1]["metric"] == 100
+    assert set(routes) == {"eth0", "sl-x"}
+
+
+def test_parse_addrs_keeps_ipv4_only():
+    doc = [
+        {
+            "ifname": "sl-x",
+            "addr_info": [
+                inet("10.0.0.1", 32, "sl-x"),
+                {"family": "inet6", "local": "fe80::ac10:10c", "prefixlen": 64},
+            ],
+        }
+    ]
+    assert tu.parse_addrs(json.dumps(doc)) == {"sl-x": ["10.0.0.1/32"]}
+
+
+# --------------------------------------------------------------------------
+# planner
+
+
+def test_create_from_empty():
+    actions, removed = tu.plan(desired(BROOKLYN), Host().live())
+    assert removed == []
+    assert {a.kind for a in actions} == {"create"}
+    assert argvs(actions) == [
+        "link add name sl-brooklyn type ipip local 172.16.1.12 remote 172.17.2.10 ttl 64",
+        "link set dev sl-brooklyn mtu 1480 alias sitelink-gateway: peer brooklyn up",
+        "address add 192.168.1.126/32 dev sl-brooklyn",
+        "route replace 192.168.2.0/24 dev sl-brooklyn src 192.168.1.126",
+    ]
+    # The alias is a single argv element, not split on spaces.
+    assert actions[1].argv[7] == "sitelink-gateway: peer brooklyn"
+
+
+def test_idempotent_when_live_matches():
+    host = Host().add_tunl0().add_tunnel(BROOKLYN).add_tunnel(QUEENS)
+    actions, removed = tu.plan(desired(BROOKLYN, QUEENS), host.live())
+    assert actions == [] and removed == []
+
+
+def test_ttl_zero_inherit_is_idempotent():
+    t = dict(BROOKLYN, ttl=0)
+    actions, _ = tu.plan(desired(t), Host().add_tunnel(t).live())
+    assert actions == []
+
+
+def test_mtu_change_only():
+    host = Host().add_tunnel(BROOKLYN, mtu=1400).add_tunnel(QUEENS)
+    actions, _ = tu.plan(desired(BROOKLYN, QUEENS), host.live())
+    assert argvs(actions) == ["link set dev sl-brooklyn mtu 1480"]
+
+
+def test_alias_and_down_fixed_in_place():
+    host = Host().add_tunnel(BROOKLYN, alias="sitelink-gateway: old text", up=False)
+    actions, _ = tu.plan(desired(BROOKLYN), host.live())
+    assert argvs(actions) == ["link set dev sl-brooklyn alias sitelink-gateway: peer brooklyn up"]
+
+
+def test_link_down_lost_routes_are_readded_after_up():
+    # The kernel flushes routes of a device that goes down.
+    host = Host().add_tunnel(BROOKLYN, up=False, routes=[])
+    actions, _ = tu.plan(desired(BROOKLYN), host.live())
+    assert argvs(actions) == [
+        "link set dev sl-brooklyn up",
+        "route replace 192.168.2.0/24 dev sl-brooklyn src 192.168.1.126",
+    ]
+
+
+def test_remote_change_recreates_only_that_tunnel():
+    host = Host().add_tunnel(BROOKLYN, remote="172.17.2.99").add_tunnel(QUEENS)
+    actions, removed = tu.plan(desired(BROOKLYN, QUEENS), host.live())
+    assert removed == []
+    assert {a.tunnel for a in actions} == {"sl-brooklyn"}
+    assert {a.kind for a in actions} == {"recreate"}
+    assert argvs(actions)[0] == "link del dev sl-brooklyn"
+    assert argvs(actions)[1:] == argvs(tu.plan(desired(BROOKLYN), Host().live())[0])
+
+
+@pytest.mark.parametrize("field,value", [("local", "172.16.1.13"), ("ttl", 255)])
+def test_local_or_ttl_change_recreates(field, value):
+    host = Host().add_tunnel(BROOKLYN, **{field: value})
+    actions, _ = tu.plan(desired(BROOKLYN), host.live())
+    assert argvs(actions)[0] == "link del dev sl-brooklyn"
+    assert len(actions) == 5
+
+
+def test_purge_removes_owned_stale_tunnel_first():
+    host = Host().add_tunl0().add_tunnel(BROOKLYN).add_tunnel(QUEENS)
+    new = dict(BROOKLYN, name="sl-bk2", remote="172.17.2.11")
+    actions, removed = tu.plan(desired(new, QUEENS), host.live())
+    assert removed == ["sl-brooklyn"]
+    # Deleted before the new tunnel is added, so endpoints/routes are free again.
+    assert argvs(actions)[0] == "link del dev sl-brooklyn"
+    assert {a.tunnel for a in actions[1:]} == {"sl-bk2"}
+
+
+def test_no_purge_keeps_owned_stale_tunnel():
+    host = Host().add_tunnel(BROOKLYN).add_tunnel(QUEENS)
+    actions, removed = tu.plan(desired(QUEENS), host.live(), purge=False)
+    assert actions == [] and removed == []
+
+
+def test_empty_desired_purges_every_owned_tunnel_only():
+    host = Host().add_tunl0().add_tunnel(BROOKLYN).add_tunnel(QUEENS)
+    host.add_tunnel(dict(BROOKLYN, name="foreign0", remote="10.0.0.1"), alias="")
+    actions, removed = tu.plan([], host.live())
+    assert removed == ["sl-brooklyn", "sl-queens"]
+    assert argvs(actions) == ["link del dev sl-brooklyn", "link del dev sl-queens"]
+
+
+def test_foreign_ipip_link_with_same_name_fails():
+    host = Host().add_tunnel(BROOKLYN, alias="")
+    with pytest.raises(tu.TunnelError, match="'sl-brooklyn'.*not managed by sitelink.gateway"):
+        tu.plan(desired(BROOKLYN), host.live())
+
+
+def test_non_ipip_link_with_same_name_fails():
+    t = dict(BROOKLYN, name="eth1")
+    with pytest.raises(tu.TunnelError, match="'eth1'.*not an ipip tunnel"):
+        tu.plan(desired(t), Host().live())
+
+
+def test_foreign_ipip_link_without_marker_left_alone():
+    host = Host().add_tunl0()
+    host.add_tunnel(dict(QUEENS, name="legacy0", remote="10.9.9.9"), alias="set by hand")
+    actions, removed = tu.plan(desired(BROOKLYN), host.live())
+    assert removed == []
+    assert {a.tunnel for a in actions} == {"sl-brooklyn"}
+    assert not any("legacy0" in a.argv or "tunl0" in a.argv for a in actions)
+
+
+def test_extra_route_removed_and_wrong_src_replaced():
+    host = Host().add_tunnel(
+        QUEENS,
+        routes=[
+            ("192.168.3.0/24", "192.168.1.1"),  # wrong src: replace
+            ("10.99.0.0/16", LAN),  # not desired: delete
+        ],
+    )
+    host.routes.append({"dst": "10.30.0.0/16", "dev": "sl-queens", "metric": 50, "flags": []})
+    host.routes.append(
+        {"dst": "10.0.0.0/8", "dev": "sl-queens", "protocol": "kernel", "scope": "link"}
+    )
+    actions, _ = tu.plan(desired(QUEENS), host.live())
+    assert argvs(actions) == [
+        "route del 10.99.0.0/16 dev sl-queens",
+        "route del 10.30.0.0/16 dev sl-queens metric 50",
+        "route replace 10.30.0.0/16 dev sl-queens src 192.168.1.126",
+        "route replace 192.168.3.0/24 dev sl-queens src 192.168.1.126",
+    ]
+
+
+def test_addresses_made_exact():
+    host = Host().add_tunnel(BROOKLYN, addrs=[("10.0.0.1", 30)])
+    actions, _ = tu.plan(desired(BROOKLYN), host.live())
+    assert argvs(actions) == [
+        "address del 10.0.0.1/30 dev sl-brooklyn",
+        "address add 192.168.1.126/32 dev sl-brooklyn",
+    ]
+
+
+def test_route_moving_between_tunnels_deleted_before_replaced():
+    host = Host().add_tunnel(BROOKLYN).add_tunnel(QUEENS)
+    bk = dict(BROOKLYN, routes=["192.168.2.0/24", "192.168.3.0/24"])
+    qn = dict(QUEENS, routes=["10.30.0.0/16"])
+    actions, _ = tu.plan(desired(bk, qn), host.live())
+    assert argvs(actions) == [
+        "route del 192.168.3.0/24 dev sl-queens",
+        "route replace 192.168.3.0/24 dev sl-brooklyn src 192.168.1.126",
+    ]
+
+
+def test_local_address_missing_fails():
+    with pytest.raises(tu.TunnelError, match=r"'sl-brooklyn' local: 172.16.1.12 is not configured"):
+        tu.plan(desired(BROOKLYN), Host(wan=None).live())
+
+
+# --------------------------------------------------------------------------
+# validation
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"name": "sl-this-name-is-too-long"}, "name must be 1-15"),
+        ({"name": "sl brooklyn"}, "name must be 1-15"),
+        ({"name": ".."}, "name must be"),
+        ({"local": "172.16.1"}, "'sl-brooklyn' local: '172.16.1' is not an IPv4"),
+        ({"remote": "fd00::1"}, "'sl-brooklyn' remote: 'fd00::1' is not an IPv4"),
+        ({"remote": UNSPEC}, "remote: 0.0.0.0 is not a unicast"),
+        ({"remote": WAN}, "local and remote are both"),
+        ({"address": "192.168.1.126/24"}, "'sl-brooklyn' address: only /32"),
+        ({"address": "lan"}, "address: 'lan' is not an IPv4"),
+        ({"routes": ["192.168.2.1/24"]}, "'sl-brooklyn' routes: '192.168.2.1/24' is not an IPv4"),
+        ({"routes": ["192.168.2.0/24", "192.168.2.0/24"]}, "listed twice"),
+        ({"mtu": 67}, "'sl-brooklyn' mtu: 67 is outside 68..65515"),
+        ({"mtu": 65516}, "mtu: 65516 is outside"),
+        ({"ttl": 256}, "'sl-brooklyn' ttl: 256 is outside 0..255"),
+        ({"ttl": -1}, "ttl: -1 is outside"),
+        ({"description": 'say "hi"'}, "'sl-brooklyn' description: must not contain"),
+        ({"description": "a # comment"}, "description: must not contain"),
+        ({"description": "x" * 300}, "description: too long"),
+    ],
+)
+def test_validation_errors(change, message):
+    with pytest.raises(tu.TunnelError) as err:
+        tu.validate_tunnels([dict(BROOKLYN, **change)])
+    assert message in str(err.value)
+
+
+def test_validation_cross_tunnel_errors_all_reported():
+    twin = dict(QUEENS, name="sl-brooklyn", remote=BROOKLYN["remote"])
+    third = dict(QUEENS, name="sl-bronx", remote="172.17.4.10", routes=["192.168.2.0/24"])
+    with pytest.raises(tu.TunnelError) as err:
+        tu.validate_tunnels([BROOKLYN, twin, third])
+    msg = str(err.value)
+    assert "tunnel 'sl-brooklyn' name: sl-brooklyn already used" in msg
+    assert "tunnel 'sl-brooklyn' remote: 172.17.2.10 already used by tunnel 'sl-brooklyn'" in msg
+    assert "tunnel 'sl-bronx' routes: 192.168.2.0/24 already routed via tunnel 'sl-brooklyn'" in msg
+
+
+def test_validation_normalises_and_defaults():
+    raw = {
+        "name": "sl-x",
+        "local": " 172.16.1.12",
+        "remote": "172.17.9.1",
+        "address": "192.168.1.126/32",
+        "routes": ["10.2.0.0/16", "10.1.0.0/16"],
+        "mtu": None,
+        "ttl": None,
+        "description": None,
+    }
+    assert tu.validate_tunnels([raw]) == [
+        {
+            "name": "sl-x",
+            "local": "172.16.1.12",
+            "remote": "172.17.9.1",
+            "address": "192.168.1.126",
+            "routes": ["10.1.0.0/16", "10.2.0.0/16"],
+            "mtu": 1480,
+            "ttl": 64,
+            "description": "",
+        }
+    ]
+    assert tu.alias_for("") == "sitelink-gateway"
+
+
+# --------------------------------------------------------------------------
+# persistence file
+
+EXPECTED_FILE = """\
+# Managed by sitelink.gateway: do not edit
+# Applied at boot with: ip -batch /etc/sitelink/tunnels.batch
+
+# sl-brooklyn -> 172.17.2.10
+link add name sl-brooklyn type ipip local 172.16.1.12 remote 172.17.2.10 ttl 64
+link set dev sl-brooklyn mtu 1480 alias "sitelink-gateway: peer brooklyn" up
+address add 192.168.1.126/32 dev sl-brooklyn
+route replace 192.168.2.0/24 dev sl-brooklyn src 192.168.1.126
+
+# sl-queens -> 172.17.3.10
+link add name sl-queens type ipip local 172.16.1.12 remote 172.17.3.10 ttl 64
+link set dev sl-queens mtu 1480 alias "sitelink-gateway: peer queens" up
+address add 192.168.1.126/32 dev sl-queens
+route replace 10.30.0.0/16 dev sl-queens src 192.168.1.126
+route replace 192.168.3.0/24 dev sl-queens src 192.168.1.126
+"""
+
+
+def test_render_persist_exact_and_order_independent():
+    path = "/etc/sitelink/tunnels.batch"
+    assert tu.render_persist(desired(BROOKLYN, QUEENS), path) == EXPECTED_FILE
+    assert tu.render_persist(desired(QUEENS, BROOKLYN), path) == EXPECTED_FILE
+
+
+def test_render_persist_empty_is_header_only():
+    text = tu.render_persist([], "/x")
+    assert text.splitlines()[0] == tu.PERSIST_HEADER
+    assert all(line.startswith("#") for line in text.splitlines())
+
+
+def test_render_persist_without_description_has_plain_marker():
+    text = tu.render_persist(desired(dict(BROOKLYN, description="")), "/x")
+    assert "alias sitelink-gateway up" in text
+
+
+# --------------------------------------------------------------------------
+# run_module with a fake AnsibleModule and runner
+
+
+class Exit(Exception):
+    def __init__(self, result, failed):
+        super().__init__(result.get("msg"))
+        self.result = result
+        self.failed = failed
+
+
+class FakeModule:
+    def __init__(self, params, check_mode=False, diff=False):
+        self.params = dict({"purge": True, "persist_path": None}, **params)
+        self.check_mode = check_mode
+        self._diff = diff
+
+    def fail_json(self, **kw):
+        raise Exit(kw, True)
+
+    def exit_json(self, **kw):
+        raise Exit(kw, False)
+
+    def atomic_move(self, src, dest):
+        shutil.move(src, dest)
+
+
+class FakeRunner:
+    """Answers the three reads from a Host; records and succeeds every change."""
+
+    def __init__(self, host, fail_on=None):
+        self.link_json, self.addr_json, self.route_json = host.json()
+        self.calls = []
+        self.fail_on = fail_on
+
+    def run(self, argv):
+        self.calls.append(list(argv))
+        if argv[0] == "-j":
+            doc = {"link": self.link_json, "address": self.addr_json, "route": self.route_json}
+            return 0, doc[argv[1] if argv[1] != "-d" else argv[2]], ""
+        if self.fail_on and " ".join(argv).startswith(self.fail_on):
+            return 2, "", "RTNETLINK answers: File exists\n"
+        return 0, "", ""
+
+    def changes(self):
+        return [c for c in self.calls if c[0] != "-j"]
+
+
+def run(module, runner):
+    with pytest.raises(Exit) as exc:
+        tu.run_module(module, runner)
+    return exc.value
+
+
+def test_run_module_check_mode_runs_nothing(tmp_path):
+    path = str(tmp_path / "etc" / "tunnels.batch")
+    host = Host().add_tunnel(BROOKLYN, mtu=1400)
+    runner = FakeRunner(host)
+    module = FakeModule({"tunnels": [BROOKLYN, QUEENS], "persist_path": path}, check_mode=True)
+    out = run(module, runner)
+    assert not out.failed and out.result["changed"] is True
+    assert runner.changes() == []
+    assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
+    assert out.result["commands"][0] == "ip link set dev sl-brooklyn mtu 1480"
+    assert out.result["persist_changed"] is True
+
+
+def test_run_module_applies_writes_file_and_is_then_idempotent(tmp_path):
+    path = str(tmp_path / "etc" / "sitelink" / "tunnels.batch")
+    params = {"tunnels": [BROOKLYN, QUEENS], "persist_path": path}
+    runner = FakeRunner(Host())
+    out = run(FakeModule(params), runner)
+    assert not out.failed and out.result["changed"] is True
+    assert len(runner.changes()) == 9
+    assert out.result["commands"][1] == (
+        'ip link set dev sl-brooklyn mtu 1480 alias "sitelink-gateway: peer brooklyn" up'
+    )
+    assert [t["name"] for t in out.result["tunnels"]] == ["sl-brooklyn", "sl-queens"]
+    with open(path) as fh:
+        assert fh.read() == EXPECTED_FILE.replace("/etc/sitelink/tunnels.batch", path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o755
+    assert os.listdir(os.path.dirname(path)) == ["tunnels.batch"]  # no temp file left
+
+    # Second run against the state the first one produced.
+    runner = FakeRunner(Host().add_tunnel(BROOKLYN).add_tunnel(QUEENS))
+    out = run(FakeModule(params), runner)
+    assert out.result["changed"] is False
+    assert out.result["commands"] == [] and runner.changes() == []
+
+
+def test_run_module_empty_set_purges_and_writes_header_only(tmp_path):
+    path = str(tmp_path / "tunnels.batch")
+    runner = FakeRunner(Host().add_tunnel(BROOKLYN))
+    out = run(FakeModule({"tunnels": [], "persist_path": path}), runner)
+    assert out.result["removed"] == ["sl-brooklyn"]
+    assert out.result["commands"] == ["ip link del dev sl-brooklyn"]
+    with open(path) as fh:
+        assert fh.read() == tu.render_persist([], path)
+
+
+def test_run_module_failure_reports_command_stderr_and_done(tmp_path):
+    path = str(tmp_path / "tunnels.batch")
+    runner = FakeRunner(Host(), fail_on="link add name sl-queens")
+    out = run(FakeModule({"tunnels": [BROOKLYN, QUEENS], "persist_path": path}), runner)
+    assert out.failed
+    msg = out.result["msg"]
+    assert "'ip link add name sl-queens type ipip local 172.16.1.12" in msg
+    assert "RTNETLINK answers: File exists" in msg
+    assert out.result["failed_command"].startswith("ip link add name sl-queens")
+    assert len(out.result["commands"]) == 4  # sl-brooklyn was fully created first
+    assert out.result["changed"] is True
+    assert not os.path.exists(path)  # file only describes applied state
+
+
+def test_run_module_refuses_before_changing_anything():
+    host = Host(wan=None).add_tunnel(dict(QUEENS, local="10.0.0.1"), alias="")
+    runner = FakeRunner(host)
+    out = run(FakeModule({"tunnels": [BROOKLYN, QUEENS]}), runner)
+    assert out.failed and runner.changes() == []
+    assert "'sl-brooklyn' local: 172.16.1.12 is not configured" in out.result["msg"]
+    assert (
+        "'sl-queens': an ipip link with that name exists but is not managed" in (out.result["msg"])
+    )
+
+
+def test_run_module_validation_failure_reads_nothing():
+    runner = FakeRunner(Host())
+    out = run(FakeModule({"tunnels": [dict(BROOKLYN, mtu=10)]}), runner)
+    assert out.failed and "'sl-brooklyn' mtu" in out.result["msg"]
+    assert runner.calls == []
+
+
+def test_run_module_diff_shows_tunnels_and_file(tmp_path):
+    path = str(tmp_path / "tunnels.batch")
+    host = Host().add_tunnel(BROOKLYN, mtu=1400).add_tunnel(QUEENS)
+    module = FakeModule({"tunnels": [BROOKLYN], "persist_path": path}, check_mode=True, diff=True)
+    out = run(module, FakeRunner(host))
+    tunnels_diff, file_diff = out.result["diff"]
+    assert "tunnel sl-queens\n" in tunnels_diff["before"]
+    assert "tunnel sl-queens" not in tunnels_diff["after"]
+    assert "  mtu: 1400\n" in tunnels_diff["before"]
+    assert "  mtu: 1480\n" in tunnels_diff["after"]
+    assert "  routes: 192.168.2.0/24\n" in tunnels_diff["after"]
+    assert "  address: 192.168.1.126/32\n" in tunnels_diff["after"]
+    assert file_diff["before"] == "" and file_diff["after"].startswith(tu.PERSIST_HEADER)
+    assert out.result["removed"] == ["sl-queens"]
+
+
+def test_run_module_diff_identical_when_nothing_changes(tmp_path):
+    host = Host().add_tunnel(BROOKLYN).add_tunnel(QUEENS)
+    module = FakeModule({"tunnels": [QUEENS, BROOKLYN]}, check_mode=True, diff=True)
+    out = run(module, FakeRunner(host))
+    (tunnels_diff,) = out.result["diff"]
+    assert out.result["changed"] is False
+    assert tunnels_diff["before"] == tunnels_diff["after"]
+    assert "tunnel sl-brooklyn\n  local: 172.16.1.12\n" in tunnels_diff["before"]
+
+
+def test_describe_route_shows_what_differs():
+    host = Host().add_tunnel(QUEENS, routes=[("10.30.0.0/16", "192.168.1.1")])
+    host.routes.append({"dst": "10.40.0.0/16", "gateway": "10.0.0.9", "dev": "sl-queens"})
+    routes = host.live().describe("sl-queens")["routes"]
+    assert routes == ["10.30.0.0/16 src 192.168.1.1", "10.40.0.0/16 via 10.0.0.9 src None"]
+
+
+# --------------------------------------------------------------------------
+# the thin module with the real AnsibleModule
+
+
+def test_module_main_with_real_argument_spec(monkeypatch, capsys):
+    from ansible.module_utils.testing import patch_module_args
+    from ansible_collections.sitelink.gateway.plugins.modules import ipip_tunnel
+
+    runner = FakeRunner(Host())
+    monkeypatch.setattr(tu, "IpRunner", lambda module: runner)
+    raw = {k: v for k, v in BROOKLYN.items() if k not in ("mtu", "ttl")}
+    args = {"tunnels": [raw], "persist_path": None, "_ansible_check_mode": True}
+    with patch_module_args(args), pytest.raises(SystemExit) as exc:
+        ipip_tunnel.main()
+    assert exc.value.code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["changed"] is True
+    assert result["persist_path"] is None
+    assert result["tunnels"][0]["mtu"] == 1480 and result["tunnels"][0]["ttl"] == 64
+    assert len(result["commands"]) == 4
+    assert runner.changes() == []
