@@ -75,10 +75,10 @@ molecule: setup deps
 test: lint unit relay-netns build molecule
 
 demo: setup deps
-	./lab/demo
+	$(PY) lab/run.py demo
 
 bench: setup deps
-	./lab/bench
+	$(PY) lab/run.py bench
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

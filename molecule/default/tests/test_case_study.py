@@ -18,7 +18,7 @@ import pytest
 
 STATE = Path(os.environ.get("SITELINK_LAB_STATE", "/var/tmp/sitelink-lab/molecule-default"))
 INVENTORY = os.environ.get("SITELINK_INVENTORY", str(Path(__file__).parents[1] / "inventory"))
-TRAFFIC = Path(__file__).with_name("traffic.py")
+TRAFFIC = Path(__file__).parents[3] / "lab" / "traffic.py"
 BIN = Path(sys.executable).parent
 
 APP_SERVER = "192.168.1.10"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Traffic for the case-study verifier, run inside a lab LAN host namespace.
+"""Test traffic, run inside a lab LAN host namespace (Molecule verifier, make demo).
 
   traffic.py tcp-server PORT MODE       MODE=sink: read all, report peer + sha256
                                         MODE=source:BYTES: send BYTES, report peer + sha256
