@@ -1,0 +1,629 @@
+"""sitelink-relay with real sockets and real broadcasts, in network namespaces.
+
+Topology (every namespace and link is created here and removed afterwards):
+
+    app 192.168.1.10 --+                                    +-- ws  192.168.2.20
+                       +-- lan0 [gwA] tun0 ==== tun0 [gwB] lan0
+    mon 192.168.1.11 --+   .1.126/24              .2.126/24 +-- ws2 192.168.2.21
+                                                    ev0 10.99.0.1/24
+                                                     |
+                                                   evil 10.99.0.2 (routed, not a peer)
+
+The host has no ipip module, so the tunnel is a routed veth pair whose ends carry
+the gateways' LAN addresses as /32 with a peer route and a route to the other LAN
+with src = own LAN address, exactly as the ipip tunnel is configured.  Relays run
+as subprocesses (``ip netns exec``), as an unprivileged user when setpriv exists,
+with $NOTIFY_SOCKET pointing at a socket of the test (sd_notify is checked too).
+Test traffic never leaves the namespaces created here.
+
+Needs root and ``ip netns``; skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+RELAY = Path(__file__).resolve().parents[2] / "roles" / "relay" / "files" / "sitelink_relay.py"
+PYTHON = os.environ.get("SITELINK_RELAY_PYTHON") or (
+    "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+)
+PORT = 6799  # service mode relays
+COMPAT_PORT = 6800  # compat mode relays (run alongside, on their own port)
+NOBODY = 65534
+CLONE_NEWNET = 0x40000000
+TIMEOUT = 10.0  # upper bound of every wait
+QUIET = 0.8  # after the expected datagrams arrived, wait this long for duplicates
+
+APP, MON, WS, WS2, EVIL = (
+    "192.168.1.10",
+    "192.168.1.11",
+    "192.168.2.20",
+    "192.168.2.21",
+    "10.99.0.2",
+)
+GW_A, GW_B = "192.168.1.126", "192.168.2.126"
+BCAST_A, BCAST_B = "192.168.1.255", "192.168.2.255"
+
+
+def _prereqs():
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if sys.platform != "linux" or shutil.which("ip") is None:
+        return "needs Linux with iproute2 (ip)"
+    try:
+        res = subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"ip netns unavailable: {exc}"
+    if res.returncode != 0:
+        return "ip netns unavailable: " + res.stderr.decode(errors="replace").strip()
+    return None
+
+
+# ----------------------------------------------------------------------------- lab
+
+
+def run(*cmd, check=True):
+    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def in_netns(ns, fn):
+    """Run fn() in a thread that joined namespace ns; sockets it makes stay in ns."""
+    box = {}
+
+    def target():
+        try:
+            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({ns}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(TIMEOUT)
+    if "error" in box:
+        raise box["error"]
+    if "value" not in box:
+        raise TimeoutError(f"in_netns({ns}) did not finish")
+    return box["value"]
+
+
+def udp_socket(ns, port=0):
+    def make():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        s.bind(("0.0.0.0", port))  # noqa: S104 - inside a test namespace
+        return s
+
+    return in_netns(ns, make)
+
+
+def collect(sock, expected=None, timeout=TIMEOUT, quiet=QUIET):
+    """Datagrams (payload, src) until `expected` arrived (then `quiet` more) or timeout."""
+    got = []
+    deadline = time.monotonic() + timeout
+    quiet_until = None
+    if expected == 0:
+        quiet_until = time.monotonic() + quiet
+    while True:
+        now = time.monotonic()
+        end = min(deadline, quiet_until) if quiet_until else deadline
+        if now >= end:
+            return got
+        sock.settimeout(end - now)
+        try:
+            data, addr = sock.recvfrom(65535)
+        except socket.timeout:
+            continue
+        got.append((data, addr[0]))
+        if expected is not None and quiet_until is None and len(got) >= expected:
+            quiet_until = time.monotonic() + quiet
+
+
+def drain(*socks):
+    for s in socks:
+        s.setblocking(False)
+        try:
+            while True:
+                s.recv(65535)
+        except BlockingIOError:
+            pass
+        finally:
+            s.setblocking(True)
+
+
+class NotifyCollector:
+    """The systemd side of sd_notify: one datagram socket per relay, read by a thread."""
+
+    def __init__(self):
+        self.messages = {}
+        self.cond = threading.Condition()
+        self.selector = selectors.DefaultSelector()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def add(self, name, path):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        os.chmod(path, 0o666)  # noqa: S103 - the relay runs as nobody
+        sock.setblocking(False)
+        with self.cond:
+            self.messages[name] = []
+        self.selector.register(sock, selectors.EVENT_READ, name)
+
+    def _loop(self):
+        while not self.stop.is_set():
+            for key, _ in self.selector.select(0.2):
+                try:
+                    data = key.fileobj.recv(4096)
+                except OSError:
+                    continue
+                with self.cond:
+                    self.messages[key.data].append(data.decode())
+                    self.cond.notify_all()
+
+    def count(self, name, line):
+        with self.cond:
+            return sum(line in m.split("\n") for m in self.messages[name])
+
+    def wait(self, name, line, count=1, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while sum(line in m.split("\n") for m in self.messages[name]) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+        self.selector.close()
+
+
+class RelayProc:
+    def __init__(self, lab, name, ns, args, status_path):
+        self.lab, self.name, self.ns, self.status_path = lab, name, ns, status_path
+        self.log_path = os.path.join(lab.workdir, f"{name}.log")
+        notify = os.path.join(lab.workdir, f"{name}.notify")
+        lab.notify.add(name, notify)
+        env = dict(os.environ, NOTIFY_SOCKET=notify, WATCHDOG_USEC="1000000")
+        env.pop("WATCHDOG_PID", None)
+        env.pop("JOURNAL_STREAM", None)
+        cmd = ["ip", "netns", "exec", ns]
+        if lab.drop_privileges:
+            cmd += [
+                "setpriv",
+                f"--reuid={NOBODY}",
+                f"--regid={NOBODY}",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ]
+        cmd += [PYTHON, str(RELAY), *args]
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
+            )
+        lab.pids.append(self.proc.pid)
+        lab.relays.append(self)
+        if not lab.notify.wait(name, "READY=1"):
+            raise AssertionError(f"{name} never sent READY=1:\n{self.log()}")
+
+    def log(self):
+        try:
+            return Path(self.log_path).read_text()
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def status(self):
+        """Ask for a fresh status file (SIGUSR1) and return it."""
+        assert self.alive(), f"{self.name} died:\n{self.log()}"
+        before = time.time()
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                data = json.loads(Path(self.status_path).read_text())
+                if data.get("updated", 0) >= before:
+                    return data
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: no fresh status in {self.status_path}\n{self.log()}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                return self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait(TIMEOUT)
+        return self.proc.returncode
+
+
+class Lab:
+    def __init__(self):
+        self.suffix = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
+        self.namespaces = []  # only names this lab created, in creation order
+        self.pids = []  # every relay process this lab started
+        self.relays = []
+        self.workdir = tempfile.mkdtemp(prefix="sitelink-relay-it-")
+        os.chmod(self.workdir, 0o755)  # noqa: S103 - readable by the relay (nobody)
+        self.notify = NotifyCollector()
+        self.drop_privileges = shutil.which("setpriv") is not None and not os.environ.get(
+            "SITELINK_RELAY_AS_ROOT"
+        )
+        self.sockets = []
+
+    def add_ns(self, role):
+        name = f"slr{self.suffix}{role}"
+        if os.path.exists(f"/run/netns/{name}"):
+            raise RuntimeError(f"namespace {name} already exists; not touching it")
+        run("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def sock(self, ns, port=0):
+        s = udp_socket(ns, port)
+        self.sockets.append(s)
+        return s
+
+    def build(self):
+        ns = {r: self.add_ns(r) for r in ("app", "mon", "gwA", "gwB", "ws", "ws2", "evil")}
+        self.ns = ns
+        for gw, lan in (("gwA", f"{GW_A}/24"), ("gwB", f"{GW_B}/24")):
+            run("ip", "-n", ns[gw], "link", "add", "lan0", "type", "bridge")
+            run("ip", "-n", ns[gw], "addr", "add", lan, "dev", "lan0")
+            run("ip", "-n", ns[gw], "link", "set", "lan0", "up")
+        for host, gw, addr, gwaddr in (
+            ("app", "gwA", APP, GW_A),
+            ("mon", "gwA", MON, GW_A),
+            ("ws", "gwB", WS, GW_B),
+            ("ws2", "gwB", WS2, GW_B),
+        ):
+            port = "p" + host
+            run("ip", "-n", ns[host], "link", "add", "eth0", "type", "veth", "peer", "name", port,
+                "netns", ns[gw])  # fmt: skip
+            run("ip", "-n", ns[gw], "link", "set", port, "master", "lan0", "up")
+            run("ip", "-n", ns[host], "addr", "add", f"{addr}/24", "dev", "eth0")
+            run("ip", "-n", ns[host], "link", "set", "eth0", "up")
+            run("ip", "-n", ns[host], "route", "add", "default", "via", gwaddr)
+        # the "tunnel": a routed link whose ends carry the LAN addresses as /32
+        run("ip", "-n", ns["gwA"], "link", "add", "tun0", "type", "veth", "peer", "name", "tun0",
+            "netns", ns["gwB"])  # fmt: skip
+        for gw, own, peer, other_lan in (
+            ("gwA", GW_A, GW_B, "192.168.2.0/24"),
+            ("gwB", GW_B, GW_A, "192.168.1.0/24"),
+        ):
+            run("ip", "-n", ns[gw], "addr", "add", f"{own}/32", "peer", f"{peer}/32", "dev", "tun0")
+            run("ip", "-n", ns[gw], "link", "set", "tun0", "up")
+            run("ip", "-n", ns[gw], "route", "add", other_lan, "via", peer, "dev", "tun0",
+                "src", own)  # fmt: skip
+        # an outsider routed to gwB, not a configured peer
+        run("ip", "-n", ns["evil"], "link", "add", "eth0", "type", "veth", "peer", "name", "ev0",
+            "netns", ns["gwB"])  # fmt: skip
+        run("ip", "-n", ns["gwB"], "addr", "add", "10.99.0.1/24", "dev", "ev0")
+        run("ip", "-n", ns["gwB"], "link", "set", "ev0", "up")
+        run("ip", "-n", ns["evil"], "addr", "add", f"{EVIL}/24", "dev", "eth0")
+        run("ip", "-n", ns["evil"], "link", "set", "eth0", "up")
+        run("ip", "-n", ns["evil"], "route", "add", "default", "via", "10.99.0.1")
+
+    def write(self, name, content, mode=0o644):
+        path = os.path.join(self.workdir, name)
+        with open(path, "w") as fh:
+            fh.write(content)
+        os.chmod(path, mode)
+        return path
+
+    def status_dir(self, name):
+        path = os.path.join(self.workdir, name)
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o777)  # noqa: S103 - the relay runs as nobody
+        return path
+
+    def teardown(self):
+        for relay in self.relays:  # only processes this lab started, by pid
+            if relay.proc.poll() is None:
+                relay.stop()
+        for s in self.sockets:
+            s.close()
+        self.notify.close()
+        for name in reversed(self.namespaces):  # only namespaces this lab created
+            run("ip", "netns", "del", name, check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def service_config(lan_addr, peer, status_file, port=PORT):
+    return json.dumps(
+        {
+            "version": 1,
+            "lan": {"interface": "lan0", "address": lan_addr},
+            "wire": "raw",
+            "rules": [{"port": port, "forward_to": [peer], "accept_from": [peer]}],
+            "status_file": status_file,
+        },
+        indent=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab():
+    reason = _prereqs()
+    if reason:
+        pytest.skip(reason)
+    lab = Lab()
+    try:
+        lab.build()
+        yield lab
+    finally:
+        lab.teardown()
+        leftovers = [n for n in lab.namespaces if os.path.exists(f"/run/netns/{n}")]
+        assert not leftovers, f"namespaces left behind: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def service(lab):
+    """Bidirectional service-mode relays: gwA <-> gwB on udp/6799."""
+    relays = {}
+    for name, lan_addr, peer in (("gwA", f"{GW_A}/24", GW_B), ("gwB", f"{GW_B}/24", GW_A)):
+        status = os.path.join(lab.status_dir(f"run-{name}"), "status.json")
+        cfg = lab.write(f"{name}.json", service_config(lan_addr, peer, status))
+        res = run(PYTHON, str(RELAY), "--check-config", cfg, check=False)
+        assert res.returncode == 0, res.stderr
+        relays[name] = RelayProc(lab, name, lab.ns[name], ["--config", cfg], status)
+        relays[name].config = cfg
+    return relays
+
+
+@pytest.fixture(scope="module")
+def hosts(lab):
+    """Listening sockets on udp/6799 and udp/6800 on every LAN host, plus senders."""
+    h = {}
+    for host in ("app", "mon", "ws", "ws2"):
+        h[host] = lab.sock(lab.ns[host], PORT)
+        h[host + "_compat"] = lab.sock(lab.ns[host], COMPAT_PORT)
+        h[host + "_tx"] = lab.sock(lab.ns[host])
+    h["evil_tx"] = lab.sock(lab.ns["evil"])
+    return h
+
+
+def port_delta(after, before, port=PORT):
+    a = after["ports"][str(port)]
+    b = before["ports"][str(port)]
+    delta = {k: a[k] - b[k] for k in ("received", "forwarded", "rebroadcast")}
+    reasons = set(a["dropped"]) | set(b["dropped"])
+    delta["dropped"] = {
+        r: a["dropped"].get(r, 0) - b["dropped"].get(r, 0)
+        for r in reasons
+        if a["dropped"].get(r, 0) != b["dropped"].get(r, 0)
+    }
+    delta["send_errors"] = a["send_errors"]
+    return delta
+
+
+def only_from(received, src):
+    return [d for d, s in received if s != src]
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_relays_ready_and_unprivileged(lab, service):
+    for relay in service.values():
+        assert relay.alive(), relay.log()
+        status = relay.status()
+        assert status["mode"] == "service"
+        assert status["lan"]["interface"] == "lan0" and status["lan"]["ifindex"] > 0
+        if lab.drop_privileges:
+            uid_line = [
+                line
+                for line in Path(f"/proc/{relay.proc.pid}/status").read_text().splitlines()
+                if line.startswith("Uid:")
+            ][0]
+            assert uid_line.split()[1:] == [str(NOBODY)] * 4
+        # watchdog pings at half of WATCHDOG_USEC (1 s): expect a few within 2.5 s
+        assert lab.notify.wait(relay.name, "WATCHDOG=1", count=3, timeout=5), relay.log()
+
+
+def test_lan_broadcasts_arrive_exactly_once(lab, service, hosts):
+    n = 25
+    drain(*hosts.values())
+    before = {k: r.status() for k, r in service.items()}
+    payloads = [f"announce {i} {secrets.token_hex(8)}".encode() for i in range(n)]
+    for p in payloads:
+        hosts["app_tx"].sendto(p, (BCAST_A, PORT))
+        time.sleep(0.005)
+    for ws in ("ws", "ws2"):
+        got = collect(hosts[ws], expected=n)
+        assert sorted(d for d, _ in got) == sorted(payloads), f"{ws} got {len(got)}"
+        assert {s for _, s in got} == {GW_B}
+    # nothing came back onto LAN A: only app's originals on app/mon
+    for h in ("app", "mon"):
+        got = collect(hosts[h], expected=n, timeout=2)
+        assert only_from(got, APP) == [], f"echo on LAN A seen by {h}"
+        assert len(got) == n
+    after = {k: r.status() for k, r in service.items()}
+    da, db = port_delta(after["gwA"], before["gwA"]), port_delta(after["gwB"], before["gwB"])
+    assert (da["received"], da["forwarded"], da["rebroadcast"], da["dropped"]) == (n, n, 0, {})
+    # gwB hears its own re-broadcasts: dropped as "own", never forwarded back
+    assert (db["received"], db["forwarded"], db["rebroadcast"]) == (2 * n, 0, n)
+    assert db["dropped"] == {"own": n}
+    assert da["send_errors"] == {} and db["send_errors"] == {}
+
+
+def test_limited_broadcast_is_relayed(lab, service, hosts):
+    drain(*hosts.values())
+    hosts["app_tx"].sendto(b"to-all-ones", ("255.255.255.255", PORT))
+    got = collect(hosts["ws"], expected=1)
+    assert got == [(b"to-all-ones", GW_B)]
+    assert only_from(collect(hosts["mon"], expected=1, timeout=2), APP) == []
+
+
+def test_largest_datagram_arrives_intact(lab, service, hosts):
+    drain(*hosts.values())
+    big = os.urandom(65507)
+    hosts["app_tx"].sendto(big, (BCAST_A, PORT))
+    got = collect(hosts["ws"], expected=1)
+    assert len(got) == 1 and got[0][0] == big
+    assert only_from(collect(hosts["mon"], expected=1, timeout=2), APP) == []
+
+
+def test_reverse_direction_and_no_echo_on_lan_b(lab, service, hosts):
+    """gwB forwards LAN B broadcasts to gwA; LAN B hears each one only once."""
+    drain(*hosts.values())
+    payloads = [f"from-brooklyn {i}".encode() for i in range(5)]
+    for p in payloads:
+        hosts["ws_tx"].sendto(p, (BCAST_B, PORT))
+        time.sleep(0.005)
+    got = collect(hosts["mon"], expected=5)
+    assert sorted(got) == sorted((p, GW_A) for p in payloads)
+    got_b = collect(hosts["ws2"], expected=5)
+    assert sorted(got_b) == sorted((p, WS) for p in payloads)  # originals only
+
+
+def test_lan_host_repeating_a_rebroadcast_is_not_sent_back(lab, service, hosts):
+    """A LAN B host repeats what gwB re-broadcast (e.g. a forgotten old udp-proxy).
+
+    Its source is a LAN host, so only the echo suppression keeps gwB from sending it
+    back to gwA, which would re-broadcast it on LAN A.
+    """
+    drain(*hosts.values())
+    before = service["gwB"].status()
+    hosts["app_tx"].sendto(b"repeat me", (BCAST_A, PORT))
+    got = collect(hosts["ws2"], expected=1, quiet=0)
+    assert got == [(b"repeat me", GW_B)]
+    hosts["ws2_tx"].sendto(got[0][0], (BCAST_B, PORT))  # within the 2 s window
+    assert only_from(collect(hosts["mon"], expected=1, timeout=2), APP) == []
+    delta = port_delta(service["gwB"].status(), before)
+    assert delta["dropped"] == {"own": 1, "echo": 1}
+    assert (delta["rebroadcast"], delta["forwarded"]) == (1, 0)
+
+
+def test_non_peer_datagrams_are_not_rebroadcast(lab, service, hosts):
+    drain(*hosts.values())
+    before = service["gwB"].status()
+    hosts["ws_tx"].sendto(b"lan host to gateway", (GW_B, PORT))
+    hosts["evil_tx"].sendto(b"outsider to gateway", (GW_B, PORT))
+    # same address family as the peer but not the peer
+    assert collect(hosts["ws2"], expected=0) == []
+    assert collect(hosts["ws"], expected=0) == []
+    after = service["gwB"].status()
+    delta = port_delta(after, before)
+    assert delta["received"] == 2 and delta["rebroadcast"] == 0 and delta["forwarded"] == 0
+    assert delta["dropped"] == {"foreign": 2}
+
+
+def test_status_cli_reads_the_file(lab, service):
+    service["gwA"].status()
+    res = run(PYTHON, str(RELAY), "--status", service["gwA"].status_path)
+    assert "service mode" in res.stdout and str(PORT) in res.stdout
+
+
+def test_reload_keeps_old_config_on_error_and_applies_good_one(lab, service, hosts):
+    relay = service["gwB"]
+    cfg = Path(relay.config)
+    good = cfg.read_text()
+    ready_before = lab.notify.count("gwB", "READY=1")
+    cfg.write_text('{"version": 1, "rules": []}')
+    relay.proc.send_signal(signal.SIGHUP)
+    assert lab.notify.wait("gwB", "READY=1", count=ready_before + 1)
+    assert "keeping the running config" in relay.log()
+    drain(*hosts.values())
+    hosts["app_tx"].sendto(b"after bad reload", (BCAST_A, PORT))
+    assert collect(hosts["ws"], expected=1) == [(b"after bad reload", GW_B)]
+    # a good config: gwB stops accepting from gwA -> nothing is re-broadcast
+    data = json.loads(good)
+    data["rules"][0]["accept_from"] = []
+    cfg.write_text(json.dumps(data))
+    relay.proc.send_signal(signal.SIGHUP)
+    assert lab.notify.wait("gwB", "READY=1", count=ready_before + 2)
+    drain(*hosts.values())
+    hosts["app_tx"].sendto(b"after good reload", (BCAST_A, PORT))
+    assert collect(hosts["ws"], expected=0) == []
+    cfg.write_text(good)
+    relay.proc.send_signal(signal.SIGHUP)
+    assert lab.notify.wait("gwB", "READY=1", count=ready_before + 3)
+    drain(*hosts.values())
+    hosts["app_tx"].sendto(b"restored", (BCAST_A, PORT))
+    assert collect(hosts["ws"], expected=1) == [(b"restored", GW_B)]
+    assert relay.alive()
+
+
+def test_compat_cli_reproduces_the_article(lab, hosts):
+    """`sitelink-relay PORT 192.168.2.126` on A, `sitelink-relay PORT 192.168.2.255` on B."""
+    status = {}
+    relays = {}
+    for name, dest in (("cA", GW_B), ("cB", BCAST_B)):
+        status[name] = os.path.join(lab.status_dir(f"run-{name}"), "status.json")
+        gw = lab.ns["gwA" if name == "cA" else "gwB"]
+        relays[name] = RelayProc(
+            lab,
+            name,
+            gw,
+            ["--status-file", status[name], str(COMPAT_PORT), dest],
+            status[name],
+        )
+    drain(*hosts.values())
+    n = 15
+    payloads = [f"compat {i} {secrets.token_hex(4)}".encode() for i in range(n)]
+    for p in payloads:
+        hosts["app_tx"].sendto(p, (BCAST_A, COMPAT_PORT))
+        time.sleep(0.005)
+    for ws in ("ws_compat", "ws2_compat"):
+        got = collect(hosts[ws], expected=n)
+        assert sorted(got) == sorted((p, GW_B) for p in payloads), ws
+    got = collect(hosts["mon_compat"], expected=n, timeout=2)
+    assert only_from(got, APP) == [] and len(got) == n
+    sa, sb = relays["cA"].status(), relays["cB"].status()
+    pa, pb = sa["ports"][str(COMPAT_PORT)], sb["ports"][str(COMPAT_PORT)]
+    assert sa["mode"] == "compat"
+    assert (pa["received"], pa["forwarded"], pa["dropped"]) == (n, n, {})
+    assert (pb["received"], pb["forwarded"], pb["dropped"]) == (2 * n, n, {"own": n})
+    for relay in relays.values():
+        assert relay.stop() == 0, relay.log()
+        assert lab.notify.count(relay.name, "STOPPING=1") == 1
+
+
+def test_sigterm_exits_cleanly(lab, service):
+    for relay in service.values():
+        assert relay.alive(), relay.log()
+        assert relay.stop() == 0, relay.log()
+        assert lab.notify.wait(relay.name, "STOPPING=1", timeout=2)
+        assert "Traceback" not in relay.log(), relay.log()

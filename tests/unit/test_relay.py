@@ -1,0 +1,718 @@
+"""Unit tests for roles/relay/files/sitelink_relay.py (no root, no network needed)."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import importlib.util
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+RELAY_PATH = Path(__file__).resolve().parents[2] / "roles" / "relay" / "files" / "sitelink_relay.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("sitelink_relay", RELAY_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sitelink_relay"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+relay = _load()
+
+LAN = "192.168.1.126/24"
+LAN_IFINDEX = 3
+TUN_IFINDEX = 7
+BCAST = socket.inet_aton("192.168.1.255")
+ALL_ONES = socket.inet_aton("255.255.255.255")
+GW_A = socket.inet_aton("192.168.1.126")
+PEER = "192.168.2.126"
+
+BASE_CONFIG = {
+    "version": 1,
+    "lan": {"interface": "eth0", "address": LAN},
+    "own_addresses": ["172.16.1.12"],
+    "wire": "raw",
+    "rules": [{"port": 6799, "forward_to": [PEER], "accept_from": [PEER]}],
+    "status_file": "/run/sitelink-relay/status.json",
+}
+
+
+def make_classifier(forward=True, accept=(PEER,), window=2.0):
+    import ipaddress
+
+    return relay.Classifier(
+        ipaddress.IPv4Interface(LAN),
+        LAN_IFINDEX,
+        frozenset({"192.168.1.126", "172.16.1.12"}),
+        frozenset(accept),
+        forward,
+        echo_window=window,
+    )
+
+
+# ------------------------------------------------------------------ classification
+
+
+class TestClassifier:
+    def test_lan_broadcast_is_forwarded(self):
+        c = make_classifier()
+        assert c.classify(b"hello", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.0) == "forwarded"
+
+    def test_limited_broadcast_is_forwarded(self):
+        c = make_classifier()
+        assert c.classify(b"hello", "192.168.1.10", LAN_IFINDEX, ALL_ONES, now=1.0) == "forwarded"
+
+    @pytest.mark.parametrize("src", ["192.168.1.126", "172.16.1.12"])
+    def test_own_source_dropped(self, src):
+        c = make_classifier()
+        # our own re-broadcast comes back on the LAN interface: must not be forwarded
+        assert c.classify(b"x", src, LAN_IFINDEX, BCAST, now=1.0) == "own"
+        assert c.classify(b"x", src, TUN_IFINDEX, GW_A, now=1.0) == "own"
+
+    def test_peer_unicast_is_rebroadcast(self):
+        c = make_classifier()
+        assert c.classify(b"from B", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
+
+    @pytest.mark.parametrize("dst", [BCAST, ALL_ONES, socket.inet_aton("239.1.2.3")])
+    def test_peer_to_broadcast_or_multicast_dropped(self, dst):
+        c = make_classifier()
+        assert c.classify(b"x", PEER, TUN_IFINDEX, dst, now=1.0) == "peer_broadcast"
+
+    def test_peer_only_when_listed(self):
+        c = make_classifier(accept=())
+        assert c.classify(b"x", PEER, TUN_IFINDEX, GW_A, now=1.0) == "foreign"
+
+    @pytest.mark.parametrize(
+        "src,dst",
+        [
+            ("192.168.2.20", GW_A),  # non-peer at the other site
+            ("192.168.1.10", GW_A),  # LAN host unicasting to the gateway
+            ("192.168.2.127", GW_A),  # near miss of the peer address
+            ("10.9.9.9", BCAST),  # broadcast from a source outside the LAN
+        ],
+    )
+    def test_foreign(self, src, dst):
+        c = make_classifier()
+        ifindex = LAN_IFINDEX if dst == BCAST else TUN_IFINDEX
+        assert c.classify(b"x", src, ifindex, dst, now=1.0) == "foreign"
+
+    def test_broadcast_on_wrong_interface(self):
+        c = make_classifier()
+        assert c.classify(b"x", "192.168.1.10", TUN_IFINDEX, BCAST, now=1.0) == "wrong_interface"
+        assert c.classify(b"x", "192.168.1.10", 0, ALL_ONES, now=1.0) == "wrong_interface"
+
+    def test_no_forward_to(self):
+        c = make_classifier(forward=False)
+        assert c.classify(b"x", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.0) == "no_forward_to"
+
+    def test_truncated(self):
+        c = make_classifier()
+        assert c.classify(b"x", "192.168.1.10", LAN_IFINDEX, BCAST, True, now=1.0) == "truncated"
+
+    def test_ifindex_refresh(self):
+        c = make_classifier()
+        c.lan_ifindex = 42  # interface recreated
+        assert c.classify(b"x", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.0) == "wrong_interface"
+        assert c.classify(b"x", "192.168.1.10", 42, BCAST, now=1.0) == "forwarded"
+
+    def test_echo_suppression_window(self):
+        c = make_classifier(window=2.0)
+        payload = b"announce 42"
+        assert c.classify(payload, PEER, TUN_IFINDEX, GW_A, now=100.0) == "rebroadcast"
+        # a LAN host (not us) re-broadcasts the same payload shortly after: echo
+        assert c.classify(payload, "192.168.1.10", LAN_IFINDEX, BCAST, now=100.5) == "echo"
+        assert c.classify(payload, "192.168.1.10", LAN_IFINDEX, ALL_ONES, now=101.9) == "echo"
+        # other payloads are not affected
+        assert c.classify(b"other", "192.168.1.10", LAN_IFINDEX, BCAST, now=101.0) == "forwarded"
+        # window expired
+        assert c.classify(payload, "192.168.1.10", LAN_IFINDEX, BCAST, now=102.1) == "forwarded"
+        assert len(c.echo) == 0
+
+    def test_echo_memory_accepts_memoryview(self):
+        c = make_classifier()
+        buf = bytearray(b"xxpayloadxx")
+        view = memoryview(buf)[2:9]
+        assert c.classify(view, PEER, TUN_IFINDEX, GW_A, now=5.0) == "rebroadcast"
+        assert c.classify(b"payload", "192.168.1.10", LAN_IFINDEX, BCAST, now=5.1) == "echo"
+
+    def test_no_hashing_without_recent_rebroadcast(self, monkeypatch):
+        c = make_classifier()
+
+        def boom(payload):
+            raise AssertionError("hashed although nothing was re-broadcast")
+
+        monkeypatch.setattr(relay.EchoMemory, "digest", staticmethod(boom))
+        for i in range(5):
+            assert c.classify(b"x%d" % i, "192.168.1.10", LAN_IFINDEX, BCAST) == "forwarded"
+
+    def test_echo_memory_is_bounded(self, monkeypatch):
+        monkeypatch.setattr(relay, "ECHO_MAX_ENTRIES", 50)
+        mem = relay.EchoMemory(2.0)
+        for i in range(500):
+            mem.remember(b"p%d" % i, 10.0 + i * 0.001)
+        assert len(mem) <= 50
+        assert mem.seen(b"p499", 10.6)
+
+
+class TestCompatClassifier:
+    def test_forward_everything_but_own(self):
+        c = relay.CompatClassifier(frozenset({"192.168.1.126"}), PEER, False)
+        assert c.classify(b"x", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.0) == "forwarded"
+        assert c.classify(b"x", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.1) == "forwarded"
+        assert c.classify(b"x", "192.168.1.126", LAN_IFINDEX, BCAST, now=1.2) == "own"
+        assert len(c.echo) == 0  # unicast DEST: nothing remembered, nothing hashed
+
+    def test_broadcast_dest_suppresses_echo(self):
+        dest_b = socket.inet_aton("192.168.2.255")
+        c = relay.CompatClassifier(frozenset({"192.168.2.126"}), "192.168.2.255", True)
+        gw_b = socket.inet_aton("192.168.2.126")
+        assert c.classify(b"x", "192.168.1.126", 9, gw_b, now=1.0) == "forwarded"
+        assert c.classify(b"x", "192.168.2.126", 3, dest_b, now=1.01) == "own"
+        # a LAN host repeating the payload within the window is an echo
+        assert c.classify(b"x", "192.168.1.126", 9, gw_b, now=1.5) == "echo"
+        assert c.classify(b"x", "192.168.1.126", 9, gw_b, now=3.6) == "forwarded"
+        # already addressed to DEST: re-sending it would duplicate it
+        assert c.classify(b"y", "192.168.2.20", 3, dest_b, now=4.0) == "same_destination"
+
+
+# ----------------------------------------------------------------------- config
+
+
+def cfg_with(**changes):
+    data = copy.deepcopy(BASE_CONFIG)
+    for key, value in changes.items():
+        if value is KeyError:
+            data.pop(key)
+        else:
+            data[key] = value
+    return data
+
+
+def rule(**kw):
+    r = {"port": 6799, "forward_to": [PEER], "accept_from": []}
+    r.update(kw)
+    return r
+
+
+def test_valid_config():
+    cfg = relay.parse_config(copy.deepcopy(BASE_CONFIG))
+    assert cfg.lan_interface == "eth0"
+    assert str(cfg.lan_broadcast) == "192.168.1.255"
+    assert str(cfg.lan_network) == "192.168.1.0/24"
+    assert cfg.own_addresses == {"192.168.1.126", "172.16.1.12"}
+    assert cfg.rules[0].port == 6799
+    assert cfg.rules[0].forward_to == (PEER,)
+    assert cfg.rules[0].accept_from == {PEER}
+    assert cfg.status_file == "/run/sitelink-relay/status.json"
+
+
+def test_minimal_config_defaults():
+    cfg = relay.parse_config(
+        {"version": 1, "lan": {"interface": "eth0", "address": LAN}, "rules": [rule()]}
+    )
+    assert cfg.wire == "raw"
+    assert cfg.own_addresses == {"192.168.1.126"}
+    assert cfg.status_file == relay.DEFAULT_STATUS_FILE
+    cfg = relay.parse_config(cfg_with(status_file=None))
+    assert cfg.status_file is None
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (cfg_with(rules=[rule(port=70000)]), "rules[0].port: 70000 is not a port number (1-65535)"),
+        (cfg_with(rules=[rule(port=0)]), "rules[0].port: 0 is not a port number"),
+        (cfg_with(rules=[rule(port="6799")]), 'rules[0].port: "6799" is not a port number'),
+        (cfg_with(rules=[rule(port=True)]), "rules[0].port: true is not a port number"),
+        (cfg_with(rules=[{"forward_to": [PEER]}]), "rules[0].port: missing"),
+        (
+            cfg_with(rules=[rule(), rule(forward_to=["10.0.0.1"])]),
+            "rules[1].port: 6799 is already used by rules[0]",
+        ),
+        (
+            cfg_with(rules=[rule(forward_to=["192.168.1.126"])]),
+            "rules[0].forward_to[0]: 192.168.1.126 is an address of this gateway",
+        ),
+        (
+            cfg_with(rules=[rule(accept_from=["172.16.1.12"])]),
+            "rules[0].accept_from[0]: 172.16.1.12 is an address of this gateway (own_addresses[0])",
+        ),
+        (
+            cfg_with(rules=[rule(forward_to=["192.168.1.20"])]),
+            "rules[0].forward_to[0]: 192.168.1.20 is inside the LAN 192.168.1.0/24",
+        ),
+        (
+            cfg_with(rules=[rule(forward_to=["192.168.1.255"])]),
+            "rules[0].forward_to[0]: 192.168.1.255 is inside the LAN",
+        ),
+        (
+            cfg_with(rules=[rule(accept_from=["192.168.1.20"])]),
+            "rules[0].accept_from[0]: 192.168.1.20 is inside the LAN",
+        ),
+        (
+            cfg_with(rules=[rule(forward_to=[PEER, PEER])]),
+            "rules[0].forward_to[1]: 192.168.2.126 is listed twice",
+        ),
+        (
+            cfg_with(rules=[rule(forward_to=["224.0.0.1"])]),
+            "rules[0].forward_to[0]: 224.0.0.1 is not a usable unicast address",
+        ),
+        (
+            cfg_with(rules=[rule(forward_to=["example.org"])]),
+            "rules[0].forward_to[0]: 'example.org' is not an IPv4 address",
+        ),
+        (
+            cfg_with(rules=[rule(forward_to="192.168.2.126")]),
+            "rules[0].forward_to: must be a list",
+        ),
+        (
+            cfg_with(rules=[rule(forward_to=[], accept_from=[])]),
+            "rules[0]: needs at least one address in forward_to or accept_from",
+        ),
+        (cfg_with(rules=[rule(peers=[PEER])]), "rules[0].peers: unknown key"),
+        (cfg_with(rules=["6799"]), "rules[0]: must be an object"),
+        (cfg_with(rules=[]), "rules: is empty"),
+        (cfg_with(rules=KeyError), "rules: missing"),
+        (cfg_with(rules={"port": 6799}), "rules: must be a list"),
+        (cfg_with(extra=1), "extra: unknown key (allowed: _comment, version, lan,"),
+        (cfg_with(version=2), "version: 2 is not supported"),
+        (cfg_with(version=KeyError), "version: missing"),
+        (cfg_with(wire="hmac-sha256"), 'wire: "hmac-sha256" is not supported'),
+        (cfg_with(lan=KeyError), "lan: missing"),
+        (cfg_with(lan="eth0"), "lan: must be an object"),
+        (cfg_with(lan={"interface": "eth0", "address": LAN, "mtu": 1}), "lan.mtu: unknown key"),
+        (cfg_with(lan={"address": LAN}), "lan.interface: missing"),
+        (
+            cfg_with(lan={"interface": "a-very-long-ifname0", "address": LAN}),
+            "lan.interface: 'a-very-long-ifname0' is not a valid interface name",
+        ),
+        (
+            cfg_with(lan={"interface": "eth0", "address": "192.168.1.126"}),
+            'lan.address: "192.168.1.126" must be the gateway\'s LAN address with prefix',
+        ),
+        (
+            cfg_with(lan={"interface": "eth0", "address": "192.168.1.300/24"}),
+            "lan.address: '192.168.1.300/24' is not an IPv4 address/prefix",
+        ),
+        (
+            cfg_with(lan={"interface": "eth0", "address": "192.168.1.126/32"}),
+            "lan.address: /32 leaves no broadcast address",
+        ),
+        (
+            cfg_with(lan={"interface": "eth0", "address": "192.168.1.255/24"}),
+            "lan.address: 192.168.1.255 is the network or broadcast address of 192.168.1.0/24",
+        ),
+        (cfg_with(own_addresses="172.16.1.12"), "own_addresses: must be a list"),
+        (cfg_with(own_addresses=["nope"]), "own_addresses[0]: 'nope' is not an IPv4 address"),
+        (
+            cfg_with(own_addresses=["192.168.1.126"]),
+            "own_addresses[0]: 192.168.1.126 is listed twice (also lan.address)",
+        ),
+        (cfg_with(status_file="status.json"), 'status_file: "status.json" must be an absolute'),
+    ],
+)
+def test_config_errors(data, message):
+    with pytest.raises(relay.ConfigError) as info:
+        relay.parse_config(data)
+    assert any(line.startswith(message) for line in info.value.errors), info.value.errors
+
+
+def test_config_not_an_object():
+    with pytest.raises(relay.ConfigError, match="must be a JSON object"):
+        relay.parse_config([1, 2])
+
+
+def test_config_reports_all_errors():
+    data = cfg_with(wire="x", rules=[rule(port=70000), rule(port=-1)])
+    with pytest.raises(relay.ConfigError) as info:
+        relay.parse_config(data)
+    assert len(info.value.errors) == 3
+
+
+def test_load_config_file_errors(tmp_path):
+    missing = tmp_path / "missing.json"
+    with pytest.raises(relay.ConfigError, match="cannot read"):
+        relay.load_config(str(missing))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1,\n "lan": }')
+    with pytest.raises(relay.ConfigError, match="invalid JSON at line 2 column"):
+        relay.load_config(str(bad))
+    dup = tmp_path / "dup.json"
+    dup.write_text('{"version": 1, "version": 1}')
+    with pytest.raises(relay.ConfigError, match="duplicate key 'version'"):
+        relay.load_config(str(dup))
+
+
+def test_check_config_cli(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(BASE_CONFIG))
+    assert relay.main(["--check-config", str(good)]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(cfg_with(rules=[rule(port=70000)])))
+    assert relay.main(["--check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "rules[0].port: 70000 is not a port number (1-65535)" in err
+
+
+def test_check_config_as_subprocess(tmp_path):
+    """What Ansible's template validate: runs (no root, interface need not exist)."""
+    import subprocess
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(cfg_with(lan={"interface": "nosuch0", "address": LAN})))
+    res = subprocess.run(
+        [sys.executable, str(RELAY_PATH), "--check-config", str(good)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(cfg_with(rules=[rule(port=6799), rule(port=6799)])))
+    res = subprocess.run(
+        [sys.executable, str(RELAY_PATH), "--check-config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 2
+    assert "rules[1].port: 6799 is already used by rules[0]" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["6799"],
+        ["--config", "a.json", "6799", "192.168.2.126"],
+        ["70000", "192.168.2.126"],
+        ["6799", "not-an-ip"],
+    ],
+)
+def test_cli_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        relay.main(argv)
+    assert info.value.code == 2
+
+
+def test_help_mentions_both_modes(capsys):
+    with pytest.raises(SystemExit) as info:
+        relay.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "PORT DEST" in out and "--config" in out and "--check-config" in out
+
+
+# ------------------------------------------------------------------------ status
+
+
+def test_format_status():
+    now = 1_700_000_000.0
+    data = {
+        "relay_version": "1.0.0",
+        "pid": 4242,
+        "mode": "service",
+        "started": now - 3700,
+        "updated": now - 2,
+        "interval": 5.0,
+        "config": "/etc/sitelink-relay/relay.json",
+        "wire": "raw",
+        "lan": {
+            "interface": "eth0",
+            "ifindex": 2,
+            "address": "192.168.1.126/24",
+            "broadcast": "192.168.1.255",
+        },
+        "ports": {
+            "6799": {
+                "received": 17,
+                "forwarded": 10,
+                "rebroadcast": 2,
+                "dropped": {"own": 3, "foreign": 2},
+                "send_errors": {"ENETUNREACH": 1},
+                "forward_to": [PEER],
+                "accept_from": [PEER],
+            }
+        },
+    }
+    text = relay.format_status(data, now=now)
+    assert "pid 4242" in text and "service mode" in text and "updated 2s ago" in text
+    assert "LAN eth0 (ifindex 2) address 192.168.1.126/24 broadcast 192.168.1.255" in text
+    row = [line for line in text.splitlines() if line.startswith("6799")][0]
+    assert row.split() == ["6799", "17", "10", "2", "5", "1"]
+    assert "port 6799 dropped: foreign 2, own 3" in text
+    assert "port 6799 send errors: ENETUNREACH 1" in text
+    assert "forward to 192.168.2.126" in text
+    assert "stale" not in text
+    assert "stale" in relay.format_status(data, now=now + 60)
+
+
+def test_status_cli(tmp_path, capsys):
+    path = tmp_path / "status.json"
+    relay.write_json_atomic(str(path), {"pid": 1, "mode": "compat", "ports": {}})
+    assert relay.main(["--status", str(path)]) == 0
+    assert "compat mode" in capsys.readouterr().out
+    assert not [p for p in tmp_path.iterdir() if p.name != "status.json"]  # no temp left
+    assert relay.main(["--status", str(tmp_path / "nope.json")]) == 1
+
+
+# --------------------------------------------------------------------- sd_notify
+
+
+@pytest.fixture
+def notify_socket(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    yield path, sock
+    sock.close()
+
+
+def test_sd_notify_path_socket(notify_socket):
+    path, sock = notify_socket
+    assert relay.sd_notify("READY=1\nSTATUS=ok", {"NOTIFY_SOCKET": path}) is True
+    assert sock.recv(4096) == b"READY=1\nSTATUS=ok"
+
+
+def test_sd_notify_abstract_socket():
+    name = f"sitelink-relay-test-{os.getpid()}-{time.monotonic_ns()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind("\0" + name)
+        sock.settimeout(5)
+        assert relay.sd_notify("WATCHDOG=1", {"NOTIFY_SOCKET": "@" + name}) is True
+        assert sock.recv(4096) == b"WATCHDOG=1"
+    finally:
+        sock.close()
+
+
+def test_sd_notify_without_socket():
+    assert relay.sd_notify("READY=1", {}) is False
+    assert relay.Notifier({}).enabled is False
+
+
+def test_sd_notify_dead_socket_is_not_fatal(tmp_path):
+    assert relay.sd_notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "gone")}) is False
+
+
+def test_watchdog_interval():
+    n = relay.Notifier({"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": str(os.getpid())})
+    assert n.watchdog_interval == pytest.approx(10.0)
+    assert (
+        relay.Notifier({"WATCHDOG_USEC": "20000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+    )
+    assert relay.Notifier({"WATCHDOG_USEC": "0"}).watchdog_interval is None
+
+
+# ------------------------------------------------------------ local addresses
+
+
+FIB_TRIE = """\
+Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 192.168.1.0/24 2 0 2
+        |-- 192.168.1.0
+           /24 link UNICAST
+        |-- 192.168.1.126
+           /32 host LOCAL
+        |-- 192.168.1.255
+           /32 link BROADCAST
+Local:
+  +-- 0.0.0.0/0 3 0 5
+     +-- 127.0.0.0/8 2 0 2
+        |-- 127.0.0.1
+           /32 host LOCAL
+     |-- 172.16.1.12
+        /32 host LOCAL
+"""
+
+
+def test_parse_fib_trie():
+    local, bcast = relay.parse_fib_trie(FIB_TRIE)
+    assert local == {"192.168.1.126", "127.0.0.1", "172.16.1.12"}
+    assert bcast == {"192.168.1.255"}
+
+
+def test_local_ipv4_reads_this_namespace():
+    local, bcast = relay.local_ipv4()
+    assert isinstance(local, frozenset) and isinstance(bcast, frozenset)
+    try:
+        expected = relay.parse_fib_trie(Path("/proc/net/fib_trie").read_text())[0]
+    except OSError:
+        pytest.skip("no /proc/net/fib_trie")
+    if expected:  # empty in a namespace whose lo is down: then the ioctl fallback answers
+        assert local == expected
+
+
+# ------------------------------------------------- relay hot path with fake sockets
+
+
+class FakeSock:
+    """Stands in for a UDP socket: queued datagrams in, sends recorded or failing."""
+
+    def __init__(self, datagrams, fail=None):
+        self.queue = list(datagrams)
+        self.sent = []
+        self.fail = fail
+
+    def recvmsg_into(self, buffers, ancbufsize):
+        if not self.queue:
+            raise BlockingIOError
+        payload, src, ifindex, dst, flags = self.queue.pop(0)
+        buffers[0][: len(payload)] = payload
+        anc = [(socket.IPPROTO_IP, relay.IP_PKTINFO, relay.PKTINFO.pack(ifindex, dst, dst))]
+        return len(payload), anc, flags, (src, 40000)
+
+    def _send(self, kind, payload, addr, anc=None):
+        if self.fail:
+            raise OSError(self.fail, os.strerror(self.fail))
+        self.sent.append((kind, bytes(payload), addr, anc))
+
+    def sendto(self, payload, addr):
+        self._send("sendto", payload, addr)
+
+    def sendmsg(self, buffers, anc, flags, addr):
+        self._send("sendmsg", buffers[0], addr, anc)
+
+
+def make_relay(sock):
+    cfg = relay.parse_config(copy.deepcopy(BASE_CONFIG))
+    r = relay.Relay(config=cfg, config_path="/dev/null", notifier=relay.Notifier({}))
+    r.lan_ifindex = LAN_IFINDEX
+    r._lan_dest = "192.168.1.255"
+    r._lan_anc = [
+        (
+            socket.IPPROTO_IP,
+            relay.IP_PKTINFO,
+            relay.PKTINFO.pack(LAN_IFINDEX, GW_A, b"\0\0\0\0"),
+        )
+    ]
+    ps = r._make_port(cfg, cfg.rules[0], sock)
+    r.ports[6799] = ps
+    return r, ps
+
+
+def test_handle_readable_counts_and_sends():
+    big = bytes(range(256)) * 255 + b"tail"  # 65284 bytes
+    sock = FakeSock(
+        [
+            (b"bcast", "192.168.1.10", LAN_IFINDEX, BCAST, 0),
+            (big, "192.168.1.10", LAN_IFINDEX, ALL_ONES, 0),
+            (b"from-b", PEER, TUN_IFINDEX, GW_A, 0),
+            (b"from-b", "192.168.1.126", LAN_IFINDEX, BCAST, 0),  # our re-broadcast echo
+            (b"spoof", "192.168.2.20", TUN_IFINDEX, GW_A, 0),
+            (b"cut", "192.168.1.10", LAN_IFINDEX, BCAST, relay.MSG_TRUNC),
+        ]
+    )
+    r, ps = make_relay(sock)
+    r.handle_readable(ps)
+    assert ps.received == 6
+    assert ps.forwarded == 2
+    assert ps.rebroadcast == 1
+    assert ps.dropped == {"own": 1, "foreign": 1, "truncated": 1}
+    assert sock.sent[0] == ("sendto", b"bcast", (PEER, 6799), None)
+    assert sock.sent[1] == ("sendto", big, (PEER, 6799), None)
+    kind, payload, addr, anc = sock.sent[2]
+    assert (kind, payload, addr) == ("sendmsg", b"from-b", ("192.168.1.255", 6799))
+    ifindex, spec_dst, _ = relay.PKTINFO.unpack(anc[0][2])
+    assert ifindex == LAN_IFINDEX and spec_dst == GW_A
+    status = r.status()["ports"]["6799"]
+    assert status["received"] == 6 and status["forwarded"] == 2
+
+
+@pytest.mark.parametrize("err", [errno.ENETUNREACH, errno.EMSGSIZE, errno.ECONNREFUSED])
+def test_send_errors_are_counted_not_fatal(err, caplog):
+    sock = FakeSock(
+        [(b"m%d" % i, "192.168.1.10", LAN_IFINDEX, BCAST, 0) for i in range(5)]
+        + [(b"p", PEER, TUN_IFINDEX, GW_A, 0)],
+        fail=err,
+    )
+    r, ps = make_relay(sock)
+    r.handle_readable(ps)
+    assert ps.received == 6 and ps.forwarded == 5 and ps.rebroadcast == 1
+    assert ps.send_errors == {errno.errorcode[err]: 6}
+    # rate-limited: one log line for the repeated error, not one per packet
+    assert len([rec for rec in caplog.records if "failed" in rec.getMessage()]) == 1
+
+
+def test_status_file_written_atomically(tmp_path):
+    r, ps = make_relay(FakeSock([(b"x", "192.168.1.10", LAN_IFINDEX, BCAST, 0)]))
+    r.handle_readable(ps)
+    r.status_file = str(tmp_path / "status.json")
+    r.write_status()
+    data = json.loads((tmp_path / "status.json").read_text())
+    assert data["mode"] == "service"
+    assert data["ports"]["6799"]["forwarded"] == 1
+    assert data["lan"]["broadcast"] == "192.168.1.255"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+    # unwritable status file: logged, not fatal
+    r.status_file = str(tmp_path / "missing-dir" / "status.json")
+    r.write_status()
+
+
+# ------------------------------------------------------------------------ reload
+
+
+def test_reload_rebinds_only_changed_ports(tmp_path, monkeypatch):
+    opened = []
+
+    def fake_open(port):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        b.close()
+        opened.append(port)
+        return a
+
+    monkeypatch.setattr(relay, "open_socket", fake_open)
+    monkeypatch.setattr(relay, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
+    path = tmp_path / "relay.json"
+    conf = cfg_with(status_file=None, rules=[rule(port=6799), rule(port=6800)])
+    path.write_text(json.dumps(conf))
+    r = relay.Relay(
+        config=relay.load_config(str(path)), config_path=str(path), notifier=relay.Notifier({})
+    )
+    r.setup()
+    try:
+        assert opened == [6799, 6800]
+        sock_6799 = r.ports[6799].sock
+        r.ports[6799].received = 5
+
+        # invalid new config: logged, old one kept
+        path.write_text(json.dumps(cfg_with(rules=[rule(port=70000)])))
+        assert r.reload() is False
+        assert sorted(r.ports) == [6799, 6800]
+
+        # 6799 changes peers (same socket, counters kept), 6800 goes, 6801 comes
+        conf = cfg_with(
+            status_file=None,
+            rules=[rule(port=6799, forward_to=["10.1.1.1"]), rule(port=6801)],
+        )
+        path.write_text(json.dumps(conf))
+        assert r.reload() is True
+        assert sorted(r.ports) == [6799, 6801]
+        assert opened == [6799, 6800, 6801]
+        assert r.ports[6799].sock is sock_6799
+        assert r.ports[6799].received == 5
+        assert r.ports[6799].forward_to == ("10.1.1.1",)
+        assert "127.0.0.1" in r.ports[6801].classifier.own
+    finally:
+        r.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger():
+    logger = relay.log
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
