@@ -32,6 +32,7 @@ def env() -> dict:
     out["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
     out["ANSIBLE_HOST_KEY_CHECKING"] = "False"
     out["PATH"] = f"{BIN}:{out['PATH']}"
+    out["ANSIBLE_NOCOLOR"] = "1"  # the recap is parsed
     return out
 
 

@@ -95,9 +95,9 @@ def udp_send(dest, port, count, size, big=0):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sizes = [int(size)] * int(count) + ([int(big)] if int(big) else [])
         for index, length in enumerate(sizes):
-            data = f"sitelink {index} ".encode() + os.urandom(max(0, length - 16))
-            sock.sendto(data[:length] if length >= 16 else data, (dest, int(port)))
-            sent.append({"size": len(data[:length]), "sha256": _sha(data[:length])})
+            data = (f"sitelink {index} ".encode() + os.urandom(length))[:length]
+            sock.sendto(data, (dest, int(port)))
+            sent.append({"size": len(data), "sha256": _sha(data)})
             time.sleep(0.02)  # a realistic pace: an application, not a flood
     emit(sent=sent)
 

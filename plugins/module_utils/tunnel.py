@@ -17,9 +17,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import re
-import tempfile
+
+from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
+    Systemd,
+    SystemdError,
+    ensure_boot_unit,
+    read_file,
+    unit_path,
+    write_atomic,
+)
 
 # Every link we create carries this prefix in its ifalias; it is the only
 # ownership signal, so links without it are never modified or deleted.
@@ -593,35 +600,35 @@ def apply(actions, runner):
     return done
 
 
-def read_file(path):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except OSError:
-        return None
+def render_boot_unit(persist_path):
+    """systemd oneshot that replays the persistence file at boot."""
+    return (
+        "# Managed by sitelink.gateway: do not edit.\n"
+        "[Unit]\n"
+        "Description=sitelink.gateway IPIP tunnels to the other offices\n"
+        "DefaultDependencies=no\n"
+        "# Before the network is up: nothing routes through a tunnel that is not there.\n"
+        "After=systemd-modules-load.service local-fs.target\n"
+        "Before=network.target shutdown.target\n"
+        "Conflicts=shutdown.target\n"
+        f"ConditionPathExists={persist_path}\n"
+        "\n"
+        "[Service]\n"
+        "Type=oneshot\n"
+        "RemainAfterExit=yes\n"
+        "# Boot only: at run time the ipip_tunnel module changes the live tunnels itself.\n"
+        f"ExecStart=ip -batch {persist_path}\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
 
 
-def write_atomic(module, path, content):
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-        os.chmod(directory, 0o755)  # noqa: S103  (world-readable on purpose; umask filters makedirs)
-    fd, tmp = tempfile.mkstemp(prefix=".tunnels.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-        os.chmod(tmp, 0o644)
-        module.atomic_move(tmp, path)
-        os.chmod(path, 0o644)  # atomic_move keeps an existing file's mode
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def run_module(module, runner=None):
+def run_module(module, runner=None, systemd=None):
     """Entry point used by the thin module; ``runner`` is injectable for tests."""
     params = module.params
     persist_path = params.get("persist_path") or None
+    boot_unit = (params.get("boot_unit") or None) if persist_path else None
     result = {"changed": False, "commands": [], "removed": [], "persist_path": persist_path}
     try:
         desired = validate_tunnels(params.get("tunnels"))
@@ -676,6 +683,8 @@ def run_module(module, runner=None):
         result["diff"] = diff
 
     if module.check_mode:
+        if boot_unit:
+            _ensure_unit(module, systemd, boot_unit, persist_path, result)
         module.exit_json(**result)
 
     try:
@@ -696,4 +705,30 @@ def run_module(module, runner=None):
             write_atomic(module, persist_path, new_file)
         except OSError as e:
             module.fail_json(msg=f"writing {persist_path}: {e}", **result)
+    if boot_unit:
+        _ensure_unit(module, systemd, boot_unit, persist_path, result)
     module.exit_json(**result)
+
+
+def _ensure_unit(module, systemd, unit, persist_path, result):
+    try:
+        changed, old, steps = ensure_boot_unit(
+            module,
+            systemd or Systemd(module),
+            unit,
+            render_boot_unit(persist_path),
+            module.check_mode,
+        )
+    except (SystemdError, OSError) as e:
+        module.fail_json(msg=f"installing {unit}: {e}", **result)
+    result["boot_unit_changed"] = changed
+    result["changed"] = result["changed"] or changed
+    if module._diff and changed:
+        result["diff"].append(
+            {
+                "before_header": unit_path(unit),
+                "after_header": unit_path(unit),
+                "before": old or "",
+                "after": render_boot_unit(persist_path),
+            }
+        )

@@ -109,6 +109,15 @@ options:
       - Set to V(null) or an empty string to not persist.
     type: str
     default: /etc/sitelink/tunnels.batch
+  boot_unit:
+    description:
+      - systemd oneshot unit that runs C(ip -batch) on O(persist_path) at boot, before
+        C(network.target). The module writes it to C(/etc/systemd/system) and enables it, so
+        one call both applies and persists.
+      - It runs at boot only; C(systemctl status) shows it inactive until the next boot.
+      - Set to V(null) or an empty string to manage no unit. Ignored without O(persist_path).
+    type: str
+    default: sitelink-tunnels.service
 notes:
   - Only changing commands are reported in RV(commands); the read-only C(ip -j) calls are not.
   - State is read with C(ip -j -d link show), C(ip -j address show) and
@@ -185,6 +194,11 @@ persist_path:
   returned: always
   type: str
   sample: /etc/sitelink/tunnels.batch
+boot_unit_changed:
+  description: Whether the boot unit was written or enabled (or would be in check mode).
+  returned: when O(boot_unit) and O(persist_path) are set
+  type: bool
+  sample: false
 persist_changed:
   description: Whether the boot-time file content changed (or would change in check mode).
   returned: when O(persist_path) is set
@@ -224,6 +238,7 @@ def build_module():
             tunnels=dict(type="list", elements="dict", default=[], options=TUNNEL_OPTIONS),
             purge=dict(type="bool", default=True),
             persist_path=dict(type="str", default=DEFAULT_PERSIST_PATH),
+            boot_unit=dict(type="str", default="sitelink-tunnels.service"),
         ),
         supports_check_mode=True,
     )

@@ -13,6 +13,7 @@ import shutil
 import stat
 
 import pytest
+from ansible_collections.sitelink.gateway.plugins.module_utils import persist
 from ansible_collections.sitelink.gateway.plugins.module_utils import tunnel as tu
 
 WAN = "172.16.1.12"
@@ -613,7 +614,7 @@ class Exit(Exception):
 
 class FakeModule:
     def __init__(self, params, check_mode=False, diff=False):
-        self.params = dict({"purge": True, "persist_path": None}, **params)
+        self.params = dict({"purge": True, "persist_path": None, "boot_unit": None}, **params)
         self.check_mode = check_mode
         self._diff = diff
 
@@ -778,6 +779,7 @@ def test_module_main_with_real_argument_spec(monkeypatch, capsys):
     monkeypatch.setattr(tu, "IpRunner", lambda module: runner)
     raw = {k: v for k, v in BROOKLYN.items() if k not in ("mtu", "ttl")}
     args = {"tunnels": [raw], "persist_path": None, "_ansible_check_mode": True}
+    # (boot_unit is ignored without persist_path: no systemctl needed here)
     with patch_module_args(args), pytest.raises(SystemExit) as exc:
         ipip_tunnel.main()
     assert exc.value.code == 0
@@ -787,3 +789,56 @@ def test_module_main_with_real_argument_spec(monkeypatch, capsys):
     assert result["tunnels"][0]["mtu"] == 1480 and result["tunnels"][0]["ttl"] == 64
     assert len(result["commands"]) == 4
     assert runner.changes() == []
+
+
+# --------------------------------------------------------------------------
+# the boot unit
+
+
+class FakeSystemd:
+    def __init__(self, enabled=False):
+        self.enabled = enabled
+        self.calls = []
+
+    def run(self, *args, check=True):
+        self.calls.append(args)
+        if args[0] == "enable":
+            self.enabled = True
+        return 0, ""
+
+    def is_enabled(self, unit):
+        return self.enabled
+
+
+def test_boot_unit_is_written_enabled_and_then_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(persist, "UNIT_DIR", str(tmp_path / "units"))
+    path = str(tmp_path / "etc" / "tunnels.batch")
+    params = {"tunnels": [BROOKLYN], "persist_path": path, "boot_unit": "sl-t.service"}
+    systemd = FakeSystemd()
+    host = Host().add_tunnel(BROOKLYN)
+    out = run_with_unit(FakeModule(params), FakeRunner(host), systemd)
+    assert out.result["boot_unit_changed"] is True and out.result["changed"] is True
+    unit = (tmp_path / "units" / "sl-t.service").read_text()
+    assert f"ExecStart=ip -batch {path}" in unit and "WantedBy=multi-user.target" in unit
+    assert ("daemon-reload",) in systemd.calls and ("enable", "sl-t.service") in systemd.calls
+
+    systemd.calls.clear()
+    out = run_with_unit(FakeModule(params), FakeRunner(host), systemd)
+    assert out.result["changed"] is False and systemd.calls == []
+
+
+def test_boot_unit_check_mode_reports_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(persist, "UNIT_DIR", str(tmp_path / "units"))
+    path = str(tmp_path / "tunnels.batch")
+    params = {"tunnels": [], "persist_path": path, "boot_unit": "sl-t.service"}
+    systemd = FakeSystemd()
+    out = run_with_unit(FakeModule(params, check_mode=True), FakeRunner(Host()), systemd)
+    assert out.result["boot_unit_changed"] is True
+    assert not (tmp_path / "units").exists() and systemd.calls == []
+
+
+def run_with_unit(module, runner, systemd):
+    with pytest.raises(Exit) as exc:
+        tu.run_module(module, runner, systemd)
+    assert not exc.value.failed, exc.value.result
+    return exc.value

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ import pytest
 
 STATE = Path(os.environ.get("SITELINK_LAB_STATE", "/var/tmp/sitelink-lab/molecule-default"))
 INVENTORY = os.environ.get("SITELINK_INVENTORY", str(Path(__file__).parents[1] / "inventory"))
-TRAFFIC = Path(__file__).parents[3] / "lab" / "traffic.py"
+ROOT = Path(__file__).resolve().parents[3]
+TRAFFIC = ROOT / "lab" / "traffic.py"
 BIN = Path(sys.executable).parent
 
 APP_SERVER = "192.168.1.10"
@@ -192,3 +194,19 @@ def test_everything_holds_after_reboot():
     assert done.returncode == 0, f"reboot failed:\n{done.stdout}\n{done.stderr}"
     for claim in CLAIMS:
         claim()
+
+
+def test_a_run_after_reboot_changes_nothing():
+    """What came back at boot is exactly what site.yml wants."""
+    done = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", INVENTORY, str(ROOT / "site.yml")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", done.stdout, re.M)
+    assert sorted(recap) == [("brooklyn-gw", "0"), ("manhattan-gw", "0")], done.stdout[-3000:]
