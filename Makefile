@@ -55,18 +55,19 @@ unit: setup
 relay-netns: setup deps
 	$(PY) -m pytest -q tests/integration
 
-# The built tarball must install and its docs render.
+# The tarball must install and work: docs of every plugin and role render from
+# the installed copy, and the site playbook resolves.
 build: setup
 	rm -rf build && mkdir -p build
 	$(BIN)/ansible-galaxy collection build --output-path build .
-	$(BIN)/ansible-galaxy collection install --offline --no-deps -p build/installed build/sitelink-gateway-*.tar.gz
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/installed $(BIN)/ansible-doc sitelink.gateway.ipip_tunnel >/dev/null
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/installed $(BIN)/ansible-doc -t filter sitelink.gateway.network_plan >/dev/null
-	for role in office kernel tunnel masquerade relay; do \
-	  ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/installed $(BIN)/ansible-doc -t role sitelink.gateway.$$role >/dev/null; \
-	done
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/installed $(BIN)/ansible-playbook --syntax-check \
-	  -i examples/case-study/inventory.yml sitelink.gateway.site
+	$(BIN)/ansible-galaxy collection install --force --offline --no-deps -p build/installed build/sitelink-gateway-*.tar.gz
+	export ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/installed; \
+	for doc in module:ipip_tunnel module:nft_table filter:network_plan role:office role:kernel \
+	           role:tunnel role:masquerade role:relay; do \
+	  $(BIN)/ansible-doc --json -t $${doc%%:*} sitelink.gateway.$${doc#*:} \
+	    | $(PY) -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d else "no docs: '"$$doc"'")'; \
+	done; \
+	cd build && $(BIN)/ansible-playbook --syntax-check -i ../examples/case-study/inventory.yml sitelink.gateway.site
 	@echo "collection builds, installs, and its docs render"
 
 molecule: setup deps
