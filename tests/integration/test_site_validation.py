@@ -1,0 +1,92 @@
+"""site.yml refuses bad office input before it touches any gateway.
+
+Runs the real playbook with the case-study inventory plus a broken override.
+The gateways point at a closed port on loopback, so if validation ever let a
+run through, it would fail to connect rather than change anything.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+UNREACHABLE = """
+offices:
+  vars:
+    ansible_host: 127.0.0.1
+    ansible_port: 9
+    ansible_connection: ssh
+  hosts:
+    manhattan-gw: {}
+    brooklyn-gw: {}
+"""
+
+
+def run_site(tmp_path, override: str, *extra: str) -> subprocess.CompletedProcess:
+    (tmp_path / "connection.yml").write_text(UNREACHABLE)
+    (tmp_path / "override.yml").write_text(override)
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
+    return subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(ROOT / "examples/case-study/inventory.yml"),
+            "-i",
+            str(tmp_path / "connection.yml"),
+            "-i",
+            str(tmp_path / "override.yml"),
+            str(ROOT / "site.yml"),
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "offices:\n  hosts:\n    brooklyn-gw:\n      office_lan_address: 192.168.1.200/24\n",
+            "office_lan_address: LAN 192.168.1.0/24 overlaps the LAN 192.168.1.0/24 of office",
+        ),
+        (
+            "offices:\n  hosts:\n    manhattan-gw:\n      office_wan_address: 172.16.1.12\n",
+            "office 'manhattan' (host manhattan-gw): office_wan_address: '172.16.1.12': "
+            "needs an IPv4 address with its prefix length",
+        ),
+        (
+            "offices:\n  hosts:\n    brooklyn-gw:\n      office_wan_interface: ''\n",
+            "office 'brooklyn' (host brooklyn-gw): office_wan_interface: is required",
+        ),
+    ],
+    ids=["overlapping-lan", "malformed-wan", "missing-interface"],
+)
+def test_bad_office_fails_before_any_gateway_is_contacted(tmp_path, override, expected):
+    done = run_site(tmp_path, override)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert expected in output, output[-3000:]
+    # Nothing past planning ran: no gateway was contacted.
+    assert "PLAY [Configure the office gateways]" not in output
+    assert "UNREACHABLE" not in output
+
+
+def test_good_inventory_passes_planning(tmp_path):
+    """The control case: the same run with good input gets as far as the gateways."""
+    done = run_site(tmp_path, "offices:\n  hosts: {}\n")
+    output = done.stdout + done.stderr
+    assert "PLAY [Configure the office gateways]" in output
+    assert "UNREACHABLE" in output  # port 9 on loopback: nothing listens there
