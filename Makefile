@@ -14,11 +14,11 @@ APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftable
                 openssh-client iputils-ping socat python3
 DEMO_STATE := /var/tmp/sitelink-lab/demo
 
-.PHONY: help setup deps lint unit relay-netns molecule build test demo bench clean
+.PHONY: help setup deps lint unit integration molecule build test demo bench clean
 
 help:
 	@echo "make setup    venv with pinned controller dependencies (PyPI only)"
-	@echo "make test     lint, unit tests, relay namespace test, collection build, molecule test"
+	@echo "make test     lint, unit and integration tests, collection build, molecule test"
 	@echo "make demo     boot the case-study lab, run site.yml, show it working, tear down"
 	@echo "make bench    time the first and second site.yml run on the lab"
 
@@ -52,7 +52,7 @@ lint: setup
 unit: setup
 	$(PY) -m pytest -q tests/unit
 
-relay-netns: setup deps
+integration: setup deps
 	$(PY) -m pytest -q tests/integration
 
 # The tarball must install and work: docs of every plugin and role render from
@@ -73,7 +73,7 @@ build: setup
 molecule: setup deps
 	$(BIN)/molecule test
 
-test: lint unit relay-netns build molecule
+test: lint unit integration build molecule
 
 demo: setup deps
 	$(PY) lab/run.py demo
