@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-
+import fakes
 import pytest
 from ansible_collections.sitelink.gateway.plugins.module_utils import nftables, persist
+from fakes import Exit
 
 BODY = """chain postrouting {
   type nat hook postrouting priority srcnat; policy accept;
@@ -13,15 +13,9 @@ BODY = """chain postrouting {
 }"""
 
 
-class Exit(Exception):
-    def __init__(self, result, failed):
-        super().__init__(result.get("msg"))
-        self.result, self.failed = result, failed
-
-
-class FakeModule:
+class FakeModule(fakes.FakeModule):
     def __init__(self, path, check_mode=False, diff=False, **params):
-        self.params = {
+        defaults = {
             "name": "sitelink_masquerade",
             "family": "ip",
             "body": BODY,
@@ -29,17 +23,7 @@ class FakeModule:
             "path": str(path),
             "unit": None,
         }
-        self.params.update(params)
-        self.check_mode, self._diff = check_mode, diff
-
-    def fail_json(self, **kw):
-        raise Exit(kw, True)
-
-    def exit_json(self, **kw):
-        raise Exit(kw, False)
-
-    def atomic_move(self, src, dest):
-        shutil.move(src, dest)
+        super().__init__(dict(defaults, **params), check_mode, diff)
 
 
 class FakeNft:

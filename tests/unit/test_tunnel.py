@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 
+import fakes
 import pytest
 from ansible_collections.sitelink.gateway.plugins.module_utils import persist
 from ansible_collections.sitelink.gateway.plugins.module_utils import tunnel as tu
+from fakes import Exit
 
 WAN = "172.16.1.12"
 LAN = "192.168.1.126"
@@ -605,27 +606,10 @@ def test_render_persist_without_description_has_plain_marker():
 # run_module with a fake AnsibleModule and runner
 
 
-class Exit(Exception):
-    def __init__(self, result, failed):
-        super().__init__(result.get("msg"))
-        self.result = result
-        self.failed = failed
-
-
-class FakeModule:
+class FakeModule(fakes.FakeModule):
     def __init__(self, params, check_mode=False, diff=False):
-        self.params = dict({"purge": True, "persist_path": None, "boot_unit": None}, **params)
-        self.check_mode = check_mode
-        self._diff = diff
-
-    def fail_json(self, **kw):
-        raise Exit(kw, True)
-
-    def exit_json(self, **kw):
-        raise Exit(kw, False)
-
-    def atomic_move(self, src, dest):
-        shutil.move(src, dest)
+        defaults = {"purge": True, "persist_path": None, "boot_unit": None}
+        super().__init__(dict(defaults, **params), check_mode, diff)
 
 
 class FakeRunner:
