@@ -291,20 +291,19 @@ def _check_network(offices: list[_Office], errors: list[str]) -> None:
 
 
 def links(offices: list[_Office], topology: str) -> dict[str, list[str]]:
-    """Peers of every office, by office name, sorted."""
-    peers: dict[str, set[str]] = {o.name: set() for o in offices}
-    if topology == "mesh":
-        for office in offices:
-            peers[office.name] = {o.name for o in offices if o is not office}
-    else:
-        hubs = [o.name for o in offices if o.role == "hub"]
-        for office in offices:
-            if office.role == "hub":
-                peers[office.name] = {o.name for o in offices if o.name != office.name}
-            else:
-                peers[office.name] = set(hubs)
-        # branches only link to hubs, so a hub's peer set is every office.
-    return {name: sorted(p) for name, p in peers.items()}
+    """Peers of every office, by office name, sorted.
+
+    In a mesh every office links to every other. In hub-and-spoke, hubs link to
+    every other office and branches only to the hubs.
+    """
+    everyone = sorted(o.name for o in offices)
+    hubs = sorted(o.name for o in offices if o.role == "hub")
+    return {
+        office.name: [n for n in everyone if n != office.name]
+        if topology == "mesh" or office.role == "hub"
+        else hubs
+        for office in offices
+    }
 
 
 def _relay_rule(rules: dict[int, dict[str, set[str]]], port: int) -> dict[str, set[str]]:
