@@ -99,6 +99,11 @@ class State:
 # ---------------------------------------------------------------- helpers
 
 
+def attach(lab, dev, bridge):
+    """Enslave a device of the lab namespace to a segment's bridge and bring it up."""
+    run(["ip", "-n", lab, "link", "set", dev, "master", bridge, "up"])
+
+
 def ns_exists(ns):
     return os.path.exists(f"/run/netns/{ns}")
 
@@ -230,19 +235,7 @@ def create(st, spec):
                 hns,
             ]
         )
-        run(
-            [
-                "ip",
-                "-n",
-                lab,
-                "link",
-                "set",
-                veth,
-                "master",
-                d["segments"][h["segment"]]["bridge"],
-                "up",
-            ]
-        )
+        attach(lab, veth, d["segments"][h["segment"]]["bridge"])
         run(["ip", "-n", hns, "link", "set", "lo", "up"])
         run(["ip", "-n", hns, "addr", "add", h["address"], "dev", "eth0"])
         run(["ip", "-n", hns, "link", "set", "eth0", "up"])
@@ -398,19 +391,7 @@ def start_vm(st, vi, name, g):
 
     for nic in vm["nics"]:
         run(["ip", "link", "set", nic["tap"], "netns", lab])
-        run(
-            [
-                "ip",
-                "-n",
-                lab,
-                "link",
-                "set",
-                nic["tap"],
-                "master",
-                d["segments"][nic["segment"]]["bridge"],
-                "up",
-            ]
-        )
+        attach(lab, nic["tap"], d["segments"][nic["segment"]]["bridge"])
 
 
 def wait_ssh(st, names, t0):
