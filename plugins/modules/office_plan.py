@@ -1,0 +1,88 @@
+#!/usr/bin/python
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# The work is done on the controller by the action plugin of the same name
+# (plugins/action/office_plan.py); this file carries its documentation.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: office_plan
+short_description: Validate the office inventory and plan every gateway, on the controller
+version_added: 0.1.0
+author: sitelink.gateway developers
+description:
+  - Reads the C(office_*) variables of every host of O(group) - all of them, not only the hosts
+    of the play, so C(--limit) still sees every peer - and validates them all against the
+    office schema. Any problem fails the task with one message listing every problem, each
+    naming the office, its host and the variable; unknown C(office_*) variables are problems too.
+  - Without O(output_dir), returns the fact C(__office_network) holding every gateway's plan.
+    The office role runs it with C(run_once), C(delegate_to=localhost) and
+    C(delegate_facts=true), so only the controller's C(localhost) holds it, and then gives each
+    gateway its own section as C(office_plan).
+  - With O(output_dir), writes C(network.txt), C(network.dot), C(network.svg) (when Graphviz's
+    C(dot) is installed) and C(gateways/HOST.txt), and returns the text in RV(plan_text). That is
+    what C(playbooks/plan.yml) shows.
+  - Never connects to a gateway and never holds a secret.
+options:
+  group:
+    description: Inventory group of the office gateways.
+    type: str
+    default: offices
+  output_dir:
+    description: Where to write the rendered plan. Unset, the plan is returned as a fact instead.
+    type: path
+  console:
+    description:
+      - What RV(plan_text) holds. C(full) is the network and every gateway; C(summary) the network
+        only; C(auto) is C(full) up to 20 gateways.
+    type: str
+    choices: [auto, full, summary]
+    default: auto
+attributes:
+  action:
+    support: full
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: all
+notes:
+  - Runs on the controller only.
+"""
+
+EXAMPLES = r"""
+- name: Validate every office and plan every gateway
+  sitelink.gateway.office_plan:
+    group: offices
+  run_once: true
+  delegate_to: localhost
+  delegate_facts: true
+
+- name: Render the plan into ./plan
+  sitelink.gateway.office_plan:
+    output_dir: ./plan
+"""
+
+RETURN = r"""
+summary:
+  description: Counts of offices, gateways, links and relay flows, and the topology.
+  returned: success
+  type: dict
+problems:
+  description: Every problem found, when the inventory is invalid.
+  returned: failure
+  type: list
+  elements: str
+plan_text:
+  description: The plan as readable text.
+  returned: when O(output_dir) is set
+  type: str
+files:
+  description: Files written for the whole network.
+  returned: when O(output_dir) is set
+  type: list
+  elements: path
+"""

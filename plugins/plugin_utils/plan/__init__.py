@@ -1,0 +1,10 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The office network, planned on the controller.
+
+Pure, typed functions with no Ansible imports: the inventory's ``office_*``
+variables go in (``schema``), every problem is collected and reported at once
+(``PlanError``), a strategy per topology returns the links (``topologies``),
+and each gateway gets its own plan (``build``), rendered as text and as a
+picture (``render``). Secrets never enter the plan (``secrets``).
+"""

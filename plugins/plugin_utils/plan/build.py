@@ -1,0 +1,560 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""From the inventory's office variables to one plan per gateway.
+
+``plan_network`` is the only validator: it checks every office (types and
+values from ``schema``, then what only the whole network shows: overlaps,
+duplicates, links, relay targets), collects every problem, and raises one
+``PlanError`` listing them all, each as "office 'x' (host y): variable:
+problem". Only then are links chosen (``topologies``), routes and relay trees
+computed (``routing``) and each gateway's sections filled.
+
+Peers come from every office in the inventory, never from the hosts of the
+current play: ``--limit branch-17`` still sees the hub.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections import Counter
+from typing import Any, Callable, Optional
+
+from . import routing, schema
+from .model import (
+    IPIP_OVERHEAD,
+    GatewayPlan,
+    Link,
+    LinkEnd,
+    NetworkPlan,
+    Office,
+    PlanError,
+    RelayFlow,
+    RelayPort,
+    RelayRequest,
+    tunnel_name,
+)
+from .topologies import STRATEGIES
+
+OFFICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+MTU_RANGE = (576, 65535)
+
+Bad = Callable[[str, str], None]
+
+
+# --------------------------------------------------------------------------- one office
+
+
+def _address_with_prefix(value: str) -> ipaddress.IPv4Interface:
+    if "/" not in value:
+        raise ValueError("needs an IPv4 address with its prefix length")
+    iface = ipaddress.IPv4Interface(value.strip())
+    net = iface.network
+    if net.prefixlen > 30:
+        raise ValueError(f"prefix /{net.prefixlen} leaves no room for other hosts")
+    if iface.ip in (net.network_address, net.broadcast_address):
+        raise ValueError(f"{iface.ip} is the network or broadcast address of {net}")
+    return iface
+
+
+def _parse_address(field: str, value: Any, bad: Bad) -> Optional[ipaddress.IPv4Interface]:
+    try:
+        return _address_with_prefix(value)
+    except ValueError as exc:
+        bad(field, f"{value!r}: {exc} (e.g. 192.168.1.126/24)")
+        return None
+
+
+def _check_name(field: str, name: Any, bad: Bad) -> None:
+    if not isinstance(name, str) or not OFFICE_NAME.match(name):
+        bad(
+            field,
+            f"{name!r} must be lower-case letters, digits, '-' or '_' (at most 63, "
+            "starting with a letter or digit)",
+        )
+
+
+def _check_mtu(field: str, mtu: Optional[int], bad: Bad) -> None:
+    if mtu is not None and not MTU_RANGE[0] <= mtu <= MTU_RANGE[1]:
+        bad(field, f"{mtu!r} is not an MTU between {MTU_RANGE[0]} and {MTU_RANGE[1]}")
+
+
+def _relay_requests(field: str, rules: Optional[list], bad: Bad) -> tuple[RelayRequest, ...]:
+    requests, seen = [], set()
+    for index, rule in enumerate(rules or []):
+        if rule is None:
+            continue
+        where = f"{field}[{index}]"
+        port = rule["port"]
+        if port is None:
+            continue
+        if not 1 <= port <= 65535:
+            bad(f"{where}.port", f"{port!r} is not a UDP port number (1-65535)")
+            continue
+        if port in seen:
+            bad(f"{where}.port", f"port {port} is listed twice")
+        seen.add(port)
+        to = rule["to"]
+        requests.append(RelayRequest(port, None if to is None else tuple(dict.fromkeys(to)), index))
+    return tuple(requests)
+
+
+def _parse_office(host: str, raw: dict[str, Any], errors: list[str]) -> Optional[Office]:
+    name = raw.get("office_name") or host
+    label = f"office {name!r} (host {host})"
+    start = len(errors)
+
+    def bad(field: str, message: str) -> None:
+        errors.append(f"{label}: {field}: {message}")
+
+    values = schema.check_types(host, raw, bad)
+    if values["office_name"] is not None:
+        _check_name("office_name", values["office_name"], bad)
+    for field in ("office_lan_interface", "office_wan_interface"):
+        value = values[field]
+        if value is not None and (not IFNAME.match(value) or value in (".", "..")):
+            bad(field, f"{value!r} is not a valid interface name (at most 15 characters)")
+    if (
+        values["office_lan_interface"] is not None
+        and values["office_lan_interface"] == values["office_wan_interface"]
+    ):
+        bad("office_wan_interface", "must differ from office_lan_interface")
+
+    lan = wan = None
+    if values["office_lan_address"] is not None:
+        lan = _parse_address("office_lan_address", values["office_lan_address"], bad)
+    if values["office_wan_address"] is not None:
+        wan = _parse_address("office_wan_address", values["office_wan_address"], bad)
+
+    gateway = None
+    if values["office_wan_gateway"] not in (None, ""):
+        text = values["office_wan_gateway"]
+        try:
+            gateway = ipaddress.IPv4Address(text.strip())
+        except ValueError:
+            bad("office_wan_gateway", f"{text!r} is not an IPv4 address")
+        else:
+            if wan is not None and (gateway not in wan.network or gateway == wan.ip):
+                bad(
+                    "office_wan_gateway",
+                    f"{text} is not another address inside the WAN subnet {wan.network}",
+                )
+    _check_mtu("office_wan_mtu", values["office_wan_mtu"], bad)
+    relay = _relay_requests("office_broadcast_relay", values["office_broadcast_relay"], bad)
+    if lan is not None and wan is not None and lan.network.overlaps(wan.network):
+        bad("office_lan_address", f"LAN {lan.network} overlaps its own WAN subnet")
+    if len(errors) > start:
+        return None
+    return Office(
+        name=values["office_name"],
+        host=host,
+        role=values["office_role"],
+        lan=lan,
+        wan=wan,
+        wan_mtu=values["office_wan_mtu"],
+        lan_interface=values["office_lan_interface"],
+        wan_interface=values["office_wan_interface"],
+        wan_gateway=gateway,
+        masquerade=values["office_masquerade"],
+        relay=relay,
+    )
+
+
+def _parse_external(
+    index: int, entry: dict[str, Any], errors: list[str], where_prefix: str
+) -> Optional[Office]:
+    where = f"office_external_peers[{index}]"
+    label = f"office {entry.get('name')!r} ({where_prefix})"
+    start = len(errors)
+
+    def bad(field: str, message: str) -> None:
+        errors.append(f"{label}: {where}.{field}: {message}")
+
+    _check_name("name", entry["name"], bad)
+    wan = None
+    try:
+        text = entry["wan_address"].strip()
+        wan = ipaddress.IPv4Interface(text if "/" in text else f"{text}/32")
+    except ValueError as exc:
+        bad("wan_address", f"{entry['wan_address']!r}: {exc}")
+    lan = _parse_address("lan_address", entry["lan_address"], bad)
+    _check_mtu("wan_mtu", entry["wan_mtu"], bad)
+    relay = _relay_requests("broadcast_relay", entry["broadcast_relay"], bad)
+    if len(errors) > start:
+        return None
+    return Office(
+        name=entry["name"],
+        host=None,
+        role=entry["role"],
+        lan=lan,
+        wan=wan,
+        wan_mtu=entry["wan_mtu"],
+        relay=relay,
+        index=index,
+    )
+
+
+# --------------------------------------------------------------------------- deployment-wide
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _deployment(
+    office_vars: dict[str, dict[str, Any]], names: dict[str, str], errors: list[str]
+) -> dict[str, Any]:
+    """Deployment-wide variables: the same on every office, checked once."""
+    values: dict[str, Any] = {}
+    for spec in schema.DEPLOYMENT_FIELDS:
+        seen = {host: raw.get(spec.name) for host, raw in office_vars.items()}
+        counts = Counter(_canonical(v) for v in seen.values())
+        majority = counts.most_common(1)[0][0] if counts else "null"
+        reference = next(v for v in seen.values() if _canonical(v) == majority) if seen else None
+        for host, value in sorted(seen.items()):
+            if _canonical(value) != majority:
+                shown = "its value" if spec.secret else repr(value)
+                errors.append(
+                    f"office {names[host]!r} (host {host}): {spec.name}: {shown} differs from "
+                    "the other offices; a deployment-wide variable must be the same everywhere "
+                    "(set it once, as a group variable of the offices group)"
+                )
+
+        def bad(field: str, message: str) -> None:
+            errors.append(f"deployment (every office): {field}: {message}")
+
+        if reference is None:
+            values[spec.name] = schema.default_of(spec, "")
+        else:
+            values[spec.name] = schema.check_value(spec, reference, spec.name, bad)
+    return values
+
+
+# --------------------------------------------------------------------------- the network
+
+
+def _check_network(offices: list[Office], errors: list[str]) -> None:
+    """Problems between offices: duplicates and overlaps."""
+    by_name: dict[str, Office] = {}
+    for office in offices:
+        other = by_name.setdefault(office.name, office)
+        if other is not office:
+            errors.append(
+                f"{office.label()}: office_name: {office.name!r} is also used by {other.label()}"
+            )
+
+    # Sorted by network start, an overlap always shows up between neighbours or
+    # with the widest network still open: O(n log n), not every pair.
+    lans = sorted(offices, key=lambda o: (o.lan.network.network_address, o.lan.network.prefixlen))
+    widest = None
+    for office in lans:
+        if widest is not None and office.lan.network.overlaps(widest.lan.network):
+            errors.append(
+                f"{office.label()}: {_field(office, 'lan_address')}: LAN {office.lan.network} "
+                f"overlaps the LAN {widest.lan.network} of {widest.label()}"
+            )
+        if widest is None or (
+            office.lan.network.broadcast_address > widest.lan.network.broadcast_address
+        ):
+            widest = office
+
+    wans: dict[ipaddress.IPv4Address, Office] = {}
+    for office in offices:
+        other = wans.setdefault(office.wan.ip, office)
+        if other is not office:
+            errors.append(
+                f"{office.label()}: {_field(office, 'wan_address')}: {office.wan.ip} is also "
+                f"the WAN address of {other.label()}"
+            )
+    # A LAN that covers another office's public address would route the tunnel's
+    # own outer packets into the tunnel. One lookup per prefix length in use.
+    lan_index = {o.lan.network: o for o in offices}
+    prefixlens = sorted({net.prefixlen for net in lan_index})
+    for addr, owner in sorted(wans.items()):
+        for length in prefixlens:
+            office = lan_index.get(ipaddress.IPv4Network((addr, length), strict=False))
+            if office is not None and office is not owner:
+                errors.append(
+                    f"{office.label()}: {_field(office, 'lan_address')}: LAN {office.lan.network} "
+                    f"contains the WAN address {addr} of {owner.label()}"
+                )
+
+    names: dict[str, Office] = {}
+    for office in offices:
+        other = names.setdefault(tunnel_name(office.name), office)
+        if other is not office:
+            errors.append(
+                f"{office.label()}: {_field(office, 'name')}: tunnel name "
+                f"{tunnel_name(office.name)!r} collides with the one of {other.label()}; "
+                "rename one of the offices"
+            )
+
+
+def _field(office: Office, name: str) -> str:
+    return f"office_{name}" if office.host else f"{office.where}.{name}"
+
+
+def _pairs(
+    topology: str,
+    offices: list[Office],
+    links: list[dict[str, Any]],
+    errors: list[str],
+) -> dict[tuple[str, str], Optional[int]]:
+    """Linked pairs and any MTU set on them."""
+    known = {o.name for o in offices}
+    pairs: dict[tuple[str, str], Optional[int]] = dict.fromkeys(
+        sorted(STRATEGIES[topology](offices))
+    )
+    explicit: set[tuple[str, str]] = set()
+    for index, link in enumerate(links):
+        where = f"deployment (every office): office_links[{index}]"
+        if link is None:
+            continue
+        between = link["between"]
+        if between is None:
+            continue
+        if len(between) != 2 or between[0] == between[1]:
+            errors.append(f"{where}.between: must name two different offices")
+            continue
+        unknown = [n for n in between if n not in known]
+        if unknown:
+            errors.append(f"{where}.between: unknown office {unknown[0]!r}")
+            continue
+        pair = tuple(sorted(between))
+        if pair in explicit:
+            errors.append(f"{where}.between: the link {pair[0]} - {pair[1]} is listed twice")
+            continue
+        explicit.add(pair)
+        _check_mtu(f"{where}.mtu", link["mtu"], lambda f, m: errors.append(f"{f}: {m}"))
+        pairs[pair] = link["mtu"]
+    by_name = {o.name: o for o in offices}
+    for a, b in list(pairs):
+        if by_name[a].external and by_name[b].external:
+            errors.append(
+                f"deployment (every office): office_links: {a} - {b}: both offices are "
+                "external peers; this collection configures neither end"
+            )
+            del pairs[(a, b)]
+    return pairs
+
+
+def _relay(
+    offices: dict[str, Office],
+    adj: routing.Adjacency,
+    forwards: dict[str, bool],
+    transit: bool,
+    errors: list[str],
+) -> tuple[dict[str, dict[int, RelayPort]], list[RelayFlow]]:
+    """Each gateway's relay ports, from every office's relay requests."""
+    ports: dict[str, dict[int, RelayPort]] = {name: {} for name in offices}
+    flows: list[RelayFlow] = []
+    # (office, port, previous hop) -> (re-broadcast?, onward hops, origin): with the
+    # raw wire a relay knows a datagram only by its sender, so two origins whose
+    # datagrams arrive from the same sender must want the same treatment.
+    decided: dict[tuple[str, int, str], tuple[bool, frozenset[str], str]] = {}
+
+    for origin in sorted(offices.values(), key=lambda o: o.name):
+        if not origin.relay:
+            continue
+        tree = routing.relay_tree(origin.name, adj, forwards, transit)
+        for request in origin.relay:
+            where = f"{origin.label()}: {origin.relay_field}[{request.index}].to"
+            targets = (
+                request.to
+                if request.to is not None
+                else tuple(n for n in sorted(tree) if n != origin.name)
+            )
+            usable = []
+            for target in targets:
+                if target == origin.name:
+                    errors.append(f"{where}: an office cannot relay to itself")
+                elif target not in offices:
+                    errors.append(f"{where}: unknown office {target!r}")
+                elif target not in tree:
+                    how = "by a chain of links" if transit else "by a link (office_transit is off)"
+                    errors.append(
+                        f"{where}: office {target!r} is not reachable from {origin.name!r} {how}"
+                    )
+                else:
+                    usable.append(target)
+            if not usable:
+                continue
+            children: dict[str, set[str]] = {}
+            for target in usable:
+                node = target
+                while node != origin.name:
+                    parent = tree[node]
+                    children.setdefault(parent, set()).add(node)
+                    node = parent
+            wanted = set(usable)
+            hops: list[tuple[str, str]] = []
+            conflict = False
+            for parent in _tree_order(origin.name, children):
+                for child in sorted(children[parent]):
+                    hops.append((parent, child))
+                    onward = frozenset(children.get(child, ()))
+                    key = (child, request.port, parent)
+                    treatment = (child in wanted, onward, origin.name)
+                    previous = decided.setdefault(key, treatment)
+                    if previous[:2] != treatment[:2] and not conflict:
+                        conflict = True
+                        errors.append(
+                            f"{where}: port {request.port} from {parent!r} reaches "
+                            f"{child!r} for both {previous[2]!r} and {origin.name!r}, which "
+                            "need different onward relaying there; relay these offices "
+                            "directly (office_links) or split the port"
+                        )
+            if conflict:
+                continue
+            port = request.port
+            for parent, child in hops:
+                onward = children.get(child, set())
+                if parent == origin.name and not origin.external:
+                    _port(ports, parent, port).forward_to.add(_relay_address(offices[child]))
+                if offices[child].external:
+                    continue  # its side is configured by whoever runs it
+                sender = _relay_address(offices[parent])
+                if child in wanted:
+                    _port(ports, child, port).accept_from.add(sender)
+                if onward:
+                    _port(ports, child, port).transit.setdefault(sender, set()).update(
+                        _relay_address(offices[n]) for n in onward
+                    )
+            flows.append(RelayFlow(origin.name, port, tuple(sorted(wanted)), tuple(hops)))
+    return ports, flows
+
+
+def _tree_order(root: str, children: dict[str, set[str]]) -> list[str]:
+    order, frontier = [], [root]
+    while frontier:
+        order.extend(frontier)
+        frontier = [c for node in frontier for c in sorted(children.get(node, ())) if c in children]
+    return order
+
+
+def _port(ports: dict[str, dict[int, RelayPort]], office: str, port: int) -> RelayPort:
+    return ports[office].setdefault(port, RelayPort(port))
+
+
+def _relay_address(office: Office) -> str:
+    """Relays talk between gateways' LAN addresses, through the tunnels."""
+    return str(office.lan.ip)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
+    """Validate every office and plan every gateway.
+
+    ``office_vars`` maps each gateway's inventory hostname to every ``office_*``
+    variable it has (deployment-wide ones included). Raises ``PlanError`` with
+    every problem found; returns the plan otherwise.
+    """
+    if not office_vars:
+        raise PlanError(["no offices: the offices group has no hosts"])
+    errors: list[str] = []
+    names = {h: str(raw.get("office_name") or h) for h, raw in office_vars.items()}
+    deployment = _deployment(office_vars, names, errors)
+    parsed = [_parse_office(host, raw, errors) for host, raw in sorted(office_vars.items())]
+    for index, entry in enumerate(deployment.get("office_external_peers") or []):
+        if entry is not None:
+            parsed.append(_parse_external(index, entry, errors, "external peer"))
+    if errors:
+        raise PlanError(errors)
+    offices_list: list[Office] = [o for o in parsed if o is not None]
+    _check_network(offices_list, errors)
+
+    topology = deployment["office_topology"]
+    transit = deployment["office_transit"]
+    if (
+        topology == "hub-and-spoke"
+        and len(offices_list) > 1
+        and not any(o.role == "hub" for o in offices_list)
+    ):
+        errors.append(
+            "deployment (every office): office_topology: hub-and-spoke needs at least one "
+            "office with office_role: hub (or set office_topology: mesh or links)"
+        )
+    if errors:
+        raise PlanError(errors)
+    pairs = _pairs(topology, offices_list, deployment["office_links"] or [], errors)
+    if errors:
+        raise PlanError(errors)
+
+    offices = {o.name: o for o in offices_list}
+    adj = routing.adjacency(sorted(offices), pairs)
+    forwards = {name: not o.external for name, o in offices.items()}
+    routed = routing.next_hops(adj, forwards, transit)
+    relay_ports, flows = _relay(offices, adj, forwards, transit, errors)
+    if errors:
+        raise PlanError(errors)
+
+    # Per office once: its LAN as text and as a sort key (address, then length).
+    lan_text = {name: str(o.lan.network) for name, o in offices.items()}
+    lan_key = {
+        name: (int(o.lan.network.network_address), o.lan.network.prefixlen)
+        for name, o in offices.items()
+    }
+
+    def prefixes(office: str, hop: str) -> tuple[str, ...]:
+        return tuple(lan_text[d] for d in sorted(routed.get((office, hop), ()), key=lan_key.get))
+
+    links = []
+    for (a, b), mtu in sorted(pairs.items()):
+        if mtu is None:
+            mtu = min(offices[a].wan_mtu, offices[b].wan_mtu) - IPIP_OVERHEAD
+        links.append(
+            Link(
+                LinkEnd(a, tunnel_name(b), prefixes(a, b)),
+                LinkEnd(b, tunnel_name(a), prefixes(b, a)),
+                mtu,
+            )
+        )
+
+    by_office: dict[str, list[Link]] = {name: [] for name in offices}
+    for link in links:
+        by_office[link.a.office].append(link)
+        by_office[link.b.office].append(link)
+
+    warnings: list[str] = []
+    gateways: dict[str, GatewayPlan] = {}
+    for office in offices_list:
+        if office.external:
+            continue
+        mine = sorted(by_office[office.name], key=lambda lk: lk.other(office.name).office)
+        reached = [
+            lan_text[d]
+            for d in sorted(
+                {d for lk in mine for d in routed.get((office.name, lk.other(office.name).office), ())},
+                key=lan_key.get,
+            )
+        ]
+        if len(offices) > 1 and not mine:
+            warnings.append(
+                f"{office.label()}: office_topology: this office has no link to any other "
+                f"office in the {topology} topology"
+            )
+        if office.masquerade and not reached:
+            warnings.append(
+                f"{office.label()}: office_masquerade: no other office reaches this office, "
+                "so there is nothing to masquerade"
+            )
+        gateways[office.host] = GatewayPlan(
+            office=office,
+            links=mine,
+            peers={lk.other(office.name).office: offices[lk.other(office.name).office] for lk in mine},
+            masquerade_sources=reached if office.masquerade else [],
+            relay=relay_ports[office.name],
+        )
+    return NetworkPlan(
+        topology=topology,
+        transit=transit,
+        offices=offices,
+        links=links,
+        gateways=gateways,
+        flows=flows,
+        warnings=warnings,
+    )

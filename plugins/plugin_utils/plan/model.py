@@ -1,0 +1,279 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The plan's typed model: offices, links, and what each gateway holds.
+
+``GatewayPlan.to_dict()`` is the one shape the roles see (``office_plan``);
+nothing in it belongs to another gateway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+IPIP_OVERHEAD = 20  # RFC 2003: one outer IPv4 header, no options
+TUNNEL_TTL = 64
+TUNNEL_PREFIX = "sl-"
+IFNAMSIZ = 15  # the kernel's limit on interface names
+# 6 hex digits (24 bits): two long names that share their 5-character head
+# collide with odds of 1 in 16 million; collisions that remain are refused.
+TUNNEL_HASH_DIGITS = 6
+
+
+class PlanError(ValueError):
+    """Invalid office inventory. ``errors`` lists every problem found."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__(
+            "invalid office inventory ({} problem{}):\n  - {}".format(
+                len(errors), "" if len(errors) == 1 else "s", "\n  - ".join(errors)
+            )
+        )
+
+
+def tunnel_name(office: str) -> str:
+    """Interface name of the tunnel that leads to ``office``.
+
+    Derived from the office name alone, so offices coming and going never rename
+    a tunnel. Names too long for the kernel keep a readable head and a hash of
+    the full name.
+    """
+    name = TUNNEL_PREFIX + office
+    if len(name) <= IFNAMSIZ:
+        return name
+    digest = hashlib.sha256(office.encode()).hexdigest()[:TUNNEL_HASH_DIGITS]
+    head = IFNAMSIZ - len(TUNNEL_PREFIX) - len(digest) - 1
+    return f"{TUNNEL_PREFIX}{office[:head]}-{digest}"
+
+
+@dataclass(frozen=True)
+class RelayRequest:
+    """One ``office_broadcast_relay`` entry: broadcasts on ``port`` go to ``to``."""
+
+    port: int
+    to: Optional[tuple[str, ...]]  # None: every office reachable
+    index: int  # position in the variable, for messages
+
+
+@dataclass(frozen=True)
+class Office:
+    name: str
+    host: Optional[str]  # None: an external peer, run by someone else
+    role: str
+    lan: ipaddress.IPv4Interface
+    wan: ipaddress.IPv4Interface
+    wan_mtu: int
+    lan_interface: Optional[str] = None
+    wan_interface: Optional[str] = None
+    wan_gateway: Optional[ipaddress.IPv4Address] = None
+    masquerade: bool = False
+    relay: tuple[RelayRequest, ...] = ()
+    index: int = 0  # position in office_external_peers, for messages
+
+    @property
+    def external(self) -> bool:
+        return self.host is None
+
+    @property
+    def relay_field(self) -> str:
+        return "office_broadcast_relay" if self.host else f"{self.where}.broadcast_relay"
+
+    @property
+    def where(self) -> str:
+        return f"office_external_peers[{self.index}]"
+
+    def label(self) -> str:
+        if self.host is None:
+            return f"office {self.name!r} ({self.where})"
+        return f"office {self.name!r} (host {self.host})"
+
+
+@dataclass(frozen=True)
+class LinkEnd:
+    office: str
+    tunnel: str  # interface name at this end
+    routes: tuple[str, ...]  # prefixes this end routes into the tunnel
+
+
+@dataclass(frozen=True)
+class Link:
+    """Two offices joined by a pair of IPIP tunnels."""
+
+    a: LinkEnd
+    b: LinkEnd
+    mtu: int
+
+    @property
+    def id(self) -> str:
+        # "+" cannot appear in an office name, so ids never clash.
+        return f"{self.a.office}+{self.b.office}"
+
+    def end(self, office: str) -> LinkEnd:
+        return self.a if office == self.a.office else self.b
+
+    def other(self, office: str) -> LinkEnd:
+        return self.b if office == self.a.office else self.a
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "mtu": self.mtu,
+            "ends": [
+                {"office": e.office, "tunnel": e.tunnel, "routes": list(e.routes)}
+                for e in (self.a, self.b)
+            ],
+        }
+
+
+@dataclass
+class RelayPort:
+    """One port of one gateway's relay: where its datagrams go."""
+
+    port: int
+    forward_to: set[str] = field(default_factory=set)  # LAN broadcasts -> these relays
+    accept_from: set[str] = field(default_factory=set)  # re-broadcast what these send
+    transit: dict[str, set[str]] = field(default_factory=dict)  # from -> onward relays
+
+    def to_dict(self) -> dict[str, Any]:
+        rule: dict[str, Any] = {
+            "port": self.port,
+            "forward_to": _sorted_addresses(self.forward_to),
+            "accept_from": _sorted_addresses(self.accept_from),
+        }
+        if self.transit:
+            rule["transit"] = {
+                source: _sorted_addresses(targets)
+                for source, targets in sorted(
+                    self.transit.items(), key=lambda kv: ipaddress.IPv4Address(kv[0])
+                )
+            }
+        return rule
+
+
+def _sorted_addresses(addresses) -> list[str]:
+    return sorted(addresses, key=ipaddress.IPv4Address)
+
+
+@dataclass(frozen=True)
+class RelayFlow:
+    """Where one office's broadcasts on one port travel: the edges of its tree."""
+
+    origin: str
+    port: int
+    targets: tuple[str, ...]
+    hops: tuple[tuple[str, str], ...]  # (from office, to office), parents first
+
+
+@dataclass
+class GatewayPlan:
+    office: Office
+    links: list[Link]
+    peers: dict[str, Office]  # the office at the other end of each link
+    masquerade_sources: list[str]
+    relay: dict[int, RelayPort]
+
+    def to_dict(self) -> dict[str, Any]:
+        office = self.office
+        lan_address = str(office.lan.ip)
+        tunnels = []
+        for link in self.links:
+            mine, theirs = link.end(office.name), self.peers[link.other(office.name).office]
+            tunnels.append(
+                {
+                    "name": mine.tunnel,
+                    "local": str(office.wan.ip),
+                    "remote": str(theirs.wan.ip),
+                    "address": lan_address,
+                    "routes": list(mine.routes),
+                    "mtu": link.mtu,
+                    "ttl": TUNNEL_TTL,
+                    "description": f"peer {theirs.name}",
+                }
+            )
+        return {
+            "office": office.name,
+            "role": office.role,
+            "peers": [link.other(office.name).office for link in self.links],
+            "links": [
+                {
+                    "id": link.id,
+                    "offices": [link.a.office, link.b.office],
+                    "peer": link.other(office.name).office,
+                    "tunnel": link.end(office.name).tunnel,
+                }
+                for link in self.links
+            ],
+            "lan": {
+                "interface": office.lan_interface,
+                "address": lan_address,
+                "cidr": office.lan.with_prefixlen,
+                "network": str(office.lan.network),
+                "broadcast": str(office.lan.network.broadcast_address),
+            },
+            "wan": {
+                "interface": office.wan_interface,
+                "address": str(office.wan.ip),
+                "cidr": office.wan.with_prefixlen,
+                "gateway": None if office.wan_gateway is None else str(office.wan_gateway),
+                "mtu": office.wan_mtu,
+            },
+            "tunnels": tunnels,
+            "masquerade": {
+                "interface": office.lan_interface,
+                "address": lan_address,
+                "sources": list(self.masquerade_sources),
+            },
+            "relay": {
+                "version": 1,
+                "lan": {"interface": office.lan_interface, "address": office.lan.with_prefixlen},
+                "own_addresses": [str(office.wan.ip)],
+                "wire": "raw",
+                "rules": [r.to_dict() for _, r in sorted(self.relay.items())],
+            },
+        }
+
+
+@dataclass
+class NetworkPlan:
+    topology: str
+    transit: bool
+    offices: dict[str, Office]  # by name, external peers included
+    links: list[Link]
+    gateways: dict[str, GatewayPlan]  # by host
+    flows: list[RelayFlow]
+    warnings: list[str]
+
+    def gateway_dict(self, host: str) -> dict[str, Any]:
+        """The plan of one gateway, as the roles take it (``office_plan``)."""
+        return self.gateways[host].to_dict()
+
+    def summary(self) -> dict[str, Any]:
+        """The network as a whole, without any gateway's plan: for reports."""
+        return {
+            "topology": self.topology,
+            "transit": self.transit,
+            "offices": {
+                name: {
+                    "host": o.host,
+                    "role": o.role,
+                    "lan": str(o.lan.network),
+                    "wan": str(o.wan.ip),
+                    "external": o.external,
+                }
+                for name, o in sorted(self.offices.items())
+            },
+            "links": [link.to_dict() for link in self.links],
+            "relay": [
+                {
+                    "origin": f.origin,
+                    "port": f.port,
+                    "targets": list(f.targets),
+                    "hops": [list(h) for h in f.hops],
+                }
+                for f in self.flows
+            ],
+            "warnings": list(self.warnings),
+        }

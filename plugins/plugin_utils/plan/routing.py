@@ -1,0 +1,117 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Routes and relay trees over the links.
+
+Routes: every gateway routes each office it can reach into the tunnel of the
+next hop on a shortest path (ties go to the lowest office name, so in
+hub-and-spoke both directions between two branches use the same hub). Each hop
+gets strictly closer, so routes never loop. External peers are never a next
+hop for anyone else's traffic: we do not run their gateway.
+
+Relay: an origin's broadcasts follow a breadth-first tree rooted at the
+origin, so every office is reached at most once and never the origin again.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Optional
+
+Adjacency = dict[str, list[str]]  # office -> linked offices, sorted
+
+
+def adjacency(names: list[str], pairs) -> Adjacency:
+    adj: dict[str, list[str]] = {name: [] for name in names}
+    for a, b in pairs:
+        adj[a].append(b)
+        adj[b].append(a)
+    for neighbours in adj.values():
+        neighbours.sort()
+    return adj
+
+
+def _component_sizes(adj: Adjacency, forwards: dict[str, bool]) -> dict[str, int]:
+    """How many offices each office can reach (itself included), transit allowed."""
+    sizes: dict[str, int] = {}
+    for start in adj:
+        if start in sizes:
+            continue
+        reached = {start}
+        frontier = [start]
+        while frontier:
+            nxt = []
+            for node in frontier:
+                if node != start and not forwards[node]:
+                    continue
+                for neighbour in adj[node]:
+                    if neighbour not in reached:
+                        reached.add(neighbour)
+                        nxt.append(neighbour)
+            frontier = nxt
+        sizes[start] = len(reached)
+    return sizes
+
+
+def next_hops(
+    adj: Adjacency, forwards: dict[str, bool], transit: bool
+) -> dict[tuple[str, str], list[str]]:
+    """``(office, next hop) -> destinations`` routed through that hop's tunnel.
+
+    ``forwards[x]`` says whether office x forwards for others (our gateways do,
+    external peers do not). Only offices that forward get routes at all.
+    """
+    routes: dict[tuple[str, str], list[str]] = defaultdict(list)
+    if not transit:
+        for dest, neighbours in adj.items():
+            for node in neighbours:
+                if forwards[node]:
+                    routes[(node, dest)].append(dest)
+        return routes
+
+    # With hubs, a destination's reach is everything: stop the search as soon
+    # as every office is found instead of expanding every node.
+    sizes = _component_sizes(adj, forwards)
+    for dest in adj:
+        dist = {dest: 0}
+        frontier = [dest]
+        goal = sizes[dest]
+        while frontier and len(dist) < goal:
+            nxt = []
+            for node in frontier:
+                if node != dest and not forwards[node]:
+                    continue
+                for neighbour in adj[node]:
+                    if neighbour not in dist:
+                        dist[neighbour] = dist[node] + 1
+                        nxt.append(neighbour)
+            frontier = nxt
+        for node, distance in dist.items():
+            if node == dest or not forwards[node]:
+                continue
+            if distance == 1:
+                hop = dest
+            else:
+                hop = next(
+                    n for n in adj[node] if forwards[n] and dist.get(n) == distance - 1
+                )
+            routes[(node, hop)].append(dest)
+    return routes
+
+
+def relay_tree(
+    origin: str, adj: Adjacency, forwards: dict[str, bool], transit: bool
+) -> dict[str, Optional[str]]:
+    """Parent of every office an origin's broadcasts can reach (origin: None)."""
+    parent: dict[str, Optional[str]] = {origin: None}
+    frontier = [origin]
+    while frontier:
+        nxt = []
+        for node in frontier:
+            if node != origin and (not transit or not forwards[node]):
+                continue
+            for neighbour in adj[node]:
+                if neighbour not in parent:
+                    parent[neighbour] = node
+                    nxt.append(neighbour)
+        frontier = nxt
+    return parent

@@ -1,0 +1,121 @@
+"""Each gateway holds only its own plan, and its link keys never show in output.
+
+Runs the office role for real (it never connects to a gateway) on the case
+study with a deployment secret, with --diff and -vvv, and inspects what each
+gateway's variables hold afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SECRET = "correct-horse-battery-staple-7d1f"  # noqa: S105 - a test value, asserted absent
+
+sys.path.insert(0, str(ROOT / "tests/unit"))
+import conftest  # noqa: E402,F401  (makes ansible_collections.sitelink.gateway importable)
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (  # noqa: E402
+    link_key,
+)
+
+CONNECTION = """
+offices:
+  vars:
+    ansible_host: 127.0.0.1
+    ansible_port: 9
+    office_tunnel_secret: {secret}
+  hosts:
+    manhattan-gw: {{}}
+    brooklyn-gw: {{}}
+    queens-gw:
+      office_name: queens
+      office_lan_address: 192.168.3.126/24
+      office_wan_address: 172.18.3.10/28
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("channel")
+    (tmp / "connection.yml").write_text(CONNECTION.format(secret=SECRET))
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
+    done = subprocess.run(
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(ROOT / "examples/case-study/inventory.yml"),
+            "-i",
+            str(tmp / "connection.yml"),
+            str(ROOT / "tests/integration/playbooks/office_channel.yml"),
+            "-e",
+            f"channel_out={tmp}",
+            "--diff",
+            "-vvv",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    return tmp, done.stdout + done.stderr
+
+
+def _values(node):
+    """Every value nested in a JSON document."""
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _values(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _values(value)
+
+
+HOSTS = ("manhattan-gw", "brooklyn-gw", "queens-gw")
+
+
+def test_each_gateway_holds_its_own_plan_and_no_other(run):
+    tmp, _ = run
+    held = {h: json.loads((tmp / f"{h}.vars.json").read_text()) for h in HOSTS}
+    plans = {h: held[h]["office_plan"] for h in HOSTS}
+    assert plans["manhattan-gw"]["office"] == "manhattan"
+    assert [t["name"] for t in plans["manhattan-gw"]["tunnels"]] == ["sl-brooklyn", "sl-queens"]
+    # Transit: Brooklyn reaches Queens through the Manhattan hub.
+    assert plans["brooklyn-gw"]["tunnels"][0]["routes"] == ["192.168.1.0/24", "192.168.3.0/24"]
+    for host in HOSTS:
+        assert "__office_network" not in held[host]
+        others = [plans[o] for o in HOSTS if o != host]
+        foreign = [p for p in others] + [p["tunnels"] for p in others] + [
+            p["relay"] for p in others
+        ]
+        for value in _values(held[host]):
+            assert not any(value == f for f in foreign), f"{host} holds another gateway's plan"
+
+
+def test_link_keys_reach_their_gateways_and_never_the_output(run):
+    tmp, output = run
+    secrets = {h: json.loads((tmp / f"{h}.secrets.json").read_text()) for h in HOSTS}
+    expected = {
+        p: link_key(SECRET, "brooklyn", "manhattan", p) for p in ("tunnel", "relay")
+    }
+    assert secrets["manhattan-gw"]["links"]["brooklyn+manhattan"] == expected
+    assert secrets["brooklyn-gw"]["links"]["brooklyn+manhattan"] == expected
+    # Each gateway gets the keys of its own links only.
+    assert sorted(secrets["brooklyn-gw"]["links"]) == ["brooklyn+manhattan"]
+    assert sorted(secrets["manhattan-gw"]["links"]) == ["brooklyn+manhattan", "manhattan+queens"]
+    keys = [k for s in secrets.values() for link in s["links"].values() for k in link.values()]
+    assert keys and all(len(k) == 64 for k in keys)
+    assert "PLAY RECAP" in output
+    for value in [SECRET, *keys]:
+        assert value not in output, "a secret appears in the -vvv --diff output"
