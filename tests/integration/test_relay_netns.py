@@ -9,6 +9,12 @@ Topology (every namespace and link is created here and removed afterwards):
                                                      |
                                                    evil 10.99.0.2 (routed, not a peer)
 
+and, for the hub ("transit") tests, three more gateways in a chain, no A-B link:
+
+    hostA .11.10 -- [hubA] .11.126 ==== [hubH] .13.126 ==== .12.126 [hubB] -- hostB .12.10
+                                           |
+                                     hostH .13.10
+
 The host has no ipip module, so the tunnel is a routed veth pair whose ends carry
 the gateways' LAN addresses as /32 with a peer route and a route to the other LAN
 with src = own LAN address, exactly as the ipip tunnel is configured.  Relays run
@@ -58,6 +64,14 @@ APP, MON, WS, WS2, EVIL = (
 )
 GW_A, GW_B = "192.168.1.126", "192.168.2.126"
 BCAST_A, BCAST_B = "192.168.1.255", "192.168.2.255"
+# hub topology: site -> (LAN host, gateway LAN address, LAN)
+HUB_SITES = {
+    "A": ("192.168.11.10", "192.168.11.126", "192.168.11.0/24"),
+    "H": ("192.168.13.10", "192.168.13.126", "192.168.13.0/24"),
+    "B": ("192.168.12.10", "192.168.12.126", "192.168.12.0/24"),
+}
+HUB_GW = {site: gw for site, (_, gw, _) in HUB_SITES.items()}
+HUB_HOST = {site: host for site, (host, _, _) in HUB_SITES.items()}
 
 
 def _prereqs():
@@ -305,37 +319,53 @@ class Lab:
         self.sockets.append(s)
         return s
 
+    @staticmethod
+    def add_gateway_lan(gw, lan_addr):
+        """The gateway's LAN: a bridge lan0 carrying its LAN address/prefix."""
+        run("ip", "-n", gw, "link", "add", "lan0", "type", "bridge")
+        run("ip", "-n", gw, "addr", "add", lan_addr, "dev", "lan0")
+        run("ip", "-n", gw, "link", "set", "lan0", "up")
+
+    @staticmethod
+    def add_lan_host(host, gw, port, addr, gwaddr):
+        """A LAN host: eth0 in namespace host, its veth peer `port` on gw's lan0."""
+        run("ip", "-n", host, "link", "add", "eth0", "type", "veth", "peer", "name", port,
+            "netns", gw)  # fmt: skip
+        run("ip", "-n", gw, "link", "set", port, "master", "lan0", "up")
+        run("ip", "-n", host, "addr", "add", f"{addr}/24", "dev", "eth0")
+        run("ip", "-n", host, "link", "set", "eth0", "up")
+        run("ip", "-n", host, "route", "add", "default", "via", gwaddr)
+
+    @staticmethod
+    def add_tunnel(end1, end2):
+        """The "tunnel": a routed link whose ends carry the LAN addresses as /32.
+
+        Each end is (namespace, device, its gateway's LAN address, its LAN); each side
+        routes the other side's LAN through the tunnel.
+        """
+        run("ip", "-n", end1[0], "link", "add", end1[1], "type", "veth", "peer", "name", end2[1],
+            "netns", end2[0])  # fmt: skip
+        for (gw, dev, own, _), (_, _, peer, other_lan) in ((end1, end2), (end2, end1)):
+            run("ip", "-n", gw, "addr", "add", f"{own}/32", "peer", f"{peer}/32", "dev", dev)
+            run("ip", "-n", gw, "link", "set", dev, "up")
+            run("ip", "-n", gw, "route", "add", other_lan, "via", peer, "dev", dev, "src", own)
+
     def build(self):
         ns = {r: self.add_ns(r) for r in ("app", "mon", "gwA", "gwB", "ws", "ws2", "evil")}
         self.ns = ns
         for gw, lan in (("gwA", f"{GW_A}/24"), ("gwB", f"{GW_B}/24")):
-            run("ip", "-n", ns[gw], "link", "add", "lan0", "type", "bridge")
-            run("ip", "-n", ns[gw], "addr", "add", lan, "dev", "lan0")
-            run("ip", "-n", ns[gw], "link", "set", "lan0", "up")
+            self.add_gateway_lan(ns[gw], lan)
         for host, gw, addr, gwaddr in (
             ("app", "gwA", APP, GW_A),
             ("mon", "gwA", MON, GW_A),
             ("ws", "gwB", WS, GW_B),
             ("ws2", "gwB", WS2, GW_B),
         ):
-            port = "p" + host
-            run("ip", "-n", ns[host], "link", "add", "eth0", "type", "veth", "peer", "name", port,
-                "netns", ns[gw])  # fmt: skip
-            run("ip", "-n", ns[gw], "link", "set", port, "master", "lan0", "up")
-            run("ip", "-n", ns[host], "addr", "add", f"{addr}/24", "dev", "eth0")
-            run("ip", "-n", ns[host], "link", "set", "eth0", "up")
-            run("ip", "-n", ns[host], "route", "add", "default", "via", gwaddr)
-        # the "tunnel": a routed link whose ends carry the LAN addresses as /32
-        run("ip", "-n", ns["gwA"], "link", "add", "tun0", "type", "veth", "peer", "name", "tun0",
-            "netns", ns["gwB"])  # fmt: skip
-        for gw, own, peer, other_lan in (
-            ("gwA", GW_A, GW_B, "192.168.2.0/24"),
-            ("gwB", GW_B, GW_A, "192.168.1.0/24"),
-        ):
-            run("ip", "-n", ns[gw], "addr", "add", f"{own}/32", "peer", f"{peer}/32", "dev", "tun0")
-            run("ip", "-n", ns[gw], "link", "set", "tun0", "up")
-            run("ip", "-n", ns[gw], "route", "add", other_lan, "via", peer, "dev", "tun0",
-                "src", own)  # fmt: skip
+            self.add_lan_host(ns[host], ns[gw], "p" + host, addr, gwaddr)
+        self.add_tunnel(
+            (ns["gwA"], "tun0", GW_A, "192.168.1.0/24"),
+            (ns["gwB"], "tun0", GW_B, "192.168.2.0/24"),
+        )
         # an outsider routed to gwB, not a configured peer
         run("ip", "-n", ns["evil"], "link", "add", "eth0", "type", "veth", "peer", "name", "ev0",
             "netns", ns["gwB"])  # fmt: skip
@@ -344,6 +374,21 @@ class Lab:
         run("ip", "-n", ns["evil"], "addr", "add", f"{EVIL}/24", "dev", "eth0")
         run("ip", "-n", ns["evil"], "link", "set", "eth0", "up")
         run("ip", "-n", ns["evil"], "route", "add", "default", "via", "10.99.0.1")
+
+    def build_hub(self):
+        """Gateways hubA, hubH, hubB, each with one LAN host; tunnels A-H and H-B only."""
+        ns = {}
+        for site, (host, gw, _lan) in HUB_SITES.items():
+            ns["gw" + site] = self.add_ns("hub" + site)
+            ns["host" + site] = self.add_ns("host" + site)
+            self.add_gateway_lan(ns["gw" + site], f"{gw}/24")
+            self.add_lan_host(ns["host" + site], ns["gw" + site], "phost", host, gw)
+        for site in ("A", "B"):
+            self.add_tunnel(
+                (ns["gw" + site], "tunH", HUB_GW[site], HUB_SITES[site][2]),
+                (ns["gwH"], "tun" + site, HUB_GW["H"], HUB_SITES["H"][2]),
+            )
+        return ns
 
     def write(self, name, content, mode=0o644):
         path = os.path.join(self.workdir, name)
@@ -370,13 +415,15 @@ class Lab:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def service_config(lan_addr, peer, status_file, port=PORT):
+def service_config(lan_addr, peer, status_file, port=PORT, rule=None):
+    if rule is None:
+        rule = {"port": port, "forward_to": [peer], "accept_from": [peer]}
     return json.dumps(
         {
             "version": 1,
             "lan": {"interface": "lan0", "address": lan_addr},
             "wire": "raw",
-            "rules": [{"port": port, "forward_to": [peer], "accept_from": [peer]}],
+            "rules": [rule],
             "status_file": status_file,
         },
         indent=1,
@@ -427,7 +474,7 @@ def hosts(lab):
 def port_delta(after, before, port=PORT):
     a = after["ports"][str(port)]
     b = before["ports"][str(port)]
-    delta = {k: a[k] - b[k] for k in ("received", "forwarded", "rebroadcast")}
+    delta = {k: a[k] - b[k] for k in ("received", "forwarded", "rebroadcast", "transited")}
     reasons = set(a["dropped"]) | set(b["dropped"])
     delta["dropped"] = {
         r: a["dropped"].get(r, 0) - b["dropped"].get(r, 0)
@@ -584,6 +631,107 @@ def test_reload_keeps_old_config_on_error_and_applies_good_one(lab, service, hos
     hosts["app_tx"].sendto(b"restored", (BCAST_A, PORT))
     assert collect(hosts["ws"], expected=1) == [(b"restored", GW_B)]
     assert relay.alive()
+
+
+def hub_rule(accept_from_a):
+    """hubH passes hubA's datagrams on to hubB; re-broadcasts them only if it accepts A."""
+    return {
+        "port": PORT,
+        "forward_to": [],
+        "accept_from": [HUB_GW["A"]] if accept_from_a else [],
+        "transit": {HUB_GW["A"]: [HUB_GW["B"]]},
+    }
+
+
+class HubLab:
+    """Relays on hubA (-> H), hubH (transit A -> B) and hubB (<- H); a socket per LAN host."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.ns = lab.build_hub()
+        self.relays = {}
+        self.listen = {}
+        for site in HUB_SITES:
+            name = "hub" + site
+            status = os.path.join(lab.status_dir(f"run-{name}"), "status.json")
+            if site == "H":
+                rule = hub_rule(accept_from_a=False)
+            else:  # a branch: its broadcasts to H, H's datagrams re-broadcast
+                rule = {"port": PORT, "forward_to": [HUB_GW["H"]], "accept_from": [HUB_GW["H"]]}
+            text = service_config(f"{HUB_GW[site]}/24", None, status, rule=rule)
+            cfg = lab.write(f"{name}.json", text)
+            res = run(PYTHON, str(RELAY), "--check-config", cfg, check=False)
+            assert res.returncode == 0, res.stderr
+            relay = RelayProc(lab, name, self.ns["gw" + site], ["--config", cfg], status)
+            relay.config = cfg
+            self.relays[site] = relay
+            self.listen[site] = lab.sock(self.ns["host" + site], PORT)
+        self.tx = lab.sock(self.ns["hostA"])
+
+    def configure_hub(self, accept_from_a):
+        """Give hubH's relay this transit rule, by SIGHUP if it changes."""
+        relay = self.relays["H"]
+        cfg = Path(relay.config)
+        text = service_config(
+            f"{HUB_GW['H']}/24", None, relay.status_path, rule=hub_rule(accept_from_a)
+        )
+        if cfg.read_text() == text:
+            return
+        ready = self.lab.notify.count(relay.name, "READY=1")
+        cfg.write_text(text)
+        relay.proc.send_signal(signal.SIGHUP)
+        assert self.lab.notify.wait(relay.name, "READY=1", count=ready + 1), relay.log()
+        port = relay.status()["ports"][str(PORT)]
+        assert port["accept_from"] == ([HUB_GW["A"]] if accept_from_a else []), relay.log()
+        assert port["transit"] == {HUB_GW["A"]: [HUB_GW["B"]]}
+
+
+@pytest.fixture(scope="module")
+def hub(lab):
+    return HubLab(lab)
+
+
+@pytest.mark.parametrize("accept_from_a", [False, True], ids=["transit-only", "transit+accept"])
+def test_hub_passes_branch_broadcasts_on_exactly_once(lab, hub, accept_from_a):
+    """A's LAN broadcast: A -> H (unicast) -> B (unicast) -> LAN B, once.
+
+    H re-broadcasts on its own LAN only when it also accepts from A (the second case
+    also checks that a SIGHUP reload applies a transit rule change).  Nothing ever
+    goes back to A: A accepts from H, so anything H sent back would show up on LAN A.
+    """
+    hub.configure_hub(accept_from_a)
+    drain(*hub.listen.values())
+    before = {site: r.status() for site, r in hub.relays.items()}
+    n = 5
+    payloads = [f"branch-a {i} {secrets.token_hex(6)}".encode() for i in range(n)]
+    for p in payloads:
+        hub.tx.sendto(p, ("192.168.11.255", PORT))
+        time.sleep(0.005)
+    got_b = collect(hub.listen["B"], expected=n)  # then QUIET s for duplicates
+    assert sorted(got_b) == sorted((p, HUB_GW["B"]) for p in payloads)
+    # anything else would have arrived by now: short quiet periods suffice
+    got_h = collect(hub.listen["H"], expected=n if accept_from_a else 0, quiet=0.2)
+    if accept_from_a:
+        assert sorted(got_h) == sorted((p, HUB_GW["H"]) for p in payloads)
+    else:
+        assert got_h == [], "H re-broadcast although it does not accept from A"
+    got_a = collect(hub.listen["A"], expected=n, quiet=0.2)
+    assert only_from(got_a, HUB_HOST["A"]) == [], "came back onto LAN A"
+    assert len(got_a) == n  # the originals
+    after = {site: r.status() for site, r in hub.relays.items()}
+    d = {site: port_delta(after[site], before[site]) for site in HUB_SITES}
+    keys = ("received", "forwarded", "rebroadcast", "transited", "dropped")
+    assert tuple(d["A"][k] for k in keys) == (n, n, 0, 0, {})
+    if accept_from_a:  # H hears its own re-broadcasts: dropped as "own"
+        assert tuple(d["H"][k] for k in keys) == (2 * n, 0, n, n, {"own": n})
+    else:
+        assert tuple(d["H"][k] for k in keys) == (n, 0, 0, n, {})
+    assert tuple(d["B"][k] for k in keys) == (2 * n, 0, n, 0, {"own": n})
+    for site, relay in hub.relays.items():
+        assert d[site]["send_errors"] == {}, site
+        assert relay.alive() and "Traceback" not in relay.log(), relay.log()
+    res = run(PYTHON, str(RELAY), "--status", hub.relays["H"].status_path)
+    assert "transit 192.168.11.126 -> 192.168.12.126" in res.stdout, res.stdout
 
 
 def test_compat_cli_reproduces_the_article(lab, hosts):

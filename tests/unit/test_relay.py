@@ -34,6 +34,8 @@ BCAST = socket.inet_aton("192.168.1.255")
 ALL_ONES = socket.inet_aton("255.255.255.255")
 GW_A = socket.inet_aton("192.168.1.126")
 PEER = "192.168.2.126"
+HUB_SRC = "192.168.3.126"  # a branch whose datagrams this relay passes on (transit)
+PEER_C = "192.168.4.126"
 
 BASE_CONFIG = {
     "version": 1,
@@ -45,7 +47,7 @@ BASE_CONFIG = {
 }
 
 
-def make_classifier(forward=True, accept=(PEER,), window=2.0):
+def make_classifier(forward=True, accept=(PEER,), window=2.0, transit=None):
     import ipaddress
 
     return relay.Classifier(
@@ -55,6 +57,7 @@ def make_classifier(forward=True, accept=(PEER,), window=2.0):
         frozenset(accept),
         forward,
         echo_window=window,
+        transit=transit,
     )
 
 
@@ -160,6 +163,49 @@ class TestClassifier:
             mem.remember(b"p%d" % i, 10.0 + i * 0.001)
         assert len(mem) <= 50
         assert mem.seen(b"p499", 10.6)
+
+
+class TestTransitClassifier:
+    """Peer unicasts: re-broadcast (accept_from), passed on (transit), both or dropped."""
+
+    TRANSIT = {HUB_SRC: (PEER, PEER_C)}
+
+    def test_transit_only_source(self):
+        c = make_classifier(transit=self.TRANSIT)
+        assert c.classify(b"from A", HUB_SRC, TUN_IFINDEX, GW_A, now=1.0) == "transit"
+        assert len(c.echo) == 0  # not re-broadcast here: nothing to remember, nothing hashed
+        # accept_from peers are unaffected
+        assert c.classify(b"from B", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
+
+    def test_accepted_and_transit_source(self):
+        c = make_classifier(accept=(PEER, HUB_SRC), transit=self.TRANSIT)
+        verdict = c.classify(b"from A", HUB_SRC, TUN_IFINDEX, GW_A, now=1.0)
+        assert verdict == "rebroadcast+transit"
+        # re-broadcast on our LAN, so a LAN host repeating it is an echo
+        assert c.classify(b"from A", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.5) == "echo"
+
+    def test_neither_is_foreign(self):
+        c = make_classifier(accept=(), transit=self.TRANSIT)
+        assert c.classify(b"x", PEER, TUN_IFINDEX, GW_A, now=1.0) == "foreign"
+        assert c.classify(b"x", PEER_C, TUN_IFINDEX, GW_A, now=1.0) == "foreign"
+
+    @pytest.mark.parametrize("dst", [BCAST, ALL_ONES, socket.inet_aton("239.1.2.3")])
+    def test_transit_source_to_broadcast_or_multicast_dropped(self, dst):
+        c = make_classifier(accept=(), transit=self.TRANSIT)
+        assert c.classify(b"x", HUB_SRC, TUN_IFINDEX, dst, now=1.0) == "peer_broadcast"
+
+    def test_own_transit_source_is_own(self):
+        c = make_classifier(transit={"172.16.1.12": (PEER,)})
+        assert c.classify(b"x", "172.16.1.12", TUN_IFINDEX, GW_A, now=1.0) == "own"
+
+    def test_source_whose_only_target_is_itself_is_not_passed_on(self):
+        # parse_config refuses this; the classifier must not act on it either
+        c = make_classifier(accept=(), transit={HUB_SRC: (HUB_SRC,)})
+        assert c.classify(b"x", HUB_SRC, TUN_IFINDEX, GW_A, now=1.0) == "foreign"
+
+    def test_lan_broadcasts_unchanged_by_transit(self):
+        c = make_classifier(transit=self.TRANSIT)
+        assert c.classify(b"x", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.0) == "forwarded"
 
 
 class TestCompatClassifier:
@@ -275,7 +321,7 @@ def test_minimal_config_defaults():
         ),
         (
             cfg_with(rules=[rule(forward_to=[], accept_from=[])]),
-            "rules[0]: needs at least one address in forward_to or accept_from",
+            "rules[0]: needs at least one address in forward_to, accept_from or transit",
         ),
         (cfg_with(rules=[rule(peers=[PEER])]), "rules[0].peers: unknown key"),
         (cfg_with(rules=["6799"]), "rules[0]: must be an object"),
@@ -323,6 +369,106 @@ def test_config_errors(data, message):
     with pytest.raises(relay.ConfigError) as info:
         relay.parse_config(data)
     assert any(line.startswith(message) for line in info.value.errors), info.value.errors
+
+
+def transit_rule(transit, **kw):
+    return cfg_with(rules=[rule(transit=transit, **kw)])
+
+
+def test_transit_config():
+    data = transit_rule({HUB_SRC: [PEER, PEER_C]}, accept_from=[HUB_SRC])
+    cfg = relay.parse_config(data)
+    assert cfg.rules[0].transit == {HUB_SRC: (PEER, PEER_C)}
+    assert cfg.rules[0].accept_from == {HUB_SRC}
+    assert "transit [192.168.3.126 -> 192.168.2.126 192.168.4.126]" in cfg.summary()
+    # default: no transit
+    assert relay.parse_config(copy.deepcopy(BASE_CONFIG)).rules[0].transit == {}
+    assert relay.parse_config(transit_rule({})).rules[0].transit == {}
+    # a pure hub rule: nothing from or to its own LAN, only passing on
+    cfg = relay.parse_config(transit_rule({HUB_SRC: [PEER], PEER: [HUB_SRC]}, forward_to=[]))
+    assert cfg.rules[0].transit == {HUB_SRC: (PEER,), PEER: (HUB_SRC,)}
+    assert cfg.rules[0].forward_to == () and cfg.rules[0].accept_from == frozenset()
+
+
+T = f'rules[0].transit["{HUB_SRC}"]'
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (transit_rule([HUB_SRC, PEER]), "rules[0].transit: must be an object mapping"),
+        (transit_rule("192.168.3.126"), "rules[0].transit: must be an object mapping"),
+        (
+            transit_rule({"example.org": [PEER]}),
+            "rules[0].transit[\"example.org\"]: 'example.org' is not an IPv4 address",
+        ),
+        (
+            transit_rule({"224.0.0.1": [PEER]}),
+            'rules[0].transit["224.0.0.1"]: 224.0.0.1 is not a usable unicast address',
+        ),
+        (
+            transit_rule({"192.168.1.126": [PEER]}),
+            'rules[0].transit["192.168.1.126"]: 192.168.1.126 is an address of this gateway'
+            " (lan.address)",
+        ),
+        (
+            transit_rule({"192.168.1.20": [PEER]}),
+            'rules[0].transit["192.168.1.20"]: 192.168.1.20 is inside the LAN 192.168.1.0/24',
+        ),
+        (transit_rule({HUB_SRC: PEER}), f"{T}: must be a list of IPv4 addresses"),
+        (transit_rule({HUB_SRC: None}), f"{T}: must be a list of IPv4 addresses"),
+        (transit_rule({HUB_SRC: []}), f"{T}: is empty"),
+        (transit_rule({HUB_SRC: ["nope"]}), f"{T}[0]: 'nope' is not an IPv4 address"),
+        (transit_rule({HUB_SRC: [7]}), f"{T}[0]: 7 is not an IPv4 address string"),
+        (
+            transit_rule({HUB_SRC: ["255.255.255.255"]}),
+            f"{T}[0]: 255.255.255.255 is not a usable unicast address",
+        ),
+        (
+            transit_rule({HUB_SRC: [PEER, HUB_SRC]}),
+            f"{T}[1]: 192.168.3.126 is the source itself",
+        ),
+        (
+            transit_rule({HUB_SRC: ["192.168.1.126"]}),
+            f"{T}[0]: 192.168.1.126 is an address of this gateway (lan.address)",
+        ),
+        (
+            transit_rule({HUB_SRC: ["172.16.1.12"]}),
+            f"{T}[0]: 172.16.1.12 is an address of this gateway (own_addresses[0])",
+        ),
+        (
+            transit_rule({HUB_SRC: ["192.168.1.20"]}),
+            f"{T}[0]: 192.168.1.20 is inside the LAN 192.168.1.0/24",
+        ),
+        (
+            transit_rule({HUB_SRC: ["192.168.1.255"]}),
+            f"{T}[0]: 192.168.1.255 is inside the LAN",
+        ),
+        (transit_rule({HUB_SRC: [PEER, PEER_C, PEER]}), f"{T}[2]: 192.168.2.126 is listed twice"),
+    ],
+)
+def test_transit_config_errors(data, message):
+    with pytest.raises(relay.ConfigError) as info:
+        relay.parse_config(data)
+    assert any(line.startswith(message) for line in info.value.errors), info.value.errors
+
+
+def test_transit_config_reports_every_problem():
+    data = transit_rule({HUB_SRC: [HUB_SRC, PEER, PEER], "x": [], PEER_C: "y"})
+    with pytest.raises(relay.ConfigError) as info:
+        relay.parse_config(data)
+    assert len(info.value.errors) == 5, info.value.errors  # self, twice, bad key, empty, list
+
+
+def test_transit_check_config_cli(tmp_path, capsys):
+    good = tmp_path / "hub.json"
+    good.write_text(json.dumps(transit_rule({HUB_SRC: [PEER, PEER_C]})))
+    assert relay.main(["--check-config", str(good)]) == 0
+    assert "transit [192.168.3.126 -> 192.168.2.126 192.168.4.126]" in capsys.readouterr().out
+    bad = tmp_path / "loop.json"
+    bad.write_text(json.dumps(transit_rule({HUB_SRC: [HUB_SRC]})))
+    assert relay.main(["--check-config", str(bad)]) == 2
+    assert f"{T}[0]: 192.168.3.126 is the source itself" in capsys.readouterr().err
 
 
 def test_config_not_an_object():
@@ -410,6 +556,10 @@ def test_help_mentions_both_modes(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "PORT DEST" in out and "--config" in out and "--check-config" in out
+    assert '"transit"' in out and "transited" in out
+    # the path the sitelink.gateway role installs the config at
+    assert "/etc/sitelink/relay.json" in out and "/etc/sitelink-relay/" not in out
+    assert "/etc/sitelink-relay/" not in relay.__doc__
 
 
 # ------------------------------------------------------------------------ status
@@ -424,7 +574,7 @@ def test_format_status():
         "started": now - 3700,
         "updated": now - 2,
         "interval": 5.0,
-        "config": "/etc/sitelink-relay/relay.json",
+        "config": "/etc/sitelink/relay.json",
         "wire": "raw",
         "lan": {
             "interface": "eth0",
@@ -437,23 +587,45 @@ def test_format_status():
                 "received": 17,
                 "forwarded": 10,
                 "rebroadcast": 2,
+                "transited": 4,
                 "dropped": {"own": 3, "foreign": 2},
                 "send_errors": {"ENETUNREACH": 1},
                 "forward_to": [PEER],
                 "accept_from": [PEER],
+                "transit": {HUB_SRC: [PEER, PEER_C]},
             }
         },
     }
     text = relay.format_status(data, now=now)
     assert "pid 4242" in text and "service mode" in text and "updated 2s ago" in text
     assert "LAN eth0 (ifindex 2) address 192.168.1.126/24 broadcast 192.168.1.255" in text
+    header = [line for line in text.splitlines() if line.startswith("port")][0]
+    assert header.split()[:6] == [
+        "port",
+        "received",
+        "forwarded",
+        "rebroadcast",
+        "transited",
+        "dropped",
+    ]
     row = [line for line in text.splitlines() if line.startswith("6799")][0]
-    assert row.split() == ["6799", "17", "10", "2", "5", "1"]
+    assert row.split() == ["6799", "17", "10", "2", "4", "5", "1"]
+    assert (
+        "port 6799: forward to 192.168.2.126; accept from 192.168.2.126;"
+        " transit 192.168.3.126 -> 192.168.2.126 192.168.4.126" in text
+    )
     assert "port 6799 dropped: foreign 2, own 3" in text
     assert "port 6799 send errors: ENETUNREACH 1" in text
     assert "forward to 192.168.2.126" in text
     assert "stale" not in text
     assert "stale" in relay.format_status(data, now=now + 60)
+    # a status file of an older relay (no transit): shown as 0, no transit line
+    for key in ("transited", "transit"):
+        del data["ports"]["6799"][key]
+    text = relay.format_status(data, now=now)
+    row = [line for line in text.splitlines() if line.startswith("6799")][0]
+    assert row.split() == ["6799", "17", "10", "2", "0", "5", "1"]
+    assert "transit " not in text
 
 
 def test_status_cli(tmp_path, capsys):
@@ -587,8 +759,8 @@ class FakeSock:
         self._send("sendmsg", buffers[0], addr, anc)
 
 
-def make_relay(sock):
-    cfg = relay.parse_config(copy.deepcopy(BASE_CONFIG))
+def make_relay(sock, data=None):
+    cfg = relay.parse_config(copy.deepcopy(BASE_CONFIG if data is None else data))
     r = relay.Relay(config=cfg, config_path="/dev/null", notifier=relay.Notifier({}))
     r.lan_ifindex = LAN_IFINDEX
     r._lan_dest = "192.168.1.255"
@@ -644,6 +816,95 @@ def test_send_errors_are_counted_not_fatal(err, caplog):
     assert ps.received == 6 and ps.forwarded == 5 and ps.rebroadcast == 1
     assert ps.send_errors == {errno.errorcode[err]: 6}
     # rate-limited: one log line for the repeated error, not one per packet
+    assert len([rec for rec in caplog.records if "failed" in rec.getMessage()]) == 1
+
+
+HUB_CONFIG = cfg_with(
+    rules=[
+        {
+            "port": 6799,
+            "forward_to": [PEER],
+            "accept_from": [PEER],
+            "transit": {HUB_SRC: [PEER, PEER_C]},
+        }
+    ]
+)
+
+
+def test_transit_passes_on_without_rebroadcast():
+    sock = FakeSock(
+        [
+            (b"from-a", HUB_SRC, TUN_IFINDEX, GW_A, 0),
+            (b"from-b", PEER, TUN_IFINDEX, GW_A, 0),  # accept_from only: not passed on
+            (b"bcast", "192.168.1.10", LAN_IFINDEX, BCAST, 0),  # forward_to only
+            (b"c-spoof", PEER_C, TUN_IFINDEX, GW_A, 0),  # a transit target, not a source
+        ]
+    )
+    r, ps = make_relay(sock, HUB_CONFIG)
+    r.handle_readable(ps)
+    assert sock.sent == [
+        ("sendto", b"from-a", (PEER, 6799), None),
+        ("sendto", b"from-a", (PEER_C, 6799), None),
+        ("sendmsg", b"from-b", ("192.168.1.255", 6799), r._lan_anc),
+        ("sendto", b"bcast", (PEER, 6799), None),
+    ]
+    assert (ps.received, ps.forwarded, ps.rebroadcast, ps.transited) == (4, 1, 1, 1)
+    assert ps.dropped == {"foreign": 1}
+    assert len(ps.classifier.echo) == 1  # only from-b was re-broadcast
+    status = r.status()["ports"]["6799"]
+    assert status["transited"] == 1
+    assert status["transit"] == {HUB_SRC: [PEER, PEER_C]}
+    assert r.status_line() == "udp/6799: 1 forwarded, 1 rebroadcast, 1 transited, 1 dropped"
+    text = relay.format_status(r.status())
+    assert "transit 192.168.3.126 -> 192.168.2.126 192.168.4.126" in text
+    row = [line for line in text.splitlines() if line.startswith("6799")][0]
+    assert row.split() == ["6799", "4", "1", "1", "1", "1", "0"]
+
+
+def test_transit_and_rebroadcast_both_apply():
+    data = copy.deepcopy(HUB_CONFIG)
+    data["rules"][0]["accept_from"] = [PEER, HUB_SRC]
+    sock = FakeSock([(b"from-a", HUB_SRC, TUN_IFINDEX, GW_A, 0)])
+    r, ps = make_relay(sock, data)
+    r.handle_readable(ps)
+    assert [(kind, payload, addr) for kind, payload, addr, _ in sock.sent] == [
+        ("sendmsg", b"from-a", ("192.168.1.255", 6799)),
+        ("sendto", b"from-a", (PEER, 6799)),
+        ("sendto", b"from-a", (PEER_C, 6799)),
+    ]
+    assert (ps.received, ps.forwarded, ps.rebroadcast, ps.transited) == (1, 0, 1, 1)
+    assert ps.dropped == {}
+
+
+def test_transit_never_back_to_the_source():
+    """Defence in depth: a Rule that parse_config would refuse, built directly."""
+    cfg = relay.parse_config(copy.deepcopy(BASE_CONFIG))
+    bad = relay.Rule(6799, (PEER,), frozenset(), {HUB_SRC: (HUB_SRC, PEER_C), PEER_C: (PEER_C,)})
+    sock = FakeSock(
+        [
+            (b"from-a", HUB_SRC, TUN_IFINDEX, GW_A, 0),
+            (b"from-c", PEER_C, TUN_IFINDEX, GW_A, 0),
+        ]
+    )
+    r = relay.Relay(config=cfg, config_path="/dev/null", notifier=relay.Notifier({}))
+    ps = r._make_port(cfg, bad, sock)
+    r.handle_readable(ps)
+    assert sock.sent == [("sendto", b"from-a", (PEER_C, 6799), None)]
+    assert ps.transit == {HUB_SRC: (PEER_C,)}
+    assert ps.dropped == {"foreign": 1}  # PEER_C's only target was itself
+
+
+@pytest.mark.parametrize("err", [errno.ENETUNREACH, errno.EMSGSIZE, errno.ECONNREFUSED])
+def test_transit_send_errors_are_counted_not_fatal(err, caplog):
+    sock = FakeSock(
+        [(b"a%d" % i, HUB_SRC, TUN_IFINDEX, GW_A, 0) for i in range(4)]
+        + [(b"bcast", "192.168.1.10", LAN_IFINDEX, BCAST, 0)],
+        fail=err,
+    )
+    r, ps = make_relay(sock, HUB_CONFIG)
+    r.handle_readable(ps)  # must not raise
+    assert (ps.received, ps.transited, ps.forwarded) == (5, 4, 1)
+    assert ps.send_errors == {errno.errorcode[err]: 4 * 2 + 1}
     assert len([rec for rec in caplog.records if "failed" in rec.getMessage()]) == 1
 
 
@@ -706,6 +967,60 @@ def test_reload_rebinds_only_changed_ports(tmp_path, monkeypatch):
         assert r.ports[6799].received == 5
         assert r.ports[6799].forward_to == ("10.1.1.1",)
         assert "127.0.0.1" in r.ports[6801].classifier.own
+    finally:
+        r.close()
+
+
+def test_reload_applies_transit_changes(tmp_path, monkeypatch):
+    def fake_open(port):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        b.close()
+        return a
+
+    monkeypatch.setattr(relay, "open_socket", fake_open)
+    monkeypatch.setattr(relay, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
+    path = tmp_path / "relay.json"
+    conf = cfg_with(status_file=None, rules=[rule()])
+    path.write_text(json.dumps(conf))
+    r = relay.Relay(
+        config=relay.load_config(str(path)), config_path=str(path), notifier=relay.Notifier({})
+    )
+    r.setup()
+    try:
+        sock = r.ports[6799].sock
+        ps = r.ports[6799]
+        assert ps.transit == {}
+        assert ps.classifier.classify(b"x", HUB_SRC, TUN_IFINDEX, GW_A, now=1.0) == "foreign"
+
+        # transit added: same socket, counters kept, classifier and targets updated
+        ps.received, ps.transited = 7, 3
+        conf["rules"][0]["transit"] = {HUB_SRC: [PEER, PEER_C]}
+        path.write_text(json.dumps(conf))
+        assert r.reload() is True
+        ps = r.ports[6799]
+        assert ps.sock is sock and (ps.received, ps.transited) == (7, 3)
+        assert ps.transit == {HUB_SRC: (PEER, PEER_C)}
+        assert ps.classifier.classify(b"x", HUB_SRC, TUN_IFINDEX, GW_A, now=1.0) == "transit"
+
+        # a transit that loops back is refused: the running transit stays
+        conf["rules"][0]["transit"] = {HUB_SRC: [HUB_SRC]}
+        path.write_text(json.dumps(conf))
+        assert r.reload() is False
+        assert r.ports[6799].transit == {HUB_SRC: (PEER, PEER_C)}
+
+        # only the targets change: that is a change of the rule too
+        conf["rules"][0]["transit"] = {HUB_SRC: [PEER_C]}
+        path.write_text(json.dumps(conf))
+        assert r.reload() is True
+        assert r.ports[6799].transit == {HUB_SRC: (PEER_C,)}
+
+        # transit removed
+        del conf["rules"][0]["transit"]
+        path.write_text(json.dumps(conf))
+        assert r.reload() is True
+        ps = r.ports[6799]
+        assert ps.transit == {} and ps.transited == 3
+        assert ps.classifier.classify(b"x", HUB_SRC, TUN_IFINDEX, GW_A, now=1.0) == "foreign"
     finally:
         r.close()
 

@@ -6,13 +6,19 @@ broadcasts (e.g. to 192.168.1.255:6799) is invisible at the other office.  This 
 runs on each gateway: it forwards broadcasts heard on its LAN as unicast to the peer
 gateway(s) through the tunnel, and re-broadcasts on its LAN what a peer sent it.
 
+A relay can also be a hub ("transit"): a rule's ``transit`` maps a peer to the peers
+that get that peer's datagrams passed on unchanged (unicast, same payload), so branch
+A's broadcasts reach branches B and C through hub H.  H re-broadcasts them on its own
+LAN only if A is also in its ``accept_from``.  A peer's datagram is never sent on to
+any other peer unless ``transit`` says so, and never back to the peer it came from.
+
 It replaces the C ``udp-proxy [-d] PORT DEST`` of the original article, whose loop
 filter was imperfect.  Every datagram is classified (see ``Classifier``) so that each
 broadcast reaches the other LAN exactly once and nothing echoes back: datagrams from
 our own addresses, broadcasts from outside the LAN or from the wrong interface,
 peer datagrams sent to a broadcast address, and payloads we have just re-broadcast
 are dropped and counted.  Python 3.9+ standard library only; no privileges needed
-for ports above 1023.
+for ports above 1023.  The config lives in /etc/sitelink/relay.json (see ``--help``).
 """
 
 from __future__ import annotations
@@ -62,11 +68,14 @@ ERROR_LOG_INTERVAL = 60.0  # at most one log line per (port, error) per this man
 
 LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 
-# Verdicts.  FORWARDED and REBROADCAST are actions; everything else is a drop reason.
+# Verdicts.  FORWARDED, REBROADCAST, TRANSIT and REBROADCAST_TRANSIT are actions;
+# everything else is a drop reason.
 FORWARDED = "forwarded"
 REBROADCAST = "rebroadcast"
+TRANSIT = "transit"  # peer datagram passed on to the rule's transit peers for that source
+REBROADCAST_TRANSIT = "rebroadcast+transit"  # both of the above
 DROP_OWN = "own"  # sent by this gateway (incl. our own re-broadcasts looping back)
-DROP_FOREIGN = "foreign"  # neither a LAN broadcast nor a unicast from an accepted peer
+DROP_FOREIGN = "foreign"  # neither a LAN broadcast nor a unicast from an accepted/transit peer
 DROP_WRONG_INTERFACE = "wrong_interface"  # broadcast that did not arrive on the LAN interface
 DROP_ECHO = "echo"  # payload identical to one we re-broadcast moments ago
 DROP_TRUNCATED = "truncated"  # larger than the receive buffer (cannot happen for IPv4)
@@ -99,24 +108,49 @@ class ConfigError(Exception):
 
 
 class Rule:
-    __slots__ = ("port", "forward_to", "accept_from")
+    """One port: ``forward_to`` peers get LAN broadcasts, ``accept_from`` peers' datagrams
+    are re-broadcast, ``transit`` maps a peer to the peers its datagrams are passed on to."""
 
-    def __init__(self, port: int, forward_to: tuple[str, ...], accept_from: frozenset[str]):
+    __slots__ = ("port", "forward_to", "accept_from", "transit")
+
+    def __init__(
+        self,
+        port: int,
+        forward_to: tuple[str, ...],
+        accept_from: frozenset[str],
+        transit: Optional[dict[str, tuple[str, ...]]] = None,
+    ):
         self.port = port
         self.forward_to = forward_to
         self.accept_from = accept_from
+        self.transit: dict[str, tuple[str, ...]] = dict(transit) if transit else {}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Rule) and (
-            (self.port, self.forward_to, self.accept_from)
-            == (other.port, other.forward_to, other.accept_from)
+            (self.port, self.forward_to, self.accept_from, self.transit)
+            == (other.port, other.forward_to, other.accept_from, other.transit)
         )
 
     def __repr__(self) -> str:
         return (
             f"Rule(port={self.port}, forward_to={list(self.forward_to)!r},"
-            f" accept_from={sorted(self.accept_from)!r})"
+            f" accept_from={sorted(self.accept_from)!r},"
+            f" transit={ {k: list(v) for k, v in self.transit.items()}!r})"
         )
+
+
+def transit_targets(transit: dict[str, Iterable[str]]) -> dict[str, tuple[str, ...]]:
+    """The transit map the hot path uses: never a target equal to its source.
+
+    parse_config refuses such configs already; this is the defence in depth for a Rule
+    built some other way.  Sources left without any target are dropped altogether.
+    """
+    result = {}
+    for src, targets in transit.items():
+        kept = tuple(t for t in targets if t != src)
+        if kept:
+            result[src] = kept
+    return result
 
 
 class Config:
@@ -156,10 +190,14 @@ class Config:
     def summary(self) -> str:
         parts = []
         for r in self.rules:
-            parts.append(
-                f"port {r.port} -> [{', '.join(r.forward_to)}]"
-                f" <- [{', '.join(sorted(r.accept_from))}]"
+            part = "port {} -> [{}] <- [{}]".format(
+                r.port, ", ".join(r.forward_to), ", ".join(sorted(r.accept_from))
             )
+            if r.transit:
+                part += " transit [{}]".format(
+                    ", ".join(f"{src} -> {' '.join(dst)}" for src, dst in r.transit.items())
+                )
+            parts.append(part)
         return "LAN {} {} (broadcast {}), wire {}; {}".format(
             self.lan_interface,
             self.lan.with_prefixlen,
@@ -172,7 +210,7 @@ class Config:
 # "_comment": JSON has no comments; Ansible writes its "managed" banner there.
 _TOP_KEYS = ("_comment", "version", "lan", "own_addresses", "wire", "rules", "status_file")
 _LAN_KEYS = ("interface", "address")
-_RULE_KEYS = ("port", "forward_to", "accept_from")
+_RULE_KEYS = ("port", "forward_to", "accept_from", "transit")
 
 
 def _is_int(value: Any) -> bool:
@@ -203,6 +241,78 @@ def _parse_unicast(value: Any, where: str, errors: list[str]) -> Optional[str]:
         errors.append(f"{where}: {addr} is not a usable unicast address")
         return None
     return str(addr)
+
+
+def _parse_peer(
+    value: Any,
+    where: str,
+    own: dict[str, str],
+    lan_iface: Optional[ipaddress.IPv4Interface],
+    seen: Iterable[str],
+    errors: list[str],
+) -> Optional[str]:
+    """A peer gateway address: unicast, not ours, not in our LAN, not in ``seen``."""
+    addr = _parse_unicast(value, where, errors)
+    if addr is None:
+        return None
+    if addr in own:
+        errors.append(f"{where}: {addr} is an address of this gateway ({own[addr]})")
+    elif lan_iface is not None and ipaddress.IPv4Address(addr) in lan_iface.network:
+        errors.append(
+            f"{where}: {addr} is inside the LAN {lan_iface.network};"
+            " peers must be gateways at other sites"
+        )
+    elif addr in seen:
+        errors.append(f"{where}: {addr} is listed twice")
+    else:
+        return addr
+    return None
+
+
+def _parse_transit(
+    value: Any,
+    where: str,
+    own: dict[str, str],
+    lan_iface: Optional[ipaddress.IPv4Interface],
+    errors: list[str],
+) -> Optional[dict[str, tuple[str, ...]]]:
+    """``{"peer": ["peer", ...]}``: whose datagrams this relay passes on, and to whom."""
+    if not isinstance(value, dict):
+        errors.append(
+            f"{where}: must be an object mapping a peer address to a list of peer addresses"
+        )
+        return None
+    ok = True
+    transit: dict[str, tuple[str, ...]] = {}
+    for key, targets in value.items():
+        w = f"{where}[{json.dumps(key)}]"
+        src = _parse_peer(key, w, own, lan_iface, transit, errors)
+        if src is None:
+            ok = False
+        if not isinstance(targets, list):
+            errors.append(f"{w}: must be a list of IPv4 addresses")
+            ok = False
+            continue
+        if not targets:
+            errors.append(f"{w}: is empty (list the peers that get this peer's datagrams)")
+            ok = False
+            continue
+        kept: list[str] = []
+        for j, target in enumerate(targets):
+            wt = f"{w}[{j}]"
+            addr = _parse_peer(target, wt, own, lan_iface, kept, errors)
+            if addr is None:
+                ok = False
+            elif addr == src:
+                errors.append(
+                    f"{wt}: {addr} is the source itself (its datagrams would go back to it)"
+                )
+                ok = False
+            else:
+                kept.append(addr)
+        if src is not None:
+            transit[src] = tuple(kept)
+    return transit if ok else None
 
 
 def parse_config(data: Any) -> Config:
@@ -304,7 +414,9 @@ def parse_config(data: Any) -> Config:
         for i, rule in enumerate(rules_data):
             where = f"rules[{i}]"
             if not isinstance(rule, dict):
-                errors.append(f"{where}: must be an object with port, forward_to, accept_from")
+                errors.append(
+                    f"{where}: must be an object with port, forward_to, accept_from, transit"
+                )
                 continue
             ok = True
             _check_keys(rule, _RULE_KEYS, where, errors)
@@ -330,29 +442,29 @@ def parse_config(data: Any) -> Config:
                     continue
                 for j, value in enumerate(values):
                     w = f"{where}.{key}[{j}]"
-                    addr = _parse_unicast(value, w, errors)
+                    addr = _parse_peer(value, w, own, lan_iface, lists[key], errors)
                     if addr is None:
-                        ok = False
-                    elif addr in own:
-                        errors.append(f"{w}: {addr} is an address of this gateway ({own[addr]})")
-                        ok = False
-                    elif lan_iface is not None and ipaddress.IPv4Address(addr) in lan_iface.network:
-                        errors.append(
-                            f"{w}: {addr} is inside the LAN {lan_iface.network};"
-                            " peers must be gateways at other sites"
-                        )
-                        ok = False
-                    elif addr in lists[key]:
-                        errors.append(f"{w}: {addr} is listed twice")
                         ok = False
                     else:
                         lists[key].append(addr)
-            if ok and not lists["forward_to"] and not lists["accept_from"]:
-                errors.append(f"{where}: needs at least one address in forward_to or accept_from")
+            transit = _parse_transit(
+                rule.get("transit", {}), f"{where}.transit", own, lan_iface, errors
+            )
+            if transit is None:
+                ok = False
+            elif ok and not lists["forward_to"] and not lists["accept_from"] and not transit:
+                errors.append(
+                    f"{where}: needs at least one address in forward_to, accept_from or transit"
+                )
                 ok = False
             if ok:
                 rules.append(
-                    Rule(port, tuple(lists["forward_to"]), frozenset(lists["accept_from"]))
+                    Rule(
+                        port,
+                        tuple(lists["forward_to"]),
+                        frozenset(lists["accept_from"]),
+                        transit,
+                    )
                 )
 
     status_file = data.get("status_file", DEFAULT_STATUS_FILE)
@@ -457,17 +569,22 @@ class Classifier:
     """Decide what to do with one datagram received on one rule's port.
 
     Inputs are what recvmsg/IP_PKTINFO report: source address (str), arrival ifindex,
-    header destination address (4 packed bytes).  Returns FORWARDED, REBROADCAST or
-    a drop reason.  The only state is the echo memory (filled when returning
-    REBROADCAST) and ``own``/``lan_ifindex``, which the relay refreshes.
+    header destination address (4 packed bytes).  Returns FORWARDED, REBROADCAST,
+    TRANSIT, REBROADCAST_TRANSIT or a drop reason.  A peer unicast is re-broadcast if
+    its source is in ``accept_from`` and passed on (by the relay, to the targets of
+    ``transit_targets(transit)``) if its source is a transit source.  The only state
+    is the echo memory (filled when the verdict includes a re-broadcast) and
+    ``own``/``lan_ifindex``, which the relay refreshes.
     """
 
     __slots__ = (
         "lan_ifindex",
         "own",
         "accept_from",
+        "transit_from",
         "has_forward_to",
         "echo",
+        "_peers",
         "_net",
         "_mask",
         "_bcast",
@@ -481,12 +598,21 @@ class Classifier:
         accept_from: frozenset[str],
         has_forward_to: bool,
         echo_window: float = ECHO_WINDOW,
+        transit: Optional[dict[str, Iterable[str]]] = None,
     ):
         self.lan_ifindex = lan_ifindex
         self.own = own
         self.accept_from = accept_from
+        # sources the relay passes on; same filtering as PortState.transit
+        self.transit_from = frozenset(transit_targets(transit or {}))
         self.has_forward_to = has_forward_to
         self.echo = EchoMemory(echo_window)
+        # peer source -> verdict for its unicasts: one dict lookup in the hot path
+        self._peers: dict[str, str] = {}
+        for src in accept_from:
+            self._peers[src] = REBROADCAST_TRANSIT if src in self.transit_from else REBROADCAST
+        for src in self.transit_from.difference(accept_from):
+            self._peers[src] = TRANSIT
         self._net = int(lan.network.network_address)
         self._mask = int(lan.network.netmask)
         self._bcast = lan.network.broadcast_address.packed
@@ -501,6 +627,7 @@ class Classifier:
             config.own_addresses if own is None else own,
             rule.accept_from,
             bool(rule.forward_to),
+            transit=rule.transit,
         )
 
     def in_lan(self, src: str) -> bool:
@@ -522,8 +649,9 @@ class Classifier:
             return DROP_TRUNCATED
         if src in self.own:
             return DROP_OWN
+        peer = self._peers.get(src)
         if dst == self._bcast or dst == LIMITED_BROADCAST:
-            if src in self.accept_from:
+            if peer is not None:
                 return DROP_PEER_BROADCAST
             if ifindex != self.lan_ifindex:
                 return DROP_WRONG_INTERFACE
@@ -537,11 +665,12 @@ class Classifier:
                 if self.echo.seen(payload, now):
                     return DROP_ECHO
             return FORWARDED
-        if src in self.accept_from:
+        if peer is not None:
             if dst[:1] >= b"\xe0":  # multicast or class E: not a unicast to us
                 return DROP_PEER_BROADCAST
-            self.echo.remember(payload, time.monotonic() if now is None else now)
-            return REBROADCAST
+            if peer != TRANSIT:  # re-broadcast on our LAN: remember it for echoes
+                self.echo.remember(payload, time.monotonic() if now is None else now)
+            return peer
         return DROP_FOREIGN
 
 
@@ -754,7 +883,15 @@ def format_status(data: dict[str, Any], now: Optional[float] = None) -> str:
     if data.get("config"):
         lines.append("config {}, wire {}".format(data["config"], data.get("wire", "?")))
     ports = data.get("ports") or {}
-    header = ("port", "received", "forwarded", "rebroadcast", "dropped", "send errors")
+    header = (
+        "port",
+        "received",
+        "forwarded",
+        "rebroadcast",
+        "transited",
+        "dropped",
+        "send errors",
+    )
     rows = [header]
     details = []
     for port in sorted(ports, key=lambda p: int(p) if str(p).isdigit() else 0):
@@ -767,6 +904,7 @@ def format_status(data: dict[str, Any], now: Optional[float] = None) -> str:
                 str(p.get("received", 0)),
                 str(p.get("forwarded", 0)),
                 str(p.get("rebroadcast", 0)),
+                str(p.get("transited", 0)),  # absent in status files of older relays
                 str(sum(dropped.values())),
                 str(sum(errors.values())),
             )
@@ -776,6 +914,13 @@ def format_status(data: dict[str, Any], now: Optional[float] = None) -> str:
             peers.append("forward to {}".format(", ".join(p["forward_to"])))
         if p.get("accept_from"):
             peers.append("accept from {}".format(", ".join(p["accept_from"])))
+        transit = p.get("transit")
+        if isinstance(transit, dict) and transit:
+            peers.append(
+                "transit {}".format(
+                    ", ".join(f"{src} -> {' '.join(dst)}" for src, dst in transit.items())
+                )
+            )
         if peers:
             details.append("  port {}: {}".format(port, "; ".join(peers)))
         if dropped:
@@ -805,30 +950,49 @@ def format_status(data: dict[str, Any], now: Optional[float] = None) -> str:
 
 
 class PortState:
-    """One listening socket, its classifier, peers and counters."""
+    """One listening socket, its classifier, peers and counters.
+
+    ``forwarded`` counts LAN broadcasts sent to the forward_to peers, ``rebroadcast``
+    peer datagrams re-broadcast on the LAN, ``transited`` peer datagrams passed on to
+    transit peers (one per datagram, like ``forwarded``, whatever the number of
+    targets; a datagram both re-broadcast and passed on counts in both).
+    """
 
     __slots__ = (
         "port",
         "sock",
         "classifier",
         "forward_to",
+        "transit",
         "rule",
         "received",
         "forwarded",
         "rebroadcast",
+        "transited",
         "dropped",
         "send_errors",
     )
 
-    def __init__(self, port: int, sock: Optional[socket.socket], classifier: Any, forward_to):
+    COUNTERS = ("received", "forwarded", "rebroadcast", "transited", "dropped", "send_errors")
+
+    def __init__(
+        self,
+        port: int,
+        sock: Optional[socket.socket],
+        classifier: Any,
+        forward_to,
+        transit: Optional[dict[str, Iterable[str]]] = None,
+    ):
         self.port = port
         self.sock = sock
         self.classifier = classifier
         self.forward_to = tuple(forward_to)
+        self.transit = transit_targets(transit or {})  # never back to the source
         self.rule: Optional[Rule] = None
         self.received = 0
         self.forwarded = 0
         self.rebroadcast = 0
+        self.transited = 0
         self.dropped: dict[str, int] = {}
         self.send_errors: dict[str, int] = {}
 
@@ -837,12 +1001,14 @@ class PortState:
             "received": self.received,
             "forwarded": self.forwarded,
             "rebroadcast": self.rebroadcast,
+            "transited": self.transited,
             "dropped": dict(self.dropped),
             "send_errors": dict(self.send_errors),
             "forward_to": list(self.forward_to),
         }
         if self.rule is not None:
             data["accept_from"] = sorted(self.rule.accept_from)
+            data["transit"] = {src: list(dst) for src, dst in self.transit.items()}
         return data
 
 
@@ -959,7 +1125,7 @@ class Relay:
 
     def _make_port(self, config: Config, rule: Rule, sock: Optional[socket.socket]) -> PortState:
         classifier = Classifier.for_rule(config, rule, self.lan_ifindex, self.own_set())
-        ps = PortState(rule.port, sock, classifier, rule.forward_to)
+        ps = PortState(rule.port, sock, classifier, rule.forward_to, rule.transit)
         ps.rule = rule
         return ps
 
@@ -1047,7 +1213,7 @@ class Relay:
                     fresh = self._make_port(new, rule, old.sock)
                     if not lan_changed:
                         fresh.classifier.echo = old.classifier.echo
-                    for name in ("received", "forwarded", "rebroadcast", "dropped", "send_errors"):
+                    for name in PortState.COUNTERS:
                         setattr(fresh, name, getattr(old, name))
                     self.selector.modify(old.sock, selectors.EVENT_READ, fresh)
                     self.ports[port] = fresh
@@ -1076,6 +1242,17 @@ class Relay:
             exc,
             f" ({suppressed} more since last report)" if suppressed else "",
         )
+
+    def _pass_on(self, ps: PortState, payload: Any, src: str) -> None:
+        """Send a peer's datagram to the transit peers for its source (never to src)."""
+        ps.transited += 1
+        sock = ps.sock
+        port = ps.port
+        for peer in ps.transit.get(src, ()):  # transit_targets(): never src itself
+            try:
+                sock.sendto(payload, (peer, port))
+            except OSError as exc:
+                self._send_error(ps, peer, exc)
 
     def handle_readable(self, ps: PortState) -> None:
         sock = ps.sock
@@ -1120,12 +1297,16 @@ class Relay:
                         sock.sendto(payload, (peer, port))
                     except OSError as exc:
                         self._send_error(ps, peer, exc)
-            elif verdict == REBROADCAST:
+            elif verdict in (REBROADCAST, REBROADCAST_TRANSIT):
                 ps.rebroadcast += 1
                 try:
                     sock.sendmsg([payload], self._lan_anc, 0, (self._lan_dest, port))
                 except OSError as exc:
                     self._send_error(ps, self._lan_dest, exc)
+                if verdict == REBROADCAST_TRANSIT:
+                    self._pass_on(ps, payload, src)
+            elif verdict == TRANSIT:
+                self._pass_on(ps, payload, src)
             else:
                 ps.dropped[verdict] = ps.dropped.get(verdict, 0) + 1
 
@@ -1156,9 +1337,10 @@ class Relay:
     def status_line(self) -> str:
         fwd = sum(ps.forwarded for ps in self.ports.values())
         reb = sum(ps.rebroadcast for ps in self.ports.values())
+        tra = sum(ps.transited for ps in self.ports.values())
         drop = sum(sum(ps.dropped.values()) for ps in self.ports.values())
         ports = ",".join(str(p) for p in sorted(self.ports))
-        return f"udp/{ports}: {fwd} forwarded, {reb} rebroadcast, {drop} dropped"
+        return f"udp/{ports}: {fwd} forwarded, {reb} rebroadcast, {tra} transited, {drop} dropped"
 
     def write_status(self) -> None:
         if self.notifier.enabled:
@@ -1267,13 +1449,17 @@ DESCRIPTION = """\
 Relay UDP broadcasts between office LANs joined by a site-to-site tunnel.
 
 Service mode (what the sitelink.gateway role installs):
-  %(prog)s --config /etc/sitelink-relay/relay.json
+  %(prog)s --config /etc/sitelink/relay.json
 For each rule port, broadcasts heard on the LAN interface (to the LAN broadcast
 address or 255.255.255.255, from a LAN host) are sent as unicast to every
 forward_to peer gateway; unicast datagrams from an accept_from peer are
-re-broadcast on the LAN.  Our own datagrams, broadcasts from other interfaces or
-sources, peers' datagrams to other peers, and echoes of what we just re-broadcast
-are dropped and counted, so each broadcast arrives exactly once and nothing loops.
+re-broadcast on the LAN.  On a hub, a unicast datagram from a peer that is a
+key of transit is sent on, unchanged, to the peers listed for it (never back to
+that peer), and re-broadcast on the hub's LAN only if that peer is in
+accept_from too.  Our own datagrams, broadcasts from other interfaces or sources,
+peers' datagrams that neither accept_from nor transit names, and echoes of what
+we just re-broadcast are dropped and counted, so each broadcast arrives exactly
+once and nothing loops.
 
 Compat mode (command line of the original udp-proxy):
   %(prog)s [-d] PORT DEST
@@ -1291,6 +1477,12 @@ config file (JSON, version 1):
    "rules": [{"port": 6799, "forward_to": ["192.168.2.126"],
               "accept_from": ["192.168.2.126"]}],
    "status_file": "/run/sitelink-relay/status.json"}   (optional; null = none)
+  a rule of hub H that passes branch A's (192.168.3.126) datagrams on to
+  branches B and C without re-broadcasting them on its own LAN:
+   {"port": 6799, "forward_to": ["192.168.2.126"], "accept_from": [],
+    "transit": {"192.168.3.126": ["192.168.2.126", "192.168.4.126"]}}
+  transit (optional, default {}): peer -> non-empty list of other peers; counted
+  as "transited" in --status.
 
 signals: SIGHUP reloads the config (a bad one is logged and the old one kept),
 SIGUSR1 writes the status file now, SIGTERM/SIGINT stop.  Runs as a systemd
@@ -1298,7 +1490,7 @@ Type=notify service with watchdog; needs no privileges for ports above 1023.
 
 examples:
   Manhattan: %(prog)s 6799 192.168.2.126      Brooklyn: %(prog)s 6799 192.168.2.255
-  %(prog)s --check-config /etc/sitelink-relay/relay.json
+  %(prog)s --check-config /etc/sitelink/relay.json
   %(prog)s --status
 
 exit status: 0 ok, 1 runtime error (e.g. port in use), 2 bad config or usage.
