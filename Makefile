@@ -11,16 +11,17 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections
 COLLECTION_LINK := .cache/collections/ansible_collections/sitelink/gateway
 # Debian packages the lab and the namespace tests need.
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftables \
-                openssh-client iputils-ping socat python3
+                openssh-client iputils-ping socat python3 graphviz
 DEMO_STATE := /var/tmp/sitelink-lab/demo
 
-.PHONY: help setup deps lint unit integration molecule build test demo bench clean
+.PHONY: help setup deps lint schema unit integration molecule build test demo bench bench-plan plan clean
 
 help:
 	@echo "make setup    venv with pinned controller dependencies (PyPI only)"
 	@echo "make test     lint, unit and integration tests, collection build, molecule test"
 	@echo "make demo     boot the case-study lab, run site.yml, show it working, tear down"
-	@echo "make bench    time the first and second site.yml run on the lab"
+	@echo "make plan     render the case study's plan and picture into examples/case-study/plan"
+	@echo "make bench    planning at scale (bench-plan), then site.yml run times on the lab"
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -47,7 +48,20 @@ deps:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(PY) tools/office_schema.py --check
 	$(BIN)/ansible-lint --profile production
+
+# Regenerate the office role's specs and defaults and the README table from
+# the one schema (plugins/plugin_utils/plan/schema.py).
+schema: setup
+	$(PY) tools/office_schema.py
+
+# The example's plan and picture, checked in (a unit test keeps them current).
+plan: setup deps
+	$(BIN)/ansible-playbook -i examples/case-study/inventory.yml plan.yml \
+	  -e sitelink_plan_dir=$(CURDIR)/examples/case-study/plan -e sitelink_plan_console=summary
+	$(BIN)/ansible-playbook -i examples/hub-and-branches/inventory.yml plan.yml \
+	  -e sitelink_plan_dir=$(CURDIR)/examples/hub-and-branches/plan -e sitelink_plan_console=summary
 
 unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -62,12 +76,13 @@ build: setup
 	$(BIN)/ansible-galaxy collection build --output-path build .
 	$(BIN)/ansible-galaxy collection install --force --offline --no-deps -p build/installed build/sitelink-gateway-*.tar.gz
 	export ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/installed; \
-	for doc in module:ipip_tunnel module:nft_table filter:network_plan role:office role:kernel \
+	for doc in module:ipip_tunnel module:nft_table module:office_plan filter:link_secrets role:office role:kernel \
 	           role:tunnel role:masquerade role:relay; do \
 	  $(BIN)/ansible-doc --json -t $${doc%%:*} sitelink.gateway.$${doc#*:} \
 	    | $(PY) -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d else "no docs: '"$$doc"'")'; \
 	done; \
-	cd build && $(BIN)/ansible-playbook --syntax-check -i ../examples/case-study/inventory.yml sitelink.gateway.site
+	cd build && $(BIN)/ansible-playbook --syntax-check -i ../examples/case-study/inventory.yml sitelink.gateway.site \
+	  && $(BIN)/ansible-playbook --syntax-check -i ../examples/case-study/inventory.yml sitelink.gateway.plan
 	@echo "collection builds, installs, and its docs render"
 
 molecule: setup deps
@@ -78,8 +93,11 @@ test: lint unit integration build molecule
 demo: setup deps
 	$(PY) lab/run.py demo
 
-bench: setup deps
+bench: bench-plan
 	$(PY) lab/run.py bench
+
+bench-plan: setup
+	$(PY) bench/plan.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

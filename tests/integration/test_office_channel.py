@@ -96,9 +96,9 @@ def test_each_gateway_holds_its_own_plan_and_no_other(run):
     for host in HOSTS:
         assert "__office_network" not in held[host]
         others = [plans[o] for o in HOSTS if o != host]
-        foreign = [p for p in others] + [p["tunnels"] for p in others] + [
-            p["relay"] for p in others
-        ]
+        foreign = (
+            [p for p in others] + [p["tunnels"] for p in others] + [p["relay"] for p in others]
+        )
         for value in _values(held[host]):
             assert not any(value == f for f in foreign), f"{host} holds another gateway's plan"
 
@@ -106,9 +106,7 @@ def test_each_gateway_holds_its_own_plan_and_no_other(run):
 def test_link_keys_reach_their_gateways_and_never_the_output(run):
     tmp, output = run
     secrets = {h: json.loads((tmp / f"{h}.secrets.json").read_text()) for h in HOSTS}
-    expected = {
-        p: link_key(SECRET, "brooklyn", "manhattan", p) for p in ("tunnel", "relay")
-    }
+    expected = {p: link_key(SECRET, "brooklyn", "manhattan", p) for p in ("tunnel", "relay")}
     assert secrets["manhattan-gw"]["links"]["brooklyn+manhattan"] == expected
     assert secrets["brooklyn-gw"]["links"]["brooklyn+manhattan"] == expected
     # Each gateway gets the keys of its own links only.

@@ -332,10 +332,12 @@ def _pairs(
     by_name = {o.name: o for o in offices}
     for a, b in list(pairs):
         if by_name[a].external and by_name[b].external:
-            errors.append(
-                f"deployment (every office): office_links: {a} - {b}: both offices are "
-                "external peers; this collection configures neither end"
-            )
+            # Between two peers run by others: neither end is ours to configure.
+            if (a, b) in explicit:
+                errors.append(
+                    f"deployment (every office): office_links: {a} - {b}: both offices are "
+                    "external peers; this collection configures neither end"
+                )
             del pairs[(a, b)]
     return pairs
 
@@ -346,6 +348,7 @@ def _relay(
     forwards: dict[str, bool],
     transit: bool,
     errors: list[str],
+    warnings: list[str],
 ) -> tuple[dict[str, dict[int, RelayPort]], list[RelayFlow]]:
     """Each gateway's relay ports, from every office's relay requests."""
     ports: dict[str, dict[int, RelayPort]] = {name: {} for name in offices}
@@ -379,6 +382,8 @@ def _relay(
                     )
                 else:
                     usable.append(target)
+            if not targets:
+                warnings.append(f"{where}: no other office is reachable; nothing is relayed")
             if not usable:
                 continue
             children: dict[str, set[str]] = {}
@@ -462,10 +467,12 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     for index, entry in enumerate(deployment.get("office_external_peers") or []):
         if entry is not None:
             parsed.append(_parse_external(index, entry, errors, "external peer"))
-    if errors:
-        raise PlanError(errors)
+    # Overlaps and duplicates among the offices that parsed are reported in the
+    # same message as the values that did not.
     offices_list: list[Office] = [o for o in parsed if o is not None]
     _check_network(offices_list, errors)
+    if errors:
+        raise PlanError(errors)
 
     topology = deployment["office_topology"]
     transit = deployment["office_transit"]
@@ -488,7 +495,8 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     adj = routing.adjacency(sorted(offices), pairs)
     forwards = {name: not o.external for name, o in offices.items()}
     routed = routing.next_hops(adj, forwards, transit)
-    relay_ports, flows = _relay(offices, adj, forwards, transit, errors)
+    warnings: list[str] = []
+    relay_ports, flows = _relay(offices, adj, forwards, transit, errors, warnings)
     if errors:
         raise PlanError(errors)
 
@@ -519,7 +527,6 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         by_office[link.a.office].append(link)
         by_office[link.b.office].append(link)
 
-    warnings: list[str] = []
     gateways: dict[str, GatewayPlan] = {}
     for office in offices_list:
         if office.external:
@@ -528,7 +535,11 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         reached = [
             lan_text[d]
             for d in sorted(
-                {d for lk in mine for d in routed.get((office.name, lk.other(office.name).office), ())},
+                {
+                    d
+                    for lk in mine
+                    for d in routed.get((office.name, lk.other(office.name).office), ())
+                },
                 key=lan_key.get,
             )
         ]
@@ -545,7 +556,9 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         gateways[office.host] = GatewayPlan(
             office=office,
             links=mine,
-            peers={lk.other(office.name).office: offices[lk.other(office.name).office] for lk in mine},
+            peers={
+                lk.other(office.name).office: offices[lk.other(office.name).office] for lk in mine
+            },
             masquerade_sources=reached if office.masquerade else [],
             relay=relay_ports[office.name],
         )

@@ -91,9 +91,7 @@ def next_hops(
             if distance == 1:
                 hop = dest
             else:
-                hop = next(
-                    n for n in adj[node] if forwards[n] and dist.get(n) == distance - 1
-                )
+                hop = next(n for n in adj[node] if forwards[n] and dist.get(n) == distance - 1)
             routes[(node, hop)].append(dest)
     return routes
 

@@ -144,8 +144,7 @@ FIELDS: tuple[Field, ...] = (
             "local and reply to the gateway.",
         ),
         default=False,
-        summary="SNAT every other office's LAN to this gateway's LAN address on the LAN "
-        "interface",
+        summary="SNAT every other office's LAN to this gateway's LAN address on the LAN interface",
     ),
     Field(
         "office_broadcast_relay",
@@ -342,10 +341,7 @@ def check_value(spec: Field, value: Any, where: str, bad: Callable[[str, str], N
 
     Problems go to ``bad(where, message)``; the result is then None.
     """
-    if spec.secret:
-        shown = "the value"  # never echo a secret back
-    else:
-        shown = _describe(value)
+    shown = "the value" if spec.secret else _describe(value)  # never echo a secret back
     ok, converted = _convert(spec.type, value)
     if not ok:
         bad(where, f"{shown} is not {_TYPE_NAMES[spec.type]}")

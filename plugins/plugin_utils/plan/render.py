@@ -1,0 +1,745 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The plan for people: text for network administrators, and a picture.
+
+``gateway_text`` explains one gateway's plan (the ``office_plan`` shape),
+``network_text`` the whole network, ``dot`` draws the topology as Graphviz
+source and ``svg`` runs Graphviz on it. Pure functions with no Ansible
+imports; the same plan always gives byte-identical output.
+
+Picture layout: offices are placed here (pinned positions), not by Graphviz,
+whenever the shape is known, so Graphviz only draws straight lines and stays
+fast at a thousand offices. Hub-and-spoke: the hubs in the middle, the other
+offices on a ring around them; past 16 offices the ring alternates between
+two radii so that every spoke passes between two offices of the inner one
+(with two hubs, the places where a spoke would pass over the other hub stay
+empty). A small mesh: one ring. Explicit links: ``neato`` (``sfdp`` past 200
+offices). A large mesh is drawn without its links (the legend says every pair
+is linked): only the links that relayed broadcasts cross are drawn, from the
+relaying offices in the middle, or a grid of offices naming what they relay.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import math
+import re
+import subprocess
+import textwrap
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Optional
+
+from .model import Link, NetworkPlan, Office
+
+WIDTH = 100  # text line length
+
+# --------------------------------------------------------------------------- picture settings
+
+FONT = "Helvetica"
+HUB_FILL = "#fbd9a4"
+BRANCH_FILL = "#d6e6f5"
+EXTERNAL_FILL = "#ffffff"
+LINK_COLOR = "#a0a0a0"
+PORT_COLORS = (
+    "#d62728",
+    "#1f77b4",
+    "#2ca02c",
+    "#9467bd",
+    "#ff7f0e",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+)
+MESH_DRAWN_UP_TO = 12  # offices; a larger mesh is drawn without its links
+MAX_DRAWN_LINKS = 1500  # beyond this, only the links that relay traffic crosses are drawn
+MAX_RELAY_EDGES = 1000  # beyond this (undrawn links), relay origins are only named
+MAX_CENTRE = 12  # relay origins placed in the middle of an undrawn mesh
+NAME_IN_PICTURE = 24  # characters of an office name shown in a node (tooltip: all)
+LEGEND_PORTS = 8
+
+
+class RenderError(RuntimeError):
+    """Graphviz is missing or failed."""
+
+
+# --------------------------------------------------------------------------- text helpers
+
+
+def _natural(name: str) -> tuple[Any, ...]:
+    """Sort key: office2 before office10."""
+    parts = re.split(r"(\d+)", name)
+    return (tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts), name)
+
+
+def _plural(count: int, word: str, plural: Optional[str] = None) -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _wrap(head: str, items: Sequence[str], indent: str, width: int = WIDTH) -> list[str]:
+    """``indent + head`` then the items joined by ", ", broken only between items."""
+    lines: list[str] = []
+    line = indent + head
+    for index, item in enumerate(items):
+        piece = item + ("," if index < len(items) - 1 else "")
+        if index == 0:
+            line += piece
+        elif len(line) + 1 + len(piece) > width:
+            lines.append(line)
+            line = indent + "    " + piece
+        else:
+            line += " " + piece
+    lines.append(line.rstrip())
+    return lines
+
+
+def _prefix_items(prefixes: Iterable[str]) -> list[str]:
+    """Prefixes for reading: three or more adjacent ones of one length become one range."""
+    items: list[str] = []
+    run: list[tuple[str, ipaddress.IPv4Network]] = []
+
+    def flush() -> None:
+        if len(run) >= 3:
+            items.append(
+                f"{run[0][0]} to {run[-1][0]} ({len(run)} adjacent /{run[0][1].prefixlen})"
+            )
+        else:
+            items.extend(text for text, _ in run)
+        run.clear()
+
+    for text in prefixes:
+        try:
+            net = ipaddress.IPv4Network(text, strict=False)
+        except ValueError:
+            flush()
+            items.append(str(text))
+            continue
+        if run:
+            last = run[-1][1]
+            if not (
+                net.prefixlen == last.prefixlen
+                and int(net.network_address) == int(last.broadcast_address) + 1
+            ):
+                flush()
+        run.append((text, net))
+    flush()
+    return items
+
+
+# --------------------------------------------------------------------------- one gateway
+
+
+class _Relays:
+    """Names relay addresses (the LAN addresses of linked gateways) by their office."""
+
+    def __init__(self, plan: Mapping[str, Any]):
+        peers = {link.get("tunnel"): link.get("peer") for link in plan.get("links") or []}
+        self.own = str(plan.get("lan", {}).get("address", ""))
+        self.nets: dict[ipaddress.IPv4Network, str] = {}
+        for tunnel in plan.get("tunnels") or []:
+            peer = peers.get(tunnel.get("name")) or _peer_from(tunnel)
+            for route in tunnel.get("routes") or []:
+                try:
+                    self.nets.setdefault(ipaddress.IPv4Network(route, strict=False), peer)
+                except ValueError:
+                    continue
+        self.lengths = sorted({net.prefixlen for net in self.nets}, reverse=True)
+
+    def name(self, address: str) -> str:
+        if address == self.own:
+            return f"{address} (this gateway)"
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            return str(address)
+        for length in self.lengths:
+            peer = self.nets.get(ipaddress.IPv4Network((ip, length), strict=False))
+            if peer:
+                return f"{address} ({peer})"
+        return str(address)
+
+    def names(self, addresses: Iterable[str]) -> list[str]:
+        return [self.name(a) for a in addresses]
+
+
+def _peer_from(tunnel: Mapping[str, Any]) -> str:
+    description = str(tunnel.get("description") or "")
+    return description[5:] if description.startswith("peer ") else ""
+
+
+def gateway_text(plan: Mapping[str, Any]) -> str:
+    """One gateway's plan (``NetworkPlan.gateway_dict``) as text for its administrator."""
+    lan = plan.get("lan") or {}
+    wan = plan.get("wan") or {}
+    lan_if = lan.get("interface") or "the LAN interface"
+    wan_if = wan.get("interface") or "the WAN interface"
+    lines = [f"Gateway of office {plan.get('office')} ({plan.get('role', 'branch')})"]
+    lines.append(
+        f"  LAN  {lan_if}: {lan.get('cidr')} (office LAN {lan.get('network')}, "
+        f"broadcast {lan.get('broadcast')})"
+    )
+    wan_line = f"  WAN  {wan_if}: {wan.get('cidr')}"
+    if wan.get("gateway"):
+        wan_line += f", ISP router {wan['gateway']}"
+    lines.append(f"{wan_line}, path MTU {wan.get('mtu')}")
+
+    relays = _Relays(plan)
+    peers = {link.get("tunnel"): link.get("peer") for link in plan.get("links") or []}
+    tunnels = plan.get("tunnels") or []
+    lines.append("")
+    if not tunnels:
+        lines.append("Tunnels: none (this office has no link to another office)")
+    else:
+        addresses = {t.get("address") for t in tunnels}
+        head = f"Tunnels: {len(tunnels)} (IPIP)"
+        if len(addresses) == 1:
+            head += f"; this gateway's address inside them: {addresses.pop()}"
+        lines.append(head)
+        for tunnel in tunnels:
+            peer = peers.get(tunnel.get("name")) or _peer_from(tunnel) or "?"
+            lines.append(
+                f"  {tunnel.get('name')} to {peer}: {tunnel.get('local')} -> "
+                f"{tunnel.get('remote')}, MTU {tunnel.get('mtu')}, TTL {tunnel.get('ttl')}"
+            )
+            routes = tunnel.get("routes") or []
+            if routes:
+                lines.extend(
+                    _wrap(
+                        f"routes {_plural(len(routes), 'prefix', 'prefixes')} into it: ",
+                        _prefix_items(routes),
+                        "    ",
+                    )
+                )
+            else:
+                lines.append("    routes nothing into it")
+
+    masquerade = plan.get("masquerade") or {}
+    sources = masquerade.get("sources") or []
+    lines.append("")
+    if sources:
+        lines.append(
+            "Masquerade: packets from other offices that leave on "
+            f"{masquerade.get('interface') or lan_if} get source {masquerade.get('address')},"
+        )
+        networks = _plural(len(sources), "network")
+        lines.append(f"  so LAN hosts see the gateway and reply to it; from {networks}:")
+        lines.extend(_wrap("", _prefix_items(sources), "    "))
+    else:
+        lines.append("Masquerade: none (LAN hosts see other offices' own addresses)")
+
+    rules = (plan.get("relay") or {}).get("rules") or []
+    lines.append("")
+    if not rules:
+        lines.append("Broadcast relay: none (no UDP broadcast leaves or enters this LAN)")
+    else:
+        lines.append(
+            f"Broadcast relay: {_plural(len(rules), 'UDP port')} (relays talk between "
+            "gateways' LAN addresses, through tunnels)"
+        )
+        for rule in rules:
+            lines.append(f"  UDP port {rule.get('port')}:")
+            lines.extend(_relay_lines(rule, relays, lan_if))
+    return "\n".join(lines) + "\n"
+
+
+def _relay_lines(rule: Mapping[str, Any], relays: _Relays, lan_if: str) -> list[str]:
+    lines: list[str] = []
+    forward = rule.get("forward_to") or []
+    accept = rule.get("accept_from") or []
+    if forward:
+        lines.extend(
+            _wrap(
+                f"broadcasts seen on {lan_if} are sent to {_plural(len(forward), 'relay')}: ",
+                relays.names(forward),
+                "    ",
+            )
+        )
+    else:
+        lines.append(f"    broadcasts seen on {lan_if} are not sent anywhere")
+    if accept:
+        lines.extend(
+            _wrap(
+                f"re-broadcast on {lan_if}: datagrams from {_plural(len(accept), 'relay')}: ",
+                relays.names(accept),
+                "    ",
+            )
+        )
+    else:
+        lines.append(f"    nothing from other offices is re-broadcast on {lan_if}")
+    for sender, onward in (rule.get("transit") or {}).items():
+        lines.extend(
+            _wrap(
+                f"transit: datagrams from {relays.name(sender)} are passed on to "
+                f"{_plural(len(onward), 'relay')}: ",
+                relays.names(onward),
+                "    ",
+            )
+        )
+    return lines
+
+
+# --------------------------------------------------------------------------- the network
+
+_TOPOLOGY = {
+    "hub-and-spoke": "hub-and-spoke (hubs link to every office, branches to the hubs)",
+    "mesh": "mesh (every pair of offices is linked)",
+    "links": "links (only the pairs listed in office_links)",
+}
+
+
+def _offices_sorted(plan: NetworkPlan) -> list[Office]:
+    return sorted(plan.offices.values(), key=lambda o: (o.role != "hub", _natural(o.name)))
+
+
+def _counts(plan: NetworkPlan) -> str:
+    offices = list(plan.offices.values())
+    hubs = sum(o.role == "hub" for o in offices)
+    external = sum(o.external for o in offices)
+    return (
+        f"{_plural(len(offices), 'office')} ({_plural(hubs, 'hub')}, "
+        f"{_plural(len(offices) - hubs, 'branch', 'branches')}; {external} external)"
+    )
+
+
+def network_text(plan: NetworkPlan) -> str:
+    """The whole network as text: offices, links, relay flows, warnings."""
+    lines = [f"Network: {_TOPOLOGY.get(plan.topology, plan.topology)}"]
+    if plan.transit:
+        lines.append("Transit: on (offices without a link reach each other through gateways)")
+    else:
+        lines.append("Transit: off (an office reaches only the offices it has a link with)")
+    lines.append(
+        f"{_counts(plan)}, {_plural(len(plan.links), 'link')}, "
+        f"{_plural(len(plan.flows), 'relay flow')}, {_plural(len(plan.warnings), 'warning')}"
+    )
+
+    lines += ["", "Offices (name, gateway host, role, LAN, WAN address):"]
+    rows = [
+        (o.name, o.host or "external", o.role, str(o.lan.network), str(o.wan.ip))
+        for o in _offices_sorted(plan)
+    ]
+    lines.extend(_table(rows))
+
+    lines += ["", "Links (a - b, tunnel at a / at b, MTU, prefixes routed a->b / b->a):"]
+    links = sorted(plan.links, key=lambda lk: (_natural(lk.a.office), _natural(lk.b.office)))
+    rows = [
+        (
+            f"{link.a.office} - {link.b.office}",
+            f"{link.a.tunnel} / {link.b.tunnel}",
+            f"mtu {link.mtu}",
+            f"routes {len(link.a.routes)} / {len(link.b.routes)}",
+        )
+        for link in links
+    ]
+    lines.extend(_table(rows) or ["  none"])
+
+    lines += ["", "Relay flows (UDP broadcasts from one office's LAN, re-broadcast at targets):"]
+    everyone = len(plan.offices) - 1
+    for flow in plan.flows:
+        head = f"{flow.origin}:{flow.port} -> "
+        if len(flow.targets) == everyone > 1:
+            lines.append(f"  {head}every other office ({everyone})")
+        else:
+            targets = sorted(flow.targets, key=_natural)
+            lines.extend(_wrap(f"{head}{_plural(len(targets), 'office')}: ", targets, "  "))
+        children: dict[str, list[str]] = {}
+        for parent, child in flow.hops:
+            children.setdefault(parent, []).append(child)
+        if list(children) == [flow.origin]:
+            lines.append("    sent directly, no office passes it on")
+            continue
+        for parent, kids in children.items():
+            verb = "sends to" if parent == flow.origin else "passes on to"
+            kids = sorted(kids, key=_natural)
+            lines.extend(_wrap(f"{parent} {verb} ", kids, "    "))
+    if not plan.flows:
+        lines.append("  none")
+
+    lines += ["", f"Warnings: {len(plan.warnings) or 'none'}"]
+    for warning in plan.warnings:
+        lines.extend(
+            textwrap.wrap(
+                warning,
+                WIDTH,
+                initial_indent="  - ",
+                subsequent_indent="    ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _table(rows: Sequence[Sequence[str]], cap: int = 32) -> list[str]:
+    """Rows in aligned columns (a column is never padded beyond ``cap``)."""
+    if not rows:
+        return []
+    widths = [min(cap, max(len(row[i]) for row in rows)) for i in range(len(rows[0]))]
+    return [
+        "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows
+    ]
+
+
+# --------------------------------------------------------------------------- the picture
+
+
+def _escape(text: str) -> str:
+    """Text inside a DOT double-quoted string, shown literally (no escString sequences)."""
+    return (
+        str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", "\\n")
+    )
+
+
+def _q(*lines: str) -> str:
+    """A quoted DOT string; several lines are centred, one per line."""
+    return '"' + "\\n".join(_escape(line) for line in lines) + '"'
+
+
+def _h(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= NAME_IN_PICTURE else name[: NAME_IN_PICTURE - 3] + "..."
+
+
+def _node_size(office: Office) -> tuple[float, float]:
+    """Generous estimate of a node's size in inches (11pt Helvetica, two lines)."""
+    chars = max(len(_short(office.name)), len(str(office.lan.network)))
+    return 0.085 * chars + 0.2, 0.5 if not office.external else 0.68
+
+
+def _port_colors(plan: NetworkPlan) -> dict[int, str]:
+    ports = sorted({flow.port for flow in plan.flows})
+    return {port: PORT_COLORS[i % len(PORT_COLORS)] for i, port in enumerate(ports)}
+
+
+def _relay_pairs(plan: NetworkPlan) -> dict[tuple[str, str], dict[int, set[str]]]:
+    """(a, b) sorted -> port -> directions ("ab", "ba") that relayed traffic takes."""
+    pairs: dict[tuple[str, str], dict[int, set[str]]] = {}
+    for flow in plan.flows:
+        for frm, to in flow.hops:
+            pair = (frm, to) if frm < to else (to, frm)
+            direction = "ab" if frm == pair[0] else "ba"
+            pairs.setdefault(pair, {}).setdefault(flow.port, set()).add(direction)
+    return pairs
+
+
+def _ring(
+    count: int, inner: float, outer: float, zigzag: bool, start: float = math.pi / 2
+) -> list[tuple[float, float]]:
+    """Positions on a ring, clockwise from ``start`` (the top); zigzag: inner, outer, inner..."""
+    points = []
+    for i in range(count):
+        angle = start - 2 * math.pi * i / count
+        radius = outer if zigzag and i % 2 else inner
+        points.append((radius * math.cos(angle), radius * math.sin(angle)))
+    return points
+
+
+def _radial(centre: list[Office], ring: list[Office]) -> dict[str, tuple[float, float]]:
+    """Centre offices in the middle, the others around them (see the module docstring).
+
+    With several offices in the middle, ring places where a line from one of them
+    would pass over another are left empty.
+    """
+    pos: dict[str, tuple[float, float]] = {}
+    gap = 0.25
+    sizes = [_node_size(o) for o in centre + ring] or [(1.0, 0.6)]
+    width = max(w for w, _ in sizes)
+    height = max(h for _, h in sizes)
+    core = 0.0
+    if len(centre) == 1:
+        pos[centre[0].name] = (0.0, 0.0)
+    elif centre:
+        core = (width + 1.2) / (2 * math.sin(math.pi / len(centre)))  # room for their link
+        for office, point in zip(centre, _ring(len(centre), core, core, False, math.pi)):
+            pos[office.name] = point
+    count = len(ring)
+    if not count:
+        return pos
+    if count == 1 and not centre:
+        pos[ring[0].name] = (0.0, 0.0)
+        return pos
+    least = core + width + 1.6  # room for the spokes and their labels
+    if not centre:
+        least = max(least, 0.45 * count)  # chords of a mesh: room for their labels
+    hubs = list(pos.values())
+
+    def places(slots: int) -> list[tuple[float, float]]:
+        if slots <= 16:
+            radius = max(least, (width + gap) / (2 * math.sin(math.pi / max(slots, 2))))
+            return _ring(slots, radius, radius, False)
+        slots += slots % 2  # an even count keeps inner and outer alternating all around
+        # A spoke to an outer office passes between two inner ones.
+        inner = max(least, (width / 2 + gap) / math.sin(2 * math.pi / slots))
+        return _ring(slots, inner, inner + height + gap + 0.3, True)
+
+    slots, chosen = count, places(count)
+    while len(hubs) > 1 and slots <= 1.6 * count:  # else too many lines cross: keep them
+        free = [p for p in places(slots) if not _hidden(p, hubs, width, height)]
+        if len(free) >= count:
+            chosen = [free[i * len(free) // count] for i in range(count)]  # spread evenly
+            break
+        slots += count - len(free)
+    for office, point in zip(ring, chosen):
+        pos[office.name] = point
+    return pos
+
+
+def _hidden(
+    point: tuple[float, float], hubs: list[tuple[float, float]], width: float, height: float
+) -> bool:
+    """Whether a line from one hub to ``point`` would pass over another hub."""
+    px, py = point
+    for ax, ay in hubs:
+        dx, dy = px - ax, py - ay
+        length = math.hypot(dx, dy)
+        if length == 0:
+            continue
+        ux, uy = dx / length, dy / length
+        for bx, by in hubs:
+            along = (bx - ax) * ux + (by - ay) * uy
+            if (bx, by) == (ax, ay) or not 0 < along < length:
+                continue
+            across = abs((bx - ax) * uy - (by - ay) * ux)
+            if across < abs(uy) * width / 2 + abs(ux) * height / 2 + 0.15:
+                return True
+    return False
+
+
+def _grid(offices: list[Office]) -> dict[str, tuple[float, float]]:
+    sizes = [_node_size(o) for o in offices] or [(1.0, 0.6)]
+    width = max(w for w, _ in sizes) + 0.4
+    height = max(h for _, h in sizes) + 0.4
+    columns = max(1, math.ceil(math.sqrt(len(offices) * height / width)))
+    return {
+        office.name: ((i % columns) * width, -(i // columns) * height)
+        for i, office in enumerate(offices)
+    }
+
+
+def _node(office: Office, point: Optional[tuple[float, float]], note: str = "") -> str:
+    lines = [_short(office.name), str(office.lan.network)]
+    if office.external:
+        lines.append("external")
+    if note:
+        lines.append(note)
+    tooltip = [
+        f"{office.name}: {office.role}, "
+        + (f"host {office.host}" if office.host else "external peer (not configured here)"),
+        f"LAN {office.lan.with_prefixlen}",
+        f"WAN {office.wan.ip}, MTU {office.wan_mtu}",
+    ]
+    attrs = [f"label={_q(*lines)}", f"tooltip={_q(*tooltip)}"]
+    if office.external:
+        attrs.append(f'style="rounded,dashed,filled" fillcolor="{EXTERNAL_FILL}"')
+    elif office.role == "hub":
+        attrs.append(f'fillcolor="{HUB_FILL}" penwidth=2 fontsize=13')
+    if point is not None:
+        attrs.append(f'pos="{point[0]:.2f},{point[1]:.2f}!"')
+    return f"  {_q(office.name)} [{' '.join(attrs)}];"
+
+
+def _edge(
+    a: str, b: str, link: Optional[Link], relay: dict[int, set[str]], colors: dict[int, str]
+) -> str:
+    attrs = []
+    tooltip = f"{a} - {b}"
+    if link is not None:
+        tooltip += (
+            f": {a} uses {link.a.tunnel}, {b} uses {link.b.tunnel}, MTU {link.mtu}; "
+            f"{len(link.a.routes)} / {len(link.b.routes)} prefixes routed each way"
+        )
+    if relay:
+        ports = sorted(relay)
+        directions = set().union(*relay.values())
+        attrs.append(f'color="{":".join(colors[p] for p in ports)}" penwidth=2')
+        attrs.append(
+            "dir="
+            + ("both" if len(directions) == 2 else "forward" if "ab" in directions else "back")
+        )
+        if len({frozenset(d) for d in relay.values()}) == 1:
+            label = [", ".join(str(p) for p in ports)]
+        else:
+            label = [
+                f"{p} " + ("<->" if len(relay[p]) == 2 else f"to {b if 'ab' in relay[p] else a}")
+                for p in ports
+            ]
+        attrs.append(f"label={_q(*label)}")
+        if len(ports) == 1:
+            attrs.append(f'fontcolor="{colors[ports[0]]}"')
+        tooltip += "; relays UDP " + ", ".join(
+            f"{p} "
+            + " and ".join(
+                f"{a if d == 'ab' else b}->{b if d == 'ab' else a}" for d in sorted(relay[p])
+            )
+            for p in ports
+        )
+    attrs.append(f"tooltip={_q(tooltip)}")
+    return f"  {_q(a)} -- {_q(b)} [{' '.join(attrs)}];"
+
+
+def dot(plan: NetworkPlan) -> str:
+    """Graphviz source of the topology picture (run it with ``svg``)."""
+    offices = sorted(plan.offices.values(), key=lambda o: _natural(o.name))
+    links = {(link.a.office, link.b.office): link for link in plan.links}
+    relay = _relay_pairs(plan)
+    colors = _port_colors(plan)
+    hub_and_spoke = plan.topology == "hub-and-spoke"
+    centre = [o for o in offices if o.role == "hub"] if hub_and_spoke else []
+
+    # A large mesh (or any huge number of links) is drawn without its links:
+    # only those that relayed broadcasts cross, if there are not too many.
+    summarised = (plan.topology == "mesh" and len(offices) > MESH_DRAWN_UP_TO) or len(
+        plan.links
+    ) > MAX_DRAWN_LINKS
+    drawn = list(links)
+    relay_drawn = True
+    notes: dict[str, str] = {}
+    if summarised:
+        drawn = sorted(relay, key=lambda p: (_natural(p[0]), _natural(p[1])))
+        if not hub_and_spoke:
+            origins = {flow.origin for flow in plan.flows}
+            centre = [o for o in offices if o.name in origins] if len(origins) <= MAX_CENTRE else []
+        if len(drawn) > MAX_RELAY_EDGES or (drawn and not centre):
+            drawn, relay_drawn = [], False
+            for flow in plan.flows:
+                previous = notes.get(flow.origin)
+                notes[flow.origin] = (previous + ", " if previous else "relays ") + str(flow.port)
+
+    engine = "neato"
+    pos: Optional[dict[str, tuple[float, float]]] = None
+    if centre or (plan.topology == "mesh" and not summarised):
+        names = {o.name for o in centre}
+        pos = _radial(centre, [o for o in offices if o.name not in names])
+    elif summarised or not drawn:
+        pos = _grid(offices)
+    elif len(offices) > 200:
+        engine = "sfdp"
+
+    graph = [f"layout={engine}", f'fontname="{FONT}"', "outputorder=edgesfirst", "splines=false"]
+    if pos is not None:
+        extent = max((max(abs(x), abs(y)) for x, y in pos.values()), default=1.0)
+        graph.append('overlap="true"')  # placed here, without overlaps
+    else:
+        extent = math.sqrt(len(offices))
+        graph += ['overlap="prism"' if engine == "sfdp" else 'overlap="false"', 'sep="+16"']
+    legend = _legend(plan, colors, summarised, relay_drawn, len(drawn))
+    graph += [
+        f"fontsize={min(36, max(12, round(extent * 1.5)))}",  # the legend grows with the picture
+        "labelloc=b",
+        "labeljust=l",
+        "pad=0.4",
+        f"label={legend}",
+    ]
+    out = [
+        "graph sitelink {",
+        "  graph [" + " ".join(graph) + "];",
+        f'  node [shape=box style="rounded,filled" fillcolor="{BRANCH_FILL}" '
+        f'fontname="{FONT}" fontsize=11 margin="0.08,0.04"];',
+        f'  edge [color="{LINK_COLOR}" fontname="{FONT}" fontsize=9 arrowsize=0.8 len=1.6];',
+    ]
+    for office in offices:
+        point = None if pos is None else pos[office.name]
+        out.append(_node(office, point, notes.get(office.name, "")))
+    for a, b in drawn:
+        out.append(
+            _edge(a, b, links.get((a, b)), relay.get((a, b), {}) if relay_drawn else {}, colors)
+        )
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _legend(
+    plan: NetworkPlan, colors: dict[int, str], summarised: bool, relay_drawn: bool, drawn: int
+) -> str:
+    """The picture's legend: an HTML-like table, shown as the graph's label."""
+    offices = list(plan.offices.values())
+    transit = "on" if plan.transit else "off"
+    head = [
+        f"<b>Office network: {_h(plan.topology)}, transit {transit}</b>",
+        _h(f"{_counts(plan)}, {_plural(len(plan.links), 'link')}"),
+    ]
+    if summarised:
+        if plan.topology == "mesh" and _complete(plan):
+            head.append(_h(f"every pair of offices is linked ({len(plan.links)} links, not drawn)"))
+        else:
+            head.append(_h(f"{_plural(len(plan.links), 'link')}, not drawn"))
+        if relay_drawn and drawn:
+            head.append("lines: only the links that relayed broadcasts cross")
+    samples = []
+    if any(o.role == "hub" and not o.external for o in offices):
+        samples.append((f'bgcolor="{HUB_FILL}"', "hub", "hub office (name, LAN)"))
+    if any(o.role != "hub" and not o.external for o in offices):
+        samples.append((f'bgcolor="{BRANCH_FILL}"', "branch", "branch office (name, LAN)"))
+    if any(o.external for o in offices):
+        samples.append(('style="dashed"', "external", "external peer, not configured here"))
+    line = "&#8212;&#8212;&#8212;"
+    if plan.links and not summarised:
+        samples.append(("", f'<font color="{LINK_COLOR}">{line}</font>', "link: two IPIP tunnels"))
+    tail = []
+    ports = sorted(colors)
+    if relay_drawn:
+        for port in ports[:LEGEND_PORTS]:
+            swatch = f'<font color="{colors[port]}">{line}&#9654;</font>'
+            samples.append(("", swatch, f"UDP {port} broadcasts relayed that way"))
+        if len(ports) > LEGEND_PORTS:
+            tail.append(f"{len(ports) - LEGEND_PORTS} more ports: see the link labels")
+    elif ports:
+        tail.append("relayed broadcasts: see &quot;relays PORT&quot; on their origins")
+    if plan.warnings:
+        tail.append(f"{_plural(len(plan.warnings), 'warning')}: see the text report")
+
+    cells = [f'<tr><td colspan="2" align="left">{row}</td></tr>' for row in head]
+    for attrs, sample, meaning in samples:
+        box = f' border="1" {attrs}' if attrs else ""
+        cells.append(f'<tr><td{box}>{sample}</td><td align="left">{_h(meaning)}</td></tr>')
+    cells += [f'<tr><td colspan="2" align="left">{row}</td></tr>' for row in tail]
+    return (
+        '<<table border="0" cellpadding="12"><tr><td>'  # keeps the legend off the offices
+        '<table border="1" color="#c0c0c0" cellborder="0" cellspacing="2" cellpadding="3">'
+        + "".join(cells)
+        + "</table></td></tr></table>>"
+    )
+
+
+def _complete(plan: NetworkPlan) -> bool:
+    """Every pair linked, except pairs of external peers (never linked)."""
+    n = len(plan.offices)
+    e = sum(o.external for o in plan.offices.values())
+    return len(plan.links) == n * (n - 1) // 2 - e * (e - 1) // 2
+
+
+# --------------------------------------------------------------------------- Graphviz
+
+
+def svg(dot_source: str, dot_binary: str = "dot", timeout: int = 120) -> bytes:
+    """The picture as SVG: runs ``dot_binary -Tsvg`` on ``dot_source``.
+
+    Raises ``RenderError`` when Graphviz is missing, fails, or takes longer than
+    ``timeout`` seconds.
+    """
+    try:
+        result = subprocess.run(
+            [dot_binary, "-Tsvg"],
+            input=dot_source.encode("utf-8"),
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise RenderError(
+            f"Graphviz is not installed: {dot_binary!r} not found "
+            "(install the graphviz package, e.g. apt-get install graphviz)"
+        ) from None
+    except PermissionError as exc:
+        raise RenderError(f"cannot run Graphviz {dot_binary!r}: {exc}") from None
+    except subprocess.TimeoutExpired:
+        raise RenderError(f"Graphviz {dot_binary!r} took longer than {timeout} s") from None
+    if result.returncode != 0 or not result.stdout:
+        message = result.stderr.decode("utf-8", "replace").strip() or "no output"
+        raise RenderError(
+            f"Graphviz {dot_binary!r} failed (exit status {result.returncode}): {message}"
+        )
+    return result.stdout

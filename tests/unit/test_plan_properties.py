@@ -1,0 +1,192 @@
+"""Properties of every plan, over random valid inventories (hypothesis).
+
+- every pair of offices the topology connects has a route both ways, hop by hop;
+- no route points into a tunnel that does not exist at both ends;
+- relay fan-out, simulated with the relays' own rules, delivers each broadcast
+  to exactly the offices asked for, once each, and never back to its origin.
+
+Connectivity and relay targets are worked out here from the topology's
+definition, not from the planner's own links.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+PORTS = (5000, 6799)
+
+
+@st.composite
+def inventories(draw):
+    internal = draw(st.integers(min_value=1, max_value=9))
+    external = draw(st.integers(min_value=0, max_value=2))
+    names = [f"o{i}" for i in range(internal + external)]
+    topology = draw(st.sampled_from(["hub-and-spoke", "mesh", "links"]))
+    roles = [draw(st.sampled_from(["hub", "branch"])) for _ in names]
+    if topology == "hub-and-spoke" and "hub" not in roles[:internal]:
+        roles[0] = "hub"
+    pairs = list(combinations(names, 2))
+    extra = draw(st.lists(st.sampled_from(pairs), unique=True, max_size=6)) if pairs else []
+    extra = [p for p in extra if not (p[0] in names[internal:] and p[1] in names[internal:])]
+    transit = draw(st.booleans())
+
+    def relay_rules(name):
+        rules = []
+        for port in draw(st.lists(st.sampled_from(PORTS), unique=True, max_size=2)):
+            if draw(st.booleans()):
+                rules.append({"port": port})
+            else:
+                others = [n for n in names if n != name]
+                if not others:
+                    continue
+                to = draw(st.lists(st.sampled_from(others), unique=True, min_size=1, max_size=3))
+                rules.append({"port": port, "to": to})
+        return rules
+
+    deployment = {
+        "office_topology": topology,
+        "office_transit": transit,
+        "office_links": [{"between": list(p)} for p in extra],
+        "office_external_peers": [
+            {
+                "name": name,
+                "role": roles[index],
+                "wan_address": f"198.51.100.{index + 1}",
+                "lan_address": f"10.200.{index}.1/24",
+                "broadcast_relay": relay_rules(name),
+            }
+            for index, name in enumerate(names)
+            if index >= internal
+        ],
+    }
+    offices = {}
+    for index, name in enumerate(names[:internal]):
+        offices[f"{name}-gw"] = {
+            "office_name": name,
+            "office_role": roles[index],
+            "office_lan_interface": "eth0",
+            "office_lan_address": f"10.{index}.0.1/16",
+            "office_wan_interface": "eth1",
+            "office_wan_address": f"100.64.{index}.1/24",
+            "office_masquerade": draw(st.booleans()),
+            "office_broadcast_relay": relay_rules(name),
+            **deployment,
+        }
+    expected_links = set(extra)
+    if topology == "mesh":
+        expected_links |= set(pairs)
+    elif topology == "hub-and-spoke":
+        hubs = [n for n, r in zip(names, roles) if r == "hub"]
+        expected_links |= {tuple(sorted((h, n))) for h in hubs for n in names if n != h}
+    expected_links = {
+        p for p in expected_links if not (p[0] in names[internal:] and p[1] in names[internal:])
+    }
+    return offices, expected_links, set(names[internal:]), transit
+
+
+def reachable(origin, adjacency, externals, transit):
+    """Offices an origin reaches: over links, through our own gateways if transit is on."""
+    seen, frontier = {origin}, [origin]
+    while frontier:
+        node = frontier.pop()
+        if node != origin and (not transit or node in externals):
+            continue
+        for n in adjacency.get(node, ()):
+            if n not in seen:
+                seen.add(n)
+                frontier.append(n)
+    return seen - {origin}
+
+
+def _adjacency(links):
+    adjacency = {}
+    for a, b in links:
+        adjacency.setdefault(a, set()).add(b)
+        adjacency.setdefault(b, set()).add(a)
+    return adjacency
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(inventories())
+def test_routes_relay_and_tunnels(case):
+    offices, links, externals, transit = case
+    try:
+        plan = plan_network(offices)
+    except PlanError as exc:
+        # The only refusals valid input can meet: a relay target the topology
+        # cannot reach, or two origins needing different fan-out from one sender.
+        assert all("not reachable" in e or "onward relaying" in e for e in exc.errors), exc.errors
+        assume(False)
+    adjacency = _adjacency(links)
+    lan = {name: o.lan.network for name, o in plan.offices.items()}
+    by_address = {str(o.lan.ip): name for name, o in plan.offices.items()}
+    configs = {g.office.name: plan.gateway_dict(h) for h, g in plan.gateways.items()}
+
+    # Tunnels exist at both ends of every link, and only there.
+    for name, config in configs.items():
+        peers = {t["description"].split()[-1] for t in config["tunnels"]}
+        assert peers == adjacency.get(name, set())
+        for peer in peers - externals:
+            back = [t for t in configs[peer]["tunnels"] if t["remote"] == config["wan"]["address"]]
+            assert len(back) == 1
+        routed = [r for t in config["tunnels"] for r in t["routes"]]
+        assert len(routed) == len(set(routed)), "a prefix routed into two tunnels"
+        assert str(lan[name]) not in routed
+
+    # Every connected pair has a route both ways, hop by hop, without loops.
+    for name in configs:
+        for dest in reachable(name, adjacency, externals, transit):
+            node, hops = name, 0
+            while node != dest:
+                assert node in configs, f"route from {name} to {dest} transits external {node}"
+                (tunnel,) = [t for t in configs[node]["tunnels"] if str(lan[dest]) in t["routes"]]
+                node = tunnel["description"].split()[-1]
+                hops += 1
+                assert hops <= len(plan.offices), "routing loop"
+        assert all(
+            str(lan[d]) not in [r for t in configs[name]["tunnels"] for r in t["routes"]]
+            for d in set(plan.offices) - reachable(name, adjacency, externals, transit) - {name}
+        )
+
+    # Relay: simulate each origin's broadcast with the relays' own rules.
+    for origin, office in plan.offices.items():
+        for request in office.relay:
+            wanted = reachable(origin, adjacency, externals, transit)
+            if request.to is not None:
+                wanted = set(request.to)
+            port = request.port
+            if origin in configs:
+                rules = [r for r in configs[origin]["relay"]["rules"] if r["port"] == port]
+                assert len(rules) == (1 if wanted else 0)
+                queue = [(str(office.lan.ip), t) for r in rules for t in r["forward_to"]]
+            else:  # an external peer sends to the first hops the plan names for it
+                flows = [f for f in plan.flows if f.origin == origin and f.port == port]
+                queue = [
+                    (str(office.lan.ip), str(plan.offices[b].lan.ip))
+                    for flow in flows
+                    for a, b in flow.hops
+                    if a == origin
+                ]
+            delivered = []
+            steps = 0
+            while queue:
+                sender, receiver = queue.pop()
+                steps += 1
+                assert steps < 10 * len(plan.offices) ** 2, "relay loop"
+                node = by_address[receiver]
+                if node not in configs:
+                    delivered.append(node)  # an external peer re-broadcasts on its own
+                    continue
+                rules = [r for r in configs[node]["relay"]["rules"] if r["port"] == port]
+                if not rules:
+                    continue
+                if sender in rules[0]["accept_from"]:
+                    delivered.append(node)
+                queue += [(receiver, t) for t in rules[0].get("transit", {}).get(sender, [])]
+            assert origin not in delivered, "a broadcast came back to its origin"
+            assert sorted(delivered) == sorted(wanted), (origin, port, delivered, wanted)
