@@ -363,3 +363,27 @@ def test_svg_without_graphviz(tmp_path):
         render.svg("graph {}", dot_binary=str(tmp_path / "no-such-dot"))
     with pytest.raises(render.RenderError, match="exit status 1"):
         render.svg("graph {}", dot_binary="false")
+
+
+# ----------------------------------------------------------------------------- checked-in examples
+
+
+def _inventory_offices(path: Path) -> dict:
+    """The office variables of an example inventory, group vars applied (no templating)."""
+    group = yaml.safe_load(path.read_text())["offices"]
+    return {h: {**group.get("vars", {}), **(v or {})} for h, v in group["hosts"].items()}
+
+
+@pytest.mark.parametrize("example", ["case-study", "hub-and-branches"])
+def test_checked_in_example_plans_are_current(example):
+    """`make plan` output in examples/*/plan matches what the planner renders today."""
+    base = ROOT / "examples" / example
+    plan = plan_network(_inventory_offices(base / "inventory.yml"))
+    rendered = {
+        "network.txt": render.network_text(plan),
+        "network.dot": render.dot(plan),
+        **{f"gateways/{h}.txt": render.gateway_text(plan.gateway_dict(h)) for h in plan.gateways},
+    }
+    for name, content in rendered.items():
+        assert (base / "plan" / name).read_text() == content, f"run `make plan`: {name} is stale"
+    assert (base / "plan/network.svg").read_text().lstrip().startswith("<?xml")
