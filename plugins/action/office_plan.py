@@ -46,7 +46,7 @@ class ActionModule(ActionBase):
         try:
             plan = plan_network(office_variables(task_vars["hostvars"], hosts))
         except PlanError as exc:
-            return {**result, "failed": True, "msg": str(exc), "problems": exc.errors}
+            return {**result, "failed": True, "msg": str(exc)}
         result["warnings"] = list(plan.warnings)
         result["changed"] = False
         result["summary"] = {

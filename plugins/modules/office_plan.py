@@ -71,11 +71,6 @@ summary:
   description: Counts of offices, gateways, links and relay flows, and the topology.
   returned: success
   type: dict
-problems:
-  description: Every problem found, when the inventory is invalid.
-  returned: failure
-  type: list
-  elements: str
 plan_text:
   description: The plan as readable text.
   returned: when O(output_dir) is set

@@ -71,8 +71,23 @@ def run_site(tmp_path, override: str, *extra: str) -> subprocess.CompletedProces
             "offices:\n  hosts:\n    brooklyn-gw:\n      office_wan_interface: ''\n",
             "office 'brooklyn' (host brooklyn-gw): office_wan_interface: is required",
         ),
+        (
+            "offices:\n  hosts:\n    brooklyn-gw:\n      office_role: spoke\n",
+            "office 'brooklyn' (host brooklyn-gw): office_role: 'spoke' must be one of: hub, "
+            "branch",
+        ),
+        (
+            "offices:\n  hosts:\n    manhattan-gw:\n      office_broadcast_relay: [{port: abc}]\n",
+            "office 'manhattan' (host manhattan-gw): office_broadcast_relay[0].port: 'abc' is not "
+            "an integer",
+        ),
+        (
+            "offices:\n  hosts:\n    brooklyn-gw:\n      office_lan_adress: 192.168.2.1/24\n",
+            "office 'brooklyn' (host brooklyn-gw): office_lan_adress: unknown office variable "
+            "(did you mean office_lan_address?)",
+        ),
     ],
-    ids=["overlapping-lan", "malformed-wan", "missing-interface"],
+    ids=["overlapping-lan", "malformed-wan", "missing-interface", "role", "port", "typo"],
 )
 def test_bad_office_fails_before_any_gateway_is_contacted(tmp_path, override, expected):
     done = run_site(tmp_path, override)
@@ -82,6 +97,43 @@ def test_bad_office_fails_before_any_gateway_is_contacted(tmp_path, override, ex
     # Nothing past planning ran: no gateway was contacted.
     assert "PLAY [Configure the office gateways]" not in output
     assert "UNREACHABLE" not in output
+    # One message from the planner, not Ansible's per-host argument-spec dump.
+    assert "argument_spec" not in output and "Validating arguments" not in output
+
+
+def test_every_problem_in_one_message(tmp_path):
+    """Wrong type, unknown value, missing value, typo and overlap: all in one failure."""
+    done = run_site(
+        tmp_path,
+        "offices:\n  hosts:\n"
+        "    brooklyn-gw:\n      office_role: spoke\n      office_lan_adress: x\n"
+        "      office_wan_address: ''\n"
+        "    manhattan-gw:\n      office_wan_mtu: abc\n      office_lan_address: 192.168.2.1/24\n",
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "invalid office inventory (5 problems)" in output, output[-3000:]
+    for expected in (
+        "office 'brooklyn' (host brooklyn-gw): office_role: 'spoke'",
+        "office 'brooklyn' (host brooklyn-gw): office_lan_adress: unknown office variable",
+        "office 'brooklyn' (host brooklyn-gw): office_wan_address: is required",
+        "office 'manhattan' (host manhattan-gw): office_wan_mtu: 'abc' is not an integer",
+        "office_lan_address: LAN 192.168.2.0/24 overlaps the LAN 192.168.2.0/24",
+    ):
+        assert expected in output, expected
+    # Ansible prints a failed task's message twice (error line and result), no more.
+    assert output.count("invalid office inventory") <= 2
+    assert "UNREACHABLE" not in output
+
+
+def test_masquerade_without_peers_warns(tmp_path):
+    done = run_site(
+        tmp_path,
+        "offices:\n  vars:\n    office_topology: links\n"
+        "  hosts:\n    manhattan-gw:\n      office_broadcast_relay: []\n",
+    )
+    output = done.stdout + done.stderr
+    assert "office_masquerade: no other office reaches this office" in output, output[-3000:]
 
 
 def test_good_inventory_passes_planning(tmp_path):

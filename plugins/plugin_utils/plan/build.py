@@ -101,7 +101,10 @@ def _relay_requests(field: str, rules: Optional[list], bad: Bad) -> tuple[RelayR
     return tuple(requests)
 
 
-def _parse_office(host: str, raw: dict[str, Any], errors: list[str]) -> Optional[Office]:
+def _parse_office(
+    host: str, raw: dict[str, Any], errors: list[str]
+) -> tuple[Optional[Office], bool]:
+    """One office, and whether it is valid (an invalid one may still be compared)."""
     name = raw.get("office_name") or host
     label = f"office {name!r} (host {host})"
     start = len(errors)
@@ -146,7 +149,13 @@ def _parse_office(host: str, raw: dict[str, Any], errors: list[str]) -> Optional
     if lan is not None and wan is not None and lan.network.overlaps(wan.network):
         bad("office_lan_address", f"LAN {lan.network} overlaps its own WAN subnet")
     if len(errors) > start:
-        return None
+        # Still compared with the other offices (overlaps, duplicates) when its
+        # addresses are usable, so those problems come out in the same message.
+        if lan is None or not OFFICE_NAME.match(str(values["office_name"])):
+            return None, False
+        return Office(
+            name=values["office_name"], host=host, role="", lan=lan, wan=wan, wan_mtu=0
+        ), False
     return Office(
         name=values["office_name"],
         host=host,
@@ -159,7 +168,7 @@ def _parse_office(host: str, raw: dict[str, Any], errors: list[str]) -> Optional
         wan_gateway=gateway,
         masquerade=values["office_masquerade"],
         relay=relay,
-    )
+    ), True
 
 
 def _parse_external(
@@ -262,6 +271,8 @@ def _check_network(offices: list[Office], errors: list[str]) -> None:
 
     wans: dict[ipaddress.IPv4Address, Office] = {}
     for office in offices:
+        if office.wan is None:  # invalid, already reported: compared by LAN only
+            continue
         other = wans.setdefault(office.wan.ip, office)
         if other is not office:
             errors.append(
@@ -466,13 +477,13 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     parsed = [_parse_office(host, raw, errors) for host, raw in sorted(office_vars.items())]
     for index, entry in enumerate(deployment.get("office_external_peers") or []):
         if entry is not None:
-            parsed.append(_parse_external(index, entry, errors, "external peer"))
-    # Overlaps and duplicates among the offices that parsed are reported in the
-    # same message as the values that did not.
-    offices_list: list[Office] = [o for o in parsed if o is not None]
-    _check_network(offices_list, errors)
+            external = _parse_external(index, entry, errors, "external peer")
+            parsed.append((external, external is not None))
+    # Overlaps and duplicates are reported in the same message as bad values.
+    _check_network([o for o, _ in parsed if o is not None], errors)
     if errors:
         raise PlanError(errors)
+    offices_list: list[Office] = [o for o, _ in parsed]
 
     topology = deployment["office_topology"]
     transit = deployment["office_transit"]
