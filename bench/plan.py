@@ -33,7 +33,7 @@ NOOP = """
     - name: Nothing
       ansible.builtin.debug:
         msg: noop
-      verbosity: 1
+        verbosity: 1
 """
 
 

@@ -21,6 +21,7 @@ relaying offices in the middle, or a grid of offices naming what they relay.
 
 from __future__ import annotations
 
+import functools
 import html
 import ipaddress
 import math
@@ -93,33 +94,38 @@ def _wrap(head: str, items: Sequence[str], indent: str, width: int = WIDTH) -> l
     return lines
 
 
+@functools.lru_cache(maxsize=65536)
+def _net(text: str) -> Optional[tuple[int, int, int]]:
+    """(first address, prefix length, last address) of a prefix, or None. Cached:
+    the same few thousand prefixes recur in every gateway's routes."""
+    try:
+        net = ipaddress.IPv4Network(text, strict=False)
+    except ValueError:
+        return None
+    return int(net.network_address), net.prefixlen, int(net.broadcast_address)
+
+
 def _prefix_items(prefixes: Iterable[str]) -> list[str]:
     """Prefixes for reading: three or more adjacent ones of one length become one range."""
     items: list[str] = []
-    run: list[tuple[str, ipaddress.IPv4Network]] = []
+    run: list[tuple[str, tuple[int, int, int]]] = []
 
     def flush() -> None:
         if len(run) >= 3:
-            items.append(
-                f"{run[0][0]} to {run[-1][0]} ({len(run)} adjacent /{run[0][1].prefixlen})"
-            )
+            items.append(f"{run[0][0]} to {run[-1][0]} ({len(run)} adjacent /{run[0][1][1]})")
         else:
             items.extend(text for text, _ in run)
         run.clear()
 
     for text in prefixes:
-        try:
-            net = ipaddress.IPv4Network(text, strict=False)
-        except ValueError:
+        net = _net(str(text))
+        if net is None:
             flush()
             items.append(str(text))
             continue
         if run:
             last = run[-1][1]
-            if not (
-                net.prefixlen == last.prefixlen
-                and int(net.network_address) == int(last.broadcast_address) + 1
-            ):
+            if not (net[1] == last[1] and net[0] == last[2] + 1):
                 flush()
         run.append((text, net))
     flush()
@@ -133,27 +139,36 @@ class _Relays:
     """Names relay addresses (the LAN addresses of linked gateways) by their office."""
 
     def __init__(self, plan: Mapping[str, Any]):
-        peers = {link.get("tunnel"): link.get("peer") for link in plan.get("links") or []}
+        self._plan = plan
         self.own = str(plan.get("lan", {}).get("address", ""))
-        self.nets: dict[ipaddress.IPv4Network, str] = {}
-        for tunnel in plan.get("tunnels") or []:
-            peer = peers.get(tunnel.get("name")) or _peer_from(tunnel)
-            for route in tunnel.get("routes") or []:
-                try:
-                    self.nets.setdefault(ipaddress.IPv4Network(route, strict=False), peer)
-                except ValueError:
-                    continue
-        self.lengths = sorted({net.prefixlen for net in self.nets}, reverse=True)
+        self._nets: Optional[dict[tuple[int, int], str]] = None
+
+    def _index(self) -> dict[tuple[int, int], str]:
+        """(network, length) -> peer office; built on first use (most gateways relay little)."""
+        if self._nets is None:
+            plan = self._plan
+            peers = {link.get("tunnel"): link.get("peer") for link in plan.get("links") or []}
+            self._nets = {}
+            for tunnel in plan.get("tunnels") or []:
+                peer = peers.get(tunnel.get("name")) or _peer_from(tunnel)
+                for route in tunnel.get("routes") or []:
+                    net = _net(str(route))
+                    if net is not None:
+                        self._nets.setdefault((net[0], net[1]), peer)
+            self.lengths = sorted({length for _, length in self._nets}, reverse=True)
+        return self._nets
 
     def name(self, address: str) -> str:
         if address == self.own:
             return f"{address} (this gateway)"
         try:
-            ip = ipaddress.IPv4Address(address)
+            ip = int(ipaddress.IPv4Address(address))
         except ValueError:
             return str(address)
+        nets = self._index()
         for length in self.lengths:
-            peer = self.nets.get(ipaddress.IPv4Network((ip, length), strict=False))
+            mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+            peer = nets.get((ip & mask, length))
             if peer:
                 return f"{address} ({peer})"
         return str(address)
