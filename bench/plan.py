@@ -4,7 +4,8 @@
 For generated inventories (hub-and-spoke with 1, 100 and 1000 offices, a mesh of
 300) it times `plan.yml` and records its peak memory, next to a no-op play over
 the same inventory (one controller-side task per office, what any per-host step
-costs). It also counts the tasks site.yml runs per gateway at 2 and at 100 peers.
+costs) and site.yml's planning play (the office role). It also counts the tasks
+site.yml runs per gateway at 2 and at 100 peers.
 Figures only: nothing here asserts a time.
 """
 
@@ -93,7 +94,6 @@ def run(args: list[str]) -> tuple[float, float, str]:
 
 
 def main() -> int:
-    rows = []
     with tempfile.TemporaryDirectory(prefix="sitelink-bench-") as tmp:
         noop = Path(tmp, "noop.yml")
         noop.write_text(NOOP)
@@ -118,11 +118,12 @@ def main() -> int:
                 ]
             )
             noop_s, _ = measure(["-i", str(inv), str(noop)])
-            rows.append((topology, count, plan_s, plan_mb, noop_s))
+            office_s, office_mb = measure(["-i", str(inv), str(ROOT / "bench/office.yml")])
             print(
                 f"{topology:>13} {count:>5} offices: plan.yml {plan_s:6.1f} s,"
                 f" peak {plan_mb:6.0f} MB;"
-                f" no-op play {noop_s:6.1f} s ({plan_s / noop_s:.2f}x)",
+                f" no-op play {noop_s:6.1f} s ({plan_s / noop_s:.2f}x);"
+                f" site.yml's planning play {office_s:6.1f} s, peak {office_mb:6.0f} MB",
                 flush=True,
             )
         for peers in (2, 100):

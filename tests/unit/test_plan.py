@@ -576,3 +576,43 @@ def test_every_role_documents_its_defaults(role):
     for name, value in defaults.items():
         assert name.startswith(f"{role}_"), name
         assert options[name].get("default") == value, name
+
+
+@pytest.mark.parametrize("count", [1, 2, 50, 1000])
+def test_explicit_links_scale_as_a_ring(count):
+    """A ring of explicit links: every office reaches every other over the shorter side."""
+    names = [f"office{i}" for i in range(count)]
+    links = [{"between": [names[i], names[(i + 1) % count]]} for i in range(count) if count > 2]
+    if count == 2:
+        links = [{"between": names}]
+    plan = plan_network(with_topology(branch_offices(count), "links", office_links=links))
+    assert len(plan.links) == len(links)
+    if count > 1:
+        config = plan.gateway_dict("office0-gw")
+        routed = sorted(r for t in config["tunnels"] for r in t["routes"])
+        assert len(routed) == count - 1  # every other office, exactly once
+        if count == 50:
+            by_tunnel = {t["name"]: len(t["routes"]) for t in config["tunnels"]}
+            # office25 is 25 hops either way: the tie goes to the lower-named next hop.
+            assert by_tunnel == {"sl-office1": 25, "sl-office49": 24}
+
+
+@pytest.mark.parametrize("count", [1, 2, 50, 1000])
+def test_external_peers_at_scale(count):
+    externals = [
+        {
+            "name": f"partner{i}",
+            "wan_address": f"198.51.{100 + i // 250}.{i % 250 + 1}",
+            "lan_address": f"10.{200 + i // 250}.{i % 250}.1/24",
+        }
+        for i in range(min(count, 20))
+    ]
+    offices = with_topology(branch_offices(count), "hub-and-spoke", office_external_peers=externals)
+    plan = plan_network(offices)
+    assert len(plan.gateways) == count  # external peers get no plan
+    hub = plan.gateway_dict("office0-gw")
+    assert len(hub["tunnels"]) == count - 1 + len(externals)
+    if count > 1:
+        branch = plan.gateway_dict("office1-gw")
+        assert len(branch["tunnels"][0]["routes"]) == count - 2 + 1 + len(externals)
+    assert_tunnels_pair_up(plan)
