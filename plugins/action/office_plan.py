@@ -10,62 +10,98 @@ from __future__ import annotations
 
 import os
 
-from ansible.errors import AnsibleActionFail
+from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
 
-FACT = "__office_network"
-
 
 def office_variables(hostvars, hosts):
-    """Every ``office_*`` variable of every office host, templated as the host sees it."""
-    offices = {}
+    """Every ``office_*`` variable of every office host, templated as the host sees it.
+
+    A value that cannot be templated (an undefined variable in it, say) is a
+    problem of that office like any other, reported with the rest.
+    """
+    offices, problems = {}, []
     for host in hosts:
         host_vars = hostvars[host]
-        offices[host] = {k: host_vars[k] for k in host_vars if k.startswith("office_")}
-    return offices
+        values, failed = {}, []
+        for name in host_vars:
+            if not name.startswith("office_"):
+                continue
+            try:
+                values[name] = host_vars[name]
+            except AnsibleError as exc:
+                failed.append((name, to_text(getattr(exc, "message", exc)).splitlines()[0]))
+        office = values.get("office_name") or host
+        for name, message in failed:
+            problems.append(
+                f"office {office!r} (host {host}): {name}: cannot be templated: {message}"
+            )
+        offices[host] = values
+    return offices, problems
+
+
+# The plan of the task being run, computed by its first loop item: every item
+# of one task runs in the same worker process, one after the other.
+_PLANNED: dict[str, object] = {}
 
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("group", "output_dir", "console"))
+    _VALID_ARGS = frozenset(("group", "gateway", "output_dir", "console"))
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         args = self._task.args
-        group = args.get("group", "offices")
-        hosts = task_vars.get("groups", {}).get(group)
-        if not hosts:
-            raise AnsibleActionFail(
-                f"office_plan: the inventory group {group!r} has no hosts (set office_group)"
-            )
-        try:
-            plan = plan_network(office_variables(task_vars["hostvars"], hosts))
-        except PlanError as exc:
-            return {**result, "failed": True, "msg": str(exc)}
-        result["warnings"] = list(plan.warnings)
+        gateway = args.get("gateway")
+        first = self._task._uuid not in _PLANNED
+        if first:
+            _PLANNED.clear()
+            _PLANNED[self._task._uuid] = self._plan(args.get("group", "offices"), task_vars)
+        plan = _PLANNED[self._task._uuid]
+        if isinstance(plan, str):  # invalid inventory: said once, by the first item
+            if first:
+                return {**result, "failed": True, "msg": plan}
+            return {**result, "skipped": True, "msg": "the office inventory is invalid (above)"}
         result["changed"] = False
-        result["summary"] = {
-            "topology": plan.topology,
-            "offices": len(plan.offices),
-            "gateways": len(plan.gateways),
-            "links": len(plan.links),
-            "relay_flows": len(plan.flows),
-        }
+        if first:
+            result["warnings"] = list(plan.warnings)
+            result["summary"] = {
+                "topology": plan.topology,
+                "offices": len(plan.offices),
+                "gateways": len(plan.gateways),
+                "links": len(plan.links),
+                "relay_flows": len(plan.flows),
+            }
         output_dir = args.get("output_dir")
         if output_dir:
             result.update(self._render(plan, output_dir, args.get("console", "auto")))
-        else:
-            # Only the controller-side host (localhost, via delegate_facts) holds
-            # every gateway's plan; each gateway then takes its own.
-            result["ansible_facts"] = {
-                FACT: {"gateways": {host: plan.gateway_dict(host) for host in plan.gateways}}
-            }
+        elif gateway:
+            if gateway not in plan.gateways:
+                raise AnsibleActionFail(
+                    f"office_plan: {gateway} is not a host of the group {args.get('group')!r}"
+                )
+            # Set on that gateway alone (the task delegates its facts to it).
+            result["ansible_facts"] = {"office_plan": plan.gateway_dict(gateway)}
         return result
+
+    @staticmethod
+    def _plan(group, task_vars):
+        """The network plan, or the message listing every problem."""
+        hosts = task_vars.get("groups", {}).get(group)
+        if not hosts:
+            return f"office_plan: the inventory group {group!r} has no hosts (set office_group)"
+        offices, problems = office_variables(task_vars["hostvars"], hosts)
+        try:
+            if problems:
+                raise PlanError(problems)
+            return plan_network(offices)
+        except PlanError as exc:
+            return str(exc)
 
     def _render(self, plan, output_dir, console):
         """plan.yml: text, a file per gateway and the picture, from the same plan."""

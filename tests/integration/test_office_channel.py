@@ -93,8 +93,10 @@ def test_each_gateway_holds_its_own_plan_and_no_other(run):
     assert [t["name"] for t in plans["manhattan-gw"]["tunnels"]] == ["sl-brooklyn", "sl-queens"]
     # Transit: Brooklyn reaches Queens through the Manhattan hub.
     assert plans["brooklyn-gw"]["tunnels"][0]["routes"] == ["192.168.1.0/24", "192.168.3.0/24"]
-    for host in HOSTS:
-        assert "__office_network" not in held[host]
+    held["localhost"] = json.loads((tmp / "localhost.vars.json").read_text())
+    assert "office_plan" not in held["localhost"]
+    for host in (*HOSTS, "localhost"):
+        assert not any(k.startswith("__office") for k in held[host])
         others = [plans[o] for o in HOSTS if o != host]
         foreign = (
             [p for p in others] + [p["tunnels"] for p in others] + [p["relay"] for p in others]

@@ -86,8 +86,20 @@ def run_site(tmp_path, override: str, *extra: str) -> subprocess.CompletedProces
             "office 'brooklyn' (host brooklyn-gw): office_lan_adress: unknown office variable "
             "(did you mean office_lan_address?)",
         ),
+        (
+            "offices:\n  hosts:\n    brooklyn-gw:\n      office_wan_mtu: '{{ no_such_var }}'\n",
+            "office 'brooklyn' (host brooklyn-gw): office_wan_mtu: cannot be templated",
+        ),
     ],
-    ids=["overlapping-lan", "malformed-wan", "missing-interface", "role", "port", "typo"],
+    ids=[
+        "overlapping-lan",
+        "malformed-wan",
+        "missing-interface",
+        "role",
+        "port",
+        "typo",
+        "undefined",
+    ],
 )
 def test_bad_office_fails_before_any_gateway_is_contacted(tmp_path, override, expected):
     done = run_site(tmp_path, override)

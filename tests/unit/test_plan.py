@@ -516,7 +516,7 @@ def test_external_peer_errors_name_the_entry():
     with pytest.raises(PlanError) as info2:
         plan_network(offices)
     assert any(
-        "office 'partner' (office_external_peers[0]): office_external_peers[0].lan_address" in e
+        "office 'partner' (external peer): office_external_peers[0].lan_address" in e
         or "overlaps the LAN 10.0.1.0/24 of office 'partner'" in e
         for e in info2.value.errors
     ), info2.value.errors

@@ -171,11 +171,9 @@ def _parse_office(
     ), True
 
 
-def _parse_external(
-    index: int, entry: dict[str, Any], errors: list[str], where_prefix: str
-) -> Optional[Office]:
+def _parse_external(index: int, entry: dict[str, Any], errors: list[str]) -> Optional[Office]:
     where = f"office_external_peers[{index}]"
-    label = f"office {entry.get('name')!r} ({where_prefix})"
+    label = f"office {entry.get('name')!r} (external peer)"
     start = len(errors)
 
     def bad(field: str, message: str) -> None:
@@ -477,7 +475,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     parsed = [_parse_office(host, raw, errors) for host, raw in sorted(office_vars.items())]
     for index, entry in enumerate(deployment.get("office_external_peers") or []):
         if entry is not None:
-            external = _parse_external(index, entry, errors, "external peer")
+            external = _parse_external(index, entry, errors)
             parsed.append((external, external is not None))
     # Overlaps and duplicates are reported in the same message as bad values.
     _check_network([o for o, _ in parsed if o is not None], errors)

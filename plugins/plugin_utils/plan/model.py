@@ -87,7 +87,7 @@ class Office:
 
     def label(self) -> str:
         if self.host is None:
-            return f"office {self.name!r} ({self.where})"
+            return f"office {self.name!r} (external peer)"
         return f"office {self.name!r} (host {self.host})"
 
 
