@@ -8,15 +8,11 @@ gateway's variables hold afterwards.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from playbook import ROOT, run_playbook
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 SECRET = "correct-horse-battery-staple-7d1f"  # noqa: S105 - a test value, asserted absent
 
 sys.path.insert(0, str(ROOT / "tests/unit"))
@@ -44,28 +40,14 @@ offices:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("channel")
-    (tmp / "connection.yml").write_text(CONNECTION.format(secret=SECRET))
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
-    done = subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            str(ROOT / "examples/case-study/inventory.yml"),
-            "-i",
-            str(tmp / "connection.yml"),
-            str(ROOT / "tests/integration/playbooks/office_channel.yml"),
-            "-e",
-            f"channel_out={tmp}",
-            "--diff",
-            "-vvv",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    done = run_playbook(
+        ROOT / "tests/integration/playbooks/office_channel.yml",
+        tmp,
+        "-e",
+        f"channel_out={tmp}",
+        "--diff",
+        "-vvv",
+        connection=CONNECTION.format(secret=SECRET),
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return tmp, done.stdout + done.stderr

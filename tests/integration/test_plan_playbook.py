@@ -6,50 +6,15 @@ show as UNREACHABLE.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-UNREACHABLE = """
-offices:
-  vars:
-    ansible_host: 127.0.0.1
-    ansible_port: 9
-  hosts:
-    manhattan-gw: {}
-    brooklyn-gw: {}
-"""
+from playbook import ROOT, run_playbook
 
 
-def run_plan(tmp_path, *extra: str) -> subprocess.CompletedProcess:
-    (tmp_path / "connection.yml").write_text(UNREACHABLE)
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
-    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
-    return subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            str(ROOT / "examples/case-study/inventory.yml"),
-            "-i",
-            str(tmp_path / "connection.yml"),
-            str(ROOT / "plan.yml"),
-            *extra,
-        ],
-        cwd=tmp_path,  # ./plan is relative to where ansible-playbook runs
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+def run_plan(tmp_path, *extra: str):
+    # ./plan is relative to the directory ansible-playbook runs in.
+    return run_playbook(ROOT / "plan.yml", tmp_path, *extra, cwd=tmp_path)
 
 
 def test_plan_renders_every_gateway_without_connecting(tmp_path):

@@ -7,52 +7,13 @@ run through, it would fail to connect rather than change anything.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-UNREACHABLE = """
-offices:
-  vars:
-    ansible_host: 127.0.0.1
-    ansible_port: 9
-    ansible_connection: ssh
-  hosts:
-    manhattan-gw: {}
-    brooklyn-gw: {}
-"""
+from playbook import ROOT, run_playbook
 
 
-def run_site(tmp_path, override: str, *extra: str) -> subprocess.CompletedProcess:
-    (tmp_path / "connection.yml").write_text(UNREACHABLE)
+def run_site(tmp_path, override: str, *extra: str):
     (tmp_path / "override.yml").write_text(override)
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
-    return subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            str(ROOT / "examples/case-study/inventory.yml"),
-            "-i",
-            str(tmp_path / "connection.yml"),
-            "-i",
-            str(tmp_path / "override.yml"),
-            str(ROOT / "site.yml"),
-            *extra,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_playbook(ROOT / "site.yml", tmp_path, "-i", str(tmp_path / "override.yml"), *extra)
 
 
 @pytest.mark.parametrize(
