@@ -30,26 +30,27 @@ def adjacency(names: list[str], pairs) -> Adjacency:
     return adj
 
 
-def _component_sizes(adj: Adjacency, forwards: dict[str, bool]) -> dict[str, int]:
-    """How many offices each office can reach (itself included), transit allowed."""
-    sizes: dict[str, int] = {}
-    for start in adj:
-        if start in sizes:
-            continue
-        reached = {start}
-        frontier = [start]
-        while frontier:
-            nxt = []
-            for node in frontier:
-                if node != start and not forwards[node]:
-                    continue
-                for neighbour in adj[node]:
-                    if neighbour not in reached:
-                        reached.add(neighbour)
-                        nxt.append(neighbour)
-            frontier = nxt
-        sizes[start] = len(reached)
-    return sizes
+def _hops(start: str, adj: Adjacency, forwards: dict[str, bool]) -> dict[str, int]:
+    """Hop counts from ``start`` to every office it reaches.
+
+    Only offices that forward pass traffic on (``start`` always does). The
+    search stops once every office is found: in hub-and-spoke and mesh that is
+    after the first ring or two, not after expanding every node.
+    """
+    dist = {start: 0}
+    frontier = [start]
+    everyone = len(adj)
+    while frontier and len(dist) < everyone:
+        nxt = []
+        for node in frontier:
+            if node != start and not forwards[node]:
+                continue
+            for neighbour in adj[node]:
+                if neighbour not in dist:
+                    dist[neighbour] = dist[node] + 1
+                    nxt.append(neighbour)
+        frontier = nxt
+    return dist
 
 
 def next_hops(
@@ -68,23 +69,10 @@ def next_hops(
                     routes[(node, dest)].append(dest)
         return routes
 
-    # With hubs, a destination's reach is everything: stop the search as soon
-    # as every office is found instead of expanding every node.
-    sizes = _component_sizes(adj, forwards)
+    # Searching from each destination gives every office's distance to it;
+    # the next hop is the lowest-named neighbour one step closer.
     for dest in adj:
-        dist = {dest: 0}
-        frontier = [dest]
-        goal = sizes[dest]
-        while frontier and len(dist) < goal:
-            nxt = []
-            for node in frontier:
-                if node != dest and not forwards[node]:
-                    continue
-                for neighbour in adj[node]:
-                    if neighbour not in dist:
-                        dist[neighbour] = dist[node] + 1
-                        nxt.append(neighbour)
-            frontier = nxt
+        dist = _hops(dest, adj, forwards)
         for node, distance in dist.items():
             if node == dest or not forwards[node]:
                 continue
