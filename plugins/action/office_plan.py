@@ -15,6 +15,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.schema import OUTPUT_FACTS
 
 
 def office_variables(hostvars, hosts):
@@ -28,7 +29,9 @@ def office_variables(hostvars, hosts):
         host_vars = hostvars[host]
         values, failed = {}, []
         for name in host_vars:
-            if not name.startswith("office_"):
+            # office_plan and office_secrets are this role's own output (from an
+            # earlier play of the same run): never input, and never read.
+            if not name.startswith("office_") or name in OUTPUT_FACTS:
                 continue
             try:
                 values[name] = host_vars[name]
