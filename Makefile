@@ -76,7 +76,7 @@ build: setup
 	$(BIN)/ansible-galaxy collection build --output-path build .
 	$(BIN)/ansible-galaxy collection install --force --offline --no-deps -p build/installed build/sitelink-gateway-*.tar.gz
 	export ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/installed; \
-	for doc in module:ipip_tunnel module:nft_table module:office_plan filter:link_secrets role:office role:kernel \
+	for doc in module:ipip_tunnel module:nft_table module:office_plan filter:office_gateway role:office role:kernel \
 	           role:tunnel role:masquerade role:relay; do \
 	  $(BIN)/ansible-doc --json -t $${doc%%:*} sitelink.gateway.$${doc#*:} \
 	    | $(PY) -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d else "no docs: '"$$doc"'")'; \

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
@@ -46,50 +46,30 @@ def office_variables(hostvars, hosts):
     return offices, problems
 
 
-# The plan of the task being run, computed by its first loop item: every item
-# of one task runs in the same worker process, one after the other.
-_PLANNED: dict[str, object] = {}
-
-
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("group", "gateway", "output_dir", "console"))
+    _VALID_ARGS = frozenset(("group", "output_dir", "console"))
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         args = self._task.args
-        gateway = args.get("gateway")
-        first = self._task._uuid not in _PLANNED
-        if first:
-            _PLANNED.clear()
-            _PLANNED[self._task._uuid] = self._plan(args.get("group", "offices"), task_vars)
-        plan = _PLANNED[self._task._uuid]
-        if isinstance(plan, str):  # invalid inventory: said once, by the first item
-            if first:
-                return {**result, "failed": True, "msg": plan}
-            return {**result, "skipped": True, "msg": "the office inventory is invalid (above)"}
+        plan = self._plan(args.get("group", "offices"), task_vars)
+        if isinstance(plan, str):
+            return {**result, "failed": True, "msg": plan}
         result["changed"] = False
-        if first:
-            result["warnings"] = list(plan.warnings)
-            result["summary"] = {
-                "topology": plan.topology,
-                "offices": len(plan.offices),
-                "gateways": len(plan.gateways),
-                "links": len(plan.links),
-                "relay_flows": len(plan.flows),
-            }
+        result["warnings"] = list(plan.warnings)
+        result["summary"] = {
+            "topology": plan.topology,
+            "offices": len(plan.offices),
+            "gateways": len(plan.gateways),
+            "links": len(plan.links),
+            "relay_flows": len(plan.flows),
+        }
         output_dir = args.get("output_dir")
         if output_dir:
             result.update(self._render(plan, output_dir, args.get("console", "auto")))
-        elif gateway:
-            if gateway not in plan.gateways:
-                raise AnsibleActionFail(
-                    f"office_plan: {gateway} is not a host of the group {args.get('group')!r}"
-                )
-            # Set on that gateway alone (the task delegates its facts to it).
-            result["ansible_facts"] = {"office_plan": plan.gateway_dict(gateway)}
         return result
 
     @staticmethod

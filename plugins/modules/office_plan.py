@@ -17,11 +17,8 @@ description:
     of the play, so C(--limit) still sees every peer - and validates them all against the
     office schema. Any problem fails the task with one message listing every problem, each
     naming the office, its host and the variable; unknown C(office_*) variables are problems too.
-  - With O(gateway), returns the fact C(office_plan) holding that gateway's own plan. The
-    office role runs it once per play (C(run_once)) with a loop over the play's gateways,
-    C(delegate_to) each of them and C(delegate_facts=true): the first item plans, every item
-    hands one gateway its plan, and no host ever holds another gateway's plan. Nothing is
-    contacted: the action runs on the controller.
+  - The office role runs it once per play (C(run_once)), then hands each gateway its own plan
+    with the P(sitelink.gateway.office_gateway#filter) filter.
   - With O(output_dir), writes C(network.txt), C(network.dot), C(network.svg) (when Graphviz's
     C(dot) is installed) and C(gateways/HOST.txt), and returns the text in RV(plan_text). That is
     what C(playbooks/plan.yml) shows.
@@ -31,9 +28,6 @@ options:
     description: Inventory group of the office gateways.
     type: str
     default: offices
-  gateway:
-    description: Inventory hostname of the gateway whose plan to return as C(office_plan).
-    type: str
   output_dir:
     description: Where to write the rendered plan, for every gateway.
     type: path
@@ -58,14 +52,10 @@ notes:
 """
 
 EXAMPLES = r"""
-- name: Validate every office and give each gateway its own plan
+- name: Validate every office
   sitelink.gateway.office_plan:
     group: offices
-    gateway: "{{ item }}"
-  loop: "{{ ansible_play_hosts_all }}"
   run_once: true
-  delegate_to: "{{ item }}"
-  delegate_facts: true
 
 - name: Render the plan into ./plan
   sitelink.gateway.office_plan:
@@ -73,15 +63,9 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-office_plan:
-  description:
-    - The plan of O(gateway) (as an C(ansible_facts) entry) - its links, tunnels with their routes,
-      masquerade sources and relay rules, in the shape the collection's roles take.
-  returned: when O(gateway) is set
-  type: dict
 summary:
   description: Counts of offices, gateways, links and relay flows, and the topology.
-  returned: success, by the first loop item
+  returned: success
   type: dict
 plan_text:
   description: The plan as readable text.

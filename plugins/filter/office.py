@@ -1,0 +1,49 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``office_gateway``: one gateway's own plan and the keys of its own links."""
+
+from __future__ import annotations
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.sitelink.gateway.plugins.action.office_plan import office_variables
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (
+    gateway_secrets,
+)
+
+# The office role calls this once per gateway in one looped task: every item
+# runs in the same worker process, so the network is planned once, by the
+# first item, for the hostvars object of that task.
+_CACHE: list = []
+
+
+def office_gateway(host, hostvars, group="offices", secret=None):
+    if not isinstance(host, str) or not isinstance(group, str):
+        raise AnsibleFilterError(
+            "office_gateway: use as HOST | office_gateway(hostvars, 'offices', secret)"
+        )
+    if secret is not None and not isinstance(secret, str):
+        raise AnsibleFilterError("office_gateway: office_tunnel_secret must be a string")
+    # Only the hostvars object is compared on later items: templating the group's
+    # host list for every item would cost more than the plan itself.
+    if not _CACHE or _CACHE[0] is not hostvars or _CACHE[1] != group:
+        hosts = hostvars[host]["groups"].get(group) or []
+        offices, problems = office_variables(hostvars, hosts)
+        try:
+            if problems:
+                raise PlanError(problems)
+            plan = plan_network(offices)
+        except PlanError as exc:
+            raise AnsibleFilterError(str(exc)) from exc
+        _CACHE[:] = [hostvars, group, plan]
+    plan = _CACHE[2]
+    if host not in plan.gateways:
+        raise AnsibleFilterError(f"office_gateway: {host} is not a host of the group {group}")
+    mine = plan.gateway_dict(host)
+    return {"plan": mine, "secrets": gateway_secrets(mine["links"], secret or None)}
+
+
+class FilterModule:
+    def filters(self):
+        return {"office_gateway": office_gateway}
