@@ -221,6 +221,7 @@ def test_few_tunnel_names_collide_among_many_similar_offices():
         ("manhattan-gw", "office_broadcast_relay", [{"port": 0}], "[0].port: 0 is not"),
         ("manhattan-gw", "office_broadcast_relay", [{"port": True}], "True is not an integer"),
         ("manhattan-gw", "office_broadcast_relay", [{"port": 1, "dest": "x"}], "unknown key"),
+        ("manhattan-gw", "office_broadcast_relay", [{"port": 1, "to": []}], "[0].to: is empty"),
         ("manhattan-gw", "office_broadcast_relay", [{"port": 1}, {"port": 1}], "listed twice"),
         (
             "manhattan-gw",

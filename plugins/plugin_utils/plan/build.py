@@ -97,6 +97,9 @@ def _relay_requests(field: str, rules: Optional[list], bad: Bad) -> tuple[RelayR
             bad(f"{where}.port", f"port {port} is listed twice")
         seen.add(port)
         to = rule["to"]
+        if to == []:
+            bad(f"{where}.to", "is empty (omit it to relay to every office reachable)")
+            continue
         requests.append(RelayRequest(port, None if to is None else tuple(dict.fromkeys(to)), index))
     return tuple(requests)
 
