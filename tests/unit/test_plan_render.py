@@ -231,7 +231,7 @@ def test_dot_draws_offices_links_and_relay_directions():
     source = render.dot(plan)
     assert source.startswith("graph sitelink {") and source.endswith("}\n")
     assert len(edges(source)) == len(plan.links) == 6  # one edge per link
-    assert '"hq" [label="hq\\n10.0.1.0/24"' in source
+    assert '"hq" [label="hq\\n10.0.1.0/24\\nmasquerade"' in source
     assert render.HUB_FILL in source.split('"hq" [', 1)[1].split("\n", 1)[0]
     partner = source.split('"partner" [', 1)[1].split("\n", 1)[0]
     assert "dashed" in partner and "external" in partner

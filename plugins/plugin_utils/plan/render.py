@@ -421,7 +421,8 @@ def _short(name: str) -> str:
 def _node_size(office: Office) -> tuple[float, float]:
     """Generous estimate of a node's size in inches (11pt Helvetica, two lines)."""
     chars = max(len(_short(office.name)), len(str(office.lan.network)))
-    return 0.085 * chars + 0.2, 0.5 if not office.external else 0.68
+    extra = int(office.external) + int(office.masquerade)
+    return 0.085 * chars + 0.2, 0.5 + 0.18 * extra
 
 
 def _port_colors(plan: NetworkPlan) -> dict[int, str]:
@@ -538,6 +539,8 @@ def _node(office: Office, point: Optional[tuple[float, float]], note: str = "") 
     lines = [_short(office.name), str(office.lan.network)]
     if office.external:
         lines.append("external")
+    if office.masquerade:  # other offices reach its LAN as the gateway itself
+        lines.append("masquerade")
     if note:
         lines.append(note)
     tooltip = [
@@ -690,6 +693,14 @@ def _legend(
         samples.append((f'bgcolor="{BRANCH_FILL}"', "branch", "branch office (name, LAN)"))
     if any(o.external for o in offices):
         samples.append(('style="dashed"', "external", "external peer, not configured here"))
+    if any(o.masquerade for o in offices):
+        samples.append(
+            (
+                "",
+                "masquerade",
+                "its LAN sees other offices as the gateway (SNAT): servers need no route",
+            )
+        )
     line = "&#8212;&#8212;&#8212;"
     if plan.links and not summarised:
         samples.append(("", f'<font color="{LINK_COLOR}">{line}</font>', "link: two IPIP tunnels"))
