@@ -15,6 +15,7 @@ current play: ``--limit branch-17`` still sees the hub.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import json
 import re
@@ -506,21 +507,23 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     offices = {o.name: o for o in offices_list}
     adj = routing.adjacency(sorted(offices), pairs)
     forwards = {name: not o.external for name, o in offices.items()}
-    routed = routing.next_hops(adj, forwards, transit)
-    warnings: list[str] = []
-    relay_ports, flows = _relay(offices, adj, forwards, transit, errors, warnings)
-    if errors:
-        raise PlanError(errors)
-
     # Per office once: its LAN as text and as a sort key (address, then length).
     lan_text = {name: str(o.lan.network) for name, o in offices.items()}
     lan_key = {
         name: (int(o.lan.network.network_address), o.lan.network.prefixlen)
         for name, o in offices.items()
     }
+    # Destinations visited in LAN order, so every route list comes out sorted.
+    routed = routing.next_hops(adj, forwards, transit, order=sorted(offices, key=lan_key.get))
+    warnings: list[str] = []
+    relay_ports, flows = _relay(offices, adj, forwards, transit, errors, warnings)
+    if errors:
+        raise PlanError(errors)
+
+    lan_key_of_text = {lan_text[name]: key for name, key in lan_key.items()}
 
     def prefixes(office: str, hop: str) -> tuple[str, ...]:
-        return tuple(lan_text[d] for d in sorted(routed.get((office, hop), ()), key=lan_key.get))
+        return tuple(lan_text[d] for d in routed.get((office, hop), ()))
 
     links = []
     for (a, b), mtu in sorted(pairs.items()):
@@ -544,17 +547,13 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         if office.external:
             continue
         mine = sorted(by_office[office.name], key=lambda lk: lk.other(office.name).office)
-        reached = [
-            lan_text[d]
-            for d in sorted(
-                {
-                    d
-                    for lk in mine
-                    for d in routed.get((office.name, lk.other(office.name).office), ())
-                },
-                key=lan_key.get,
+        # Every LAN routed from here: the links' sorted, disjoint lists, merged.
+        reached = list(
+            heapq.merge(
+                *(lk.end(office.name).routes for lk in mine),
+                key=lambda text: lan_key_of_text[text],
             )
-        ]
+        )
         if len(offices) > 1 and not mine:
             warnings.append(
                 f"{office.label()}: office_topology: this office has no link to any other "

@@ -54,24 +54,26 @@ def _hops(start: str, adj: Adjacency, forwards: dict[str, bool]) -> dict[str, in
 
 
 def next_hops(
-    adj: Adjacency, forwards: dict[str, bool], transit: bool
+    adj: Adjacency, forwards: dict[str, bool], transit: bool, order: Optional[list[str]] = None
 ) -> dict[tuple[str, str], list[str]]:
     """``(office, next hop) -> destinations`` routed through that hop's tunnel.
 
     ``forwards[x]`` says whether office x forwards for others (our gateways do,
     external peers do not). Only offices that forward get routes at all.
+    Destinations appear in ``order`` (default: by name).
     """
     routes: dict[tuple[str, str], list[str]] = defaultdict(list)
+    order = list(adj) if order is None else order
     if not transit:
-        for dest, neighbours in adj.items():
-            for node in neighbours:
+        for dest in order:
+            for node in adj[dest]:
                 if forwards[node]:
                     routes[(node, dest)].append(dest)
         return routes
 
     # Searching from each destination gives every office's distance to it;
     # the next hop is the lowest-named neighbour one step closer.
-    for dest in adj:
+    for dest in order:
         dist = _hops(dest, adj, forwards)
         for node, distance in dist.items():
             if node == dest or not forwards[node]:
