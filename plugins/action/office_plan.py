@@ -46,6 +46,14 @@ def office_variables(hostvars, hosts):
     return offices, problems
 
 
+def plan_inventory(hostvars, hosts):
+    """Validate and plan the offices ``hosts``; raises ``PlanError`` listing every problem."""
+    offices, problems = office_variables(hostvars, hosts)
+    if problems:
+        raise PlanError(problems)
+    return plan_network(offices)
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
     _VALID_ARGS = frozenset(("group", "output_dir", "console"))
@@ -78,11 +86,8 @@ class ActionModule(ActionBase):
         hosts = task_vars.get("groups", {}).get(group)
         if not hosts:
             return f"office_plan: the inventory group {group!r} has no hosts (set office_group)"
-        offices, problems = office_variables(task_vars["hostvars"], hosts)
         try:
-            if problems:
-                raise PlanError(problems)
-            return plan_network(offices)
+            return plan_inventory(task_vars["hostvars"], hosts)
         except PlanError as exc:
             return str(exc)
 

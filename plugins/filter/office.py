@@ -5,8 +5,7 @@
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.sitelink.gateway.plugins.action.office_plan import office_variables
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
+from ansible_collections.sitelink.gateway.plugins.action.office_plan import plan_inventory
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (
     gateway_secrets,
@@ -28,12 +27,8 @@ def office_gateway(host, hostvars, group="offices", secret=None):
     # Only the hostvars object is compared on later items: templating the group's
     # host list for every item would cost more than the plan itself.
     if not _CACHE or _CACHE[0] is not hostvars or _CACHE[1] != group:
-        hosts = hostvars[host]["groups"].get(group) or []
-        offices, problems = office_variables(hostvars, hosts)
         try:
-            if problems:
-                raise PlanError(problems)
-            plan = plan_network(offices)
+            plan = plan_inventory(hostvars, hostvars[host]["groups"].get(group) or [])
         except PlanError as exc:
             raise AnsibleFilterError(str(exc)) from exc
         _CACHE[:] = [hostvars, group, plan]

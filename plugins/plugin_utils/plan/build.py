@@ -376,7 +376,7 @@ def _relay(
             continue
         tree = routing.relay_tree(origin.name, adj, forwards, transit)
         for request in origin.relay:
-            where = f"{origin.label()}: {origin.relay_field}[{request.index}].to"
+            where = f"{origin.label()}: {_field(origin, 'broadcast_relay')}[{request.index}].to"
             targets = (
                 request.to
                 if request.to is not None

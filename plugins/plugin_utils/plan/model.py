@@ -78,10 +78,6 @@ class Office:
         return self.host is None
 
     @property
-    def relay_field(self) -> str:
-        return "office_broadcast_relay" if self.host else f"{self.where}.broadcast_relay"
-
-    @property
     def where(self) -> str:
         return f"office_external_peers[{self.index}]"
 
@@ -116,16 +112,6 @@ class Link:
 
     def other(self, office: str) -> LinkEnd:
         return self.b if office == self.a.office else self.a
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "mtu": self.mtu,
-            "ends": [
-                {"office": e.office, "tunnel": e.tunnel, "routes": list(e.routes)}
-                for e in (self.a, self.b)
-            ],
-        }
 
 
 @dataclass
@@ -249,31 +235,3 @@ class NetworkPlan:
     def gateway_dict(self, host: str) -> dict[str, Any]:
         """The plan of one gateway, as the roles take it (``office_plan``)."""
         return self.gateways[host].to_dict()
-
-    def summary(self) -> dict[str, Any]:
-        """The network as a whole, without any gateway's plan: for reports."""
-        return {
-            "topology": self.topology,
-            "transit": self.transit,
-            "offices": {
-                name: {
-                    "host": o.host,
-                    "role": o.role,
-                    "lan": str(o.lan.network),
-                    "wan": str(o.wan.ip),
-                    "external": o.external,
-                }
-                for name, o in sorted(self.offices.items())
-            },
-            "links": [link.to_dict() for link in self.links],
-            "relay": [
-                {
-                    "origin": f.origin,
-                    "port": f.port,
-                    "targets": list(f.targets),
-                    "hops": [list(h) for h in f.hops],
-                }
-                for f in self.flows
-            ],
-            "warnings": list(self.warnings),
-        }

@@ -273,8 +273,6 @@ FIELDS: tuple[Field, ...] = (
 BY_NAME = {f.name: f for f in FIELDS}
 OFFICE_FIELDS = tuple(f for f in FIELDS if f.scope == OFFICE)
 DEPLOYMENT_FIELDS = tuple(f for f in FIELDS if f.scope == DEPLOYMENT)
-# Read per office but only checked for consistency, not used by the planner.
-_NOT_PLANNED = ("office_group",)
 
 # --------------------------------------------------------------------------- types
 
@@ -540,17 +538,3 @@ def readme_tables() -> str:
     for spec in DEPLOYMENT_FIELDS:
         lines.append(f"| `{spec.name}` | {default_cell(spec)} | {spec.summary} |")
     return "\n".join(lines) + "\n"
-
-
-__all__ = [
-    "DEPLOYMENT_FIELDS",
-    "FIELDS",
-    "OFFICE_FIELDS",
-    "Field",
-    "argument_specs",
-    "check_types",
-    "defaults",
-    "readme_tables",
-    "to_bool",
-    "to_int",
-]
