@@ -19,9 +19,10 @@ DEMO_STATE := /var/tmp/sitelink-lab/demo
 help:
 	@echo "make setup    venv with pinned controller dependencies (PyPI only)"
 	@echo "make test     lint, unit and integration tests, collection build, molecule test"
-	@echo "make demo     boot the case-study lab, run site.yml, show it working, tear down"
+	@echo "make demo     boot the case-study lab, run site.yml and verify.yml, show traffic, tear down"
 	@echo "make plan     render the case study's plan and picture into examples/case-study/plan"
-	@echo "make bench    planning at scale (bench-plan), then site.yml run times on the lab"
+	@echo "make bench    planning at scale (bench-plan), then site.yml, verify.yml and"
+	@echo "              ipip_tunnel run times on the offices lab (a hub, two branches)"
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -76,17 +77,22 @@ build: setup
 	$(BIN)/ansible-galaxy collection build --output-path build .
 	$(BIN)/ansible-galaxy collection install --force --offline --no-deps -p build/installed build/sitelink-gateway-*.tar.gz
 	export ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/installed; \
-	for doc in module:ipip_tunnel module:nft_table module:office_plan filter:office_gateway role:office role:kernel \
+	for doc in module:ipip_tunnel module:nft_table module:office_plan module:gateway_health \
+	           module:health_report filter:office_gateway filter:office_rollout role:office role:kernel \
 	           role:tunnel role:masquerade role:relay; do \
 	  $(BIN)/ansible-doc --json -t $${doc%%:*} sitelink.gateway.$${doc#*:} \
 	    | $(PY) -c 'import json,sys; d=json.load(sys.stdin); sys.exit(0 if d else "no docs: '"$$doc"'")'; \
 	done; \
-	cd build && $(BIN)/ansible-playbook --syntax-check -i ../examples/case-study/inventory.yml sitelink.gateway.site \
-	  && $(BIN)/ansible-playbook --syntax-check -i ../examples/case-study/inventory.yml sitelink.gateway.plan
+	cd build && for playbook in site plan verify retire; do \
+	  $(BIN)/ansible-playbook --syntax-check -i ../examples/case-study/inventory.yml sitelink.gateway.$$playbook; \
+	done
 	@echo "collection builds, installs, and its docs render"
 
+# Two scenarios, one after the other (each boots its own VMs): the case study,
+# then a hub and two branches.
 molecule: setup deps
-	$(BIN)/molecule test
+	$(BIN)/molecule test -s default
+	$(BIN)/molecule test -s offices
 
 test: lint unit integration build molecule
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""The case-study lab for people: `make demo` and `make bench`.
+"""The lab for people: `make demo` and `make bench`.
 
-  run.py demo    boot the lab, run site.yml, show ping / masquerade / relay, tear down
-  run.py bench   boot the lab, time the first and the second site.yml run, tear down
+  run.py demo    case-study lab: site.yml, then verify.yml's report and the
+                 traffic that proves it (ping, masquerade, relay), tear down
+  run.py bench   offices lab (a hub, two branches): site.yml's first and
+                 no-change runs, verify.yml, and one ipip_tunnel call
+                 reconciling 200 tunnels on a branch (first, no change)
 
-Both use the Molecule scenario's inventory (the case study plus lab connection
-details), so don't run them while `molecule test` runs. The lab is always torn
+They use the Molecule scenarios' inventories (offices plus lab connection
+details), so don't run them while that scenario runs. The lab is always torn
 down, also after a failure or Ctrl-C.
 """
 
@@ -13,137 +16,131 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-INVENTORY = ROOT / "molecule/default/inventory"
-STATE = Path("/var/tmp/sitelink-lab/molecule-default")
-TRAFFIC = ROOT / "lab/traffic.py"
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lanhost import BIN, ROOT, Lab, playbook, recap  # noqa: E402
+
+SCENARIOS = {
+    "demo": (ROOT / "molecule/default/inventory", Path("/var/tmp/sitelink-lab/molecule-default")),
+    "bench": (ROOT / "molecule/offices/inventory", Path("/var/tmp/sitelink-lab/molecule-offices")),
+}
+BENCH_TUNNELS = 200
+BENCH_GATEWAY = "harlem-gw"
 
 
-def env() -> dict:
-    out = dict(os.environ)
-    out["SITELINK_LAB_STATE"] = str(STATE)
-    out["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
-    out["ANSIBLE_HOST_KEY_CHECKING"] = "False"
-    out["PATH"] = f"{BIN}:{out['PATH']}"
-    out["ANSIBLE_NOCOLOR"] = "1"  # the recap is parsed
-    return out
-
-
-def playbook(name: str, *extra: str, quiet: bool = False) -> tuple[float, str]:
-    """Run a playbook from the repo root; return (seconds, output)."""
+def timed(name: str, inventory: Path, *extra: str, quiet: bool = True, ok: bool = True):
     start = time.monotonic()
-    done = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), name, *extra],
-        cwd=ROOT,
-        env=env(),
-        capture_output=quiet,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        sys.exit(f"{name} failed (exit {done.returncode})\n{done.stdout or ''}{done.stderr or ''}")
-    return time.monotonic() - start, done.stdout or ""
+    done = playbook(name, inventory, *extra)
+    seconds = time.monotonic() - start
+    if not quiet:
+        print(done.stdout)
+    if ok and done.returncode != 0:
+        sys.exit(f"{name} failed (exit {done.returncode})\n{done.stdout[-4000:]}{done.stderr}")
+    return seconds, done
 
 
-def in_lan(host: str, *args: str, background: bool = False):
-    state = json.loads((STATE / "state.json").read_text())
-    argv = ["ip", "netns", "exec", state["hosts"][host]["netns"], *args]
-    if background:
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+def demo(inventory: Path, lab: Lab) -> None:
+    timed("site.yml", inventory, quiet=False)
+    print("\n== verify.yml: what each gateway reports about itself")
+    _, done = timed("verify.yml", inventory, "-e", "sitelink_verify_report=/dev/null", ok=False)
+    print(done.stdout[done.stdout.find("TASK [Print the health report]") :])
 
+    print("\n== The Brooklyn workstation pings the Manhattan app server")
+    print(lab.ping("workstation", "192.168.1.10").stdout.strip())
 
-def traffic(host: str, *args: str, background: bool = False):
-    return in_lan(host, "python3", str(TRAFFIC), *args, background=background)
+    print("\n== The app server sees the workstation as ... (expect 192.168.1.126)")
+    server = lab.background("appserver", "tcp-server", "5001", "sink")
+    try:
+        lab.traffic("workstation", "tcp-client", "192.168.1.10", "5001", "source:1048576")
+        seen = server.result(timeout=60)
+    finally:
+        server.stop()
+    print(f"   connection from {seen['peer']}, {seen['bytes']} bytes")
 
-
-def last_json(text: str) -> dict:
-    return json.loads(text.strip().splitlines()[-1])
-
-
-def show() -> None:
-    print("\n== 1. The Brooklyn workstation pings the Manhattan app server")
-    ping = in_lan("workstation", "ping", "-c", "3", "192.168.1.10")
-    print(ping.stdout.strip())
-
-    print("\n== 2. The app server sees the workstation as ... (expect 192.168.1.126)")
-    server = traffic("appserver", "tcp-server", "5001", "sink", background=True)
-    server.stdout.readline()
-    traffic("workstation", "tcp-client", "192.168.1.10", "5001", "source:1048576")
-    seen = last_json(server.communicate(timeout=60)[0])
-    print(f"   connection from {seen['peer']}, {seen['bytes']} bytes, sha256 {seen['sha256'][:16]}")
-
-    print("\n== 3. The app server broadcasts 3 datagrams to 192.168.1.255:6799")
-    listener = traffic("workstation", "udp-listen", "6799", "5", background=True)
-    listener.stdout.readline()
-    traffic("appserver", "udp-send", "192.168.1.255", "6799", "3", "64")
-    for datagram in last_json(listener.communicate(timeout=60)[0])["datagrams"]:
+    print("\n== The app server broadcasts 3 datagrams to 192.168.1.255:6799")
+    listener = lab.background("workstation", "udp-listen", "6799", "5")
+    try:
+        lab.traffic("appserver", "udp-send", "192.168.1.255", "6799", "3", "64")
+        got = listener.result(timeout=60)["datagrams"]
+    finally:
+        listener.stop()
+    for datagram in got:
         print(f"   Brooklyn workstation got {datagram['size']} bytes from {datagram['source']}")
 
-    print("\n== 4. Relay counters on the gateways")
-    for gateway in ("manhattan-gw", "brooklyn-gw"):
+
+def bench_tunnels(inventory: Path) -> tuple[float, float, float]:
+    """One ipip_tunnel call with 200 tunnels (routes included): first, then no change."""
+    tunnels = [
+        {
+            "name": f"bench{i}",
+            "local": "172.19.4.10",
+            "remote": f"198.51.{100 + i // 250}.{i % 250 + 1}",  # TEST-NET: never sent to
+            "address": "192.168.4.126",
+            "routes": [f"10.{200 + i // 250}.{i % 250}.0/24"],
+            "description": f"bench {i}",
+        }
+        for i in range(BENCH_TUNNELS)
+    ]
+    args = json.dumps({"tunnels": tunnels, "purge": False, "persist_path": ""})
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache/collections"))
+
+    def adhoc(module: str, module_args: str) -> float:
+        start = time.monotonic()
         done = subprocess.run(
-            [
-                str(BIN / "ansible"),
-                gateway,
-                "-i",
-                str(INVENTORY),
-                "-m",
-                "ansible.builtin.command",
-                "-a",
-                "/usr/local/sbin/sitelink-relay --status",
-            ],
+            [str(BIN / "ansible"), BENCH_GATEWAY, "-i", str(inventory), "-m", module]
+            + (["-a", module_args] if module_args else []),
             cwd=ROOT,
-            env=env(),
+            env=env,
             capture_output=True,
             text=True,
             check=False,
         )
-        print(done.stdout.strip())
+        if done.returncode != 0:
+            sys.exit(f"{module} failed:\n{done.stdout[-3000:]}")
+        return time.monotonic() - start
+
+    baseline = adhoc("ansible.builtin.ping", "")
+    return (
+        baseline,
+        adhoc("sitelink.gateway.ipip_tunnel", args),
+        adhoc("sitelink.gateway.ipip_tunnel", args),
+    )
 
 
-def tasks_per_host(output: str) -> dict:
-    return {
-        m.group(1): int(m.group(2)) + int(m.group(3))
-        for m in re.finditer(r"^(\S+)\s+: ok=(\d+)\s+changed=\d+.*?skipped=(\d+)", output, re.M)
-    }
+def bench(inventory: Path) -> None:
+    first, out1 = timed("site.yml", inventory)
+    second, out2 = timed("site.yml", inventory)
+    check, _ = timed("verify.yml", inventory, "-e", "sitelink_verify_report=/dev/null")
+    baseline, create, again = bench_tunnels(inventory)
+    changed = {h: r["changed"] for h, r in recap(out2.stdout).items()}
+    print(f"site.yml first run (hub, then both branches):  {first:6.1f} s")
+    print(f"site.yml no-change run:                         {second:6.1f} s  changed: {changed}")
+    print(f"verify.yml (3 offices):                         {check:6.1f} s")
+    print(f"ipip_tunnel, {BENCH_TUNNELS} tunnels, first run:            {create:6.1f} s")
+    print(f"ipip_tunnel, {BENCH_TUNNELS} tunnels, no change:            {again:6.1f} s")
+    print(f"  (an ad-hoc ping module call costs {baseline:.1f} s of each)")
 
 
 def main() -> int:
     action = sys.argv[1] if len(sys.argv) > 1 else "demo"
-    if action not in ("demo", "bench"):
+    if action not in SCENARIOS:
         sys.exit(__doc__)
     if os.geteuid() != 0:
         sys.exit("the lab needs root (network namespaces, taps)")
+    inventory, state = SCENARIOS[action]
+    os.environ["SITELINK_LAB_STATE"] = str(state)
     try:
-        boot, _ = playbook("lab/up.yml", quiet=action == "bench")
-        first, out1 = playbook("site.yml", quiet=action == "bench")
-        if action == "demo":
-            show()
-            return 0
-        second, out2 = playbook("site.yml", quiet=True)
-        changed = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out2, re.M)
-        print(f"lab boot (image cached or built, two VMs to SSH): {boot:6.1f} s")
-        print(f"site.yml first run:                               {first:6.1f} s")
-        print(f"site.yml second run:                              {second:6.1f} s")
-        print(f"second run changed: {dict(changed)}")
-        print(f"tasks per gateway (ok+skipped), second run: {tasks_per_host(out2)}")
+        boot, _ = timed("lab/up.yml", inventory, quiet=action == "bench")
+        print(f"lab boot (image cached or built, gateways up to SSH): {boot:6.1f} s")
+        demo(inventory, Lab(state)) if action == "demo" else bench(inventory)
         return 0
     finally:
-        subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), "lab/down.yml"],
-            cwd=ROOT,
-            env=env(),
-            capture_output=True,
-            check=False,
-        )
+        playbook("lab/down.yml", inventory)
 
 
 if __name__ == "__main__":

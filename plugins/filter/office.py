@@ -1,12 +1,16 @@
 # Copyright: sitelink.gateway developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``office_gateway``: one gateway's own plan and the keys of its own links."""
+"""``office_gateway``: one gateway's own plan and the keys of its own links.
+
+``office_rollout``: hubs, branches and the branches' batches, for site.yml's plays.
+"""
 
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.sitelink.gateway.plugins.action.office_plan import plan_inventory
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.rollout import rollout
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (
     gateway_secrets,
 )
@@ -39,6 +43,18 @@ def office_gateway(host, hostvars, group="offices", secret=None):
     return {"plan": mine, "secrets": gateway_secrets(mine["links"], secret or None)}
 
 
+def office_rollout(hosts, hostvars):
+    if not isinstance(hosts, list):
+        raise AnsibleFilterError(
+            "office_rollout: use as groups[office_group] | office_rollout(hostvars)"
+        )
+
+    def variable(host, name):
+        return hostvars[host].get(name)
+
+    return rollout([str(h) for h in hosts], variable).to_dict()
+
+
 class FilterModule:
     def filters(self):
-        return {"office_gateway": office_gateway}
+        return {"office_gateway": office_gateway, "office_rollout": office_rollout}

@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CASE_STUDY = ROOT / "examples/case-study/inventory.yml"
+HUB_AND_BRANCHES = ROOT / "examples/hub-and-branches/inventory.yml"
 
 UNREACHABLE = """
 offices:
@@ -28,9 +29,14 @@ offices:
 
 
 def run_playbook(
-    playbook: Path, tmp_path: Path, *extra: str, connection: str = UNREACHABLE, cwd: Path = ROOT
+    playbook: Path,
+    tmp_path: Path,
+    *extra: str,
+    connection: str = UNREACHABLE,
+    cwd: Path = ROOT,
+    inventory: Path = CASE_STUDY,
 ) -> subprocess.CompletedProcess:
-    """ansible-playbook: the case study, then ``connection``, then ``extra``."""
+    """ansible-playbook: ``inventory`` (the case study), then ``connection``, then ``extra``."""
     (tmp_path / "connection.yml").write_text(connection)
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
     env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
@@ -39,7 +45,7 @@ def run_playbook(
         [
             str(BIN / "ansible-playbook"),
             "-i",
-            str(CASE_STUDY),
+            str(inventory),
             "-i",
             str(tmp_path / "connection.yml"),
             str(playbook),

@@ -129,6 +129,7 @@ def test_case_study_plan_matches_the_article():
             "id": "brooklyn+manhattan",
             "offices": ["brooklyn", "manhattan"],
             "peer": "brooklyn",
+            "peer_address": "192.168.2.126",
             "tunnel": "sl-brooklyn",
         }
     ]
@@ -485,6 +486,8 @@ def test_external_peer_gets_tunnels_routes_and_relay_on_our_side_only():
             "description": "peer partner",
         }
     ]
+    # verify.yml pings the partner's gateway, by its LAN address, through that tunnel.
+    assert [lk["peer_address"] for lk in hub["links"] if lk["peer"] == "partner"] == ["10.200.0.1"]
     # A branch reaches the partner through the hub; the partner never carries transit.
     branch = plan.gateway_dict("office1-gw")
     assert "10.200.0.0/24" in branch["tunnels"][0]["routes"]

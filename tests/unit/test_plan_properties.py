@@ -14,7 +14,10 @@ from __future__ import annotations
 from itertools import combinations
 
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import (
+    PlanError,
+    tunnel_name,
+)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -190,3 +193,79 @@ def test_routes_relay_and_tunnels(case):
                 queue += [(receiver, t) for t in rules[0].get("transit", {}).get(sender, [])]
             assert origin not in delivered, "a broadcast came back to its origin"
             assert sorted(delivered) == sorted(wanted), (origin, port, delivered, wanted)
+
+
+def _forget(office_vars: dict, name: str) -> dict:
+    """One office's variables after ``name`` was deleted from the inventory, as a person
+    would: links to it and relay targets naming it go too (a rule left with no target
+    goes with them)."""
+
+    def rules(entries):
+        kept = []
+        for rule in entries:
+            if rule.get("to") is None:
+                kept.append(rule)
+            elif [t for t in rule["to"] if t != name]:
+                kept.append({**rule, "to": [t for t in rule["to"] if t != name]})
+        return kept
+
+    out = dict(office_vars)
+    out["office_broadcast_relay"] = rules(out.get("office_broadcast_relay", []))
+    out["office_links"] = [lk for lk in out.get("office_links", []) if name not in lk["between"]]
+    out["office_external_peers"] = [
+        {**peer, "broadcast_relay": rules(peer.get("broadcast_relay", []))}
+        for peer in out.get("office_external_peers", [])
+        if peer["name"] != name
+    ]
+    return out
+
+
+def _words(value) -> set[str]:
+    """Every string in a plan, split into the words that could name an office."""
+    if isinstance(value, dict):
+        return set().union(*(_words(k) | _words(v) for k, v in value.items()))
+    if isinstance(value, list):
+        return set().union(*(_words(v) for v in value))
+    if isinstance(value, str):
+        return set(value.replace("+", " ").split())
+    return set()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(inventories(), st.data())
+def test_a_removed_office_leaves_nothing_behind(case, data):
+    """Delete an office (ours or an external peer): no other gateway's plan keeps its
+    tunnel, a route to its LAN, its address as a NAT source or relay target."""
+    offices, _, externals, _ = case
+    candidates = sorted(o["office_name"] for o in offices.values()) + sorted(externals)
+    assume(len(candidates) >= 2)
+    try:
+        before = plan_network(offices)
+    except PlanError:
+        assume(False)
+    name = data.draw(st.sampled_from(candidates))
+    gone = before.offices[name]
+    rest = {h: _forget(v, name) for h, v in offices.items() if v["office_name"] != name}
+    assume(rest)
+    try:
+        after = plan_network(rest)
+    except PlanError as exc:
+        # Only: the last hub went, or a relay target is now out of reach.
+        assert all(
+            "needs at least one office with office_role: hub" in e
+            or "not reachable" in e
+            or "onward relaying" in e
+            for e in exc.errors
+        ), exc.errors
+        assume(False)
+    traces = {
+        name,
+        tunnel_name(name),
+        str(gone.lan.network),
+        str(gone.lan.ip),
+        gone.lan.with_prefixlen,
+        str(gone.wan.ip),
+    }
+    for host in after.gateways:
+        left = _words(after.gateway_dict(host)) & traces
+        assert not left, f"{host} still holds {sorted(left)} of the removed office {name}"

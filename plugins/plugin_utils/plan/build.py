@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from typing import Any, Callable, Optional
 
-from . import routing, schema
+from . import rollout, routing, schema
 from .model import (
     IPIP_OVERHEAD,
     GatewayPlan,
@@ -241,6 +241,18 @@ def _deployment(
         else:
             values[spec.name] = schema.check_value(spec, reference, spec.name, bad)
     return values
+
+
+def _check_rollout(deployment: dict[str, Any], errors: list[str]) -> None:
+    """The batch settings site.yml reads as it runs: checked here, before anything runs."""
+    for name, check in (
+        ("office_rollout_batch", rollout.check_batch),
+        ("office_rollout_max_fail_percentage", rollout.check_max_fail_percentage),
+    ):
+        if deployment.get(name) is not None:
+            _, problem = check(deployment[name])
+            if problem:
+                errors.append(f"deployment (every office): {name}: {problem}")
 
 
 # --------------------------------------------------------------------------- the network
@@ -476,6 +488,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     errors: list[str] = []
     names = {h: str(raw.get("office_name") or h) for h, raw in office_vars.items()}
     deployment = _deployment(office_vars, names, errors)
+    _check_rollout(deployment, errors)
     parsed = [_parse_office(host, raw, errors) for host, raw in sorted(office_vars.items())]
     for index, entry in enumerate(deployment.get("office_external_peers") or []):
         if entry is not None:

@@ -183,11 +183,14 @@ class GatewayPlan:
             "office": office.name,
             "role": office.role,
             "peers": [link.other(office.name).office for link in self.links],
+            # The peer's LAN address is what verify.yml pings through the tunnel. It
+            # lives here, not on the tunnel: ``tunnels`` is the ipip_tunnel input as is.
             "links": [
                 {
                     "id": link.id,
                     "offices": [link.a.office, link.b.office],
                     "peer": link.other(office.name).office,
+                    "peer_address": str(self.peers[link.other(office.name).office].lan.ip),
                     "tunnel": link.end(office.name).tunnel,
                 }
                 for link in self.links

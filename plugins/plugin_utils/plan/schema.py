@@ -261,6 +261,33 @@ FIELDS: tuple[Field, ...] = (
         default_text="none",
     ),
     Field(
+        "office_rollout_batch",
+        "raw",
+        (
+            "How many branches C(site.yml) configures at a time, after every hub (hubs go "
+            "one at a time, and a failing hub stops the run before any branch is touched).",
+            'A number, a percentage of the branches (C("25%")), or a list of them for '
+            "growing batches: the default configures one branch first (a canary), then ten "
+            "at a time.",
+        ),
+        scope=DEPLOYMENT,
+        default=[1, 10],
+        summary='branches configured at a time, after the hubs: a number, `"25%"`, or a '
+        "list (`[1, 10]`: one canary, then ten at a time)",
+    ),
+    Field(
+        "office_rollout_max_fail_percentage",
+        "int",
+        (
+            "The run stops before the next batch of branches when more than this "
+            "percentage of the current batch failed (unreachable counts as failed); the "
+            "branches that failed are named in the recap. C(0): any failure stops it.",
+        ),
+        scope=DEPLOYMENT,
+        default=20,
+        summary="stop before the next batch when more than this % of a batch failed",
+    ),
+    Field(
         "office_group",
         "str",
         ("Inventory group holding every office gateway.",),

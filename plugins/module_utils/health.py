@@ -1,0 +1,572 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Is this gateway doing what its plan says? Read-only checks, run on the gateway.
+
+Standard library only (Python 3.9+). Everything but ``Runner`` is pure: each
+``check_*`` function takes this gateway's plan (``office_plan``) and what the
+tools printed, and returns a dict of findings whose ``problems`` are sentences
+naming the tunnel, route, service or table, e.g.
+``tunnel sl-manhattan: no answer from 192.168.1.126``.
+
+Commands per gateway: ``ip -j -d link show``, ``ip -j route show table main``,
+``systemctl is-active``, ``nft -j list table``, and for each tunnel that is up
+one ``ip -j route get`` and one short ``ping``. Nothing is ever changed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import time
+from typing import Any, Optional
+
+from ansible_collections.sitelink.gateway.plugins.module_utils.tunnel import (
+    parse_links,
+    parse_routes,
+)
+
+RELAY_UNIT = "sitelink-relay.service"
+RELAY_STATUS_FILE = "/run/sitelink-relay/status.json"
+RELAY_STATUS_INTERVAL = 5.0  # the relay's default, when its status file does not say
+MASQUERADE_TABLE = "sitelink_masquerade"
+PING_COUNT = 3
+PING_INTERVAL = "0.2"  # seconds between echo requests (root may go this low)
+PING_WAIT = "2"  # seconds to wait for each answer
+COUNTERS = ("received", "forwarded", "rebroadcast", "transited", "dropped", "send_errors")
+
+_PING_STATS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
+_PING_RTT = re.compile(r"= [\d.]+/([\d.]+)/")
+
+
+class HealthError(Exception):
+    """The plan given to the module is not a gateway plan; nothing was checked."""
+
+
+# --------------------------------------------------------------------------
+# the plan
+
+
+def plan_view(plan: Any) -> dict[str, Any]:
+    """What the checks need from ``office_plan``; raises HealthError if it is not one."""
+    if not isinstance(plan, dict):
+        raise HealthError("plan: must be this gateway's office_plan (a dict)")
+    missing = [
+        k for k in ("office", "lan", "tunnels", "links", "masquerade", "relay") if k not in plan
+    ]
+    if missing:
+        raise HealthError(
+            "plan: not an office_plan (missing {}); run the sitelink.gateway.office role "
+            "first".format(", ".join(missing))
+        )
+    peers = {link.get("tunnel"): link for link in plan.get("links") or []}
+    tunnels = []
+    for t in plan.get("tunnels") or []:
+        link = peers.get(t.get("name")) or {}
+        tunnels.append(
+            {
+                "name": t.get("name"),
+                "local": t.get("local"),
+                "remote": t.get("remote"),
+                "routes": list(t.get("routes") or []),
+                "peer": link.get("peer"),
+                "peer_address": link.get("peer_address"),
+            }
+        )
+    masquerade = plan.get("masquerade") or {}
+    return {
+        "office": plan.get("office"),
+        "address": (plan.get("lan") or {}).get("address"),
+        "tunnels": tunnels,
+        "masquerade": {
+            "interface": masquerade.get("interface"),
+            "address": masquerade.get("address"),
+            "sources": list(masquerade.get("sources") or []),
+        },
+        "relay_ports": sorted(
+            int(r["port"]) for r in (plan.get("relay") or {}).get("rules") or [] if "port" in r
+        ),
+    }
+
+
+def _load_json(text: str) -> Any:
+    text = (text or "").strip()
+    return json.loads(text) if text else []
+
+
+def _tool_error(rc: int, stdout: str, stderr: str) -> str:
+    """The last line the tool printed (its error), or its exit status."""
+    lines = (stderr or stdout or "").strip().splitlines()
+    return lines[-1].strip() if lines else f"exit status {rc}"
+
+
+# --------------------------------------------------------------------------
+# tunnels: present, up, the right endpoints, the peer reached through them
+
+
+def check_link(tunnel: dict[str, Any], links: dict[str, dict[str, Any]]) -> list[str]:
+    """Problems of one planned tunnel's link (``parse_links`` of ``ip -j -d link show``)."""
+    name = tunnel["name"]
+    link = links.get(name)
+    if link is None:
+        return [f"tunnel {name}: missing"]
+    if link["kind"] != "ipip":
+        return [f"tunnel {name}: is a {link['kind'] or 'non-virtual'} link, not an ipip tunnel"]
+    problems = []
+    for end in ("local", "remote"):
+        if tunnel.get(end) and link.get(end) != tunnel[end]:
+            problems.append(
+                f"tunnel {name}: {end} end {link.get(end)}, the plan says {tunnel[end]}"
+            )
+    if not link["up"]:
+        problems.append(f"tunnel {name}: down")
+    return problems
+
+
+def route_get_device(text: str) -> Optional[str]:
+    """The output device of ``ip -j route get DST from SRC``."""
+    try:
+        entries = _load_json(text)
+    except ValueError:
+        return None
+    if isinstance(entries, list) and entries and isinstance(entries[0], dict):
+        return entries[0].get("dev")
+    return None
+
+
+def parse_ping(text: str) -> dict[str, Any]:
+    """``ping -q`` summary -> transmitted, received, average round trip (ms)."""
+    stats = _PING_STATS.search(text or "")
+    rtt = _PING_RTT.search(text or "")
+    return {
+        "transmitted": int(stats.group(1)) if stats else 0,
+        "received": int(stats.group(2)) if stats else 0,
+        "rtt_avg_ms": float(rtt.group(1)) if rtt else None,
+    }
+
+
+def ping_argv(source: str, destination: str, count: int = PING_COUNT) -> list[str]:
+    return [
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        str(count),
+        "-i",
+        PING_INTERVAL,
+        "-W",
+        PING_WAIT,
+        "-I",
+        source,
+        destination,
+    ]
+
+
+def check_tunnel(tunnel, own, links, runner, count=PING_COUNT) -> dict[str, Any]:
+    """One tunnel: its link, then the path to the peer's LAN address, then a ping through it.
+
+    The path and the ping are skipped when the link is already wrong: the problem
+    is known, and a ping that leaves by another way would prove nothing.
+    """
+    name, peer_address = tunnel["name"], tunnel["peer_address"]
+    link = links.get(name) or {}
+    found = {
+        "name": name,
+        "peer": tunnel["peer"],
+        "peer_address": peer_address,
+        "present": name in links,
+        "up": bool(link.get("up")),
+        "path": None,
+        "ping": None,
+    }
+    problems = check_link(tunnel, links)
+    if not problems and not peer_address:
+        problems.append(f"tunnel {name}: the plan names no peer address to ping")
+    if not problems:
+        rc, out, err = runner.run(["ip", "-j", "route", "get", peer_address, "from", own])
+        found["path"] = route_get_device(out) if rc == 0 else None
+        if rc != 0:
+            problems.append(
+                f"tunnel {name}: no route from {own} to {peer_address} "
+                f"({_tool_error(rc, out, err)})"
+            )
+        elif found["path"] != name:
+            problems.append(
+                f"tunnel {name}: {peer_address} is routed via {found['path']}, not the tunnel"
+            )
+    if not problems:
+        rc, out, err = runner.run(ping_argv(own, peer_address, count))
+        found["ping"] = parse_ping(out)
+        if found["ping"]["received"] == 0:
+            detail = "" if rc in (0, 1) else f" ({_tool_error(rc, out, err)})"
+            problems.append(f"tunnel {name}: no answer from {peer_address}{detail}")
+    found["ok"] = not problems
+    found["problems"] = problems
+    return found
+
+
+# --------------------------------------------------------------------------
+# routes: every planned prefix in the main table, via its tunnel
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(value, strict=False))
+    except ValueError:
+        return value
+
+
+def check_routes(tunnels: list[dict[str, Any]], routes_text: str) -> dict[str, Any]:
+    """Every prefix each tunnel routes, against ``ip -j route show table main``."""
+    devices: dict[str, list[str]] = {}
+    for dev, routes in parse_routes(routes_text).items():
+        for route in routes:
+            devices.setdefault(route["dst"], []).append(dev)
+    total, failed, problems = 0, [], []
+    for tunnel in tunnels:
+        for prefix in tunnel["routes"]:
+            total += 1
+            via = devices.get(_network(prefix), [])
+            if tunnel["name"] in via:
+                continue
+            failed.append({"prefix": prefix, "tunnel": tunnel["name"], "via": sorted(via)})
+            if via:
+                problems.append(
+                    "route {}: via {}, not {}".format(
+                        prefix, ", ".join(sorted(via)), tunnel["name"]
+                    )
+                )
+            else:
+                problems.append(f"route {prefix}: missing (should go via {tunnel['name']})")
+    return {"total": total, "ok": total - len(failed), "failed": failed, "problems": problems}
+
+
+# --------------------------------------------------------------------------
+# relay: running where the plan has rules, with fresh counters for each port
+
+
+def port_counters(port: dict[str, Any]) -> dict[str, int]:
+    """One port of the status file; ``dropped`` and ``send_errors`` summed over reasons."""
+    counters = {}
+    for name in COUNTERS:
+        value = port.get(name, 0)
+        if isinstance(value, dict):
+            value = sum(v for v in value.values() if isinstance(v, int))
+        counters[name] = value if isinstance(value, int) else 0
+    return counters
+
+
+def check_relay(
+    ports: list[int],
+    state: str,
+    status_text: Optional[str],
+    now: float,
+    unit: str = RELAY_UNIT,
+    status_file: str = RELAY_STATUS_FILE,
+    read_error: Optional[str] = None,
+    state_error: Optional[str] = None,
+) -> dict[str, Any]:
+    """``systemctl is-active`` says ``state``; ``status_text`` is the status file (None: absent).
+
+    ``now`` is the gateway's clock, the one the relay stamps its status with.
+    """
+    expected = bool(ports)
+    found: dict[str, Any] = {
+        "expected": expected,
+        "unit": unit,
+        "state": state,
+        "ports": {},
+        "age": None,
+        "stale": None,
+    }
+    problems = []
+    active = state == "active"
+    wanted = ", ".join(str(p) for p in ports)
+    if not expected:
+        if active:
+            problems.append(f"relay: {unit} is active but the plan has no relay rules")
+    elif not active:
+        why = f"; systemctl: {state_error}" if state_error else ""
+        problems.append(f"relay: {unit} is {state} (the plan relays UDP {wanted}{why})")
+    elif read_error is not None:
+        problems.append(f"relay: cannot read {status_file}: {read_error}")
+    elif status_text is None:
+        problems.append(f"relay: no status file {status_file}")
+    else:
+        try:
+            data = json.loads(status_text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            data = None
+            problems.append(f"relay: unreadable status file {status_file}: {exc}")
+        if data is not None:
+            updated = data.get("updated")
+            interval = data.get("interval") or RELAY_STATUS_INTERVAL
+            if isinstance(updated, (int, float)) and isinstance(interval, (int, float)):
+                found["age"] = round(now - updated, 1)
+                # The relay's own test (format_status): three missed writes and a second.
+                found["stale"] = now - updated > 3 * interval + 1
+                if found["stale"]:
+                    problems.append(
+                        f"relay: status is stale (updated {found['age']:.0f} s ago, "
+                        f"written every {interval:g} s)"
+                    )
+            else:
+                problems.append(f"relay: status file {status_file} has no update time")
+            listed = data.get("ports") if isinstance(data.get("ports"), dict) else {}
+            found["ports"] = {
+                str(p): port_counters(v) for p, v in sorted(listed.items()) if isinstance(v, dict)
+            }
+            missing = [str(p) for p in ports if str(p) not in found["ports"]]
+            if missing:
+                problems.append(
+                    "relay: not listening on UDP {} (status lists {})".format(
+                        ", ".join(missing), ", ".join(found["ports"]) or "no port"
+                    )
+                )
+    found["ok"] = not problems
+    found["problems"] = problems
+    return found
+
+
+# --------------------------------------------------------------------------
+# masquerade: the SNAT table present with the plan's address and sources, or absent
+
+
+def _values(node: Any) -> list[str]:
+    """Addresses and prefixes on the right of an nft JSON match, as networks."""
+    if isinstance(node, str):
+        return [_network(node)]
+    if isinstance(node, dict):
+        if "prefix" in node:
+            prefix = node["prefix"]
+            return [_network("{}/{}".format(prefix.get("addr"), prefix.get("len")))]
+        if "range" in node:
+            return ["-".join(str(v) for v in node["range"])]
+        if "set" in node:
+            return [v for item in node["set"] for v in _values(item)]
+    if isinstance(node, list):
+        return [v for item in node for v in _values(item)]
+    return []
+
+
+def _span(text: str) -> tuple[Optional[int], Optional[int]]:
+    """First and last address of "a.b.c.d/n", "a.b.c.d-e.f.g.h" or an address."""
+    try:
+        if "-" in text:
+            first, last = text.split("-", 1)
+            return int(ipaddress.IPv4Address(first)), int(ipaddress.IPv4Address(last))
+        network = ipaddress.IPv4Network(text, strict=False)
+        return int(network.network_address), int(network.broadcast_address)
+    except ValueError:
+        return None, None
+
+
+def parse_snat_rules(text: str) -> list[dict[str, Any]]:
+    """``nft -j list table`` -> its SNAT rules: output interface, sources, address."""
+    data = json.loads(text or "{}")
+    rules = []
+    for item in data.get("nftables") or []:
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if not isinstance(rule, dict):
+            continue
+        found: dict[str, Any] = {"interface": None, "sources": [], "address": None}
+        for expr in rule.get("expr") or []:
+            match = expr.get("match") if isinstance(expr, dict) else None
+            if isinstance(match, dict):
+                left = match.get("left") or {}
+                if (left.get("meta") or {}).get("key") == "oifname":
+                    found["interface"] = match.get("right")
+                elif (left.get("payload") or {}).get("field") == "saddr":
+                    found["sources"] += _values(match.get("right"))
+            elif isinstance(expr, dict) and isinstance(expr.get("snat"), dict):
+                found["address"] = expr["snat"].get("addr")
+        if found["address"] is not None:
+            rules.append(found)
+    return rules
+
+
+def check_masquerade(
+    masquerade: dict[str, Any], rc: int, stdout: str, stderr: str, table: str = MASQUERADE_TABLE
+) -> dict[str, Any]:
+    """``nft -j list table ip TABLE`` (rc, stdout, stderr) against the plan's masquerade."""
+    sources = [_network(s) for s in masquerade["sources"]]
+    expected = bool(sources)
+    found: dict[str, Any] = {
+        "expected": expected,
+        "table": f"ip {table}",
+        "present": False,
+        "address": None,
+        "interface": None,
+        "sources": [],
+    }
+    problems = []
+    absent = rc != 0 and "No such file or directory" in (stderr or "")
+    if rc != 0 and not absent:
+        problems.append(f"NAT: cannot list table ip {table}: {_tool_error(rc, stdout, stderr)}")
+    elif rc == 0:
+        found["present"] = True
+        try:
+            rules = parse_snat_rules(stdout)
+        except (ValueError, AttributeError) as exc:
+            rules = []
+            problems.append(f"NAT: cannot parse nft -j output: {exc}")
+        # The collection's table holds one SNAT rule; several would all be read.
+        for rule in rules:
+            found["address"] = found["address"] or rule["address"]
+            found["interface"] = found["interface"] or rule["interface"]
+            found["sources"] += [s for s in rule["sources"] if s not in found["sources"]]
+    if not expected:
+        if found["present"]:
+            problems.append(f"NAT: table ip {table} is present but the plan masquerades nothing")
+    elif absent:
+        problems.append(
+            "NAT: table ip {} missing (the plan masquerades {})".format(table, ", ".join(sources))
+        )
+    elif found["present"] and not problems:
+        if found["address"] != masquerade["address"]:
+            problems.append(
+                "NAT: SNAT to {}, the plan says {}".format(
+                    found["address"] or "nothing", masquerade["address"]
+                )
+            )
+        if found["interface"] not in (None, masquerade["interface"]):
+            problems.append(
+                f"NAT: SNAT on {found['interface']}, the plan says {masquerade['interface']}"
+            )
+        # nft merges adjacent prefixes of a set into ranges (two /24s in a row
+        # list as one range), so a source counts when one entry covers it.
+        spans = [_span(text) for text in found["sources"]]
+        missing = [
+            s
+            for s in sources
+            if not any(
+                lo <= _span(s)[0] and _span(s)[1] <= hi for lo, hi in spans if lo is not None
+            )
+        ]
+        found["translated"] = [s for s in sources if s not in missing]
+        if missing:
+            problems.append("NAT: does not translate {}".format(", ".join(missing)))
+    found["ok"] = not problems
+    found["problems"] = problems
+    return found
+
+
+# --------------------------------------------------------------------------
+# the whole gateway
+
+
+def check_gateway(
+    plan: Any,
+    runner,
+    relay_unit: str = RELAY_UNIT,
+    relay_status_file: str = RELAY_STATUS_FILE,
+    masquerade_table: str = MASQUERADE_TABLE,
+    ping_count: int = PING_COUNT,
+) -> dict[str, Any]:
+    """Every check of one gateway; raises HealthError for a plan that is not one."""
+    view = plan_view(plan)
+    problems: list[str] = []
+
+    rc, links_out, err = runner.run(["ip", "-j", "-d", "link", "show"])
+    rc_routes, routes_out, err_routes = runner.run(["ip", "-j", "route", "show", "table", "main"])
+    if rc != 0 or rc_routes != 0:
+        bad = (rc, links_out, err) if rc != 0 else (rc_routes, routes_out, err_routes)
+        raise HealthError(f"cannot read the tunnels and routes: {_tool_error(*bad)}")
+    try:
+        links = parse_links(links_out)
+        routes = check_routes(view["tunnels"], routes_out)
+    except ValueError as exc:
+        raise HealthError(f"cannot parse ip -j output: {exc}") from exc
+
+    tunnels = [check_tunnel(t, view["address"], links, runner, ping_count) for t in view["tunnels"]]
+
+    rc, state, err = runner.run(["systemctl", "is-active", relay_unit])
+    state = (state or "").strip() or "unknown"
+    state_error = _tool_error(rc, "", err) if state == "unknown" and err else None
+    status_text, read_error = None, None
+    if state == "active":
+        try:
+            status_text = runner.read(relay_status_file)
+        except OSError as exc:
+            read_error = exc.strerror or str(exc)
+    relay = check_relay(
+        view["relay_ports"],
+        state,
+        status_text,
+        runner.now(),
+        relay_unit,
+        relay_status_file,
+        read_error,
+        state_error,
+    )
+
+    rc, out, err = runner.run(["nft", "-j", "list", "table", "ip", masquerade_table])
+    masquerade = check_masquerade(view["masquerade"], rc, out, err, masquerade_table)
+
+    for t in tunnels:
+        problems += t["problems"]
+    problems += routes["problems"] + relay["problems"] + masquerade["problems"]
+    return {
+        "office": view["office"],
+        "healthy": not problems,
+        "problems": problems,
+        "tunnels": tunnels,
+        "routes": routes,
+        "relay": relay,
+        "masquerade": masquerade,
+    }
+
+
+# --------------------------------------------------------------------------
+# side effects (reads only)
+
+
+class Runner:
+    """Runs the read-only tools through AnsibleModule.run_command; tests inject a fake."""
+
+    def __init__(self, module):
+        self.module = module
+        self._paths: dict[str, Optional[str]] = {}
+
+    def run(self, argv: list[str]) -> tuple[int, str, str]:
+        """(rc, stdout, stderr); a tool that is not installed gives rc 127."""
+        tool = argv[0]
+        if tool not in self._paths:
+            self._paths[tool] = self.module.get_bin_path(tool, required=False)
+        if not self._paths[tool]:
+            return 127, "", f"{tool}: command not found"
+        return self.module.run_command([self._paths[tool], *argv[1:]], check_rc=False)
+
+    @staticmethod
+    def read(path: str) -> Optional[str]:
+        """The file's text, or None when it does not exist."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def now() -> float:
+        return time.time()
+
+
+def run_module(module, runner=None):
+    """Entry point of the thin module; ``runner`` is injectable for tests."""
+    params = module.params
+    if params.get("ping_count") is not None and not 1 <= params["ping_count"] <= 100:
+        module.fail_json(msg="ping_count: must be 1..100", changed=False)
+    try:
+        result = check_gateway(
+            params["plan"],
+            runner or Runner(module),
+            relay_unit=params.get("relay_unit") or RELAY_UNIT,
+            relay_status_file=params.get("relay_status_file") or RELAY_STATUS_FILE,
+            masquerade_table=params.get("masquerade_table") or MASQUERADE_TABLE,
+            ping_count=params.get("ping_count") or PING_COUNT,
+        )
+    except HealthError as exc:
+        module.fail_json(msg=str(exc), changed=False)
+    module.exit_json(changed=False, **result)

@@ -1,0 +1,189 @@
+#!/usr/bin/python
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: gateway_health
+short_description: Check that an office gateway does what its plan says, changing nothing
+version_added: 0.1.0
+author: sitelink.gateway developers
+description:
+  - Reads the gateway's live state and compares it with its plan (O(plan), the C(office_plan)
+    fact set by the C(sitelink.gateway.office) role), in one call.
+  - "Tunnels: each planned tunnel exists as an C(ipip) link with the planned endpoints and is
+    up; C(ip route get) sends the peer gateway's LAN address, from this gateway's LAN address,
+    out of that tunnel; and a short C(ping) from this LAN address gets an answer through it."
+  - "Routes: every prefix the plan routes into a tunnel is in the main table via that tunnel."
+  - "Relay: C(sitelink-relay.service) is active where the plan has relay rules (inactive where
+    it has none), its status file is fresh (written less than 3 intervals and a second ago) and
+    lists every planned port; its counters are returned."
+  - "Masquerade: the nftables table O(masquerade_table) exists where the plan masquerades, SNATs
+    to the plan's address on the LAN interface and names every planned source; it is absent
+    where the plan masquerades nothing."
+  - Problems are reported in RV(problems), one sentence each, and do not fail the task;
+    C(playbooks/verify.yml) gathers them with M(sitelink.gateway.health_report). The task fails
+    only when O(plan) is not a gateway plan or the tunnels and routes cannot be read.
+  - Commands run, all read-only - C(ip -j -d link show), C(ip -j route show table main),
+    C(systemctl is-active), C(nft -j list table), and for each tunnel that is up one
+    C(ip -j route get) and one C(ping -c O(ping_count) -i 0.2 -W 2).
+options:
+  plan:
+    description:
+      - This gateway's plan, C(office_plan), as set by the C(sitelink.gateway.office) role.
+      - Each entry of C(links) names the peer's LAN address (C(peer_address)), which is pinged.
+    type: dict
+    required: true
+  relay_unit:
+    description: The relay's systemd unit.
+    type: str
+    default: sitelink-relay.service
+  relay_status_file:
+    description: The relay's JSON status file (C(sitelink-relay --status) reads the same).
+    type: path
+    default: /run/sitelink-relay/status.json
+  masquerade_table:
+    description: The collection's SNAT table, in the C(ip) family.
+    type: str
+    default: sitelink_masquerade
+  ping_count:
+    description:
+      - Echo requests per tunnel, 0.2 s apart; any answer passes.
+      - Pings run one tunnel after another, so a hub with many tunnels takes about
+        O(ping_count) times 0.2 s per tunnel.
+    type: int
+    default: 3
+attributes:
+  check_mode:
+    support: full
+    description: The module only reads; it runs the same in check mode.
+  diff_mode:
+    support: none
+  platform:
+    support: full
+    platforms: posix
+requirements:
+  - iproute2 with JSON output (C(ip -j)), iputils C(ping), systemd, C(nft) where the plan
+    masquerades
+notes:
+  - Needs root (C(become)) to read the nftables ruleset.
+  - A peer that filters ICMP echo (an external peer, say) shows as C(no answer).
+seealso:
+  - module: sitelink.gateway.health_report
+"""
+
+EXAMPLES = r"""
+- name: Read this gateway's health, compared with its plan
+  sitelink.gateway.gateway_health:
+    plan: "{{ office_plan }}"
+  register: sitelink_health
+  become: true
+
+- name: Fewer pings on a hub with many tunnels
+  sitelink.gateway.gateway_health:
+    plan: "{{ office_plan }}"
+    ping_count: 1
+"""
+
+RETURN = r"""
+office:
+  description: The office this gateway serves.
+  returned: success
+  type: str
+  sample: brooklyn
+healthy:
+  description: Whether every check passed.
+  returned: success
+  type: bool
+  sample: false
+problems:
+  description: What failed, one sentence each, naming the tunnel, route, service or table.
+  returned: success
+  type: list
+  elements: str
+  sample:
+    - "tunnel sl-manhattan: no answer from 192.168.1.126"
+    - "route 192.168.1.0/24: missing (should go via sl-manhattan)"
+tunnels:
+  description: One entry per planned tunnel.
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - name: sl-manhattan
+      peer: manhattan
+      peer_address: 192.168.1.126
+      present: true
+      up: true
+      path: sl-manhattan
+      ping: {transmitted: 3, received: 3, rtt_avg_ms: 0.61}
+      ok: true
+      problems: []
+routes:
+  description: The planned prefixes found via their tunnel (C(ok)) out of C(total); C(failed)
+    lists the others with the devices they go through instead.
+  returned: success
+  type: dict
+  sample: {total: 1, ok: 1, failed: [], problems: []}
+relay:
+  description:
+    - The relay's unit state and, where it should run, the age of its status file and its
+      counters per port (C(dropped) and C(send_errors) summed over their reasons).
+  returned: success
+  type: dict
+  sample:
+    expected: true
+    unit: sitelink-relay.service
+    state: active
+    age: 2.4
+    stale: false
+    ports:
+      "6799": {received: 12, forwarded: 12, rebroadcast: 0, transited: 0, dropped: 3,
+               send_errors: 0}
+    ok: true
+    problems: []
+masquerade:
+  description: Whether the SNAT table is wanted and present, and what it translates.
+  returned: success
+  type: dict
+  sample:
+    expected: true
+    table: ip sitelink_masquerade
+    present: true
+    address: 192.168.1.126
+    interface: eth0
+    sources: [192.168.2.0/24]
+    ok: true
+    problems: []
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
+from ansible_collections.sitelink.gateway.plugins.module_utils.health import (  # noqa: E402
+    MASQUERADE_TABLE,
+    PING_COUNT,
+    RELAY_STATUS_FILE,
+    RELAY_UNIT,
+    run_module,
+)
+
+
+def build_module():
+    return AnsibleModule(
+        argument_spec=dict(
+            plan=dict(type="dict", required=True),
+            relay_unit=dict(type="str", default=RELAY_UNIT),
+            relay_status_file=dict(type="path", default=RELAY_STATUS_FILE),
+            masquerade_table=dict(type="str", default=MASQUERADE_TABLE),
+            ping_count=dict(type="int", default=PING_COUNT),
+        ),
+        supports_check_mode=True,
+    )
+
+
+def main():
+    run_module(build_module())
+
+
+if __name__ == "__main__":
+    main()

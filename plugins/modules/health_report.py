@@ -1,0 +1,126 @@
+#!/usr/bin/python
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+# The work is done on the controller by the action plugin of the same name
+# (plugins/action/health_report.py); this file carries its documentation.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: health_report
+short_description: One health report of every office, from each gateway's own checks
+version_added: 0.1.0
+author: sitelink.gateway developers
+description:
+  - Gathers the M(sitelink.gateway.gateway_health) result registered on every host of O(hosts)
+    into one report, on the controller, and renders it as one table (an office per row -
+    office, host, tunnels passing traffic, routes present, relay, NAT, verdict).
+  - Every host of O(hosts) gets a row. A gateway that was unreachable, whose check failed, or
+    that has no result is unhealthy, with the reason in its problems; it is never skipped.
+  - With O(output), writes the report as JSON, replaced in one rename.
+  - Does not fail when offices are unhealthy; C(playbooks/verify.yml) asserts on RV(healthy)
+    and prints RV(problems).
+options:
+  hosts:
+    description: The hosts that were checked, normally C(ansible_play_hosts_all) of the play.
+    type: list
+    elements: str
+    required: true
+  result_var:
+    description:
+      - The variable each host's M(sitelink.gateway.gateway_health) result was registered as.
+      - The office name of a host without a result comes from its C(office_plan), else the host.
+    type: str
+    default: sitelink_health
+  output:
+    description: Where to write the JSON report (a relative path is from the current directory).
+    type: path
+attributes:
+  action:
+    support: full
+  check_mode:
+    support: full
+    description: Works the same in check mode; the report is written.
+  diff_mode:
+    support: none
+  platform:
+    platforms: all
+notes:
+  - Runs on the controller only; never connects to a gateway.
+seealso:
+  - module: sitelink.gateway.gateway_health
+"""
+
+EXAMPLES = r"""
+- name: Report on every checked gateway
+  sitelink.gateway.health_report:
+    hosts: "{{ ansible_play_hosts_all }}"
+    output: ./verify-report.json
+  run_once: true
+  delegate_to: localhost
+  register: sitelink_report
+
+- name: Show the table
+  ansible.builtin.debug:
+    msg: "{{ sitelink_report.table }}"
+  run_once: true
+
+- name: Fail naming every unhealthy office and what failed
+  ansible.builtin.assert:
+    that: sitelink_report.healthy
+    fail_msg: "{{ sitelink_report.summary }}"
+  run_once: true
+"""
+
+RETURN = r"""
+healthy:
+  description: Whether every office of O(hosts) is healthy.
+  returned: success
+  type: bool
+  sample: false
+problems:
+  description: "Every problem, as C(office: what failed)."
+  returned: success
+  type: list
+  elements: str
+  sample:
+    - "brooklyn: tunnel sl-manhattan: no answer from 192.168.1.126"
+    - "queens: unreachable (Failed to connect to the host via ssh: Connection refused)"
+summary:
+  description:
+    - "C(N of M offices healthy), or C(N of M offices unhealthy:) followed by every problem on a
+      line of its own, as C(  - office: what failed)."
+  returned: success
+  type: str
+  sample: |-
+    1 of 2 offices unhealthy:
+      - brooklyn: tunnel sl-manhattan: no answer from 192.168.1.126
+table:
+  description: The summary table, an office per row, as text.
+  returned: success
+  type: str
+  sample: |-
+    office     host          tunnels  routes  relay             NAT            verdict
+    ---------  ------------  -------  ------  ----------------  -------------  ---------
+    brooklyn   brooklyn-gw   0/1      1/1     active 3/0/3/0/0  off            UNHEALTHY
+    manhattan  manhattan-gw  1/1      1/1     active 3/3/0/0/0  ok (1 source)  ok
+    1 of 2 offices healthy
+    relay counters: received/forwarded/rebroadcast/transited/dropped, all ports
+report:
+  description:
+    - "The report, as written to O(output): C(version), C(generated) (UTC, ISO 8601),
+      C(healthy), C(counts) (C(offices), C(healthy), C(unhealthy)), C(problems), and
+      C(offices), one entry per office sorted by name."
+    - "Each office entry: C(office), C(host), C(verdict) (C(healthy), C(unhealthy),
+      C(unreachable), C(failed) or C(no result)), C(healthy), C(problems), and the
+      M(sitelink.gateway.gateway_health) sections C(tunnels), C(routes), C(relay) and
+      C(masquerade) (V(null) when the gateway gave no result)."
+  returned: success
+  type: dict
+output:
+  description: Absolute path of the JSON report written.
+  returned: when O(output) is set
+  type: str
+  sample: /home/admin/verify-report.json
+"""

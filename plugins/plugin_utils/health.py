@@ -1,0 +1,184 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The health report of every office, from what each gateway said about itself.
+
+Pure functions, on the controller: ``build_report`` takes the play's hosts and
+each host's ``gateway_health`` result (or its unreachable / failed result, or
+nothing) and returns the JSON report; ``render_table`` makes it one table, an
+office per row. Every host of the play gets a row: an office whose gateway
+could not be checked is unhealthy, never skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+REPORT_VERSION = 1
+COUNTER_LEGEND = "relay counters: received/forwarded/rebroadcast/transited/dropped, all ports"
+_RELAY_COUNTERS = ("received", "forwarded", "rebroadcast", "transited", "dropped")
+_SECTIONS = ("tunnels", "routes", "relay", "masquerade")
+
+
+def _first_line(text: Any) -> str:
+    """The first line of Ansible's message, without its generic ``Task failed:`` head."""
+    lines = str(text or "").strip().splitlines()
+    line = lines[0].strip() if lines else "no message"
+    return line[len("Task failed: ") :] if line.startswith("Task failed: ") else line
+
+
+def office_entry(host: str, office: Optional[str], result: Optional[dict[str, Any]]) -> dict:
+    """One office's row of the report, from its host's result (None: no result)."""
+    entry: dict[str, Any] = {
+        "office": office or host,
+        "host": host,
+        "verdict": "healthy",
+        "healthy": False,
+        "problems": [],
+        **{section: None for section in _SECTIONS},
+    }
+    if not isinstance(result, dict):
+        entry["verdict"] = "no result"
+        entry["problems"] = ["no result: the check did not run on this gateway"]
+    elif result.get("unreachable"):
+        entry["verdict"] = "unreachable"
+        entry["problems"] = [f"unreachable ({_first_line(result.get('msg'))})"]
+    elif result.get("failed"):
+        entry["verdict"] = "failed"
+        entry["problems"] = [f"check failed: {_first_line(result.get('msg'))}"]
+    elif result.get("skipped") or "healthy" not in result:
+        entry["verdict"] = "no result"
+        entry["problems"] = ["no result: the check was skipped on this gateway"]
+    else:
+        entry["office"] = result.get("office") or entry["office"]
+        entry["problems"] = [str(p) for p in result.get("problems") or []]
+        entry["healthy"] = bool(result["healthy"]) and not entry["problems"]
+        entry["verdict"] = "healthy" if entry["healthy"] else "unhealthy"
+        for section in _SECTIONS:
+            entry[section] = result.get(section)
+    return entry
+
+
+def build_report(
+    hosts: list[str],
+    results: dict[str, Optional[dict[str, Any]]],
+    offices: dict[str, Optional[str]],
+    generated: str,
+) -> dict[str, Any]:
+    """The report: every host of ``hosts``, by office name; ``offices`` maps host -> office."""
+    entries = sorted(
+        (office_entry(host, offices.get(host), results.get(host)) for host in hosts),
+        key=lambda e: (e["office"], e["host"]),
+    )
+    healthy = sum(1 for e in entries if e["healthy"])
+    return {
+        "version": REPORT_VERSION,
+        "generated": generated,
+        "healthy": bool(entries) and healthy == len(entries),
+        "counts": {
+            "offices": len(entries),
+            "healthy": healthy,
+            "unhealthy": len(entries) - healthy,
+        },
+        "problems": problem_lines(entries) if entries else ["no office was checked"],
+        "offices": entries,
+    }
+
+
+def problem_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """``office: what failed``, for every problem of every office."""
+    return [f"{e['office']}: {problem}" for e in entries for problem in e["problems"]]
+
+
+# --------------------------------------------------------------------------
+# the table
+
+
+def _tunnels_cell(tunnels: Optional[list[dict[str, Any]]]) -> str:
+    if tunnels is None:
+        return "-"
+    return "{}/{}".format(sum(1 for t in tunnels if t.get("ok")), len(tunnels))
+
+
+def _routes_cell(routes: Optional[dict[str, Any]]) -> str:
+    if routes is None:
+        return "-"
+    return "{}/{}".format(routes.get("ok", 0), routes.get("total", 0))
+
+
+def _relay_cell(relay: Optional[dict[str, Any]]) -> str:
+    """``off`` or the state and summed counters; capitals mark what is wrong."""
+    if relay is None:
+        return "-"
+    active = relay.get("state") == "active"
+    if not relay.get("expected"):
+        return "ACTIVE (no rules)" if active else "off"
+    if not active:
+        return str(relay.get("state") or "unknown").upper()
+    if relay.get("age") is None and relay.get("problems"):
+        return "NO STATUS"  # no status file, or none the check could read
+    ports = relay.get("ports") or {}
+    totals = "/".join(
+        str(sum(int(p.get(name) or 0) for p in ports.values())) for name in _RELAY_COUNTERS
+    )
+    if relay.get("stale"):
+        return f"STALE {totals}"
+    return f"{'active' if relay.get('ok') else 'WRONG'} {totals}"
+
+
+def _nat_cell(nat: Optional[dict[str, Any]]) -> str:
+    if nat is None:
+        return "-"
+    if not nat.get("expected"):
+        return "UNWANTED" if nat.get("present") else "off"
+    if not nat.get("present"):
+        return "MISSING"
+    if not nat.get("ok"):
+        return "WRONG"
+    return "ok ({} source{})".format(
+        len(nat.get("translated") or []), "" if len(nat.get("translated") or []) == 1 else "s"
+    )
+
+
+def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    rows = [("office", "host", "tunnels", "routes", "relay", "NAT", "verdict")]
+    for e in report["offices"]:
+        rows.append(
+            (
+                e["office"],
+                e["host"],
+                _tunnels_cell(e["tunnels"]),
+                _routes_cell(e["routes"]),
+                _relay_cell(e["relay"]),
+                _nat_cell(e["masquerade"]),
+                "ok" if e["healthy"] else e["verdict"].upper(),
+            )
+        )
+    return rows
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """One table, an office per row, then the count and the counters' legend."""
+    rows = table_rows(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    counts = report["counts"]
+    lines.append(
+        "{} of {} office{} healthy".format(
+            counts["healthy"], counts["offices"], "" if counts["offices"] == 1 else "s"
+        )
+    )
+    lines.append(COUNTER_LEGEND)
+    return "\n".join(lines)
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    """One line when all is well; else the count, then every problem on a line of its own."""
+    counts = report["counts"]
+    if report["healthy"]:
+        return "{} of {} office{} healthy".format(
+            counts["healthy"], counts["offices"], "" if counts["offices"] == 1 else "s"
+        )
+    return "{} of {} office{} unhealthy:\n".format(
+        counts["unhealthy"], counts["offices"], "" if counts["offices"] == 1 else "s"
+    ) + "\n".join(f"  - {problem}" for problem in report["problems"])
