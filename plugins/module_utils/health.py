@@ -68,6 +68,7 @@ def plan_view(plan: Any) -> dict[str, Any]:
                 "name": t.get("name"),
                 "local": t.get("local"),
                 "remote": t.get("remote"),
+                "mtu": t.get("mtu"),
                 "routes": list(t.get("routes") or []),
                 "peer": link.get("peer"),
                 "peer_address": link.get("peer_address"),
@@ -118,6 +119,9 @@ def check_link(tunnel: dict[str, Any], links: dict[str, dict[str, Any]]) -> list
             problems.append(
                 f"tunnel {name}: {end} end {link.get(end)}, the plan says {tunnel[end]}"
             )
+    # The article's warning: ipip adds 20 bytes, so the MTU is part of health.
+    if tunnel.get("mtu") and link.get("mtu") != tunnel["mtu"]:
+        problems.append(f"tunnel {name}: MTU {link.get('mtu')}, the plan says {tunnel['mtu']}")
     if not link["up"]:
         problems.append(f"tunnel {name}: down")
     return problems

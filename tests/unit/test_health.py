@@ -362,6 +362,12 @@ def test_a_tunnel_that_is_down_is_named():
     assert not [c for c in gw.calls if c[0] == "ping"]
 
 
+def test_a_tunnel_with_the_wrong_mtu_is_named():
+    gw = Gateway(BROOKLYN)
+    gw.link("sl-manhattan")["mtu"] = 1500
+    assert check(gw)["problems"] == ["tunnel sl-manhattan: MTU 1500, the plan says 1480"]
+
+
 def test_a_tunnel_to_the_wrong_remote_is_named():
     gw = Gateway(BROOKLYN)
     gw.link("sl-manhattan")["linkinfo"]["info_data"]["remote"] = "172.16.1.13"
