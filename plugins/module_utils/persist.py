@@ -43,6 +43,32 @@ def write_atomic(module, path, content, mode=0o644):
             os.unlink(tmp)
 
 
+def remove_file(path, check_mode):
+    """Delete ``path`` if it exists. Returns whether it was (or would be) deleted."""
+    if not os.path.lexists(path):
+        return False
+    if not check_mode:
+        os.unlink(path)
+    return True
+
+
+def remove_dir_if_empty(path, check_mode, leaving=()):
+    """Delete directory ``path`` if it holds nothing but ``leaving``.
+
+    ``leaving``: names in it that this same call deletes first, so check mode
+    predicts what a real run does. Returns whether it was (or would be) deleted.
+    """
+    try:
+        left = set(os.listdir(path)) - set(leaving)
+    except OSError:  # missing, or not a directory
+        return False
+    if left:
+        return False
+    if not check_mode:
+        os.rmdir(path)
+    return True
+
+
 def unit_path(unit):
     return os.path.join(UNIT_DIR, unit)
 
@@ -99,6 +125,8 @@ def remove_boot_unit(module, systemd, unit, check_mode):
     steps = ["systemctl disable --now " + unit, "remove " + path]
     if not check_mode:
         systemd.run("disable", "--now", unit, check=False)
+        # A failed unit would linger as "not-found failed" in systemctl list-units.
+        systemd.run("reset-failed", unit, check=False)
         os.unlink(path)
         systemd.run("daemon-reload")
     return True, steps

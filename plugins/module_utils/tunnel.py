@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 
 from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
@@ -24,6 +25,9 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
     SystemdError,
     ensure_boot_unit,
     read_file,
+    remove_boot_unit,
+    remove_dir_if_empty,
+    remove_file,
     unit_path,
     write_atomic,
 )
@@ -630,6 +634,8 @@ def run_module(module, runner=None, systemd=None):
     persist_path = params.get("persist_path") or None
     boot_unit = (params.get("boot_unit") or None) if persist_path else None
     result = {"changed": False, "commands": [], "removed": [], "persist_path": persist_path}
+    if params.get("state") == "absent":
+        return retire(module, runner, systemd, persist_path, boot_unit, result)
     try:
         desired = validate_tunnels(params.get("tunnels"))
     except TunnelError as e:
@@ -732,3 +738,94 @@ def _ensure_unit(module, systemd, unit, persist_path, result):
                 "after": render_boot_unit(persist_path),
             }
         )
+
+
+def retire(module, runner, systemd, persist_path, boot_unit, result):
+    """state=absent: take off every tunnel the collection owns, and its boot persistence.
+
+    Deletes every owned tunnel (the kernel drops its addresses and routes with
+    it), then the boot file (only if it carries our header), the boot unit, and
+    the file's directory if that is left empty. Foreign links are never touched.
+    """
+    if module.params.get("tunnels"):
+        module.fail_json(
+            msg="tunnels: must be empty with state=absent, which removes every tunnel "
+            "sitelink.gateway owns",
+            **result,
+        )
+    result["tunnels"] = []
+    runner = runner or IpRunner(module)
+    try:
+        live = read_live(runner)
+    except CommandError as e:
+        module.fail_json(msg=f"reading state: {e}", stderr=e.stderr, rc=e.rc, **result)
+    except ValueError as e:  # undecodable JSON from ip
+        module.fail_json(msg=f"cannot parse ip -j output: {e}", **result)
+    # An empty desired set needs nothing of the host: plan only lists deletions.
+    actions, removed = plan([], live, purge=True)
+    result["removed"] = removed
+    result["commands"] = [format_cmd(["ip"] + a.argv) for a in actions]
+    result["removed_paths"] = []
+    check_mode = module.check_mode
+
+    old_file = read_file(persist_path) if persist_path else None
+    drop_file = old_file is not None and old_file.startswith(PERSIST_HEADER)
+    if old_file is not None and not drop_file:
+        result["warnings"] = [
+            f"{persist_path} kept: it does not start with {PERSIST_HEADER!r}, so "
+            "sitelink.gateway did not write it"
+        ]
+    old_unit = read_file(unit_path(boot_unit)) if boot_unit else None
+    if module._diff:
+        result["diff"] = [
+            {
+                "before_header": "ipip tunnels (owned by sitelink.gateway)",
+                "after_header": "ipip tunnels (owned by sitelink.gateway)",
+                "before": render_state([live.describe(n) for n in live.owned()]),
+                "after": "",
+            }
+        ]
+        for path, old, dropped in (
+            (persist_path, old_file, drop_file),
+            (boot_unit and unit_path(boot_unit), old_unit, old_unit is not None),
+        ):
+            if dropped:
+                diff = {"before_header": path, "after_header": path, "before": old, "after": ""}
+                result["diff"].append(diff)
+
+    if not check_mode:
+        try:
+            result["commands"] = apply(actions, runner)
+        except CommandError as e:
+            result["commands"] = e.done
+            result["changed"] = bool(e.done)
+            module.fail_json(
+                msg="{}; commands already run: {}".format(e, ", ".join(e.done) or "none"),
+                failed_command=format_cmd(e.argv),
+                rc=e.rc,
+                stderr=e.stderr,
+                **result,
+            )
+    # The tunnels first: the boot file and unit go only once the tunnels are gone.
+    try:
+        if drop_file and remove_file(persist_path, check_mode):
+            result["removed_paths"].append(persist_path)
+        if boot_unit:
+            unit_changed, _steps = remove_boot_unit(
+                module, systemd or Systemd(module), boot_unit, check_mode
+            )
+            result["boot_unit_changed"] = unit_changed
+            if unit_changed:
+                result["removed_paths"].append(unit_path(boot_unit))
+        if persist_path:
+            # The collection's directory (/etc/sitelink) goes once nothing is left in it;
+            # the other roles' retire steps run before this one for that reason.
+            directory = os.path.dirname(persist_path)
+            leaving = [os.path.basename(persist_path)] if drop_file and check_mode else []
+            if remove_dir_if_empty(directory, check_mode, leaving):
+                result["removed_paths"].append(directory)
+    except (SystemdError, OSError) as e:
+        module.fail_json(msg=f"removing the boot persistence: {e}", **result)
+    result["persist_changed"] = drop_file
+    result["changed"] = bool(actions or result["removed_paths"])
+    module.exit_json(**result)

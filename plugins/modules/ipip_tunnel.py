@@ -21,6 +21,8 @@ description:
   - The whole input is validated, and every O(tunnels[].local) is checked to be
     configured on the host, before anything is changed.
   - Optionally writes an C(ip -batch) file that recreates the desired tunnels at boot.
+  - With O(state=absent) it removes instead, in one call, every tunnel it owns, the boot file
+    and the boot unit.
 version_added: 1.0.0
 author:
   - sitelink.gateway contributors
@@ -33,15 +35,30 @@ attributes:
     description: Computes and reports the commands that would run; changes nothing.
   diff_mode:
     support: full
-    description: Shows the owned tunnels and the persistence file before and after.
+    description: Shows the owned tunnels, the persistence file and (when it changes) the boot unit
+      before and after.
   platform:
     support: full
     platforms: posix
 options:
+  state:
+    description:
+      - V(present) makes the owned tunnels match O(tunnels) and persists them.
+      - V(absent) deletes every tunnel this collection owns (their addresses and routes go
+        with them), then the O(persist_path) file (only if it starts with the header the
+        module writes; otherwise it is kept, with a warning), then the O(boot_unit) (stopped,
+        disabled, deleted, C(systemctl daemon-reload)), and finally the directory of
+        O(persist_path) if nothing is left in it. Links without the ownership marker are
+        never touched. O(tunnels) must be empty; O(purge) is not used.
+    type: str
+    choices: [present, absent]
+    default: present
   tunnels:
     description:
       - The complete desired set of tunnels owned by this collection on the host.
-      - An empty list with O(purge=true) removes every owned tunnel.
+      - An empty list with O(purge=true) removes every owned tunnel, but keeps the boot file
+        (with no tunnels) and its unit; O(state=absent) removes those too.
+      - Must be empty with O(state=absent).
     type: list
     elements: dict
     default: []
@@ -145,6 +162,12 @@ EXAMPLES = r"""
   sitelink.gateway.ipip_tunnel:
     tunnels: []
 
+- name: Take every tunnel of this collection off the host, with its boot file and unit
+  sitelink.gateway.ipip_tunnel:
+    state: absent
+    persist_path: /etc/sitelink/tunnels.batch
+    boot_unit: sitelink-tunnels.service
+
 - name: Add a tunnel without touching other owned ones, no boot file
   sitelink.gateway.ipip_tunnel:
     tunnels:
@@ -184,7 +207,9 @@ commands:
     - ip address add 192.168.1.126/32 dev sl-brooklyn
     - ip route replace 192.168.2.0/24 dev sl-brooklyn src 192.168.1.126
 removed:
-  description: Names of owned tunnels deleted because they are not desired (O(purge=true)).
+  description:
+    - Names of owned tunnels deleted because they are not desired (O(purge=true)), or every
+      owned tunnel with O(state=absent).
   returned: always
   type: list
   elements: str
@@ -195,15 +220,27 @@ persist_path:
   type: str
   sample: /etc/sitelink/tunnels.batch
 boot_unit_changed:
-  description: Whether the boot unit was written or enabled (or would be in check mode).
+  description:
+    - Whether the boot unit was written or enabled (or would be in check mode).
+    - With O(state=absent), whether it was (or would be) stopped, disabled and deleted.
   returned: when O(boot_unit) and O(persist_path) are set
   type: bool
   sample: false
 persist_changed:
-  description: Whether the boot-time file content changed (or would change in check mode).
+  description:
+    - Whether the boot-time file content changed (or would change in check mode).
+    - With O(state=absent), whether the file was (or would be) deleted.
   returned: when O(persist_path) is set
   type: bool
   sample: false
+removed_paths:
+  description:
+    - With O(state=absent), the files and directory deleted (or that would be in check mode)
+      - the boot file, the unit file, the boot file's directory.
+  returned: when O(state=absent)
+  type: list
+  elements: str
+  sample: [/etc/sitelink/tunnels.batch, /etc/systemd/system/sitelink-tunnels.service, /etc/sitelink]
 failed_command:
   description: The C(ip) command line that failed.
   returned: when an ip command fails
@@ -235,6 +272,7 @@ def build_module():
     # Factory so tests can build the module with the real argument_spec.
     return AnsibleModule(
         argument_spec=dict(
+            state=dict(type="str", default="present", choices=["present", "absent"]),
             tunnels=dict(type="list", elements="dict", default=[], options=TUNNEL_OPTIONS),
             purge=dict(type="bool", default=True),
             persist_path=dict(type="str", default=DEFAULT_PERSIST_PATH),

@@ -826,3 +826,155 @@ def run_with_unit(module, runner, systemd):
         tu.run_module(module, runner, systemd)
     assert not exc.value.failed, exc.value.result
     return exc.value
+
+
+# --------------------------------------------------------------------------
+# state=absent: everything the module ever put on the host comes off
+
+
+FOREIGN = dict(QUEENS, name="foreign0", remote="198.51.100.1", description="")
+
+
+def retired_host():
+    """What is left after a retire: the kernel's tunl0 and a tunnel someone else made."""
+    return Host().add_tunl0().add_tunnel(FOREIGN, alias="")
+
+
+def deployed(tmp_path, monkeypatch, extra_files=()):
+    """A host as site.yml leaves it (two owned tunnels), plus the boot file and unit."""
+    monkeypatch.setattr(persist, "UNIT_DIR", str(tmp_path / "units"))
+    directory = tmp_path / "etc" / "sitelink"
+    directory.mkdir(parents=True)
+    path = directory / "tunnels.batch"
+    path.write_text(tu.render_persist(desired(BROOKLYN, QUEENS), str(path)))
+    for name in extra_files:
+        (directory / name).write_text("{}\n")
+    (tmp_path / "units").mkdir()
+    (tmp_path / "units" / "sl-t.service").write_text(tu.render_boot_unit(str(path)))
+    host = retired_host().add_tunnel(BROOKLYN).add_tunnel(QUEENS)
+    params = {"state": "absent", "persist_path": str(path), "boot_unit": "sl-t.service"}
+    return host, params, path
+
+
+def test_absent_removes_owned_tunnels_file_unit_and_directory_only(tmp_path, monkeypatch):
+    host, params, path = deployed(tmp_path, monkeypatch)
+    host.add_tunnel(dict(FOREIGN, name="legacy0", remote="198.51.100.2"), alias="set by hand")
+    runner, systemd = FakeRunner(host), FakeSystemd(enabled=True)
+    out = run_with_unit(FakeModule(params), runner, systemd)
+    assert out.result["changed"] is True
+    assert out.result["removed"] == ["sl-brooklyn", "sl-queens"]
+    # Routes and addresses go with their links: one delete per owned tunnel, nothing else.
+    assert runner.changes() == [
+        ["link", "del", "dev", "sl-brooklyn"],
+        ["link", "del", "dev", "sl-queens"],
+    ]
+    assert out.result["commands"] == ["ip link del dev sl-brooklyn", "ip link del dev sl-queens"]
+    unit = str(tmp_path / "units" / "sl-t.service")
+    assert out.result["removed_paths"] == [str(path), unit, str(path.parent)]
+    assert out.result["persist_changed"] is True and out.result["boot_unit_changed"] is True
+    assert not path.parent.exists() and not os.path.exists(unit)
+    assert systemd.calls == [
+        ("disable", "--now", "sl-t.service"),
+        ("reset-failed", "sl-t.service"),
+        ("daemon-reload",),
+    ]
+    assert out.result["tunnels"] == [] and "warnings" not in out.result
+
+
+def test_absent_second_call_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(persist, "UNIT_DIR", str(tmp_path / "units"))
+    params = {
+        "state": "absent",
+        "persist_path": str(tmp_path / "etc" / "sitelink" / "tunnels.batch"),
+        "boot_unit": "sl-t.service",
+    }
+    runner, systemd = FakeRunner(retired_host()), FakeSystemd()
+    out = run_with_unit(FakeModule(params, diff=True), runner, systemd)
+    assert out.result["changed"] is False
+    assert out.result["commands"] == [] and out.result["removed"] == []
+    assert out.result["removed_paths"] == [] and out.result["persist_changed"] is False
+    assert out.result["boot_unit_changed"] is False
+    assert runner.changes() == [] and systemd.calls == []
+    assert out.result["diff"] == [
+        {
+            "before_header": "ipip tunnels (owned by sitelink.gateway)",
+            "after_header": "ipip tunnels (owned by sitelink.gateway)",
+            "before": "",
+            "after": "",
+        }
+    ]
+
+
+def test_absent_check_mode_reports_everything_and_changes_nothing(tmp_path, monkeypatch):
+    host, params, path = deployed(tmp_path, monkeypatch)
+    runner, systemd = FakeRunner(host), FakeSystemd(enabled=True)
+    out = run_with_unit(FakeModule(params, check_mode=True, diff=True), runner, systemd)
+    assert out.result["changed"] is True
+    assert out.result["commands"] == ["ip link del dev sl-brooklyn", "ip link del dev sl-queens"]
+    # The directory would be empty once the file is gone: predicted, as a real run does.
+    unit = str(tmp_path / "units" / "sl-t.service")
+    assert out.result["removed_paths"] == [str(path), unit, str(path.parent)]
+    assert runner.changes() == [] and systemd.calls == []
+    assert path.exists() and os.path.exists(unit)
+    tunnels_diff, file_diff, unit_diff = out.result["diff"]
+    assert "tunnel sl-brooklyn\n" in tunnels_diff["before"] and tunnels_diff["after"] == ""
+    assert "foreign0" not in tunnels_diff["before"]
+    assert file_diff["before"] == path.read_text() and file_diff["after"] == ""
+    assert unit_diff["before_header"] == unit and unit_diff["after"] == ""
+
+
+def test_absent_keeps_a_directory_that_holds_anything_else(tmp_path, monkeypatch):
+    host, params, path = deployed(tmp_path, monkeypatch, extra_files=["relay.json"])
+    for check_mode in (True, False):
+        out = run_with_unit(FakeModule(params, check_mode), FakeRunner(host), FakeSystemd())
+        assert str(path.parent) not in out.result["removed_paths"]
+    assert not path.exists() and os.listdir(path.parent) == ["relay.json"]
+
+
+def test_absent_keeps_a_boot_file_it_did_not_write(tmp_path, monkeypatch):
+    host, params, path = deployed(tmp_path, monkeypatch)
+    path.write_text("link add name mine type ipip remote 10.0.0.1\n")
+    out = run_with_unit(FakeModule(params), FakeRunner(host), FakeSystemd())
+    assert path.read_text() == "link add name mine type ipip remote 10.0.0.1\n"
+    assert out.result["persist_changed"] is False
+    assert str(path) not in out.result["removed_paths"]
+    assert "did not write it" in out.result["warnings"][0]
+    assert out.result["changed"] is True  # the tunnels and the unit still went
+
+
+def test_absent_refuses_tunnels_before_reading_anything():
+    runner = FakeRunner(Host().add_tunnel(BROOKLYN))
+    out = run(FakeModule({"state": "absent", "tunnels": [BROOKLYN]}), runner)
+    assert out.failed and "must be empty with state=absent" in out.result["msg"]
+    assert runner.calls == []
+
+
+def test_absent_failing_delete_keeps_the_boot_persistence(tmp_path, monkeypatch):
+    host, params, path = deployed(tmp_path, monkeypatch)
+    runner, systemd = FakeRunner(host, fail_on="link del dev sl-queens"), FakeSystemd()
+    out = run(FakeModule(params), runner)
+    assert out.failed and out.result["commands"] == ["ip link del dev sl-brooklyn"]
+    assert out.result["failed_command"] == "ip link del dev sl-queens"
+    assert out.result["changed"] is True
+    assert path.exists() and (tmp_path / "units" / "sl-t.service").exists()
+    assert systemd.calls == []
+
+
+def test_module_main_state_absent_with_real_argument_spec(monkeypatch, capsys):
+    from ansible.module_utils.testing import patch_module_args
+    from ansible_collections.sitelink.gateway.plugins.modules import ipip_tunnel
+
+    runner = FakeRunner(retired_host().add_tunnel(BROOKLYN))
+    monkeypatch.setattr(tu, "IpRunner", lambda module: runner)
+    args = {"state": "absent", "persist_path": "", "_ansible_check_mode": True}
+    with patch_module_args(args), pytest.raises(SystemExit) as exc:
+        ipip_tunnel.main()
+    assert exc.value.code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["changed"] is True and result["removed"] == ["sl-brooklyn"]
+    assert result["commands"] == ["ip link del dev sl-brooklyn"] and runner.changes() == []
+
+    with patch_module_args({"state": "gone"}), pytest.raises(SystemExit) as exc:
+        ipip_tunnel.main()
+    assert exc.value.code == 1
+    assert "value of state must be one of: present, absent" in capsys.readouterr().out
