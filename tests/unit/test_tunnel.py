@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import stat
 
 import fakes
@@ -618,9 +619,18 @@ class FakeRunner:
     def __init__(self, host, fail_on=None):
         self.link_json, self.addr_json, self.route_json = host.json()
         self.calls = []
+        self.batches = 0
         self.fail_on = fail_on
 
-    def run(self, argv):
+    def run(self, argv, data=None):
+        if argv == ["-batch", "-"]:
+            # As ip -batch does: line by line, stopping at the first failure.
+            self.batches += 1
+            for number, line in enumerate(data.splitlines(), 1):
+                rc, out, err = self.run(shlex.split(line))
+                if rc != 0:
+                    return rc, out, f"{err}Command failed -:{number}\n"
+            return 0, "", ""
         self.calls.append(list(argv))
         if argv[0] == "-j":
             doc = {"link": self.link_json, "address": self.addr_json, "route": self.route_json}
@@ -698,6 +708,24 @@ def test_run_module_failure_reports_command_stderr_and_done(tmp_path):
     assert len(out.result["commands"]) == 4  # sl-brooklyn was fully created first
     assert out.result["changed"] is True
     assert not os.path.exists(path)  # file only describes applied state
+
+
+def test_every_change_goes_through_one_ip_process():
+    """200 tunnels are about 1000 ip commands: one ip -batch, not 1000 processes."""
+    runner = FakeRunner(Host())
+    out = run(FakeModule({"tunnels": [BROOKLYN, QUEENS]}), runner)
+    assert not out.failed and runner.batches == 1
+    assert len(out.result["commands"]) == len(runner.changes()) == 9  # 4 + 5 (two routes)
+
+
+def test_a_failure_ip_does_not_place_claims_nothing_ran():
+    runner = FakeRunner(Host())
+    runner.run = lambda argv, data=None, run=runner.run: (
+        (1, "", "ip: something else went wrong\n") if argv[0] == "-batch" else run(argv)
+    )
+    out = run(FakeModule({"tunnels": [BROOKLYN]}), runner)
+    assert out.failed and out.result["commands"] == []
+    assert "something else went wrong" in out.result["msg"]
 
 
 def test_run_module_refuses_before_changing_anything():
