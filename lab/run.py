@@ -48,7 +48,7 @@ def demo(inventory: Path, lab: Lab) -> None:
     timed("site.yml", inventory, quiet=False)
     print("\n== verify.yml: what each gateway reports about itself")
     _, done = timed("verify.yml", inventory, "-e", "sitelink_verify_report=/dev/null", ok=False)
-    print(done.stdout[done.stdout.find("TASK [Print the health report]") :])
+    print(done.stdout[done.stdout.find("TASK [Print the health") :])
 
     print("\n== The Brooklyn workstation pings the Manhattan app server")
     print(lab.ping("workstation", "192.168.1.10").stdout.strip())
