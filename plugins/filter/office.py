@@ -50,7 +50,11 @@ def office_rollout(hosts, hostvars):
         )
 
     def variable(host, name):
-        return hostvars[host].get(name)
+        # No hostvars yet (--syntax-check): every setting takes its default.
+        try:
+            return hostvars[host].get(name)
+        except KeyError:
+            return None
 
     return rollout([str(h) for h in hosts], variable).to_dict()
 
