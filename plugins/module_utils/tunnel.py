@@ -620,6 +620,22 @@ def apply(actions, runner):
     raise CommandError(["ip"] + actions[line - 1].argv, rc, stdout, message, commands[: line - 1])
 
 
+def _apply_or_fail(module, actions, runner, result):
+    """Apply ``actions``; on failure, fail the module saying what already ran."""
+    try:
+        result["commands"] = apply(actions, runner)
+    except CommandError as e:
+        result["commands"] = e.done
+        result["changed"] = bool(e.done)
+        module.fail_json(
+            msg="{}; commands already run: {}".format(e, ", ".join(e.done) or "none"),
+            failed_command=format_cmd(e.argv),
+            rc=e.rc,
+            stderr=e.stderr,
+            **result,
+        )
+
+
 def render_boot_unit(persist_path):
     """systemd oneshot that replays the persistence file at boot."""
     return (
@@ -709,18 +725,7 @@ def run_module(module, runner=None, systemd=None):
             _ensure_unit(module, systemd, boot_unit, persist_path, result)
         module.exit_json(**result)
 
-    try:
-        result["commands"] = apply(actions, runner)
-    except CommandError as e:
-        result["commands"] = e.done
-        result["changed"] = bool(e.done)
-        module.fail_json(
-            msg="{}; commands already run: {}".format(e, ", ".join(e.done) or "none"),
-            failed_command=format_cmd(e.argv),
-            rc=e.rc,
-            stderr=e.stderr,
-            **result,
-        )
+    _apply_or_fail(module, actions, runner, result)
     # File last: it should describe a state that was actually applied.
     if persist_path and result.get("persist_changed"):
         try:
@@ -810,18 +815,7 @@ def retire(module, runner, systemd, persist_path, boot_unit, result):
                 result["diff"].append(diff)
 
     if not check_mode:
-        try:
-            result["commands"] = apply(actions, runner)
-        except CommandError as e:
-            result["commands"] = e.done
-            result["changed"] = bool(e.done)
-            module.fail_json(
-                msg="{}; commands already run: {}".format(e, ", ".join(e.done) or "none"),
-                failed_command=format_cmd(e.argv),
-                rc=e.rc,
-                stderr=e.stderr,
-                **result,
-            )
+        _apply_or_fail(module, actions, runner, result)
     # The tunnels first: the boot file and unit go only once the tunnels are gone.
     try:
         if drop_file and remove_file(persist_path, check_mode):
