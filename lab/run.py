@@ -47,7 +47,8 @@ def timed(name: str, inventory: Path, *extra: str, quiet: bool = True, ok: bool 
 def demo(inventory: Path, lab: Lab) -> None:
     timed("site.yml", inventory, quiet=False)
     print("\n== verify.yml: what each gateway reports about itself")
-    _, done = timed("verify.yml", inventory, "-e", "sitelink_verify_report=/dev/null", ok=False)
+    report = lab.state_dir / "verify-report.json"
+    _, done = timed("verify.yml", inventory, "-e", f"sitelink_verify_report={report}", ok=False)
     print(done.stdout[done.stdout.find("TASK [Print the health") :])
 
     print("\n== The Brooklyn workstation pings the Manhattan app server")
@@ -115,7 +116,8 @@ def bench_tunnels(inventory: Path) -> tuple[float, float, float]:
 def bench(inventory: Path) -> None:
     first, out1 = timed("site.yml", inventory)
     second, out2 = timed("site.yml", inventory)
-    check, _ = timed("verify.yml", inventory, "-e", "sitelink_verify_report=/dev/null")
+    report = Path(os.environ["SITELINK_LAB_STATE"]) / "verify-report.json"
+    check, _ = timed("verify.yml", inventory, "-e", f"sitelink_verify_report={report}")
     baseline, create, again = bench_tunnels(inventory)
     changed = {h: r["changed"] for h, r in recap(out2.stdout).items()}
     print(f"site.yml first run (hub, then both branches):  {first:6.1f} s")

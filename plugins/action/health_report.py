@@ -54,6 +54,9 @@ class ActionModule(ActionBase):
         output = args.get("output")
         if output:
             path = os.path.abspath(os.path.expanduser(to_text(output)))
+            # Written by rename: a device or a directory there would be replaced.
+            if os.path.lexists(path) and not os.path.isfile(path):
+                return {**result, "failed": True, "msg": f"the report {path} is not a file"}
             try:
                 _write_json(path, report)
             except OSError as exc:

@@ -63,3 +63,14 @@ def test_report_path_is_a_variable_and_limit_keeps_the_report(tmp_path):
     report = json.loads(target.read_text())
     assert [(o["office"], o["verdict"]) for o in report["offices"]] == [("brooklyn", "unreachable")]
     assert list(table_rows(output)) == ["brooklyn"]
+
+
+def test_a_report_path_that_is_not_a_file_is_refused(tmp_path):
+    """The report is written by rename: a directory (or a device) there is never replaced."""
+    target = tmp_path / "taken"
+    target.mkdir()
+    done = run_verify(tmp_path, "-e", f"sitelink_verify_report={target}")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"the report {target} is not a file" in output, output[-3000:]
+    assert target.is_dir()
