@@ -12,9 +12,10 @@ author: sitelink.gateway developers
 description:
   - Reads the gateway's live state and compares it with its plan (O(plan), the C(office_plan)
     fact set by the C(sitelink.gateway.office) role), in one call.
-  - "Tunnels: each planned tunnel exists as an C(ipip) link with the planned endpoints and is
-    up; C(ip route get) sends the peer gateway's LAN address, from this gateway's LAN address,
-    out of that tunnel; and a short C(ping) from this LAN address gets an answer through it."
+  - "Tunnels: each planned tunnel exists as an C(ipip) link with the planned endpoints and
+    MTU, and is up; C(ip route get) sends the peer gateway's LAN address, from this
+    gateway's LAN address, out of that tunnel; and a short C(ping) from this LAN address
+    gets an answer through it."
   - "Routes: every prefix the plan routes into a tunnel is in the main table via that tunnel."
   - "Relay: C(sitelink-relay.service) is active where the plan has relay rules (inactive where
     it has none), its status file is fresh (written less than 3 intervals and a second ago) and
