@@ -119,8 +119,13 @@ BIN = Path(sys.executable).parent
 def playbook(
     name: str, inventory: os.PathLike | str, *extra: str, timeout: float = 1800
 ) -> subprocess.CompletedProcess:
-    """ansible-playbook from the repository root, colour off (the recap is parsed)."""
+    """ansible-playbook from the repository root, colour off (the recap is parsed).
+
+    With the collection's own ansible.cfg, as a person runs it: not Molecule's,
+    which sends failures to stderr.
+    """
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
     env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
     env["ANSIBLE_HOST_KEY_CHECKING"] = "False"
     return subprocess.run(
