@@ -11,21 +11,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CASE_STUDY = ROOT / "examples/case-study/inventory.yml"
 HUB_AND_BRANCHES = ROOT / "examples/hub-and-branches/inventory.yml"
 
-UNREACHABLE = """
-offices:
-  vars:
-    ansible_host: 127.0.0.1
-    ansible_port: 9
-    ansible_connection: ssh
-  hosts:
-    manhattan-gw: {}
-    brooklyn-gw: {}
-"""
+
+def unreachable(hosts: dict) -> str:
+    """A connection layer that sends every office of ``hosts`` ({host: its vars}) to a
+    closed port on loopback."""
+    connection = {"ansible_host": "127.0.0.1", "ansible_port": 9, "ansible_connection": "ssh"}
+    return yaml.safe_dump({"offices": {"vars": connection, "hosts": hosts}})
+
+
+UNREACHABLE = unreachable({"manhattan-gw": {}, "brooklyn-gw": {}})
 
 
 def run_playbook(

@@ -9,7 +9,7 @@ without a plan.
 from __future__ import annotations
 
 import pytest
-from playbook import ROOT, UNREACHABLE, run_playbook
+from playbook import ROOT, UNREACHABLE, run_playbook, unreachable
 
 REFUSED = "leave at least one office out: one run never retires every office"
 # The first task that would touch a gateway.
@@ -44,19 +44,13 @@ def test_one_gateway_gets_to_the_connection(tmp_path):
     assert "undefined" not in output.lower()
 
 
-BROKEN_OFFICES = """
-offices:
-  vars:
-    ansible_host: 127.0.0.1
-    ansible_port: 9
-    ansible_connection: ssh
-  hosts:
-    manhattan-gw: {}
-    brooklyn-gw:
-      office_role: spoke
-      office_lan_address: not-an-address
-    queens-gw: {}
-"""
+BROKEN_OFFICES = unreachable(
+    {
+        "manhattan-gw": {},
+        "brooklyn-gw": {"office_role": "spoke", "office_lan_address": "not-an-address"},
+        "queens-gw": {},
+    }
+)
 
 
 @pytest.mark.parametrize("host", ["brooklyn-gw", "queens-gw"])

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import re
 
-from playbook import HUB_AND_BRANCHES, ROOT, run_playbook
+from playbook import HUB_AND_BRANCHES, ROOT, run_playbook, unreachable
 
 HOSTS = ("manhattan-gw", "brooklyn-gw", "queens-gw", "harlem-gw", "staten-island-gw")
-UNREACHABLE = (
-    "offices:\n  vars:\n    ansible_host: 127.0.0.1\n    ansible_port: 9\n"
-    "    ansible_connection: ssh\n  hosts:\n" + "".join(f"    {h}: {{}}\n" for h in HOSTS)
-)
+UNREACHABLE = unreachable({host: {} for host in HOSTS})
 
 
 def site(tmp_path, *extra):

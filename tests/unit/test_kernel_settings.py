@@ -141,18 +141,21 @@ def applied(gw, **params):
 
 # ----------------------------------------------------------------------------- present
 
+# What the first run does on a gateway that has none of it, and check mode says it would.
+FIRST_RUN = [
+    "modprobe ipip",
+    f"write {MODULES_FILE}",
+    "net.ipv4.ip_forward: 0 -> 1",
+    "net.ipv4.conf.all.rp_filter: 0 -> 2",
+    f"write {SYSCTL_FILE}",
+]
+
 
 def test_present_from_nothing_loads_sets_and_persists(root, gw):
     module = FakeModule()
     out = run(module, gw)
     assert not out.failed and out.result["changed"] is True
-    assert out.result["done"] == [
-        "modprobe ipip",
-        f"write {MODULES_FILE}",
-        "net.ipv4.ip_forward: 0 -> 1",
-        "net.ipv4.conf.all.rp_filter: 0 -> 2",
-        f"write {SYSCTL_FILE}",
-    ]
+    assert out.result["done"] == FIRST_RUN
     assert gw.calls == ["modprobe ipip"] and "ipip" in gw.loaded()
     assert live(root, "net.ipv4.ip_forward") == "1"
     assert live(root, "net.ipv4.conf.all.rp_filter") == "2"
@@ -196,13 +199,7 @@ def test_check_mode_reports_the_same_and_changes_nothing(root, gw):
     module = FakeModule(check_mode=True)
     out = run(module, gw)
     assert out.result["changed"] is True
-    assert out.result["done"] == [
-        "modprobe ipip",
-        f"write {MODULES_FILE}",
-        "net.ipv4.ip_forward: 0 -> 1",
-        "net.ipv4.conf.all.rp_filter: 0 -> 2",
-        f"write {SYSCTL_FILE}",
-    ]
+    assert out.result["done"] == FIRST_RUN
     assert sorted(p for p in root.rglob("*")) == before and gw.calls == []
     assert live(root, "net.ipv4.ip_forward") == "0"
     # The files it would write count for what boot gives, though they are not there yet.
