@@ -16,6 +16,14 @@ import os
 import re
 import tempfile
 
+from ansible_collections.sitelink.gateway.plugins.module_utils.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    format_time,
+)
+from ansible_collections.sitelink.gateway.plugins.module_utils.checkpoint import (
+    fact as rollback_fact,
+)
 from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
     Systemd,
     SystemdError,
@@ -49,6 +57,9 @@ def validate(params):
         errors.append(f"path: {params.get('path')!r} must be an absolute path")
     if params["state"] == "present" and '"' + MARKER in (params.get("body") or ""):
         errors.append("body: must not set the table comment, the module owns it")
+    timeout = params.get("rollback_timeout") or 0
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+        errors.append(f"rollback_timeout: {timeout!r} must be 0 (no rollback) or seconds")
     return errors
 
 
@@ -140,60 +151,120 @@ class Nft:
             raise NftError(f"'nft delete table {family} {name}' failed: {(err or out).strip()}")
 
 
-def run_module(module, nft=None, systemd=None):
+def _converge(module, nft, systemd, params, listing, new_rules, unit, dry, steps):
+    """Bring the table, its file and its unit to ``params``; ``dry`` only lists the steps.
+
+    Appends to ``steps`` as it goes (so a failure reports what ran); returns
+    (old_rules, old_unit, new_unit).
+    """
+    family, name, path = params["family"], params["name"], params["path"]
+    old_rules = read_file(path)
+    if params["state"] == "absent":
+        if listing is not None:
+            steps.append(f"nft delete table {family} {name}")
+            if not dry:
+                nft.delete(family, name)
+        _changed, unit_steps = remove_boot_unit(module, systemd, unit, dry)
+        steps.extend(unit_steps)
+        if old_rules is not None:
+            steps.append("remove " + path)
+            if not dry:
+                os.unlink(path)
+        return old_rules, None, None
+    current = live_digest(listing) == live_digest(new_rules)
+    if old_rules != new_rules:
+        steps.append("write " + path)
+        if not dry:
+            write_atomic(module, path, new_rules)
+    new_unit = render_unit(family, name, path)
+    _changed, old_unit, unit_steps = ensure_boot_unit(module, systemd, unit, new_unit, dry)
+    steps.extend(unit_steps)
+    if not current:
+        steps.append(f"nft -f {path}")
+        if not dry:
+            nft.load(path)
+    # The unit reports the table as loaded; start it once (loads again, atomically).
+    if not systemd.is_active(unit):
+        steps.append("systemctl start " + unit)
+        if not dry:
+            systemd.run("start", unit)
+    return old_rules, old_unit, new_unit
+
+
+def rollback_plan(family, name, listing, unit, unit_active, nft_bin="nft", systemctl="systemctl"):
+    """What ``Checkpoint.arm`` needs to put table ``family name`` back as it is now.
+
+    Returns (files, commands, blobs): the rules file and the boot unit with its
+    enablement link come back as files (the caller adds the rules path); systemd
+    re-reads them and the unit is started or stopped as it was; then the table is
+    loaded from its saved listing in one transaction (create, delete, define), or
+    deleted when it did not exist (create then delete: succeeds either way).
+    """
+    files = [unit_path(unit), unit_path("multi-user.target.wants/" + unit)]
+    blob = f"table {family} {name}\ndelete table {family} {name}\n"
+    if listing is not None:
+        blob += listing if listing.endswith("\n") else listing + "\n"
+    commands = [
+        [systemctl, "daemon-reload"],
+        [systemctl, "start" if unit_active else "stop", unit],
+        [nft_bin, "-f", "{dir}/table.nft"],
+    ]
+    return files, commands, {"table.nft": blob}
+
+
+def run_module(module, nft=None, systemd=None, checkpoint=None):
     params = module.params
     errors = validate(params)
     if errors:
         module.fail_json(msg="; ".join(errors))
     family, name, path = params["family"], params["name"], params["path"]
     unit = params["unit"] or name.replace("_", "-") + ".service"
+    timeout = params.get("rollback_timeout") or 0
     check_mode = module.check_mode
     nft = nft or Nft(module)
     systemd = systemd or Systemd(module)
     result = {"changed": False, "table": f"{family} {name}", "path": path, "unit": unit}
     steps = []
+    if timeout and not check_mode and checkpoint is None:
+        # Before the read: a rollback that runs meanwhile makes arm() refuse.
+        checkpoint = Checkpoint(module, systemd=systemd)
     listing = nft.listing(family, name)
 
     try:
-        if params["state"] == "absent":
-            old_rules = read_file(path)
-            if listing is not None:
-                steps.append(f"nft delete table {family} {name}")
-                if not check_mode:
-                    nft.delete(family, name)
-            changed_unit, unit_steps = remove_boot_unit(module, systemd, unit, check_mode)
-            steps += unit_steps
-            if old_rules is not None:
-                steps.append("remove " + path)
-                if not check_mode:
-                    os.unlink(path)
-            new_rules = ""
-            old_unit = new_unit = None
-        else:
+        new_rules = ""
+        if params["state"] == "present":
             new_rules = render_rules(family, name, params["body"] or "", unit)
             nft.check(new_rules)
-            old_rules = read_file(path)
-            current = live_digest(listing) == live_digest(new_rules)
-            if old_rules != new_rules:
-                steps.append("write " + path)
-                if not check_mode:
-                    write_atomic(module, path, new_rules)
-            new_unit = render_unit(family, name, path)
-            _changed, old_unit, unit_steps = ensure_boot_unit(
-                module, systemd, unit, new_unit, check_mode
-            )
-            steps += unit_steps
-            if not current:
-                steps.append(f"nft -f {path}")
-                if not check_mode:
-                    nft.load(path)
-            # The unit reports the table as loaded; start it once (loads again, atomically).
-            if not systemd.is_active(unit):
-                steps.append("systemctl start " + unit)
-                if not check_mode:
-                    systemd.run("start", unit)
+        if timeout and not check_mode:
+            due = []
+            _converge(module, nft, systemd, params, listing, new_rules, unit, True, due)
+            if due:
+                files, commands, blobs = rollback_plan(
+                    family,
+                    name,
+                    listing,
+                    unit,
+                    systemd.is_active(unit),
+                    getattr(nft, "nft", "nft"),
+                    getattr(systemd, "systemctl", "systemctl"),
+                )
+                armed = checkpoint.arm(
+                    f"nft {family} {name}", [path] + files, commands, timeout, blobs
+                )
+                result["rollback"] = armed
+                result["ansible_facts"] = rollback_fact(armed)
+        old_rules, old_unit, new_unit = _converge(
+            module, nft, systemd, params, listing, new_rules, unit, check_mode, steps
+        )
+    except CheckpointError as exc:
+        module.fail_json(msg=f"arming the rollback: {exc}", steps=steps, **result)
     except (NftError, SystemdError, OSError) as exc:
-        module.fail_json(msg=str(exc), steps=steps, stderr=getattr(exc, "stderr", ""), **result)
+        msg = str(exc)
+        if "rollback" in result:
+            msg += "; the gateway restores its previous state by itself at {} ({})".format(
+                format_time(result["rollback"]["deadline"]), result["rollback"]["unit"]
+            )
+        module.fail_json(msg=msg, steps=steps, stderr=getattr(exc, "stderr", ""), **result)
 
     result["changed"] = bool(steps)
     result["steps"] = steps

@@ -20,6 +20,14 @@ import json
 import os
 import re
 
+from ansible_collections.sitelink.gateway.plugins.module_utils.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    format_time,
+)
+from ansible_collections.sitelink.gateway.plugins.module_utils.checkpoint import (
+    fact as rollback_fact,
+)
 from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
     Systemd,
     SystemdError,
@@ -513,6 +521,110 @@ def plan(desired, live, purge=True):
     return removes + route_dels + addr_dels + adds, removed
 
 
+def _route_key(route):
+    try:
+        return (0, ipaddress.IPv4Network(route["dst"]), route["metric"] or 0, "")
+    except ValueError:
+        return (1, ipaddress.IPv4Network("0.0.0.0/0"), route["metric"] or 0, route["dst"])
+
+
+def _route_argv(dev, route):
+    """``route replace`` argv that puts a parsed route back as it was."""
+    argv = ["route", "replace", route["dst"]]
+    if route["gateway"]:
+        argv += ["via", route["gateway"]]
+    argv += ["dev", dev]
+    if route["prefsrc"]:
+        argv += ["src", route["prefsrc"]]
+    if route["metric"]:
+        argv += ["metric", str(route["metric"])]
+    if route["protocol"] not in (None, "boot", "kernel"):
+        argv += ["proto", str(route["protocol"])]
+    return argv
+
+
+def snapshot_argvs(live, name):
+    """ip argv lists that rebuild owned tunnel ``name`` exactly as ``live`` has it.
+
+    Like ``create_argvs`` (and equal to it for a tunnel shaped like a desired one),
+    but from the live state: every IPv4 address with its prefix length, every route
+    with its gateway, source and metric, the alias as it is, and the link state.
+    """
+    lk = live.links[name]
+    alias = lk["alias"]
+    if _BAD_DESC_RE.search(alias) or len(alias.encode("utf-8")) > _MAX_ALIAS:
+        alias = MARKER  # set by hand with what ip -batch cannot quote: keep ownership only
+    add = ["link", "add", "name", name, "type", "ipip"]
+    add += ["local", lk["local"] or "any", "remote", lk["remote"] or "any"]
+    if lk["ttl"] is not None:
+        add += ["ttl", str(lk["ttl"])]
+    link_set = ["link", "set", "dev", name]
+    if lk["mtu"]:
+        link_set += ["mtu", str(lk["mtu"])]
+    link_set += ["alias", alias] + (["up"] if lk["up"] else [])
+    argvs = [add, link_set]
+    for address in sorted(live.addrs.get(name, []), key=_address_key):
+        argvs.append(["address", "add", address, "dev", name])
+    routes = [r for r in live.routes.get(name, []) if r["protocol"] != "kernel"]
+    for route in sorted(routes, key=_route_key):
+        argvs.append(_route_argv(name, route))
+    return argvs
+
+
+def _address_key(address):
+    try:
+        return (0, ipaddress.IPv4Interface(address))
+    except ValueError:
+        return (1, address)
+
+
+def rollback_argvs(actions, live):
+    """Pure: ip argv lists that take the live tunnels back from ``actions`` to ``live``.
+
+    ``actions`` is what ``plan`` returned against ``live``. Every tunnel they touch is
+    deleted (unless the change itself deletes it) and, if it existed in ``live``,
+    rebuilt from its snapshot; then routes on other devices that a ``route replace``
+    of the change would take over (same prefix, metric 0) are put back. All deletions
+    come first, so a tunnel renamed by the change frees its endpoints before the old
+    one is rebuilt. Tunnels the change does not touch, and links without the
+    collection's marker, are never named. Meant for ``ip -force -batch`` (which goes on
+    past a line that fails, e.g. when the change was applied only in part).
+    """
+    touched = []
+    kinds = {}
+    for action in actions:
+        if action.tunnel not in kinds:
+            touched.append(action.tunnel)
+        kinds.setdefault(action.tunnel, set()).add(action.kind)
+    argvs = []
+    for name in sorted(touched):
+        if kinds[name] != {"remove"}:  # created, recreated or updated: there after the change
+            argvs.append(["link", "del", "dev", name])
+    for name in sorted(touched):
+        if name in live.links and live.links[name]["owned"]:
+            argvs += snapshot_argvs(live, name)
+    taken = {
+        a.argv[2] for a in actions if a.argv[:2] == ["route", "replace"] and "metric" not in a.argv
+    }
+    for dev in sorted(live.routes):
+        if dev in kinds:
+            continue
+        for route in sorted(live.routes[dev], key=_route_key):
+            if route["protocol"] != "kernel" and route["dst"] in taken and not route["metric"]:
+                argvs.append(_route_argv(dev, route))
+    return argvs
+
+
+def render_rollback(argvs):
+    """The ``ip -force -batch`` file the rollback runs."""
+    lines = [
+        "# Written by sitelink.gateway: the rollback of an unconfirmed ipip_tunnel change.",
+        "# Run with: ip -force -batch FILE",
+    ]
+    lines += [format_cmd(a) for a in argvs]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------
 # rendering
 
@@ -628,7 +740,9 @@ def _apply_or_fail(module, actions, runner, result):
         result["commands"] = e.done
         result["changed"] = bool(e.done)
         module.fail_json(
-            msg="{}; commands already run: {}".format(e, ", ".join(e.done) or "none"),
+            msg="{}; commands already run: {}{}".format(
+                e, ", ".join(e.done) or "none", _rollback_note(result)
+            ),
             failed_command=format_cmd(e.argv),
             rc=e.rc,
             stderr=e.stderr,
@@ -660,14 +774,87 @@ def render_boot_unit(persist_path):
     )
 
 
-def run_module(module, runner=None, systemd=None):
-    """Entry point used by the thin module; ``runner`` is injectable for tests."""
+ROLLBACK_KEY = "tunnels"
+
+
+def _rollback_key(checkpoint):
+    """The key to arm: "tunnels", or "tunnels #N" after N-1 unconfirmed tunnel changes.
+
+    Unlike a whole nftables table, the tunnels are saved as the inverse of one change
+    (only the tunnels it touches): a second change before the confirm must add its
+    own inverse, which the restore runs first (reverse arm order), not be dropped.
+    """
+    pending = checkpoint.pending() or {"resources": []}
+    ours = [k for k in pending["resources"] if k.split(" #")[0] == ROLLBACK_KEY]
+    return ROLLBACK_KEY if not ours else f"{ROLLBACK_KEY} #{len(ours) + 1}"
+
+
+def arm_rollback(module, checkpoint, actions, live, persist_path, boot_unit, ip, systemctl):
+    """Arm the rollback of this change (before it is applied); returns what arm() does.
+
+    Saves the boot file, the unit and its enablement link as they are, and an
+    ``ip -force -batch`` file with the inverse of ``actions`` (``rollback_argvs``).
+    """
+    timeout = module.params.get("rollback_timeout") or 0
+    files, commands = [], []
+    if persist_path:
+        files.append(persist_path)
+    if boot_unit:
+        files += [unit_path(boot_unit), unit_path("multi-user.target.wants/" + boot_unit)]
+        commands.append([systemctl, "daemon-reload"])
+    blobs = {}
+    inverse = rollback_argvs(actions, live)
+    if inverse:
+        blobs["tunnels.rollback"] = render_rollback(inverse)
+        commands.insert(0, [ip, "-force", "-batch", "{dir}/tunnels.rollback"])
+    armed = checkpoint.arm(_rollback_key(checkpoint), files, commands, timeout, blobs)
+    return armed
+
+
+def _arm_or_fail(
+    module, checkpoint, actions, live, persist_path, boot_unit, runner, systemd, result
+):
+    try:
+        armed = arm_rollback(
+            module,
+            checkpoint,
+            actions,
+            live,
+            persist_path,
+            boot_unit,
+            getattr(runner, "ip", "ip"),
+            getattr(systemd, "systemctl", "systemctl"),
+        )
+    except (CheckpointError, OSError) as e:
+        module.fail_json(msg=f"arming the rollback: {e}; nothing changed", **result)
+    result["rollback"] = armed
+    result["ansible_facts"] = rollback_fact(armed)
+
+
+def _rollback_note(result):
+    """Said in a failure after arming: the host goes back by itself."""
+    if "rollback" not in result:
+        return ""
+    return "; the gateway restores its previous tunnels by itself at {} ({})".format(
+        format_time(result["rollback"]["deadline"]), result["rollback"]["unit"]
+    )
+
+
+def run_module(module, runner=None, systemd=None, checkpoint=None):
+    """Entry point used by the thin module; ``runner``, ``systemd`` and ``checkpoint``
+    are injectable for tests."""
     params = module.params
     persist_path = params.get("persist_path") or None
     boot_unit = (params.get("boot_unit") or None) if persist_path else None
     result = {"changed": False, "commands": [], "removed": [], "persist_path": persist_path}
+    timeout = params.get("rollback_timeout") or 0
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+        module.fail_json(msg=f"rollback_timeout: {timeout!r} must be 0 (no rollback) or seconds")
+    if timeout and not module.check_mode and checkpoint is None:
+        # Before the read: a rollback that runs meanwhile makes arm() refuse.
+        checkpoint = Checkpoint(module, systemd=systemd)
     if params.get("state") == "absent":
-        return retire(module, runner, systemd, persist_path, boot_unit, result)
+        return retire(module, runner, systemd, persist_path, boot_unit, result, checkpoint)
     try:
         desired = validate_tunnels(params.get("tunnels"))
     except TunnelError as e:
@@ -725,16 +912,30 @@ def run_module(module, runner=None, systemd=None):
             _ensure_unit(module, systemd, boot_unit, persist_path, result)
         module.exit_json(**result)
 
+    if timeout:
+        systemd = systemd or Systemd(module)
+        if result["changed"] or (boot_unit and _unit_due(module, systemd, boot_unit, persist_path)):
+            _arm_or_fail(
+                module, checkpoint, actions, live, persist_path, boot_unit, runner, systemd, result
+            )
     _apply_or_fail(module, actions, runner, result)
     # File last: it should describe a state that was actually applied.
     if persist_path and result.get("persist_changed"):
         try:
             write_atomic(module, persist_path, new_file)
         except OSError as e:
-            module.fail_json(msg=f"writing {persist_path}: {e}", **result)
+            module.fail_json(msg=f"writing {persist_path}: {e}{_rollback_note(result)}", **result)
     if boot_unit:
         _ensure_unit(module, systemd, boot_unit, persist_path, result)
     module.exit_json(**result)
+
+
+def _unit_due(module, systemd, unit, persist_path):
+    """Whether the boot unit would be written or enabled (reads only)."""
+    try:
+        return ensure_boot_unit(module, systemd, unit, render_boot_unit(persist_path), True)[0]
+    except (SystemdError, OSError):
+        return True  # arm anyway: _ensure_unit reports the error after applying
 
 
 def _ensure_unit(module, systemd, unit, persist_path, result):
@@ -747,7 +948,7 @@ def _ensure_unit(module, systemd, unit, persist_path, result):
             module.check_mode,
         )
     except (SystemdError, OSError) as e:
-        module.fail_json(msg=f"installing {unit}: {e}", **result)
+        module.fail_json(msg=f"installing {unit}: {e}{_rollback_note(result)}", **result)
     result["boot_unit_changed"] = changed
     result["changed"] = result["changed"] or changed
     if module._diff and changed:
@@ -761,7 +962,7 @@ def _ensure_unit(module, systemd, unit, persist_path, result):
         )
 
 
-def retire(module, runner, systemd, persist_path, boot_unit, result):
+def retire(module, runner, systemd, persist_path, boot_unit, result, checkpoint=None):
     """state=absent: take off every tunnel the collection owns, and its boot persistence.
 
     Deletes every owned tunnel (the kernel drops its addresses and routes with
@@ -814,6 +1015,16 @@ def retire(module, runner, systemd, persist_path, boot_unit, result):
                 diff = {"before_header": path, "after_header": path, "before": old, "after": ""}
                 result["diff"].append(diff)
 
+    if not check_mode and checkpoint is not None:
+        unit_there = bool(boot_unit) and (
+            os.path.exists(unit_path(boot_unit))
+            or os.path.lexists(unit_path("multi-user.target.wants/" + boot_unit))
+        )
+        if actions or drop_file or unit_there:
+            systemd = systemd or Systemd(module)
+            _arm_or_fail(
+                module, checkpoint, actions, live, persist_path, boot_unit, runner, systemd, result
+            )
     if not check_mode:
         _apply_or_fail(module, actions, runner, result)
     # The tunnels first: the boot file and unit go only once the tunnels are gone.
@@ -835,7 +1046,9 @@ def retire(module, runner, systemd, persist_path, boot_unit, result):
             if remove_dir_if_empty(directory, check_mode, leaving):
                 result["removed_paths"].append(directory)
     except (SystemdError, OSError) as e:
-        module.fail_json(msg=f"removing the boot persistence: {e}", **result)
+        module.fail_json(
+            msg=f"removing the boot persistence: {e}{_rollback_note(result)}", **result
+        )
     result["persist_changed"] = drop_file
     result["changed"] = bool(actions or result["removed_paths"])
     module.exit_json(**result)

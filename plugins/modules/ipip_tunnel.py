@@ -23,7 +23,7 @@ description:
   - Optionally writes an C(ip -batch) file that recreates the desired tunnels at boot.
   - With O(state=absent) it removes instead, in one call, every tunnel it owns, the boot file
     and the boot unit.
-version_added: 1.0.0
+version_added: 0.1.0
 author:
   - sitelink.gateway contributors
 requirements:
@@ -135,6 +135,26 @@ options:
       - Set to V(null) or an empty string to manage no unit. Ignored without O(persist_path).
     type: str
     default: sitelink-tunnels.service
+  rollback_timeout:
+    description:
+      - Seconds after which the gateway restores the previous state unless
+        M(sitelink.gateway.gateway_confirm) confirms. V(0) arms no rollback.
+      - When the call is about to change live tunnels, the boot file or the boot unit (not in
+        check mode, and with O(state=absent) too), it first saves the current O(persist_path),
+        unit file and enablement link and the inverse of the change under
+        C(/run/sitelink/checkpoint), and starts the transient C(sitelink-rollback.timer) if no
+        rollback is pending yet. The inverse is an C(ip -force -batch) file that deletes every
+        tunnel the change creates or modifies and rebuilds each one that existed, exactly as it
+        was (addresses, routes, MTU, TTL, alias, link state), and puts back routes of other
+        devices that a new tunnel route replaced. Tunnels the change does not touch, and links
+        without the ownership marker, are never named in it.
+      - When a rollback is already pending (another task, or an earlier unconfirmed run, armed
+        it), this change joins it with the deadline it has; the deadline is never extended.
+        The inverses are undone newest first, back to the state before the first change.
+      - The checkpoint is on a tmpfs. A reboot before the confirm boots the new boot file and
+        forgets the rollback.
+    type: int
+    default: 0
 notes:
   - Only changing commands are reported in RV(commands); the read-only C(ip -j) calls are not.
   - State is read with C(ip -j -d link show), C(ip -j address show) and
@@ -157,6 +177,14 @@ EXAMPLES = r"""
         mtu: 1480
         ttl: 64
         description: peer brooklyn
+
+- name: Change the tunnels; the gateway takes the change back unless it is confirmed
+  sitelink.gateway.ipip_tunnel:
+    tunnels: "{{ tunnel_peers }}"
+    rollback_timeout: 120
+
+- name: Confirm over a new connection (or fail, and the gateway rolls back by itself)
+  sitelink.gateway.gateway_confirm:
 
 - name: Remove every tunnel managed by this collection, keep the boot file valid
   sitelink.gateway.ipip_tunnel:
@@ -241,6 +269,32 @@ removed_paths:
   type: list
   elements: str
   sample: [/etc/sitelink/tunnels.batch, /etc/systemd/system/sitelink-tunnels.service, /etc/sitelink]
+rollback:
+  description:
+    - The pending rollback this call armed or joined, as C(Checkpoint.arm) returns it.
+  returned: when O(rollback_timeout) is set and the call changed something
+  type: dict
+  sample:
+    unit: sitelink-rollback.timer
+    deadline: 1767355420
+    armed_at: 1767355300.125
+    resources: [tunnels]
+    added: true
+ansible_facts:
+  description: Facts set on the host.
+  returned: when O(rollback_timeout) is set and the call changed something
+  type: dict
+  contains:
+    sitelink_rollback:
+      description:
+        - The pending rollback, which M(sitelink.gateway.gateway_confirm) cancels - C(unit),
+          C(deadline) and C(armed_at) (epoch seconds, gateway clock) and C(resources).
+      type: dict
+      sample:
+        unit: sitelink-rollback.timer
+        deadline: 1767355420
+        armed_at: 1767355300.125
+        resources: [tunnels]
 failed_command:
   description: The C(ip) command line that failed.
   returned: when an ip command fails
@@ -277,6 +331,7 @@ def build_module():
             purge=dict(type="bool", default=True),
             persist_path=dict(type="str", default=DEFAULT_PERSIST_PATH),
             boot_unit=dict(type="str", default="sitelink-tunnels.service"),
+            rollback_timeout=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )

@@ -50,6 +50,24 @@ options:
       - Name of the boot unit.
       - Defaults to the table name with C(-) for C(_), plus C(.service).
     type: str
+  rollback_timeout:
+    description:
+      - Seconds after which the gateway restores the previous state unless
+        M(sitelink.gateway.gateway_confirm) confirms. V(0) arms no rollback.
+      - When the call is about to change the live table, the rules file or the unit (not in
+        check mode), it first saves the current rules file, unit file and enablement link and
+        the live table (C(nft list table)) under C(/run/sitelink/checkpoint), and starts the
+        transient C(sitelink-rollback.timer) if no rollback is pending yet. Unconfirmed, the
+        timer puts the files back, runs C(systemctl daemon-reload), starts or stops the unit
+        as it was and loads the saved table in one transaction (or deletes the table when
+        there was none).
+      - When a rollback is already pending (another task of the same play armed it), this
+        table joins it with the deadline it has; the deadline is never extended. The first
+        saved state of the table wins until the rollback is confirmed or has run.
+      - The checkpoint is on a tmpfs. A reboot before the confirm boots the new rules and
+        forgets the rollback.
+    type: int
+    default: 0
 attributes:
   check_mode:
     support: full
@@ -69,6 +87,17 @@ EXAMPLES = r"""
         type nat hook postrouting priority srcnat; policy accept;
         oifname "eth0" ip saddr { 192.168.2.0/24 } counter snat ip to 192.168.1.126
       }
+
+- name: A firewall change the gateway takes back unless a new connection confirms it
+  sitelink.gateway.nft_table:
+    name: sitelink_firewall
+    family: inet
+    path: /etc/sitelink/firewall.nft
+    body: "{{ lookup('ansible.builtin.template', 'firewall.nft.j2') }}"
+    rollback_timeout: 120
+
+- name: Confirm over a new connection (or fail, and the gateway rolls back by itself)
+  sitelink.gateway.gateway_confirm:
 
 - name: Remove it again
   sitelink.gateway.nft_table:
@@ -103,6 +132,33 @@ unit:
   returned: always
   type: str
   sample: sitelink-masquerade.service
+rollback:
+  description:
+    - The pending rollback this call armed or joined, as C(Checkpoint.arm) returns it.
+    - C(added) is false when this table was already saved by an earlier unconfirmed change.
+  returned: when O(rollback_timeout) is set and the call changed something
+  type: dict
+  sample:
+    unit: sitelink-rollback.timer
+    deadline: 1767355420
+    armed_at: 1767355300.125
+    resources: [nft ip sitelink_masquerade]
+    added: true
+ansible_facts:
+  description: Facts set on the host.
+  returned: when O(rollback_timeout) is set and the call changed something
+  type: dict
+  contains:
+    sitelink_rollback:
+      description:
+        - The pending rollback, which M(sitelink.gateway.gateway_confirm) cancels - C(unit),
+          C(deadline) and C(armed_at) (epoch seconds, gateway clock) and C(resources).
+      type: dict
+      sample:
+        unit: sitelink-rollback.timer
+        deadline: 1767355420
+        armed_at: 1767355300.125
+        resources: [nft ip sitelink_masquerade]
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
@@ -121,6 +177,7 @@ def build_module():
             state=dict(type="str", default="present", choices=["present", "absent"]),
             path=dict(type="path", required=True),
             unit=dict(type="str"),
+            rollback_timeout=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )

@@ -9,6 +9,12 @@ Topology (every namespace and link is created here and removed afterwards):
                                                      |
                                                    evil 10.99.0.2 (routed, not a peer)
 
+and, for the peer_interfaces test, a gateway whose peer's datagrams must arrive on
+its "tunnel" sl-peer, and an Internet host that forges the peer's source address:
+
+    phost .21.10 -- lan0 [pgw] sl-peer ==== tun0 [ppeer] .22.126
+                          wan0 203.0.113.1 -- 203.0.113.2 [pnet]
+
 and, for the hub ("transit") tests, three more gateways in a chain, no A-B link:
 
     hostA .11.10 -- [hubA] .11.126 ==== [hubH] .13.126 ==== .12.126 [hubB] -- hostB .12.10
@@ -595,6 +601,109 @@ def test_non_peer_datagrams_are_not_rebroadcast(lab, service, hosts):
     delta = port_delta(after, before)
     assert delta["received"] == 2 and delta["rebroadcast"] == 0 and delta["forwarded"] == 0
     assert delta["dropped"] == {"foreign": 2}
+
+
+PI_GW, PI_PEER, PI_HOST = "192.168.21.126", "192.168.22.126", "192.168.21.10"
+PI_WAN, PI_NET = "203.0.113.1", "203.0.113.2"  # TEST-NET-3, only inside the namespaces
+
+
+def bound_socket(lab, ns, addr):
+    """A UDP socket in ns bound to addr (which may be a forged, locally added address)."""
+
+    def make():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((addr, 0))
+        return s
+
+    s = in_netns(ns, make)
+    lab.sockets.append(s)
+    return s
+
+
+def test_peer_datagrams_count_only_from_the_peers_tunnel(lab):
+    """A datagram forged with the peer's source address is not re-broadcast.
+
+    The relay on pgw accepts from 192.168.22.126 through sl-peer (peer_interfaces).
+    The same source address arriving on the WAN (an Internet host that forges it) or
+    on the LAN is dropped as "peer_interface".  rp_filter is off on pgw, as on a
+    gateway with asymmetric routes, so only the relay stands in the way; the received
+    counter proves the forged datagrams reached it.  The relay starts before its
+    tunnel exists, and the tunnel is recreated (new ifindex, same name) while it runs.
+    The host has no ipip module: sl-peer is a veth routed like the tunnel.
+    """
+    ns = {r: lab.add_ns(r) for r in ("pgw", "phost", "ppeer", "pnet")}
+    lab.add_gateway_lan(ns["pgw"], f"{PI_GW}/24")
+    lab.add_lan_host(ns["phost"], ns["pgw"], "pphost", PI_HOST, PI_GW)
+    run("ip", "-n", ns["pnet"], "link", "add", "eth0", "type", "veth", "peer", "name", "wan0",
+        "netns", ns["pgw"])  # fmt: skip
+    run("ip", "-n", ns["pgw"], "addr", "add", f"{PI_WAN}/24", "dev", "wan0")
+    run("ip", "-n", ns["pgw"], "link", "set", "wan0", "up")
+    run("ip", "-n", ns["pnet"], "addr", "add", f"{PI_NET}/24", "dev", "eth0")
+    run("ip", "-n", ns["pnet"], "link", "set", "eth0", "up")
+    for conf in ("all", "default", "wan0", "lan0"):
+        run("ip", "netns", "exec", ns["pgw"], "sysctl", "-qw",
+            f"net.ipv4.conf.{conf}.rp_filter=0")  # fmt: skip
+    # the forgers: the peer's address as a local address of the Internet and LAN hosts
+    for forger in ("pnet", "phost"):
+        run("ip", "-n", ns[forger], "addr", "add", f"{PI_PEER}/32", "dev", "lo")
+
+    status = os.path.join(lab.status_dir("run-pgw"), "status.json")
+    text = json.loads(
+        service_config(
+            f"{PI_GW}/24",
+            None,
+            status,
+            rule={"port": PORT, "forward_to": [], "accept_from": [PI_PEER]},
+        )
+    )
+    text["peer_interfaces"] = {PI_PEER: "sl-peer"}
+    cfg = lab.write("pgw.json", json.dumps(text))
+    res = run(PYTHON, str(RELAY), "--check-config", cfg, check=False)
+    assert res.returncode == 0, res.stderr
+    relay = RelayProc(lab, "pgw", ns["pgw"], ["--config", cfg], status)
+    assert "peer interface sl-peer not found" in relay.log()
+
+    def make_tunnel():
+        lab.add_tunnel(
+            (ns["pgw"], "sl-peer", PI_GW, "192.168.21.0/24"),
+            (ns["ppeer"], "tun0", PI_PEER, "192.168.22.0/24"),
+        )
+        res = run("ip", "-n", ns["pgw"], "-o", "link", "show", "sl-peer")
+        return int(res.stdout.split(":", 1)[0])
+
+    ifindex = make_tunnel()
+    listen = lab.sock(ns["phost"], PORT)
+    peer = bound_socket(lab, ns["ppeer"], PI_PEER)
+    forged_wan = bound_socket(lab, ns["pnet"], PI_PEER)
+    forged_lan = bound_socket(lab, ns["phost"], PI_PEER)
+
+    def exchange(tag):
+        """The peer's datagram and the two forged ones: (what LAN hears, counter deltas)."""
+        drain(listen)
+        before = relay.status()
+        forged_wan.sendto(b"forged via wan " + tag, (PI_WAN, PORT))
+        forged_lan.sendto(b"forged via lan " + tag, (PI_GW, PORT))
+        time.sleep(0.05)
+        peer.sendto(b"peer via tunnel " + tag, (PI_GW, PORT))
+        got = collect(listen, expected=1)
+        return got, port_delta(relay.status(), before)
+
+    for attempt, tag in enumerate((b"1", b"2")):
+        got, delta = exchange(tag)
+        assert got == [(b"peer via tunnel " + tag, PI_GW)], (attempt, got, relay.log())
+        assert delta["received"] == 4  # both forgeries reached the relay, + own re-broadcast
+        assert delta["rebroadcast"] == 1 and delta["forwarded"] == 0
+        assert delta["dropped"] == {"peer_interface": 2, "own": 1}, delta
+        assert delta["send_errors"] == {}
+        if attempt == 0:  # the tunnel is deleted and made again: a new ifindex
+            run("ip", "-n", ns["pgw"], "link", "del", "sl-peer")
+            new_ifindex = make_tunnel()
+            assert new_ifindex != ifindex
+    data = relay.status()
+    assert data["peer_interfaces"] == {PI_PEER: "sl-peer"}
+    assert data["ports"][str(PORT)]["dropped"]["peer_interface"] == 4
+    assert relay.stop() == 0, relay.log()
+    assert "Traceback" not in relay.log(), relay.log()
 
 
 def test_status_cli_reads_the_file(lab, service):

@@ -17,6 +17,7 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+TEST_SECRET = "unit-test-secret-0123456789"
 
 
 def case_study() -> dict:
@@ -47,6 +48,7 @@ def branch_offices(count: int) -> dict:
             "office_wan_gateway": str(wan.network_address + 2),
             "office_masquerade": index == 0,
             "office_broadcast_relay": [{"port": 6799}] if index == 0 else [],
+            "office_tunnel_secret": TEST_SECRET,
         }
     return offices
 
@@ -91,7 +93,7 @@ def test_case_study_plan_matches_the_article():
             "remote": "172.17.2.10",
             "address": "192.168.1.126",
             "routes": ["192.168.2.0/24"],
-            "mtu": 1480,
+            "mtu": 1440,
             "ttl": 64,
             "description": "peer brooklyn",
         }
@@ -103,7 +105,7 @@ def test_case_study_plan_matches_the_article():
             "remote": "172.16.1.12",
             "address": "192.168.2.126",
             "routes": ["192.168.1.0/24"],
-            "mtu": 1480,
+            "mtu": 1440,
             "ttl": 64,
             "description": "peer manhattan",
         }
@@ -156,12 +158,16 @@ def test_relay_without_to_goes_to_every_office():
     assert plans["office3-gw"]["relay"]["rules"][0]["accept_from"] == ["10.0.0.1"]
 
 
-def test_tunnel_mtu_is_the_smaller_wan_mtu_minus_ipip_overhead():
+def test_tunnel_mtu_is_the_smaller_wan_mtu_minus_ipip_and_esp_overhead():
     offices = case_study()
     offices["brooklyn-gw"]["office_wan_mtu"] = 1492  # PPPoE
     plans = gateways(offices)
+    # 20 bytes of IPIP, 40 of ESP (AES-GCM, transport mode, worst-case padding).
+    assert plans["manhattan-gw"]["tunnels"][0]["mtu"] == 1432
+    assert plans["brooklyn-gw"]["tunnels"][0]["mtu"] == 1432
+    with_topology(offices, "hub-and-spoke", office_tunnel_protection="none")
+    plans = gateways(offices)
     assert plans["manhattan-gw"]["tunnels"][0]["mtu"] == 1472
-    assert plans["brooklyn-gw"]["tunnels"][0]["mtu"] == 1472
 
 
 def test_values_are_read_as_ansible_reads_them():
@@ -170,7 +176,7 @@ def test_values_are_read_as_ansible_reads_them():
     offices["brooklyn-gw"]["office_wan_mtu"] = "1492"  # INI inventories give strings
     plans = gateways(offices)
     assert plans["manhattan-gw"]["masquerade"]["sources"] == ["192.168.2.0/24"]
-    assert plans["brooklyn-gw"]["tunnels"][0]["mtu"] == 1472
+    assert plans["brooklyn-gw"]["tunnels"][0]["mtu"] == 1432
 
 
 def test_tunnel_names_fit_the_kernel_and_are_stable():
@@ -481,7 +487,7 @@ def test_external_peer_gets_tunnels_routes_and_relay_on_our_side_only():
             "remote": "198.51.100.7",
             "address": "10.0.0.1",
             "routes": ["10.200.0.0/24"],
-            "mtu": 1480,
+            "mtu": 1440,
             "ttl": 64,
             "description": "peer partner",
         }
@@ -572,7 +578,7 @@ def test_role_defaults_and_specs_are_the_schema():
         assert options[field.name].get("default") == field.default, field.name
 
 
-@pytest.mark.parametrize("role", ["kernel", "tunnel", "masquerade", "relay"])
+@pytest.mark.parametrize("role", ["kernel", "firewall", "ipsec", "tunnel", "masquerade", "relay"])
 def test_every_role_documents_its_defaults(role):
     specs = yaml.safe_load((ROOT / f"roles/{role}/meta/argument_specs.yml").read_text())
     options = specs["argument_specs"]["main"]["options"]

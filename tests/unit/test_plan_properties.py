@@ -53,6 +53,7 @@ def inventories(draw):
 
     deployment = {
         "office_topology": topology,
+        "office_tunnel_secret": "property-test-secret-0123",
         "office_transit": transit,
         "office_links": [{"between": list(p)} for p in extra],
         "office_external_peers": [

@@ -557,6 +557,7 @@ def test_help_mentions_both_modes(capsys):
     out = capsys.readouterr().out
     assert "PORT DEST" in out and "--config" in out and "--check-config" in out
     assert '"transit"' in out and "transited" in out
+    assert '"peer_interfaces"' in out and '"peer_interface"' in out
     # the path the sitelink.gateway role installs the config at
     assert "/etc/sitelink/relay.json" in out and "/etc/sitelink-relay/" not in out
     assert "/etc/sitelink-relay/" not in relay.__doc__
@@ -1021,6 +1022,371 @@ def test_reload_applies_transit_changes(tmp_path, monkeypatch):
         ps = r.ports[6799]
         assert ps.transit == {} and ps.transited == 3
         assert ps.classifier.classify(b"x", HUB_SRC, TUN_IFINDEX, GW_A, now=1.0) == "foreign"
+    finally:
+        r.close()
+
+
+# --------------------------------------------------- peer datagrams: arrival interface
+
+WAN_IFINDEX = 2
+OTHER_TUN_IFINDEX = 8  # the tunnel to another peer
+TUN = "sl-brooklyn"  # the tunnel to PEER (TUN_IFINDEX)
+
+
+class FakeLinks:
+    """socket.if_indextoname as the relay sees it, with interfaces that come and go."""
+
+    def __init__(self):
+        self.links = {LAN_IFINDEX: "eth0", WAN_IFINDEX: "wan0", TUN_IFINDEX: TUN}
+        self.links[OTHER_TUN_IFINDEX] = "sl-queens"
+        self.calls = []
+
+    def __call__(self, ifindex):
+        self.calls.append(ifindex)
+        if ifindex not in self.links:
+            raise OSError(errno.ENXIO, "No such device or address")
+        return self.links[ifindex]
+
+
+@pytest.fixture
+def links(monkeypatch):
+    fake = FakeLinks()
+    monkeypatch.setattr(relay.socket, "if_indextoname", fake)
+    return fake
+
+
+def pi_classifier(peer_interfaces, accept=(PEER,), transit=None, ifnames=None):
+    import ipaddress
+
+    return relay.Classifier(
+        ipaddress.IPv4Interface(LAN),
+        LAN_IFINDEX,
+        frozenset({"192.168.1.126", "172.16.1.12"}),
+        frozenset(accept),
+        True,
+        transit=transit,
+        peer_interfaces=peer_interfaces,
+        ifnames=ifnames,
+    )
+
+
+class TestPeerInterfaces:
+    def test_accepted_on_its_tunnel(self, links):
+        c = pi_classifier({PEER: TUN})
+        assert c.classify(b"from B", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
+        assert c.classify(b"again", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
+        assert links.calls == [TUN_IFINDEX]  # resolved once, then cached
+
+    @pytest.mark.parametrize(
+        "ifindex",
+        [LAN_IFINDEX, WAN_IFINDEX, OTHER_TUN_IFINDEX, 0, 99],
+        ids=["lan", "wan", "other-tunnel", "no-pktinfo", "gone"],
+    )
+    def test_forged_peer_source_elsewhere_is_dropped(self, links, ifindex):
+        c = pi_classifier({PEER: TUN, PEER_C: "sl-queens"}, accept=(PEER, PEER_C))
+        assert c.classify(b"forged", PEER, ifindex, GW_A, now=1.0) == "peer_interface"
+        assert len(c.echo) == 0  # not re-broadcast, so not remembered as an echo either
+        # LAN broadcasts are not affected by peer_interfaces
+        assert c.classify(b"forged", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.1) == "forwarded"
+
+    def test_transit_sources_are_checked_too(self, links):
+        transit = {HUB_SRC: (PEER_C,)}
+        c = pi_classifier({HUB_SRC: "sl-bronx", PEER: TUN}, transit=transit)
+        links.links[11] = "sl-bronx"
+        assert c.classify(b"a", HUB_SRC, 11, GW_A, now=1.0) == "transit"
+        assert c.classify(b"a", HUB_SRC, TUN_IFINDEX, GW_A, now=1.0) == "peer_interface"
+        assert c.classify(b"a", HUB_SRC, WAN_IFINDEX, GW_A, now=1.0) == "peer_interface"
+        c = pi_classifier({HUB_SRC: "sl-bronx"}, accept=(HUB_SRC,), transit=transit)
+        assert c.classify(b"a", HUB_SRC, 11, GW_A, now=1.0) == "rebroadcast+transit"
+        assert c.classify(b"b", HUB_SRC, OTHER_TUN_IFINDEX, GW_A, now=1.0) == "peer_interface"
+
+    def test_tunnel_recreated_with_a_new_ifindex(self, links):
+        c = pi_classifier({PEER: TUN})
+        assert c.classify(b"1", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
+        del links.links[TUN_IFINDEX]  # ip link del sl-brooklyn; ip link add sl-brooklyn ...
+        links.links[42] = TUN
+        assert c.classify(b"2", PEER, 42, GW_A, now=2.0) == "rebroadcast"
+        # the WAN is still the WAN
+        assert c.classify(b"3", PEER, WAN_IFINDEX, GW_A, now=3.0) == "peer_interface"
+
+    def test_tunnel_missing_at_start(self, links):
+        del links.links[TUN_IFINDEX]
+        c = pi_classifier({PEER: TUN})
+        assert c.classify(b"1", PEER, WAN_IFINDEX, GW_A, now=1.0) == "peer_interface"
+        links.links[50] = TUN  # the tunnel comes up
+        assert c.classify(b"2", PEER, 50, GW_A, now=2.0) == "rebroadcast"
+
+    def test_flood_costs_one_lookup_per_interface(self, links):
+        c = pi_classifier({PEER: TUN})
+        for i in range(1000):
+            for ifindex in (WAN_IFINDEX, 77):  # 77: no such interface (negative cache)
+                assert c.classify(b"%d" % i, PEER, ifindex, GW_A, now=1.0) == "peer_interface"
+        assert sorted(links.calls) == [WAN_IFINDEX, 77]
+        assert c.ifnames.names == {WAN_IFINDEX: "wan0", 77: ""}
+
+    def test_cache_is_bounded(self, links, monkeypatch):
+        monkeypatch.setattr(relay, "IFNAME_CACHE_MAX", 8)
+        c = pi_classifier({PEER: TUN})
+        for ifindex in range(100, 200):
+            c.classify(b"x", PEER, ifindex, GW_A, now=1.0)
+        assert len(c.ifnames.names) <= 8
+        assert c.classify(b"x", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
+
+    def test_without_peer_interfaces_any_interface_and_no_lookups(self, links):
+        c = pi_classifier(None)
+        for ifindex in (TUN_IFINDEX, WAN_IFINDEX, LAN_IFINDEX, 0):
+            assert c.classify(b"%d" % ifindex, PEER, ifindex, GW_A, now=1.0) == "rebroadcast"
+        assert links.calls == []
+
+    def test_source_missing_from_the_map_is_dropped(self, links):
+        """Defence in depth: parse_config refuses this; an unknown ifindex ("") must not match."""
+        c = pi_classifier({}, accept=(PEER,))
+        for ifindex in (TUN_IFINDEX, 77, 0):
+            assert c.classify(b"x", PEER, ifindex, GW_A, now=1.0) == "peer_interface"
+
+    def test_classifiers_share_the_relay_cache(self, links):
+        ifnames = relay.IfNames()
+        a = pi_classifier({PEER: TUN}, ifnames=ifnames)
+        b = pi_classifier({PEER: TUN}, ifnames=ifnames)
+        assert a.classify(b"x", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
+        assert b.classify(b"x", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
+        assert links.calls == [TUN_IFINDEX]
+        ifnames.clear()  # what refresh() and SIGHUP do: the classifiers see it
+        assert b.classify(b"y", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
+        assert links.calls == [TUN_IFINDEX, TUN_IFINDEX]
+
+
+def test_ifnames_resolves_real_interfaces():
+    try:
+        index = socket.if_nametoindex("lo")
+    except OSError:
+        pytest.skip("no lo in this namespace")
+    names = relay.IfNames()
+    assert names.resolve(index) == "lo"
+    assert names.resolve(0) == "" and names.resolve(2**31 - 1) == ""
+    assert names.resolve(-1) == ""  # PKTINFO's ifindex is a signed int
+    assert names.names == {index: "lo", 0: "", 2**31 - 1: "", -1: ""}
+
+
+PI_CONFIG = cfg_with(peer_interfaces={PEER: TUN})
+
+
+def test_peer_interfaces_config():
+    cfg = relay.parse_config(copy.deepcopy(PI_CONFIG))
+    assert cfg.peer_interfaces == {PEER: TUN}
+    assert "peers only via [192.168.2.126 sl-brooklyn]" in cfg.summary()
+    assert relay.parse_config(copy.deepcopy(BASE_CONFIG)).peer_interfaces is None
+    # forward_to-only peers and transit targets need no entry; entries no rule uses are
+    # allowed (the planner may name every tunnel) and do not change what is accepted
+    data = cfg_with(
+        rules=[rule(forward_to=[PEER, PEER_C], transit={HUB_SRC: [PEER_C]})],
+        peer_interfaces={HUB_SRC: "sl-bronx", "10.20.30.40": "sl-elsewhere"},
+    )
+    cfg = relay.parse_config(data)
+    assert cfg.peer_interfaces == {HUB_SRC: "sl-bronx", "10.20.30.40": "sl-elsewhere"}
+    # no peer sources at all: an empty map is fine
+    assert relay.parse_config(cfg_with(rules=[rule()], peer_interfaces={})).peer_interfaces == {}
+    # two peers behind one interface (e.g. a multi-peer tunnel device)
+    data = cfg_with(
+        rules=[rule(accept_from=[PEER, PEER_C])], peer_interfaces={PEER: "wg0", PEER_C: "wg0"}
+    )
+    assert relay.parse_config(data).peer_interfaces == {PEER: "wg0", PEER_C: "wg0"}
+
+
+PIW = f'peer_interfaces["{PEER}"]'
+
+
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (cfg_with(peer_interfaces=[PEER, TUN]), "peer_interfaces: must be an object mapping"),
+        (cfg_with(peer_interfaces=None), "peer_interfaces: must be an object mapping"),
+        (
+            cfg_with(peer_interfaces={}),
+            f"peer_interfaces: no interface for {PEER} (rules[0].accept_from[0])",
+        ),
+        (
+            cfg_with(peer_interfaces={PEER_C: "sl-queens"}),
+            f"peer_interfaces: no interface for {PEER} (rules[0].accept_from[0])",
+        ),
+        (
+            cfg_with(rules=[rule(transit={HUB_SRC: [PEER]})], peer_interfaces={PEER: TUN}),
+            f"peer_interfaces: no interface for {HUB_SRC} (rules[0].transit)",
+        ),
+        (
+            cfg_with(peer_interfaces={"sl-brooklyn": PEER}),
+            "peer_interfaces[\"sl-brooklyn\"]: 'sl-brooklyn' is not an IPv4 address",
+        ),
+        (
+            cfg_with(peer_interfaces={PEER: TUN, "192.168.1.126": "sl-x"}),
+            'peer_interfaces["192.168.1.126"]: 192.168.1.126 is an address of this gateway',
+        ),
+        (
+            cfg_with(peer_interfaces={PEER: TUN, "192.168.1.20": "sl-x"}),
+            'peer_interfaces["192.168.1.20"]: 192.168.1.20 is inside the LAN',
+        ),
+        (
+            cfg_with(peer_interfaces={PEER: TUN, "224.0.0.1": "sl-x"}),
+            'peer_interfaces["224.0.0.1"]: 224.0.0.1 is not a usable unicast address',
+        ),
+        (cfg_with(peer_interfaces={PEER: 7}), f"{PIW}: 7 is not an interface name string"),
+        (cfg_with(peer_interfaces={PEER: None}), f"{PIW}: null is not an interface name string"),
+        (
+            cfg_with(peer_interfaces={PEER: ""}),
+            f"{PIW}: '' is not a valid interface name (is empty",
+        ),
+        (
+            cfg_with(peer_interfaces={PEER: "sl-0123456789abc"}),  # 16 characters
+            f"{PIW}: 'sl-0123456789abc' is not a valid interface name (is longer than 15",
+        ),
+        (
+            cfg_with(peer_interfaces={PEER: "sl-brooklyné123"}),  # 15 characters, 16 bytes
+            f"{PIW}: 'sl-brooklyné123' is not a valid interface name (is longer than 15",
+        ),
+        (
+            cfg_with(peer_interfaces={PEER: "sl/brooklyn"}),
+            f"{PIW}: 'sl/brooklyn' is not a valid interface name (contains",
+        ),
+        (
+            cfg_with(peer_interfaces={PEER: "sl-brooklyn\0"}),
+            f"{PIW}: 'sl-brooklyn\\x00' is not a valid interface name (contains",
+        ),
+        (
+            cfg_with(peer_interfaces={PEER: "sl brooklyn"}),
+            f"{PIW}: 'sl brooklyn' is not a valid interface name (contains",
+        ),
+        (
+            cfg_with(peer_interfaces={PEER: "sl-brooklyn\t"}),
+            f"{PIW}: 'sl-brooklyn\\t' is not a valid interface name (contains",
+        ),
+        (
+            cfg_with(peer_interfaces={PEER: "eth0:1"}),
+            f"{PIW}: 'eth0:1' is not a valid interface name (contains",
+        ),
+        (cfg_with(peer_interfaces={PEER: ".."}), f"{PIW}: '..' is not a valid interface name"),
+        (cfg_with(peer_interfaces={PEER: "eth0"}), f"{PIW}: 'eth0' is the LAN interface"),
+        (
+            cfg_with(lan={"interface": "eth\0", "address": LAN}),
+            "lan.interface: 'eth\\x00' is not a valid interface name",
+        ),
+    ],
+)
+def test_peer_interfaces_config_errors(data, message):
+    with pytest.raises(relay.ConfigError) as info:
+        relay.parse_config(data)
+    assert any(line.startswith(message) for line in info.value.errors), info.value.errors
+
+
+def test_peer_interfaces_one_error_per_problem():
+    data = cfg_with(
+        rules=[rule(accept_from=[PEER, PEER_C], transit={HUB_SRC: [PEER]})],
+        peer_interfaces={PEER: "bad name", PEER_C: "sl-queens"},
+    )
+    with pytest.raises(relay.ConfigError) as info:
+        relay.parse_config(data)
+    assert info.value.errors == [
+        f"{PIW}: 'bad name' is not a valid interface name (contains '/', ':', NUL or whitespace)",
+        f"peer_interfaces: no interface for {HUB_SRC} (rules[0].transit); every peer whose"
+        " datagrams are accepted or passed on needs its tunnel interface",
+    ]
+
+
+def test_peer_interfaces_check_config_cli(tmp_path, capsys):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(PI_CONFIG))
+    assert relay.main(["--check-config", str(good)]) == 0
+    assert "peers only via [192.168.2.126 sl-brooklyn]" in capsys.readouterr().out
+    bad = tmp_path / "missing.json"
+    data = cfg_with(rules=[rule(accept_from=[PEER, PEER_C])], peer_interfaces={PEER_C: "sl-queens"})
+    bad.write_text(json.dumps(data))
+    assert relay.main(["--check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"peer_interfaces: no interface for {PEER} (rules[0].accept_from[0])" in err
+    assert PEER_C + " (" not in err
+
+
+def test_handle_readable_counts_peer_interface_drops(links):
+    sock = FakeSock(
+        [
+            (b"from-b", PEER, TUN_IFINDEX, GW_A, 0),
+            (b"forged-wan", PEER, WAN_IFINDEX, GW_A, 0),
+            (b"forged-lan", PEER, LAN_IFINDEX, GW_A, 0),
+            (b"forged-tun", PEER, OTHER_TUN_IFINDEX, GW_A, 0),
+            (b"bcast", "192.168.1.10", LAN_IFINDEX, BCAST, 0),
+        ]
+    )
+    r, ps = make_relay(sock, PI_CONFIG)
+    r.handle_readable(ps)
+    assert [(kind, payload) for kind, payload, _, _ in sock.sent] == [
+        ("sendmsg", b"from-b"),
+        ("sendto", b"bcast"),
+    ]
+    assert (ps.received, ps.forwarded, ps.rebroadcast) == (5, 1, 1)
+    assert ps.dropped == {"peer_interface": 3}
+    status = r.status()
+    assert status["ports"]["6799"]["dropped"] == {"peer_interface": 3}
+    assert status["peer_interfaces"] == {PEER: TUN}
+    text = relay.format_status(status)
+    assert "port 6799 dropped: peer_interface 3" in text
+    assert "peers only via: 192.168.2.126 sl-brooklyn" in text
+    assert "peer_interfaces" not in make_relay(FakeSock([]))[0].status()
+
+
+def _fake_open(port):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    b.close()
+    return a
+
+
+def test_refresh_and_reload_rebuild_the_interface_cache(tmp_path, monkeypatch, links, caplog):
+    monkeypatch.setattr(relay, "open_socket", _fake_open)
+    monkeypatch.setattr(relay, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
+    monkeypatch.setattr(relay, "if_index", lambda name: 0)  # no interface exists (yet)
+    path = tmp_path / "relay.json"
+    conf = cfg_with(status_file=None, rules=[rule(accept_from=[PEER])])
+    path.write_text(json.dumps(conf))
+    r = relay.Relay(
+        config=relay.load_config(str(path)), config_path=str(path), notifier=relay.Notifier({})
+    )
+    r.setup()
+    try:
+        classify = r.ports[6799].classifier.classify
+        assert classify(b"x", PEER, WAN_IFINDEX, GW_A, now=1.0) == "rebroadcast"  # no check yet
+        assert links.calls == []
+
+        # peer_interfaces added, rules unchanged: the classifier is rebuilt anyway
+        ps = r.ports[6799]
+        ps.received = 9
+        conf["peer_interfaces"] = {PEER: TUN}
+        path.write_text(json.dumps(conf))
+        assert r.reload() is True
+        ps = r.ports[6799]
+        assert ps.received == 9 and ps.classifier.ifnames is r.ifnames
+        assert "peer interface sl-brooklyn not found" in caplog.text
+        classify = ps.classifier.classify
+        assert classify(b"x", PEER, WAN_IFINDEX, GW_A, now=1.0) == "peer_interface"
+        assert classify(b"y", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
+        assert r.ifnames.names == {WAN_IFINDEX: "wan0", TUN_IFINDEX: TUN}
+
+        # the periodic refresh starts the cache over (an interface may have been renamed)
+        links.links[TUN_IFINDEX] = "sl-renamed"
+        r.refresh()
+        assert r.ifnames.names == {}
+        assert classify(b"z", PEER, TUN_IFINDEX, GW_A, now=1.0) == "peer_interface"
+        links.links[TUN_IFINDEX] = TUN
+
+        # SIGHUP empties it too, even when the new config is refused
+        path.write_text(json.dumps(cfg_with(peer_interfaces={PEER: "bad/name"})))
+        assert r.reload() is False
+        assert r.ifnames.names == {}
+        assert r.ports[6799].classifier.classify(b"w", PEER, TUN_IFINDEX, GW_A) == "rebroadcast"
+
+        # peer_interfaces removed: any interface again
+        del conf["peer_interfaces"]
+        path.write_text(json.dumps(conf))
+        assert r.reload() is True
+        classify = r.ports[6799].classifier.classify
+        assert classify(b"v", PEER, WAN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
     finally:
         r.close()
 

@@ -7,6 +7,7 @@ runner that records them.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -1006,3 +1007,481 @@ def test_module_main_state_absent_with_real_argument_spec(monkeypatch, capsys):
         ipip_tunnel.main()
     assert exc.value.code == 1
     assert "value of state must be one of: present, absent" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------
+# rollback: the inverse of a change, and arming it before the change
+
+
+class SimIp:
+    """Just enough of the kernel to run ip argv lists against a parsed live state.
+
+    Links, addresses, and non-kernel routes keyed as the kernel keys them (prefix,
+    metric); a deleted link takes its addresses and routes with it, and a route
+    needs its device up.
+    """
+
+    def __init__(self, live):
+        self.links = {n: dict(lk) for n, lk in live.links.items()}
+        self.addrs = {n: set(a) for n, a in live.addrs.items()}
+        self.routes = {}
+        for dev, routes in live.routes.items():
+            for r in routes:
+                if r["protocol"] != "kernel":
+                    self.routes[(r["dst"], r["metric"] or 0)] = dict(r, dev=dev)
+        self.errors = []
+
+    def state(self):
+        return self.links, {n: a for n, a in self.addrs.items() if a}, self.routes
+
+    def run(self, argvs, force=False):
+        for argv in argvs:
+            error = self._one(list(argv))
+            if error:
+                self.errors.append((argv, error))
+                if not force:
+                    return
+
+    def _one(self, argv):
+        obj, verb = argv[0], argv[1]
+        opts = dict(zip(argv[2::2], argv[3::2]))
+        if obj == "link" and verb == "add":
+            name = opts["name"]
+            if name in self.links:
+                return "exists"
+            for lk in self.links.values():
+                if lk["kind"] == "ipip" and (lk["local"], lk["remote"]) == (
+                    opts["local"],
+                    opts["remote"],
+                ):
+                    return "endpoints in use by " + lk["name"]
+            self.links[name] = {
+                "name": name,
+                "kind": "ipip",
+                "local": opts["local"],
+                "remote": opts["remote"],
+                "ttl": int(opts.get("ttl", 0)),
+                "mtu": 1480,
+                "alias": "",
+                "owned": False,
+                "up": False,
+            }
+            self.addrs[name] = set()
+            return None
+        if obj == "link":
+            name = argv[3]
+            if name not in self.links:
+                return "no such device"
+            if verb == "del":
+                del self.links[name]
+                self.addrs.pop(name, None)
+                self.routes = {k: r for k, r in self.routes.items() if r["dev"] != name}
+                return None
+            lk = self.links[name]
+            rest = argv[4:]
+            if "up" in rest:
+                lk["up"] = True
+                rest.remove("up")
+            for key, value in zip(rest[::2], rest[1::2]):
+                if key == "mtu":
+                    lk["mtu"] = int(value)
+                elif key == "alias":
+                    lk["alias"] = value
+                    lk["owned"] = value.startswith(tu.MARKER)
+            return None
+        if obj == "address":
+            address, dev = argv[2], argv[4]
+            if dev not in self.links:
+                return "no such device"
+            have = self.addrs.setdefault(dev, set())
+            if verb == "add":
+                if address in have:
+                    return "address exists"
+                have.add(address)
+                return None
+            if address not in have:
+                return "no such address"
+            have.discard(address)
+            ip = address.split("/")[0]
+            if not any(ip == a.split("/")[0] for lst in self.addrs.values() for a in lst):
+                self.routes = {k: r for k, r in self.routes.items() if r["prefsrc"] != ip}
+            return None
+        if obj == "route":
+            opts = dict(zip(argv[3::2], argv[4::2]))  # after the prefix
+            key = (argv[2], int(opts.get("metric", 0)))
+            dev = opts.get("dev")
+            if verb == "del":
+                if key not in self.routes or self.routes[key]["dev"] != dev:
+                    return "no such route"
+                del self.routes[key]
+                return None
+            if dev not in self.links or (
+                self.links[dev]["kind"] == "ipip" and not self.links[dev]["up"]
+            ):
+                return "network is down"
+            self.routes[key] = {
+                "dst": argv[2],
+                "prefsrc": opts.get("src"),
+                "gateway": opts.get("via"),
+                "metric": key[1],
+                "protocol": opts.get("proto"),
+                "dev": dev,
+            }
+            return None
+        return "unknown command"
+
+
+def round_trip(host, want, purge=True):
+    """Apply plan(want) to host, then the rollback: return (sim, before, inverse)."""
+    live = host.live()
+    actions, _ = tu.plan(desired(*want) if want else [], live, purge=purge)
+    inverse = tu.rollback_argvs(actions, live)
+    sim = SimIp(live)
+    before = copy.deepcopy(sim.state())
+    sim.run([a.argv for a in actions])
+    assert sim.errors == [], sim.errors
+    assert sim.state() != before or not actions
+    sim.run(inverse, force=True)
+    return sim, before, inverse
+
+
+FOREIGN_TUNNEL = dict(QUEENS, name="legacy0", remote="198.51.100.7", routes=["10.77.0.0/16"])
+
+
+def with_foreign(host):
+    return host.add_tunl0().add_tunnel(FOREIGN_TUNNEL, alias="set by hand")
+
+
+ROUND_TRIPS = {
+    "create from nothing": (lambda: with_foreign(Host()), [BROOKLYN, QUEENS]),
+    "mtu changed in place": (
+        lambda: with_foreign(Host().add_tunnel(BROOKLYN, mtu=1400).add_tunnel(QUEENS)),
+        [BROOKLYN, QUEENS],
+    ),
+    "remote changed: recreated": (
+        lambda: with_foreign(Host().add_tunnel(BROOKLYN, remote="172.17.2.99")),
+        [BROOKLYN],
+    ),
+    "renamed, same endpoints, and one purged": (
+        lambda: with_foreign(Host().add_tunnel(BROOKLYN).add_tunnel(QUEENS)),
+        [dict(BROOKLYN, name="sl-bk2")],
+    ),
+    "renamed to a name that sorts later": (
+        lambda: Host().add_tunnel(BROOKLYN),
+        [dict(BROOKLYN, name="sl-zz")],
+    ),
+    "route moved between tunnels": (
+        lambda: Host().add_tunnel(BROOKLYN).add_tunnel(QUEENS),
+        [
+            dict(BROOKLYN, routes=["192.168.2.0/24", "192.168.3.0/24"]),
+            dict(QUEENS, routes=["10.30.0.0/16"]),
+        ],
+    ),
+    "odd old state: extra address, metric route, other src, down, own alias": (
+        lambda: odd_host(),
+        [QUEENS],
+    ),
+    "a route of eth0 taken over by a tunnel": (
+        lambda: eth0_route_host(),
+        [QUEENS],
+    ),
+    "everything purged": (
+        lambda: with_foreign(Host().add_tunnel(BROOKLYN).add_tunnel(QUEENS)),
+        [],
+    ),
+}
+
+
+def odd_host():
+    host = Host().add_tunnel(
+        QUEENS,
+        alias="sitelink-gateway: set a while ago",
+        addrs=[(LAN, 32), ("10.0.0.1", 30)],
+        routes=[("192.168.3.0/24", "192.168.1.1")],
+    )
+    host.routes.append(
+        {"dst": "10.30.0.0/16", "dev": "sl-queens", "metric": 50, "prefsrc": LAN, "flags": []}
+    )
+    host.routes.append(
+        {"dst": "10.40.0.0/16", "gateway": "10.0.0.2", "dev": "sl-queens", "flags": []}
+    )
+    return host.add_tunnel(dict(BROOKLYN, mtu=1400), up=False, routes=[])
+
+
+def eth0_route_host():
+    host = with_foreign(Host())
+    host.routes.append({"dst": "10.30.0.0/16", "gateway": "172.16.1.1", "dev": "eth0"})
+    return host
+
+
+@pytest.mark.parametrize("case", sorted(ROUND_TRIPS))
+def test_rollback_brings_the_live_state_back(case):
+    make_host, want = ROUND_TRIPS[case]
+    sim, before, inverse = round_trip(make_host(), want)
+    assert sim.errors == [], sim.errors
+    assert sim.state() == before
+    # Never names a link without the marker.
+    named = {w for argv in inverse for w in argv}
+    assert not named & {"legacy0", "tunl0"}
+    assert not any(argv[-1] == "eth1" for argv in inverse)
+
+
+def test_two_changes_undone_newest_first_give_back_the_first_state():
+    """The restore runs "tunnels #2" before "tunnels": the stack ends where it began."""
+    host = with_foreign(Host().add_tunnel(BROOKLYN, mtu=1400))
+    live0 = host.live()
+    sim = SimIp(live0)
+    before = copy.deepcopy(sim.state())
+    first, _ = tu.plan(desired(BROOKLYN, QUEENS), live0)
+    inverse1 = tu.rollback_argvs(first, live0)
+    sim.run([a.argv for a in first])
+    live1 = Host().add_tunl0().add_tunnel(FOREIGN_TUNNEL, alias="set by hand")
+    live1 = live1.add_tunnel(BROOKLYN).add_tunnel(QUEENS).live()
+    assert SimIp(live1).state() == sim.state()  # the fixture agrees with the simulation
+    second, _ = tu.plan(desired(dict(QUEENS, name="sl-q2"), dict(BROOKLYN, mtu=1300)), live1)
+    inverse2 = tu.rollback_argvs(second, live1)
+    sim.run([a.argv for a in second])
+    assert sim.errors == []
+    sim.run(inverse2, force=True)
+    sim.run(inverse1, force=True)
+    assert sim.errors == [] and sim.state() == before
+
+
+def test_rollback_of_nothing_is_nothing():
+    host = with_foreign(Host().add_tunnel(BROOKLYN))
+    actions, _ = tu.plan(desired(BROOKLYN), host.live())
+    assert actions == [] and tu.rollback_argvs(actions, host.live()) == []
+
+
+def test_rollback_touches_only_the_tunnels_the_change_touches():
+    host = Host().add_tunnel(BROOKLYN, mtu=1400).add_tunnel(QUEENS)
+    live = host.live()
+    actions, _ = tu.plan(desired(BROOKLYN, QUEENS), live)
+    inverse = tu.rollback_argvs(actions, live)
+    assert [" ".join(a) for a in inverse] == [
+        "link del dev sl-brooklyn",
+        "link add name sl-brooklyn type ipip local 172.16.1.12 remote 172.17.2.10 ttl 64",
+        "link set dev sl-brooklyn mtu 1400 alias sitelink-gateway: peer brooklyn up",
+        "address add 192.168.1.126/32 dev sl-brooklyn",
+        "route replace 192.168.2.0/24 dev sl-brooklyn src 192.168.1.126",
+    ]
+
+
+def test_rollback_deletes_a_created_tunnel_and_rebuilds_a_removed_one():
+    host = Host().add_tunnel(QUEENS)
+    live = host.live()
+    actions, _ = tu.plan(desired(BROOKLYN), live)
+    inverse = [" ".join(a) for a in tu.rollback_argvs(actions, live)]
+    assert inverse[0] == "link del dev sl-brooklyn"
+    assert "link del dev sl-queens" not in inverse  # the change deletes it already
+    assert inverse[1:] == [" ".join(a) for a in tu.create_argvs(desired(QUEENS)[0])]
+
+
+def test_rollback_puts_back_a_route_of_another_device_the_change_replaces():
+    live = eth0_route_host().live()
+    actions, _ = tu.plan(desired(QUEENS), live)
+    inverse = tu.rollback_argvs(actions, live)
+    assert inverse[-1] == ["route", "replace", "10.30.0.0/16", "via", "172.16.1.1", "dev", "eth0"]
+
+
+@pytest.mark.parametrize("tunnel", [BROOKLYN, QUEENS, dict(BROOKLYN, ttl=0, description="")])
+def test_snapshot_of_a_tunnel_shaped_as_desired_is_what_creates_it(tunnel):
+    (spec,) = desired(tunnel)
+    assert tu.snapshot_argvs(Host().add_tunnel(tunnel).live(), spec["name"]) == (
+        tu.create_argvs(spec)
+    )
+
+
+def test_snapshot_keeps_an_alias_ip_batch_cannot_quote_as_the_bare_marker():
+    host = Host().add_tunnel(BROOKLYN, alias='sitelink-gateway: "quoted" #1')
+    argvs = tu.snapshot_argvs(host.live(), "sl-brooklyn")
+    assert argvs[1][-2:] == ["sitelink-gateway", "up"]
+
+
+def test_render_rollback_is_an_ip_batch_file():
+    text = tu.render_rollback([["link", "set", "dev", "x", "alias", "sitelink-gateway: a b"]])
+    assert text.splitlines()[-1] == 'link set dev x alias "sitelink-gateway: a b"'
+    assert all(line.startswith("#") for line in text.splitlines()[:-1])
+
+
+@pytest.fixture
+def gw(tmp_path):
+    yield fakes.CheckpointHost(tmp_path / "gw")
+    fakes.release_checkpoint_locks()
+
+
+class ArmCheckingRunner(FakeRunner):
+    """Fails the test if a change reaches ip before the rollback is armed."""
+
+    def __init__(self, host, gw, **kw):
+        super().__init__(host, **kw)
+        self.gw = gw
+
+    def run(self, argv, data=None):
+        if argv[0] == "-batch":
+            assert os.path.exists(os.path.join(self.gw.directory, "manifest.json"))
+        return super().run(argv, data)
+
+
+def run_armed(module, runner, gw, systemd=None):
+    with pytest.raises(Exit) as exc:
+        tu.run_module(module, runner, systemd or FakeSystemd(), gw.checkpoint(module))
+    return exc.value
+
+
+def test_run_module_arms_the_rollback_before_changing_tunnels(tmp_path, gw, monkeypatch):
+    monkeypatch.setattr(persist, "UNIT_DIR", str(tmp_path / "units"))
+    path = str(tmp_path / "tunnels.batch")
+    host = Host().add_tunnel(BROOKLYN, mtu=1400).add_tunnel(QUEENS)
+    params = {
+        "tunnels": [BROOKLYN],
+        "persist_path": path,
+        "boot_unit": "sl-t.service",
+        "rollback_timeout": 120,
+    }
+    out = run_armed(FakeModule(params), ArmCheckingRunner(host, gw), gw)
+    assert not out.failed and out.result["changed"]
+    armed = out.result["rollback"]
+    assert armed["resources"] == ["tunnels"] and armed["added"] is True
+    assert out.result["ansible_facts"]["sitelink_rollback"]["deadline"] == armed["deadline"]
+    (resource,) = gw.manifest()["resources"]
+    assert [f["path"] for f in resource["files"]] == [
+        path,
+        str(tmp_path / "units" / "sl-t.service"),
+        str(tmp_path / "units" / "multi-user.target.wants" / "sl-t.service"),
+    ]
+    assert all(f.get("absent") for f in resource["files"])  # saved before the change wrote them
+    assert resource["commands"] == [
+        ["ip", "-force", "-batch", resource["dir"] + "/tunnels.rollback"],
+        ["systemctl", "daemon-reload"],
+    ]
+    with open(os.path.join(resource["dir"], "tunnels.rollback")) as fh:
+        batch = fh.read()
+    assert "link set dev sl-brooklyn mtu 1400" in batch
+    assert "link add name sl-queens" in batch and "link del dev sl-queens" not in batch
+
+
+def test_run_module_arms_only_when_changing_and_not_in_check_mode(tmp_path, gw):
+    host = Host().add_tunnel(BROOKLYN)
+    params = {"tunnels": [BROOKLYN, QUEENS], "rollback_timeout": 60}
+    out = run_armed(FakeModule(params, check_mode=True), FakeRunner(host), gw)
+    assert out.result["changed"] and "rollback" not in out.result
+    out = run_armed(FakeModule(dict(params, rollback_timeout=0)), FakeRunner(host), gw)
+    assert out.result["changed"] and "rollback" not in out.result
+    out = run_armed(FakeModule(dict(params, tunnels=[BROOKLYN])), FakeRunner(host), gw)
+    assert not out.result["changed"] and "ansible_facts" not in out.result
+    assert gw.systemd_runs() == [] and not os.path.exists(gw.directory)
+
+
+def test_a_change_to_the_boot_file_only_arms_too(tmp_path, gw):
+    path = tmp_path / "tunnels.batch"
+    path.write_text("# an older file\n")
+    host = Host().add_tunnel(BROOKLYN)
+    params = {"tunnels": [BROOKLYN], "persist_path": str(path), "rollback_timeout": 60}
+    out = run_armed(FakeModule(params), FakeRunner(host), gw)
+    assert out.result["commands"] == [] and out.result["rollback"]["added"]
+    (resource,) = gw.manifest()["resources"]
+    assert resource["commands"] == []  # no live change to undo, only the file
+
+
+def test_a_second_change_before_the_confirm_stacks_its_own_inverse(tmp_path, gw):
+    one = run_armed(
+        FakeModule({"tunnels": [BROOKLYN], "rollback_timeout": 60}), FakeRunner(Host()), gw
+    )
+    two = run_armed(
+        FakeModule({"tunnels": [BROOKLYN, QUEENS], "rollback_timeout": 600}),
+        FakeRunner(Host().add_tunnel(BROOKLYN)),
+        gw,
+    )
+    assert two.result["rollback"]["resources"] == ["tunnels", "tunnels #2"]
+    assert two.result["rollback"]["deadline"] == one.result["rollback"]["deadline"]
+    first, second = gw.manifest()["resources"]
+    with open(os.path.join(second["dir"], "tunnels.rollback")) as fh:
+        assert "link del dev sl-queens" in fh.read()
+    with open(os.path.join(first["dir"], "tunnels.rollback")) as fh:
+        assert "link del dev sl-brooklyn" in fh.read()
+    assert len(gw.systemd_runs()) == 1
+
+
+def test_arming_fails_before_any_change(gw):
+    gw.runner.fail = (1, "Failed to connect to bus")
+    runner = FakeRunner(Host())
+    out = run_armed(FakeModule({"tunnels": [BROOKLYN], "rollback_timeout": 60}), runner, gw)
+    assert out.failed and "arming the rollback: " in out.result["msg"]
+    assert runner.changes() == []
+
+
+def test_a_failing_apply_after_arming_says_the_gateway_rolls_back(gw):
+    runner = FakeRunner(Host(), fail_on="link add name sl-queens")
+    params = {"tunnels": [BROOKLYN, QUEENS], "rollback_timeout": 60}
+    out = run_armed(FakeModule(params), runner, gw)
+    assert out.failed and "restores its previous tunnels by itself at" in out.result["msg"]
+
+
+def test_absent_arms_a_rollback_that_rebuilds_every_owned_tunnel(tmp_path, monkeypatch, gw):
+    host, params, path = deployed(tmp_path, monkeypatch)
+    params["rollback_timeout"] = 60
+    out = run_armed(FakeModule(params), FakeRunner(host), gw, FakeSystemd(enabled=True))
+    assert out.result["changed"] and out.result["rollback"]["added"]
+    (resource,) = gw.manifest()["resources"]
+    assert "saved" in resource["files"][0] and resource["files"][0]["path"] == str(path)
+    with open(os.path.join(resource["dir"], "tunnels.rollback")) as fh:
+        batch = fh.read()
+    assert "link add name sl-brooklyn" in batch and "link add name sl-queens" in batch
+    assert "foreign0" not in batch and "link del" not in batch
+
+
+def test_absent_with_nothing_left_arms_nothing(tmp_path, monkeypatch, gw):
+    monkeypatch.setattr(persist, "UNIT_DIR", str(tmp_path / "units"))
+    params = {
+        "state": "absent",
+        "persist_path": str(tmp_path / "etc" / "tunnels.batch"),
+        "boot_unit": "sl-t.service",
+        "rollback_timeout": 60,
+    }
+    out = run_armed(FakeModule(params), FakeRunner(retired_host()), gw)
+    assert out.result["changed"] is False and "rollback" not in out.result
+
+
+def test_the_restore_program_runs_the_inverse_and_restores_the_boot_file(tmp_path, gw):
+    """End to end: the module arms and changes; the restore runs with a stand-in ip."""
+    log = tmp_path / "restore.log"
+    path = tmp_path / "tunnels.batch"
+    path.write_text(tu.render_persist(desired(BROOKLYN), str(path)))
+    old_file = path.read_text()
+    runner = FakeRunner(Host().add_tunnel(BROOKLYN, mtu=1400))
+    runner.ip = fakes.fake_program(tmp_path / "ip", log)
+    params = {"tunnels": [BROOKLYN, QUEENS], "persist_path": str(path), "rollback_timeout": 60}
+    run_armed(FakeModule(params), runner, gw)
+    assert path.read_text() != old_file
+
+    proc = gw.restore()
+    assert proc.returncode == 0, proc.stdout
+    assert path.read_text() == old_file
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("ip -force -batch ") and lines[0].endswith("/tunnels.rollback")
+    assert "link del dev sl-queens" in lines and "link del dev sl-brooklyn" in lines
+    assert "link set dev sl-brooklyn mtu 1400 alias " + '"sitelink-gateway: peer brooklyn" up' in (
+        lines
+    )
+    assert not os.path.exists(gw.directory)
+    assert gw.rollback_record()["resources"] == [{"key": "tunnels", "ok": True, "errors": []}]
+
+
+def test_module_main_with_real_argument_spec_has_rollback_timeout(monkeypatch, capsys):
+    from ansible.module_utils.testing import patch_module_args
+    from ansible_collections.sitelink.gateway.plugins.modules import ipip_tunnel
+
+    runner = FakeRunner(Host())
+    monkeypatch.setattr(tu, "IpRunner", lambda module: runner)
+    args = {
+        "tunnels": [BROOKLYN],
+        "persist_path": None,
+        "rollback_timeout": 60,
+        "_ansible_check_mode": True,
+    }
+    with patch_module_args(args), pytest.raises(SystemExit) as exc:
+        ipip_tunnel.main()
+    assert exc.value.code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["changed"] is True and "rollback" not in result

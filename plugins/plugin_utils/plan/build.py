@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 
 from . import rollout, routing, schema
 from .model import (
+    ESP_OVERHEAD,
     IPIP_OVERHEAD,
     GatewayPlan,
     Link,
@@ -41,6 +42,7 @@ from .topologies import STRATEGIES
 OFFICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 MTU_RANGE = (576, 65535)
+SECRET_MIN_LENGTH = 16
 
 Bad = Callable[[str, str], None]
 
@@ -105,6 +107,26 @@ def _relay_requests(field: str, rules: Optional[list], bad: Bad) -> tuple[RelayR
     return tuple(requests)
 
 
+def _management_sources(values: dict[str, Any], bad: Bad) -> tuple[str, ...]:
+    """Who may reach SSH under a hardened input policy: addresses or prefixes, v4 or v6."""
+    sources = []
+    for index, text in enumerate(values["office_management_sources"] or []):
+        try:
+            sources.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            bad(
+                f"office_management_sources[{index}]",
+                f"{text!r} is not an address or prefix (e.g. 198.51.100.7 or 2001:db8::/48)",
+            )
+    if values["office_firewall_input_policy"] == "drop" and not values["office_management_sources"]:
+        bad(
+            "office_management_sources",
+            "is empty while office_firewall_input_policy is drop: nothing could reach SSH, "
+            "Ansible included; name where you manage the gateway from",
+        )
+    return tuple(dict.fromkeys(sources))
+
+
 def _parse_office(
     host: str, raw: dict[str, Any], errors: list[str]
 ) -> tuple[Optional[Office], bool]:
@@ -149,6 +171,7 @@ def _parse_office(
                     f"{text} is not another address inside the WAN subnet {wan.network}",
                 )
     _check_mtu("office_wan_mtu", values["office_wan_mtu"], bad)
+    management = _management_sources(values, bad)
     relay = _relay_requests("office_broadcast_relay", values["office_broadcast_relay"], bad)
     if lan is not None and wan is not None and lan.network.overlaps(wan.network):
         bad("office_lan_address", f"LAN {lan.network} overlaps its own WAN subnet")
@@ -172,6 +195,9 @@ def _parse_office(
         wan_gateway=gateway,
         masquerade=values["office_masquerade"],
         relay=relay,
+        firewall_input_policy=values["office_firewall_input_policy"],
+        firewall_forward_policy=values["office_firewall_forward_policy"],
+        management_sources=management,
     ), True
 
 
@@ -241,6 +267,31 @@ def _deployment(
         else:
             values[spec.name] = schema.check_value(spec, reference, spec.name, bad)
     return values
+
+
+def _check_protection(deployment: dict[str, Any], errors: list[str]) -> None:
+    """IPsec needs the deployment secret, and a secret worth the name."""
+    if deployment.get("office_tunnel_protection") != "ipsec":
+        return
+    secret = deployment.get("office_tunnel_secret")
+    if not secret:
+        errors.append(
+            "deployment (every office): office_tunnel_secret: is not set, and "
+            "office_tunnel_protection is ipsec (the default): set it once for the offices "
+            "group, encrypted with ansible-vault (see the README, Security), or set "
+            "office_tunnel_protection: none to run plain, unauthenticated IPIP"
+        )
+    elif len(secret) < SECRET_MIN_LENGTH:
+        errors.append(
+            f"deployment (every office): office_tunnel_secret: is shorter than "
+            f"{SECRET_MIN_LENGTH} characters (e.g. `openssl rand -base64 32`)"
+        )
+    rollback = deployment.get("office_rollback_timeout")
+    if rollback is not None and not (rollback == 0 or 30 <= rollback <= 3600):
+        errors.append(
+            f"deployment (every office): office_rollback_timeout: {rollback} must be 0 (off) "
+            "or between 30 and 3600 seconds"
+        )
 
 
 def _check_rollout(deployment: dict[str, Any], errors: list[str]) -> None:
@@ -489,6 +540,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     names = {h: str(raw.get("office_name") or h) for h, raw in office_vars.items()}
     deployment = _deployment(office_vars, names, errors)
     _check_rollout(deployment, errors)
+    _check_protection(deployment, errors)
     parsed = [_parse_office(host, raw, errors) for host, raw in sorted(office_vars.items())]
     for index, entry in enumerate(deployment.get("office_external_peers") or []):
         if entry is not None:
@@ -538,10 +590,18 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     def prefixes(office: str, hop: str) -> tuple[str, ...]:
         return tuple(lan_text[d] for d in routed.get((office, hop), ()))
 
+    protection = deployment["office_tunnel_protection"]
+    overhead = IPIP_OVERHEAD + (ESP_OVERHEAD if protection == "ipsec" else 0)
+    if protection == "none":
+        warnings.append(
+            "deployment (every office): office_tunnel_protection: none: every link is plain "
+            "IPIP, which anyone on the path can read, and anyone on the Internet can forge "
+            "(RFC 2003 has no authentication)"
+        )
     links = []
     for (a, b), mtu in sorted(pairs.items()):
         if mtu is None:
-            mtu = min(offices[a].wan_mtu, offices[b].wan_mtu) - IPIP_OVERHEAD
+            mtu = min(offices[a].wan_mtu, offices[b].wan_mtu) - overhead
         links.append(
             Link(
                 LinkEnd(a, tunnel_name(b), prefixes(a, b)),
@@ -555,6 +615,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         by_office[link.a.office].append(link)
         by_office[link.b.office].append(link)
 
+    all_lans = [o.lan.network for o in offices_list]
     gateways: dict[str, GatewayPlan] = {}
     for office in offices_list:
         if office.external:
@@ -585,6 +646,9 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
             },
             masquerade_sources=reached if office.masquerade else [],
             relay=relay_ports[office.name],
+            protection=protection,
+            rollback_timeout=deployment["office_rollback_timeout"],
+            office_lans=all_lans,
         )
     return NetworkPlan(
         topology=topology,
@@ -594,4 +658,5 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         gateways=gateways,
         flows=flows,
         warnings=warnings,
+        protection=protection,
     )

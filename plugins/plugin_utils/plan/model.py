@@ -15,6 +15,9 @@ from typing import Any, Optional
 
 IPIP_OVERHEAD = 20  # RFC 2003: one outer IPv4 header, no options
 TUNNEL_TTL = 64
+# ESP in transport mode, AES-GCM-16: 8 SPI+sequence, 8 IV, 16 ICV, 2 trailer, up to
+# 3 padding; rounded up to 40 so the tunnel MTU stays a multiple of 4.
+ESP_OVERHEAD = 40
 TUNNEL_PREFIX = "sl-"
 IFNAMSIZ = 15  # the kernel's limit on interface names
 # 6 hex digits (24 bits): two long names that share their 5-character head
@@ -71,6 +74,9 @@ class Office:
     wan_gateway: Optional[ipaddress.IPv4Address] = None
     masquerade: bool = False
     relay: tuple[RelayRequest, ...] = ()
+    firewall_input_policy: str = "accept"
+    firewall_forward_policy: str = "accept"
+    management_sources: tuple[str, ...] = ()
     index: int = 0  # position in office_external_peers, for messages
 
     @property
@@ -161,68 +167,14 @@ class GatewayPlan:
     masquerade_sources: list[str]
     relay: dict[int, RelayPort]
 
+    protection: str = "ipsec"
+    rollback_timeout: int = 0
+    office_lans: list[ipaddress.IPv4Network] = field(default_factory=list)  # every office's
+
     def to_dict(self) -> dict[str, Any]:
-        office = self.office
-        lan_address = str(office.lan.ip)
-        tunnels = []
-        for link in self.links:
-            mine, theirs = link.end(office.name), self.peers[link.other(office.name).office]
-            tunnels.append(
-                {
-                    "name": mine.tunnel,
-                    "local": str(office.wan.ip),
-                    "remote": str(theirs.wan.ip),
-                    "address": lan_address,
-                    "routes": list(mine.routes),
-                    "mtu": link.mtu,
-                    "ttl": TUNNEL_TTL,
-                    "description": f"peer {theirs.name}",
-                }
-            )
-        return {
-            "office": office.name,
-            "role": office.role,
-            "peers": [link.other(office.name).office for link in self.links],
-            # The peer's LAN address is what verify.yml pings through the tunnel. It
-            # lives here, not on the tunnel: ``tunnels`` is the ipip_tunnel input as is.
-            "links": [
-                {
-                    "id": link.id,
-                    "offices": [link.a.office, link.b.office],
-                    "peer": link.other(office.name).office,
-                    "peer_address": str(self.peers[link.other(office.name).office].lan.ip),
-                    "tunnel": link.end(office.name).tunnel,
-                }
-                for link in self.links
-            ],
-            "lan": {
-                "interface": office.lan_interface,
-                "address": lan_address,
-                "cidr": office.lan.with_prefixlen,
-                "network": str(office.lan.network),
-                "broadcast": str(office.lan.network.broadcast_address),
-            },
-            "wan": {
-                "interface": office.wan_interface,
-                "address": str(office.wan.ip),
-                "cidr": office.wan.with_prefixlen,
-                "gateway": None if office.wan_gateway is None else str(office.wan_gateway),
-                "mtu": office.wan_mtu,
-            },
-            "tunnels": tunnels,
-            "masquerade": {
-                "interface": office.lan_interface,
-                "address": lan_address,
-                "sources": list(self.masquerade_sources),
-            },
-            "relay": {
-                "version": 1,
-                "lan": {"interface": office.lan_interface, "address": office.lan.with_prefixlen},
-                "own_addresses": [str(office.wan.ip)],
-                "wire": "raw",
-                "rules": [r.to_dict() for _, r in sorted(self.relay.items())],
-            },
-        }
+        from .sections import gateway_dict  # the sections import this module
+
+        return gateway_dict(self)
 
 
 @dataclass
@@ -234,6 +186,7 @@ class NetworkPlan:
     gateways: dict[str, GatewayPlan]  # by host
     flows: list[RelayFlow]
     warnings: list[str]
+    protection: str = "ipsec"
 
     def gateway_dict(self, host: str) -> dict[str, Any]:
         """The plan of one gateway, as the roles take it (``office_plan``)."""

@@ -227,6 +227,8 @@ def gateway_text(plan: Mapping[str, Any]) -> str:
                 )
             else:
                 lines.append("    routes nothing into it")
+    lines.extend(_protection_lines(plan, tunnels))
+    lines.extend(_firewall_lines(plan, wan_if))
 
     masquerade = plan.get("masquerade") or {}
     sources = masquerade.get("sources") or []
@@ -255,6 +257,63 @@ def gateway_text(plan: Mapping[str, Any]) -> str:
             lines.append(f"  UDP port {rule.get('port')}:")
             lines.extend(_relay_lines(rule, relays, lan_if))
     return "\n".join(lines) + "\n"
+
+
+def _protection_lines(plan: Mapping[str, Any], tunnels: list[Any]) -> list[str]:
+    if not tunnels:
+        return []
+    if plan.get("protection") == "none":
+        return [
+            "  NOT PROTECTED (office_tunnel_protection: none): plain IPIP, readable by anyone",
+            "  on the path and forgeable by anyone on the Internet",
+        ]
+    return [
+        "  protected: IPsec ESP (transport mode, IKEv2, the link's own key) around each",
+        "  tunnel's IPIP; IPIP that is not inside ESP from the peer is dropped",
+    ]
+
+
+def _firewall_lines(plan: Mapping[str, Any], wan_if: str) -> list[str]:
+    fw = plan.get("firewall")
+    if not fw:
+        return []
+    lines = ["", "Firewall (nftables table inet sitelink_firewall):"]
+    peers = fw.get("link_peers") or []
+    if peers:
+        lines.extend(
+            _wrap(
+                f"  IPIP, ESP and IKE on {wan_if} only from {len(peers)} link peers: ",
+                peers,
+                "    ",
+            )
+            if len(peers) > 3
+            else [f"  IPIP, ESP and IKE on {wan_if} only from: {', '.join(peers)}"]
+        )
+    else:
+        lines.append(f"  no IPIP, ESP or IKE accepted on {wan_if} (no links)")
+    lans = fw.get("office_lans") or []
+    lines.append(
+        f"  dropped from {wan_if}: any source inside the office LANs "
+        f"({_plural(len(lans), 'prefix', 'prefixes')})"
+    )
+    lines.append("  dropped from a tunnel: any source not routed over it")
+    ports = fw.get("relay_ports") or []
+    if ports:
+        lines.append(
+            f"  relay port{'s' if len(ports) > 1 else ''} {', '.join(map(str, ports))}: "
+            "only from the LAN, and through a tunnel only from the peer's relay"
+        )
+    if fw.get("input_policy") == "drop":
+        mgmt = ", ".join(fw.get("management_sources") or [])
+        lines.append(f"  to the gateway: only what it needs; SSH only from {mgmt}")
+    else:
+        lines.append("  to the gateway: everything else accepted (input policy accept)")
+    if fw.get("forward_policy") == "drop":
+        lines.append("  forwarded: only replies, LAN <-> tunnels, and tunnel <-> tunnel")
+    else:
+        lines.append("  forwarded: everything else accepted (forward policy accept)")
+    lines.append("  TCP MSS clamped to the route MTU into the tunnels")
+    return lines
 
 
 def _relay_lines(rule: Mapping[str, Any], relays: _Relays, lan_if: str) -> list[str]:
@@ -323,6 +382,10 @@ def network_text(plan: NetworkPlan) -> str:
         lines.append("Transit: on (offices without a link reach each other through gateways)")
     else:
         lines.append("Transit: off (an office reaches only the offices it has a link with)")
+    if plan.protection == "none":
+        lines.append("Protection: NONE (plain IPIP: readable and forgeable on the path)")
+    else:
+        lines.append("Protection: IPsec ESP around every link's IPIP (IKEv2, one key per link)")
     lines.append(
         f"{_counts(plan)}, {_plural(len(plan.links), 'link')}, "
         f"{_plural(len(plan.flows), 'relay flow')}, {_plural(len(plan.warnings), 'warning')}"

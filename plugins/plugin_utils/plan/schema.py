@@ -24,6 +24,8 @@ DEPLOYMENT = "deployment"  # set once for every office (group variable of the of
 
 TOPOLOGIES = ("hub-and-spoke", "mesh", "links")
 ROLES = ("hub", "branch")
+PROTECTIONS = ("ipsec", "none")
+POLICIES = ("accept", "drop")
 # Facts the office role sets on each gateway: not inventory variables.
 OUTPUT_FACTS = ("office_plan", "office_secrets")
 
@@ -163,6 +165,45 @@ FIELDS: tuple[Field, ...] = (
         summary="`[{port: 6799, to: [brooklyn]}]`: broadcasts on this LAN relayed to those "
         "offices (omit `to` for every reachable office)",
     ),
+    Field(
+        "office_firewall_input_policy",
+        "str",
+        (
+            "Policy of the collection's firewall for traffic to the gateway itself. "
+            "C(accept): only what the firewall drops on purpose is dropped (IPIP, IKE and "
+            "ESP from anyone but a link peer, the relay port from anywhere but the tunnels, "
+            "office LAN sources arriving from the Internet). C(drop): also everything that "
+            "is not needed: SSH is then accepted only from O(office_management_sources).",
+        ),
+        default="accept",
+        choices=POLICIES,
+        summary="`accept`, or `drop` to harden (SSH only from `office_management_sources`)",
+    ),
+    Field(
+        "office_firewall_forward_policy",
+        "str",
+        (
+            "Policy for traffic the gateway forwards. C(drop) forwards only replies "
+            "(established, related), the LAN to the offices routed over the tunnels, the "
+            "tunnels to the LAN, and tunnel to tunnel (transit).",
+        ),
+        default="accept",
+        choices=POLICIES,
+        summary="`accept`, or `drop`: forward only between the LAN and the tunnels",
+    ),
+    Field(
+        "office_management_sources",
+        "list",
+        (
+            "Addresses or prefixes (IPv4 or IPv6) allowed to reach SSH (port 22) when "
+            "O(office_firewall_input_policy=drop). Include where Ansible connects from: a "
+            "push that locks it out is rolled back by the gateway "
+            "(O(office_rollback_timeout)).",
+        ),
+        default=[],
+        elements="str",
+        summary="who may reach SSH when the input policy is `drop` (include the controller)",
+    ),
     # ------------------------------------------------------------ deployment-wide
     Field(
         "office_topology",
@@ -248,16 +289,34 @@ FIELDS: tuple[Field, ...] = (
         summary="`[{name, wan_address, lan_address}]`: peers run by someone else",
     ),
     Field(
+        "office_tunnel_protection",
+        "str",
+        (
+            "C(ipsec): every link's IPIP travels inside IPsec ESP (transport mode, IKEv2, "
+            "strongSwan) between the two public addresses, keyed from "
+            "O(office_tunnel_secret); IPIP that is not inside ESP from the link's peer is "
+            "dropped. C(none): the article's plain IPIP, readable and forgeable by anyone "
+            "on the path (plan.yml and verify.yml warn).",
+        ),
+        scope=DEPLOYMENT,
+        default="ipsec",
+        choices=PROTECTIONS,
+        summary="`ipsec` (ESP around every tunnel, keyed from the secret) or `none` (plain IPIP)",
+    ),
+    Field(
         "office_tunnel_secret",
         "str",
         (
-            "The deployment secret (keep it in Ansible Vault). Each link's own key is "
-            "derived from it on the controller and handed only to that link's two gateways "
-            "in C(office_secrets), a fact set under C(no_log).",
+            "The deployment secret (keep it in Ansible Vault; at least 16 characters). Each "
+            "link's own keys (its IPsec pre-shared key, its relay key) are derived from it on "
+            "the controller (HKDF over the two office names) and handed only to that link's "
+            "two gateways in C(office_secrets), a fact set under C(no_log).",
+            "Required while O(office_tunnel_protection=ipsec).",
         ),
         scope=DEPLOYMENT,
         secret=True,
-        summary="deployment secret per-link keys are derived from (vault it)",
+        summary="deployment secret the per-link keys are derived from (vault it); required "
+        "with `ipsec`",
         default_text="none",
     ),
     Field(
@@ -286,6 +345,21 @@ FIELDS: tuple[Field, ...] = (
         scope=DEPLOYMENT,
         default=20,
         summary="stop before the next batch when more than this % of a batch failed",
+    ),
+    Field(
+        "office_rollback_timeout",
+        "int",
+        (
+            "Seconds a gateway waits for C(site.yml) to reconnect over a new SSH connection "
+            "after a firewall, tunnel or IPsec change. Without that confirmation it restores "
+            "its previous rules, tunnels and IPsec configuration by itself, so a push that "
+            "cuts Ansible off undoes itself. It must cover the rest of the gateway's play "
+            "after its first change (about a minute). C(0) turns the safety net off.",
+        ),
+        scope=DEPLOYMENT,
+        default=300,
+        summary="a change not confirmed over a new connection within this many seconds is "
+        "rolled back by the gateway (0: off)",
     ),
     Field(
         "office_group",

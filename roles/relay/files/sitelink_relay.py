@@ -19,6 +19,15 @@ our own addresses, broadcasts from outside the LAN or from the wrong interface,
 peer datagrams sent to a broadcast address, and payloads we have just re-broadcast
 are dropped and counted.  Python 3.9+ standard library only; no privileges needed
 for ports above 1023.  The config lives in /etc/sitelink/relay.json (see ``--help``).
+
+A peer relay is known by its source address, which anyone can forge: a datagram sent
+from the Internet to the gateway's public address with a peer's address as source
+would otherwise be re-broadcast on the LAN (or passed on to other branches).  The
+config's optional ``peer_interfaces`` names the tunnel interface each peer's datagrams
+must arrive on (IP_PKTINFO gives the arrival interface); a peer datagram arriving on
+any other interface is dropped and counted as ``peer_interface``.  Without
+``peer_interfaces`` (hand-written configs in the article's style, and compat mode)
+peer datagrams are accepted on any interface, as before.
 """
 
 from __future__ import annotations
@@ -64,6 +73,8 @@ ECHO_WINDOW = 2.0  # seconds a re-broadcast payload is remembered for echo suppr
 ECHO_MAX_ENTRIES = 4096
 STATUS_INTERVAL = 5.0  # seconds between status file writes
 REFRESH_INTERVAL = 10.0  # seconds between LAN ifindex / local address re-resolution
+IFNAME_CACHE_MAX = 1024  # ifindex -> name entries kept before the cache starts over
+IFNAMSIZ = 16  # Linux interface names: at most 15 bytes + NUL
 ERROR_LOG_INTERVAL = 60.0  # at most one log line per (port, error) per this many seconds
 
 LIMITED_BROADCAST = b"\xff\xff\xff\xff"
@@ -77,6 +88,7 @@ REBROADCAST_TRANSIT = "rebroadcast+transit"  # both of the above
 DROP_OWN = "own"  # sent by this gateway (incl. our own re-broadcasts looping back)
 DROP_FOREIGN = "foreign"  # neither a LAN broadcast nor a unicast from an accepted/transit peer
 DROP_WRONG_INTERFACE = "wrong_interface"  # broadcast that did not arrive on the LAN interface
+DROP_PEER_INTERFACE = "peer_interface"  # peer unicast not on that peer's tunnel interface
 DROP_ECHO = "echo"  # payload identical to one we re-broadcast moments ago
 DROP_TRUNCATED = "truncated"  # larger than the receive buffer (cannot happen for IPv4)
 DROP_PEER_BROADCAST = "peer_broadcast"  # peer datagram addressed to a broadcast/multicast
@@ -86,6 +98,7 @@ DROP_REASONS = (
     DROP_OWN,
     DROP_FOREIGN,
     DROP_WRONG_INTERFACE,
+    DROP_PEER_INTERFACE,
     DROP_ECHO,
     DROP_TRUNCATED,
     DROP_PEER_BROADCAST,
@@ -161,6 +174,7 @@ class Config:
         "wire",
         "rules",
         "status_file",
+        "peer_interfaces",
     )
 
     def __init__(
@@ -171,6 +185,7 @@ class Config:
         wire: str,
         rules: tuple[Rule, ...],
         status_file: Optional[str],
+        peer_interfaces: Optional[dict[str, str]] = None,
     ):
         self.lan_interface = lan_interface
         self.lan = lan
@@ -178,6 +193,8 @@ class Config:
         self.wire = wire
         self.rules = rules
         self.status_file = status_file
+        # peer address -> the interface its datagrams must arrive on; None: any interface
+        self.peer_interfaces = peer_interfaces
 
     @property
     def lan_network(self) -> ipaddress.IPv4Network:
@@ -198,6 +215,12 @@ class Config:
                     ", ".join(f"{src} -> {' '.join(dst)}" for src, dst in r.transit.items())
                 )
             parts.append(part)
+        if self.peer_interfaces is not None:
+            parts.append(
+                "peers only via [{}]".format(
+                    ", ".join(f"{p} {i}" for p, i in sorted(self.peer_interfaces.items()))
+                )
+            )
         return "LAN {} {} (broadcast {}), wire {}; {}".format(
             self.lan_interface,
             self.lan.with_prefixlen,
@@ -208,7 +231,16 @@ class Config:
 
 
 # "_comment": JSON has no comments; Ansible writes its "managed" banner there.
-_TOP_KEYS = ("_comment", "version", "lan", "own_addresses", "wire", "rules", "status_file")
+_TOP_KEYS = (
+    "_comment",
+    "version",
+    "lan",
+    "own_addresses",
+    "wire",
+    "rules",
+    "status_file",
+    "peer_interfaces",
+)
 _LAN_KEYS = ("interface", "address")
 _RULE_KEYS = ("port", "forward_to", "accept_from", "transit")
 
@@ -226,6 +258,23 @@ def _check_keys(obj: dict, allowed: Iterable[str], where: str, errors: list[str]
                     where + "." if where else "", key, ", ".join(allowed)
                 )
             )
+
+
+def _ifname_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot be a Linux interface name (dev_valid_name()), or None."""
+    if not name:
+        return "is empty"
+    try:
+        size = len(os.fsencode(name))  # how socket.if_nametoindex() passes it on
+    except UnicodeError:
+        return "cannot be encoded"
+    if size >= IFNAMSIZ:
+        return f"is longer than {IFNAMSIZ - 1} bytes"
+    if name in (".", ".."):
+        return "is reserved"
+    if any(c in "/:\0" or c.isspace() for c in name):
+        return "contains '/', ':', NUL or whitespace"
+    return None
 
 
 def _parse_unicast(value: Any, where: str, errors: list[str]) -> Optional[str]:
@@ -315,6 +364,44 @@ def _parse_transit(
     return transit if ok else None
 
 
+def _parse_peer_interfaces(
+    value: Any,
+    own: dict[str, str],
+    lan_iface: Optional[ipaddress.IPv4Interface],
+    lan_name: str,
+    listed: set[str],
+    errors: list[str],
+) -> Optional[dict[str, str]]:
+    """``{"peer": "ifname"}``: the interface each peer's datagrams must arrive on.
+
+    Adds every valid peer address among the keys to ``listed``, even when its
+    interface name is wrong (one error for it, not a second "no interface").
+    """
+    if not isinstance(value, dict):
+        errors.append(
+            "peer_interfaces: must be an object mapping a peer address to an interface name"
+            ' (e.g. {"192.168.2.126": "sl-brooklyn"})'
+        )
+        return None
+    result: dict[str, str] = {}
+    for key, name in value.items():
+        where = f"peer_interfaces[{json.dumps(key)}]"
+        addr = _parse_peer(key, where, own, lan_iface, listed, errors)
+        if addr is not None:
+            listed.add(addr)
+        if not isinstance(name, str):
+            errors.append(f"{where}: {json.dumps(name)} is not an interface name string")
+        elif _ifname_problem(name):
+            errors.append(
+                f"{where}: {name!r} is not a valid interface name ({_ifname_problem(name)})"
+            )
+        elif lan_name and name == lan_name:
+            errors.append(f"{where}: {name!r} is the LAN interface; name the tunnel to that peer")
+        elif addr is not None:
+            result[addr] = name
+    return result
+
+
 def parse_config(data: Any) -> Config:
     """Validate a decoded JSON config; raise ConfigError listing every problem found."""
     errors: list[str] = []
@@ -352,8 +439,10 @@ def parse_config(data: Any) -> Config:
         name = lan.get("interface")
         if not isinstance(name, str) or not name:
             errors.append('lan.interface: missing or not a string (e.g. "eth0")')
-        elif len(name) > 15 or "/" in name or any(c.isspace() for c in name) or name in (".", ".."):
-            errors.append(f"lan.interface: {name!r} is not a valid interface name")
+        elif _ifname_problem(name):
+            errors.append(
+                f"lan.interface: {name!r} is not a valid interface name ({_ifname_problem(name)})"
+            )
         else:
             lan_name = name
         address = lan.get("address")
@@ -402,6 +491,7 @@ def parse_config(data: Any) -> Config:
             own[addr] = where
 
     rules: list[Rule] = []
+    sources: dict[str, str] = {}  # peer whose datagrams some rule takes -> where first named
     rules_data = data.get("rules")
     if "rules" not in data:
         errors.append("rules: missing (at least one rule is needed)")
@@ -457,6 +547,10 @@ def parse_config(data: Any) -> Config:
                     f"{where}: needs at least one address in forward_to, accept_from or transit"
                 )
                 ok = False
+            for j, addr in enumerate(lists["accept_from"]):
+                sources.setdefault(addr, f"{where}.accept_from[{j}]")
+            for addr in transit or ():
+                sources.setdefault(addr, f"{where}.transit")
             if ok:
                 rules.append(
                     Rule(
@@ -466,6 +560,24 @@ def parse_config(data: Any) -> Config:
                         transit,
                     )
                 )
+
+    # Absent: peers' datagrams are accepted on any interface (the article's behaviour).
+    # Present: every peer source needs its interface.  Entries for addresses that no
+    # rule takes datagrams from (forward_to-only peers, transit targets, peers of
+    # other tunnels) are valid and unused: they never widen what is accepted.
+    peer_interfaces: Optional[dict[str, str]] = None
+    if "peer_interfaces" in data:
+        listed: set[str] = set()
+        peer_interfaces = _parse_peer_interfaces(
+            data["peer_interfaces"], own, lan_iface, lan_name, listed, errors
+        )
+        if peer_interfaces is not None:
+            for addr, where in sources.items():
+                if addr not in listed:
+                    errors.append(
+                        f"peer_interfaces: no interface for {addr} ({where}); every peer"
+                        " whose datagrams are accepted or passed on needs its tunnel interface"
+                    )
 
     status_file = data.get("status_file", DEFAULT_STATUS_FILE)
     if status_file is not None and (
@@ -477,7 +589,9 @@ def parse_config(data: Any) -> Config:
         raise ConfigError(errors)
     if lan_iface is None:  # pragma: no cover - an error was recorded above
         raise ConfigError(["lan.address: missing"])
-    return Config(lan_name, lan_iface, frozenset(own), wire, tuple(rules), status_file)
+    return Config(
+        lan_name, lan_iface, frozenset(own), wire, tuple(rules), status_file, peer_interfaces
+    )
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -561,6 +675,43 @@ class EchoMemory:
         return len(self._entries)
 
 
+class IfNames:
+    """Arrival ifindex -> interface name, for checking ``peer_interfaces``.
+
+    The hot path reads ``names`` (one dict lookup) and calls ``resolve`` only on a
+    miss.  Names are matched rather than ifindexes resolved once, because a tunnel
+    may not exist yet when the relay starts, and may be deleted and recreated (same
+    name, new ifindex) while it runs: the new ifindex is a miss, resolved with one
+    if_indextoname() call.  Linux does not hand out an ifindex again soon, so an entry
+    for a deleted interface is harmless.  An unknown ifindex (interface already gone,
+    0 = no IP_PKTINFO) is cached as "" (matches no name), so a flood costs one
+    syscall per arrival interface, not per datagram.  The relay empties the cache on
+    every refresh and SIGHUP (a renamed interface is seen within REFRESH_INTERVAL), and
+    it starts over at IFNAME_CACHE_MAX entries, so it stays small.
+    """
+
+    __slots__ = ("names", "lookups")
+
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}  # only ever mutated in place: classifiers hold it
+        self.lookups = 0  # if_indextoname() calls, for tests and curiosity
+
+    def resolve(self, ifindex: int) -> str:
+        names = self.names
+        if len(names) >= IFNAME_CACHE_MAX:
+            names.clear()
+        self.lookups += 1
+        try:
+            name = socket.if_indextoname(ifindex)
+        except (OSError, OverflowError, ValueError):
+            name = ""
+        names[ifindex] = name
+        return name
+
+    def clear(self) -> None:
+        self.names.clear()
+
+
 def _ip_to_int(addr: str) -> int:
     return int.from_bytes(socket.inet_aton(addr), "big")
 
@@ -575,6 +726,10 @@ class Classifier:
     ``transit_targets(transit)``) if its source is a transit source.  The only state
     is the echo memory (filled when the verdict includes a re-broadcast) and
     ``own``/``lan_ifindex``, which the relay refreshes.
+
+    With ``peer_interfaces`` (peer -> interface name), a peer unicast that did not
+    arrive on its peer's interface is dropped as DROP_PEER_INTERFACE; ``ifnames``
+    (shared by the relay's classifiers) turns the arrival ifindex into a name.
     """
 
     __slots__ = (
@@ -584,7 +739,10 @@ class Classifier:
         "transit_from",
         "has_forward_to",
         "echo",
+        "ifnames",
         "_peers",
+        "_peer_if",
+        "_ifn",
         "_net",
         "_mask",
         "_bcast",
@@ -599,6 +757,8 @@ class Classifier:
         has_forward_to: bool,
         echo_window: float = ECHO_WINDOW,
         transit: Optional[dict[str, Iterable[str]]] = None,
+        peer_interfaces: Optional[dict[str, str]] = None,
+        ifnames: Optional[IfNames] = None,
     ):
         self.lan_ifindex = lan_ifindex
         self.own = own
@@ -613,13 +773,25 @@ class Classifier:
             self._peers[src] = REBROADCAST_TRANSIT if src in self.transit_from else REBROADCAST
         for src in self.transit_from.difference(accept_from):
             self._peers[src] = TRANSIT
+        self.ifnames = ifnames if ifnames is not None else IfNames()
+        self._ifn = self.ifnames.names
+        # peer source -> the name its arrival interface must have (None, for a source
+        # missing from peer_interfaces, matches no name); no dict: no interface check
+        self._peer_if: Optional[dict[str, Optional[str]]] = None
+        if peer_interfaces is not None:
+            self._peer_if = {src: peer_interfaces.get(src) for src in self._peers}
         self._net = int(lan.network.network_address)
         self._mask = int(lan.network.netmask)
         self._bcast = lan.network.broadcast_address.packed
 
     @classmethod
     def for_rule(
-        cls, config: Config, rule: Rule, lan_ifindex: int, own: Optional[frozenset[str]] = None
+        cls,
+        config: Config,
+        rule: Rule,
+        lan_ifindex: int,
+        own: Optional[frozenset[str]] = None,
+        ifnames: Optional[IfNames] = None,
     ) -> Classifier:
         return cls(
             config.lan,
@@ -628,6 +800,8 @@ class Classifier:
             rule.accept_from,
             bool(rule.forward_to),
             transit=rule.transit,
+            peer_interfaces=config.peer_interfaces,
+            ifnames=ifnames,
         )
 
     def in_lan(self, src: str) -> bool:
@@ -668,6 +842,13 @@ class Classifier:
         if peer is not None:
             if dst[:1] >= b"\xe0":  # multicast or class E: not a unicast to us
                 return DROP_PEER_BROADCAST
+            peer_if = self._peer_if
+            if peer_if is not None:
+                name = self._ifn.get(ifindex)
+                if name is None:
+                    name = self.ifnames.resolve(ifindex)
+                if name != peer_if[src]:  # e.g. forged source, arrived from the WAN
+                    return DROP_PEER_INTERFACE
             if peer != TRANSIT:  # re-broadcast on our LAN: remember it for echoes
                 self.echo.remember(payload, time.monotonic() if now is None else now)
             return peer
@@ -882,6 +1063,13 @@ def format_status(data: dict[str, Any], now: Optional[float] = None) -> str:
         )
     if data.get("config"):
         lines.append("config {}, wire {}".format(data["config"], data.get("wire", "?")))
+    peer_ifs = data.get("peer_interfaces")
+    if isinstance(peer_ifs, dict):
+        lines.append(
+            "peers only via: {}".format(
+                ", ".join(f"{p} {i}" for p, i in peer_ifs.items()) or "(none)"
+            )
+        )
     ports = data.get("ports") or {}
     header = (
         "port",
@@ -1059,6 +1247,7 @@ class Relay:
         self.lan_ifindex = 0
         self.local: frozenset[str] = frozenset()
         self.broadcasts: frozenset[str] = frozenset()
+        self.ifnames = IfNames()  # shared by the classifiers (peer_interfaces)
         self._lan_anc: list[tuple[int, int, bytes]] = []
         self._lan_dest = ""
         self._buf = bytearray(RECV_BUFSIZE)
@@ -1087,6 +1276,7 @@ class Relay:
             local, bcast = self.local, self.broadcasts
         changed_addrs = local != self.local
         self.local, self.broadcasts = local, bcast
+        self.ifnames.clear()  # re-learnt lazily (see IfNames)
         own = self.own_set()
         if self.config is not None:
             cfg = self.config
@@ -1124,10 +1314,27 @@ class Relay:
         return dest == "255.255.255.255" or dest in self.broadcasts
 
     def _make_port(self, config: Config, rule: Rule, sock: Optional[socket.socket]) -> PortState:
-        classifier = Classifier.for_rule(config, rule, self.lan_ifindex, self.own_set())
+        classifier = Classifier.for_rule(
+            config, rule, self.lan_ifindex, self.own_set(), self.ifnames
+        )
         ps = PortState(rule.port, sock, classifier, rule.forward_to, rule.transit)
         ps.rule = rule
         return ps
+
+    def check_peer_interfaces(self) -> None:
+        """Log the peer interfaces that do not exist (yet); nothing else depends on it."""
+        if self.config is None or self.config.peer_interfaces is None:
+            return
+        peers_by_if: dict[str, list[str]] = {}
+        for peer, name in self.config.peer_interfaces.items():
+            peers_by_if.setdefault(name, []).append(peer)
+        for name, peers in sorted(peers_by_if.items()):
+            if not if_index(name):
+                log.warning(
+                    "peer interface %s not found; datagrams from %s are dropped until it appears",
+                    name,
+                    ", ".join(sorted(peers)),
+                )
 
     def setup(self) -> None:
         self.refresh(initial=True)
@@ -1144,6 +1351,7 @@ class Relay:
                 self.ports.clear()
                 raise
             log.info("config %s: %s", self.config_path, self.config.summary())
+            self.check_peer_interfaces()
         elif self.compat is not None:
             port, dest = self.compat
             classifier = CompatClassifier(self.own_set(), dest, self._compat_dest_is_broadcast())
@@ -1169,6 +1377,7 @@ class Relay:
         self.notifier.notify(
             f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
         )
+        self.ifnames.clear()  # rebuilt lazily, whether or not the new config is good
         try:
             try:
                 new = load_config(self.config_path)
@@ -1195,6 +1404,7 @@ class Relay:
                 self.config.lan_interface,
                 self.config.own_addresses,
             )
+            peers_changed = new.peer_interfaces != self.config.peer_interfaces
             self.config = new
             self.status_file = new.status_file
             for port in [p for p in self.ports if p not in new_rules]:
@@ -1209,7 +1419,7 @@ class Relay:
                     self.ports[port] = ps
                     self.selector.register(ps.sock, selectors.EVENT_READ, ps)
                     log.info("reload: opened udp/%d", port)
-                elif lan_changed or old.rule != rule:
+                elif lan_changed or peers_changed or old.rule != rule:
                     fresh = self._make_port(new, rule, old.sock)
                     if not lan_changed:
                         fresh.classifier.echo = old.classifier.echo
@@ -1219,6 +1429,8 @@ class Relay:
                     self.ports[port] = fresh
             self.refresh(initial=lan_changed)
             log.info("reloaded %s: %s", self.config_path, new.summary())
+            if peers_changed:
+                self.check_peer_interfaces()
             return True
         finally:
             self.notifier.notify(f"READY=1\nSTATUS={self.status_line()}")
@@ -1332,6 +1544,8 @@ class Relay:
                 "address": cfg.lan.with_prefixlen,
                 "broadcast": str(cfg.lan_broadcast),
             }
+            if cfg.peer_interfaces is not None:
+                data["peer_interfaces"] = dict(sorted(cfg.peer_interfaces.items()))
         return data
 
     def status_line(self) -> str:
@@ -1459,7 +1673,10 @@ that peer), and re-broadcast on the hub's LAN only if that peer is in
 accept_from too.  Our own datagrams, broadcasts from other interfaces or sources,
 peers' datagrams that neither accept_from nor transit names, and echoes of what
 we just re-broadcast are dropped and counted, so each broadcast arrives exactly
-once and nothing loops.
+once and nothing loops.  With peer_interfaces in the config, a peer's datagram
+is taken only if it arrived on that peer's tunnel interface (a forged source
+address arriving from the Internet or the LAN is dropped as "peer_interface");
+without it, peers' datagrams are taken from any interface, as in the article.
 
 Compat mode (command line of the original udp-proxy):
   %(prog)s [-d] PORT DEST
@@ -1483,6 +1700,13 @@ config file (JSON, version 1):
     "transit": {"192.168.3.126": ["192.168.2.126", "192.168.4.126"]}}
   transit (optional, default {}): peer -> non-empty list of other peers; counted
   as "transited" in --status.
+  peer_interfaces (optional): the tunnel interface each peer's datagrams must
+  arrive on, e.g. "peer_interfaces": {"192.168.2.126": "sl-brooklyn"}; a peer's
+  datagram arriving on any other interface is dropped ("peer_interface" in
+  --status).  When present, every accept_from and transit peer needs an entry;
+  entries for addresses no rule takes datagrams from are allowed and unused.
+  An interface may be missing at start or recreated while the relay runs.
+  Absent: peers' datagrams are accepted on any interface (as in the article).
 
 signals: SIGHUP reloads the config (a bad one is logged and the old one kept),
 SIGUSR1 writes the status file now, SIGTERM/SIGINT stop.  Runs as a systemd

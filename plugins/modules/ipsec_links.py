@@ -1,0 +1,166 @@
+#!/usr/bin/python
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: ipsec_links
+short_description: IPsec ESP (strongSwan, IKEv2) around the IPIP of every link of a gateway
+version_added: 0.1.0
+author: sitelink.gateway developers
+description:
+  - One call reconciles the gateway's IPsec with the complete list of its links. Each link
+    is an IKEv2 connection between the two public addresses, authenticated by the link's
+    own pre-shared key, with one CHILD_SA in transport mode for IP protocol 4 (IPIP) only.
+  - The kernel policies are installed as soon as a connection is loaded (C(start_action =
+    trap)), before any SA exists, so IPIP to the peer never leaves in clear text, and IPIP
+    from the peer that is not inside ESP is dropped by the kernel. Dead peers are
+    detected (DPD) and a rebooted peer is keyed again by the next packet.
+  - The connections and keys are written to one file of the collection's own, O(path)
+    (mode 0600), atomically and only when it changes; C(strongswan.service) (charon-systemd)
+    is enabled and started, and loads it at boot. After a change C(swanctl --load-all)
+    loads it now; connections that left the file are unloaded and their SAs closed.
+  - Keys are never logged, and the diff shows the file with every key hidden. A change of
+    keys alone (a rotation) reports changed with no visible difference.
+  - With O(rollback_timeout), the previous file is restored and loaded by the gateway
+    itself unless M(sitelink.gateway.gateway_confirm) confirms the change in time.
+  - With O(state=absent), or no O(connections), the file is removed and its connections
+    unloaded and closed; strongSwan itself stays installed.
+options:
+  connections:
+    description: Every link of this gateway (the plan's C(office_plan.ipsec.connections)).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: Connection name (the tunnel's name at this end).
+        type: str
+        required: true
+      link:
+        description: The link's id, the key of its pre-shared key in O(keys).
+        type: str
+        required: true
+      local:
+        description: This gateway's public address.
+        type: str
+        required: true
+      remote:
+        description: The peer's public address.
+        type: str
+        required: true
+      peer:
+        description: The peer office's name (informational).
+        type: str
+  keys:
+    description:
+      - Pre-shared key of each link, by link id, as hex (32 digits or more). Never logged.
+    type: dict
+    default: {}
+  path:
+    description: The collection's swanctl file.
+    type: path
+    default: /etc/swanctl/conf.d/sitelink-gateway.conf
+  ike_proposals:
+    description: IKE proposals (both ends must share one).
+    type: str
+    default: aes256gcm16-prfsha256-x25519
+  esp_proposals:
+    description:
+      - ESP proposals. The plan's tunnel MTU leaves 40 bytes for ESP, enough for AES-GCM.
+    type: str
+    default: aes256gcm16
+  dpd_delay:
+    description: Seconds between dead peer detection checks of a quiet link.
+    type: int
+    default: 30
+  rollback_timeout:
+    description:
+      - Seconds after which the gateway restores its previous IPsec configuration unless
+        M(sitelink.gateway.gateway_confirm) confirms the change. C(0) applies without a
+        safety net.
+    type: int
+    default: 0
+  state:
+    description: Protect the links, or remove the collection's IPsec configuration.
+    type: str
+    default: present
+    choices: [present, absent]
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+notes:
+  - Needs the C(charon-systemd) and C(strongswan-swanctl) packages (the ipsec role installs
+    them), and the peers' public addresses reachable without NAT between them.
+"""
+
+EXAMPLES = r"""
+- name: Protect every link of this gateway
+  sitelink.gateway.ipsec_links:
+    connections: "{{ office_plan.ipsec.connections }}"
+    # link id -> the link's PSK, from the office role's no_log fact
+    keys: >-
+      {{ dict(office_secrets.links.keys()
+              | zip(office_secrets.links.values() | map(attribute='tunnel'))) }}
+    rollback_timeout: 300
+"""
+
+RETURN = r"""
+connections:
+  description: The connection names wanted.
+  type: list
+  elements: str
+  returned: always
+steps:
+  description: What was done (or, in check mode, would be).
+  type: list
+  elements: str
+  returned: always
+rollback:
+  description: The pending rollback, when this call armed one.
+  type: dict
+  returned: when a change was applied with O(rollback_timeout)
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
+from ansible_collections.sitelink.gateway.plugins.module_utils.ipsec import (  # noqa: E402
+    run_module,
+)
+
+
+def build_module():
+    return AnsibleModule(
+        argument_spec={
+            "connections": {
+                "type": "list",
+                "elements": "dict",
+                "default": [],
+                "options": {
+                    "name": {"type": "str", "required": True},
+                    "link": {"type": "str", "required": True},
+                    "local": {"type": "str", "required": True},
+                    "remote": {"type": "str", "required": True},
+                    "peer": {"type": "str"},
+                },
+            },
+            "keys": {"type": "dict", "default": {}, "no_log": True},
+            "path": {"type": "path", "default": "/etc/swanctl/conf.d/sitelink-gateway.conf"},
+            "ike_proposals": {"type": "str", "default": "aes256gcm16-prfsha256-x25519"},
+            "esp_proposals": {"type": "str", "default": "aes256gcm16"},
+            "dpd_delay": {"type": "int", "default": 30},
+            "rollback_timeout": {"type": "int", "default": 0},
+            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+        },
+        supports_check_mode=True,
+    )
+
+
+def main():
+    run_module(build_module())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The firewall section: what the gateway's own nftables table is built from.
+
+Everything comes from the links: who may speak IPIP, IKE and ESP to this
+gateway (the link peers' public addresses), what may come out of each tunnel
+(the prefixes routed over it), who may reach the relay through it (the peer's
+relay address), and every office LAN, which never arrives from the Internet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from ..model import GatewayPlan
+
+
+def section(gw: GatewayPlan) -> dict[str, Any]:
+    office = gw.office
+    tunnels = []
+    for link in gw.links:
+        peer = gw.peers[link.other(office.name).office]
+        tunnels.append(
+            {
+                "name": link.end(office.name).tunnel,
+                # What leaves this tunnel must come from a LAN routed over it.
+                "sources": list(link.end(office.name).routes),
+                "relay_peer": str(peer.lan.ip),
+                "mtu": link.mtu,
+            }
+        )
+    return {
+        "wan_interface": office.wan_interface,
+        "lan_interface": office.lan_interface,
+        "protection": gw.protection,
+        "input_policy": office.firewall_input_policy,
+        "forward_policy": office.firewall_forward_policy,
+        "management_sources": list(office.management_sources),
+        "link_peers": sorted({str(p.wan.ip) for p in gw.peers.values()}, key=ipaddress.IPv4Address),
+        "office_lans": [str(n) for n in ipaddress.collapse_addresses(gw.office_lans)],
+        "tunnels": tunnels,
+        "relay_ports": sorted(gw.relay),
+    }

@@ -1,0 +1,578 @@
+"""The rollback checkpoint, its restore program, gateway_confirm and its action plugin.
+
+No systemd: systemctl and systemd-run are fakes, and the restore program the
+checkpoint writes is run for real, in a temporary directory, as the timer would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import fakes
+import pytest
+from ansible.errors import AnsibleConnectionFailure
+from ansible_collections.sitelink.gateway.plugins.action import gateway_confirm as action
+from ansible_collections.sitelink.gateway.plugins.module_utils import checkpoint as cp
+from fakes import Exit
+
+# --------------------------------------------------------------------------
+# helpers
+
+
+@pytest.fixture(autouse=True)
+def _locks():
+    yield
+    fakes.release_checkpoint_locks()
+
+
+@pytest.fixture
+def gw(tmp_path):
+    return fakes.CheckpointHost(tmp_path)
+
+
+def write(path, text, mode=0o644):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)
+
+
+# --------------------------------------------------------------------------
+# arm
+
+
+def test_arm_saves_files_blobs_commands_and_starts_the_timer(gw, tmp_path):
+    rules = write(tmp_path / "etc" / "rules.nft", "old rules\n", 0o640)
+    missing = str(tmp_path / "etc" / "unit.service")
+    link = tmp_path / "etc" / "wants.service"
+    link.symlink_to("/lib/systemd/system/x.service")
+    before = time.time()
+    armed = gw.checkpoint().arm(
+        "nft ip t",
+        [rules, missing, str(link)],
+        [["nft", "-f", "{dir}/table.nft"], ["systemctl", "daemon-reload"]],
+        120,
+        {"table.nft": "table ip t\ndelete table ip t\n"},
+    )
+    assert armed["unit"] == "sitelink-rollback.timer"
+    assert armed["resources"] == ["nft ip t"] and armed["added"] is True
+    assert before - 0.001 <= armed["armed_at"] <= time.time()  # (rounded to ms)
+    assert armed["deadline"] == math.ceil(armed["armed_at"] + 120)
+
+    manifest = gw.manifest()
+    (resource,) = manifest["resources"]
+    rdir = resource["dir"]
+    assert rdir == os.path.join(gw.directory, "01-nft-ip-t")
+    assert resource["commands"] == [
+        ["nft", "-f", rdir + "/table.nft"],
+        ["systemctl", "daemon-reload"],
+    ]
+    saved, absent, symlink = resource["files"]
+    assert saved["path"] == rules and saved["mode"] == 0o640
+    with open(saved["saved"]) as fh:
+        assert fh.read() == "old rules\n"
+    assert absent == {"path": missing, "absent": True}
+    assert symlink == {"path": str(link), "link": "/lib/systemd/system/x.service"}
+    with open(os.path.join(rdir, "table.nft")) as fh:
+        assert fh.read() == "table ip t\ndelete table ip t\n"
+    assert manifest["record"] == gw.record
+    assert stat.S_IMODE(os.stat(gw.directory).st_mode) == 0o700
+
+    (run,) = gw.systemd_runs()
+    assert run == [
+        "systemd-run",
+        "--unit=sitelink-rollback",
+        "--on-active=120s",
+        "--timer-property=AccuracySec=1s",
+        "--description=sitelink.gateway: restore the state before an unconfirmed change",
+        "--collect",
+        sys.executable,
+        os.path.join(gw.directory, "restore.py"),
+        os.path.join(gw.directory, "manifest.json"),
+    ]
+    assert "sitelink-rollback.timer" in gw.systemd.active
+
+
+def test_first_arm_of_a_key_wins_and_the_timer_starts_once(gw, tmp_path):
+    rules = write(tmp_path / "rules.nft", "known good\n")
+    first = gw.checkpoint()
+    first.arm("nft ip t", [rules], [["true"]], 60)
+    first.release()
+    (tmp_path / "rules.nft").write_text("changed, unconfirmed\n")
+
+    second = gw.checkpoint()
+    again = second.arm("nft ip t", [rules], [["false"]], 300, {"x": "y"})
+    assert again["added"] is False and again["resources"] == ["nft ip t"]
+    (resource,) = gw.manifest()["resources"]
+    with open(resource["files"][0]["saved"]) as fh:
+        assert fh.read() == "known good\n"
+    assert resource["commands"] == [["true"]]
+    assert len(gw.systemd_runs()) == 1
+
+
+def test_later_keys_join_the_pending_checkpoint_without_moving_its_deadline(gw, tmp_path):
+    clock = iter([1000.0, 1000.0, 1000.0, 1050.0, 1050.0, 1050.0]).__next__
+    one = gw.checkpoint(clock=clock)
+    first = one.arm("tunnels", [], [["true"]], 120)
+    one.release()
+    two = gw.checkpoint(clock=clock)
+    second = two.arm("nft inet sitelink_firewall", [], [["true"]], 600)
+    assert first["deadline"] == second["deadline"] == 1120
+    assert second["armed_at"] == 1000.0
+    assert second["resources"] == ["tunnels", "nft inet sitelink_firewall"]
+    assert [os.path.basename(r["dir"]) for r in gw.manifest()["resources"]] == [
+        "01-tunnels",
+        "02-nft-inet-sitelink_firewall",
+    ]
+    assert len(gw.systemd_runs()) == 1
+    assert two.pending() == {k: v for k, v in second.items() if k != "added"}
+
+
+def test_a_checkpoint_whose_timer_is_gone_is_started_afresh(gw, tmp_path):
+    rules = write(tmp_path / "rules.nft", "v1\n")
+    old = gw.checkpoint()
+    old.arm("nft ip t", [rules], [], 60)
+    old.release()
+    gw.systemd.active.clear()  # e.g. "systemctl stop sitelink-rollback.timer" by hand
+    (tmp_path / "rules.nft").write_text("v2\n")
+    armed = gw.checkpoint().arm("nft ip t", [rules], [], 60)
+    assert armed["added"] is True and len(gw.systemd_runs()) == 2
+    with open(gw.manifest()["resources"][0]["files"][0]["saved"]) as fh:
+        assert fh.read() == "v2\n"
+
+
+def test_a_running_restore_counts_as_pending(gw, tmp_path):
+    one = gw.checkpoint()
+    one.arm("a", [], [["true"]], 60)
+    one.release()
+    # The timer fired; the restore waits for the lock this module holds.
+    gw.systemd.active.discard("sitelink-rollback.timer")
+    gw.systemd.states["sitelink-rollback.service"] = "active"
+    armed = gw.checkpoint().arm("b", [], [["true"]], 60)
+    assert armed["resources"] == ["a", "b"] and len(gw.systemd_runs()) == 1
+
+
+def test_a_failing_systemd_run_leaves_nothing_behind(gw, tmp_path):
+    runner = fakes.FakeCommandRunner(gw.systemd, fail=(1, "Failed to start transient timer"))
+    with pytest.raises(cp.CheckpointError, match="Failed to start transient timer; nothing"):
+        gw.checkpoint(runner=runner).arm("a", [write(tmp_path / "f", "x")], [], 60)
+    assert not os.path.exists(gw.directory)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("", [], [], 60), "key"),
+        (("a", ["relative/path"], [], 60), "not an absolute path"),
+        (("a", [], [[]], 60), "not a list of strings"),
+        (("a", [], [["nft", 1]], 60), "not a list of strings"),
+        (("a", [], [], 0), "timeout"),
+        (("a", [], [], True), "timeout"),
+        (("a", [], [], 60, {"../x": ""}), "not a plain file name"),
+        (("a", [], [], 60, {"files": ""}), "not a plain file name"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything(gw, args, message):
+    with pytest.raises(cp.CheckpointError, match=message):
+        gw.checkpoint().arm(*args)
+    assert not os.path.exists(gw.directory) and gw.systemd.calls == []
+
+
+def test_a_directory_cannot_be_saved(gw, tmp_path):
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(cp.CheckpointError, match="not a regular file"):
+        gw.checkpoint().arm("a", [str(tmp_path / "adir")], [], 60)
+    assert not os.path.exists(gw.directory) and gw.systemd_runs() == []
+
+
+def test_arm_refuses_after_a_rollback_that_ran_while_the_module_read_state(gw):
+    checkpoint = gw.checkpoint()
+    os.makedirs(os.path.dirname(gw.record))
+    with open(gw.record, "w") as fh:
+        json.dump({"rolled_back_at": time.time() + 1, "armed_at": 1, "resources": []}, fh)
+    with pytest.raises(cp.CheckpointError, match="run it again"):
+        checkpoint.arm("a", [], [], 60)
+    assert gw.systemd_runs() == []
+
+
+# --------------------------------------------------------------------------
+# confirm
+
+
+def test_confirm_cancels_the_timer_and_forgets_the_checkpoint(gw):
+    armed = gw.checkpoint().arm("tunnels", [], [["true"]], 60)
+    done = gw.checkpoint().confirm(armed["armed_at"])
+    assert done == {
+        "confirmed": True,
+        "unit": "sitelink-rollback.timer",
+        "deadline": armed["deadline"],
+        "armed_at": armed["armed_at"],
+        "resources": ["tunnels"],
+    }
+    assert ("stop", "sitelink-rollback.timer") in gw.systemd.calls
+    assert not os.path.exists(gw.directory) and not gw.systemd.active
+
+    gw.systemd.calls.clear()
+    again = gw.checkpoint().confirm(armed["armed_at"])
+    assert again == {"confirmed": False, "unit": "sitelink-rollback.timer", "resources": []}
+    assert gw.systemd.verbs() == []
+
+
+def test_confirm_stops_a_restore_that_waits_for_the_lock(gw):
+    gw.checkpoint().arm("a", [], [["true"]], 60)
+    gw.systemd.active = {"sitelink-rollback.service"}  # fired, blocked on the lock
+    assert gw.checkpoint().confirm()["confirmed"] is True
+    assert ("stop", "sitelink-rollback.service") in gw.systemd.calls
+
+
+def test_confirm_after_a_rollback_fails_and_touches_nothing(gw):
+    os.makedirs(os.path.dirname(gw.record))
+    record = {"rolled_back_at": 2000.5, "armed_at": 1900.0, "deadline": 2000, "resources": []}
+    with open(gw.record, "w") as fh:
+        json.dump(record, fh)
+    with pytest.raises(cp.RolledBack, match="rolled back at .* not confirmed") as exc:
+        gw.checkpoint().confirm(1900.0)
+    assert exc.value.record == record and gw.systemd.verbs() == []
+    # An older rollback is not this change's.
+    assert gw.checkpoint().confirm(2100.0)["confirmed"] is False
+    # Without armed_at, nothing is checked.
+    assert gw.checkpoint().confirm()["confirmed"] is False
+
+
+# --------------------------------------------------------------------------
+# the restore program, run for real
+
+
+def test_restore_puts_files_back_runs_commands_records_and_forgets(gw, tmp_path):
+    log = tmp_path / "commands.log"
+    shell = ["/bin/sh", "-c"]
+    rules = write(tmp_path / "etc" / "rules.nft", "old rules\n", 0o640)
+    created = str(tmp_path / "etc" / "new.service")
+    link = tmp_path / "etc" / "wants" / "x.service"
+    link.parent.mkdir(parents=True)
+    link.symlink_to("../old.service")
+    one = gw.checkpoint()
+    armed = one.arm(
+        "first",
+        [rules, created, str(link)],
+        [shell + [f"cat {{dir}}/blob >> {log}"], shell + [f"echo first-2 >> {log}"]],
+        60,
+        {"blob": "first-1\n"},
+    )
+    one.arm("second", [], [shell + [f"echo second >> {log}"]], 60)
+    one.release()
+    # The change:
+    write(tmp_path / "etc" / "rules.nft", "NEW rules\n", 0o600)
+    write(tmp_path / "etc" / "new.service", "[Unit]\n")
+    link.unlink()
+    link.symlink_to("../new.service")
+
+    proc = gw.restore()
+    assert proc.returncode == 0, proc.stdout
+    with open(rules) as fh:
+        assert fh.read() == "old rules\n"
+    assert stat.S_IMODE(os.stat(rules).st_mode) == 0o640
+    assert not os.path.exists(created)
+    assert os.readlink(link) == "../old.service"
+    # Reverse arm order; a key's commands in order, with {dir} resolved.
+    assert log.read_text() == "second\nfirst-1\nfirst-2\n"
+    record = gw.rollback_record()
+    assert [r["key"] for r in record["resources"]] == ["second", "first"]
+    assert all(r["ok"] for r in record["resources"])
+    assert record["armed_at"] == armed["armed_at"] and record["deadline"] == armed["deadline"]
+    assert record["rolled_back_at"] >= record["armed_at"]
+    assert not os.path.exists(gw.directory)
+    assert "sitelink-rollback: restored " + rules in proc.stdout
+    assert not [p for p in os.listdir(tmp_path / "etc") if p.startswith(".")]
+
+    # What gateway_confirm then finds.
+    with pytest.raises(cp.RolledBack):
+        gw.checkpoint().confirm(record["armed_at"])
+
+
+def test_restore_logs_a_failing_resource_and_still_restores_the_others(gw, tmp_path):
+    log = tmp_path / "log"
+    first = write(tmp_path / "first.conf", "first\n")
+    one = gw.checkpoint()
+    one.arm("first", [first], [["/bin/sh", "-c", f"echo first >> {log}"]], 60)
+    one.arm("broken", [], [["/bin/sh", "-c", "echo oops; exit 3"], ["/nonexistent/x"]], 60)
+    one.release()
+    (tmp_path / "first.conf").write_text("changed\n")
+    proc = gw.restore()
+    assert proc.returncode == 1
+    assert (tmp_path / "first.conf").read_text() == "first\n"
+    assert log.read_text() == "first\n"
+    broken, good = gw.rollback_record()["resources"]
+    assert broken["key"] == "broken" and broken["ok"] is False
+    assert "rc=3 oops" in broken["errors"][0] and "/nonexistent/x" in broken["errors"][1]
+    assert good == {"key": "first", "ok": True, "errors": []}
+    assert "rc=3: oops" in proc.stdout
+
+
+def test_restore_after_a_confirm_does_nothing(gw):
+    one = gw.checkpoint()
+    one.arm("a", [], [["/bin/sh", "-c", "exit 9"]], 60)
+    one.release()
+    program = os.path.join(gw.directory, cp.PROGRAM)
+    saved = gw.root / "restore.py"
+    with open(program) as fh:
+        saved.write_text(fh.read())  # the process has it loaded already
+    gw.checkpoint().confirm()
+    proc = subprocess.run(
+        [sys.executable, str(saved), os.path.join(gw.directory, cp.MANIFEST)],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0 and "nothing to restore" in proc.stdout
+    assert not os.path.exists(gw.record)
+
+
+def test_restore_waits_for_the_module_that_holds_the_lock(gw, tmp_path):
+    target = write(tmp_path / "f", "good\n")
+    module = gw.checkpoint()
+    module.arm("a", [target], [], 60)
+    (tmp_path / "f").write_text("half-applied\n")
+    program = os.path.join(gw.directory, cp.PROGRAM)
+    proc = subprocess.Popen(
+        [sys.executable, program, os.path.join(gw.directory, cp.MANIFEST)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(0.6)
+    assert proc.poll() is None  # still waiting: the module is applying
+    (tmp_path / "f").write_text("applied\n")
+    module.release()  # the module process ends
+    assert proc.wait(timeout=30) == 0
+    assert (tmp_path / "f").read_text() == "good\n"
+
+
+def test_the_restore_program_runs_on_python_3_9_syntax():
+    compile(cp.RESTORE_PROGRAM, "restore.py", "exec")
+    assert "@LOCK_WAIT@" not in cp.RESTORE_PROGRAM
+    assert f"LOCK_WAIT = {cp.RESTORE_LOCK_WAIT}" in cp.RESTORE_PROGRAM
+
+
+# --------------------------------------------------------------------------
+# the gateway_confirm module
+
+
+class FakeCheckpoint:
+    def __init__(self, outcome):
+        self.outcome, self.calls = outcome, []
+
+    def confirm(self, armed_at=None):
+        self.calls.append(armed_at)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+def confirm_module(outcome, check_mode=False, armed_at=1000.5):
+    checkpoint = FakeCheckpoint(outcome)
+    module = fakes.FakeModule({"armed_at": armed_at, "timeout": None}, check_mode)
+    with pytest.raises(Exit) as exc:
+        cp.run_confirm(module, checkpoint)
+    return exc.value, checkpoint
+
+
+def test_module_confirms_what_was_pending():
+    done = {"confirmed": True, "unit": cp.TIMER, "deadline": 1100, "armed_at": 1000.5}
+    out, checkpoint = confirm_module(dict(done, resources=["tunnels"]))
+    assert not out.failed and out.result["changed"] is True
+    assert out.result["confirmed"]["resources"] == ["tunnels"]
+    assert checkpoint.calls == [1000.5] and out.result["rolled_back"] is False
+
+
+def test_module_with_nothing_pending_changes_nothing():
+    out, _ = confirm_module({"confirmed": False, "unit": cp.TIMER, "resources": []})
+    assert not out.failed and out.result["changed"] is False
+
+
+def test_module_reports_a_rollback_as_a_failure():
+    record = {"rolled_back_at": 1101.0, "armed_at": 1000.5, "deadline": 1100, "resources": []}
+    out, _ = confirm_module(cp.RolledBack(record))
+    assert out.failed and out.result["rolled_back"] is True
+    assert out.result["rollback"] == record and "rolled back at" in out.result["msg"]
+
+
+def test_module_check_mode_confirms_nothing():
+    out, checkpoint = confirm_module({"confirmed": True}, check_mode=True)
+    assert out.result["changed"] is False and checkpoint.calls == []
+
+
+def test_module_main_with_real_argument_spec(monkeypatch, capsys):
+    from ansible.module_utils.testing import patch_module_args
+    from ansible_collections.sitelink.gateway.plugins.modules import gateway_confirm
+
+    checkpoint = FakeCheckpoint({"confirmed": False, "unit": cp.TIMER, "resources": []})
+    monkeypatch.setattr(cp, "Checkpoint", lambda module: checkpoint)
+    with patch_module_args({"armed_at": "1000.5"}), pytest.raises(SystemExit) as exc:
+        gateway_confirm.main()
+    assert exc.value.code == 0 and checkpoint.calls == [1000.5]
+    assert json.loads(capsys.readouterr().out)["changed"] is False
+
+
+# --------------------------------------------------------------------------
+# the action plugin: a new connection, retried until the deadline
+
+
+class FakeConnection:
+    def __init__(self, log):
+        self.log = log
+        self._shell = SimpleNamespace(tmpdir=None)
+
+    def reset(self):
+        self.log.append("reset")
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def time(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def make_action(results, log, clock, args=None, check_mode=False):
+    task = SimpleNamespace(
+        args=dict(args or {}),
+        async_val=0,
+        check_mode=check_mode,
+        action="sitelink.gateway.gateway_confirm",
+    )
+    plugin = action.ActionModule(
+        task, FakeConnection(log), SimpleNamespace(remote_addr="10.0.0.1"), None, None, None
+    )
+    outcomes = iter(results)
+
+    def execute_module(module_name=None, module_args=None, task_vars=None):
+        log.append(("module", module_name, module_args))
+        outcome = next(outcomes)
+        clock.now += 1
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    plugin._execute_module = execute_module
+    plugin._remove_tmp_path = lambda tmpdir: None
+    plugin._now = clock.time
+    plugin._sleep = clock.sleep
+    return plugin
+
+
+FACT = {"unit": cp.TIMER, "deadline": 1100, "armed_at": 1000.5, "resources": ["tunnels"]}
+
+
+def task_vars(fact=FACT):
+    return {"inventory_hostname": "manhattan-gw", "ansible_facts": {"sitelink_rollback": fact}}
+
+
+def test_action_without_a_pending_rollback_does_not_connect():
+    log = []
+    for facts in ({"ansible_facts": {}}, task_vars({})):
+        result = make_action([], log, Clock(1000)).run(task_vars=facts)
+        assert result["skipped"] is True and result["changed"] is False
+    assert log == []
+
+
+def test_action_in_check_mode_does_nothing():
+    log = []
+    result = make_action([], log, Clock(1000), check_mode=True).run(task_vars=task_vars())
+    assert result["skipped"] is True and log == []
+
+
+def test_action_resets_the_connection_then_confirms_and_clears_the_fact():
+    log = []
+    confirmed = {"changed": True, "confirmed": {"confirmed": True}, "rolled_back": False}
+    result = make_action([confirmed], log, Clock(1010)).run(task_vars=task_vars())
+    assert log == [
+        "reset",
+        ("module", "sitelink.gateway.gateway_confirm", {"armed_at": 1000.5}),
+    ]
+    assert result["changed"] is True and not result.get("failed")
+    assert result["ansible_facts"] == {"sitelink_rollback": {}}
+    assert result["attempts"] == 1
+
+
+def test_action_retries_new_connections_until_one_works():
+    log, clock = [], Clock(1010)
+    lost = AnsibleConnectionFailure("ssh: connect to host 10.0.0.1 port 22: Connection timed out")
+    results = [lost, lost, {"changed": True, "rolled_back": False}]
+    result = make_action(results, log, clock).run(task_vars=task_vars())
+    assert result["changed"] is True and result["attempts"] == 3
+    assert log.count("reset") == 3 and log[0] == "reset"
+
+
+def test_action_gives_up_before_the_deadline_naming_host_and_rollback():
+    log, clock = [], Clock(1010)
+    lost = AnsibleConnectionFailure("Connection timed out")
+    result = make_action([lost] * 100, log, clock).run(task_vars=task_vars())
+    assert result["failed"] is True and "ansible_facts" not in result
+    # Default: until 10 s before the deadline (1100).
+    assert clock.now <= 1090 + action.ActionModule.SLEEP
+    msg = result["msg"]
+    assert msg.startswith("manhattan-gw: no new connection within ")
+    assert "restores its previous state (tunnels) by itself at " in msg
+    assert action.clock_text(1100) in msg and "(sitelink-rollback.timer)" in msg
+    assert "Connection timed out" in msg
+
+
+def test_action_timeout_option_and_one_attempt_when_the_deadline_is_near():
+    log = []
+    lost = AnsibleConnectionFailure("refused")
+    result = make_action([lost] * 10, log, Clock(1095)).run(task_vars=task_vars())
+    assert result["failed"] and result["attempts"] == 1
+    log.clear()
+    clock = Clock(1000)
+    result = make_action([lost] * 100, log, clock, args={"timeout": 30}).run(task_vars=task_vars())
+    assert result["failed"] and 1028 <= clock.now <= 1032
+
+
+def test_action_reports_a_rollback_that_already_happened():
+    log = []
+    rolled = {
+        "failed": True,
+        "exception": "the module's error summary",
+        "rolled_back": True,
+        "msg": "the gateway rolled back at ...",
+        "rollback": {"rolled_back_at": 1100.2, "armed_at": 1000.5, "resources": []},
+    }
+    result = make_action([rolled], log, Clock(1200)).run(task_vars=task_vars())
+    assert result["failed"] is True
+    assert result["msg"].startswith("manhattan-gw: the change was not confirmed in time")
+    assert action.clock_text(1100.2) in result["msg"]
+    assert "exception" not in result  # else Ansible shows the module's message instead
+
+
+def test_action_armed_at_option_wins_over_the_fact():
+    log = []
+    plugin = make_action([{"changed": False}], log, Clock(1010), args={"armed_at": 5.5})
+    plugin.run(task_vars=task_vars())
+    assert log[1][2] == {"armed_at": 5.5}
+
+
+def test_pending_needs_a_waiting_timer(gw):
+    assert gw.checkpoint().pending() is None
+    armed = gw.checkpoint().arm("a", [], [["true"]], 60)
+    assert gw.checkpoint().pending() == {k: v for k, v in armed.items() if k != "added"}
+    gw.systemd.active.clear()  # stopped by hand: arm() would start afresh
+    assert gw.checkpoint().pending() is None
+
+
+def test_an_unwritable_run_directory_is_a_checkpoint_error(tmp_path):
+    (tmp_path / "run").write_text("a file where /run/sitelink should be\n")
+    gw = fakes.CheckpointHost(tmp_path)
+    with pytest.raises(cp.CheckpointError, match="arming a: "):
+        gw.checkpoint().arm("a", [], [], 60)
+    assert gw.systemd_runs() == []

@@ -1,0 +1,192 @@
+"""ipsec_links: the swanctl file, loading it, closing what left it, keys never shown."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from ansible_collections.sitelink.gateway.plugins.module_utils import ipsec
+from fakes import CheckpointHost, Exit, FakeModule, FakeSystemd
+
+KEY = "ab" * 32
+OTHER_KEY = "cd" * 32
+BROOKLYN = {
+    "name": "sl-brooklyn",
+    "link": "brooklyn+manhattan",
+    "local": "172.16.1.12",
+    "remote": "172.17.2.10",
+    "peer": "brooklyn",
+}
+QUEENS = {
+    "name": "sl-queens",
+    "link": "manhattan+queens",
+    "local": "172.16.1.12",
+    "remote": "172.18.3.10",
+    "peer": "queens",
+}
+
+
+class FakeSwanctl:
+    """charon as swanctl sees it: the loaded connection names."""
+
+    swanctl = "/usr/sbin/swanctl"
+
+    def __init__(self, path, loaded=()):
+        self.path = path
+        self.loaded_names = set(loaded)
+        self.calls = []
+
+    def loaded(self):
+        return set(self.loaded_names)
+
+    def load_all(self):
+        self.calls.append("load-all")
+        text = Path(self.path).read_text() if os.path.exists(self.path) else ""
+        self.loaded_names = set(ipsec.connection_names(text))
+
+    def terminate(self, name):
+        self.calls.append("terminate " + name)
+
+
+def params(tmp_path, connections=(BROOKLYN,), keys=None, **extra):
+    base = {
+        "connections": [dict(c) for c in connections],
+        "keys": keys if keys is not None else {c["link"]: KEY for c in connections},
+        "path": str(tmp_path / "sitelink-gateway.conf"),
+        "ike_proposals": "aes256gcm16-prfsha256-x25519",
+        "esp_proposals": "aes256gcm16",
+        "dpd_delay": 30,
+        "rollback_timeout": 0,
+        "state": "present",
+    }
+    base.update(extra)
+    return base
+
+
+def run(p, check=False, diff=False, swanctl=None, systemd=None, checkpoint=None):
+    module = FakeModule(p, check_mode=check, diff=diff)
+    swanctl = swanctl or FakeSwanctl(p["path"])
+    systemd = systemd or FakeSystemd(enabled={ipsec.SERVICE}, active={ipsec.SERVICE})
+    with pytest.raises(Exit) as info:
+        ipsec.run_module(module, swanctl=swanctl, systemd=systemd, checkpoint=checkpoint)
+    return info.value, swanctl, systemd
+
+
+def test_first_run_writes_a_private_file_and_loads_it(tmp_path):
+    done, swanctl, _ = run(params(tmp_path))
+    assert not done.failed and done.result["changed"]
+    path = tmp_path / "sitelink-gateway.conf"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    text = path.read_text()
+    assert "local_ts = dynamic[4]" in text and "mode = transport" in text
+    assert "start_action = trap" in text and f"secret = 0x{KEY}" in text
+    assert swanctl.calls == ["load-all"]
+
+
+def test_second_run_changes_nothing(tmp_path):
+    run(params(tmp_path))
+    path = str(tmp_path / "sitelink-gateway.conf")
+    done, swanctl, _ = run(params(tmp_path), swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"}))
+    assert not done.result["changed"] and done.result["steps"] == []
+    assert swanctl.calls == []
+
+
+def test_a_connection_charon_lost_is_loaded_again(tmp_path):
+    run(params(tmp_path))
+    path = str(tmp_path / "sitelink-gateway.conf")
+    done, swanctl, _ = run(params(tmp_path), swanctl=FakeSwanctl(path, loaded=set()))
+    assert done.result["changed"] and swanctl.calls == ["load-all"]
+
+
+def test_the_diff_never_shows_a_key_even_in_a_rotation(tmp_path):
+    run(params(tmp_path))
+    path = str(tmp_path / "sitelink-gateway.conf")
+    rotated = params(tmp_path, keys={BROOKLYN["link"]: OTHER_KEY})
+    done, _, _ = run(rotated, diff=True, swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"}))
+    assert done.result["changed"]
+    shown = repr(done.result)
+    assert KEY not in shown and OTHER_KEY not in shown
+    assert "secret = <hidden>" in done.result["diff"]["after"]
+    assert Path(path).read_text().count(OTHER_KEY) == 1
+
+
+def test_check_mode_reports_and_changes_nothing(tmp_path):
+    done, swanctl, systemd = run(params(tmp_path), check=True)
+    assert done.result["changed"] and not os.path.exists(tmp_path / "sitelink-gateway.conf")
+    assert swanctl.calls == [] and systemd.verbs() == []
+
+
+def test_a_link_that_left_is_unloaded_and_its_sas_closed(tmp_path):
+    run(params(tmp_path, connections=(BROOKLYN, QUEENS)))
+    path = str(tmp_path / "sitelink-gateway.conf")
+    loaded = FakeSwanctl(path, loaded={"sl-brooklyn", "sl-queens", "someone-elses"})
+    done, swanctl, _ = run(params(tmp_path), swanctl=loaded)
+    assert swanctl.calls == ["load-all", "terminate sl-queens"]
+    assert "sl-queens" not in Path(path).read_text()
+    assert "swanctl --terminate --ike sl-queens" in done.result["steps"]
+
+
+def test_absent_removes_the_file_and_closes_everything(tmp_path):
+    run(params(tmp_path))
+    path = str(tmp_path / "sitelink-gateway.conf")
+    p = params(tmp_path, state="absent")
+    done, swanctl, _ = run(p, swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"}))
+    assert not os.path.exists(path)
+    assert swanctl.calls == ["load-all", "terminate sl-brooklyn"]
+    again, swanctl, _ = run(p)
+    assert not again.result["changed"] and swanctl.calls == []
+
+
+def test_nothing_to_remove_where_strongswan_never_ran(tmp_path):
+    systemd = FakeSystemd()
+    done, swanctl, systemd = run(params(tmp_path, connections=()), systemd=systemd)
+    assert not done.result["changed"] and systemd.verbs() == [] and swanctl.calls == []
+
+
+def test_strongswan_is_enabled_and_started_when_stopped(tmp_path):
+    systemd = FakeSystemd()
+    done, swanctl, systemd = run(params(tmp_path), systemd=systemd)
+    assert ("enable", ipsec.SERVICE) in systemd.verbs()
+    assert ("start", ipsec.SERVICE) in systemd.verbs()
+    assert swanctl.calls == []  # its ExecStartPost loads the file
+
+
+def test_a_missing_key_or_bad_address_is_refused_before_anything(tmp_path):
+    bad = dict(BROOKLYN, remote="172.17.2.300")
+    done, swanctl, _ = run(params(tmp_path, connections=(bad,), keys={}))
+    assert done.failed
+    assert "connections[0].remote" in done.result["msg"]
+    assert "no key for link 'brooklyn+manhattan'" in done.result["msg"]
+    assert not os.path.exists(tmp_path / "sitelink-gateway.conf") and swanctl.calls == []
+
+
+def test_a_change_arms_the_rollback_first(tmp_path):
+    host = CheckpointHost(tmp_path)
+    checkpoint = host.checkpoint()
+    done, _, _ = run(params(tmp_path, rollback_timeout=120), checkpoint=checkpoint)
+    assert done.result["rollback"]["resources"] == ["ipsec"]
+    assert done.result["ansible_facts"]["sitelink_rollback"]["unit"] == "sitelink-rollback.timer"
+    manifest = host.manifest()
+    (resource,) = manifest["resources"]
+    assert resource["key"] == "ipsec"
+    # Nothing changed, nothing armed.
+    path = str(tmp_path / "sitelink-gateway.conf")
+    done, _, _ = run(
+        params(tmp_path, rollback_timeout=120),
+        swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"}),
+        checkpoint=host.checkpoint(),
+    )
+    assert "rollback" not in done.result and "ansible_facts" not in done.result
+
+
+def test_connection_names_reads_back_what_render_wrote():
+    text = ipsec.render(
+        [BROOKLYN, QUEENS],
+        {BROOKLYN["link"]: KEY, QUEENS["link"]: KEY},
+        "aes256gcm16-prfsha256-x25519",
+        "aes256gcm16",
+        30,
+    )
+    assert ipsec.connection_names(text) == ["sl-brooklyn", "sl-queens"]
+    assert ipsec.hide_keys(text).count("<hidden>") == 2 and KEY not in ipsec.hide_keys(text)
