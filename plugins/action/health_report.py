@@ -51,6 +51,9 @@ class ActionModule(ActionBase):
             problems=report["problems"],
             summary=summary_text(report),
         )
+        if report["warnings"]:
+            # Shown as [WARNING] on the controller, once (the links are plain IPIP).
+            result["warnings"] = [*(result.get("warnings") or []), *report["warnings"]]
         output = args.get("output")
         if output:
             path = os.path.abspath(os.path.expanduser(to_text(output)))

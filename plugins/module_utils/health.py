@@ -9,8 +9,14 @@ naming the tunnel, route, service or table, e.g.
 ``tunnel sl-manhattan: no answer from 192.168.1.126``.
 
 Commands per gateway: ``ip -j -d link show``, ``ip -j route show table main``,
-``systemctl is-active``, ``nft -j list table``, and for each tunnel that is up
-one ``ip -j route get`` and one short ``ping``. Nothing is ever changed.
+for each tunnel that is up one ``ip -j route get`` and one short ``ping``, then
+(with IPsec) ``ip xfrm state list`` and ``ip xfrm policy list`` once, after all
+the pings, then ``systemctl is-active``, ``nft -j list table`` (NAT) and
+``nft -t list table`` (firewall). Nothing is ever changed.
+
+``ip xfrm state`` prints every SA's keys. Its output is parsed line by line and
+only the lines naming an SA (addresses, protocol, mode) are read; neither the
+output nor anything taken from a key line ever reaches a result or a message.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ import re
 import time
 from typing import Any, Optional
 
+from ansible_collections.sitelink.gateway.plugins.module_utils.nftables import (
+    MARKER,
+    live_digest,
+)
 from ansible_collections.sitelink.gateway.plugins.module_utils.tunnel import (
     parse_links,
     parse_routes,
@@ -30,13 +40,28 @@ RELAY_UNIT = "sitelink-relay.service"
 RELAY_STATUS_FILE = "/run/sitelink-relay/status.json"
 RELAY_STATUS_INTERVAL = 5.0  # the relay's default, when its status file does not say
 MASQUERADE_TABLE = "sitelink_masquerade"
+FIREWALL_TABLE = "sitelink_firewall"  # family inet
+PROTECTIONS = ("ipsec", "none")
 PING_COUNT = 3
 PING_INTERVAL = "0.2"  # seconds between echo requests (root may go this low)
-PING_WAIT = "2"  # seconds to wait for each answer
+# Stop at PING_COUNT answers, or after this many seconds. Long enough for IKE: the
+# first packet to a protected peer waits for its SA to be negotiated (a few
+# seconds on a slow gateway), and IPsec drops what is sent meanwhile.
+PING_DEADLINE = "15"
 COUNTERS = ("received", "forwarded", "rebroadcast", "transited", "dropped", "send_errors")
 
 _PING_STATS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 _PING_RTT = re.compile(r"= [\d.]+/([\d.]+)/")
+# ip xfrm (iproute2 ipxfrm.c): an SA is "src A dst B" at column 0, then
+# "\tproto esp spi 0x... reqid N mode transport"; a policy is its selector
+# "src A/n dst B/n proto P" at column 0, then "\tdir out ...", then per template
+# "\ttmpl src ... dst ..." and "\t\tproto esp reqid N mode transport".
+_SA_HEAD = re.compile(r"^src (\S+) dst (\S+)\s*$")
+_SA_ID = re.compile(r"^\s+proto (\S+) (?:spi (0x[0-9a-fA-F]+)\S* )?reqid \S+ mode (\S+)")
+_POLICY_SELECTOR = re.compile(r"^src (\S+) dst (\S+)(?: proto (\S+))?")
+_TMPL_ID = re.compile(r"^proto (\S+) .*\bmode (\S+)")
+# IP protocol 4 as getprotobynumber names it (netbase: "ipencap"), or its number.
+_IPIP_NAMES = frozenset(("4", "ipencap", "ip-encap", "ipip", "ipv4"))
 
 
 class HealthError(Exception):
@@ -52,12 +77,20 @@ def plan_view(plan: Any) -> dict[str, Any]:
     if not isinstance(plan, dict):
         raise HealthError("plan: must be this gateway's office_plan (a dict)")
     missing = [
-        k for k in ("office", "lan", "tunnels", "links", "masquerade", "relay") if k not in plan
+        k
+        for k in ("office", "lan", "tunnels", "links", "masquerade", "relay", "protection", "ipsec")
+        if k not in plan
     ]
     if missing:
         raise HealthError(
             "plan: not an office_plan (missing {}); run the sitelink.gateway.office role "
             "first".format(", ".join(missing))
+        )
+    if plan["protection"] not in PROTECTIONS:
+        raise HealthError(
+            "plan: protection {!r} is not one of {}".format(
+                plan["protection"], ", ".join(PROTECTIONS)
+            )
         )
     peers = {link.get("tunnel"): link for link in plan.get("links") or []}
     tunnels = []
@@ -79,6 +112,13 @@ def plan_view(plan: Any) -> dict[str, Any]:
         "office": plan.get("office"),
         "address": (plan.get("lan") or {}).get("address"),
         "tunnels": tunnels,
+        "protection": plan["protection"],
+        "connections": [
+            {key: c.get(key) for key in ("name", "peer", "local", "remote")}
+            for c in (plan.get("ipsec") or {}).get("connections") or []
+        ]
+        if plan["protection"] == "ipsec"
+        else [],
         "masquerade": {
             "interface": masquerade.get("interface"),
             "address": masquerade.get("address"),
@@ -158,8 +198,8 @@ def ping_argv(source: str, destination: str, count: int = PING_COUNT) -> list[st
         str(count),
         "-i",
         PING_INTERVAL,
-        "-W",
-        PING_WAIT,
+        "-w",
+        PING_DEADLINE,
         "-I",
         source,
         destination,
@@ -243,6 +283,251 @@ def check_routes(tunnels: list[dict[str, Any]], routes_text: str) -> dict[str, A
             else:
                 problems.append(f"route {prefix}: missing (should go via {tunnel['name']})")
     return {"total": total, "ok": total - len(failed), "failed": failed, "problems": problems}
+
+
+# --------------------------------------------------------------------------
+# IPsec: ESP transport-mode SAs both ways and the kernel policies for each tunnel
+
+
+def parse_xfrm_states(text: str) -> list[dict[str, Any]]:
+    """``ip xfrm state list`` -> each SA's addresses, protocol and mode; nothing else.
+
+    Only a block's first two lines are read. The key lines (``aead``, ``enc``,
+    ``auth``...) are skipped unread, and the SPI is reduced to whether there is
+    one: an SA being negotiated (an ACQUIRE) lists as SPI 0 and carries no traffic.
+    """
+    states: list[dict[str, Any]] = []
+    head = None
+    for line in (text or "").splitlines():
+        if line[:1] not in (" ", "\t"):
+            match = _SA_HEAD.match(line)
+            head = match.groups() if match else None
+            continue
+        if head is not None:
+            match = _SA_ID.match(line)
+            if match:
+                proto, spi, mode = match.groups()
+                states.append(
+                    {
+                        "src": head[0],
+                        "dst": head[1],
+                        "proto": proto,
+                        "mode": mode,
+                        "established": bool(spi) and int(spi, 16) != 0,
+                    }
+                )
+        head = None  # the SA's identity is the line right after its head
+    return states
+
+
+def parse_xfrm_policies(text: str) -> list[dict[str, Any]]:
+    """``ip xfrm policy list`` -> selector, direction, action and templates of each policy."""
+    policies: list[dict[str, Any]] = []
+    current: Optional[dict[str, Any]] = None
+    template_next = False
+    for line in (text or "").splitlines():
+        if line[:1] not in (" ", "\t"):
+            match = _POLICY_SELECTOR.match(line)
+            current = None
+            if match:
+                current = {
+                    "src": match.group(1),
+                    "dst": match.group(2),
+                    "proto": match.group(3),
+                    "dir": None,
+                    "socket": False,
+                    "action": "allow",
+                    "templates": [],
+                }
+                policies.append(current)
+            template_next = False
+            continue
+        if current is None:
+            continue
+        words = line.split()
+        if template_next:
+            match = _TMPL_ID.match(line.strip())
+            if match:
+                current["templates"].append({"proto": match.group(1), "mode": match.group(2)})
+            template_next = False
+        elif words and words[0] in ("dir", "socket") and len(words) > 1:
+            current["socket"] = words[0] == "socket"
+            current["dir"] = words[1]
+            if "action" in words[:-1]:
+                current["action"] = words[words.index("action") + 1]
+        elif words and words[0] == "tmpl":
+            template_next = True
+    return policies
+
+
+def _host_selector(selector: Optional[str], address: str) -> bool:
+    return _network(selector or "") == f"{address}/32"
+
+
+def _ipip_policies(policies, direction, src, dst):
+    return [
+        p
+        for p in policies
+        if p["dir"] == direction
+        and not p["socket"]
+        and str(p["proto"] or "").lower() in _IPIP_NAMES
+        and _host_selector(p["src"], src)
+        and _host_selector(p["dst"], dst)
+    ]
+
+
+def _xfrm_error(rc: int, stderr: str) -> str:
+    """What ``ip xfrm`` said on stderr, never its stdout: that may hold keys."""
+    lines = (stderr or "").strip().splitlines()
+    return lines[-1].strip() if lines else f"exit status {rc}"
+
+
+def check_ipsec(
+    protection: str,
+    connections: list[dict[str, Any]],
+    pinged: list[str],
+    states: Optional[tuple[int, str, str]] = None,
+    policies: Optional[tuple[int, str, str]] = None,
+) -> dict[str, Any]:
+    """Every IPsec connection of the plan against ``ip xfrm state`` and ``ip xfrm policy``.
+
+    ``states`` and ``policies`` are (rc, stdout, stderr) of ``ip xfrm state list``
+    and ``ip xfrm policy list``; neither is run where the plan has no IPsec.
+    SAs exist only after traffic (the policies trap the first packet and IKE
+    keys them), so a missing SA is a problem only for the tunnels in ``pinged``,
+    whose ping just sent that traffic. The policies must be there regardless.
+    """
+    found: dict[str, Any] = {
+        "protection": protection,
+        "plain_ipip": protection == "none",
+        "connections": [],
+    }
+    problems: list[str] = []
+    if protection != "ipsec":
+        found["ok"] = True
+        found["problems"] = problems
+        return found
+    sa_list = pol_list = None
+    if connections:
+        rc, out, err = states if states is not None else (127, "", "not run")
+        if rc == 0:
+            sa_list = parse_xfrm_states(out)
+        else:
+            problems.append(f"IPsec: cannot read the kernel's SAs: {_xfrm_error(rc, err)}")
+        rc, out, err = policies if policies is not None else (127, "", "not run")
+        if rc == 0:
+            pol_list = parse_xfrm_policies(out)
+        else:
+            problems.append(f"IPsec: cannot read the kernel's policies: {_xfrm_error(rc, err)}")
+    for conn in connections:
+        name, local, remote = conn["name"], conn["local"], conn["remote"]
+        entry: dict[str, Any] = {
+            "name": name,
+            "peer": conn.get("peer"),
+            "local": local,
+            "remote": remote,
+            "sa": {"out": None, "in": None},
+            "policy": {"out": None, "in": None},
+        }
+        mine: list[str] = []
+        if sa_list is not None:
+            missing = []
+            for direction, src, dst, way in (
+                ("out", local, remote, "to"),
+                ("in", remote, local, "from"),
+            ):
+                esp = [
+                    s
+                    for s in sa_list
+                    if s["proto"] == "esp"
+                    and s["established"]
+                    and s["src"] == src
+                    and s["dst"] == dst
+                ]
+                entry["sa"][direction] = any(s["mode"] == "transport" for s in esp)
+                if entry["sa"][direction] or name not in pinged:
+                    continue
+                if esp:
+                    mine.append(
+                        f"tunnel {name}: ESP SA {way} {remote} is in {esp[0]['mode']} mode, "
+                        "not transport"
+                    )
+                else:
+                    missing.append(way)
+            if missing:
+                mine.insert(
+                    0,
+                    "tunnel {}: no ESP SA {} {} (IPsec not established)".format(
+                        name, " or ".join(missing), remote
+                    ),
+                )
+        if pol_list is not None:
+            for direction, src, dst in (("out", local, remote), ("in", remote, local)):
+                matching = _ipip_policies(pol_list, direction, src, dst)
+                entry["policy"][direction] = any(
+                    p["action"] != "block" and any(t["proto"] == "esp" for t in p["templates"])
+                    for p in matching
+                )
+                if entry["policy"][direction]:
+                    continue
+                if any(p["action"] == "block" for p in matching):
+                    way = "to" if direction == "out" else "from"
+                    mine.append(f"tunnel {name}: an IPsec policy blocks IPIP {way} {remote}")
+                elif direction == "out":
+                    mine.append(
+                        f"tunnel {name}: no IPsec policy: IPIP to {remote} would leave in "
+                        "clear text"
+                    )
+                else:
+                    mine.append(
+                        f"tunnel {name}: no inbound IPsec policy: IPIP from {remote} would be "
+                        "accepted without ESP"
+                    )
+        entry["ok"] = not mine and sa_list is not None and pol_list is not None
+        entry["problems"] = mine
+        found["connections"].append(entry)
+        problems += mine
+    found["ok"] = not problems
+    found["problems"] = problems
+    return found
+
+
+# --------------------------------------------------------------------------
+# firewall: the collection's table present, carrying its marker
+
+
+def check_firewall(rc: int, stdout: str, stderr: str, table: str = FIREWALL_TABLE) -> dict:
+    """``nft -t list table inet TABLE`` (rc, stdout, stderr): present and the collection's.
+
+    Text, not ``-j``: nftables 1.0.6 (Debian 12) leaves a table's comment out of
+    its JSON, and the comment is the mark of ownership (``nftables.live_digest``).
+    """
+    found: dict[str, Any] = {
+        "table": f"inet {table}",
+        "present": False,
+        "ours": False,
+        "digest": None,
+    }
+    problems = []
+    if rc != 0:
+        if "No such file or directory" in (stderr or ""):
+            problems.append(f"firewall: table inet {table} missing")
+        else:
+            found["present"] = None  # unknown
+            problems.append(
+                f"firewall: cannot list table inet {table}: {_tool_error(rc, '', stderr)}"
+            )
+    else:
+        found["present"] = True
+        found["digest"] = live_digest(stdout)
+        found["ours"] = found["digest"] is not None
+        if not found["ours"]:
+            problems.append(
+                f'firewall: table inet {table} is not the collection\'s (no "{MARKER}" comment)'
+            )
+    found["ok"] = not problems
+    found["problems"] = problems
+    return found
 
 
 # --------------------------------------------------------------------------
@@ -468,6 +753,7 @@ def check_gateway(
     relay_status_file: str = RELAY_STATUS_FILE,
     masquerade_table: str = MASQUERADE_TABLE,
     ping_count: int = PING_COUNT,
+    firewall_table: str = FIREWALL_TABLE,
 ) -> dict[str, Any]:
     """Every check of one gateway; raises HealthError for a plan that is not one."""
     view = plan_view(plan)
@@ -485,6 +771,20 @@ def check_gateway(
         raise HealthError(f"cannot parse ip -j output: {exc}") from exc
 
     tunnels = [check_tunnel(t, view["address"], links, runner, ping_count) for t in view["tunnels"]]
+
+    # After every ping: each one that ran has made IKE key its tunnel's SAs.
+    # Read once per gateway, whatever the number of tunnels.
+    states = policies = None
+    if view["connections"]:
+        states = runner.run(["ip", "xfrm", "state", "list"])
+        policies = runner.run(["ip", "xfrm", "policy", "list"])
+    ipsec = check_ipsec(
+        view["protection"],
+        view["connections"],
+        [t["name"] for t in tunnels if t["ping"] is not None],
+        states,
+        policies,
+    )
 
     rc, state, err = runner.run(["systemctl", "is-active", relay_unit])
     state = (state or "").strip() or "unknown"
@@ -509,15 +809,21 @@ def check_gateway(
     rc, out, err = runner.run(["nft", "-j", "list", "table", "ip", masquerade_table])
     masquerade = check_masquerade(view["masquerade"], rc, out, err, masquerade_table)
 
+    rc, out, err = runner.run(["nft", "-t", "list", "table", "inet", firewall_table])
+    firewall = check_firewall(rc, out, err, firewall_table)
+
     for t in tunnels:
         problems += t["problems"]
-    problems += routes["problems"] + relay["problems"] + masquerade["problems"]
+    for section in (routes, ipsec, firewall, relay, masquerade):
+        problems += section["problems"]
     return {
         "office": view["office"],
         "healthy": not problems,
         "problems": problems,
         "tunnels": tunnels,
         "routes": routes,
+        "ipsec": ipsec,
+        "firewall": firewall,
         "relay": relay,
         "masquerade": masquerade,
     }
@@ -570,6 +876,7 @@ def run_module(module, runner=None):
             relay_status_file=params.get("relay_status_file") or RELAY_STATUS_FILE,
             masquerade_table=params.get("masquerade_table") or MASQUERADE_TABLE,
             ping_count=params.get("ping_count") or PING_COUNT,
+            firewall_table=params.get("firewall_table") or FIREWALL_TABLE,
         )
     except HealthError as exc:
         module.fail_json(msg=str(exc), changed=False)

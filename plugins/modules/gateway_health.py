@@ -17,6 +17,20 @@ description:
     gateway's LAN address, out of that tunnel; and a short C(ping) from this LAN address
     gets an answer through it."
   - "Routes: every prefix the plan routes into a tunnel is in the main table via that tunnel."
+  - "IPsec, where the plan's C(protection) is C(ipsec): after all the pings, the kernel holds,
+    for each tunnel of the plan's C(ipsec.connections), an ESP SA in transport mode from its
+    local to its remote public address and one back (C(ip xfrm state)), and an C(out) and an
+    C(in) policy for IP protocol 4 (IPIP) between those two addresses with an ESP template
+    (C(ip xfrm policy)). SAs are keyed on demand, by the tunnel's ping, so a missing SA is a
+    problem only for a tunnel whose ping ran; the policies must be there regardless."
+  - "C(ip xfrm state) prints the SAs' keys. Only the lines naming an SA (addresses, protocol,
+    mode) are read: no key, SPI or raw output is ever in the result or in a message."
+  - "Where the plan's C(protection) is C(none) (C(office_tunnel_protection: none)), nothing of
+    IPsec is read; RV(ipsec.plain_ipip) says so, and M(sitelink.gateway.health_report)
+    warns. It is not a problem."
+  - "Firewall: the nftables table O(firewall_table) (family C(inet)) exists and carries the
+    collection's C(sitelink-gateway) comment (read from C(nft -t list table): nftables 1.0.6
+    leaves a table's comment out of its JSON)."
   - "Relay: C(sitelink-relay.service) is active where the plan has relay rules (inactive where
     it has none), its status file is fresh (written less than 3 intervals and a second ago) and
     lists every planned port; its counters are returned."
@@ -26,9 +40,11 @@ description:
   - Problems are reported in RV(problems), one sentence each, and do not fail the task;
     C(playbooks/verify.yml) gathers them with M(sitelink.gateway.health_report). The task fails
     only when O(plan) is not a gateway plan or the tunnels and routes cannot be read.
-  - Commands run, all read-only - C(ip -j -d link show), C(ip -j route show table main),
-    C(systemctl is-active), C(nft -j list table), and for each tunnel that is up one
-    C(ip -j route get) and one C(ping -c O(ping_count) -i 0.2 -W 2).
+  - Commands run, all read-only - C(ip -j -d link show), C(ip -j route show table main), for
+    each tunnel that is up one C(ip -j route get) and one C(ping -c O(ping_count) -i 0.2 -w 15),
+    then, with IPsec, C(ip xfrm state list) and C(ip xfrm policy list) once for the gateway,
+    then C(systemctl is-active), C(nft -j list table ip O(masquerade_table)) and
+    C(nft -t list table inet O(firewall_table)).
 options:
   plan:
     description:
@@ -48,11 +64,17 @@ options:
     description: The collection's SNAT table, in the C(ip) family.
     type: str
     default: sitelink_masquerade
+  firewall_table:
+    description: The collection's firewall table, in the C(inet) family (the firewall role's
+      C(firewall_table)).
+    type: str
+    default: sitelink_firewall
   ping_count:
     description:
       - Echo requests per tunnel, 0.2 s apart; any answer passes.
       - Pings run one tunnel after another, so a hub with many tunnels takes about
-        O(ping_count) times 0.2 s per tunnel.
+        O(ping_count) times 0.2 s per tunnel, plus the IKE exchange of each IPsec link whose
+        SAs are not up yet (the ping waits up to 15 s for its answers).
     type: int
     default: 3
 attributes:
@@ -65,10 +87,9 @@ attributes:
     support: full
     platforms: posix
 requirements:
-  - iproute2 with JSON output (C(ip -j)), iputils C(ping), systemd, C(nft) where the plan
-    masquerades
+  - iproute2 with JSON output (C(ip -j)) and C(ip xfrm), iputils C(ping), systemd, C(nft)
 notes:
-  - Needs root (C(become)) to read the nftables ruleset.
+  - Needs root (C(become)) to read the nftables ruleset and the IPsec SAs and policies.
   - A peer that filters ICMP echo (an external peer, say) shows as C(no answer).
 seealso:
   - module: sitelink.gateway.health_report
@@ -106,6 +127,8 @@ problems:
   sample:
     - "tunnel sl-manhattan: no answer from 192.168.1.126"
     - "route 192.168.1.0/24: missing (should go via sl-manhattan)"
+    - "tunnel sl-manhattan: no ESP SA from 172.16.1.12 (IPsec not established)"
+    - "firewall: table inet sitelink_firewall missing"
 tunnels:
   description: One entry per planned tunnel.
   returned: success
@@ -127,6 +150,41 @@ routes:
   returned: success
   type: dict
   sample: {total: 1, ok: 1, failed: [], problems: []}
+ipsec:
+  description:
+    - "The plan's C(protection) (C(ipsec) or C(none)); C(plain_ipip), true when the links are
+      plain IPIP (C(protection) C(none)); and, with IPsec, one entry per connection of the plan
+      (C(connections)): C(sa) and C(policy), each C(out) and C(in), true where the kernel holds
+      it (V(null) where it could not be read)."
+    - No key, SPI or line of C(ip xfrm) output is ever returned.
+  returned: success
+  type: dict
+  sample:
+    protection: ipsec
+    plain_ipip: false
+    connections:
+      - name: sl-manhattan
+        peer: manhattan
+        local: 172.17.2.10
+        remote: 172.16.1.12
+        sa: {out: true, in: true}
+        policy: {out: true, in: true}
+        ok: true
+        problems: []
+    ok: true
+    problems: []
+firewall:
+  description: Whether the firewall table is present (V(null) when C(nft) could not list it)
+    and carries the collection's comment (C(ours)), with the digest that comment names.
+  returned: success
+  type: dict
+  sample:
+    table: inet sitelink_firewall
+    present: true
+    ours: true
+    digest: 3f2a9c0d1e4b5a67
+    ok: true
+    problems: []
 relay:
   description:
     - The relay's unit state and, where it should run, the age of its status file and its
@@ -161,6 +219,7 @@ masquerade:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
 from ansible_collections.sitelink.gateway.plugins.module_utils.health import (  # noqa: E402
+    FIREWALL_TABLE,
     MASQUERADE_TABLE,
     PING_COUNT,
     RELAY_STATUS_FILE,
@@ -176,6 +235,7 @@ def build_module():
             relay_unit=dict(type="str", default=RELAY_UNIT),
             relay_status_file=dict(type="path", default=RELAY_STATUS_FILE),
             masquerade_table=dict(type="str", default=MASQUERADE_TABLE),
+            firewall_table=dict(type="str", default=FIREWALL_TABLE),
             ping_count=dict(type="int", default=PING_COUNT),
         ),
         supports_check_mode=True,

@@ -15,7 +15,11 @@ author: sitelink.gateway developers
 description:
   - Gathers the M(sitelink.gateway.gateway_health) result registered on every host of O(hosts)
     into one report, on the controller, and renders it as one table (an office per row -
-    office, host, tunnels passing traffic, routes present, relay, NAT, verdict).
+    office, host, tunnels passing traffic, routes present, protection, firewall, relay, NAT,
+    verdict).
+  - "The protection column says 'ipsec ok', 'ipsec: N problems' or 'ipsec (no links)', or
+    'NONE (plain IPIP)' where the deployment runs C(office_tunnel_protection: none). Plain
+    IPIP is not a problem, but it is a warning - RV(warnings), shown once on the controller."
   - Every host of O(hosts) gets a row. A gateway that was unreachable, whose check failed, or
     that has no result is unhealthy, with the reason in its problems; it is never skipped.
   - With O(output), writes the report as JSON, replaced in one rename.
@@ -79,6 +83,17 @@ healthy:
   returned: success
   type: bool
   sample: false
+warnings:
+  description:
+    - "One warning naming the offices whose links are plain IPIP
+      (C(office_tunnel_protection: none)), shown as an Ansible warning on the controller."
+  returned: when some links are plain IPIP
+  type: list
+  elements: str
+  sample:
+    - "office_tunnel_protection: none: the links of every office are plain IPIP, readable by
+      anyone on the path and forgeable by anyone on the Internet (RFC 2003 has no
+      authentication)"
 problems:
   description: "Every problem, as C(office: what failed)."
   returned: success
@@ -86,6 +101,7 @@ problems:
   elements: str
   sample:
     - "brooklyn: tunnel sl-manhattan: no answer from 192.168.1.126"
+    - "brooklyn: tunnel sl-manhattan: no ESP SA to or from 172.16.1.12 (IPsec not established)"
     - "queens: unreachable (Failed to connect to the host via ssh: Connection refused)"
 summary:
   description:
@@ -101,21 +117,21 @@ table:
   returned: success
   type: str
   sample: |-
-    office     host          tunnels  routes  relay             NAT            verdict
-    ---------  ------------  -------  ------  ----------------  -------------  ---------
-    brooklyn   brooklyn-gw   0/1      1/1     active 3/0/3/0/0  off            UNHEALTHY
-    manhattan  manhattan-gw  1/1      1/1     active 3/3/0/0/0  ok (1 source)  ok
+    office     host          tunnels  routes  protection        firewall  relay               NAT            verdict
+    ---------  ------------  -------  ------  ----------------  --------  ------------------  -------------  ---------
+    brooklyn   brooklyn-gw   0/1      1/1     ipsec: 1 problem  ok        active 12/12/0/0/3  off            UNHEALTHY
+    manhattan  manhattan-gw  1/1      1/1     ipsec ok          ok        active 12/12/0/0/3  ok (1 source)  ok
     1 of 2 offices healthy
     relay counters: received/forwarded/rebroadcast/transited/dropped, all ports
 report:
   description:
     - "The report, as written to O(output): C(version), C(generated) (UTC, ISO 8601),
-      C(healthy), C(counts) (C(offices), C(healthy), C(unhealthy)), C(problems), and
-      C(offices), one entry per office sorted by name."
+      C(healthy), C(counts) (C(offices), C(healthy), C(unhealthy)), C(problems),
+      C(warnings), and C(offices), one entry per office sorted by name."
     - "Each office entry: C(office), C(host), C(verdict) (C(healthy), C(unhealthy),
       C(unreachable), C(failed) or C(no result)), C(healthy), C(problems), and the
-      M(sitelink.gateway.gateway_health) sections C(tunnels), C(routes), C(relay) and
-      C(masquerade) (V(null) when the gateway gave no result)."
+      M(sitelink.gateway.gateway_health) sections C(tunnels), C(routes), C(ipsec),
+      C(firewall), C(relay) and C(masquerade) (V(null) when the gateway gave no result)."
   returned: success
   type: dict
 output:
@@ -123,4 +139,4 @@ output:
   returned: when O(output) is set
   type: str
   sample: /home/admin/verify-report.json
-"""
+"""  # noqa: E501 (the sample table is as wide as the real one)

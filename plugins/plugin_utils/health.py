@@ -6,7 +6,9 @@ Pure functions, on the controller: ``build_report`` takes the play's hosts and
 each host's ``gateway_health`` result (or its unreachable / failed result, or
 nothing) and returns the JSON report; ``render_table`` makes it one table, an
 office per row. Every host of the play gets a row: an office whose gateway
-could not be checked is unhealthy, never skipped.
+could not be checked is unhealthy, never skipped. Links run as plain IPIP
+(``office_tunnel_protection: none``) are not a problem, but the report says so in
+its ``warnings`` and in the table's protection column.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ from typing import Any, Optional
 REPORT_VERSION = 1
 COUNTER_LEGEND = "relay counters: received/forwarded/rebroadcast/transited/dropped, all ports"
 _RELAY_COUNTERS = ("received", "forwarded", "rebroadcast", "transited", "dropped")
-_SECTIONS = ("tunnels", "routes", "relay", "masquerade")
+_SECTIONS = ("tunnels", "routes", "ipsec", "firewall", "relay", "masquerade")
+PLAIN_IPIP_WARNING = (
+    "office_tunnel_protection: none: the links of {} are plain IPIP, readable by anyone on "
+    "the path and forgeable by anyone on the Internet (RFC 2003 has no authentication)"
+)
 
 
 def _first_line(text: Any) -> str:
@@ -80,8 +86,23 @@ def build_report(
             "unhealthy": len(entries) - healthy,
         },
         "problems": problem_lines(entries) if entries else ["no office was checked"],
+        "warnings": warning_lines(entries),
         "offices": entries,
     }
+
+
+def warning_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """One warning naming the offices whose links are plain IPIP (a deployment-wide choice)."""
+    plain = [e["office"] for e in entries if (e.get("ipsec") or {}).get("plain_ipip")]
+    if not plain:
+        return []
+    if len(plain) == len(entries):
+        who = "every office" if len(plain) > 1 else plain[0]
+    elif len(plain) <= 5:
+        who = ", ".join(plain)
+    else:
+        who = f"{len(plain)} offices"
+    return [PLAIN_IPIP_WARNING.format(who)]
 
 
 def problem_lines(entries: list[dict[str, Any]]) -> list[str]:
@@ -103,6 +124,32 @@ def _routes_cell(routes: Optional[dict[str, Any]]) -> str:
     if routes is None:
         return "-"
     return "{}/{}".format(routes.get("ok", 0), routes.get("total", 0))
+
+
+def _protection_cell(ipsec: Optional[dict[str, Any]]) -> str:
+    """``ipsec ok``, ``ipsec: N problems`` or ``NONE (plain IPIP)``; capitals mark the risk."""
+    if ipsec is None:
+        return "-"
+    if ipsec.get("protection") == "none" or ipsec.get("plain_ipip"):
+        return "NONE (plain IPIP)"
+    problems = len(ipsec.get("problems") or [])
+    if problems:
+        return "ipsec: {} problem{}".format(problems, "" if problems == 1 else "s")
+    if not ipsec.get("connections"):
+        return "ipsec (no links)"
+    return "ipsec ok"
+
+
+def _firewall_cell(firewall: Optional[dict[str, Any]]) -> str:
+    if firewall is None:
+        return "-"
+    if firewall.get("present") is None:
+        return "UNKNOWN"  # nft could not list it
+    if not firewall.get("present"):
+        return "MISSING"
+    if not firewall.get("ours"):
+        return "NOT OURS"  # a table of that name without the collection's comment
+    return "ok"
 
 
 def _relay_cell(relay: Optional[dict[str, Any]]) -> str:
@@ -140,7 +187,9 @@ def _nat_cell(nat: Optional[dict[str, Any]]) -> str:
 
 
 def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows = [("office", "host", "tunnels", "routes", "relay", "NAT", "verdict")]
+    rows = [
+        ("office", "host", "tunnels", "routes", "protection", "firewall", "relay", "NAT", "verdict")
+    ]
     for e in report["offices"]:
         rows.append(
             (
@@ -148,6 +197,8 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
                 e["host"],
                 _tunnels_cell(e["tunnels"]),
                 _routes_cell(e["routes"]),
+                _protection_cell(e["ipsec"]),
+                _firewall_cell(e["firewall"]),
                 _relay_cell(e["relay"]),
                 _nat_cell(e["masquerade"]),
                 "ok" if e["healthy"] else e["verdict"].upper(),

@@ -25,7 +25,7 @@ def test_plan_renders_every_gateway_without_connecting(tmp_path):
     assert "manhattan-gw" not in output.split("PLAY RECAP")[1]  # only localhost ran
     # The console shows what each gateway gets.
     for expected in (
-        "sl-brooklyn to brooklyn: 172.16.1.12 -> 172.17.2.10, MTU 1480",
+        "sl-brooklyn to brooklyn: 172.16.1.12 -> 172.17.2.10, MTU 1440",
         "get source 192.168.1.126",
         "UDP port 6799",
     ):

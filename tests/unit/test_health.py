@@ -1,9 +1,9 @@
 """Unit tests for sitelink.gateway.gateway_health and the health report.
 
-No root, network or gateway needed: each gateway's live state is the JSON its
-tools print (iproute2 6.1, nftables 1.0.6, the relay's status file), served by
-a fake runner built from the gateway's real plan (the case study), then broken
-one way at a time.
+No root, network or gateway needed: each gateway's live state is what its
+tools print (iproute2 6.1 JSON, and text for ip xfrm, which has no JSON;
+nftables 1.0.6; the relay's status file), served by a fake runner built from
+the gateway's real plan (the case study), then broken one way at a time.
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_700_000_000.0
 
 
-def case_study_plans() -> dict:
+def case_study_plans(**deployment) -> dict:
     inventory = yaml.safe_load((ROOT / "examples/case-study/inventory.yml").read_text())
     group = inventory["offices"]
-    offices = {host: {**group["vars"], **host_vars} for host, host_vars in group["hosts"].items()}
+    offices = {
+        host: {**group["vars"], **deployment, **host_vars}
+        for host, host_vars in group["hosts"].items()
+    }
     plan = plan_network(offices)
     return {host: plan.gateway_dict(host) for host in plan.gateways}
 
@@ -36,19 +39,24 @@ def case_study_plans() -> dict:
 PLANS = case_study_plans()
 MANHATTAN = PLANS["manhattan-gw"]  # hub: masquerades, relays 6799 to Brooklyn
 BROOKLYN = PLANS["brooklyn-gw"]  # branch: accepts 6799 from Manhattan, no masquerade
+# The same offices with office_tunnel_protection: none (plain IPIP).
+PLAIN = case_study_plans(office_tunnel_protection="none")
+
+# What `ip xfrm state` prints of an SA's key: it must never reach a result.
+KEY = "0x4f1c2a9be07d53a1c6e8f0b2d4a69c8e1f3b5d7a"
 
 
 # --------------------------------------------------------------------------
 # what the tools print
 
 
-def ipip_link(name, local, remote, up=True):
+def ipip_link(name, local, remote, up=True, mtu=1440):
     return {
         "ifindex": 4,
         "link": None,
         "ifname": name,
         "flags": ["POINTOPOINT", "NOARP"] + (["UP", "LOWER_UP"] if up else []),
-        "mtu": 1480,
+        "mtu": mtu,
         "operstate": "UNKNOWN" if up else "DOWN",
         "link_type": "ipip",
         "address": local,
@@ -156,6 +164,58 @@ def relay_status(ports, updated=NOW - 2):
     }
 
 
+def xfrm_state_output(sas):
+    """``ip xfrm state list`` (iproute2 6.1, no -s): every SA with its key, as the kernel has it."""
+    blocks = []
+    for i, sa in enumerate(sas):
+        blocks += [
+            f"src {sa['src']} dst {sa['dst']}",
+            f"\tproto esp spi 0x{sa['spi']:08x} reqid 1 mode {sa['mode']}",
+            "\treplay-window 0 flag af-unspec",
+            f"\taead rfc4106(gcm(aes)) {KEY}{i:02x} 128",
+            "\tanti-replay context: seq 0x0, oseq 0x3, bitmap 0x00000000",
+            f"\tsel src {sa['src']}/32 dst {sa['dst']}/32 proto ipencap ",
+        ]
+    return "\n".join(blocks) + "\n" if blocks else ""
+
+
+def xfrm_policy_output(policies):
+    """``ip xfrm policy list``: strongSwan's trap policies, then its IKE socket bypasses."""
+    lines = []
+    for pol in policies:
+        lines += [
+            f"src {pol['src']}/32 dst {pol['dst']}/32 proto {pol.get('proto', 'ipencap')} ",
+            f"\tdir {pol['dir']} {pol.get('action', '')}priority 366719 ptype main ",
+        ]
+        if pol.get("esp", True):
+            lines += ["\ttmpl src 0.0.0.0 dst 0.0.0.0", "\t\tproto esp reqid 1 mode transport"]
+    for direction in ("in", "out", "in", "out"):
+        lines += [
+            "src 0.0.0.0/0 dst 0.0.0.0/0 ",
+            f"\tsocket {direction} priority 0 ptype main ",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def firewall_listing(table="sitelink_firewall", comment="sitelink-gateway 3f2a9c0d1e4b5a67"):
+    """``nft -t list table inet TABLE``: its comment, sets without elements, chains."""
+    lines = [f"table inet {table} {{"]
+    if comment:
+        lines.append(f'\tcomment "{comment}"')
+    lines += [
+        "\tset link_peers {",
+        "\t\ttype ipv4_addr",
+        "\t}",
+        "",
+        "\tchain input {",
+        "\t\ttype filter hook input priority filter; policy accept;",
+        '\t\tiifname "eth1" ip protocol 4 meta ipsec missing counter packets 0 bytes 0 drop',
+        "\t}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def ping_output(source, destination, received, count=3):
     lines = [
         f"PING {destination} ({destination}) from {source} : 56(84) bytes of data.",
@@ -177,7 +237,9 @@ class Gateway:
         own = plan["lan"]["address"]
         self.own = own
         self.links = [eth_link(plan["lan"]["interface"]), eth_link(plan["wan"]["interface"])]
-        self.links += [ipip_link(t["name"], t["local"], t["remote"]) for t in plan["tunnels"]]
+        self.links += [
+            ipip_link(t["name"], t["local"], t["remote"], mtu=t["mtu"]) for t in plan["tunnels"]
+        ]
         self.routes = [
             {
                 "dst": str(ipaddress.IPv4Interface(plan["lan"]["cidr"]).network),
@@ -210,11 +272,31 @@ class Gateway:
             if masquerade["sources"]
             else None
         )
+        self.firewall = firewall_listing()
+        # IPsec as strongSwan leaves it after the pings: an ESP SA each way, and the
+        # trap policies out and in, for every connection of the plan.
+        self.sas, self.policies = [], []
+        for spi, conn in enumerate(plan["ipsec"]["connections"], start=0xC918ADDE):
+            local, remote = conn["local"], conn["remote"]
+            self.sas += [
+                {"src": local, "dst": remote, "spi": spi, "mode": "transport"},
+                {"src": remote, "dst": local, "spi": spi + 0x100, "mode": "transport"},
+            ]
+            self.policies += [
+                {"dir": "out", "src": local, "dst": remote},
+                {"dir": "in", "src": remote, "dst": local},
+            ]
         self.calls = []
 
     # -- ways to break it
     def link(self, name):
         return next(link for link in self.links if link["ifname"] == name)
+
+    def drop_sa(self, src, dst):
+        self.sas = [sa for sa in self.sas if (sa["src"], sa["dst"]) != (src, dst)]
+
+    def drop_policy(self, direction):
+        self.policies = [p for p in self.policies if p["dir"] != direction]
 
     def drop_link(self, name):
         self.links = [link for link in self.links if link["ifname"] != name]
@@ -239,6 +321,18 @@ class Gateway:
             return (0 if received else 1), ping_output(source, destination, received), ""
         if argv[:2] == ["systemctl", "is-active"]:
             return (0 if self.relay_state == "active" else 3), self.relay_state + "\n", ""
+        if argv[:3] == ["ip", "xfrm", "state"]:
+            return 0, xfrm_state_output(self.sas), ""
+        if argv[:3] == ["ip", "xfrm", "policy"]:
+            return 0, xfrm_policy_output(self.policies), ""
+        if argv[:3] == ["nft", "-t", "list"]:
+            if self.firewall is None:
+                return (
+                    1,
+                    "",
+                    f"Error: No such file or directory\nlist table inet {argv[-1]}\n",
+                )
+            return 0, self.firewall, ""
         if argv[:3] == ["nft", "-j", "list"]:
             if self.nat is None:
                 return (
@@ -299,7 +393,34 @@ def test_a_healthy_hub_passes_every_check_with_few_read_only_commands():
     assert result["masquerade"]["present"] is True
     assert result["masquerade"]["address"] == "192.168.1.126"
     assert result["masquerade"]["sources"] == ["192.168.2.0/24"]
-    # Six commands for one tunnel, none of which changes anything.
+    assert result["ipsec"] == {
+        "protection": "ipsec",
+        "plain_ipip": False,
+        "connections": [
+            {
+                "name": "sl-brooklyn",
+                "peer": "brooklyn",
+                "local": "172.16.1.12",
+                "remote": "172.17.2.10",
+                "sa": {"out": True, "in": True},
+                "policy": {"out": True, "in": True},
+                "ok": True,
+                "problems": [],
+            }
+        ],
+        "ok": True,
+        "problems": [],
+    }
+    assert result["firewall"] == {
+        "table": "inet sitelink_firewall",
+        "present": True,
+        "ours": True,
+        "digest": "3f2a9c0d1e4b5a67",
+        "ok": True,
+        "problems": [],
+    }
+    # Nine commands for one tunnel, none of which changes anything; IPsec is read
+    # once, after the pings that keyed it.
     assert gw.calls == [
         ["ip", "-j", "-d", "link", "show"],
         ["ip", "-j", "route", "show", "table", "main"],
@@ -312,14 +433,17 @@ def test_a_healthy_hub_passes_every_check_with_few_read_only_commands():
             "3",
             "-i",
             "0.2",
-            "-W",
-            "2",
+            "-w",
+            "15",
             "-I",
             "192.168.1.126",
             "192.168.2.126",
         ],
+        ["ip", "xfrm", "state", "list"],
+        ["ip", "xfrm", "policy", "list"],
         ["systemctl", "is-active", "sitelink-relay.service"],
         ["nft", "-j", "list", "table", "ip", "sitelink_masquerade"],
+        ["nft", "-t", "list", "table", "inet", "sitelink_firewall"],
     ]
 
 
@@ -365,7 +489,7 @@ def test_a_tunnel_that_is_down_is_named():
 def test_a_tunnel_with_the_wrong_mtu_is_named():
     gw = Gateway(BROOKLYN)
     gw.link("sl-manhattan")["mtu"] = 1500
-    assert check(gw)["problems"] == ["tunnel sl-manhattan: MTU 1500, the plan says 1480"]
+    assert check(gw)["problems"] == ["tunnel sl-manhattan: MTU 1500, the plan says 1440"]
 
 
 def test_a_tunnel_to_the_wrong_remote_is_named():
@@ -572,9 +696,364 @@ def test_nft_that_fails_otherwise_is_a_problem_not_an_absent_table():
     gw.run = lambda argv, run=gw.run: (
         (127, "", "nft: command not found") if argv[0] == "nft" else run(argv)
     )
-    assert check(gw)["problems"] == [
-        "NAT: cannot list table ip sitelink_masquerade: nft: command not found"
+    result = check(gw)
+    assert result["problems"] == [
+        "firewall: cannot list table inet sitelink_firewall: nft: command not found",
+        "NAT: cannot list table ip sitelink_masquerade: nft: command not found",
     ]
+    assert result["firewall"]["present"] is None  # unknown, not absent
+
+
+# --------------------------------------------------------------------------
+# IPsec: ESP transport-mode SAs both ways, and the policies, after the pings
+
+BROOKLYN_WAN, MANHATTAN_WAN = "172.17.2.10", "172.16.1.12"
+
+
+def test_esp_sas_both_ways_and_both_policies_pass():
+    result = check(Gateway(BROOKLYN))
+    assert result["healthy"] is True
+    (conn,) = result["ipsec"]["connections"]
+    assert (conn["name"], conn["local"], conn["remote"]) == (
+        "sl-manhattan",
+        BROOKLYN_WAN,
+        MANHATTAN_WAN,
+    )
+    assert conn["sa"] == {"out": True, "in": True}
+    assert conn["policy"] == {"out": True, "in": True}
+
+
+def test_the_sas_are_read_once_per_gateway_after_every_ping():
+    plan = copy.deepcopy(MANHATTAN)
+    # A second tunnel and its connection, so that "once" means once, not per tunnel.
+    plan["tunnels"].append({**plan["tunnels"][0], "name": "sl-queens", "remote": "172.18.3.10"})
+    plan["links"].append(
+        {
+            **plan["links"][0],
+            "peer": "queens",
+            "peer_address": "192.168.3.126",
+            "tunnel": "sl-queens",
+        }
+    )
+    plan["ipsec"]["connections"].append(
+        {**plan["ipsec"]["connections"][0], "name": "sl-queens", "remote": "172.18.3.10"}
+    )
+    gw = Gateway(plan)
+    gw.paths["192.168.3.126"] = "sl-queens"
+    result = check(gw)
+    assert result["problems"] == []
+    commands = [c[:3] if c[0] == "ip" else c[:1] for c in gw.calls]
+    assert commands.count(["ip", "xfrm", "state"]) == 1
+    assert commands.count(["ip", "xfrm", "policy"]) == 1
+    last_ping = max(i for i, c in enumerate(commands) if c == ["ping"])
+    assert commands.index(["ip", "xfrm", "state"]) > last_ping
+
+
+def test_an_sa_missing_one_way_is_named_with_its_direction():
+    gw = Gateway(BROOKLYN)
+    gw.drop_sa(MANHATTAN_WAN, BROOKLYN_WAN)  # nothing keyed from Manhattan to Brooklyn
+    result = check(gw)
+    assert result["problems"] == [
+        "tunnel sl-manhattan: no ESP SA from 172.16.1.12 (IPsec not established)"
+    ]
+    assert result["ipsec"]["connections"][0]["sa"] == {"out": True, "in": False}
+    gw = Gateway(BROOKLYN)
+    gw.drop_sa(BROOKLYN_WAN, MANHATTAN_WAN)
+    assert check(gw)["problems"] == [
+        "tunnel sl-manhattan: no ESP SA to 172.16.1.12 (IPsec not established)"
+    ]
+
+
+def test_no_sa_at_all_is_one_problem_next_to_the_ping_it_explains():
+    gw = Gateway(BROOKLYN)
+    gw.sas = []
+    gw.answers["192.168.1.126"] = 0  # IKE failed: the ping had no answer
+    assert check(gw)["problems"] == [
+        "tunnel sl-manhattan: no answer from 192.168.1.126",
+        "tunnel sl-manhattan: no ESP SA to or from 172.16.1.12 (IPsec not established)",
+    ]
+
+
+def test_an_sa_still_being_negotiated_is_not_established():
+    # The kernel lists an ACQUIRE (IKE under way) as an SA with SPI 0.
+    gw = Gateway(BROOKLYN)
+    for sa in gw.sas:
+        if sa["src"] == BROOKLYN_WAN:
+            sa["spi"] = 0
+    assert check(gw)["problems"] == [
+        "tunnel sl-manhattan: no ESP SA to 172.16.1.12 (IPsec not established)"
+    ]
+
+
+def test_an_sa_in_tunnel_mode_is_not_the_planned_transport_mode():
+    gw = Gateway(BROOKLYN)
+    gw.sas[0]["mode"] = "tunnel"
+    assert check(gw)["problems"] == [
+        "tunnel sl-manhattan: ESP SA to 172.16.1.12 is in tunnel mode, not transport"
+    ]
+
+
+def test_a_missing_sa_is_no_problem_where_no_ping_ran_to_key_it():
+    # The tunnel is down: no packet triggered IKE, and the tunnel is already named.
+    gw = Gateway(BROOKLYN)
+    gw.link("sl-manhattan")["flags"] = ["POINTOPOINT", "NOARP"]
+    gw.sas = []
+    result = check(gw)
+    assert result["problems"] == ["tunnel sl-manhattan: down"]
+    assert result["ipsec"]["connections"][0]["sa"] == {"out": False, "in": False}
+
+
+def test_a_missing_outbound_policy_means_ipip_in_clear_text():
+    gw = Gateway(BROOKLYN)
+    gw.drop_policy("out")
+    result = check(gw)
+    assert result["problems"] == [
+        "tunnel sl-manhattan: no IPsec policy: IPIP to 172.16.1.12 would leave in clear text"
+    ]
+    assert result["ipsec"]["connections"][0]["policy"] == {"out": False, "in": True}
+    assert result["ipsec"]["ok"] is False
+
+
+def test_a_missing_inbound_policy_is_named():
+    gw = Gateway(BROOKLYN)
+    gw.drop_policy("in")
+    assert check(gw)["problems"] == [
+        "tunnel sl-manhattan: no inbound IPsec policy: IPIP from 172.16.1.12 would be "
+        "accepted without ESP"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"esp": False}, "no IPsec policy: IPIP to 172.16.1.12 would leave in clear text"),
+        ({"proto": "tcp"}, "no IPsec policy: IPIP to 172.16.1.12 would leave in clear text"),
+        ({"dst": "172.16.1.13"}, "no IPsec policy: IPIP to 172.16.1.12 would leave in clear text"),
+        ({"action": "action block "}, "an IPsec policy blocks IPIP to 172.16.1.12"),
+    ],
+)
+def test_an_outbound_policy_that_does_not_protect_ipip(change, problem):
+    gw = Gateway(BROOKLYN)
+    next(p for p in gw.policies if p["dir"] == "out").update(change)
+    assert check(gw)["problems"] == [f"tunnel sl-manhattan: {problem}"]
+
+
+def test_protocol_4_by_number_without_netbase():
+    # Without /etc/protocols, iproute2 prints the selector's protocol as a number.
+    gw = Gateway(BROOKLYN)
+    for pol in gw.policies:
+        pol["proto"] = "4"
+    assert check(gw)["problems"] == []
+
+
+def _everything_returned(result) -> str:
+    return json.dumps(result, sort_keys=True)
+
+
+def test_keys_never_reach_the_result():
+    # Healthy, broken and unreadable alike: the key lines of ip xfrm state are never kept.
+    gw = Gateway(BROOKLYN)
+    assert KEY in xfrm_state_output(gw.sas)  # the fake does print keys
+    healthy = check(gw)
+    gw.sas[0]["mode"] = "tunnel"
+    gw.drop_sa(MANHATTAN_WAN, BROOKLYN_WAN)
+    gw.drop_policy("in")
+    broken = check(gw)
+    assert broken["healthy"] is False
+    # ip failing, with the listing on stdout and nothing on stderr: no tail of it is quoted.
+    gw = Gateway(BROOKLYN)
+    gw.run = lambda argv, run=gw.run: (
+        (1, xfrm_state_output(gw.sas), "") if argv[:3] == ["ip", "xfrm", "state"] else run(argv)
+    )
+    unreadable = check(gw)
+    assert unreadable["problems"] == ["IPsec: cannot read the kernel's SAs: exit status 1"]
+    done = run_module(FakeModule(BROOKLYN), Gateway(BROOKLYN))
+    for result in (healthy, broken, unreadable, done.result):
+        text = _everything_returned(result)
+        assert KEY not in text
+        assert KEY[2:10] not in text  # nor a piece of one
+        assert "aead" not in text and "spi" not in text and "0xc918" not in text
+
+
+def test_xfrm_that_cannot_be_read_says_what_ip_said_and_claims_nothing_missing():
+    gw = Gateway(BROOKLYN)
+    gw.run = lambda argv, run=gw.run: (
+        (2, "", "RTNETLINK answers: Operation not permitted\n")
+        if argv[:2] == ["ip", "xfrm"]
+        else run(argv)
+    )
+    result = check(gw)
+    assert result["problems"] == [
+        "IPsec: cannot read the kernel's SAs: RTNETLINK answers: Operation not permitted",
+        "IPsec: cannot read the kernel's policies: RTNETLINK answers: Operation not permitted",
+    ]
+    conn = result["ipsec"]["connections"][0]
+    assert (conn["sa"], conn["policy"], conn["ok"]) == (
+        {"out": None, "in": None},
+        {"out": None, "in": None},
+        False,
+    )
+
+
+def test_parse_xfrm_keeps_only_what_names_an_sa():
+    text = xfrm_state_output(
+        [{"src": "10.0.0.1", "dst": "10.0.0.2", "spi": 0xC918ADDE, "mode": "transport"}]
+    )
+    assert hc.parse_xfrm_states(text) == [
+        {
+            "src": "10.0.0.1",
+            "dst": "10.0.0.2",
+            "proto": "esp",
+            "mode": "transport",
+            "established": True,
+        }
+    ]
+    policies = hc.parse_xfrm_policies(
+        xfrm_policy_output([{"dir": "out", "src": "10.0.0.1", "dst": "10.0.0.2"}])
+    )
+    assert policies[0] == {
+        "src": "10.0.0.1/32",
+        "dst": "10.0.0.2/32",
+        "proto": "ipencap",
+        "dir": "out",
+        "socket": False,
+        "action": "allow",
+        "templates": [{"proto": "esp", "mode": "transport"}],
+    }
+    assert [(p["dir"], p["socket"]) for p in policies[1:]] == [
+        ("in", True),
+        ("out", True),
+        ("in", True),
+        ("out", True),
+    ]
+
+
+# --------------------------------------------------------------------------
+# plain IPIP (office_tunnel_protection: none): not a problem, but said
+
+
+def test_plain_ipip_reads_no_xfrm_and_raises_the_flag():
+    plan = PLAIN["brooklyn-gw"]
+    assert plan["protection"] == "none" and plan["ipsec"]["connections"] == []
+    gw = Gateway(plan)
+    result = check(gw)
+    assert result["healthy"] is True
+    assert result["problems"] == []
+    assert result["ipsec"] == {
+        "protection": "none",
+        "plain_ipip": True,
+        "connections": [],
+        "ok": True,
+        "problems": [],
+    }
+    assert not [c for c in gw.calls if c[:2] == ["ip", "xfrm"]]
+
+
+def test_a_plan_without_protection_is_not_a_gateway_plan():
+    plan = copy.deepcopy(BROOKLYN)
+    del plan["protection"]
+    with pytest.raises(hc.HealthError, match="missing protection"):
+        hc.plan_view(plan)
+    plan["protection"] = "wireguard"
+    with pytest.raises(hc.HealthError, match="protection 'wireguard' is not one of ipsec, none"):
+        hc.plan_view(plan)
+
+
+def test_report_shows_plain_ipip_in_the_table_and_warns_once():
+    results_ = {host: check(Gateway(plan)) for host, plan in PLAIN.items()}
+    built = report.build_report(sorted(PLAIN), results_, {}, "t")
+    assert built["healthy"] is True
+    assert built["problems"] == []
+    assert built["warnings"] == [
+        "office_tunnel_protection: none: the links of every office are plain IPIP, readable "
+        "by anyone on the path and forgeable by anyone on the Internet (RFC 2003 has no "
+        "authentication)"
+    ]
+    rows = report.render_table(built).splitlines()
+    assert rows[0].split()[4] == "protection"
+    assert [row.split("  ")[0] for row in rows[2:4]] == ["brooklyn", "manhattan"]
+    assert all("NONE (plain IPIP)" in row for row in rows[2:4])
+
+
+@pytest.mark.parametrize(
+    ("ipsec", "cell"),
+    [
+        (None, "-"),
+        ({"protection": "none", "plain_ipip": True}, "NONE (plain IPIP)"),
+        ({"protection": "ipsec", "connections": [{}], "problems": []}, "ipsec ok"),
+        ({"protection": "ipsec", "connections": [{}], "problems": ["x"]}, "ipsec: 1 problem"),
+        ({"protection": "ipsec", "connections": [{}], "problems": ["x", "y"]}, "ipsec: 2 problems"),
+        ({"protection": "ipsec", "connections": [], "problems": []}, "ipsec (no links)"),
+    ],
+)
+def test_protection_cell(ipsec, cell):
+    assert report._protection_cell(ipsec) == cell
+
+
+def test_the_warning_names_a_few_offices_or_counts_many():
+    def entry(office, plain):
+        return {"office": office, "ipsec": {"plain_ipip": plain}}
+
+    few = [entry("a", True), entry("b", True), entry("c", False)]
+    assert report.warning_lines(few)[0].startswith(
+        "office_tunnel_protection: none: the links of a, b are plain IPIP"
+    )
+    many = [entry(f"o{i}", True) for i in range(7)] + [entry("x", False)]
+    assert "the links of 7 offices are plain IPIP" in report.warning_lines(many)[0]
+    assert report.warning_lines([entry("solo", True)])[0].startswith(
+        "office_tunnel_protection: none: the links of solo are"
+    )
+    assert report.warning_lines([entry("a", False), {"office": "b", "ipsec": None}]) == []
+
+
+# --------------------------------------------------------------------------
+# firewall: the collection's table, present and marked
+
+
+def test_firewall_table_missing_is_named():
+    gw = Gateway(BROOKLYN)
+    gw.firewall = None
+    result = check(gw)
+    assert result["problems"] == ["firewall: table inet sitelink_firewall missing"]
+    assert (result["firewall"]["present"], result["firewall"]["ours"]) == (False, False)
+
+
+def test_firewall_table_present_and_ours():
+    result = check(Gateway(BROOKLYN))
+    assert result["firewall"]["ok"] is True
+    assert result["firewall"]["digest"] == "3f2a9c0d1e4b5a67"
+
+
+def test_firewall_table_without_the_collections_comment_is_not_ours():
+    gw = Gateway(BROOKLYN)
+    gw.firewall = firewall_listing(comment="someone else's")
+    result = check(gw)
+    assert result["problems"] == [
+        'firewall: table inet sitelink_firewall is not the collection\'s (no "sitelink-gateway" '
+        "comment)"
+    ]
+    assert (result["firewall"]["present"], result["firewall"]["ours"]) == (True, False)
+
+
+def test_firewall_table_name_is_a_module_option():
+    gw = Gateway(BROOKLYN)
+    done = run_module(FakeModule(BROOKLYN, firewall_table="office_fw"), gw)
+    assert ["nft", "-t", "list", "table", "inet", "office_fw"] in gw.calls
+    assert done.result["firewall"]["table"] == "inet office_fw"
+
+
+@pytest.mark.parametrize(
+    ("firewall", "cell"),
+    [
+        (None, "-"),
+        ({"present": True, "ours": True, "ok": True}, "ok"),
+        ({"present": False, "ours": False, "ok": False}, "MISSING"),
+        ({"present": True, "ours": False, "ok": False}, "NOT OURS"),
+        ({"present": None, "ours": False, "ok": False}, "UNKNOWN"),
+    ],
+)
+def test_firewall_cell(firewall, cell):
+    assert report._firewall_cell(firewall) == cell
 
 
 # --------------------------------------------------------------------------
@@ -671,13 +1150,18 @@ def test_report_table_has_one_row_per_office():
         "2024-05-01T12:00:00+00:00",
     )
     assert report.render_table(built).splitlines() == [
-        "office     host          tunnels  routes  relay               NAT            verdict",
-        "---------  ------------  -------  ------  ------------------  -------------  ---------",
-        "brooklyn   brooklyn-gw   0/1      1/1     active 12/12/0/0/3  off            UNHEALTHY",
-        "manhattan  manhattan-gw  1/1      1/1     active 12/12/0/0/3  ok (1 source)  ok",
+        "office     host          tunnels  routes  protection  firewall  relay               "
+        "NAT            verdict",
+        "---------  ------------  -------  ------  ----------  --------  ------------------  "
+        "-------------  ---------",
+        "brooklyn   brooklyn-gw   0/1      1/1     ipsec ok    ok        active 12/12/0/0/3  "
+        "off            UNHEALTHY",
+        "manhattan  manhattan-gw  1/1      1/1     ipsec ok    ok        active 12/12/0/0/3  "
+        "ok (1 source)  ok",
         "1 of 2 offices healthy",
         report.COUNTER_LEGEND,
     ]
+    assert built["warnings"] == []
 
 
 def test_report_problems_name_the_office():
@@ -706,7 +1190,7 @@ def test_an_unreachable_gateway_is_an_unhealthy_office_not_a_skipped_one():
         None,
     )
     row = report.render_table(built).splitlines()[2].split()
-    assert row == ["brooklyn", "brooklyn-gw", "-", "-", "-", "-", "UNREACHABLE"]
+    assert row == ["brooklyn", "brooklyn-gw", "-", "-", "-", "-", "-", "-", "UNREACHABLE"]
 
 
 def test_a_host_without_result_or_whose_check_failed_is_unhealthy():
@@ -738,7 +1222,15 @@ def test_report_json_shape():
         ["manhattan-gw", "brooklyn-gw"], results(), {}, "2024-05-01T12:00:00+00:00"
     )
     data = json.loads(json.dumps(built))  # plain JSON all the way down
-    assert list(data) == ["version", "generated", "healthy", "counts", "problems", "offices"]
+    assert list(data) == [
+        "version",
+        "generated",
+        "healthy",
+        "counts",
+        "problems",
+        "warnings",
+        "offices",
+    ]
     assert data["version"] == 1
     assert [o["office"] for o in data["offices"]] == ["brooklyn", "manhattan"]
     assert list(data["offices"][0]) == [
@@ -749,10 +1241,13 @@ def test_report_json_shape():
         "problems",
         "tunnels",
         "routes",
+        "ipsec",
+        "firewall",
         "relay",
         "masquerade",
     ]
     assert data["offices"][1]["relay"]["ports"]["6799"]["forwarded"] == 12
+    assert data["offices"][1]["ipsec"]["connections"][0]["sa"] == {"out": True, "in": True}
 
 
 @pytest.mark.parametrize(
@@ -798,3 +1293,46 @@ def test_summary_names_every_problem_on_a_line():
         ["manhattan-gw"], {"manhattan-gw": check(Gateway(MANHATTAN))}, {}, "t"
     )
     assert report.summary_text(healthy) == "1 of 1 office healthy"
+
+
+# --------------------------------------------------------------------------
+# the report action, on the controller
+
+
+def run_report_action(hostvars, tmp_path=None):
+    from types import SimpleNamespace
+
+    from ansible_collections.sitelink.gateway.plugins.action import health_report as action
+
+    args = {"hosts": sorted(hostvars)}
+    if tmp_path is not None:
+        args["output"] = str(tmp_path / "report.json")
+    task = SimpleNamespace(
+        args=args, async_val=0, check_mode=False, action="sitelink.gateway.health_report"
+    )
+    connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/nowhere"))  # never used
+    plugin = action.ActionModule(task, connection, SimpleNamespace(), None, None, None)
+    return plugin.run(task_vars={"hostvars": hostvars})
+
+
+def test_the_action_warns_once_on_plain_ipip_and_writes_the_warning(tmp_path):
+    hostvars = {
+        host: {"sitelink_health": check(Gateway(plan)), "office_plan": plan}
+        for host, plan in PLAIN.items()
+    }
+    result = run_report_action(hostvars, tmp_path)
+    assert result["healthy"] is True and not result.get("failed")
+    (warning,) = result["warnings"]  # Ansible shows it as [WARNING] on the controller
+    assert "plain IPIP, readable by anyone on the path and forgeable" in warning
+    assert "NONE (plain IPIP)" in result["table"]
+    assert json.loads((tmp_path / "report.json").read_text())["warnings"] == [warning]
+
+
+def test_the_action_does_not_warn_with_ipsec():
+    hostvars = {
+        host: {"sitelink_health": check(Gateway(plan)), "office_plan": plan}
+        for host, plan in PLANS.items()
+    }
+    result = run_report_action(hostvars)
+    assert result["healthy"] is True
+    assert not result.get("warnings")

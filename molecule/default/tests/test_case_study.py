@@ -1,17 +1,22 @@
-"""The case study's claims, proven with real traffic between lab namespaces.
+"""The case study's claims, and the gateways' safety, proven with real traffic.
 
 Runs after converge and idempotence: the app server (Manhattan LAN), an observer
-on the same LAN and a Brooklyn workstation are network namespaces created by the
-lab; the gateways are QEMU VMs. The last test reboots both gateways and proves
-every claim again.
+on the same LAN, a Brooklyn workstation and a stranger on Brooklyn's ISP segment
+are network namespaces created by the lab; the gateways are QEMU VMs. The path
+between the two WANs carries 1400 bytes at most and drops ICMP "fragmentation
+needed", and so do the LAN hosts: bulk TCP works only because the tunnels fit the
+path and the gateways clamp TCP's MSS. The last tests reboot both gateways and
+prove every claim again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,8 +35,30 @@ MANHATTAN_LAN_GW = "192.168.1.126"
 BROOKLYN_LAN_GW = "192.168.2.126"
 RELAY_PORT = 6799
 BULK_BYTES = 8 * 1024 * 1024
+WORKSTATION = "192.168.2.20"
+MANHATTAN_WAN = "172.16.1.12"
+BROOKLYN_WAN = "172.17.2.10"
+STRANGER = "172.17.2.5"
+WAN_PATH_MTU = 1400  # office_wan_mtu in inventory/20-lab.yml
+LAN_HOSTS = ("appserver", "observer", "workstation")
 
 testinfra_hosts = ["ansible://offices"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_mtu_path_that_drops_icmp():
+    """The lab's Internet: 1400 bytes between the WANs, no "fragmentation needed"."""
+    previous = {}
+    for segment in ("manhattan-wan", "brooklyn-wan"):
+        previous.update(LAB.set_router_mtu(segment, WAN_PATH_MTU))
+    LAB.router_drop_frag_needed(True)
+    for host in LAN_HOSTS:
+        LAB.host_drop_frag_needed(host, True)
+    yield
+    for host in LAN_HOSTS:
+        LAB.host_drop_frag_needed(host, False)
+    LAB.router_drop_frag_needed(False)
+    LAB.restore_router_mtu(previous)
 
 
 # --- the claims -----------------------------------------------------------------
@@ -101,9 +128,94 @@ def check_broadcasts(count: int = 40, big: int = 60000) -> None:
 CLAIMS = [check_ping, check_masquerade_and_bulk_tcp, check_bulk_tcp_download, check_broadcasts]
 
 
-@pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.__name__[len("check_") :])
-def test_claim(claim):
-    claim()
+# --- safety: what a stranger on the Internet cannot do ---------------------------------
+
+
+def _token() -> str:
+    return "sitelink-test-" + secrets.token_hex(8)
+
+
+def _forged(port: int, forge: list[str]) -> tuple[dict, dict]:
+    """Listen at the workstation, capture on Brooklyn's WAN, forge from the stranger."""
+    token = _token()
+    listener = LAB.background("workstation", "udp-listen", str(port), "6", "--token", token)
+    capture = LAB.capture("brooklyn-wan", 30, markers=[token.encode()])
+    try:
+        LAB.traffic("stranger", *forge, "--token", token)
+        wire = capture.finish(settle=1)
+        heard = listener.result()
+    finally:
+        listener.stop()
+        capture.stop()
+    # Not a vacuous pass: the forged packets were on the wire to Brooklyn's gateway.
+    assert wire["markers"][token.encode().hex()] >= 10, wire
+    return heard.get("seen", {}).get(token, 0), wire
+
+
+def check_forged_ipip_from_a_stranger() -> None:
+    """IPIP from the stranger's own address never reaches the Brooklyn LAN."""
+    seen, _ = _forged(
+        7000, ["forge-ipip", STRANGER, BROOKLYN_WAN, APP_SERVER, WORKSTATION, "7000", "10"]
+    )
+    assert seen == 0, f"{seen} forged IPIP packets from {STRANGER} reached the workstation"
+
+
+def check_forged_ipip_as_the_peer_gateway() -> None:
+    """IPIP whose outer source is forged as Manhattan's public address: dropped too."""
+    seen, _ = _forged(
+        7000, ["forge-ipip", MANHATTAN_WAN, BROOKLYN_WAN, APP_SERVER, WORKSTATION, "7000", "10"]
+    )
+    assert seen == 0, (
+        f"{seen} IPIP packets forged as {MANHATTAN_WAN} were decapsulated and delivered"
+    )
+
+
+def check_forged_relay_datagrams() -> None:
+    """The relay port, from the stranger's address and forged as Manhattan's relay."""
+    for source in (STRANGER, MANHATTAN_LAN_GW):
+        seen, _ = _forged(RELAY_PORT, ["forge-udp", source, BROOKLYN_WAN, str(RELAY_PORT), "10"])
+        assert seen == 0, f"{seen} datagrams from {source} re-broadcast on the Brooklyn LAN"
+
+
+def check_only_esp_between_the_gateways() -> None:
+    """On the router, between the two gateways: ESP and IKE, nothing in clear."""
+    token = _token()
+    capture = LAB.capture(
+        "manhattan-wan", 120, hosts=[MANHATTAN_WAN, BROOKLYN_WAN], markers=[token.encode()]
+    )
+    try:
+        # Office traffic carrying a marker, both ways, and the relay's.
+        LAB.traffic(
+            "workstation", "forge-udp", WORKSTATION, APP_SERVER, "7001", "10", "--token", token
+        )
+        LAB.traffic(
+            "appserver",
+            "forge-udp",
+            APP_SERVER,
+            "192.168.1.255",
+            str(RELAY_PORT),
+            "10",
+            "--token",
+            token,
+        )
+        check_masquerade_and_bulk_tcp()
+        wire = capture.finish(settle=1)
+    finally:
+        capture.stop()
+    assert wire["kernel_drops"] == 0, wire  # else a clean capture would prove nothing
+    protocols = wire["protocols"]
+    assert protocols.get("50", 0) > 100, f"no ESP between the gateways: {wire}"
+    assert set(protocols) <= {"50", "17"}, f"something besides ESP and IKE: {protocols}"
+    assert set(wire["udp_ports"]) <= {"500", "4500"}, f"UDP besides IKE: {wire['udp_ports']}"
+    assert wire["tcp_payload_bytes"] == 0 and not wire["marker_seen"], wire
+
+
+SAFETY = [
+    check_forged_ipip_from_a_stranger,
+    check_forged_ipip_as_the_peer_gateway,
+    check_forged_relay_datagrams,
+    check_only_esp_between_the_gateways,
+]
 
 
 # --- what the gateways report (verify.yml, the same check people run) ----------------
@@ -123,14 +235,109 @@ def check_verify(tmp_path: Path) -> None:
 
 
 def test_verify_reports_both_offices_healthy(tmp_path):
+    """First: its pings through the tunnels also have IKE key both links."""
     check_verify(tmp_path)
+
+
+# --- the claims, and safety ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("claim", CLAIMS + SAFETY, ids=lambda c: c.__name__[len("check_") :])
+def test_claim(claim):
+    claim()
+
+
+# --- once: the clamp matters, and a push that cuts SSH undoes itself -----------------
+
+
+def test_without_the_mss_clamp_bulk_tcp_stalls():
+    """Break it once: the clamp chain deleted on both gateways, TCP through the small path
+    stalls (full-size segments, and the ICMP that would say so is dropped)."""
+    for vm in ("manhattan-gw", "brooklyn-gw"):
+        LAB.ssh(vm, "nft delete chain inet sitelink_firewall clamp")
+    black_hole_before = LAB.router_frag_needed_drops()
+    server = LAB.background("appserver", "tcp-server", "5003", "sink")
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            LAB.traffic(
+                "workstation",
+                "tcp-client",
+                APP_SERVER,
+                "5003",
+                f"source:{BULK_BYTES}",
+                timeout=30,
+            )
+    finally:
+        server.stop()
+        for vm in ("manhattan-gw", "brooklyn-gw"):
+            LAB.ssh(vm, "systemctl reload sitelink-firewall.service")
+    # Packets too big for the path, and the router's "fragmentation needed" lost.
+    assert LAB.router_frag_needed_drops() > black_hole_before
+    check_masquerade_and_bulk_tcp()  # clamp back: it flows again
+
+
+def _firewall_digest(vm: str) -> str:
+    out = LAB.ssh(vm, "nft list table inet sitelink_firewall | grep -m1 comment")
+    return out.split()[-1].strip('"')
+
+
+def test_a_push_that_cuts_ssh_is_rolled_back_by_the_gateway():
+    """Management sources that exclude the controller: the hub applies them, cannot be
+    reached over a new connection, and restores its previous rules by itself."""
+    before = _firewall_digest("manhattan-gw")
+    lockout = {
+        "office_firewall_input_policy": "drop",
+        "office_management_sources": ["192.0.2.1"],  # not the controller
+        "office_rollback_timeout": 60,
+    }
+    started = time.monotonic()
+    done = playbook("site.yml", INVENTORY, "-e", json.dumps(lockout))
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    assert "manhattan-gw: no new connection" in output and "sitelink-rollback" in output, output[
+        -3000:
+    ]
+    # The hub failed, so no branch was touched.
+    assert recap(done.stdout).get("brooklyn-gw", {}).get("changed", 0) == 0, output[-3000:]
+    # The gateway comes back by itself, with the rules it had.
+    while True:
+        probe = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "lab/labctl.py"),
+                "ssh",
+                str(STATE),
+                "manhattan-gw",
+                "--",
+                "true",
+            ],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if probe.returncode == 0:
+            break
+        assert time.monotonic() - started < 300, "manhattan-gw did not come back"
+        time.sleep(2)
+    back_after = time.monotonic() - started
+    assert _firewall_digest("manhattan-gw") == before
+    record = LAB.ssh_json("manhattan-gw", "cat /run/sitelink/rollback.json")
+    rollback = record["rolled_back_at"] - record["armed_at"]
+    print(
+        f"rollback: {rollback:.1f} s after the change; reachable again {back_after:.0f} s "
+        "after the run started"
+    )
+    assert 55 <= rollback <= 75, record
 
 
 # --- after a reboot ------------------------------------------------------------------
 
 
 def test_everything_holds_after_reboot(tmp_path):
-    services = "sitelink-tunnels.service sitelink-masquerade.service sitelink-relay.service"
+    services = (
+        "sitelink-tunnels.service sitelink-masquerade.service sitelink-relay.service "
+        "sitelink-firewall.service strongswan.service"
+    )
     done = subprocess.run(
         [
             str(BIN / "ansible"),
@@ -148,9 +355,9 @@ def test_everything_holds_after_reboot(tmp_path):
         check=False,
     )
     assert done.returncode == 0, f"reboot failed:\n{done.stdout}\n{done.stderr}"
-    for claim in CLAIMS:
+    check_verify(tmp_path)  # first: IKE keys both links again
+    for claim in CLAIMS + SAFETY:
         claim()
-    check_verify(tmp_path)
 
 
 def test_a_run_after_reboot_changes_nothing():
