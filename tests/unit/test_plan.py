@@ -17,7 +17,7 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_SECRET = "unit-test-secret-0123456789"
+TEST_SECRET = "unit-test-secret-0123456789"  # noqa: S105  (a test value)
 
 
 def case_study() -> dict:
