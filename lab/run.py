@@ -4,7 +4,8 @@
   run.py demo    case-study lab: site.yml, then verify.yml's report and the
                  traffic that proves it (ping, masquerade, relay), tear down
   run.py bench   offices lab (a hub, two branches): site.yml's first and
-                 no-change runs, verify.yml, and one ipip_tunnel call
+                 no-change runs, verify.yml, TCP throughput branch to hub with
+                 IPsec and with plain IPIP, and one ipip_tunnel call
                  reconciling 200 tunnels on a branch (first, no change)
 
 They use the Molecule scenarios' inventories (offices plus lab connection
@@ -113,16 +114,43 @@ def bench_tunnels(inventory: Path) -> tuple[float, float, float, float]:
     return baseline, first, settle, adhoc("sitelink.gateway.ipip_tunnel", args)
 
 
+BULK = 16 * 1024 * 1024
+
+
+def throughput(lab: Lab) -> float:
+    """Mbit/s of one TCP upload, a Queens workstation to the Manhattan app server."""
+    server = lab.background("appserver", "tcp-server", "5101", "sink")
+    try:
+        start = time.monotonic()
+        lab.traffic("queens-ws", "tcp-client", "192.168.1.10", "5101", f"source:{BULK}")
+        server.result()
+        return BULK * 8 / (time.monotonic() - start) / 1e6
+    finally:
+        server.stop()
+
+
 def bench(inventory: Path) -> None:
+    lab = Lab(os.environ["SITELINK_LAB_STATE"])
     first, out1 = timed("site.yml", inventory)
     second, out2 = timed("site.yml", inventory)
     report = Path(os.environ["SITELINK_LAB_STATE"]) / "verify-report.json"
     check, _ = timed("verify.yml", inventory, "-e", f"sitelink_verify_report={report}")
+    with_esp = throughput(lab)
+    # The same link as the article's plain IPIP, then IPsec back on.
+    plain = ("-e", "office_tunnel_protection=none")
+    timed("site.yml", inventory, *plain)
+    timed("verify.yml", inventory, *plain, "-e", f"sitelink_verify_report={report}")
+    without_esp = throughput(lab)
+    timed("site.yml", inventory)
     baseline, create, settle, again = bench_tunnels(inventory)
     changed = {h: r["changed"] for h, r in recap(out2.stdout).items()}
+    tasks = {h: r["ok"] for h, r in recap(out2.stdout).items()}  # ok counts changed too
     print(f"site.yml first run (hub, then both branches):  {first:6.1f} s")
     print(f"site.yml no-change run:                         {second:6.1f} s  changed: {changed}")
+    print(f"  tasks run per gateway (ok, plan play included): {tasks}")
     print(f"verify.yml (3 offices):                         {check:6.1f} s")
+    print(f"TCP upload branch -> hub LAN, IPsec ESP:        {with_esp:6.1f} Mbit/s")
+    print(f"TCP upload branch -> hub LAN, plain IPIP:       {without_esp:6.1f} Mbit/s")
     print(f"ipip_tunnel, {BENCH_TUNNELS} tunnels, first run:            {create:6.1f} s")
     print(f"  (then udevadm settle on the gateway:       {settle:6.1f} s)")
     print(f"ipip_tunnel, {BENCH_TUNNELS} tunnels, no change:            {again:6.1f} s")

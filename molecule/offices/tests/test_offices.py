@@ -38,6 +38,8 @@ GATEWAYS = (HUB, QUEENS, HARLEM)
 LAN_GW = {HUB: "192.168.1.126", QUEENS: "192.168.3.126", HARLEM: "192.168.4.126"}
 APP_SERVER, QUEENS_WS, HARLEM_WS = "192.168.1.10", "192.168.3.20", "192.168.4.20"
 HARLEM_LAN = "192.168.4.0/24"
+HARLEM_WAN = "172.19.4.10"
+IPSEC_CONFIG = "/etc/swanctl/conf.d/sitelink-gateway.conf"
 RELAY_CONFIG = "/etc/sitelink/relay.json"
 
 testinfra_hosts = ["ansible://offices"]
@@ -273,9 +275,12 @@ def test_retire_leaves_no_trace_of_the_collection(tmp_path):
         HARLEM,
         "ls -d /etc/sitelink /usr/local/sbin/sitelink-relay /etc/sysctl.d/*sitelink* "
         "/etc/modules-load.d/*sitelink* /etc/modules-load.d/ipip.conf "
-        "/etc/systemd/system/sitelink* /run/sitelink-relay 2>/dev/null || true",
+        f"/etc/systemd/system/sitelink* /run/sitelink-relay {IPSEC_CONFIG} 2>/dev/null || true",
     )
     assert leftovers.split() in ([], ["/etc/systemd/system/sitelink-lab-net.service"]), leftovers
+    # No IPsec left: no connection loaded, no SA, no policy for IPIP.
+    ipsec = LAB.ssh(HARLEM, "swanctl --list-conns 2>/dev/null; ip xfrm state; ip xfrm policy")
+    assert "sl-" not in ipsec and "proto esp" not in ipsec and "ipencap" not in ipsec, ipsec
     # The gateway's own addresses and default route stay.
     assert [r for r in routes(HARLEM) if r["dst"] == "default"] == default_route
 
@@ -315,6 +320,10 @@ def test_removed_branch_leaves_nothing_on_the_hub_then_the_other_branch(tmp_path
     assert not [r for r in routes(HUB) if r["dst"] == HARLEM_LAN]
     assert HARLEM_LAN not in LAB.ssh(HUB, "nft list table ip sitelink_masquerade")
     assert LAN_GW[HARLEM] not in relay_addresses(HUB)
+    # Nor in the hub's firewall and IPsec: no rule, no key, no SA, no policy for it.
+    assert HARLEM_WAN not in LAB.ssh(HUB, "nft list table inet sitelink_firewall")
+    assert "harlem" not in LAB.ssh(HUB, f"cat {IPSEC_CONFIG}")
+    assert HARLEM_WAN not in LAB.ssh(HUB, "ip xfrm state; ip xfrm policy")
     foreign = LAB.ssh(HUB, "ip -d link show foreign0; ip route show 198.18.0.0/24; nft list tables")
     assert "remote 198.51.100.1" in foreign and "198.18.0.0/24 dev foreign0" in foreign
     assert "table ip foreign_filter" in foreign
