@@ -11,6 +11,7 @@ prove every claim again.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -274,6 +275,42 @@ def test_without_the_mss_clamp_bulk_tcp_stalls():
     # Packets too big for the path, and the router's "fragmentation needed" lost.
     assert LAB.router_frag_needed_drops() > black_hole_before
     check_masquerade_and_bulk_tcp()  # clamp back: it flows again
+
+
+def _planner_link_key():
+    """The planner's own HKDF (plan/secrets.py is stdlib only), loaded by path."""
+    path = ROOT / "plugins/plugin_utils/plan/secrets.py"
+    spec = importlib.util.spec_from_file_location("sitelink_plan_secrets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.link_key
+
+
+def test_check_diff_shows_a_key_rotation_without_a_key_and_changes_nothing(tmp_path):
+    """A new deployment secret, with --check --diff: Brooklyn's IPsec file would change,
+    its keys show as <hidden>, and nothing on the gateway changes."""
+    link_key = _planner_link_key()
+
+    config = "/etc/swanctl/conf.d/sitelink-gateway.conf"
+    before = LAB.file_digest("brooklyn-gw", config)
+    rotated = "rotated-" + secrets.token_hex(16)
+    new_key = link_key(rotated, "brooklyn", "manhattan", "tunnel")
+    done = playbook(
+        "site.yml",
+        INVENTORY,
+        "--check",
+        "--diff",
+        "--limit",
+        "brooklyn-gw",
+        "-e",
+        f"office_tunnel_secret={rotated}",
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert recap(done.stdout)["brooklyn-gw"]["changed"] > 0
+    assert "secret = <hidden>" in output, output[-3000:]
+    assert rotated not in output and new_key not in output and new_key[:16] not in output
+    assert LAB.file_digest("brooklyn-gw", config) == before
 
 
 def _firewall_digest(vm: str) -> str:
