@@ -17,6 +17,7 @@ it, and their SAs are closed. The diff shows the file with every key hidden.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -36,10 +37,10 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
 DEFAULT_PATH = "/etc/swanctl/conf.d/sitelink-gateway.conf"
 SERVICE = "strongswan.service"
 HEADER = "# Managed by sitelink.gateway: do not edit. Loaded by strongswan.service."
-HIDDEN = "<hidden>"
+HIDDEN = "<hidden>"  # followed by a fingerprint: 8 hex digits of the key's SHA-256
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX = re.compile(r"^[0-9a-f]{32,}$")
-_SECRET_LINE = re.compile(r"^(\s*secret = ).*$", re.M)
+_SECRET_LINE = re.compile(r"^(\s*secret = )(.*)$", re.M)
 _LOADED = re.compile(r"^([^\s:]+): IKEv", re.M)
 
 
@@ -127,8 +128,18 @@ def render(connections, keys, ike_proposals, esp_proposals, dpd_delay):
 
 
 def hide_keys(text):
-    """The file as the diff may show it."""
-    return _SECRET_LINE.sub(lambda m: m.group(1) + HIDDEN, text or "")
+    """The file as the diff may show it: each key replaced by a short fingerprint.
+
+    32 bits of a hash of a 256-bit random key say nothing about the key, but they
+    make a rotation visible: without them a change of keys alone would diff as
+    nothing at all.
+    """
+
+    def hidden(match):
+        digest = hashlib.sha256(match.group(2).encode()).hexdigest()[:8]
+        return f"{match.group(1)}{HIDDEN} (sha256 {digest}...)"
+
+    return _SECRET_LINE.sub(hidden, text or "")
 
 
 def connection_names(text):
@@ -206,8 +217,8 @@ def run_module(module, swanctl=None, systemd=None, checkpoint=None):
         running = systemd.is_active(SERVICE)
         loaded = swanctl.loaded() if running else set()
         wanted = {c["name"] for c in connections}
-        ours_before = set(connection_names(old))
-        stale = sorted((ours_before | (loaded & ours_before)) - wanted)
+        # Connections our previous file had and this one has not: closed after loading.
+        stale = sorted(set(connection_names(old)) - wanted)
         if new != old:
             steps.append(("write " if new is not None else "remove ") + path)
         if new is not None and not systemd.is_enabled(SERVICE):

@@ -21,8 +21,9 @@ description:
     (mode 0600), atomically and only when it changes; C(strongswan.service) (charon-systemd)
     is enabled and started, and loads it at boot. After a change C(swanctl --load-all)
     loads it now; connections that left the file are unloaded and their SAs closed.
-  - Keys are never logged, and the diff shows the file with every key hidden. A change of
-    keys alone (a rotation) reports changed with no visible difference.
+  - Keys are never logged. The diff shows the file with every key replaced by
+    C(<hidden>) and a fingerprint (8 hex digits of the key's SHA-256), so a rotation
+    shows as a new fingerprint and no key is ever shown.
   - With O(rollback_timeout), the previous file is restored and loaded by the gateway
     itself unless M(sitelink.gateway.gateway_confirm) confirms the change in time.
   - With O(state=absent), or no O(connections), the file is removed and its connections

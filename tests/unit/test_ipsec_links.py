@@ -107,7 +107,10 @@ def test_the_diff_never_shows_a_key_even_in_a_rotation(tmp_path):
     assert done.result["changed"]
     shown = repr(done.result)
     assert KEY not in shown and OTHER_KEY not in shown
-    assert "secret = <hidden>" in done.result["diff"]["after"]
+    diff = done.result["diff"]
+    assert "secret = <hidden> (sha256 " in diff["after"]
+    # The rotation shows (as a new fingerprint), the keys do not.
+    assert diff["before"] != diff["after"]
     assert Path(path).read_text().count(OTHER_KEY) == 1
 
 
@@ -189,4 +192,5 @@ def test_connection_names_reads_back_what_render_wrote():
         30,
     )
     assert ipsec.connection_names(text) == ["sl-brooklyn", "sl-queens"]
-    assert ipsec.hide_keys(text).count("<hidden>") == 2 and KEY not in ipsec.hide_keys(text)
+    hidden = ipsec.hide_keys(text)
+    assert hidden.count("<hidden>") == 2 and KEY not in hidden and KEY[:8] not in hidden

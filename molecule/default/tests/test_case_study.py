@@ -288,7 +288,7 @@ def _planner_link_key():
 
 def test_check_diff_shows_a_key_rotation_without_a_key_and_changes_nothing(tmp_path):
     """A new deployment secret, with --check --diff: Brooklyn's IPsec file would change,
-    its keys show as <hidden>, and nothing on the gateway changes."""
+    its keys show as <hidden> (with a fingerprint), and nothing on the gateway changes."""
     link_key = _planner_link_key()
 
     config = "/etc/swanctl/conf.d/sitelink-gateway.conf"
@@ -308,7 +308,8 @@ def test_check_diff_shows_a_key_rotation_without_a_key_and_changes_nothing(tmp_p
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert recap(done.stdout)["brooklyn-gw"]["changed"] > 0
-    assert "secret = <hidden>" in output, output[-3000:]
+    # The rotation shows as a new key fingerprint in the diff; no key does.
+    assert "+    secret = <hidden> (sha256 " in output, output[-3000:]
     assert rotated not in output and new_key not in output and new_key[:16] not in output
     assert LAB.file_digest("brooklyn-gw", config) == before
 
