@@ -21,8 +21,8 @@ help:
 	@echo "make test     lint, unit and integration tests, collection build, molecule test"
 	@echo "make demo     boot the case-study lab, run site.yml and verify.yml, show traffic, tear down"
 	@echo "make plan     render the case study's plan and picture into examples/case-study/plan"
-	@echo "make bench    planning at scale (bench-plan), then site.yml, verify.yml and"
-	@echo "              ipip_tunnel run times on the offices lab (a hub, two branches)"
+	@echo "make bench    planning at scale (bench-plan), then site.yml, verify.yml, TCP throughput"
+	@echo "              with and without ESP, and ipip_tunnel run times on the offices lab"
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
