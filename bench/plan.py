@@ -55,6 +55,8 @@ def inventory(count: int, topology: str) -> dict:
         "offices": {
             "vars": {
                 "office_topology": topology,
+                # Public, for the benchmark only; a real site vaults its own.
+                "office_tunnel_secret": "bench-only-not-a-secret-0000",
                 "office_lan_interface": "eth0",
                 "office_wan_interface": "eth1",
                 "ansible_host": "127.0.0.1",
