@@ -111,6 +111,20 @@ def tcp_client(host, port, mode):
         emit(local=conn.getsockname()[0], **transfer(conn, mode))
 
 
+def _until(sock, seconds, receive):
+    """What ``receive()`` returns, over and over, until ``seconds`` have passed."""
+    deadline = time.monotonic() + float(seconds)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        sock.settimeout(left)
+        try:
+            yield receive()
+        except socket.timeout:
+            return
+
+
 def udp_listen(port, seconds, tokens=(), count=0):
     tokens = list(tokens)
     seen = {token: 0 for token in tokens}
@@ -119,17 +133,8 @@ def udp_listen(port, seconds, tokens=(), count=0):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.bind(("", int(port)))
         emit(ready=True)
-        deadline = time.monotonic() + float(seconds)
         got = []
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            sock.settimeout(left)
-            try:
-                data, source = sock.recvfrom(65535)
-            except socket.timeout:
-                break
+        for data, source in _until(sock, seconds, lambda: sock.recvfrom(65535)):
             entry = {"source": source[0], "size": len(data), "sha256": _sha(data)}
             if tokens:
                 entry["tokens"] = [token for token in tokens if token.encode() in data]
@@ -323,16 +328,7 @@ def capture(argv):
             signal.signal(signal.SIGTERM, _raise_stop)
             signal.signal(signal.SIGINT, _raise_stop)
             emit(ready=True)
-            deadline = time.monotonic() + a.seconds
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                sock.settimeout(left)
-                try:
-                    n = sock.recv_into(buf)
-                except socket.timeout:
-                    break
+            for n in _until(sock, a.seconds, lambda: sock.recv_into(buf)):
                 frames += 1
                 hit = False
                 for hexed, marker in markers:
