@@ -14,11 +14,12 @@ APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftable
                 openssh-client iputils-ping socat python3 graphviz
 DEMO_STATE := /var/tmp/sitelink-lab/demo
 
-.PHONY: help setup deps lint schema unit integration molecule build test demo bench bench-plan plan clean
+.PHONY: help setup deps lint schema relay unit integration molecule build test demo bench bench-plan plan clean
 
 help:
 	@echo "make setup    venv with pinned controller dependencies (PyPI only)"
 	@echo "make test     lint, unit and integration tests, collection build, molecule test"
+	@echo "make relay    rebuild roles/relay/files/sitelink-relay from relay/sitelink_relay"
 	@echo "make demo     boot the case-study lab, run site.yml and verify.yml, show traffic, tear down"
 	@echo "make plan     render the case study's plan and picture into examples/case-study/plan"
 	@echo "make bench    planning at scale (bench-plan), then site.yml, verify.yml, TCP throughput"
@@ -70,9 +71,14 @@ unit: setup
 integration: setup deps
 	$(PY) -m pytest -q tests/integration
 
+# The relay's package (relay/sitelink_relay) as the one file gateways run; a unit
+# test keeps the checked-in copy equal to a fresh build.
+relay:
+	python3 tools/build_relay.py
+
 # The tarball must install and work: docs of every plugin and role render from
 # the installed copy, and the site playbook resolves.
-build: setup
+build: setup relay
 	rm -rf build && mkdir -p build
 	$(BIN)/ansible-galaxy collection build --output-path build .
 	$(BIN)/ansible-galaxy collection install --force --offline --no-deps -p build/installed build/sitelink-gateway-*.tar.gz

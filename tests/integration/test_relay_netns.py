@@ -50,7 +50,7 @@ from pathlib import Path
 
 import pytest
 
-RELAY = Path(__file__).resolve().parents[2] / "roles" / "relay" / "files" / "sitelink_relay.py"
+RELAY = Path(__file__).resolve().parents[2] / "roles" / "relay" / "files" / "sitelink-relay"
 PYTHON = os.environ.get("SITELINK_RELAY_PYTHON") or (
     "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 )

@@ -1,31 +1,35 @@
-"""Unit tests for roles/relay/files/sitelink_relay.py (no root, no network needed)."""
+"""Unit tests for the relay package (relay/sitelink_relay; no root, no network needed)."""
 
 from __future__ import annotations
 
 import copy
 import errno
-import importlib.util
 import json
 import os
 import socket
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
-
-RELAY_PATH = Path(__file__).resolve().parents[2] / "roles" / "relay" / "files" / "sitelink_relay.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("sitelink_relay", RELAY_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sitelink_relay"] = module
-    spec.loader.exec_module(module)
-    return module
+from sitelink_relay import classify, cli, config, loop, netinfo, notify, status
 
 
-relay = _load()
+def _facade():
+    """Every public name of the relay's modules in one namespace (tests predate the split).
+
+    Monkeypatch the module that uses a name (e.g. ``loop.open_socket``), not this.
+    """
+    names = {}
+    for module in (config, netinfo, classify, notify, status, loop, cli):
+        names.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+    return types.SimpleNamespace(**names)
+
+
+relay = _facade()
+# The program as shipped to gateways (a zipapp built from these sources).
+RELAY_PATH = Path(__file__).resolve().parents[3] / "roles" / "relay" / "files" / "sitelink-relay"
 
 LAN = "192.168.1.126/24"
 LAN_IFINDEX = 3
@@ -157,7 +161,7 @@ class TestClassifier:
             assert c.classify(b"x%d" % i, "192.168.1.10", LAN_IFINDEX, BCAST) == "forwarded"
 
     def test_echo_memory_is_bounded(self, monkeypatch):
-        monkeypatch.setattr(relay, "ECHO_MAX_ENTRIES", 50)
+        monkeypatch.setattr(classify, "ECHO_MAX_ENTRIES", 50)
         mem = relay.EchoMemory(2.0)
         for i in range(500):
             mem.remember(b"p%d" % i, 10.0 + i * 0.001)
@@ -936,8 +940,8 @@ def test_reload_rebinds_only_changed_ports(tmp_path, monkeypatch):
         opened.append(port)
         return a
 
-    monkeypatch.setattr(relay, "open_socket", fake_open)
-    monkeypatch.setattr(relay, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
+    monkeypatch.setattr(loop, "open_socket", fake_open)
+    monkeypatch.setattr(loop, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
     path = tmp_path / "relay.json"
     conf = cfg_with(status_file=None, rules=[rule(port=6799), rule(port=6800)])
     path.write_text(json.dumps(conf))
@@ -978,8 +982,8 @@ def test_reload_applies_transit_changes(tmp_path, monkeypatch):
         b.close()
         return a
 
-    monkeypatch.setattr(relay, "open_socket", fake_open)
-    monkeypatch.setattr(relay, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
+    monkeypatch.setattr(loop, "open_socket", fake_open)
+    monkeypatch.setattr(loop, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
     path = tmp_path / "relay.json"
     conf = cfg_with(status_file=None, rules=[rule()])
     path.write_text(json.dumps(conf))
@@ -1125,7 +1129,7 @@ class TestPeerInterfaces:
         assert c.ifnames.names == {WAN_IFINDEX: "wan0", 77: ""}
 
     def test_cache_is_bounded(self, links, monkeypatch):
-        monkeypatch.setattr(relay, "IFNAME_CACHE_MAX", 8)
+        monkeypatch.setattr(netinfo, "IFNAME_CACHE_MAX", 8)
         c = pi_classifier({PEER: TUN})
         for ifindex in range(100, 200):
             c.classify(b"x", PEER, ifindex, GW_A, now=1.0)
@@ -1339,9 +1343,9 @@ def _fake_open(port):
 
 
 def test_refresh_and_reload_rebuild_the_interface_cache(tmp_path, monkeypatch, links, caplog):
-    monkeypatch.setattr(relay, "open_socket", _fake_open)
-    monkeypatch.setattr(relay, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
-    monkeypatch.setattr(relay, "if_index", lambda name: 0)  # no interface exists (yet)
+    monkeypatch.setattr(loop, "open_socket", _fake_open)
+    monkeypatch.setattr(loop, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
+    monkeypatch.setattr(loop, "if_index", lambda name: 0)  # no interface exists (yet)
     path = tmp_path / "relay.json"
     conf = cfg_with(status_file=None, rules=[rule(accept_from=[PEER])])
     path.write_text(json.dumps(conf))
