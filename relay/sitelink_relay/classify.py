@@ -18,6 +18,7 @@ FORWARDED = "forwarded"
 REBROADCAST = "rebroadcast"
 TRANSIT = "transit"  # peer datagram passed on to the rule's transit peers for that source
 REBROADCAST_TRANSIT = "rebroadcast+transit"  # both of the above
+SIBLING = "sibling"  # a heartbeat of another relay of our office on our LAN
 DROP_OWN = "own"  # sent by this gateway (incl. our own re-broadcasts looping back)
 DROP_FOREIGN = "foreign"  # neither a LAN broadcast nor a unicast from an accepted/transit peer
 DROP_WRONG_INTERFACE = "wrong_interface"  # broadcast that did not arrive on the LAN interface
@@ -121,6 +122,10 @@ class Classifier:
         "echo",
         "ifnames",
         "_peers",
+        "_raw_peers",
+        "_groups",
+        "_siblings",
+        "_lan_ip",
         "_peer_if",
         "_ifn",
         "_net",
@@ -139,6 +144,9 @@ class Classifier:
         transit: Optional[dict[str, Iterable[str]]] = None,
         peer_interfaces: Optional[dict[str, str]] = None,
         ifnames: Optional[IfNames] = None,
+        multicast_groups: Iterable[str] = (),
+        raw_peers: Optional[Iterable[str]] = None,
+        siblings: Iterable[str] = (),
     ):
         self.lan_ifindex = lan_ifindex
         self.own = own
@@ -160,6 +168,15 @@ class Classifier:
         self._peer_if: Optional[dict[str, Optional[str]]] = None
         if peer_interfaces is not None:
             self._peer_if = {src: peer_interfaces.get(src) for src in self._peers}
+        # Payload echo memory is for raw peers only (None: every peer is raw).  The
+        # authenticated wire knows each datagram's origin and sequence instead, so two
+        # offices broadcasting identical bytes both get through.
+        self._raw_peers = None if raw_peers is None else frozenset(raw_peers)
+        self._groups = frozenset(socket.inet_aton(g) for g in multicast_groups)
+        # Siblings count as our own addresses (their re-broadcasts are not LAN traffic);
+        # only their unicasts to us are something: heartbeats.
+        self._siblings = frozenset(siblings)
+        self._lan_ip = lan.ip.packed
         self._net = int(lan.network.network_address)
         self._mask = int(lan.network.netmask)
         self._bcast = lan.network.broadcast_address.packed
@@ -182,6 +199,11 @@ class Classifier:
             transit=rule.transit,
             peer_interfaces=config.peer_interfaces,
             ifnames=ifnames,
+            multicast_groups=rule.multicast_groups,
+            raw_peers=[a for a in config.peers if config.peer_wire(a) == "raw"]
+            if config.version >= 2
+            else None,
+            siblings=config.siblings,
         )
 
     def in_lan(self, src: str) -> bool:
@@ -202,9 +224,11 @@ class Classifier:
         if truncated:
             return DROP_TRUNCATED
         if src in self.own:
+            if src in self._siblings and dst == self._lan_ip and ifindex == self.lan_ifindex:
+                return SIBLING
             return DROP_OWN
         peer = self._peers.get(src)
-        if dst == self._bcast or dst == LIMITED_BROADCAST:
+        if dst == self._bcast or dst == LIMITED_BROADCAST or dst in self._groups:
             if peer is not None:
                 return DROP_PEER_BROADCAST
             if ifindex != self.lan_ifindex:
@@ -229,7 +253,8 @@ class Classifier:
                     name = self.ifnames.resolve(ifindex)
                 if name != peer_if[src]:  # e.g. forged source, arrived from the WAN
                     return DROP_PEER_INTERFACE
-            if peer != TRANSIT:  # re-broadcast on our LAN: remember it for echoes
+            if peer != TRANSIT and (self._raw_peers is None or src in self._raw_peers):
+                # re-broadcast on our LAN as is: remember it for echoes
                 self.echo.remember(payload, time.monotonic() if now is None else now)
             return peer
         return DROP_FOREIGN
@@ -240,10 +265,12 @@ class CompatClassifier:
 
     Everything received is forwarded to DEST, except datagrams from our own addresses,
     datagrams already addressed to DEST, and (when DEST is a broadcast address) echoes
-    of payloads we just sent.
+    of payloads we just sent and datagrams that were themselves broadcasts: a relay
+    whose DEST is 255.255.255.255 would otherwise hear its LAN's broadcasts (sent to
+    the LAN's own broadcast address) and send every one of them out again.
     """
 
-    __slots__ = ("own", "dest", "dest_is_broadcast", "echo")
+    __slots__ = ("own", "dest", "dest_is_broadcast", "echo", "broadcasts")
 
     def __init__(
         self,
@@ -251,11 +278,14 @@ class CompatClassifier:
         dest: str,
         dest_is_broadcast: bool,
         echo_window: float = ECHO_WINDOW,
+        broadcasts: frozenset[str] = frozenset(),
     ):
         self.own = own
         self.dest = socket.inet_aton(dest)
         self.dest_is_broadcast = dest_is_broadcast
         self.echo = EchoMemory(echo_window)
+        # this host's broadcast addresses, packed (the relay refreshes them)
+        self.broadcasts = frozenset(socket.inet_aton(b) for b in broadcasts) | {LIMITED_BROADCAST}
 
     def classify(
         self,
@@ -273,6 +303,8 @@ class CompatClassifier:
         if dst == self.dest:
             return DROP_SAME_DESTINATION
         if self.dest_is_broadcast:
+            if dst in self.broadcasts or dst[:1] >= b"\xe0":
+                return DROP_SAME_DESTINATION  # a broadcast already: it is on some LAN
             if now is None:
                 now = time.monotonic()
             if self.echo.seen(payload, now):

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import logging
-import os
 import sys
 from typing import Optional
 
-from . import PROG, __version__
+from . import PROG, __version__, wire
 from .config import DEFAULT_STATUS_FILE, ConfigError, load_config
-from .loop import Relay
-from .status import format_status
+from .journal import setup_logging
+from .loop import PortInUse, Relay
+from .status import format_status, read_status
 
 log = logging.getLogger(PROG)
 
@@ -31,48 +30,68 @@ that peer), and re-broadcast on the hub's LAN only if that peer is in
 accept_from too.  Our own datagrams, broadcasts from other interfaces or sources,
 peers' datagrams that neither accept_from nor transit names, and echoes of what
 we just re-broadcast are dropped and counted, so each broadcast arrives exactly
-once and nothing loops.  With peer_interfaces in the config, a peer's datagram
-is taken only if it arrived on that peer's tunnel interface (a forged source
-address arriving from the Internet or the LAN is dropped as "peer_interface");
-without it, peers' datagrams are taken from any interface, as in the article.
+once and nothing loops.  A peer's datagram is taken only if it arrived on that
+peer's tunnel interface, when the config names one (a forged source address
+arriving from the Internet or the LAN is dropped as "peer_interface").
+
+The authenticated wire ("wire": "sitelink1") puts a 40-byte envelope in front of
+each datagram between relays: origin office, sender, epoch, sequence number and
+an HMAC-SHA256 tag with the link's key (from --keys FILE).  Forged, replayed and
+stale datagrams are dropped and counted (auth, replay, stale), a datagram that
+reaches an office twice (two paths) is re-broadcast once, and one never goes back
+to its origin office.  Multicast groups a rule names (e.g. SSDP 239.255.255.250)
+are relayed like broadcasts and sent again to the same group at the far end.
+Storm control limits each LAN source (default 1000 datagrams/s, burst 2000) and
+all of them together (20000/s); a source over its limit for a second is cut off
+for 10 s.  A second relay on a port already in use refuses to start.
 
 Compat mode (command line of the original udp-proxy):
   %(prog)s [-d] PORT DEST
 Every datagram received on udp/PORT (any interface) is sent to DEST:PORT, except
 datagrams from this host's own addresses and echoes of what it just sent.  DEST is
-the peer gateway (192.168.2.126) or a broadcast address (192.168.2.255).
+the peer gateway (192.168.2.126) or a broadcast address (192.168.2.255); with a
+broadcast DEST only unicasts are relayed (a broadcast is already on some LAN).
 """
 
 EPILOG = """\
-config file (JSON, version 1):
-  {"version": 1,
+config file (JSON, version 2):
+  {"version": 2,
+   "office": "manhattan",                 (this relay's office: the wire names it)
    "lan": {"interface": "eth0", "address": "192.168.1.126/24"},
    "own_addresses": ["172.16.1.12"],      (optional: other addresses of this gateway)
-   "wire": "raw",                         (optional; only "raw" = payload as-is)
+   "wire": "sitelink1",                   (or "raw" = payload as-is, like udp-proxy)
+   "keys_file": "/etc/sitelink/relay-keys.json",  (or --keys FILE)
+   "state_dir": "/var/lib/sitelink-relay",        (optional: epoch, replay windows)
+   "peers": {"192.168.2.126": {"office": "brooklyn", "interface": "sl-brooklyn"}},
    "rules": [{"port": 6799, "forward_to": ["192.168.2.126"],
-              "accept_from": ["192.168.2.126"]}],
-   "status_file": "/run/sitelink-relay/status.json"}   (optional; null = none)
+              "accept_from": ["192.168.2.126"],
+              "multicast_groups": ["239.255.255.250"]}],      (optional)
+   "storm_control": {"per_source_rate": 1000, "per_source_burst": 2000,
+                     "global_rate": 20000, "global_burst": 40000,
+                     "cutoff_seconds": 10},       (optional; null = off)
+   "status_file": "/run/sitelink-relay/status.json",  (optional; null = none)
+   "metrics_file": "/run/sitelink-relay/metrics.prom"}  (optional: Prometheus text)
+  Every peer a rule names needs an entry in peers; a peer entry may say
+  "wire": "raw" for a peer running the article's udp-proxy.
+  keys file (JSON, keep it 0600): {"version": 1, "peers": {"192.168.2.126":
+   {"send": "<64 hex>", "accept": ["<64 hex>", "<64 hex, during a rotation>"]}}}
+  Version 1 files (raw wire, "peer_interfaces": {"addr": "ifname"}) still load.
   a rule of hub H that passes branch A's (192.168.3.126) datagrams on to
   branches B and C without re-broadcasting them on its own LAN:
    {"port": 6799, "forward_to": ["192.168.2.126"], "accept_from": [],
     "transit": {"192.168.3.126": ["192.168.2.126", "192.168.4.126"]}}
   transit (optional, default {}): peer -> non-empty list of other peers; counted
   as "transited" in --status.
-  peer_interfaces (optional): the tunnel interface each peer's datagrams must
-  arrive on, e.g. "peer_interfaces": {"192.168.2.126": "sl-brooklyn"}; a peer's
-  datagram arriving on any other interface is dropped ("peer_interface" in
-  --status).  When present, every accept_from and transit peer needs an entry;
-  entries for addresses no rule takes datagrams from are allowed and unused.
-  An interface may be missing at start or recreated while the relay runs.
-  Absent: peers' datagrams are accepted on any interface (as in the article).
+  A peer's interface may be missing at start or recreated while the relay runs.
 
-signals: SIGHUP reloads the config (a bad one is logged and the old one kept),
+signals: SIGHUP reloads the config and keys (a bad one is logged, the old kept),
 SIGUSR1 writes the status file now, SIGTERM/SIGINT stop.  Runs as a systemd
 Type=notify service with watchdog; needs no privileges for ports above 1023.
 
 examples:
   Manhattan: %(prog)s 6799 192.168.2.126      Brooklyn: %(prog)s 6799 192.168.2.255
   %(prog)s --check-config /etc/sitelink/relay.json
+  %(prog)s --check-keys /etc/sitelink/relay-keys.json
   %(prog)s --status
 
 exit status: 0 ok, 1 runtime error (e.g. port in use), 2 bad config or usage.
@@ -97,6 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate FILE and exit (0 = valid, 2 = invalid, reason on stderr)",
     )
     parser.add_argument(
+        "--keys",
+        metavar="FILE",
+        help="service mode: the link keys (overrides keys_file; e.g. a systemd credential)",
+    )
+    parser.add_argument(
+        "--check-keys",
+        metavar="FILE",
+        help="validate a keys file and exit (0 = valid, 2 = invalid; keys never printed)",
+    )
+    parser.add_argument(
         "--status",
         nargs="?",
         const=DEFAULT_STATUS_FILE,
@@ -113,31 +142,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     return parser
-
-
-class _JournalFormatter(logging.Formatter):
-    """Prefix lines with <N> syslog priorities when stderr goes to journald."""
-
-    LEVELS = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
-
-    def __init__(self, journal: bool):
-        super().__init__("%(message)s" if journal else PROG + ": %(levelname)s: %(message)s")
-        self.journal = journal
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        if self.journal:
-            level = self.LEVELS.get(record.levelno, 2)
-            return f"<{level}>" + text.replace("\n", " | ")
-        return text
-
-
-def setup_logging(debug: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JournalFormatter(bool(os.environ.get("JOURNAL_STREAM"))))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if debug else logging.INFO)
-    log.propagate = False
 
 
 def _parse_compat(parser: argparse.ArgumentParser, port: str, dest: str) -> tuple[int, str]:
@@ -160,6 +164,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for m, on in (
             ("--config", args.config is not None),
             ("--check-config", args.check_config is not None),
+            ("--check-keys", args.check_keys is not None),
             ("--status", args.status is not None),
             ("PORT DEST", args.port is not None),
         )
@@ -167,7 +172,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ]
     if len(modes) != 1:
         parser.error(
-            "choose exactly one of --config FILE, --check-config FILE, --status [FILE],"
+            "choose exactly one of --config FILE, --check-config FILE, --check-keys FILE,"
+            " --status [FILE],"
             " PORT DEST (got %s)" % (", ".join(modes) or "none")
         )
     if args.check_config is not None:
@@ -180,15 +186,31 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
         print(f"{args.check_config}: OK: {cfg.summary()}")
         return 0
-    if args.status is not None:
+    if args.check_keys is not None:
         try:
-            with open(args.status, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as exc:
-            print(f"{args.status}: cannot read status: {exc}", file=sys.stderr)
+            keys = wire.load_keys(args.check_keys)
+        except wire.KeysError as exc:
+            print(f"{args.check_keys}: invalid keys file:", file=sys.stderr)
+            for line in exc.errors:
+                print("  " + line, file=sys.stderr)
+            return 2
+        print(
+            "{}: OK: {}".format(
+                args.check_keys,
+                ", ".join(f"{a} (key {k.send.fingerprint})" for a, k in sorted(keys.items()))
+                or "no peers",
+            )
+        )
+        return 0
+    if args.status is not None:
+        data, error = read_status(args.status)
+        if error is not None:
+            print(f"{args.status}: cannot read status: {error}", file=sys.stderr)
             return 1
         print(format_status(data))
         return 0
+    if args.keys is not None and args.config is None:
+        parser.error("--keys goes with --config")
 
     compat = None
     if args.config is not None:
@@ -198,18 +220,24 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.dest is None:
             parser.error("compat mode needs PORT and DEST")
         compat = _parse_compat(parser, args.port, args.dest)
-    setup_logging(args.debug)
+    setup_logging(args.debug, PROG)
     if compat is None:
         try:
             cfg = load_config(args.config)
         except ConfigError as exc:
             log.error("invalid config %s:\n%s", args.config, exc)
             return 2
-        relay = Relay(config=cfg, config_path=args.config, debug=args.debug)
+        relay = Relay(config=cfg, config_path=args.config, debug=args.debug, keys_path=args.keys)
     else:
         relay = Relay(compat=compat, status_file=args.status_file, debug=args.debug)
     try:
         relay.setup()
+    except ConfigError as exc:
+        log.error("cannot start with %s:\n%s", args.config, exc)
+        return 2
+    except PortInUse as exc:
+        log.error("%s; refusing to start (it would double every datagram)", exc.strerror)
+        return 1
     except OSError as exc:
         log.error("cannot open UDP socket: %s", exc)
         return 1

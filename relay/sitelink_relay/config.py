@@ -10,9 +10,21 @@ from typing import Any, Optional
 
 from .netinfo import IFNAMSIZ
 
-CONFIG_VERSION = 1
-WIRE_FORMATS = ("raw",)
+CONFIG_VERSIONS = (1, 2)
+CONFIG_VERSION = 2  # what --help documents; version 1 files (raw wire only) still load
+WIRE_RAW = "raw"
+WIRE_SITELINK1 = "sitelink1"
+WIRE_FORMATS = (WIRE_RAW, WIRE_SITELINK1)
 DEFAULT_STATUS_FILE = "/run/sitelink-relay/status.json"
+# Storm control defaults (datagrams/s and datagrams; seconds): see storm.py.
+STORM_DEFAULTS = {
+    "per_source_rate": 1000.0,
+    "per_source_burst": 2000.0,
+    "global_rate": 20000.0,
+    "global_burst": 40000.0,
+    "cutoff_seconds": 10.0,
+}
+OFFICE_NAME_MAX = 63
 
 
 class ConfigError(Exception):
@@ -27,7 +39,7 @@ class Rule:
     """One port: ``forward_to`` peers get LAN broadcasts, ``accept_from`` peers' datagrams
     are re-broadcast, ``transit`` maps a peer to the peers its datagrams are passed on to."""
 
-    __slots__ = ("port", "forward_to", "accept_from", "transit")
+    __slots__ = ("port", "forward_to", "accept_from", "transit", "multicast_groups")
 
     def __init__(
         self,
@@ -35,16 +47,25 @@ class Rule:
         forward_to: tuple[str, ...],
         accept_from: frozenset[str],
         transit: Optional[dict[str, tuple[str, ...]]] = None,
+        multicast_groups: tuple[str, ...] = (),
     ):
         self.port = port
         self.forward_to = forward_to
         self.accept_from = accept_from
         self.transit: dict[str, tuple[str, ...]] = dict(transit) if transit else {}
+        # multicast groups relayed on this port besides the broadcasts (e.g. SSDP)
+        self.multicast_groups = tuple(multicast_groups)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Rule) and (
-            (self.port, self.forward_to, self.accept_from, self.transit)
-            == (other.port, other.forward_to, other.accept_from, other.transit)
+            (self.port, self.forward_to, self.accept_from, self.transit, self.multicast_groups)
+            == (
+                other.port,
+                other.forward_to,
+                other.accept_from,
+                other.transit,
+                other.multicast_groups,
+            )
         )
 
     def __repr__(self) -> str:
@@ -69,6 +90,27 @@ def transit_targets(transit: dict[str, Iterable[str]]) -> dict[str, tuple[str, .
     return result
 
 
+class Peer:
+    """A peer relay (version 2 ``peers``): its office, tunnel interface and wire."""
+
+    __slots__ = ("office", "interface", "wire")
+
+    def __init__(self, office: Optional[str], interface: Optional[str], wire: str):
+        self.office = office
+        self.interface = interface
+        self.wire = wire
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Peer) and (self.office, self.interface, self.wire) == (
+            other.office,
+            other.interface,
+            other.wire,
+        )
+
+    def __repr__(self) -> str:
+        return f"Peer(office={self.office!r}, interface={self.interface!r}, wire={self.wire!r})"
+
+
 class Config:
     __slots__ = (
         "lan_interface",
@@ -78,6 +120,14 @@ class Config:
         "rules",
         "status_file",
         "peer_interfaces",
+        "version",
+        "office",
+        "peers",
+        "keys_file",
+        "state_dir",
+        "storm_control",
+        "metrics_file",
+        "siblings",
     )
 
     def __init__(
@@ -89,7 +139,25 @@ class Config:
         rules: tuple[Rule, ...],
         status_file: Optional[str],
         peer_interfaces: Optional[dict[str, str]] = None,
+        *,
+        version: int = 1,
+        office: Optional[str] = None,
+        peers: Optional[dict[str, Peer]] = None,
+        keys_file: Optional[str] = None,
+        state_dir: Optional[str] = None,
+        storm_control: Optional[dict[str, float]] = None,
+        metrics_file: Optional[str] = None,
+        siblings: tuple[str, ...] = (),
     ):
+        self.version = version
+        self.office = office  # name of our office (version 2; required for sitelink1)
+        self.peers: dict[str, Peer] = dict(peers) if peers else {}
+        self.keys_file = keys_file
+        self.state_dir = state_dir  # epoch and replay windows survive restarts here
+        self.storm_control = storm_control  # None: off
+        self.metrics_file = metrics_file
+        # other relays of this office on this LAN (redundant gateways): one of them relays
+        self.siblings = tuple(siblings)
         self.lan_interface = lan_interface
         self.lan = lan
         self.own_addresses = own_addresses  # always includes the LAN address
@@ -98,6 +166,17 @@ class Config:
         self.status_file = status_file
         # peer address -> the interface its datagrams must arrive on; None: any interface
         self.peer_interfaces = peer_interfaces
+
+    def peer_wire(self, addr: str) -> str:
+        peer = self.peers.get(addr)
+        return peer.wire if peer is not None else self.wire
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether any peer speaks the authenticated wire (then keys are needed)."""
+        return self.wire == WIRE_SITELINK1 or any(
+            p.wire == WIRE_SITELINK1 for p in self.peers.values()
+        )
 
     @property
     def lan_network(self) -> ipaddress.IPv4Network:
@@ -117,14 +196,20 @@ class Config:
                 part += " transit [{}]".format(
                     ", ".join(f"{src} -> {' '.join(dst)}" for src, dst in r.transit.items())
                 )
+            if r.multicast_groups:
+                part += " groups [{}]".format(", ".join(r.multicast_groups))
             parts.append(part)
+        raw = sorted(a for a, p in self.peers.items() if p.wire != self.wire)
+        if raw:
+            parts.append("wire {} with [{}]".format(self.peers[raw[0]].wire, ", ".join(raw)))
         if self.peer_interfaces is not None:
             parts.append(
                 "peers only via [{}]".format(
                     ", ".join(f"{p} {i}" for p, i in sorted(self.peer_interfaces.items()))
                 )
             )
-        return "LAN {} {} (broadcast {}), wire {}; {}".format(
+        return "{}LAN {} {} (broadcast {}), wire {}; {}".format(
+            f"office {self.office}, " if self.office else "",
             self.lan_interface,
             self.lan.with_prefixlen,
             self.lan_broadcast,
@@ -144,8 +229,26 @@ _TOP_KEYS = (
     "status_file",
     "peer_interfaces",
 )
+_TOP_KEYS_V2 = (
+    "_comment",
+    "version",
+    "office",
+    "lan",
+    "own_addresses",
+    "wire",
+    "keys_file",
+    "state_dir",
+    "peers",
+    "rules",
+    "storm_control",
+    "status_file",
+    "metrics_file",
+    "siblings",
+)
 _LAN_KEYS = ("interface", "address")
 _RULE_KEYS = ("port", "forward_to", "accept_from", "transit")
+_RULE_KEYS_V2 = (*_RULE_KEYS, "multicast_groups")
+_PEER_KEYS = ("office", "interface", "wire")
 
 
 def _is_int(value: Any) -> bool:
@@ -310,25 +413,37 @@ def parse_config(data: Any) -> Config:
     errors: list[str] = []
     if not isinstance(data, dict):
         raise ConfigError(["(top level): must be a JSON object"])
-    _check_keys(data, _TOP_KEYS, "", errors)
-
     version = data.get("version")
     if "version" not in data:
-        errors.append(f"version: missing (this relay understands version {CONFIG_VERSION})")
-    elif not _is_int(version) or version != CONFIG_VERSION:
+        errors.append("version: missing (this relay understands versions 1 and 2)")
+        version = CONFIG_VERSION
+    elif not _is_int(version) or version not in CONFIG_VERSIONS:
         errors.append(
-            f"version: {json.dumps(version)} is not supported"
-            f" (this relay understands version {CONFIG_VERSION})"
+            f"version: {_show(version)} is not supported (this relay understands versions 1 and 2)"
         )
+        version = CONFIG_VERSION
+    if version == 1:
+        for key in data:
+            if key in _TOP_KEYS_V2 and key not in _TOP_KEYS:
+                errors.append(f"{key}: needs version 2")
+        _check_keys(data, (*_TOP_KEYS, *_TOP_KEYS_V2), "", errors)
+    else:
+        if "peer_interfaces" in data:
+            errors.append(
+                'peer_interfaces: version 2 names them in peers (e.g. {"interface": "sl-x"})'
+            )
+        _check_keys(data, (*_TOP_KEYS_V2, "peer_interfaces"), "", errors)
 
-    wire = data.get("wire", "raw")
-    if wire not in WIRE_FORMATS:
+    wire = data.get("wire", WIRE_RAW)
+    if wire not in WIRE_FORMATS or (version == 1 and wire != WIRE_RAW):
         errors.append(
-            "wire: {} is not supported by this relay version (supported: {}; the"
-            " authenticated envelope needs a newer relay)".format(
-                json.dumps(wire), ", ".join(WIRE_FORMATS)
+            "wire: {} is not supported{} (supported: {})".format(
+                _show(wire),
+                " by version 1" if version == 1 else "",
+                WIRE_RAW if version == 1 else ", ".join(WIRE_FORMATS),
             )
         )
+        wire = WIRE_RAW
 
     lan_iface: Optional[ipaddress.IPv4Interface] = None
     lan_name = ""
@@ -394,6 +509,7 @@ def parse_config(data: Any) -> Config:
             own[addr] = where
 
     rules: list[Rule] = []
+    used: dict[str, str] = {}  # every peer address a rule names -> where (version 2 checks)
     sources: dict[str, str] = {}  # peer whose datagrams some rule takes -> where first named
     rules_data = data.get("rules")
     if "rules" not in data:
@@ -412,7 +528,7 @@ def parse_config(data: Any) -> Config:
                 )
                 continue
             ok = True
-            _check_keys(rule, _RULE_KEYS, where, errors)
+            _check_keys(rule, _RULE_KEYS if version == 1 else _RULE_KEYS_V2, where, errors)
             port = rule.get("port")
             if "port" not in rule:
                 errors.append(f"{where}.port: missing")
@@ -454,6 +570,11 @@ def parse_config(data: Any) -> Config:
                 sources.setdefault(addr, f"{where}.accept_from[{j}]")
             for addr in transit or ():
                 sources.setdefault(addr, f"{where}.transit")
+            groups = _parse_groups(
+                rule.get("multicast_groups", []), f"{where}.multicast_groups", errors
+            )
+            if groups is None:
+                ok = False
             if ok:
                 rules.append(
                     Rule(
@@ -461,8 +582,14 @@ def parse_config(data: Any) -> Config:
                         tuple(lists["forward_to"]),
                         frozenset(lists["accept_from"]),
                         transit,
+                        groups or (),
                     )
                 )
+                for addr in (*lists["forward_to"], *(transit or {})):
+                    used.setdefault(addr, f"{where}")
+                for targets in (transit or {}).values():
+                    for addr in targets:
+                        used.setdefault(addr, f"{where}.transit")
 
     # Absent: peers' datagrams are accepted on any interface (the article's behaviour).
     # Present: every peer source needs its interface.  Entries for addresses that no
@@ -482,19 +609,217 @@ def parse_config(data: Any) -> Config:
                         " whose datagrams are accepted or passed on needs its tunnel interface"
                     )
 
-    status_file = data.get("status_file", DEFAULT_STATUS_FILE)
-    if status_file is not None and (
-        not isinstance(status_file, str) or not status_file.startswith("/")
-    ):
-        errors.append(f"status_file: {json.dumps(status_file)} must be an absolute path or null")
+    for addr, where in sources.items():
+        used.setdefault(addr, where)
+    v2: dict[str, Any] = {}
+    if version == 2:
+        v2 = _parse_v2(data, wire, own, lan_iface, lan_name, used, errors)
+        peer_interfaces = {a: p.interface for a, p in v2["peers"].items() if p.interface} or None
+        if peer_interfaces is not None:
+            for addr, where in sources.items():
+                if addr not in peer_interfaces:
+                    errors.append(
+                        f"peers[{json.dumps(addr)}].interface: missing ({where}); with"
+                        " interfaces named, every peer whose datagrams are taken needs one"
+                    )
+
+    status_file = _parse_path(data, "status_file", DEFAULT_STATUS_FILE, errors)
 
     if errors:
         raise ConfigError(errors)
     if lan_iface is None:  # pragma: no cover - an error was recorded above
         raise ConfigError(["lan.address: missing"])
     return Config(
-        lan_name, lan_iface, frozenset(own), wire, tuple(rules), status_file, peer_interfaces
+        lan_name,
+        lan_iface,
+        frozenset(own),
+        wire,
+        tuple(rules),
+        status_file,
+        peer_interfaces,
+        version=version,
+        **v2,
     )
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: JSON, cut short (configs can hold anything)."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_path(data: dict, key: str, default: Optional[str], errors: list[str]) -> Optional[str]:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        errors.append(f"{key}: {_show(value)} must be an absolute path or null")
+        return None
+    return value
+
+
+def _parse_groups(value: Any, where: str, errors: list[str]) -> Optional[tuple[str, ...]]:
+    if not isinstance(value, list):
+        errors.append(f"{where}: must be a list of IPv4 multicast groups")
+        return None
+    groups: list[str] = []
+    ok = True
+    for i, item in enumerate(value):
+        try:
+            addr = ipaddress.IPv4Address(item) if isinstance(item, str) else None
+        except ValueError:
+            addr = None
+        if addr is None or not addr.is_multicast:
+            errors.append(f"{where}[{i}]: {_show(item)} is not an IPv4 multicast group")
+            ok = False
+        elif str(addr) in groups:
+            errors.append(f"{where}[{i}]: {addr} is listed twice")
+            ok = False
+        else:
+            groups.append(str(addr))
+    return tuple(groups) if ok else None
+
+
+def _parse_office(value: Any, where: str, errors: list[str]) -> Optional[str]:
+    if not isinstance(value, str) or not 0 < len(value) <= OFFICE_NAME_MAX:
+        errors.append(f"{where}: {_show(value)} must be an office name (1-{OFFICE_NAME_MAX} chars)")
+        return None
+    if any(not c.isprintable() for c in value):
+        errors.append(f"{where}: {_show(value)} contains control characters")
+        return None
+    return value
+
+
+def _parse_v2(
+    data: dict,
+    wire: str,
+    own: dict[str, str],
+    lan_iface: Optional[ipaddress.IPv4Interface],
+    lan_name: str,
+    used: dict[str, str],
+    errors: list[str],
+) -> dict[str, Any]:
+    """The version 2 keys: office, peers, keys_file, state_dir, storm_control, metrics_file."""
+    office = None
+    if "office" in data:
+        office = _parse_office(data["office"], "office", errors)
+    peers: dict[str, Peer] = {}
+    peers_data = data.get("peers", {})
+    if not isinstance(peers_data, dict):
+        errors.append('peers: must be an object mapping a peer address to {"office": ...}')
+        peers_data = {}
+    for key, entry in peers_data.items():
+        where = f"peers[{json.dumps(key)}]"
+        addr = _parse_peer(key, where, own, lan_iface, peers, errors)
+        if not isinstance(entry, dict):
+            errors.append(f"{where}: must be an object with office, interface, wire")
+            continue
+        _check_keys(entry, _PEER_KEYS, where, errors)
+        peer_office = None
+        if "office" in entry:
+            peer_office = _parse_office(entry["office"], f"{where}.office", errors)
+            if peer_office is not None and peer_office == office:
+                errors.append(f"{where}.office: {peer_office!r} is this relay's own office")
+        interface = entry.get("interface")
+        if interface is not None:
+            problem = (
+                "not a string" if not isinstance(interface, str) else _ifname_problem(interface)
+            )
+            if problem:
+                errors.append(f"{where}.interface: {_show(interface)} is not valid ({problem})")
+                interface = None
+            elif lan_name and interface == lan_name:
+                errors.append(f"{where}.interface: {interface!r} is the LAN interface")
+                interface = None
+        peer_wire = entry.get("wire", wire)
+        if peer_wire not in WIRE_FORMATS:
+            errors.append(
+                f"{where}.wire: {_show(peer_wire)} is not one of {', '.join(WIRE_FORMATS)}"
+            )
+            peer_wire = wire
+        if peer_wire == WIRE_SITELINK1 and peer_office is None and "office" not in entry:
+            errors.append(f"{where}.office: missing (the authenticated wire needs it)")
+        if addr is not None:
+            peers[addr] = Peer(peer_office, interface, peer_wire)
+    for addr, where in used.items():
+        if addr not in peers:
+            errors.append(f"peers: no entry for {addr} ({where})")
+    authenticated = wire == WIRE_SITELINK1 or any(p.wire == WIRE_SITELINK1 for p in peers.values())
+    if authenticated and office is None and "office" not in data:
+        errors.append("office: missing (the authenticated wire names the origin office)")
+    storm: Optional[dict[str, float]] = dict(STORM_DEFAULTS)
+    if "storm_control" in data:
+        storm = _parse_storm(data["storm_control"], errors)
+    siblings = _parse_siblings(data.get("siblings", []), own, lan_iface, peers, errors)
+    if siblings and (office is None or wire != WIRE_SITELINK1):
+        errors.append(
+            'siblings: need "office" and "wire": "sitelink1" (their heartbeats are authenticated)'
+        )
+    return {
+        "office": office,
+        "peers": peers,
+        "keys_file": _parse_path(data, "keys_file", None, errors),
+        "state_dir": _parse_path(data, "state_dir", None, errors),
+        "storm_control": storm,
+        "metrics_file": _parse_path(data, "metrics_file", None, errors),
+        "siblings": siblings,
+    }
+
+
+def _parse_siblings(
+    value: Any,
+    own: dict[str, str],
+    lan_iface: Optional[ipaddress.IPv4Interface],
+    peers: dict[str, Any],
+    errors: list[str],
+) -> tuple[str, ...]:
+    """Other gateways' LAN addresses, for relays of one office on one LAN."""
+    if not isinstance(value, list):
+        errors.append("siblings: must be a list of the other gateways' LAN addresses")
+        return ()
+    result: list[str] = []
+    for i, item in enumerate(value):
+        where = f"siblings[{i}]"
+        addr = _parse_unicast(item, where, errors)
+        if addr is None:
+            continue
+        if addr in own:
+            errors.append(f"{where}: {addr} is an address of this gateway")
+        elif lan_iface is None or ipaddress.IPv4Address(addr) not in lan_iface.network:
+            errors.append(f"{where}: {addr} is not in the LAN (siblings share this LAN)")
+        elif addr in peers:
+            errors.append(f"{where}: {addr} is also a peer")
+        elif addr in result:
+            errors.append(f"{where}: {addr} is listed twice")
+        else:
+            result.append(addr)
+    return tuple(result)
+
+
+def _parse_storm(value: Any, errors: list[str]) -> Optional[dict[str, float]]:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        errors.append("storm_control: must be an object (or null to turn it off)")
+        return None
+    _check_keys(value, STORM_DEFAULTS, "storm_control", errors)
+    result = dict(STORM_DEFAULTS)
+    for key in STORM_DEFAULTS:
+        if key not in value:
+            continue
+        number = value[key]
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, (int, float))
+            or not (0 < number <= 1e9)
+        ):
+            errors.append(f"storm_control.{key}: {_show(number)} must be a positive number")
+        else:
+            result[key] = float(number)
+    return result
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
@@ -506,19 +831,38 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return result
 
 
+CONFIG_MAX_BYTES = 1 << 22  # a config is a few KiB; refuse anything absurd
+
+
 def load_config(path: str) -> Config:
-    """Read and validate a config file; ConfigError messages are prefixed with the path."""
+    """Read and validate a config file; ConfigError messages are prefixed with the path.
+
+    Whatever the file holds (not UTF-8, NUL bytes, JSON nested 200000 deep, gigabytes),
+    the answer is a ConfigError, never another exception: on SIGHUP the running relay
+    logs it and keeps its config.
+    """
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            raw = fh.read(CONFIG_MAX_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > CONFIG_MAX_BYTES:
+        raise ConfigError([f"{path}: larger than {CONFIG_MAX_BYTES} bytes"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 (byte {exc.start})"]) from None
     try:
         data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             [f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]
         ) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: invalid JSON: nested too deep"]) from None
     except ValueError as exc:
         raise ConfigError([f"{path}: invalid JSON: {exc}"]) from None
-    return parse_config(data)
+    try:
+        return parse_config(data)
+    except RecursionError:  # pragma: no cover - parse_config does not recurse
+        raise ConfigError([f"{path}: nested too deep"]) from None

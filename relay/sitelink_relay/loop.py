@@ -4,32 +4,41 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import selectors
 import signal
 import socket
+import struct
 import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from . import PROG, __version__
+from . import PROG, __version__, mmsg, sockfilter, status, storm, wire
 from .classify import (
     FORWARDED,
+    LIMITED_BROADCAST,
     REBROADCAST,
     REBROADCAST_TRANSIT,
+    SIBLING,
     TRANSIT,
     Classifier,
     CompatClassifier,
 )
-from .config import Config, ConfigError, Rule, load_config, transit_targets
+from .config import (
+    STORM_DEFAULTS,
+    WIRE_SITELINK1,
+    Config,
+    ConfigError,
+    Rule,
+    load_config,
+    transit_targets,
+)
 from .netinfo import (
-    ANC_BUFSIZE,
     IP_MTU_DISCOVER,
     IP_PKTINFO,
     IP_PMTUDISC_DONT,
-    MSG_TRUNC,
-    PKTINFO,
     IfNames,
     if_index,
     local_ipv4,
@@ -40,10 +49,61 @@ from .status import STATUS_INTERVAL, write_json_atomic
 log = logging.getLogger(PROG)
 
 RECV_BUFSIZE = 65535  # > 65507, the largest IPv4 UDP payload, so MSG_TRUNC means trouble
-SOCKET_RCVBUF = 1 << 20  # ask for 1 MiB; the kernel caps it at net.core.rmem_max
-BURST = 64  # datagrams read from one socket before looking at the others
-REFRESH_INTERVAL = 10.0  # seconds between LAN ifindex / local address re-resolution
+SOCKET_RCVBUF = 1 << 21  # ask for 2 MiB; the kernel caps it at net.core.rmem_max
+BATCH = 64  # datagrams per recvmmsg/sendmmsg
+BATCHES = 8  # batches read from one socket before looking at the others
+LAN_CHECK_INTERVAL = 1.0  # seconds between checks that the LAN interface is the same one
+REFRESH_INTERVAL = 10.0  # seconds between full re-reads of local addresses
+# A source over its rate for this long is cut off.  Short, because until then every
+# one of its datagrams still costs the relay a little; after, the kernel drops them.
+STORM_TRIP_SECONDS = 0.25
 ERROR_LOG_INTERVAL = 60.0  # at most one log line per (port, error) per this many seconds
+IP_ADD_MEMBERSHIP = getattr(socket, "IP_ADD_MEMBERSHIP", 35)
+IP_MULTICAST_LOOP = getattr(socket, "IP_MULTICAST_LOOP", 34)
+IP_MREQN = struct.Struct("=4s4si")  # struct ip_mreqn { imr_multiaddr, imr_address, imr_ifindex }
+
+# The batching backends (recvmmsg/sendmmsg, or plain Python where libc lacks them).
+Receiver: Any = mmsg.Receiver
+Sender: Any = mmsg.Sender
+
+_PEER_VERDICTS = frozenset((REBROADCAST, TRANSIT, REBROADCAST_TRANSIT))
+# Redundant gateways: relays of one office on one LAN ("siblings") send each other a
+# heartbeat; one of them relays, the others stand by.
+HEARTBEAT_INTERVAL = 0.5
+SIBLING_TIMEOUT = 1.5  # a sibling not heard from for this long is gone
+DROP_STANDBY = "standby"  # another relay of this office relays it
+DROP_TOO_BIG = "too_big"  # a LAN datagram too big for the envelope (over 65467 bytes)
+DROP_GROUP = "group"  # a peer's multicast datagram for a group this port does not relay
+
+
+class PeerState:
+    """One peer relay: how to talk to it, and what it sent us and we sent it."""
+
+    __slots__ = ("addr", "office", "office_id", "keys", "received", "accepted", "sent", "dropped")
+
+    def __init__(self, addr: str, office: Optional[str], keys: Optional[wire.PeerKeys]):
+        self.addr = addr
+        self.office = office
+        self.office_id = wire.office_id(office) if office else None
+        self.keys = keys  # None: raw wire
+        self.received = 0  # datagrams from it that a rule takes (before the wire checks)
+        self.accepted = 0  # ... that passed them
+        self.sent = 0
+        self.dropped: dict[str, int] = {}
+
+    def counters(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "received": self.received,
+            "accepted": self.accepted,
+            "sent": self.sent,
+            "dropped": dict(self.dropped),
+            "wire": WIRE_SITELINK1 if self.keys is not None else "raw",
+        }
+        if self.office:
+            data["office"] = self.office
+        if self.keys is not None:
+            data["keys"] = [k.fingerprint for k in self.keys.accept]
+        return data
 
 
 class PortState:
@@ -62,6 +122,11 @@ class PortState:
         "forward_to",
         "transit",
         "rule",
+        "groups",
+        "rx",
+        "tx",
+        "fwd_peers",
+        "transit_peers",
         "received",
         "forwarded",
         "rebroadcast",
@@ -77,7 +142,7 @@ class PortState:
         port: int,
         sock: Optional[socket.socket],
         classifier: Any,
-        forward_to,
+        forward_to: Iterable[str],
         transit: Optional[dict[str, Iterable[str]]] = None,
     ):
         self.port = port
@@ -86,6 +151,11 @@ class PortState:
         self.forward_to = tuple(forward_to)
         self.transit = transit_targets(transit or {})  # never back to the source
         self.rule: Optional[Rule] = None
+        self.groups: frozenset[bytes] = frozenset()  # packed multicast groups relayed
+        self.rx: Any = Receiver(sock, BATCH, RECV_BUFSIZE) if sock is not None else None
+        self.tx: Any = Sender(BATCH, sock)
+        self.fwd_peers: tuple[PeerState, ...] = ()
+        self.transit_peers: dict[str, tuple[PeerState, ...]] = {}
         self.received = 0
         self.forwarded = 0
         self.rebroadcast = 0
@@ -106,14 +176,23 @@ class PortState:
         if self.rule is not None:
             data["accept_from"] = sorted(self.rule.accept_from)
             data["transit"] = {src: list(dst) for src, dst in self.transit.items()}
+            if self.rule.multicast_groups:
+                data["multicast_groups"] = list(self.rule.multicast_groups)
         return data
 
 
+class PortInUse(OSError):
+    """The port is bound already: most likely another relay, which would double everything."""
+
+
 def open_socket(port: int) -> socket.socket:
-    """UDP socket on 0.0.0.0:port that can broadcast and reports IP_PKTINFO."""
+    """UDP socket on 0.0.0.0:port that can broadcast and reports IP_PKTINFO.
+
+    No SO_REUSEADDR: a second relay on the same port (which would double every
+    datagram) fails to bind instead of starting silently.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         with contextlib.suppress(OSError):
@@ -121,7 +200,17 @@ def open_socket(port: int) -> socket.socket:
         with contextlib.suppress(OSError):
             # Let the kernel fragment big datagrams instead of failing with EMSGSIZE.
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
-        sock.bind(("0.0.0.0", port))  # noqa: S104 - broadcasts only reach wildcard sockets
+        with contextlib.suppress(OSError):
+            # Our multicast re-sends come back anyway (dropped as "own"); fewer is better.
+            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_LOOP, 0)
+        try:
+            sock.bind(("0.0.0.0", port))  # noqa: S104 - broadcasts only reach wildcard sockets
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    exc.errno, f"udp/{port} is already in use (another sitelink-relay?)"
+                ) from None
+            raise
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -131,6 +220,15 @@ def open_socket(port: int) -> socket.socket:
 
 def _errname(exc: OSError) -> str:
     return errno.errorcode.get(exc.errno or 0, f"E{exc.errno}") if exc.errno else type(exc).__name__
+
+
+def _kind(dst: bytes) -> tuple[int, bytes]:
+    """Envelope kind and group of a LAN datagram, from its header destination."""
+    if dst == LIMITED_BROADCAST:
+        return wire.KIND_LIMITED, wire.NO_GROUP
+    if dst[:1] >= b"\xe0":
+        return wire.KIND_MULTICAST, dst
+    return wire.KIND_BROADCAST, wire.NO_GROUP
 
 
 class Relay:
@@ -144,37 +242,212 @@ class Relay:
         status_file: Optional[str] = None,
         debug: bool = False,
         notifier: Optional[Notifier] = None,
+        keys_path: Optional[str] = None,
+        keys: Optional[dict[str, wire.PeerKeys]] = None,
     ):
         self.config = config
         self.config_path = config_path
         self.compat = compat
         self.status_file = config.status_file if config is not None else status_file
+        self.metrics_file = config.metrics_file if config is not None else None
         self.debug = debug
         self.notifier = notifier if notifier is not None else Notifier()
         self.selector = selectors.DefaultSelector()
         self.ports: dict[int, PortState] = {}
+        self.peers: dict[str, PeerState] = {}
         self.lan_ifindex = 0
         self.local: frozenset[str] = frozenset()
         self.broadcasts: frozenset[str] = frozenset()
         self.ifnames = IfNames()  # shared by the classifiers (peer_interfaces)
-        self._lan_anc: list[tuple[int, int, bytes]] = []
+        self.keys_path = keys_path or (config.keys_file if config is not None else None)
+        self.keys: dict[str, wire.PeerKeys] = dict(keys) if keys else {}
+        self.replay = wire.ReplayState()
+        self.sealer: Optional[wire.Sealer] = None
+        self.office_id: Optional[bytes] = None
+        self.sender_id = b"\0\0\0\0"
+        self.storm: Optional[storm.StormControl] = None
+        self._storm_settings: Optional[tuple[float, ...]] = None
+        self._kernel_drops: frozenset[str] = frozenset()  # cut-off sources the kernel drops
+        self.standby = False
+        self._hold_until = 0.0  # a starting relay with siblings listens before relaying
+        self.sibling_seen: dict[str, float] = {}
+        self.sibling_active: dict[str, bool] = {}
+        self._lan_pktinfo: tuple[int, bytes] = (0, b"\0\0\0\0")
         self._lan_dest = ""
-        self._buf = bytearray(RECV_BUFSIZE)
-        self._bufs = [self._buf]
-        self._mv = memoryview(self._buf)
+        self._lan_ip = b"\0\0\0\0"
         self._error_log: dict[tuple[int, str], tuple[float, int]] = {}
         self._status_error: Optional[str] = None
         self._stop = False
         self.started = time.time()
         self._wake_r: Optional[socket.socket] = None
         self._wake_w: Optional[socket.socket] = None
+        if config is not None:
+            self._apply_wire(config)
 
     # -- setup ----------------------------------------------------------------
 
     def own_set(self) -> frozenset[str]:
         if self.config is not None:
-            return self.config.own_addresses | self.local
+            return self.config.own_addresses | self.local | frozenset(self.config.siblings)
         return self.local
+
+    def _apply_wire(self, config: Config) -> None:
+        """Office id, sender id, storm control and peer states for ``config``."""
+        self.office_id = wire.office_id(config.office) if config.office else None
+        self.sender_id = config.lan.ip.packed
+        self._lan_ip = config.lan.ip.packed
+        if self.sealer is not None:
+            self.sealer.office = self.office_id or b"\0\0\0\0"
+            self.sealer.sender = self.sender_id
+        sc = config.storm_control
+        settings = None if sc is None else tuple(sc[k] for k in STORM_DEFAULTS)
+        if settings is None:
+            self.storm = None
+        elif self.storm is None or settings != self._storm_settings:
+            self.storm = storm.StormControl(
+                **sc, trip_seconds=STORM_TRIP_SECONDS, on_event=self._storm_event
+            )
+            self._kernel_drops = frozenset()
+        self._storm_settings = settings
+        old = self.peers
+        self.peers = {}
+        addresses: set[str] = set(config.peers)
+        for rule in config.rules:
+            addresses.update(rule.forward_to, rule.accept_from, rule.transit)
+            for targets in rule.transit.values():
+                addresses.update(targets)
+        for addr in sorted(addresses):
+            peer = config.peers.get(addr)
+            authenticated = config.peer_wire(addr) == WIRE_SITELINK1
+            keys = None
+            if authenticated:
+                # load_keys() refuses a config with a key missing; should one be missing
+                # anyway, the peer is not spoken to in clear: NO_KEYS verifies nothing.
+                keys = self.keys.get(addr, wire.NO_KEYS)
+            state = PeerState(addr, peer.office if peer is not None else None, keys)
+            previous = old.get(addr)
+            if previous is not None:
+                state.received, state.accepted, state.sent = (
+                    previous.received,
+                    previous.accepted,
+                    previous.sent,
+                )
+                state.dropped = previous.dropped
+            self.peers[addr] = state
+
+    def _storm_event(self, kind: str, src: str) -> None:
+        self._update_kernel_drops()
+        if kind == storm.EVENT_CUT_OFF:
+            log.warning(
+                "storm control: %s cut off for %ds (over %d datagrams/s for %ss)",
+                src,
+                self.storm.cutoff_seconds if self.storm else 0,
+                self.storm.per_source_rate if self.storm else 0,
+                self.storm.trip_seconds if self.storm else 0,
+                extra={"fields": {"SITELINK_EVENT": "cut_off", "SITELINK_SOURCE": src}},
+            )
+        else:
+            log.info(
+                "storm control: %s released",
+                src,
+                extra={"fields": {"SITELINK_EVENT": "released", "SITELINK_SOURCE": src}},
+            )
+
+    def _update_kernel_drops(self) -> None:
+        """Socket filters that drop the cut-off sources before they are even queued."""
+        cut = frozenset(self.storm.cut_off(time.monotonic())) if self.storm else frozenset()
+        if cut == self._kernel_drops:
+            return
+        self._kernel_drops = cut
+        for ps in self.ports.values():
+            if ps.sock is None:
+                continue
+            try:
+                sockfilter.drop_sources(ps.sock, sorted(cut))
+            except (OSError, ValueError) as exc:  # user space still drops them, at a cost
+                log.warning("udp/%d: cannot filter cut-off sources in the kernel: %s", ps.port, exc)
+
+    def check_keys(self, config: Config, keys: dict[str, wire.PeerKeys]) -> list[str]:
+        """Problems of ``keys`` for ``config``: every authenticated peer needs its key."""
+        problems = [
+            f"keys: no key for sibling {addr}" for addr in config.siblings if addr not in keys
+        ]
+        for addr in sorted(self._peer_addresses(config)):
+            if config.peer_wire(addr) == WIRE_SITELINK1 and addr not in keys:
+                office = config.peers[addr].office if addr in config.peers else None
+                problems.append(
+                    f"keys: no key for peer {addr}" + (f" ({office})" if office else "")
+                )
+        return problems
+
+    @staticmethod
+    def _peer_addresses(config: Config) -> set[str]:
+        addresses: set[str] = set()
+        for rule in config.rules:
+            addresses.update(rule.forward_to, rule.accept_from, rule.transit)
+            for targets in rule.transit.values():
+                addresses.update(targets)
+        return addresses
+
+    def load_keys(self, config: Config) -> dict[str, wire.PeerKeys]:
+        """The keys ``config`` needs (none for the raw wire); raise ConfigError if unusable."""
+        if not config.authenticated:
+            return {}
+        path = self.keys_path or config.keys_file
+        if not path:
+            raise ConfigError(["keys_file: missing (the authenticated wire needs keys; or --keys)"])
+        try:
+            keys = wire.load_keys(path)
+        except wire.KeysError as exc:
+            raise ConfigError(exc.errors) from None
+        problems = self.check_keys(config, keys)
+        if problems:
+            raise ConfigError(problems)
+        return keys
+
+    def _start_epoch(self) -> int:
+        """Our epoch: one more than the last one saved (or the clock, if later)."""
+        state_dir = self.config.state_dir if self.config is not None else None
+        if not state_dir:
+            return wire.next_epoch(None)
+        path = os.path.join(state_dir, "epoch")
+        epoch = wire.next_epoch(wire.read_int_file(path))
+        try:
+            wire.write_file_atomic(path, b"%d\n" % epoch)
+        except OSError as exc:
+            log.warning("cannot save the epoch in %s (%s); using the clock", path, exc)
+        return epoch
+
+    def _bump_epoch(self) -> int:
+        log.info("sequence numbers used up: new epoch")
+        return self._start_epoch()
+
+    def _load_replay(self) -> None:
+        state_dir = self.config.state_dir if self.config is not None else None
+        if not state_dir:
+            return
+        path = os.path.join(state_dir, "replay.json")
+        try:
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read(1 << 24).decode("utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+            log.warning("ignoring %s: %s", path, exc)
+            return
+        count = self.replay.load(data)
+        if count:
+            log.info("replay windows of %d senders restored from %s", count, path)
+
+    def save_replay(self) -> None:
+        state_dir = self.config.state_dir if self.config is not None else None
+        if not state_dir or not self.replay.windows:
+            return
+        path = os.path.join(state_dir, "replay.json")
+        try:
+            wire.write_file_atomic(path, json.dumps(self.replay.dump()).encode())
+        except OSError as exc:
+            log.debug("cannot save %s: %s", path, exc)
 
     def refresh(self, initial: bool = False) -> None:
         """Re-resolve the LAN ifindex and local addresses (interfaces come and go)."""
@@ -200,13 +473,8 @@ class Relay:
                         cfg.lan_interface,
                     )
                 self.lan_ifindex = index
-            self._lan_anc = [
-                (
-                    socket.IPPROTO_IP,
-                    IP_PKTINFO,
-                    PKTINFO.pack(self.lan_ifindex, cfg.lan.ip.packed, b"\0\0\0\0"),
-                )
-            ]
+                self._join_groups()
+            self._lan_pktinfo = (self.lan_ifindex, cfg.lan.ip.packed)
             self._lan_dest = str(cfg.lan_broadcast)
             for ps in self.ports.values():
                 ps.classifier.lan_ifindex = self.lan_ifindex
@@ -215,8 +483,35 @@ class Relay:
             for ps in self.ports.values():
                 ps.classifier.own = own
                 ps.classifier.dest_is_broadcast = self._compat_dest_is_broadcast()
+                ps.classifier.broadcasts = frozenset(
+                    socket.inet_aton(b) for b in bcast
+                ) | frozenset((LIMITED_BROADCAST,))
         if changed_addrs and not initial:
             log.info("local addresses changed: %s", ", ".join(sorted(local)))
+
+    def check_lan(self) -> None:
+        """Cheap checks, every second: a LAN interface recreated gets a new ifindex;
+        cut-off sources whose time is up are let in again (the kernel hid them)."""
+        if self.config is not None and if_index(self.config.lan_interface) != self.lan_ifindex:
+            self.refresh()
+        if self.storm is not None:
+            self.storm.expire(time.monotonic())
+            self._update_kernel_drops()
+
+    def _join_groups(self, ports: Optional[Iterable[PortState]] = None) -> None:
+        """Join each port's multicast groups on the LAN interface (again, if it changed)."""
+        if not self.lan_ifindex:
+            return
+        for ps in ports if ports is not None else self.ports.values():
+            if ps.sock is None or ps.rule is None:
+                continue
+            for group in ps.rule.multicast_groups:
+                mreq = IP_MREQN.pack(socket.inet_aton(group), b"\0\0\0\0", self.lan_ifindex)
+                try:
+                    ps.sock.setsockopt(socket.IPPROTO_IP, IP_ADD_MEMBERSHIP, mreq)
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:  # already a member
+                        log.warning("udp/%d: cannot join %s: %s", ps.port, group, exc)
 
     def _compat_dest_is_broadcast(self) -> bool:
         dest = self.compat[1] if self.compat is not None else ""
@@ -228,7 +523,23 @@ class Relay:
         )
         ps = PortState(rule.port, sock, classifier, rule.forward_to, rule.transit)
         ps.rule = rule
+        ps.groups = frozenset(socket.inet_aton(g) for g in rule.multicast_groups)
+        self._link_peers(ps)
         return ps
+
+    def _link_peers(self, ps: PortState) -> None:
+        peers = self.peers
+        for addr in (*ps.forward_to, *ps.transit):
+            if addr not in peers:  # a Rule built by hand (tests): a raw peer
+                peers[addr] = PeerState(addr, None, None)
+        for targets in ps.transit.values():
+            for addr in targets:
+                if addr not in peers:
+                    peers[addr] = PeerState(addr, None, None)
+        ps.fwd_peers = tuple(peers[a] for a in ps.forward_to)
+        ps.transit_peers = {
+            src: tuple(peers[a] for a in targets) for src, targets in ps.transit.items()
+        }
 
     def check_peer_interfaces(self) -> None:
         """Log the peer interfaces that do not exist (yet); nothing else depends on it."""
@@ -246,6 +557,9 @@ class Relay:
                 )
 
     def setup(self) -> None:
+        if self.config is not None:
+            self.keys = self.load_keys(self.config) if not self.keys else self.keys
+            self._apply_wire(self.config)
         self.refresh(initial=True)
         if self.config is not None:
             opened: list[socket.socket] = []
@@ -259,12 +573,40 @@ class Relay:
                     s.close()
                 self.ports.clear()
                 raise
+            self._join_groups()
+            if self.config.authenticated:  # after the binds: a refused start changes nothing
+                self.sealer = wire.Sealer(
+                    self.office_id or b"\0\0\0\0",
+                    self.sender_id,
+                    self._start_epoch(),
+                    self._bump_epoch,
+                )
+                self._load_replay()
+            if self.config.siblings:
+                self.standby = True
+                self._hold_until = time.monotonic() + SIBLING_TIMEOUT
             log.info("config %s: %s", self.config_path, self.config.summary())
+            if self.sealer is not None:
+                log.info(
+                    "authenticated wire: office %s, epoch %d, keys %s",
+                    self.config.office,
+                    self.sealer.epoch,
+                    ", ".join(
+                        f"{a} {p.keys.send.fingerprint}"
+                        for a, p in sorted(self.peers.items())
+                        if p.keys is not None
+                    )
+                    or "none",
+                )
             self.check_peer_interfaces()
         elif self.compat is not None:
             port, dest = self.compat
-            classifier = CompatClassifier(self.own_set(), dest, self._compat_dest_is_broadcast())
-            self.ports[port] = PortState(port, open_socket(port), classifier, (dest,))
+            classifier = CompatClassifier(
+                self.own_set(), dest, self._compat_dest_is_broadcast(), broadcasts=self.broadcasts
+            )
+            ps = PortState(port, open_socket(port), classifier, (dest,))
+            self.ports[port] = ps
+            self._link_peers(ps)
             log.info(
                 "compat mode: every datagram on udp/%d goes to %s:%d%s (own: %s)",
                 port,
@@ -290,11 +632,18 @@ class Relay:
         try:
             try:
                 new = load_config(self.config_path)
+                keys = self.load_keys(new)
             except ConfigError as exc:
                 log.error(
                     "reload: %s is invalid, keeping the running config:\n%s",
                     self.config_path,
                     exc,
+                )
+                return False
+            if new.authenticated and self.sealer is None:
+                log.error(
+                    "reload: turning the authenticated wire on needs a restart;"
+                    " keeping the running config"
                 )
                 return False
             new_rules = {r.port: r for r in new.rules}
@@ -314,8 +663,18 @@ class Relay:
                 self.config.own_addresses,
             )
             peers_changed = new.peer_interfaces != self.config.peer_interfaces
+            wire_changed = (new.peers, new.office, new.wire) != (
+                self.config.peers,
+                self.config.office,
+                self.config.wire,
+            ) or keys is not self.keys
             self.config = new
+            self.keys = keys
             self.status_file = new.status_file
+            self.metrics_file = new.metrics_file
+            self._apply_wire(new)
+            for ps in self.ports.values():
+                self._link_peers(ps)  # the new peer states (their counters carried over)
             for port in [p for p in self.ports if p not in new_rules]:
                 ps = self.ports.pop(port)
                 self.selector.unregister(ps.sock)
@@ -327,16 +686,21 @@ class Relay:
                     ps = self._make_port(new, rule, opened[port])
                     self.ports[port] = ps
                     self.selector.register(ps.sock, selectors.EVENT_READ, ps)
+                    self._join_groups([ps])
                     log.info("reload: opened udp/%d", port)
-                elif lan_changed or peers_changed or old.rule != rule:
+                elif lan_changed or peers_changed or wire_changed or old.rule != rule:
                     fresh = self._make_port(new, rule, old.sock)
+                    fresh.rx, fresh.tx = old.rx, old.tx
                     if not lan_changed:
                         fresh.classifier.echo = old.classifier.echo
                     for name in PortState.COUNTERS:
                         setattr(fresh, name, getattr(old, name))
                     self.selector.modify(old.sock, selectors.EVENT_READ, fresh)
                     self.ports[port] = fresh
+                    self._join_groups([fresh])
             self.refresh(initial=lan_changed)
+            self._kernel_drops = frozenset()  # new sockets get the filter too
+            self._update_kernel_drops()
             log.info("reloaded %s: %s", self.config_path, new.summary())
             if peers_changed:
                 self.check_peer_interfaces()
@@ -364,72 +728,225 @@ class Relay:
             f" ({suppressed} more since last report)" if suppressed else "",
         )
 
-    def _pass_on(self, ps: PortState, payload: Any, src: str) -> None:
-        """Send a peer's datagram to the transit peers for its source (never to src)."""
-        ps.transited += 1
-        sock = ps.sock
-        port = ps.port
-        for peer in ps.transit.get(src, ()):  # transit_targets(): never src itself
-            try:
-                sock.sendto(payload, (peer, port))
-            except OSError as exc:
-                self._send_error(ps, peer, exc)
-
     def handle_readable(self, ps: PortState) -> None:
-        sock = ps.sock
-        bufs = self._bufs
-        mv = self._mv
-        classify = ps.classifier.classify
-        port = ps.port
-        debug = self.debug
-        for _ in range(BURST):
+        """Read what the socket has (a few batches), act on each datagram, send in batches."""
+        rx = ps.rx
+        for _ in range(BATCHES):
             try:
-                n, ancdata, flags, addr = sock.recvmsg_into(bufs, ANC_BUFSIZE)
-            except BlockingIOError:
-                return
+                n = rx.recv()
             except OSError as exc:
                 # e.g. a queued ICMP error; never fatal
                 name = "recv_" + _errname(exc)
                 ps.send_errors[name] = ps.send_errors.get(name, 0) + 1
                 continue
-            ifindex = 0
-            dst = b""
-            for level, kind, data in ancdata:
-                if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
-                    ifindex, _spec, dst = PKTINFO.unpack_from(data)
-            payload = mv[:n]
-            src = addr[0]
-            ps.received += 1
-            verdict = classify(payload, src, ifindex, dst, bool(flags & MSG_TRUNC))
+            if not n:
+                break
+            self._handle_batch(ps, n)
+            for addr, exc in ps.tx.flush(ps.sock):
+                self._send_error(ps, addr[0], exc)
+            if n < rx.batch:
+                break
+
+    def _handle_batch(self, ps: PortState, n: int) -> None:
+        rx = ps.rx
+        payloads, sources, ifindexes, dests, truncs = (
+            rx.payloads,
+            rx.sources,
+            rx.ifindex,
+            rx.dests,
+            rx.truncated,
+        )
+        classify = ps.classifier.classify
+        check = self.storm.check if self.storm is not None else None
+        dropped = ps.dropped
+        now = time.monotonic()
+        debug = self.debug
+        ps.received += n
+        for i in range(n):
+            payload = payloads[i]
+            src = sources[i][0]
+            dst = dests[i]
+            verdict = classify(payload, src, ifindexes[i], dst, truncs[i], now)
             if debug:
-                log.debug(
-                    "udp/%d: %s -> %s if %d, %d bytes: %s",
-                    port,
-                    src,
-                    socket.inet_ntoa(dst) if len(dst) == 4 else "?",
-                    ifindex,
-                    n,
-                    verdict,
-                )
+                self._log_datagram(ps, src, dst, ifindexes[i], len(payload), verdict)
             if verdict == FORWARDED:
-                ps.forwarded += 1
-                for peer in ps.forward_to:
-                    try:
-                        sock.sendto(payload, (peer, port))
-                    except OSError as exc:
-                        self._send_error(ps, peer, exc)
-            elif verdict in (REBROADCAST, REBROADCAST_TRANSIT):
-                ps.rebroadcast += 1
-                try:
-                    sock.sendmsg([payload], self._lan_anc, 0, (self._lan_dest, port))
-                except OSError as exc:
-                    self._send_error(ps, self._lan_dest, exc)
-                if verdict == REBROADCAST_TRANSIT:
-                    self._pass_on(ps, payload, src)
-            elif verdict == TRANSIT:
-                self._pass_on(ps, payload, src)
+                if self.standby:
+                    dropped[DROP_STANDBY] = dropped.get(DROP_STANDBY, 0) + 1
+                    continue
+                if check is not None:
+                    why = check(src, now)
+                    if why is not None:
+                        dropped[why] = dropped.get(why, 0) + 1
+                        continue
+                self._forward(ps, payload, dst)
+            elif verdict in _PEER_VERDICTS:
+                self._from_peer(ps, verdict, payload, src)
+            elif verdict == SIBLING:
+                self._from_sibling(ps, payload, src, now)
             else:
-                ps.dropped[verdict] = ps.dropped.get(verdict, 0) + 1
+                dropped[verdict] = dropped.get(verdict, 0) + 1
+
+    def _log_datagram(
+        self, ps: PortState, src: str, dst: bytes, ifindex: int, size: int, verdict: str
+    ) -> None:
+        log.debug(
+            "udp/%d: %s -> %s if %d, %d bytes: %s",
+            ps.port,
+            src,
+            socket.inet_ntoa(dst) if len(dst) == 4 else "?",
+            ifindex,
+            size,
+            verdict,
+        )
+
+    def _forward(self, ps: PortState, payload: Any, dst: bytes) -> None:
+        """A LAN broadcast (or compat datagram) to the forward_to peers."""
+        ps.forwarded += 1
+        port = ps.port
+        add = ps.tx.add
+        header = None
+        for peer in ps.fwd_peers:
+            keys = peer.keys
+            if keys is None:
+                add((payload,), (peer.addr, port))
+            elif keys is wire.NO_KEYS:
+                continue
+            else:
+                if header is None:
+                    if len(payload) > wire.MAX_PAYLOAD:
+                        ps.dropped[DROP_TOO_BIG] = ps.dropped.get(DROP_TOO_BIG, 0) + 1
+                        continue
+                    header = self.sealer.header(*_kind(dst))  # type: ignore[union-attr]
+                add((header, keys.send.tag(header, payload), payload), (peer.addr, port))
+            peer.sent += 1
+
+    def _peer_drop(self, ps: PortState, peer: PeerState, why: str) -> None:
+        ps.dropped[why] = ps.dropped.get(why, 0) + 1
+        peer.dropped[why] = peer.dropped.get(why, 0) + 1
+
+    def _from_peer(self, ps: PortState, verdict: str, payload: Any, src: str) -> None:
+        """A peer relay's datagram: check its envelope, re-broadcast and/or pass it on."""
+        peer = self.peers.get(src)
+        if peer is None:  # not in the config's peers (v1 raw config): raw
+            peer = self.peers[src] = PeerState(src, None, None)
+        peer.received += 1
+        keys = peer.keys
+        group = wire.NO_GROUP
+        kind = wire.KIND_BROADCAST
+        if keys is not None:
+            if len(payload) < wire.OVERHEAD or payload[:3] != wire.PREFIX:
+                return self._peer_drop(ps, peer, wire.DROP_MALFORMED)
+            header = payload[: wire.HEADER_SIZE]
+            body = payload[wire.OVERHEAD :]
+            if not keys.verify(header, body, payload[wire.HEADER_SIZE : wire.OVERHEAD]):
+                return self._peer_drop(ps, peer, wire.DROP_AUTH)
+            _magic, _version, kind, office, sender, epoch, seq, group = wire.HEADER.unpack(header)
+            if office == self.office_id or sender == self.sender_id:
+                return self._peer_drop(ps, peer, wire.DROP_OWN_ORIGIN)
+            why = self.replay.window(sender).check(epoch, seq)
+            if why is not None:
+                return self._peer_drop(ps, peer, why)
+        else:
+            header = None
+            body = payload
+            office = peer.office_id
+        peer.accepted += 1
+        if self.standby:  # checked (so the replay window is current), not relayed
+            return self._peer_drop(ps, peer, DROP_STANDBY)
+        if verdict != TRANSIT:
+            if kind == wire.KIND_BROADCAST:
+                dest = self._lan_dest
+            elif kind == wire.KIND_LIMITED:
+                dest = "255.255.255.255"
+            elif group in ps.groups:
+                dest = socket.inet_ntoa(group)
+            else:
+                self._peer_drop(ps, peer, DROP_GROUP)
+                dest = ""
+            if dest:
+                ps.rebroadcast += 1
+                ps.tx.add((body,), (dest, ps.port), self._lan_pktinfo)
+        if verdict != REBROADCAST:
+            ps.transited += 1
+            port = ps.port
+            add = ps.tx.add
+            for target in ps.transit_peers.get(src, ()):  # never src itself
+                if office is not None and target.office_id == office:
+                    continue  # never back to the office it came from
+                tkeys = target.keys
+                if tkeys is None:
+                    add((body,), (target.addr, port))
+                elif tkeys is wire.NO_KEYS:
+                    continue
+                else:
+                    if header is None:  # a raw peer's datagram onto the authenticated wire
+                        if len(body) > wire.MAX_PAYLOAD:
+                            self._peer_drop(ps, peer, DROP_TOO_BIG)
+                            continue
+                        header = self.sealer.header(kind, group, office)  # type: ignore[union-attr]
+                    add((header, tkeys.send.tag(header, body), body), (target.addr, port))
+                target.sent += 1
+        return None
+
+    # -- siblings (redundant gateways) -----------------------------------------
+
+    def _from_sibling(self, ps: PortState, payload: Any, src: str, now: float) -> None:
+        keys = self.keys.get(src)
+        why = None
+        if keys is None or len(payload) != wire.OVERHEAD + 1 or payload[:3] != wire.PREFIX:
+            why = wire.DROP_MALFORMED
+        elif not keys.verify(
+            payload[: wire.HEADER_SIZE],
+            payload[wire.OVERHEAD :],
+            payload[wire.HEADER_SIZE : wire.OVERHEAD],
+        ):
+            why = wire.DROP_AUTH
+        else:
+            fields = wire.HEADER.unpack(payload[: wire.HEADER_SIZE])
+            if fields[2] != wire.KIND_HEARTBEAT or fields[3] != self.office_id:
+                why = wire.DROP_MALFORMED
+            else:
+                why = self.replay.window(fields[4]).check(fields[5], fields[6])
+        if why is not None:
+            ps.dropped[why] = ps.dropped.get(why, 0) + 1
+            return
+        self.sibling_seen[src] = now
+        self.sibling_active[src] = payload[wire.OVERHEAD] == 1
+
+    def heartbeat(self, now: float) -> None:
+        """Decide who relays, and tell the siblings (every HEARTBEAT_INTERVAL)."""
+        cfg = self.config
+        if cfg is None or not cfg.siblings or self.sealer is None or not self.ports:
+            return
+        live = {a for a, seen in self.sibling_seen.items() if now - seen < SIBLING_TIMEOUT}
+        active = sorted((a for a in live if self.sibling_active.get(a)), key=socket.inet_aton)
+        own = cfg.lan.ip.packed
+        if now < self._hold_until:
+            standby = True
+        elif self.standby:
+            standby = bool(active)  # take over only when nobody relays
+        else:  # two relays active at once (both started together): the lower one stays
+            standby = any(socket.inet_aton(a) < own for a in active)
+        if standby != self.standby:
+            self.standby = standby
+            if standby:
+                log.info("standby: sibling %s relays for this office", ", ".join(active) or "?")
+            else:
+                log.warning(
+                    "active: relaying for this office (no active sibling among %s)",
+                    ", ".join(cfg.siblings),
+                    extra={"fields": {"SITELINK_EVENT": "active"}},
+                )
+        ps = self.ports[min(self.ports)]
+        body = b"\0" if self.standby else b"\1"
+        for addr in cfg.siblings:
+            keys = self.keys.get(addr)
+            if keys is None:
+                continue
+            header = self.sealer.header(wire.KIND_HEARTBEAT)
+            ps.tx.add((header, keys.send.tag(header, body), body), (addr, ps.port))
+        for addr, exc in ps.tx.flush(ps.sock):
+            self._send_error(ps, addr[0], exc)
 
     # -- status ---------------------------------------------------------------
 
@@ -447,6 +964,11 @@ class Relay:
             cfg = self.config
             data["config"] = self.config_path
             data["wire"] = cfg.wire
+            if cfg.office:
+                data["office"] = cfg.office
+            if self.sealer is not None:
+                data["epoch"] = self.sealer.epoch
+                data["sequence"] = self.sealer.seq
             data["lan"] = {
                 "interface": cfg.lan_interface,
                 "ifindex": self.lan_ifindex,
@@ -455,6 +977,21 @@ class Relay:
             }
             if cfg.peer_interfaces is not None:
                 data["peer_interfaces"] = dict(sorted(cfg.peer_interfaces.items()))
+            data["peers"] = {a: p.counters() for a, p in sorted(self.peers.items())}
+            if cfg.siblings:
+                now = time.monotonic()
+                data["standby"] = self.standby
+                data["siblings"] = {
+                    a: {
+                        "seen": round(now - self.sibling_seen[a], 1)
+                        if a in self.sibling_seen
+                        else None,
+                        "active": self.sibling_active.get(a, False),
+                    }
+                    for a in cfg.siblings
+                }
+            if self.storm is not None:
+                data["storm"] = self.storm.status(time.monotonic())
         return data
 
     def status_line(self) -> str:
@@ -468,18 +1005,25 @@ class Relay:
     def write_status(self) -> None:
         if self.notifier.enabled:
             self.notifier.notify("STATUS=" + self.status_line())
-        if not self.status_file:
+        self.save_replay()
+        if not self.status_file and not self.metrics_file:
             return
+        data = self.status()
+        path = self.status_file
         try:
-            write_json_atomic(self.status_file, self.status())
+            if self.status_file:
+                write_json_atomic(self.status_file, data)
+            if self.metrics_file:
+                path = self.metrics_file
+                status.write_text_atomic(self.metrics_file, status.prometheus_text(data))
         except OSError as exc:
-            message = f"{self.status_file}: {exc.strerror or exc}"
+            message = f"{path}: {exc.strerror or exc}"
             if message != self._status_error:
                 log.warning("cannot write status file %s", message)
                 self._status_error = message
         else:
             if self._status_error:
-                log.info("status file %s writable again", self.status_file)
+                log.info("status files writable again")
                 self._status_error = None
 
     # -- loop -----------------------------------------------------------------
@@ -522,6 +1066,8 @@ class Relay:
         now = time.monotonic()
         next_status = now + STATUS_INTERVAL
         next_refresh = now + REFRESH_INTERVAL
+        next_lan_check = now + LAN_CHECK_INTERVAL
+        next_heartbeat = now
         wd_interval = self.notifier.watchdog_interval
         next_watchdog = now if wd_interval else float("inf")
         select = self.selector.select
@@ -537,7 +1083,17 @@ class Relay:
                 if now >= next_refresh:
                     self.refresh()
                     next_refresh = now + REFRESH_INTERVAL
-                timeout = max(0.0, min(next_watchdog, next_status, next_refresh) - now)
+                if now >= next_lan_check:
+                    self.check_lan()
+                    next_lan_check = now + LAN_CHECK_INTERVAL
+                if now >= next_heartbeat:
+                    self.heartbeat(now)
+                    next_heartbeat = now + HEARTBEAT_INTERVAL
+                timeout = max(
+                    0.0,
+                    min(next_watchdog, next_status, next_refresh, next_lan_check, next_heartbeat)
+                    - now,
+                )
                 for key, _mask in select(timeout):
                     if key.data is None:
                         self._handle_signals()

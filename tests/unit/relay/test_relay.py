@@ -7,13 +7,14 @@ import errno
 import json
 import os
 import socket
+import struct
 import sys
 import time
 import types
 from pathlib import Path
 
 import pytest
-from sitelink_relay import classify, cli, config, loop, netinfo, notify, status
+from sitelink_relay import classify, cli, config, loop, mmsg, netinfo, notify, status
 
 
 def _facade():
@@ -333,7 +334,7 @@ def test_minimal_config_defaults():
         (cfg_with(rules=KeyError), "rules: missing"),
         (cfg_with(rules={"port": 6799}), "rules: must be a list"),
         (cfg_with(extra=1), "extra: unknown key (allowed: _comment, version, lan,"),
-        (cfg_with(version=2), "version: 2 is not supported"),
+        (cfg_with(version=3), "version: 3 is not supported"),
         (cfg_with(version=KeyError), "version: missing"),
         (cfg_with(wire="hmac-sha256"), 'wire: "hmac-sha256" is not supported'),
         (cfg_with(lan=KeyError), "lan: missing"),
@@ -744,7 +745,7 @@ class FakeSock:
         self.sent = []
         self.fail = fail
 
-    def recvmsg_into(self, buffers, ancbufsize):
+    def recvmsg_into(self, buffers, ancbufsize, flags=0):
         if not self.queue:
             raise BlockingIOError
         payload, src, ifindex, dst, flags = self.queue.pop(0)
@@ -761,21 +762,27 @@ class FakeSock:
         self._send("sendto", payload, addr)
 
     def sendmsg(self, buffers, anc, flags, addr):
-        self._send("sendmsg", buffers[0], addr, anc)
+        # recorded as before batching: "sendto" without ancillary data, else "sendmsg"
+        kind = "sendmsg" if anc else "sendto"
+        self._send(kind, b"".join(bytes(b) for b in buffers), addr, anc or None)
 
 
-def make_relay(sock, data=None):
+@pytest.fixture(autouse=True)
+def python_backend(monkeypatch):
+    """FakeSock has no file descriptor: batch with plain recvmsg_into/sendmsg."""
+    monkeypatch.setattr(loop, "Receiver", mmsg.PyReceiver)
+    monkeypatch.setattr(loop, "Sender", mmsg.PySender)
+
+
+LAN_ANC = [(socket.IPPROTO_IP, 8, struct.pack("=i4s4s", LAN_IFINDEX, GW_A, b"\0\0\0\0"))]
+
+
+def make_relay(sock, data=None, **kwargs):
     cfg = relay.parse_config(copy.deepcopy(BASE_CONFIG if data is None else data))
-    r = relay.Relay(config=cfg, config_path="/dev/null", notifier=relay.Notifier({}))
+    r = relay.Relay(config=cfg, config_path="/dev/null", notifier=relay.Notifier({}), **kwargs)
     r.lan_ifindex = LAN_IFINDEX
     r._lan_dest = "192.168.1.255"
-    r._lan_anc = [
-        (
-            socket.IPPROTO_IP,
-            relay.IP_PKTINFO,
-            relay.PKTINFO.pack(LAN_IFINDEX, GW_A, b"\0\0\0\0"),
-        )
-    ]
+    r._lan_pktinfo = (LAN_IFINDEX, GW_A)
     ps = r._make_port(cfg, cfg.rules[0], sock)
     r.ports[6799] = ps
     return r, ps
@@ -850,7 +857,7 @@ def test_transit_passes_on_without_rebroadcast():
     assert sock.sent == [
         ("sendto", b"from-a", (PEER, 6799), None),
         ("sendto", b"from-a", (PEER_C, 6799), None),
-        ("sendmsg", b"from-b", ("192.168.1.255", 6799), r._lan_anc),
+        ("sendmsg", b"from-b", ("192.168.1.255", 6799), LAN_ANC),
         ("sendto", b"bcast", (PEER, 6799), None),
     ]
     assert (ps.received, ps.forwarded, ps.rebroadcast, ps.transited) == (4, 1, 1, 1)

@@ -1,0 +1,326 @@
+"""The authenticated wire between relays ("sitelink1"): envelope, keys, replay windows.
+
+Every datagram a relay sends to a peer relay carries a 40-byte envelope in front of the
+application's payload::
+
+    0   2  magic b"SL"
+    2   1  version (1)
+    3   1  kind: 0 LAN broadcast, 1 limited broadcast (255.255.255.255), 2 multicast,
+           3 heartbeat of a sibling relay (same office, same LAN)
+    4   4  origin office id (first 4 bytes of SHA-256 of the office name)
+    8   4  sender: LAN address of the relay that made the envelope
+    12  4  epoch of that relay (grows with every start; survives restarts)
+    16  4  sequence number within the epoch
+    20  4  multicast group (kind 2), else 0
+    24 16  HMAC-SHA256 over bytes 0-23 and the payload, truncated to 16 bytes
+
+The key is the link's relay key (one per pair of offices, derived on the controller),
+so a hub that passes a branch's datagram on re-tags it with the next link's key and
+leaves bytes 0-23 alone.  Receivers keep one replay window per sender: a datagram seen
+before, or older than the window, or from an older epoch, is dropped, which also makes
+delivery exactly-once when a datagram reaches an office by two paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import socket
+import struct
+import time
+from typing import Any, Optional
+
+MAGIC = b"SL"
+VERSION = 1
+HEADER = struct.Struct("!2sBB4s4sII4s")
+HEADER_SIZE = HEADER.size  # 24
+TAG_SIZE = 16
+OVERHEAD = HEADER_SIZE + TAG_SIZE  # 40
+MAX_UDP_PAYLOAD = 65507  # IPv4
+MAX_PAYLOAD = MAX_UDP_PAYLOAD - OVERHEAD
+PREFIX = MAGIC + bytes([VERSION])
+
+KIND_BROADCAST = 0  # the LAN's own broadcast address
+KIND_LIMITED = 1  # 255.255.255.255
+KIND_MULTICAST = 2
+KIND_HEARTBEAT = 3  # between relays of one office on one LAN; payload: 1 = active
+KINDS = (KIND_BROADCAST, KIND_LIMITED, KIND_MULTICAST, KIND_HEARTBEAT)
+
+REPLAY_WINDOW = 1024  # sequence numbers remembered behind the newest one per sender
+SEQ_LIMIT = 1 << 32
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
+KEY_SIZE = 32
+KEYS_VERSION = 1
+NO_GROUP = b"\0\0\0\0"
+
+# Drop reasons of the wire (the classifier has the others).
+DROP_MALFORMED = "malformed"  # not an envelope of a version we speak
+DROP_AUTH = "auth"  # tag does not match any accepted key of the sending peer
+DROP_REPLAY = "replay"  # sequence number already seen (a replay, or a second path)
+DROP_STALE = "stale"  # older epoch, or too far behind the window
+DROP_OWN_ORIGIN = "own_origin"  # our own office's datagram, come back
+
+
+def office_id(name: str) -> bytes:
+    """The 4 bytes that stand for an office on the wire (the plan refuses collisions)."""
+    return hashlib.sha256(name.encode("utf-8")).digest()[:4]
+
+
+class LinkKey:
+    """HMAC-SHA256 with the pads hashed once: two ``copy()``+``update`` per datagram.
+
+    Byte-identical to ``hmac.digest(key, msg, "sha256")[:16]`` at about half its cost.
+    """
+
+    __slots__ = ("_inner", "_outer", "fingerprint")
+
+    def __init__(self, key: bytes):
+        if len(key) != KEY_SIZE:
+            raise ValueError(f"a relay key is {KEY_SIZE} bytes")
+        block = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        # shown in --status so two ends can be compared without revealing the key
+        self.fingerprint = hashlib.sha256(b"sitelink-relay key fingerprint\0" + key).hexdigest()[:8]
+
+    def tag(self, header: Any, payload: Any) -> bytes:
+        inner = self._inner.copy()
+        inner.update(header)
+        inner.update(payload)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()[:TAG_SIZE]
+
+    def __repr__(self) -> str:  # never the key itself
+        return f"LinkKey({self.fingerprint})"
+
+
+class PeerKeys:
+    """The keys of one link: the one we send with, and the ones we accept (rotation: two)."""
+
+    __slots__ = ("send", "accept")
+
+    def __init__(self, send: LinkKey, accept: tuple[LinkKey, ...]):
+        self.send = send
+        self.accept = accept
+
+    def verify(self, header: Any, payload: Any, tag: Any) -> bool:
+        return any(hmac.compare_digest(key.tag(header, payload), tag) for key in self.accept)
+
+
+# A peer that should be authenticated but has no key: nothing verifies, nothing is sent.
+NO_KEYS = PeerKeys(LinkKey(bytes(KEY_SIZE)), ())
+
+
+class KeysError(Exception):
+    """Invalid keys file; ``errors`` lists "field: problem" lines, never a key."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+def _parse_key(value: Any, where: str, errors: list[str]) -> Optional[LinkKey]:
+    if not isinstance(value, str) or len(value) != 2 * KEY_SIZE:
+        errors.append(f"{where}: must be {2 * KEY_SIZE} hexadecimal characters")
+        return None
+    try:
+        return LinkKey(bytes.fromhex(value))
+    except ValueError:
+        errors.append(f"{where}: must be {2 * KEY_SIZE} hexadecimal characters")
+        return None
+
+
+def parse_keys(data: Any) -> dict[str, PeerKeys]:
+    """``{"version": 1, "peers": {"<addr>": {"send": hex, "accept": [hex, ...]}}}``."""
+    errors: list[str] = []
+    if not isinstance(data, dict):
+        raise KeysError(["(top level): must be a JSON object"])
+    for key in data:
+        if key not in ("version", "peers", "_comment"):
+            errors.append(f"{key}: unknown key (allowed: version, peers)")
+    if data.get("version") != KEYS_VERSION:
+        errors.append(f"version: must be {KEYS_VERSION}")
+    peers = data.get("peers")
+    result: dict[str, PeerKeys] = {}
+    if not isinstance(peers, dict):
+        errors.append("peers: must be an object mapping a peer address to its keys")
+        raise KeysError(errors)
+    for addr, entry in peers.items():
+        where = f"peers[{json.dumps(addr)}]"
+        try:
+            socket.inet_aton(addr)
+            valid_addr = addr.count(".") == 3
+        except (OSError, TypeError, ValueError):
+            valid_addr = False
+        if not valid_addr:
+            errors.append(f"{where}: not an IPv4 address")
+            continue
+        if not isinstance(entry, dict):
+            errors.append(f"{where}: must be an object with send and accept")
+            continue
+        for key in entry:
+            if key not in ("send", "accept"):
+                errors.append(f"{where}.{key}: unknown key (allowed: send, accept)")
+        send = _parse_key(entry.get("send"), f"{where}.send", errors)
+        accept_data = entry.get("accept")
+        if not isinstance(accept_data, list) or not 1 <= len(accept_data) <= 2:
+            errors.append(f"{where}.accept: must be a list of one or two keys")
+            continue
+        accept = [_parse_key(v, f"{where}.accept[{i}]", errors) for i, v in enumerate(accept_data)]
+        if send is not None and all(k is not None for k in accept):
+            result[addr] = PeerKeys(send, tuple(k for k in accept if k is not None))
+    if errors:
+        raise KeysError(errors)
+    return result
+
+
+def load_keys(path: str) -> dict[str, PeerKeys]:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(1 << 22)
+    except OSError as exc:
+        raise KeysError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # The message never quotes the file: it holds keys.
+        kind = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "invalid JSON"
+        raise KeysError([f"{path}: {kind}"]) from None
+    return parse_keys(data)
+
+
+class Sealer:
+    """Makes the headers of our own datagrams: origin office, sender, epoch, sequence."""
+
+    __slots__ = ("office", "sender", "epoch", "seq", "_bump")
+
+    def __init__(self, office: bytes, sender: bytes, epoch: int, bump_epoch=None):
+        self.office = office
+        self.sender = sender
+        self.epoch = epoch
+        self.seq = 0
+        self._bump = bump_epoch  # () -> new epoch, when the sequence space runs out
+
+    def header(self, kind: int, group: bytes = NO_GROUP, office: Optional[bytes] = None) -> bytes:
+        """The next header; ``office``: another origin (a raw peer's datagram we pass on)."""
+        seq = self.seq
+        if seq >= SEQ_LIMIT:
+            self.epoch = self._bump() if self._bump is not None else self.epoch + 1
+            seq = 0
+        self.seq = seq + 1
+        return HEADER.pack(
+            MAGIC, VERSION, kind, office or self.office, self.sender, self.epoch, seq, group
+        )
+
+
+class ReplayWindow:
+    """Which sequence numbers of one sender were seen: newest one, and a bitmap behind it."""
+
+    __slots__ = ("epoch", "top", "bits")
+
+    def __init__(self, epoch: int = 0, top: int = -1, bits: int = 0):
+        self.epoch = epoch
+        self.top = top  # highest sequence number seen in this epoch, -1: none
+        self.bits = bits  # bit i set: top - i seen
+
+    def check(self, epoch: int, seq: int) -> Optional[str]:
+        """None if (epoch, seq) is new, and records it; else DROP_REPLAY or DROP_STALE."""
+        if epoch != self.epoch:
+            if epoch < self.epoch:
+                return DROP_STALE
+            self.epoch, self.top, self.bits = epoch, seq, 1
+            return None
+        top = self.top
+        if seq > top:
+            shift = seq - top
+            if shift >= REPLAY_WINDOW:
+                self.bits = 1
+            else:
+                self.bits = ((self.bits << shift) | 1) & _WINDOW_MASK
+            self.top = seq
+            return None
+        behind = top - seq
+        if behind >= REPLAY_WINDOW:
+            return DROP_STALE
+        mask = 1 << behind
+        if self.bits & mask:
+            return DROP_REPLAY
+        self.bits |= mask
+        return None
+
+
+class ReplayState:
+    """Every sender's window, persisted so that a restart does not reopen old numbers.
+
+    Saved as {sender: [epoch, top]}; loaded back, everything up to ``top`` counts as
+    seen.  What arrived after the last save can be replayed once after a crash (the
+    relay saves every few seconds and when it stops).
+    """
+
+    MAX_SENDERS = 65536
+
+    def __init__(self) -> None:
+        self.windows: dict[bytes, ReplayWindow] = {}
+
+    def window(self, sender: bytes) -> ReplayWindow:
+        window = self.windows.get(sender)
+        if window is None:
+            if len(self.windows) >= self.MAX_SENDERS:
+                # only authenticated senders get here, so this means a huge deployment
+                self.windows.clear()
+            window = self.windows[sender] = ReplayWindow()
+        return window
+
+    def dump(self) -> dict[str, list[int]]:
+        return {
+            socket.inet_ntoa(s): [w.epoch, w.top] for s, w in self.windows.items() if w.top >= 0
+        }
+
+    def load(self, data: Any) -> int:
+        """Restore from ``dump()`` output; ignores anything malformed.  Returns the count."""
+        if not isinstance(data, dict):
+            return 0
+        count = 0
+        for addr, value in data.items():
+            try:
+                sender = socket.inet_aton(addr)
+                epoch, top = (int(v) for v in value)
+            except (OSError, TypeError, ValueError):
+                continue
+            if len(sender) == 4 and 0 <= epoch < SEQ_LIMIT and 0 <= top < SEQ_LIMIT:
+                self.windows[sender] = ReplayWindow(epoch, top, _WINDOW_MASK)
+                count += 1
+        return count
+
+
+def next_epoch(previous: Optional[int], now: Optional[float] = None) -> int:
+    """A new epoch: later than the previous one and than the clock (whichever is later)."""
+    clock = int(time.time() if now is None else now)
+    return max((previous or 0) + 1, clock) % SEQ_LIMIT or 1
+
+
+def read_int_file(path: str) -> Optional[int]:
+    try:
+        with open(path, "rb") as fh:
+            value = int(fh.read(32).decode("ascii").strip())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return value if 0 <= value < SEQ_LIMIT else None
+
+
+def write_file_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,504 @@
+"""Relays on the authenticated wire, wired to each other in memory (no sockets).
+
+Each simulated gateway has a fake socket; what one relay sends to another's address
+is queued on that one's socket with the sender's LAN address as source, as the
+tunnel would deliver it.  LAN broadcasts are queued on the sending gateway's own
+socket, and re-broadcasts are recorded as what a LAN host would hear.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+
+import pytest
+from sitelink_relay import config, loop, mmsg, storm, wire
+
+PORT = 6799
+LAN_IF = 3
+GROUP = "239.255.255.250"
+
+OFFICES = {
+    # name: (LAN address/prefix, LAN host)
+    "manhattan": ("192.168.1.126/24", "192.168.1.10"),
+    "brooklyn": ("192.168.2.126/24", "192.168.2.20"),
+    "queens": ("192.168.3.126/24", "192.168.3.30"),
+    "manhattan-b": ("192.168.1.125/24", "192.168.1.10"),  # Manhattan's second gateway
+}
+OFFICE_OF = {"manhattan-b": "manhattan"}
+GW = {name: lan.split("/")[0] for name, (lan, _) in OFFICES.items()}
+HOST = {name: host for name, (_, host) in OFFICES.items()}
+BCAST = {name: GW[name].rsplit(".", 1)[0] + ".255" for name in OFFICES}
+TUN_IF = {name: 10 + i for i, name in enumerate(OFFICES)}  # ifindex of the tunnel to it
+
+
+def link_key(a: str, b: str) -> str:
+    return bytes([len(a) + len(b)] * 16 + [ord(a[0]), ord(b[0])] * 8).hex()
+
+
+class FakeSock:
+    def __init__(self):
+        self.queue = []  # (payload, src, ifindex, dst packed)
+        self.sent = []  # (payload, (addr, port), anc)
+
+    def recvmsg_into(self, buffers, ancbufsize, flags=0):
+        if not self.queue:
+            raise BlockingIOError
+        payload, src, ifindex, dst = self.queue.pop(0)
+        buffers[0][: len(payload)] = payload
+        anc = [(socket.IPPROTO_IP, 8, mmsg.PKTINFO.pack(ifindex, dst, dst))]
+        return len(payload), anc, 0, (src, PORT)
+
+    def sendmsg(self, buffers, anc, flags, addr):
+        self.sent.append((b"".join(bytes(b) for b in buffers), addr, anc))
+
+    def fileno(self):
+        return -1
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(autouse=True)
+def python_backend(monkeypatch):
+    monkeypatch.setattr(loop, "Receiver", mmsg.PyReceiver)
+    monkeypatch.setattr(loop, "Sender", mmsg.PySender)
+
+
+def relay_config(
+    name, peers, *, rules=None, storm_control=None, wire_name="sitelink1", siblings=()
+):
+    lan, _ = OFFICES[name]
+    data = {
+        "version": 2,
+        "office": OFFICE_OF.get(name, name),
+        "lan": {"interface": "eth0", "address": lan},
+        "wire": wire_name,
+        "siblings": [GW[s] for s in siblings],
+        "peers": {GW[p]: {"office": OFFICE_OF.get(p, p), "interface": f"sl-{p}"} for p in peers},
+        "rules": rules
+        or [
+            {
+                "port": PORT,
+                "forward_to": [GW[p] for p in peers],
+                "accept_from": [GW[p] for p in peers],
+            }
+        ],
+        "status_file": None,
+        "storm_control": storm_control,
+    }
+    return data
+
+
+class Gateway:
+    def __init__(self, name, peers, keys=None, **kw):
+        self.name = name
+        self.data = relay_config(name, peers, **kw)
+        self.config = config.parse_config(copy.deepcopy(self.data))
+        if keys is None:
+            keys = {
+                GW[p]: wire.PeerKeys(
+                    wire.LinkKey(bytes.fromhex(link_key(*sorted((name, p))))),
+                    (wire.LinkKey(bytes.fromhex(link_key(*sorted((name, p))))),),
+                )
+                for p in (*peers, *kw.get("siblings", ()))
+            }
+        self.relay = loop.Relay(
+            config=self.config, config_path="/dev/null", notifier=loop.Notifier({}), keys=keys
+        )
+        r = self.relay
+        r.sealer = wire.Sealer(r.office_id, r.sender_id, 1000)
+        r.lan_ifindex = LAN_IF
+        r._lan_dest = BCAST[name]
+        r._lan_pktinfo = (LAN_IF, socket.inet_aton(GW[name]))
+        r.local = frozenset({GW[name]})
+        self.sock = FakeSock()
+        self.ports = {}
+        for rule in self.config.rules:
+            self.ports[rule.port] = r._make_port(self.config, rule, self.sock)
+            r.ports[rule.port] = self.ports[rule.port]
+            self.ports[rule.port].classifier.lan_ifindex = LAN_IF
+            self.ports[rule.port].classifier.ifnames.names.update(
+                {TUN_IF[p]: f"sl-{p}" for p in peers}
+            )
+        self.heard = []  # what this gateway put on its LAN: (payload, destination)
+
+    @property
+    def ps(self):
+        return self.ports[PORT]
+
+    def lan_broadcast(self, payload, src=None, dst=None):
+        dst = dst or BCAST[self.name]
+        self.sock.queue.append((payload, src or HOST[self.name], LAN_IF, socket.inet_aton(dst)))
+
+    def run(self, net):
+        """Handle everything queued; deliver sends to the other gateways or the LAN."""
+        for ps in self.ports.values():
+            self.relay.handle_readable(ps)
+        sent, self.sock.sent = self.sock.sent, []
+        for payload, (addr, _port), anc in sent:
+            target = net.by_addr.get(addr)
+            same_lan = (
+                target is not None
+                and OFFICES[target.name][0].split(".")[2] == (OFFICES[self.name][0].split(".")[2])
+            )
+            if same_lan:  # a sibling on our LAN: a heartbeat
+                target.sock.queue.append((payload, GW[self.name], LAN_IF, socket.inet_aton(addr)))
+            elif target is not None:
+                target.sock.queue.append(
+                    (payload, GW[self.name], TUN_IF[self.name], socket.inet_aton(addr))
+                )
+            else:
+                assert anc, "a LAN send goes out of the LAN interface"
+                self.heard.append((payload, addr))
+                for other in net.gateways.values():  # the other relays on this LAN hear it
+                    if other is not self and BCAST[other.name] == BCAST[self.name]:
+                        other.sock.queue.append(
+                            (payload, GW[self.name], LAN_IF, socket.inet_aton(addr))
+                        )
+        return sent
+
+
+class Net:
+    def __init__(self, *gateways):
+        self.gateways = {g.name: g for g in gateways}
+        self.by_addr = {GW[g.name]: g for g in gateways}
+
+    def settle(self, rounds=4):
+        for _ in range(rounds):
+            for g in self.gateways.values():
+                g.run(self)
+
+
+def drops(g):
+    return g.ps.dropped
+
+
+def test_broadcast_crosses_once_authenticated_and_never_comes_back():
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    m.lan_broadcast(b"hello")
+    net.settle()
+    assert b.heard == [(b"hello", BCAST["brooklyn"])]
+    assert m.heard == []
+    assert b.relay.peers[GW["manhattan"]].accepted == 1
+    assert m.relay.peers[GW["brooklyn"]].sent == 1
+
+
+def test_the_envelope_is_on_the_wire_not_the_lan():
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    m.lan_broadcast(b"x" * 10)
+    sent = m.run(Net(m, b))
+    ((payload, addr, _),) = sent
+    assert addr == (GW["brooklyn"], PORT)
+    assert len(payload) == wire.OVERHEAD + 10 and payload[:2] == b"SL"
+    fields = wire.HEADER.unpack(payload[: wire.HEADER_SIZE])
+    assert fields[3] == wire.office_id("manhattan") and fields[4] == socket.inet_aton(
+        GW["manhattan"]
+    )
+
+
+def test_forged_replayed_and_unauthenticated_are_dropped_and_counted():
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    m.lan_broadcast(b"real")
+    ((captured, _, _),) = m.run(net)  # what an attacker on the path would record
+    b.run(net)
+    assert b.heard == [(b"real", BCAST["brooklyn"])]
+    from_m = (GW["manhattan"], TUN_IF["manhattan"], socket.inet_aton(GW["brooklyn"]))
+    b.sock.queue.append((captured, *from_m))  # replay
+    b.sock.queue.append((b"raw payload", *from_m))  # unauthenticated
+    forged = bytearray(captured)
+    forged[-1] ^= 1
+    b.sock.queue.append((bytes(forged), *from_m))  # tampered
+    other = Gateway(
+        "manhattan",
+        ["brooklyn"],
+        keys={GW["brooklyn"]: wire.PeerKeys(wire.LinkKey(bytes(32)), (wire.LinkKey(bytes(32)),))},
+    )
+    other.lan_broadcast(b"evil")
+    other.relay.handle_readable(other.ps)
+    ((evil, _, _),) = other.sock.sent
+    b.sock.queue.append((evil, *from_m))  # signed with the wrong key
+    b.run(net)
+    assert b.heard == [(b"real", BCAST["brooklyn"])]
+    assert drops(b) == {"replay": 1, "malformed": 1, "auth": 2}
+    assert b.relay.peers[GW["manhattan"]].dropped == {"replay": 1, "malformed": 1, "auth": 2}
+
+
+def test_stale_epoch_after_a_restart_of_the_sender():
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    m.lan_broadcast(b"old")
+    ((old, _, _),) = m.run(net)
+    b.run(net)
+    m.relay.sealer = wire.Sealer(m.relay.office_id, m.relay.sender_id, 2000)  # restarted
+    m.lan_broadcast(b"new")
+    net.settle()
+    b.sock.queue.append(
+        (old, GW["manhattan"], TUN_IF["manhattan"], socket.inet_aton(GW["brooklyn"]))
+    )
+    b.run(net)
+    assert [p for p, _ in b.heard] == [b"old", b"new"]
+    assert drops(b) == {"stale": 1}
+
+
+def test_identical_broadcasts_from_both_offices_all_arrive():
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    for _ in range(3):
+        m.lan_broadcast(b"DISCOVER")
+        b.lan_broadcast(b"DISCOVER")
+        net.settle()
+    assert [p for p, _ in b.heard] == [b"DISCOVER"] * 3
+    assert [p for p, _ in m.heard] == [b"DISCOVER"] * 3
+    assert "echo" not in drops(m) and "echo" not in drops(b)
+
+
+def test_own_rebroadcast_heard_back_is_never_relayed():
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    m.lan_broadcast(b"once")
+    net.settle()
+    # Linux hands the relay its own re-broadcast back: source = its own LAN address
+    b.lan_broadcast(b"once", src=GW["brooklyn"])
+    net.settle()
+    assert m.heard == [] and b.heard == [(b"once", BCAST["brooklyn"])]
+    assert drops(b)["own"] == 1
+
+
+def hub_and_branches(direct_link=False):
+    """Hub Manhattan passes Brooklyn's and Queens' broadcasts on to each other."""
+    hub_rule = {
+        "port": PORT,
+        "forward_to": [GW["brooklyn"], GW["queens"]],
+        "accept_from": [GW["brooklyn"], GW["queens"]],
+        "transit": {GW["brooklyn"]: [GW["queens"]], GW["queens"]: [GW["brooklyn"]]},
+    }
+    hub = Gateway("manhattan", ["brooklyn", "queens"], rules=[hub_rule])
+    spokes = []
+    for name, other in (("brooklyn", "queens"), ("queens", "brooklyn")):
+        peers = ["manhattan", other] if direct_link else ["manhattan"]
+        rules = [
+            {
+                "port": PORT,
+                "forward_to": [GW[p] for p in peers],
+                "accept_from": [GW[p] for p in peers],
+            }
+        ]
+        spokes.append(Gateway(name, peers, rules=rules))
+    return hub, spokes
+
+
+def test_hub_fans_out_exactly_once_and_never_back_to_the_origin():
+    hub, (bk, qn) = hub_and_branches()
+    net = Net(hub, bk, qn)
+    bk.lan_broadcast(b"from brooklyn")
+    net.settle()
+    assert qn.heard == [(b"from brooklyn", BCAST["queens"])]
+    assert hub.heard == [(b"from brooklyn", BCAST["manhattan"])]
+    assert bk.heard == []
+    assert hub.ps.transited == 1
+
+
+def test_two_paths_deliver_once():
+    """Brooklyn reaches Queens directly and through the hub: the second copy is a replay."""
+    hub, (bk, qn) = hub_and_branches(direct_link=True)
+    net = Net(hub, bk, qn)
+    bk.lan_broadcast(b"twice?")
+    net.settle()
+    assert qn.heard == [(b"twice?", BCAST["queens"])]
+    assert drops(qn) == {"replay": 1}
+    assert bk.heard == []  # Queens never sends Brooklyn's datagram back
+
+
+def test_a_datagram_of_our_own_office_is_dropped():
+    hub, (bk, qn) = hub_and_branches()
+    # a hub misconfigured to pass Brooklyn's datagrams back to Brooklyn (defence in depth)
+    hub.ps.transit_peers[GW["brooklyn"]] = (hub.relay.peers[GW["brooklyn"]],)
+    bk.lan_broadcast(b"boomerang")
+    net = Net(hub, bk, qn)
+    net.settle()
+    assert bk.heard == []
+    assert "own_origin" not in drops(bk)  # the hub's office check stopped it already
+
+
+def test_own_origin_check():
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    m.lan_broadcast(b"mine")
+    m.relay.handle_readable(m.ps)
+    ((payload, _, _),) = m.sock.sent
+    m.sock.sent = []
+    header = payload[: wire.HEADER_SIZE]
+    body = payload[wire.OVERHEAD :]
+    key = m.relay.peers[GW["brooklyn"]].keys.send
+    # Brooklyn "returns" Manhattan's datagram to Manhattan, correctly tagged
+    m.sock.queue.append(
+        (
+            header + key.tag(header, body) + body,
+            GW["brooklyn"],
+            TUN_IF["brooklyn"],
+            socket.inet_aton(GW["manhattan"]),
+        )
+    )
+    m.run(Net(m, b))
+    assert m.heard == [] and drops(m) == {"own_origin": 1}
+
+
+def test_multicast_groups_are_relayed_to_the_same_group():
+    rules = lambda peer: [  # noqa: E731
+        {
+            "port": PORT,
+            "forward_to": [GW[peer]],
+            "accept_from": [GW[peer]],
+            "multicast_groups": [GROUP],
+        }
+    ]
+    m = Gateway("manhattan", ["brooklyn"], rules=rules("brooklyn"))
+    b = Gateway("brooklyn", ["manhattan"], rules=rules("manhattan"))
+    net = Net(m, b)
+    m.lan_broadcast(b"M-SEARCH", dst=GROUP)
+    m.lan_broadcast(b"all ones", dst="255.255.255.255")
+    m.lan_broadcast(b"other group", dst="239.1.1.1")
+    net.settle()
+    assert b.heard == [(b"M-SEARCH", GROUP), (b"all ones", "255.255.255.255")]
+    assert drops(m) == {"foreign": 1}
+
+
+def test_too_big_for_the_envelope():
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    m.lan_broadcast(b"x" * (wire.MAX_PAYLOAD + 1))
+    m.lan_broadcast(b"y" * wire.MAX_PAYLOAD)
+    net.settle()
+    assert b.heard == [(b"y" * wire.MAX_PAYLOAD, BCAST["brooklyn"])]
+    assert drops(m) == {"too_big": 1}
+
+
+def test_a_flooding_host_does_not_starve_the_others(monkeypatch):
+    """5 s of a host flooding at 2000/s next to one sending 10/s (limit: 100/s a source)."""
+    clock = [1000.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    limits = {
+        "per_source_rate": 100,
+        "per_source_burst": 10,
+        "global_rate": 10000,
+        "global_burst": 10000,
+        "cutoff_seconds": 10,
+    }
+    m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
+    b = Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    for tick in range(50):  # 0.1 s each
+        for i in range(200):
+            m.lan_broadcast(b"flood %d" % (tick * 200 + i), src="192.168.1.66")
+        m.lan_broadcast(b"quiet %d" % tick)
+        net.settle(rounds=2)
+        clock[0] += 0.1
+    quiet = [p for p, _ in b.heard if p.startswith(b"quiet")]
+    flood = [p for p, _ in b.heard if p.startswith(b"flood")]
+    assert len(quiet) == 50  # the other host lost nothing
+    assert len(flood) <= 10 + 100 * 1.2  # the burst, then about a second at its limit
+    assert drops(m)["cut_off"] > 7500  # then cut off for the remaining 4 s
+    assert m.relay.storm.cut_off(clock[0]) == {"192.168.1.66": pytest.approx(6.0, abs=1.0)}
+    status = m.relay.status()
+    assert status["storm"]["cut_off"] and status["storm"]["tripped_total"] == 1
+
+
+def test_missing_key_is_refused_naming_the_peer(tmp_path):
+    data = relay_config("manhattan", ["brooklyn"])
+    cfg = config.parse_config(data)
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({"version": 1, "peers": {}}))
+    r = loop.Relay(config=cfg, keys_path=str(keys_file), notifier=loop.Notifier({}))
+    with pytest.raises(
+        config.ConfigError, match=r"keys: no key for peer 192.168.2.126 \(brooklyn\)"
+    ):
+        r.load_keys(cfg)
+
+
+def test_a_peer_without_a_key_is_never_spoken_to_in_clear():
+    m = Gateway("manhattan", ["brooklyn"], keys={})
+    m.lan_broadcast(b"secret")
+    m.relay.handle_readable(m.ps)
+    assert m.sock.sent == []
+
+
+def test_storm_module_defaults_match_the_config_defaults():
+    assert config.STORM_DEFAULTS == {
+        "per_source_rate": storm.PER_SOURCE_RATE,
+        "per_source_burst": storm.PER_SOURCE_BURST,
+        "global_rate": storm.GLOBAL_RATE,
+        "global_burst": storm.GLOBAL_BURST,
+        "cutoff_seconds": storm.CUTOFF_SECONDS,
+    }
+
+
+def test_two_relays_on_one_lan_do_not_double(monkeypatch):
+    """Manhattan has two gateways; one relays, the other stands by and takes over."""
+    clock = [50.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    m1 = Gateway("manhattan", ["brooklyn"], siblings=["manhattan-b"])
+    m2 = Gateway("manhattan-b", ["brooklyn"], siblings=["manhattan"])
+    b = Gateway("brooklyn", ["manhattan", "manhattan-b"])
+    for m in (m1, m2):  # as setup() starts them: listening before relaying
+        m.relay.standby, m.relay._hold_until = True, clock[0] + loop.SIBLING_TIMEOUT
+    net = Net(m1, m2, b)
+
+    def tick(seconds, alive=(m1, m2)):
+        end = clock[0] + seconds
+        while clock[0] < end:
+            for m in alive:
+                m.relay.heartbeat(clock[0])
+            for g in (*alive, b):
+                g.run(net)
+            clock[0] += 0.25
+
+    def office_broadcast(payload):  # both Manhattan gateways hear a Manhattan broadcast
+        for m in (m1, m2):
+            m.lan_broadcast(payload)
+
+    tick(3)
+    # the lower address (manhattan-b, .125) relays; manhattan (.126) stands by
+    active, standby = m2, m1
+    assert [active.relay.standby, standby.relay.standby] == [False, True]
+    for i in range(5):
+        office_broadcast(b"m %d" % i)
+        b.lan_broadcast(b"b %d" % i)
+        tick(0.5)
+    assert [p for p, _ in b.heard] == [b"m %d" % i for i in range(5)]
+    assert [p for p, _ in active.heard] == [b"b %d" % i for i in range(5)]
+    assert standby.heard == [] and drops(standby)["standby"] >= 10
+    assert drops(standby)["own"] >= 4  # the active one's re-broadcasts: never forwarded
+    # the active one dies: the other takes over within the sibling timeout, still once each
+    tick(loop.SIBLING_TIMEOUT + 0.5, alive=(standby,))
+    assert standby.relay.standby is False
+    standby.lan_broadcast(b"after failover")
+    b.lan_broadcast(b"back")
+    tick(0.5, alive=(standby,))
+    assert [p for p, _ in b.heard][-1:] == [b"after failover"]
+    assert [p for p, _ in standby.heard] == [b"back"]
+    status = standby.relay.status()
+    assert status["standby"] is False and status["siblings"]["192.168.1.125"]["active"] is True
+
+
+def test_forged_heartbeats_do_not_silence_a_relay(monkeypatch):
+    clock = [50.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    m2 = Gateway("manhattan-b", ["brooklyn"], siblings=["manhattan"])
+    forged = wire.HEADER.pack(
+        wire.MAGIC, 1, wire.KIND_HEARTBEAT, wire.office_id("manhattan"), bytes(4), 1, 1, bytes(4)
+    )
+    for _ in range(3):
+        m2.sock.queue.append(
+            (
+                forged + bytes(16) + b"\1",
+                GW["manhattan"],
+                LAN_IF,
+                socket.inet_aton(GW["manhattan-b"]),
+            )
+        )
+    m2.relay.handle_readable(m2.ps)
+    m2.relay.heartbeat(clock[0])
+    assert m2.relay.standby is False and drops(m2) == {"auth": 3}
