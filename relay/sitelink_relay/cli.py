@@ -11,7 +11,8 @@ from typing import Optional
 from . import PROG, __version__, wire
 from .config import DEFAULT_STATUS_FILE, ConfigError, load_config
 from .journal import setup_logging
-from .loop import PortInUse, Relay
+from .loop import Relay
+from .ports import PortInUse
 from .status import format_status, read_status
 
 log = logging.getLogger(PROG)

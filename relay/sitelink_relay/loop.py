@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from . import PROG, __version__, mmsg, sockfilter, status, storm, wire
+from . import PROG, __version__, sockfilter, status, storm, wire
 from .classify import (
     FORWARDED,
     LIMITED_BROADCAST,
@@ -33,24 +33,18 @@ from .config import (
     ConfigError,
     Rule,
     load_config,
-    transit_targets,
 )
 from .netinfo import (
-    IP_MTU_DISCOVER,
-    IP_PKTINFO,
-    IP_PMTUDISC_DONT,
     IfNames,
     if_index,
     local_ipv4,
 )
 from .notify import Notifier
+from .ports import PeerState, PortState, open_socket
 from .status import STATUS_INTERVAL, write_json_atomic
 
 log = logging.getLogger(PROG)
 
-RECV_BUFSIZE = 65535  # > 65507, the largest IPv4 UDP payload, so MSG_TRUNC means trouble
-SOCKET_RCVBUF = 1 << 21  # ask for 2 MiB; the kernel caps it at net.core.rmem_max
-BATCH = 64  # datagrams per recvmmsg/sendmmsg
 BATCHES = 8  # batches read from one socket before looking at the others
 LAN_CHECK_INTERVAL = 1.0  # seconds between checks that the LAN interface is the same one
 REFRESH_INTERVAL = 10.0  # seconds between full re-reads of local addresses
@@ -59,12 +53,7 @@ REFRESH_INTERVAL = 10.0  # seconds between full re-reads of local addresses
 STORM_TRIP_SECONDS = 0.25
 ERROR_LOG_INTERVAL = 60.0  # at most one log line per (port, error) per this many seconds
 IP_ADD_MEMBERSHIP = getattr(socket, "IP_ADD_MEMBERSHIP", 35)
-IP_MULTICAST_LOOP = getattr(socket, "IP_MULTICAST_LOOP", 34)
 IP_MREQN = struct.Struct("=4s4si")  # struct ip_mreqn { imr_multiaddr, imr_address, imr_ifindex }
-
-# The batching backends (recvmmsg/sendmmsg, or plain Python where libc lacks them).
-Receiver: Any = mmsg.Receiver
-Sender: Any = mmsg.Sender
 
 _PEER_VERDICTS = frozenset((REBROADCAST, TRANSIT, REBROADCAST_TRANSIT))
 # Redundant gateways: relays of one office on one LAN ("siblings") send each other a
@@ -74,148 +63,6 @@ SIBLING_TIMEOUT = 1.5  # a sibling not heard from for this long is gone
 DROP_STANDBY = "standby"  # another relay of this office relays it
 DROP_TOO_BIG = "too_big"  # a LAN datagram too big for the envelope (over 65467 bytes)
 DROP_GROUP = "group"  # a peer's multicast datagram for a group this port does not relay
-
-
-class PeerState:
-    """One peer relay: how to talk to it, and what it sent us and we sent it."""
-
-    __slots__ = ("addr", "office", "office_id", "keys", "received", "accepted", "sent", "dropped")
-
-    def __init__(self, addr: str, office: Optional[str], keys: Optional[wire.PeerKeys]):
-        self.addr = addr
-        self.office = office
-        self.office_id = wire.office_id(office) if office else None
-        self.keys = keys  # None: raw wire
-        self.received = 0  # datagrams from it that a rule takes (before the wire checks)
-        self.accepted = 0  # ... that passed them
-        self.sent = 0
-        self.dropped: dict[str, int] = {}
-
-    def counters(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "received": self.received,
-            "accepted": self.accepted,
-            "sent": self.sent,
-            "dropped": dict(self.dropped),
-            "wire": WIRE_SITELINK1 if self.keys is not None else "raw",
-        }
-        if self.office:
-            data["office"] = self.office
-        if self.keys is not None:
-            data["keys"] = [k.fingerprint for k in self.keys.accept]
-        return data
-
-
-class PortState:
-    """One listening socket, its classifier, peers and counters.
-
-    ``forwarded`` counts LAN broadcasts sent to the forward_to peers, ``rebroadcast``
-    peer datagrams re-broadcast on the LAN, ``transited`` peer datagrams passed on to
-    transit peers (one per datagram, like ``forwarded``, whatever the number of
-    targets; a datagram both re-broadcast and passed on counts in both).
-    """
-
-    __slots__ = (
-        "port",
-        "sock",
-        "classifier",
-        "forward_to",
-        "transit",
-        "rule",
-        "groups",
-        "rx",
-        "tx",
-        "fwd_peers",
-        "transit_peers",
-        "received",
-        "forwarded",
-        "rebroadcast",
-        "transited",
-        "dropped",
-        "send_errors",
-    )
-
-    COUNTERS = ("received", "forwarded", "rebroadcast", "transited", "dropped", "send_errors")
-
-    def __init__(
-        self,
-        port: int,
-        sock: Optional[socket.socket],
-        classifier: Any,
-        forward_to: Iterable[str],
-        transit: Optional[dict[str, Iterable[str]]] = None,
-    ):
-        self.port = port
-        self.sock = sock
-        self.classifier = classifier
-        self.forward_to = tuple(forward_to)
-        self.transit = transit_targets(transit or {})  # never back to the source
-        self.rule: Optional[Rule] = None
-        self.groups: frozenset[bytes] = frozenset()  # packed multicast groups relayed
-        self.rx: Any = Receiver(sock, BATCH, RECV_BUFSIZE) if sock is not None else None
-        self.tx: Any = Sender(BATCH, sock)
-        self.fwd_peers: tuple[PeerState, ...] = ()
-        self.transit_peers: dict[str, tuple[PeerState, ...]] = {}
-        self.received = 0
-        self.forwarded = 0
-        self.rebroadcast = 0
-        self.transited = 0
-        self.dropped: dict[str, int] = {}
-        self.send_errors: dict[str, int] = {}
-
-    def counters(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "received": self.received,
-            "forwarded": self.forwarded,
-            "rebroadcast": self.rebroadcast,
-            "transited": self.transited,
-            "dropped": dict(self.dropped),
-            "send_errors": dict(self.send_errors),
-            "forward_to": list(self.forward_to),
-        }
-        if self.rule is not None:
-            data["accept_from"] = sorted(self.rule.accept_from)
-            data["transit"] = {src: list(dst) for src, dst in self.transit.items()}
-            if self.rule.multicast_groups:
-                data["multicast_groups"] = list(self.rule.multicast_groups)
-        return data
-
-
-class PortInUse(OSError):
-    """The port is bound already: most likely another relay, which would double everything."""
-
-
-def open_socket(port: int) -> socket.socket:
-    """UDP socket on 0.0.0.0:port that can broadcast and reports IP_PKTINFO.
-
-    No SO_REUSEADDR: a second relay on the same port (which would double every
-    datagram) fails to bind instead of starting silently.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
-        with contextlib.suppress(OSError):
-            # Let the kernel fragment big datagrams instead of failing with EMSGSIZE.
-            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
-        with contextlib.suppress(OSError):
-            # Our multicast re-sends come back anyway (dropped as "own"); fewer is better.
-            sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_LOOP, 0)
-        try:
-            sock.bind(("0.0.0.0", port))  # noqa: S104 - broadcasts only reach wildcard sockets
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    exc.errno, f"udp/{port} is already in use (another sitelink-relay?)"
-                ) from None
-            raise
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _errname(exc: OSError) -> str:

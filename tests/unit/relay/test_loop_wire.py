@@ -13,7 +13,7 @@ import json
 import socket
 
 import pytest
-from sitelink_relay import config, loop, mmsg, storm, wire
+from sitelink_relay import config, loop, mmsg, ports, storm, wire
 
 PORT = 6799
 LAN_IF = 3
@@ -62,8 +62,8 @@ class FakeSock:
 
 @pytest.fixture(autouse=True)
 def python_backend(monkeypatch):
-    monkeypatch.setattr(loop, "Receiver", mmsg.PyReceiver)
-    monkeypatch.setattr(loop, "Sender", mmsg.PySender)
+    monkeypatch.setattr(ports, "Receiver", mmsg.PyReceiver)
+    monkeypatch.setattr(ports, "Sender", mmsg.PySender)
 
 
 def relay_config(

@@ -14,7 +14,7 @@ import types
 from pathlib import Path
 
 import pytest
-from sitelink_relay import classify, cli, config, loop, mmsg, netinfo, notify, status
+from sitelink_relay import classify, cli, config, loop, mmsg, netinfo, notify, ports, status
 
 
 def _facade():
@@ -23,7 +23,7 @@ def _facade():
     Monkeypatch the module that uses a name (e.g. ``loop.open_socket``), not this.
     """
     names = {}
-    for module in (config, netinfo, classify, notify, status, loop, cli):
+    for module in (config, netinfo, classify, notify, status, ports, loop, cli):
         names.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
     return types.SimpleNamespace(**names)
 
@@ -770,8 +770,8 @@ class FakeSock:
 @pytest.fixture(autouse=True)
 def python_backend(monkeypatch):
     """FakeSock has no file descriptor: batch with plain recvmsg_into/sendmsg."""
-    monkeypatch.setattr(loop, "Receiver", mmsg.PyReceiver)
-    monkeypatch.setattr(loop, "Sender", mmsg.PySender)
+    monkeypatch.setattr(ports, "Receiver", mmsg.PyReceiver)
+    monkeypatch.setattr(ports, "Sender", mmsg.PySender)
 
 
 LAN_ANC = [(socket.IPPROTO_IP, 8, struct.pack("=i4s4s", LAN_IFINDEX, GW_A, b"\0\0\0\0"))]
