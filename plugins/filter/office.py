@@ -21,13 +21,15 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets impo
 _CACHE: list = []
 
 
-def office_gateway(host, hostvars, group="offices", secret=None):
+def office_gateway(host, hostvars, group="offices", secret=None, previous=None):
     if not isinstance(host, str) or not isinstance(group, str):
         raise AnsibleFilterError(
-            "office_gateway: use as HOST | office_gateway(hostvars, 'offices', secret)"
+            "office_gateway: use as HOST | office_gateway(hostvars, 'offices', secret, previous)"
         )
     if secret is not None and not isinstance(secret, str):
         raise AnsibleFilterError("office_gateway: office_tunnel_secret must be a string")
+    if previous is not None and not isinstance(previous, str):
+        raise AnsibleFilterError("office_gateway: office_tunnel_secret_previous must be a string")
     # Only the hostvars object is compared on later items: templating the group's
     # host list for every item would cost more than the plan itself.
     if not _CACHE or _CACHE[0] is not hostvars or _CACHE[1] != group:
@@ -40,7 +42,10 @@ def office_gateway(host, hostvars, group="offices", secret=None):
     if host not in plan.gateways:
         raise AnsibleFilterError(f"office_gateway: {host} is not a host of the group {group}")
     mine = plan.gateway_dict(host)
-    return {"plan": mine, "secrets": gateway_secrets(mine["links"], secret or None)}
+    return {
+        "plan": mine,
+        "secrets": gateway_secrets(mine["links"], secret or None, previous or None),
+    }
 
 
 def office_rollout(hosts, hostvars):

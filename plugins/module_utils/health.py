@@ -49,6 +49,7 @@ PING_INTERVAL = "0.2"  # seconds between echo requests (root may go this low)
 # seconds on a slow gateway), and IPsec drops what is sent meanwhile.
 PING_DEADLINE = "15"
 COUNTERS = ("received", "forwarded", "rebroadcast", "transited", "dropped", "send_errors")
+PEER_COUNTERS = ("received", "accepted", "sent", "dropped")
 
 _PING_STATS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
 _PING_RTT = re.compile(r"= [\d.]+/([\d.]+)/")
@@ -127,6 +128,7 @@ def plan_view(plan: Any) -> dict[str, Any]:
         "relay_ports": sorted(
             int(r["port"]) for r in (plan.get("relay") or {}).get("rules") or [] if "port" in r
         ),
+        "relay_wire": (plan.get("relay") or {}).get("wire"),
     }
 
 
@@ -534,15 +536,38 @@ def check_firewall(rc: int, stdout: str, stderr: str, table: str = FIREWALL_TABL
 # relay: running where the plan has rules, with fresh counters for each port
 
 
-def port_counters(port: dict[str, Any]) -> dict[str, int]:
-    """One port of the status file; ``dropped`` and ``send_errors`` summed over reasons."""
-    counters = {}
-    for name in COUNTERS:
-        value = port.get(name, 0)
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _counters(entry: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """Counts of one status entry; a ``{reason: n}`` one is summed, and kept by reason
+    as ``<name>_by_reason``."""
+    counters: dict[str, Any] = {}
+    by_reason = {}
+    for name in names:
+        value = entry.get(name, 0)
         if isinstance(value, dict):
-            value = sum(v for v in value.values() if isinstance(v, int))
-        counters[name] = value if isinstance(value, int) else 0
+            reasons = {
+                str(k): _count(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+            }
+            by_reason[f"{name}_by_reason"] = reasons
+            value = sum(reasons.values())
+        counters[name] = _count(value)
+    counters.update(by_reason)
     return counters
+
+
+def port_counters(port: dict[str, Any]) -> dict[str, Any]:
+    """One port of the status file; ``dropped`` and ``send_errors`` summed over their
+    reasons, which are kept as ``dropped_by_reason`` and ``send_errors_by_reason``."""
+    return _counters(port, COUNTERS)
+
+
+def peer_counters(peer: dict[str, Any]) -> dict[str, Any]:
+    """One peer relay of the status file: its office and what came from and went to it."""
+    office = peer.get("office")
+    return {"office": office if isinstance(office, str) else None, **_counters(peer, PEER_COUNTERS)}
 
 
 def check_relay(
@@ -554,17 +579,22 @@ def check_relay(
     status_file: str = RELAY_STATUS_FILE,
     read_error: Optional[str] = None,
     state_error: Optional[str] = None,
+    wire: Optional[str] = None,
 ) -> dict[str, Any]:
     """``systemctl is-active`` says ``state``; ``status_text`` is the status file (None: absent).
 
-    ``now`` is the gateway's clock, the one the relay stamps its status with.
+    ``now`` is the gateway's clock, the one the relay stamps its status with; ``wire``
+    the plan's (``sitelink1`` or ``raw``). Drops, authentication failures among them,
+    are counted, never a problem: anyone who reaches a relay port can cause them.
     """
     expected = bool(ports)
     found: dict[str, Any] = {
         "expected": expected,
         "unit": unit,
         "state": state,
+        "wire": wire,
         "ports": {},
+        "peers": {},
         "age": None,
         "stale": None,
     }
@@ -606,6 +636,10 @@ def check_relay(
             listed = data.get("ports") if isinstance(data.get("ports"), dict) else {}
             found["ports"] = {
                 str(p): port_counters(v) for p, v in sorted(listed.items()) if isinstance(v, dict)
+            }
+            peers = data.get("peers") if isinstance(data.get("peers"), dict) else {}
+            found["peers"] = {
+                str(a): peer_counters(v) for a, v in sorted(peers.items()) if isinstance(v, dict)
             }
             missing = [str(p) for p in ports if str(p) not in found["ports"]]
             if missing:
@@ -804,6 +838,7 @@ def check_gateway(
         relay_status_file,
         read_error,
         state_error,
+        view["relay_wire"],
     )
 
     rc, out, err = runner.run(["nft", "-j", "list", "table", "ip", masquerade_table])

@@ -33,7 +33,9 @@ description:
     leaves a table's comment out of its JSON)."
   - "Relay: C(sitelink-relay.service) is active where the plan has relay rules (inactive where
     it has none), its status file is fresh (written less than 3 intervals and a second ago) and
-    lists every planned port; its counters are returned."
+    lists every planned port; its counters are returned, per port and per peer relay, with
+    every drop reason. Drops are never a problem, authentication failures (C(auth)) included:
+    anyone who can reach a relay port could otherwise make any office unhealthy."
   - "Masquerade: the nftables table O(masquerade_table) exists where the plan masquerades, SNATs
     to the plan's address on the LAN interface and names every planned source; it is absent
     where the plan masquerades nothing."
@@ -187,19 +189,28 @@ firewall:
     problems: []
 relay:
   description:
-    - The relay's unit state and, where it should run, the age of its status file and its
-      counters per port (C(dropped) and C(send_errors) summed over their reasons).
+    - The relay's unit state, the plan's C(wire) (C(sitelink1) or C(raw)) and, where it should
+      run, the age of its status file and its counters - per port (C(dropped) and
+      C(send_errors) summed over their reasons, which C(dropped_by_reason) and
+      C(send_errors_by_reason) keep) and per peer relay (C(peers), by address - its office,
+      C(received), C(accepted), C(sent), C(dropped) and C(dropped_by_reason)).
+    - "Drop reasons include C(auth) (failed authentication), C(replay), C(stale),
+      C(rate_limited), C(cut_off) and C(storm) (storm control)."
   returned: success
   type: dict
   sample:
     expected: true
     unit: sitelink-relay.service
     state: active
+    wire: sitelink1
     age: 2.4
     stale: false
     ports:
       "6799": {received: 12, forwarded: 12, rebroadcast: 0, transited: 0, dropped: 3,
-               send_errors: 0}
+               send_errors: 0, dropped_by_reason: {own_echo: 3}, send_errors_by_reason: {}}
+    peers:
+      192.168.2.126: {office: brooklyn, received: 0, accepted: 0, sent: 12, dropped: 0,
+                      dropped_by_reason: {}}
     ok: true
     problems: []
 masquerade:

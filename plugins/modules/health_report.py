@@ -19,7 +19,14 @@ description:
     verdict).
   - "The protection column says 'ipsec ok', 'ipsec: N problems' or 'ipsec (no links)', or
     'NONE (plain IPIP)' where the deployment runs C(office_tunnel_protection: none). Plain
-    IPIP is not a problem, but it is a warning - RV(warnings), shown once on the controller."
+    IPIP is not a problem, but it is a warning - RV(warnings), shown once on the controller;
+    so is a relay on the raw wire (C(office_relay_wire: raw))."
+  - "A second table shows the relay's counters, a row per office and port - received,
+    relayed (forwarded and passed on), re-broadcast, dropped, and among the drops the
+    authentication failures, replays (and stale datagrams) and storm control's. Drops never
+    make an office unhealthy, authentication failures included (anyone who can reach a relay
+    port could otherwise make any office unhealthy); the table says so, and the JSON report
+    has every reason, per port and per peer relay."
   - Every host of O(hosts) gets a row. A gateway that was unreachable, whose check failed, or
     that has no result is unhealthy, with the reason in its problems; it is never skipped.
   - With O(output), writes the report as JSON, replaced in one rename.
@@ -86,8 +93,9 @@ healthy:
 warnings:
   description:
     - "One warning naming the offices whose links are plain IPIP
-      (C(office_tunnel_protection: none)), shown as an Ansible warning on the controller."
-  returned: when some links are plain IPIP
+      (C(office_tunnel_protection: none)), and one naming those whose relay runs the raw wire
+      (C(office_relay_wire: raw)), shown as Ansible warnings on the controller."
+  returned: when some links are plain IPIP, or some relays raw
   type: list
   elements: str
   sample:
@@ -123,6 +131,14 @@ table:
     manhattan  manhattan-gw  1/1      1/1     ipsec ok          ok        active 12/12/0/0/3  ok (1 source)  ok
     1 of 2 offices healthy
     relay counters: received/forwarded/rebroadcast/transited/dropped, all ports
+
+    office     port  received  relayed  rebroadcast  dropped  auth  replay  rate-limited
+    ---------  ----  --------  -------  -----------  -------  ----  ------  ------------
+    brooklyn   6799  140       12       0            128      90    9       26
+    manhattan  6799  12        12       0            3        0     0       0
+    relay counters by port: relayed = forwarded + transited; auth, replay (with stale) and
+    rate-limited (storm control) are among the dropped. Drops never make an office unhealthy,
+    auth failures included: anyone who reaches a relay port can cause them (JSON: every reason)
 report:
   description:
     - "The report, as written to O(output): C(version), C(generated) (UTC, ISO 8601),
@@ -131,7 +147,8 @@ report:
     - "Each office entry: C(office), C(host), C(verdict) (C(healthy), C(unhealthy),
       C(unreachable), C(failed) or C(no result)), C(healthy), C(problems), and the
       M(sitelink.gateway.gateway_health) sections C(tunnels), C(routes), C(ipsec),
-      C(firewall), C(relay) and C(masquerade) (V(null) when the gateway gave no result)."
+      C(firewall), C(relay) (with every counter per port and per peer relay, drops by reason)
+      and C(masquerade) (V(null) when the gateway gave no result)."
   returned: success
   type: dict
 output:

@@ -7,8 +7,12 @@ each host's ``gateway_health`` result (or its unreachable / failed result, or
 nothing) and returns the JSON report; ``render_table`` makes it one table, an
 office per row. Every host of the play gets a row: an office whose gateway
 could not be checked is unhealthy, never skipped. Links run as plain IPIP
-(``office_tunnel_protection: none``) are not a problem, but the report says so in
-its ``warnings`` and in the table's protection column.
+(``office_tunnel_protection: none``) and relays on the raw wire are not a problem,
+but the report says so in its ``warnings`` (and the table in its protection column).
+
+A second table shows the relay's counters, a row per office and port. Its drops
+(authentication failures, replays, storm control) never make an office unhealthy:
+anyone who can reach a relay port could otherwise make any office unhealthy.
 """
 
 from __future__ import annotations
@@ -22,6 +26,21 @@ _SECTIONS = ("tunnels", "routes", "ipsec", "firewall", "relay", "masquerade")
 PLAIN_IPIP_WARNING = (
     "office_tunnel_protection: none: the links of {} are plain IPIP, readable by anyone on "
     "the path and forgeable by anyone on the Internet (RFC 2003 has no authentication)"
+)
+RAW_WIRE_WARNING = (
+    "office_relay_wire: raw: the relays of {} send datagrams as they are (no origin, sequence "
+    "number or signature): forged, replayed or duplicated ones are not recognised"
+)
+# The relay's drop reasons, as the counters table groups them (the JSON report has
+# every reason): authentication failures, replays (and datagrams older than the
+# replay window or the sender's epoch), and storm control.
+AUTH_DROPS = ("auth",)
+REPLAY_DROPS = ("replay", "stale")
+STORM_DROPS = ("rate_limited", "cut_off", "storm")
+RELAY_COUNTER_LEGEND = (
+    "relay counters by port: relayed = forwarded + transited; auth, replay (with stale) and",
+    "rate-limited (storm control) are among the dropped. Drops never make an office unhealthy,",
+    "auth failures included: anyone who reaches a relay port can cause them (JSON: every reason)",
 )
 
 
@@ -92,17 +111,27 @@ def build_report(
 
 
 def warning_lines(entries: list[dict[str, Any]]) -> list[str]:
-    """One warning naming the offices whose links are plain IPIP (a deployment-wide choice)."""
+    """A warning naming the offices whose links are plain IPIP, and one naming those whose
+    relay runs the raw wire (deployment-wide choices)."""
     plain = [e["office"] for e in entries if (e.get("ipsec") or {}).get("plain_ipip")]
-    if not plain:
-        return []
-    if len(plain) == len(entries):
-        who = "every office" if len(plain) > 1 else plain[0]
-    elif len(plain) <= 5:
-        who = ", ".join(plain)
-    else:
-        who = f"{len(plain)} offices"
-    return [PLAIN_IPIP_WARNING.format(who)]
+    raw = [
+        e["office"]
+        for e in entries
+        if (e.get("relay") or {}).get("expected") and (e.get("relay") or {}).get("wire") == "raw"
+    ]
+    lines = []
+    for offices, warning in ((plain, PLAIN_IPIP_WARNING), (raw, RAW_WIRE_WARNING)):
+        if offices:
+            lines.append(warning.format(_who(offices, entries)))
+    return lines
+
+
+def _who(offices: list[str], entries: list[dict[str, Any]]) -> str:
+    if len(offices) == len(entries):
+        return "every office" if len(offices) > 1 else offices[0]
+    if len(offices) <= 5:
+        return ", ".join(offices)
+    return f"{len(offices)} offices"
 
 
 def problem_lines(entries: list[dict[str, Any]]) -> list[str]:
@@ -207,12 +236,57 @@ def table_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
     return rows
 
 
-def render_table(report: dict[str, Any]) -> str:
-    """One table, an office per row, then the count and the counters' legend."""
-    rows = table_rows(report)
+def _reason_sum(counters: dict[str, Any], reasons: tuple[str, ...]) -> int:
+    by_reason = counters.get("dropped_by_reason") or {}
+    return sum(int(by_reason.get(reason) or 0) for reason in reasons)
+
+
+def relay_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The relay's counters, a row per office and port (offices whose relay reported)."""
+    rows = [
+        (
+            "office",
+            "port",
+            "received",
+            "relayed",
+            "rebroadcast",
+            "dropped",
+            "auth",
+            "replay",
+            "rate-limited",
+        )
+    ]
+    for e in report["offices"]:
+        ports = (e.get("relay") or {}).get("ports") or {}
+        for port, c in sorted(ports.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 0):
+            rows.append(
+                (
+                    e["office"],
+                    str(port),
+                    str(c.get("received") or 0),
+                    str(int(c.get("forwarded") or 0) + int(c.get("transited") or 0)),
+                    str(c.get("rebroadcast") or 0),
+                    str(c.get("dropped") or 0),
+                    str(_reason_sum(c, AUTH_DROPS)),
+                    str(_reason_sum(c, REPLAY_DROPS)),
+                    str(_reason_sum(c, STORM_DROPS)),
+                )
+            )
+    return rows
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows in columns, a rule under the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """One table, an office per row, then the count and the counters' legend; then the
+    relay's counters, a row per office and port, with theirs."""
+    lines = _aligned(table_rows(report))
     counts = report["counts"]
     lines.append(
         "{} of {} office{} healthy".format(
@@ -220,6 +294,9 @@ def render_table(report: dict[str, Any]) -> str:
         )
     )
     lines.append(COUNTER_LEGEND)
+    relay = relay_rows(report)
+    if len(relay) > 1:
+        lines += ["", *_aligned(relay), *RELAY_COUNTER_LEGEND]
     return "\n".join(lines)
 
 

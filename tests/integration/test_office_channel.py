@@ -1,8 +1,9 @@
 """Each gateway holds only its own plan, and its link keys never show in output.
 
 Runs the office role for real (it never connects to a gateway) on the case
-study with a deployment secret, with --diff and -vvv, and inspects what each
-gateway's variables hold afterwards.
+study with a deployment secret, in the middle of its rotation (the previous
+secret set too), with --diff and -vvv, and inspects what each gateway's
+variables hold afterwards.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from playbook import ROOT, run_playbook
 
 SECRET = "correct-horse-battery-staple-7d1f"  # noqa: S105 - a test value, asserted absent
+PREVIOUS = "the-secret-before-the-rotation-42"  # noqa: S105 - a test value, asserted absent
 
 sys.path.insert(0, str(ROOT / "tests/unit"))
 import conftest  # noqa: E402,F401  (makes ansible_collections.sitelink.gateway importable)
@@ -27,6 +29,7 @@ offices:
     ansible_host: 127.0.0.1
     ansible_port: 9
     office_tunnel_secret: {secret}
+    office_tunnel_secret_previous: {previous}
   hosts:
     manhattan-gw: {{}}
     brooklyn-gw: {{}}
@@ -47,7 +50,7 @@ def run(tmp_path_factory):
         f"channel_out={tmp}",
         "--diff",
         "-vvv",
-        connection=CONNECTION.format(secret=SECRET),
+        connection=CONNECTION.format(secret=SECRET, previous=PREVIOUS),
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return tmp, done.stdout + done.stderr
@@ -91,6 +94,8 @@ def test_link_keys_reach_their_gateways_and_never_the_output(run):
     tmp, output = run
     secrets = {h: json.loads((tmp / f"{h}.secrets.json").read_text()) for h in HOSTS}
     expected = {p: link_key(SECRET, "brooklyn", "manhattan", p) for p in ("tunnel", "relay")}
+    # During the rotation, the relay key of the previous secret too.
+    expected["relay_previous"] = link_key(PREVIOUS, "brooklyn", "manhattan", "relay")
     assert secrets["manhattan-gw"]["links"]["brooklyn+manhattan"] == expected
     assert secrets["brooklyn-gw"]["links"]["brooklyn+manhattan"] == expected
     # Each gateway gets the keys of its own links only.
@@ -99,5 +104,5 @@ def test_link_keys_reach_their_gateways_and_never_the_output(run):
     keys = [k for s in secrets.values() for link in s["links"].values() for k in link.values()]
     assert keys and all(len(k) == 64 for k in keys)
     assert "PLAY RECAP" in output
-    for value in [SECRET, *keys]:
+    for value in [SECRET, PREVIOUS, *keys]:
         assert value not in output, "a secret appears in the -vvv --diff output"

@@ -51,6 +51,17 @@ def run_site(tmp_path, override: str, *extra: str):
             "offices:\n  hosts:\n    brooklyn-gw:\n      office_wan_mtu: '{{ no_such_var }}'\n",
             "office 'brooklyn' (host brooklyn-gw): office_wan_mtu: cannot be templated",
         ),
+        (
+            "offices:\n  hosts:\n    manhattan-gw:\n"
+            "      office_broadcast_relay: [{port: 1900, groups: [192.168.1.255]}]\n",
+            "office 'manhattan' (host manhattan-gw): office_broadcast_relay[0].groups[0]: "
+            "'192.168.1.255' is not an IPv4 multicast group",
+        ),
+        (
+            "offices:\n  vars:\n    office_tunnel_protection: none\n    office_tunnel_secret: ''\n",
+            "deployment (every office): office_tunnel_secret: is not set, and "
+            "office_relay_wire is authenticated (the default)",
+        ),
     ],
     ids=[
         "overlapping-lan",
@@ -60,6 +71,8 @@ def run_site(tmp_path, override: str, *extra: str):
         "port",
         "typo",
         "undefined",
+        "multicast-group",
+        "relay-secret",
     ],
 )
 def test_bad_office_fails_before_any_gateway_is_contacted(tmp_path, override, expected):
@@ -107,6 +120,14 @@ def test_masquerade_without_peers_warns(tmp_path):
     )
     output = done.stdout + done.stderr
     assert "office_masquerade: no other office reaches this office" in output, output[-3000:]
+
+
+def test_raw_relay_wire_warns(tmp_path):
+    """As plain IPIP does: a warning from planning, and the run goes on."""
+    done = run_site(tmp_path, "offices:\n  vars:\n    office_relay_wire: raw\n  hosts: {}\n")
+    output = " ".join((done.stdout + done.stderr).split())  # warnings are wrapped
+    assert "office_relay_wire: raw: relay datagrams go as they are" in output, output[-3000:]
+    assert "PLAY [Configure the hub gateways, one at a time]" in output
 
 
 def test_good_inventory_passes_planning(tmp_path):

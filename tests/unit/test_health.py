@@ -139,9 +139,10 @@ def snat_table(interface, sources, address):
     }
 
 
-def relay_status(ports, updated=NOW - 2):
+def relay_status(ports, updated=NOW - 2, peers=None):
+    """The relay's status file: counters per port and per peer relay."""
     return {
-        "relay_version": "0.1.0",
+        "relay_version": "0.2.0",
         "pid": 412,
         "mode": "service",
         "started": NOW - 600,
@@ -159,8 +160,18 @@ def relay_status(ports, updated=NOW - 2):
             }
             for port in ports
         },
+        "peers": {
+            address: {
+                "office": office,
+                "received": 12,
+                "accepted": 12,
+                "sent": 12,
+                "dropped": {},
+            }
+            for address, office in (peers or {}).items()
+        },
         "config": "/etc/sitelink/relay.json",
-        "wire": "raw",
+        "wire": "sitelink1",
     }
 
 
@@ -265,7 +276,9 @@ class Gateway:
         self.answers = {link["peer_address"]: 3 for link in plan["links"]}
         ports = [rule["port"] for rule in plan["relay"]["rules"]]
         self.relay_state = "active" if ports else "inactive"
-        self.files = {hc.RELAY_STATUS_FILE: json.dumps(relay_status(ports))} if ports else {}
+        peers = {a: p["office"] for a, p in plan["relay"]["peers"].items()}
+        status = relay_status(ports, peers=peers)
+        self.files = {hc.RELAY_STATUS_FILE: json.dumps(status)} if ports else {}
         masquerade = plan["masquerade"]
         self.nat = (
             snat_table(masquerade["interface"], masquerade["sources"], masquerade["address"])
@@ -388,8 +401,21 @@ def test_a_healthy_hub_passes_every_check_with_few_read_only_commands():
             "transited": 0,
             "dropped": 3,
             "send_errors": 0,
+            "dropped_by_reason": {"own_echo": 3},
+            "send_errors_by_reason": {},
         }
     }
+    assert result["relay"]["peers"] == {
+        "192.168.2.126": {
+            "office": "brooklyn",
+            "received": 12,
+            "accepted": 12,
+            "sent": 12,
+            "dropped": 0,
+            "dropped_by_reason": {},
+        }
+    }
+    assert result["relay"]["wire"] == "sitelink1"
     assert result["masquerade"]["present"] is True
     assert result["masquerade"]["address"] == "192.168.1.126"
     assert result["masquerade"]["sources"] == ["192.168.2.0/24"]
@@ -1160,6 +1186,12 @@ def test_report_table_has_one_row_per_office():
         "ok (1 source)  ok",
         "1 of 2 offices healthy",
         report.COUNTER_LEGEND,
+        "",
+        "office     port  received  relayed  rebroadcast  dropped  auth  replay  rate-limited",
+        "---------  ----  --------  -------  -----------  -------  ----  ------  ------------",
+        "brooklyn   6799  12        12       0            3        0     0       0",
+        "manhattan  6799  12        12       0            3        0     0       0",
+        *report.RELAY_COUNTER_LEGEND,
     ]
     assert built["warnings"] == []
 
@@ -1269,6 +1301,111 @@ def test_report_json_shape():
 )
 def test_relay_cell_capitalises_what_is_wrong(relay, cell):
     assert report._relay_cell(relay) == cell
+
+
+def under_attack(plan):
+    """A gateway whose relay dropped forged, replayed and flooding datagrams."""
+    gw = Gateway(plan)
+    status = json.loads(gw.files[hc.RELAY_STATUS_FILE])
+    status["ports"]["6799"].update(
+        received=140,
+        dropped={
+            "own_echo": 3,
+            "auth": 90,
+            "replay": 7,
+            "stale": 2,
+            "rate_limited": 20,
+            "cut_off": 5,
+            "storm": 1,
+        },
+        send_errors={"ENOBUFS": 2},
+    )
+    (address,) = status["peers"]
+    status["peers"][address]["dropped"] = {"auth": 90, "replay": 7}
+    gw.files[hc.RELAY_STATUS_FILE] = json.dumps(status)
+    return gw, address
+
+
+def test_relay_drops_are_counted_by_reason_and_are_no_problem():
+    gw, address = under_attack(BROOKLYN)
+    result = check(gw)
+    # Authentication failures are not unhealthy: anyone who reaches the port makes them.
+    assert (result["healthy"], result["problems"]) == (True, [])
+    port = result["relay"]["ports"]["6799"]
+    assert (port["dropped"], port["send_errors"]) == (128, 2)
+    assert port["dropped_by_reason"]["auth"] == 90
+    assert port["send_errors_by_reason"] == {"ENOBUFS": 2}
+    peer = result["relay"]["peers"][address]
+    assert (peer["office"], peer["dropped"], peer["dropped_by_reason"]) == (
+        "manhattan",
+        97,
+        {"auth": 90, "replay": 7},
+    )
+
+
+def test_report_shows_auth_replay_and_storm_drops_per_office_and_port():
+    gw, _ = under_attack(BROOKLYN)
+    built = report.build_report(
+        ["manhattan-gw", "brooklyn-gw"],
+        {"manhattan-gw": check(Gateway(MANHATTAN)), "brooklyn-gw": check(gw)},
+        {},
+        "t",
+    )
+    assert built["healthy"] is True
+    lines = report.render_table(built).splitlines()
+    head = lines.index(
+        "office     port  received  relayed  rebroadcast  dropped  auth  replay  rate-limited"
+    )
+    assert lines[head + 2].split() == ["brooklyn", "6799", "140", "12", "0", "128", "90", "9", "26"]
+    assert lines[head + 3].split() == ["manhattan", "6799", "12", "12", "0", "3", "0", "0", "0"]
+    assert "never make an office unhealthy" in lines[-2]
+    assert "auth failures included: anyone who reaches a relay port" in lines[-1]
+    # The JSON report carries every reason and every peer.
+    data = json.loads(json.dumps(built))
+    relay = data["offices"][0]["relay"]
+    assert relay["ports"]["6799"]["dropped_by_reason"]["cut_off"] == 5
+    assert relay["peers"]["192.168.1.126"]["dropped_by_reason"] == {"auth": 90, "replay": 7}
+
+
+def test_relay_counters_table_only_lists_relays_that_reported():
+    plan = copy.deepcopy(BROOKLYN)
+    plan["relay"]["rules"] = []
+    gw = Gateway(plan)
+    built = report.build_report(
+        ["brooklyn-gw", "queens-gw"], {"brooklyn-gw": check(gw), "queens-gw": UNREACHABLE}, {}, "t"
+    )
+    text = report.render_table(built)
+    assert "rate-limited" not in text and report.RELAY_COUNTER_LEGEND[0] not in text
+
+
+def test_odd_status_content_counts_as_zero():
+    status = relay_status([6799])
+    status["ports"]["6799"].update(received="12", forwarded=True, dropped={"auth": "x", "a": 2})
+    status["peers"] = {"10.0.0.1": {"office": 7, "sent": 3.5, "dropped": [1]}, "10.0.0.2": "?"}
+    relay = hc.check_relay([6799], "active", json.dumps(status), NOW)
+    assert relay["ports"]["6799"]["received"] == 0
+    assert relay["ports"]["6799"]["forwarded"] == 0
+    assert relay["ports"]["6799"]["dropped_by_reason"] == {"a": 2, "auth": 0}
+    assert relay["peers"] == {
+        "10.0.0.1": {"office": None, "received": 0, "accepted": 0, "sent": 0, "dropped": 0}
+    }
+    assert relay["ok"] is True
+
+
+def test_raw_relay_wire_is_a_warning_not_a_problem():
+    raw = case_study_plans(office_relay_wire="raw")
+    results_ = {host: check(Gateway(plan)) for host, plan in raw.items()}
+    built = report.build_report(sorted(raw), results_, {}, "t")
+    assert (built["healthy"], built["problems"]) == (True, [])
+    assert built["warnings"] == [report.RAW_WIRE_WARNING.format("every office")]
+    assert "office_relay_wire: raw: the relays of every office" in built["warnings"][0]
+    # Only offices whose relay runs: no rules, no warning.
+    entries = [
+        {"office": "a", "relay": {"expected": True, "wire": "raw"}},
+        {"office": "b", "relay": {"expected": False, "wire": "raw"}},
+        {"office": "c", "relay": {"expected": True, "wire": "sitelink1"}},
+    ]
+    assert report.warning_lines(entries) == [report.RAW_WIRE_WARNING.format("a")]
 
 
 def test_relay_state_unknown_says_what_systemctl_said():

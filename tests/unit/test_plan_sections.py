@@ -38,13 +38,21 @@ def test_every_link_is_one_ipsec_connection_by_default():
 
 
 def test_without_protection_no_connection_and_a_warning():
-    offices = with_topology(case_study(), "hub-and-spoke", office_tunnel_protection="none")
+    offices = with_topology(
+        case_study(), "hub-and-spoke", office_tunnel_protection="none", office_relay_wire="raw"
+    )
     for office in offices.values():
         del office["office_tunnel_secret"]  # not needed then
     plan = plan_network(offices)
     assert plan.gateway_dict("brooklyn-gw")["ipsec"]["connections"] == []
     assert plan.gateway_dict("brooklyn-gw")["tunnels"][0]["mtu"] == 1480
     assert any("office_tunnel_protection: none" in w and "forge" in w for w in plan.warnings)
+    # The raw relay wire warns too, and says that without IPsec anyone can forge it.
+    assert any(
+        w.startswith("deployment (every office): office_relay_wire: raw: ")
+        and "anyone on the Internet can forge them" in w
+        for w in plan.warnings
+    ), plan.warnings
 
 
 def test_a_missing_secret_is_one_clear_error():
@@ -123,15 +131,19 @@ def test_rollback_timeout_out_of_range(value):
     assert problem.startswith("deployment (every office): office_rollback_timeout:")
 
 
-def test_relay_knows_which_tunnel_each_peer_relay_speaks_through():
+def test_relay_knows_each_peer_relay_its_office_and_tunnel():
     offices = branch_offices(3)
-    assert gateway(offices, "office0-gw")["relay"]["peer_interfaces"] == {
-        "10.0.1.1": "sl-office1",
-        "10.0.2.1": "sl-office2",
+    assert gateway(offices, "office0-gw")["relay"]["peers"] == {
+        "10.0.1.1": {"office": "office1", "interface": "sl-office1"},
+        "10.0.2.1": {"office": "office2", "interface": "sl-office2"},
     }
-    assert gateway(offices, "office2-gw")["relay"]["peer_interfaces"] == {"10.0.0.1": "sl-office0"}
+    assert gateway(offices, "office2-gw")["relay"]["peers"] == {
+        "10.0.0.1": {"office": "office0", "interface": "sl-office0"}
+    }
     # No relay rule uses office2 at office1's side? It still hears the hub.
-    assert gateway(offices, "office1-gw")["relay"]["peer_interfaces"] == {"10.0.0.1": "sl-office0"}
+    assert gateway(offices, "office1-gw")["relay"]["peers"] == {
+        "10.0.0.1": {"office": "office0", "interface": "sl-office0"}
+    }
 
 
 def test_one_thousand_offices_plan_every_section():

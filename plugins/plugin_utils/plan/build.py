@@ -26,6 +26,8 @@ from . import rollout, routing, schema
 from .model import (
     ESP_OVERHEAD,
     IPIP_OVERHEAD,
+    WIRE_RAW,
+    WIRE_SITELINK1,
     GatewayPlan,
     Link,
     LinkEnd,
@@ -35,6 +37,7 @@ from .model import (
     RelayFlow,
     RelayPort,
     RelayRequest,
+    relay_office_id,
     tunnel_name,
 )
 from .topologies import STRATEGIES
@@ -43,6 +46,9 @@ OFFICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 MTU_RANGE = (576, 65535)
 SECRET_MIN_LENGTH = 16
+MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
+# office_relay_wire and office_external_peers[].relay_wire, as the relay's config spells them.
+RELAY_WIRES = {"authenticated": WIRE_SITELINK1, "raw": WIRE_RAW}
 
 Bad = Callable[[str, str], None]
 
@@ -103,8 +109,33 @@ def _relay_requests(field: str, rules: Optional[list], bad: Bad) -> tuple[RelayR
         if to == []:
             bad(f"{where}.to", "is empty (omit it to relay to every office reachable)")
             continue
-        requests.append(RelayRequest(port, None if to is None else tuple(dict.fromkeys(to)), index))
+        groups = _multicast_groups(f"{where}.groups", rule.get("groups"), bad)
+        if groups is None:
+            continue
+        requests.append(
+            RelayRequest(port, None if to is None else tuple(dict.fromkeys(to)), index, groups)
+        )
     return tuple(requests)
+
+
+def _multicast_groups(field: str, values: Optional[list], bad: Bad) -> Optional[tuple[str, ...]]:
+    """IPv4 multicast groups, normalised and without repeats; None if one is not."""
+    groups, failed = [], False
+    for index, text in enumerate(values or []):
+        try:
+            group = ipaddress.IPv4Address(text.strip())
+        except ValueError:
+            group = None
+        if group is None or group not in MULTICAST:
+            bad(
+                f"{field}[{index}]",
+                f"{text!r} is not an IPv4 multicast group (224.0.0.0/4, e.g. 239.255.255.250 "
+                "for SSDP)",
+            )
+            failed = True
+            continue
+        groups.append(group)
+    return None if failed else tuple(str(g) for g in sorted(set(groups)))
 
 
 def _management_sources(values: dict[str, Any], bad: Bad) -> tuple[str, ...]:
@@ -128,7 +159,7 @@ def _management_sources(values: dict[str, Any], bad: Bad) -> tuple[str, ...]:
 
 
 def _parse_office(
-    host: str, raw: dict[str, Any], errors: list[str]
+    host: str, raw: dict[str, Any], errors: list[str], relay_wire: str = WIRE_SITELINK1
 ) -> tuple[Optional[Office], bool]:
     """One office, and whether it is valid (an invalid one may still be compared)."""
     name = raw.get("office_name") or host
@@ -198,10 +229,13 @@ def _parse_office(
         firewall_input_policy=values["office_firewall_input_policy"],
         firewall_forward_policy=values["office_firewall_forward_policy"],
         management_sources=management,
+        relay_wire=relay_wire,
     ), True
 
 
-def _parse_external(index: int, entry: dict[str, Any], errors: list[str]) -> Optional[Office]:
+def _parse_external(
+    index: int, entry: dict[str, Any], errors: list[str], relay_wire: str = WIRE_SITELINK1
+) -> Optional[Office]:
     where = f"office_external_peers[{index}]"
     label = f"office {entry.get('name')!r} (external peer)"
     start = len(errors)
@@ -230,6 +264,7 @@ def _parse_external(index: int, entry: dict[str, Any], errors: list[str]) -> Opt
         wan_mtu=entry["wan_mtu"],
         relay=relay,
         index=index,
+        relay_wire=RELAY_WIRES[entry["relay_wire"]] if entry.get("relay_wire") else relay_wire,
     )
 
 
@@ -269,23 +304,65 @@ def _deployment(
     return values
 
 
+def _secret_users(deployment: dict[str, Any]) -> list[tuple[str, str]]:
+    """What needs the deployment secret: (the setting, how to do without it)."""
+    users = []
+    if deployment.get("office_tunnel_protection") == "ipsec":
+        users.append(
+            (
+                "office_tunnel_protection is ipsec (the default)",
+                "office_tunnel_protection: none (plain, unauthenticated IPIP)",
+            )
+        )
+    wire = deployment.get("office_relay_wire")
+    if wire == "authenticated":
+        users.append(
+            (
+                "office_relay_wire is authenticated (the default)",
+                "office_relay_wire: raw (relay datagrams as they are, unauthenticated)",
+            )
+        )
+    for index, peer in enumerate(deployment.get("office_external_peers") or []):
+        if isinstance(peer, dict) and peer.get("relay_wire") == "authenticated" and wire == "raw":
+            users.append(
+                (
+                    f"office_external_peers[{index}].relay_wire is authenticated",
+                    f"office_external_peers[{index}].relay_wire: raw",
+                )
+            )
+    return users
+
+
 def _check_protection(deployment: dict[str, Any], errors: list[str]) -> None:
-    """IPsec needs the deployment secret, and a secret worth the name."""
-    if deployment.get("office_tunnel_protection") != "ipsec":
-        return
+    """IPsec and the authenticated relay wire need the deployment secret, and a secret
+    worth the name; so does the previous secret of a rotation. Neither is ever shown."""
     secret = deployment.get("office_tunnel_secret")
-    if not secret:
+    users = _secret_users(deployment)
+    if users and not secret:
         errors.append(
             "deployment (every office): office_tunnel_secret: is not set, and "
-            "office_tunnel_protection is ipsec (the default): set it once for the offices "
-            "group, encrypted with ansible-vault (see the README, Security), or set "
-            "office_tunnel_protection: none to run plain, unauthenticated IPIP"
+            + " and ".join(why for why, _ in users)
+            + ": set it once for the offices group, encrypted with ansible-vault (see the "
+            "README, Security), or set " + " and ".join(instead for _, instead in users)
         )
-    elif len(secret) < SECRET_MIN_LENGTH:
+    elif users and len(secret) < SECRET_MIN_LENGTH:
         errors.append(
             f"deployment (every office): office_tunnel_secret: is shorter than "
             f"{SECRET_MIN_LENGTH} characters (e.g. `openssl rand -base64 32`)"
         )
+    previous = deployment.get("office_tunnel_secret_previous")
+    if previous:
+        if not secret:
+            errors.append(
+                "deployment (every office): office_tunnel_secret_previous: is set, but "
+                "office_tunnel_secret is not (during a rotation, office_tunnel_secret is the "
+                "new secret and office_tunnel_secret_previous the old one)"
+            )
+        elif len(previous) < SECRET_MIN_LENGTH:
+            errors.append(
+                f"deployment (every office): office_tunnel_secret_previous: is shorter than "
+                f"{SECRET_MIN_LENGTH} characters"
+            )
     rollback = deployment.get("office_rollback_timeout")
     if rollback is not None and not (rollback == 0 or 30 <= rollback <= 3600):
         errors.append(
@@ -365,6 +442,19 @@ def _check_network(offices: list[Office], errors: list[str]) -> None:
                 f"{office.label()}: {_field(office, 'name')}: tunnel name "
                 f"{tunnel_name(office.name)!r} collides with the one of {other.label()}; "
                 "rename one of the offices"
+            )
+
+    # The relay's authenticated wire names an office by 4 bytes of a hash of its name.
+    ids: dict[bytes, Office] = {}
+    for office in offices:
+        office_id = relay_office_id(office.name)
+        other = ids.setdefault(office_id, office)
+        if other is not office and other.name != office.name:  # same name: reported above
+            errors.append(
+                f"{office.label()}: {_field(office, 'name')}: relay office id "
+                f"{office_id.hex()} (SHA-256 of the name, first 4 bytes) is also the one of "
+                f"{other.label()}; the relays could not tell their datagrams apart: rename "
+                "one of the offices"
             )
 
 
@@ -490,21 +580,48 @@ def _relay(
             if conflict:
                 continue
             port = request.port
+            # Every rule this flow's datagrams cross relays its multicast groups too.
+            groups = request.groups
             for parent, child in hops:
                 onward = children.get(child, set())
                 if parent == origin.name and not origin.external:
-                    _port(ports, parent, port).forward_to.add(_relay_address(offices[child]))
+                    rule = _port(ports, parent, port)
+                    rule.forward_to.add(_relay_address(offices[child]))
+                    rule.multicast_groups.update(groups)
                 if offices[child].external:
                     continue  # its side is configured by whoever runs it
                 sender = _relay_address(offices[parent])
+                rule = _port(ports, child, port)
+                rule.multicast_groups.update(groups)
                 if child in wanted:
-                    _port(ports, child, port).accept_from.add(sender)
+                    rule.accept_from.add(sender)
                 if onward:
-                    _port(ports, child, port).transit.setdefault(sender, set()).update(
+                    rule.transit.setdefault(sender, set()).update(
                         _relay_address(offices[n]) for n in onward
                     )
-            flows.append(RelayFlow(origin.name, port, tuple(sorted(wanted)), tuple(hops)))
+            flows.append(RelayFlow(origin.name, port, tuple(sorted(wanted)), tuple(hops), groups))
     return ports, flows
+
+
+def _raw_wire_warnings(wire: str, protection: str, offices: list[Office]) -> list[str]:
+    """The raw relay wire, deployment-wide or for an external peer: a warning each."""
+    risk = (
+        "relay datagrams go as they are (the article's udp-proxy), with no origin, sequence "
+        "number or signature: the relays cannot tell a forged, replayed or duplicated "
+        "datagram from a new one"
+        + (
+            ", and with office_tunnel_protection: none anyone on the Internet can forge them"
+            if protection == "none"
+            else " (IPsec still protects them between gateways)"
+        )
+    )
+    if wire == WIRE_RAW:
+        return [f"deployment (every office): office_relay_wire: raw: {risk}"]
+    return [
+        f"{o.label()}: {o.where}.relay_wire: raw: {risk}"
+        for o in offices
+        if o.external and o.relay_wire == WIRE_RAW
+    ]
 
 
 def _tree_order(root: str, children: dict[str, set[str]]) -> list[str]:
@@ -541,10 +658,13 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     deployment = _deployment(office_vars, names, errors)
     _check_rollout(deployment, errors)
     _check_protection(deployment, errors)
-    parsed = [_parse_office(host, raw, errors) for host, raw in sorted(office_vars.items())]
+    relay_wire = RELAY_WIRES.get(deployment["office_relay_wire"], WIRE_SITELINK1)
+    parsed = [
+        _parse_office(host, raw, errors, relay_wire) for host, raw in sorted(office_vars.items())
+    ]
     for index, entry in enumerate(deployment.get("office_external_peers") or []):
         if entry is not None:
-            external = _parse_external(index, entry, errors)
+            external = _parse_external(index, entry, errors, relay_wire)
             parsed.append((external, external is not None))
     # Overlaps and duplicates are reported in the same message as bad values.
     _check_network([o for o, _ in parsed if o is not None], errors)
@@ -598,6 +718,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
             "IPIP, which anyone on the path can read, and anyone on the Internet can forge "
             "(RFC 2003 has no authentication)"
         )
+    warnings.extend(_raw_wire_warnings(relay_wire, protection, offices_list))
     links = []
     for (a, b), mtu in sorted(pairs.items()):
         if mtu is None:
@@ -649,6 +770,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
             protection=protection,
             rollback_timeout=deployment["office_rollback_timeout"],
             office_lans=all_lans,
+            relay_wire=relay_wire,
         )
     return NetworkPlan(
         topology=topology,
@@ -659,4 +781,5 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         flows=flows,
         warnings=warnings,
         protection=protection,
+        relay_wire=relay_wire,
     )

@@ -23,6 +23,11 @@ IFNAMSIZ = 15  # the kernel's limit on interface names
 # 6 hex digits (24 bits): two long names that share their 5-character head
 # collide with odds of 1 in 16 million; collisions that remain are refused.
 TUNNEL_HASH_DIGITS = 6
+# The relay's wire names, as its configuration spells them (office_relay_wire:
+# authenticated is sitelink1).
+WIRE_SITELINK1 = "sitelink1"
+WIRE_RAW = "raw"
+RELAY_OFFICE_ID_BYTES = 4
 
 
 class PlanError(ValueError):
@@ -52,6 +57,12 @@ def tunnel_name(office: str) -> str:
     return f"{TUNNEL_PREFIX}{office[:head]}-{digest}"
 
 
+def relay_office_id(office: str) -> bytes:
+    """How the relay's authenticated wire names an office: the first 4 bytes of the
+    SHA-256 of its name (UTF-8). Two offices with the same id are refused by the plan."""
+    return hashlib.sha256(office.encode("utf-8")).digest()[:RELAY_OFFICE_ID_BYTES]
+
+
 @dataclass(frozen=True)
 class RelayRequest:
     """One ``office_broadcast_relay`` entry: broadcasts on ``port`` go to ``to``."""
@@ -59,6 +70,7 @@ class RelayRequest:
     port: int
     to: Optional[tuple[str, ...]]  # None: every office reachable
     index: int  # position in the variable, for messages
+    groups: tuple[str, ...] = ()  # multicast groups relayed on the port too
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,7 @@ class Office:
     firewall_forward_policy: str = "accept"
     management_sources: tuple[str, ...] = ()
     index: int = 0  # position in office_external_peers, for messages
+    relay_wire: str = WIRE_SITELINK1  # what its relay speaks (WIRE_SITELINK1 or WIRE_RAW)
 
     @property
     def external(self) -> bool:
@@ -128,6 +141,7 @@ class RelayPort:
     forward_to: set[str] = field(default_factory=set)  # LAN broadcasts -> these relays
     accept_from: set[str] = field(default_factory=set)  # re-broadcast what these send
     transit: dict[str, set[str]] = field(default_factory=dict)  # from -> onward relays
+    multicast_groups: set[str] = field(default_factory=set)  # relayed besides broadcasts
 
     def to_dict(self) -> dict[str, Any]:
         rule: dict[str, Any] = {
@@ -142,6 +156,8 @@ class RelayPort:
                     self.transit.items(), key=lambda kv: ipaddress.IPv4Address(kv[0])
                 )
             }
+        if self.multicast_groups:
+            rule["multicast_groups"] = _sorted_addresses(self.multicast_groups)
         return rule
 
 
@@ -157,6 +173,7 @@ class RelayFlow:
     port: int
     targets: tuple[str, ...]
     hops: tuple[tuple[str, str], ...]  # (from office, to office), parents first
+    groups: tuple[str, ...] = ()  # multicast groups the origin relays on the port too
 
 
 @dataclass
@@ -170,6 +187,7 @@ class GatewayPlan:
     protection: str = "ipsec"
     rollback_timeout: int = 0
     office_lans: list[ipaddress.IPv4Network] = field(default_factory=list)  # every office's
+    relay_wire: str = WIRE_SITELINK1  # the deployment's; a peer's own is on its Office
 
     def to_dict(self) -> dict[str, Any]:
         from .sections import gateway_dict  # the sections import this module
@@ -187,6 +205,7 @@ class NetworkPlan:
     flows: list[RelayFlow]
     warnings: list[str]
     protection: str = "ipsec"
+    relay_wire: str = WIRE_SITELINK1
 
     def gateway_dict(self, host: str) -> dict[str, Any]:
         """The plan of one gateway, as the roles take it (``office_plan``)."""

@@ -31,7 +31,7 @@ import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
-from .model import Link, NetworkPlan, Office
+from .model import WIRE_RAW, Link, NetworkPlan, Office
 
 WIDTH = 100  # text line length
 
@@ -244,7 +244,8 @@ def gateway_text(plan: Mapping[str, Any]) -> str:
     else:
         lines.append("Masquerade: none (LAN hosts see other offices' own addresses)")
 
-    rules = (plan.get("relay") or {}).get("rules") or []
+    relay = plan.get("relay") or {}
+    rules = relay.get("rules") or []
     lines.append("")
     if not rules:
         lines.append("Broadcast relay: none (no UDP broadcast leaves or enters this LAN)")
@@ -253,10 +254,40 @@ def gateway_text(plan: Mapping[str, Any]) -> str:
             f"Broadcast relay: {_plural(len(rules), 'UDP port')} (relays talk between "
             "gateways' LAN addresses, through tunnels)"
         )
+        lines.extend(_wire_lines(relay, relays))
         for rule in rules:
-            lines.append(f"  UDP port {rule.get('port')}:")
+            groups = rule.get("multicast_groups") or []
+            also = f" (and multicast {', '.join(groups)})" if groups else ""
+            lines.append(f"  UDP port {rule.get('port')}{also}:")
             lines.extend(_relay_lines(rule, relays, lan_if))
     return "\n".join(lines) + "\n"
+
+
+def _wire_lines(relay: Mapping[str, Any], relays: _Relays) -> list[str]:
+    """How the relays talk: authenticated, or raw (in capitals, as plain IPIP is); and
+    the peers whose own wire differs (external peers)."""
+    wire = relay.get("wire")
+    others = [
+        relays.name(address)
+        for address, peer in (relay.get("peers") or {}).items()
+        if (peer or {}).get("wire", wire) != wire
+    ]
+    if wire == WIRE_RAW:
+        lines = [
+            "  NOT AUTHENTICATED (office_relay_wire: raw): datagrams go as they are, without",
+            "  origin, sequence number or signature: replays and forgeries are not recognised",
+        ]
+        head = "authenticated with the link's key, to: "
+    else:
+        lines = [
+            "  authenticated: each datagram carries its origin office and a sequence number, "
+            "signed",
+            "  with the link's own key; forged and replayed ones are dropped",
+        ]
+        head = "NOT AUTHENTICATED (relay_wire: raw), to: "
+    if others:
+        lines.extend(_wrap(head, others, "  "))
+    return lines
 
 
 def _protection_lines(plan: Mapping[str, Any], tunnels: list[Any]) -> list[str]:
@@ -386,6 +417,10 @@ def network_text(plan: NetworkPlan) -> str:
         lines.append("Protection: NONE (plain IPIP: readable and forgeable on the path)")
     else:
         lines.append("Protection: IPsec ESP around every link's IPIP (IKEv2, one key per link)")
+    if plan.relay_wire == WIRE_RAW:
+        lines.append("Relay wire: RAW (datagrams as they are: no origin, sequence or signature)")
+    else:
+        lines.append("Relay wire: authenticated (origin, sequence, signed with the link's key)")
     lines.append(
         f"{_counts(plan)}, {_plural(len(plan.links), 'link')}, "
         f"{_plural(len(plan.flows), 'relay flow')}, {_plural(len(plan.warnings), 'warning')}"
@@ -414,7 +449,8 @@ def network_text(plan: NetworkPlan) -> str:
     lines += ["", "Relay flows (UDP broadcasts from one office's LAN, re-broadcast at targets):"]
     everyone = len(plan.offices) - 1
     for flow in plan.flows:
-        head = f"{flow.origin}:{flow.port} -> "
+        also = f" (and multicast {', '.join(flow.groups)})" if flow.groups else ""
+        head = f"{flow.origin}:{flow.port}{also} -> "
         if len(flow.targets) == everyone > 1:
             lines.append(f"  {head}every other office ({everyone})")
         else:

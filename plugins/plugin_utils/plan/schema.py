@@ -25,6 +25,7 @@ DEPLOYMENT = "deployment"  # set once for every office (group variable of the of
 TOPOLOGIES = ("hub-and-spoke", "mesh", "links")
 ROLES = ("hub", "branch")
 PROTECTIONS = ("ipsec", "none")
+RELAY_WIRES = ("authenticated", "raw")
 POLICIES = ("accept", "drop")
 # Facts the office role sets on each gateway: not inventory variables.
 OUTPUT_FACTS = ("office_plan", "office_secrets")
@@ -54,6 +55,17 @@ def _relay_rule_options(target_help: str) -> tuple[Field, ...]:
     return (
         Field("port", "int", ("UDP port of the broadcasts.",), required=True),
         Field("to", "list", (target_help,), elements="str"),
+        Field(
+            "groups",
+            "list",
+            (
+                "IPv4 multicast groups (in 224.0.0.0/4) relayed on this port as well as the "
+                "LAN broadcasts, e.g. C(239.255.255.250) for SSDP on port 1900.",
+                "Every gateway the port's datagrams cross (sender, hubs, receivers) relays "
+                "the union of the groups configured for that port.",
+            ),
+            elements="str",
+        ),
     )
 
 
@@ -163,7 +175,8 @@ FIELDS: tuple[Field, ...] = (
             "Office names to relay to. Omit it for every office reachable from this one."
         ),
         summary="`[{port: 6799, to: [brooklyn]}]`: broadcasts on this LAN relayed to those "
-        "offices (omit `to` for every reachable office)",
+        "offices (omit `to` for every reachable office); `groups: [239.255.255.250]` adds "
+        "multicast groups on that port",
     ),
     Field(
         "office_firewall_input_policy",
@@ -285,8 +298,19 @@ FIELDS: tuple[Field, ...] = (
                 elements="dict",
                 options=_relay_rule_options("Office names its broadcasts are relayed to."),
             ),
+            Field(
+                "relay_wire",
+                "str",
+                (
+                    "What its relay speaks with ours: C(authenticated) (it runs C(sitelink-relay) "
+                    "with this link's relay key) or C(raw) (payloads as they are, e.g. the "
+                    "article's C(udp-proxy)). Default: O(office_relay_wire).",
+                ),
+                choices=RELAY_WIRES,
+            ),
         ),
-        summary="`[{name, wan_address, lan_address}]`: peers run by someone else",
+        summary="`[{name, wan_address, lan_address}]`: peers run by someone else "
+        "(`relay_wire: raw` for one that runs the article's udp-proxy)",
     ),
     Field(
         "office_tunnel_protection",
@@ -311,13 +335,50 @@ FIELDS: tuple[Field, ...] = (
             "link's own keys (its IPsec pre-shared key, its relay key) are derived from it on "
             "the controller (HKDF over the two office names) and handed only to that link's "
             "two gateways in C(office_secrets), a fact set under C(no_log).",
-            "Required while O(office_tunnel_protection=ipsec).",
+            "Required while O(office_tunnel_protection=ipsec) or "
+            "O(office_relay_wire=authenticated) (the defaults).",
         ),
         scope=DEPLOYMENT,
         secret=True,
         summary="deployment secret the per-link keys are derived from (vault it); required "
-        "with `ipsec`",
+        "with `ipsec` or an `authenticated` relay wire",
         default_text="none",
+    ),
+    Field(
+        "office_tunnel_secret_previous",
+        "str",
+        (
+            "Only while O(office_tunnel_secret) is being rotated: the old secret (vault it "
+            "too; at least 16 characters). While it is set, every relay sends with the relay "
+            "key derived from it and accepts both that one and the new one, so gateways that "
+            "already have the new secret and those that do not yet still understand each "
+            "other. Once C(site.yml) has run over every office, remove it and run C(site.yml) "
+            "again: relays then send and accept the new key only (during that run, what a "
+            "gateway not yet updated sends is dropped by those already updated, as C(auth)).",
+            "IPsec keys always follow O(office_tunnel_secret).",
+        ),
+        scope=DEPLOYMENT,
+        secret=True,
+        summary="during a rotation of `office_tunnel_secret`, the old one: relays send with "
+        "its keys and accept both (remove it once every office has the new secret)",
+        default_text="none",
+    ),
+    Field(
+        "office_relay_wire",
+        "str",
+        (
+            "How relays talk to each other through the tunnels. C(authenticated): each "
+            "datagram carries its origin office and a sequence number and is signed with the "
+            "link's relay key (HMAC-SHA256, derived from O(office_tunnel_secret)); forged, "
+            "replayed or duplicated datagrams are dropped and counted. C(raw): payloads as "
+            "they are, the article's C(udp-proxy) behaviour (plan.yml warns).",
+            "An external peer may differ (O(office_external_peers[].relay_wire)).",
+        ),
+        scope=DEPLOYMENT,
+        default="authenticated",
+        choices=RELAY_WIRES,
+        summary="`authenticated` (relay datagrams signed with the link's key, replays "
+        "dropped) or `raw` (payload as is, like the article's udp-proxy)",
     ),
     Field(
         "office_rollout_batch",

@@ -36,15 +36,23 @@ def link_key(secret: str, a: str, b: str, purpose: str) -> str:
     return hkdf_sha256(secret.encode(), info).hex()
 
 
-def gateway_secrets(links: list[dict[str, Any]], secret: Optional[str]) -> dict[str, Any]:
+def gateway_secrets(
+    links: list[dict[str, Any]], secret: Optional[str], previous: Optional[str] = None
+) -> dict[str, Any]:
     """``office_secrets`` of one gateway: the keys of its own links only.
 
     ``links`` is ``office_plan.links`` (each with its id and both office names). Without
-    a deployment secret the channel is empty.
+    a deployment secret the channel is empty. Each link gets ``tunnel`` and ``relay``
+    from ``secret`` and, while ``office_tunnel_secret_previous`` is set (``previous``),
+    ``relay_previous`` from it: a rotation in two phases. With ``relay_previous`` the
+    relay sends with it and accepts both (the relay role's keys file); once it is gone,
+    the relay sends and accepts ``relay`` only.
     """
     keys: dict[str, dict[str, str]] = {}
     if secret:
         for link in links:
             a, b = link["offices"]
             keys[link["id"]] = {p: link_key(secret, a, b, p) for p in PURPOSES}
+            if previous:
+                keys[link["id"]]["relay_previous"] = link_key(previous, a, b, "relay")
     return {"links": keys}

@@ -502,3 +502,16 @@ def test_forged_heartbeats_do_not_silence_a_relay(monkeypatch):
     m2.relay.handle_readable(m2.ps)
     m2.relay.heartbeat(clock[0])
     assert m2.relay.standby is False and drops(m2) == {"auth": 3}
+
+
+def test_the_raw_wire_cannot_tell_identical_broadcasts_apart():
+    """Why the authenticated wire exists: raw relays suppress echoes by payload, so an
+    identical broadcast from the other office within 2 s is lost (README: raw wire)."""
+    m = Gateway("manhattan", ["brooklyn"], wire_name="raw")
+    b = Gateway("brooklyn", ["manhattan"], wire_name="raw")
+    net = Net(m, b)
+    for _ in range(3):
+        m.lan_broadcast(b"DISCOVER")
+        b.lan_broadcast(b"DISCOVER")
+        net.settle()
+    assert len(b.heard) < 3 and drops(m)["echo"] >= 1

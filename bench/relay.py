@@ -1,0 +1,939 @@
+#!/usr/bin/env python3
+"""The broadcast relay against socat, side by side, in network namespaces (needs root).
+
+Topology (every namespace is created here, with a unique suffix, and removed at
+the end; traffic never leaves them):
+
+    snd 192.168.1.10 -- lan0 [gwA] tun0 ====== tun0 [gwB] lan0 -- rcv 192.168.2.20
+                        .1.126/24                  .2.126/24
+
+The "tunnel" is a routed veth pair whose ends carry the gateways' LAN addresses as
+/32, as in tests/integration/test_relay_netns.py.  The sender broadcasts on LAN A;
+the forwarder at gwA sends each datagram to gwB; the forwarder at gwB broadcasts
+it on LAN B, where the receiver counts it.  For every case the relay and socat do
+that same forwarding, one after the other in the same run:
+
+    compat     sitelink-relay PORT 192.168.2.126 (gwA), PORT 192.168.2.255 (gwB)
+    raw        service mode, "wire": "raw"
+    sitelink1  service mode, authenticated wire (HMAC-SHA256 per datagram)
+    socat      gwA: socat -u UDP-RECV:PORT UDP-SENDTO:192.168.2.126:PORT
+               gwB: socat -u UDP-RECV:PORT,range=192.168.1.126/32
+                              UDP-SENDTO:192.168.2.255:PORT,broadcast
+               (both with the relay's 1 MiB receive buffer; at gwB the range
+               option drops gwB's own broadcasts, which come back to the listening
+               socket exactly as they do to the relay's)
+
+Loads, each measured for the relay and for socat:
+    blast      the sender as fast as it can (sendmmsg, 64 per call, at nice 19 so
+               that on a small machine it does not starve the forwarders):
+               capacity = distinct datagrams/s delivered to the receiver in the
+               steady-state window (after a warm-up);
+    10k, 50k   paced datagrams/s: p50/p99/max one-way latency (each datagram
+               carries a sequence number and its CLOCK_MONOTONIC send time; same
+               kernel, so the receiver in another namespace can subtract), loss
+               and duplicates.
+
+Figures only: nothing here asserts a time.  A table goes to stdout, everything to
+a JSON file (--output).  Storm control is turned off in the relay's configs (it
+would cap a blast by design).  Until the relay has --keys, the sitelink1 case is
+reported as skipped.  The sender and receiver are this script (--role send|recv)
+run with /usr/bin/python3 inside the namespaces, batching with the relay's own
+sitelink_relay/mmsg.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import importlib.util
+import json
+import os
+import platform
+import secrets
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+RELAY = ROOT / "roles" / "relay" / "files" / "sitelink-relay"
+MMSG = ROOT / "relay" / "sitelink_relay" / "mmsg.py"
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+DEFAULT_OUTPUT = ROOT / "bench" / "results" / "relay.json"
+PORT = 6799
+SENDER, GW_A, GW_B, RECEIVER = "192.168.1.10", "192.168.1.126", "192.168.2.126", "192.168.2.20"
+LAN_A, LAN_B = "192.168.1.0/24", "192.168.2.0/24"
+BCAST_A, BCAST_B = "192.168.1.255", "192.168.2.255"
+RCVBUF = 1 << 20  # what the relay asks for; socat gets the same
+HEADER = struct.Struct("<QQ")  # sequence number, CLOCK_MONOTONIC send time (ns)
+BATCH = 64
+PR_SET_PDEATHSIG = 1
+PR_SET_TIMERSLACK = 29
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+UDP_FIELDS = ("InDatagrams", "NoPorts", "InErrors", "OutDatagrams", "RcvbufErrors")
+
+CASES = {
+    "compat": "compat mode (sitelink-relay PORT DEST)",
+    "raw": 'service mode, "wire": "raw"',
+    "sitelink1": 'service mode, "wire": "sitelink1" (authenticated)',
+}
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ sender/receiver
+
+
+def _load_mmsg() -> Any:
+    """The relay's batching module, loaded from its file (no package import needed)."""
+    spec = importlib.util.spec_from_file_location("sitelink_bench_mmsg", MMSG)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {MMSG}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read_go() -> tuple[int, int, int]:
+    print("ready", flush=True)
+    line = sys.stdin.readline().split()
+    if len(line) != 3:
+        sys.exit(0)  # the bench went away
+    start, warm, duration = (int(x) for x in line)
+    return start, warm, duration
+
+
+def _sleep_until(t_ns: int) -> None:
+    while True:
+        left = t_ns - time.monotonic_ns()
+        if left <= 0:
+            return
+        time.sleep(left / 1e9)
+
+
+def role_send(args: argparse.Namespace) -> int:
+    mmsg = _load_mmsg()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)  # 1 us: precise pacing
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+    sock.bind(("0.0.0.0", 0))  # noqa: S104 - inside the bench's sender namespace
+    sender = mmsg.Sender(BATCH, sock)
+    add = sender.add
+    dest = (args.dest, args.port)
+    pad = bytes(max(0, args.size - HEADER.size))
+    pack = HEADER.pack
+    clock = time.monotonic_ns
+    start, warm, duration = _read_go()
+    measure_from = start + warm
+    end = measure_from + duration
+    errors = 0
+    seq = 0
+    first_measured = -1
+    _sleep_until(start)
+    if args.rate <= 0:  # blast: one timestamp per batch
+        while True:
+            now = clock()
+            if now >= end:
+                break
+            if first_measured < 0 and now >= measure_from:
+                first_measured = seq
+            for _ in range(BATCH):  # the 64th add sends the batch
+                add((pack(seq, now), pad), dest)
+                seq += 1
+            errors += len(sender.flush())
+    else:  # paced against the clock; each datagram stamped just before its batch goes out
+        rate = args.rate
+        while True:
+            now = clock()
+            if now >= end:
+                break
+            if first_measured < 0 and now >= measure_from:
+                first_measured = seq
+            due = (now - start) * rate // 1_000_000_000 + 1
+            while seq < due:
+                add((pack(seq, clock()), pad), dest)
+                seq += 1
+            errors += len(sender.flush())
+            left = start + seq * 1_000_000_000 // rate - clock()
+            if left > 0:
+                time.sleep(left / 1e9)
+    errors += len(sender.flush())
+    if first_measured < 0:
+        first_measured = seq
+    elapsed = (clock() - start) / 1e9
+    print(
+        json.dumps(
+            {
+                "sent": seq,
+                "sent_measured": seq - first_measured,
+                "send_errors": errors,
+                "elapsed": elapsed,
+                "backend": mmsg.BACKEND,
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
+def _percentile(sorted_values: list, q: float) -> Optional[float]:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
+    return sorted_values[index]
+
+
+def role_recv(args: argparse.Namespace) -> int:
+    mmsg = _load_mmsg()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 23)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 23)
+    sock.bind(("0.0.0.0", args.port))  # noqa: S104 - inside the bench's receiver namespace
+    sock.setblocking(False)
+    bufsize = max(2048, args.size + 64)
+    rx = mmsg.Receiver(sock, BATCH, bufsize)
+    fast = isinstance(rx, mmsg.MmsgReceiver)
+    if fast:  # sequence numbers and timestamps straight from the slots, in C
+        slot = (bufsize + 7) & ~7
+        words = memoryview(rx._data).cast("Q")
+        v_seq = words[0 :: slot // 8]
+        v_ts = words[1 :: slot // 8]
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    clock = time.monotonic_ns
+    start, warm, duration = _read_go()
+    measure_from = start + warm
+    window_end = measure_from + duration
+    end = window_end + int(args.drain * 1e9)
+    paced = args.rate > 0
+    seen = bytearray(1 << 20)
+    unique = dups = measured = in_window = short = 0
+    latencies: list = []
+    lat_append = latencies.append
+    while True:
+        now = clock()
+        if now >= end:
+            break
+        if not poller.poll(min(100.0, (end - now) / 1e6)):
+            continue
+        while True:
+            n = rx.recv()
+            if not n:
+                break
+            t = clock()
+            if fast:
+                seqs = v_seq[:n].tolist()
+                stamps = v_ts[:n].tolist()
+                sizes = [len(p) for p in rx.payloads]
+                if sizes.count(args.size) != n:
+                    short += n - sizes.count(args.size)
+            else:
+                pairs = [HEADER.unpack_from(p) for p in rx.payloads if len(p) >= HEADER.size]
+                short += n - len(pairs)
+                seqs = [p[0] for p in pairs]
+                stamps = [p[1] for p in pairs]
+            new = 0
+            for seq, ts in zip(seqs, stamps):
+                if seq >= len(seen):
+                    if seq > 1 << 32:
+                        short += 1
+                        continue
+                    seen.extend(bytes(max(seq + 1 - len(seen), len(seen))))
+                if seen[seq]:
+                    dups += 1
+                    continue
+                seen[seq] = 1
+                new += 1
+                if ts >= measure_from:
+                    measured += 1
+                    if paced:
+                        lat_append(t - ts)
+            unique += new
+            if measure_from <= t < window_end:
+                in_window += new
+            if n < BATCH:
+                break
+    latencies.sort()
+    us = 1e-3
+    result = {
+        "received": unique,
+        "received_measured": measured,
+        "duplicates": dups,
+        "malformed": short,
+        "in_window": in_window,
+        "window": duration / 1e9,
+        "backend": mmsg.BACKEND,
+    }
+    if paced:
+        result["latency_us"] = {
+            "p50": _round(_percentile(latencies, 0.50), us),
+            "p99": _round(_percentile(latencies, 0.99), us),
+            "max": _round(latencies[-1] if latencies else None, us),
+            "mean": _round(sum(latencies) / len(latencies) if latencies else None, us),
+        }
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def _round(value: Optional[float], scale: float) -> Optional[float]:
+    return None if value is None else round(value * scale, 1)
+
+
+# ------------------------------------------------------------------------------ lab
+
+
+def run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise BenchError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
+    return res
+
+
+def _child_setup() -> None:
+    """In each child: die with the bench (the finally block may never run on SIGKILL)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Lab:
+    """Namespaces, processes and files this bench created; teardown() removes all."""
+
+    def __init__(self) -> None:
+        self.suffix = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+        self.workdir = tempfile.mkdtemp(prefix="sitelink-bench-relay-")
+        self.ns: dict[str, str] = {}
+
+    # -- topology
+    def add_ns(self, role: str) -> str:
+        name = f"slb{self.suffix}{role}"
+        if os.path.exists(f"/run/netns/{name}"):
+            raise BenchError(f"namespace {name} already exists; not touching it")
+        run("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def build(self) -> None:
+        ns = self.ns
+        for role in ("snd", "gwA", "gwB", "rcv"):
+            ns[role] = self.add_ns(role)
+        for gw, addr in (("gwA", f"{GW_A}/24"), ("gwB", f"{GW_B}/24")):
+            run("ip", "-n", ns[gw], "link", "add", "lan0", "type", "bridge")
+            run("ip", "-n", ns[gw], "addr", "add", addr, "dev", "lan0")
+            run("ip", "-n", ns[gw], "link", "set", "lan0", "up")
+        for host, gw, addr, gwaddr in (
+            ("snd", "gwA", SENDER, GW_A),
+            ("rcv", "gwB", RECEIVER, GW_B),
+        ):
+            port = "p" + host
+            run("ip", "-n", ns[host], "link", "add", "eth0", "type", "veth", "peer", "name", port,
+                "netns", ns[gw])  # fmt: skip
+            run("ip", "-n", ns[gw], "link", "set", port, "master", "lan0", "up")
+            run("ip", "-n", ns[host], "addr", "add", f"{addr}/24", "dev", "eth0")
+            run("ip", "-n", ns[host], "link", "set", "eth0", "up")
+            run("ip", "-n", ns[host], "route", "add", "default", "via", gwaddr)
+        run("ip", "-n", ns["gwA"], "link", "add", "tun0", "type", "veth", "peer", "name", "tun0",
+            "netns", ns["gwB"])  # fmt: skip
+        for gw, own, peer, other in (("gwA", GW_A, GW_B, LAN_B), ("gwB", GW_B, GW_A, LAN_A)):
+            run("ip", "-n", ns[gw], "addr", "add", f"{own}/32", "peer", f"{peer}/32", "dev", "tun0")
+            run("ip", "-n", ns[gw], "link", "set", "tun0", "up")
+            run("ip", "-n", ns[gw], "route", "add", other, "via", peer, "dev", "tun0", "src", own)
+
+    # -- processes
+    def spawn(self, ns: str, cmd: list[str], log_name: Optional[str] = None, pipes=False, nice=0):
+        full = ["ip", "netns", "exec", ns]
+        if nice:
+            full += ["nice", "-n", str(nice)]
+        full += cmd
+        out: Any = subprocess.PIPE if pipes else subprocess.DEVNULL
+        if log_name:
+            out = open(os.path.join(self.workdir, log_name), "w")  # noqa: SIM115 - kept for the child
+        try:
+            proc = subprocess.Popen(
+                full,
+                stdin=subprocess.PIPE if pipes else subprocess.DEVNULL,
+                stdout=out,
+                stderr=out if log_name else subprocess.PIPE if pipes else subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,  # Ctrl-C reaches the bench only; it stops them in order
+                preexec_fn=_child_setup,  # prctl only (the bench runs no threads)
+            )
+        finally:
+            if log_name:
+                out.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, timeout: float = 5.0) -> None:
+        """Stop one process this bench started (by its pid)."""
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait(timeout)
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def log_tail(self, name: str, lines: int = 8) -> str:
+        try:
+            text = Path(self.workdir, name).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def write(self, name: str, content: str, mode: int = 0o644) -> str:
+        path = os.path.join(self.workdir, name)
+        with open(path, "w") as fh:
+            fh.write(content)
+        os.chmod(path, mode)
+        return path
+
+    def udp_counters(self, role: str) -> dict[str, int]:
+        res = run("ip", "netns", "exec", self.ns[role], "cat", "/proc/net/snmp", check=False)
+        lines = [line.split() for line in res.stdout.splitlines() if line.startswith("Udp:")]
+        if len(lines) < 2:
+            return {}
+        values = dict(zip(lines[0][1:], lines[1][1:]))
+        return {k: int(values.get(k, 0)) for k in UDP_FIELDS}
+
+    def teardown(self) -> None:
+        for proc in list(self.procs):  # only processes this bench started
+            with contextlib.suppress(Exception):
+                self.stop(proc)
+        for name in reversed(self.namespaces):  # only namespaces this bench created
+            run("ip", "netns", "del", name, check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def wait_bound(proc: subprocess.Popen, port: int, timeout: float = 10.0) -> bool:
+    """Until the process (in its namespace) has a UDP socket bound to port."""
+    suffix = f":{port:04X}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with open(f"/proc/{proc.pid}/net/udp") as fh:
+                if any(line.split()[1].endswith(suffix) for line in list(fh)[1:]):
+                    return True
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.02)
+    return False
+
+
+# ------------------------------------------------------------------------ forwarders
+
+
+def relay_features(python: str, relay: str) -> dict[str, Any]:
+    res = run(python, relay, "--help", check=False)
+    version = run(python, relay, "--version", check=False).stdout.strip()
+    return {"keys": "--keys" in res.stdout, "version": version, "help_ok": res.returncode == 0}
+
+
+def service_configs(gw: str, wire: str, workdir: str) -> list[dict[str, Any]]:
+    """Config candidates for gateway gw ("A"/"B"), newest format first."""
+    own, peer = (GW_A, GW_B) if gw == "A" else (GW_B, GW_A)
+    office, peer_office = ("alpha", "bravo") if gw == "A" else ("bravo", "alpha")
+    lan = {"interface": "lan0", "address": f"{own}/24"}
+    rule = {"port": PORT, "forward_to": [peer], "accept_from": [peer]}
+    state_dir = os.path.join(workdir, f"state{gw}")
+    os.makedirs(state_dir, exist_ok=True)
+    status = os.path.join(workdir, f"status{gw}.json")
+    v2 = {
+        "version": 2,
+        "office": office,
+        "lan": lan,
+        "wire": wire,
+        "rules": [rule],
+        "storm_control": None,
+        "state_dir": state_dir,
+        "status_file": status,
+    }
+    candidates = [
+        dict(v2, peers={peer: {"office": peer_office}}),
+        dict(v2, peer_offices={peer: peer_office}),
+    ]
+    if wire == "raw":
+        candidates.append(
+            {"version": 1, "lan": lan, "wire": "raw", "rules": [rule], "status_file": status}
+        )
+    return candidates
+
+
+class Forwarders:
+    """The two forwarders (gwA, gwB) of one implementation and case."""
+
+    def __init__(self, lab: Lab, args: argparse.Namespace, impl: str, case: str):
+        self.lab, self.args, self.impl, self.case = lab, args, impl, case
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, str] = {}
+
+    def commands(self) -> dict[str, list[str]]:
+        args = self.args
+        if self.impl == "socat":
+            return {
+                "gwA": [
+                    "socat", "-u", f"UDP-RECV:{PORT},reuseaddr,rcvbuf={RCVBUF}",
+                    f"UDP-SENDTO:{GW_B}:{PORT}",
+                ],
+                "gwB": [
+                    "socat", "-u", f"UDP-RECV:{PORT},reuseaddr,rcvbuf={RCVBUF},range={GW_A}/32",
+                    f"UDP-SENDTO:{BCAST_B}:{PORT},broadcast",
+                ],
+            }  # fmt: skip
+        base = [args.python, args.relay]
+        if self.case == "compat":
+            return {"gwA": [*base, str(PORT), GW_B], "gwB": [*base, str(PORT), BCAST_B]}
+        wire = "sitelink1" if self.case == "sitelink1" else "raw"
+        cmds = {}
+        key = secrets.token_hex(32)  # one link, one key, both ends
+        for gw, peer in (("A", GW_B), ("B", GW_A)):
+            path = self._config(gw, wire)
+            cmd = [*base, "--config", path]
+            if wire == "sitelink1":
+                keys = {"version": 1, "peers": {peer: {"send": key, "accept": [key]}}}
+                cmd += ["--keys", self.lab.write(f"keys{gw}.json", json.dumps(keys), 0o600)]
+            cmds["gw" + gw] = cmd
+        return cmds
+
+    def _config(self, gw: str, wire: str) -> str:
+        problems = []
+        for i, candidate in enumerate(service_configs(gw, wire, self.lab.workdir)):
+            path = self.lab.write(f"config{gw}-{wire}-{i}.json", json.dumps(candidate, indent=1))
+            res = run(self.args.python, self.args.relay, "--check-config", path, check=False)
+            if res.returncode == 0:
+                return path
+            problems.append(res.stderr.strip() or res.stdout.strip())
+        raise BenchError(f"the relay accepts none of the bench's {wire} configs:\n" + problems[0])
+
+    def start(self) -> None:
+        for gw, cmd in self.commands().items():
+            name = f"{self.impl}-{self.case}-{gw}.log"
+            self.logs[gw] = name
+            self.procs[gw] = self.lab.spawn(self.lab.ns[gw], cmd, log_name=name)
+        for gw, proc in self.procs.items():
+            if not wait_bound(proc, PORT):
+                raise BenchError(
+                    f"{self.impl} at {gw} did not start:\n{self.lab.log_tail(self.logs[gw])}"
+                )
+        time.sleep(0.2)  # let them finish starting (reading keys, status files)
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs.values())
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            self.lab.stop(proc)
+
+
+# --------------------------------------------------------------------------- measure
+
+
+def _readline(proc: subprocess.Popen, deadline: float) -> str:
+    if proc.stdout is None:
+        raise BenchError("no pipe to a sender/receiver")
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BenchError("a sender/receiver did not answer in time")
+        ready, _, _ = select.select([proc.stdout], [], [], left)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                err = proc.stderr.read() if proc.stderr else ""
+                raise BenchError(f"a sender/receiver exited early: {err.strip()[-500:]}")
+            return line.strip()
+
+
+def _result(proc: subprocess.Popen, timeout: float) -> dict:
+    """The JSON line a sender/receiver prints when it is done."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError("a sender/receiver did not finish in time") from exc
+    lines = out.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise BenchError(f"a sender/receiver failed ({proc.returncode}): {err.strip()[-500:]}")
+    return json.loads(lines[-1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (what it spent, incl. the kernel work of its calls)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    lab: Lab,
+    args: argparse.Namespace,
+    rate: int,
+    warm: float,
+    duration: float,
+    pids: dict[str, int],
+) -> dict:
+    """One load through the running forwarders (pids: gwA, gwB): sender -> ... -> receiver."""
+    script = str(Path(__file__).resolve())
+    common = ["--port", str(PORT), "--size", str(args.size), "--rate", str(rate)]
+    before = {role: lab.udp_counters(role) for role in ("gwA", "gwB", "rcv")}
+    cpu_before = {gw: cpu_seconds(pid) for gw, pid in pids.items()}
+    receiver = lab.spawn(
+        lab.ns["rcv"],
+        [args.python, script, "--role", "recv", *common, "--drain", "0.5"],
+        pipes=True,
+    )
+    sender = lab.spawn(
+        lab.ns["snd"],
+        [args.python, script, "--role", "send", *common, "--dest", BCAST_A],
+        pipes=True,
+        nice=19 if rate <= 0 else 0,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        for proc in (receiver, sender):
+            if _readline(proc, deadline) != "ready":
+                raise BenchError("unexpected sender/receiver output")
+        start = time.monotonic_ns() + 50_000_000
+        go = f"{start} {int(warm * 1e9)} {int(duration * 1e9)}\n"
+        for proc in (receiver, sender):
+            if proc.stdin is None:
+                raise BenchError("no pipe to a sender/receiver")
+            proc.stdin.write(go)
+            proc.stdin.flush()
+        wait = warm + duration + 15
+        sent = _result(sender, wait)
+        got = _result(receiver, wait)
+    finally:
+        lab.stop(sender)
+        lab.stop(receiver)
+    cpu = {gw: cpu_seconds(pid) - cpu_before[gw] for gw, pid in pids.items()}
+    after = {role: lab.udp_counters(role) for role in ("gwA", "gwB", "rcv")}
+    queued = {r: after[r].get("InDatagrams", 0) - before[r].get("InDatagrams", 0) for r in after}
+    expected = sent["sent_measured"]
+    result: dict[str, Any] = {
+        "offered_per_s": round(sent["sent"] / max(sent["elapsed"], 1e-9)),
+        "sent": sent["sent"],
+        "sent_measured": expected,
+        "send_errors": sent["send_errors"],
+        "received_measured": got["received_measured"],
+        "duplicates": got["duplicates"],
+        "malformed": got["malformed"],
+        "lost": max(0, expected - got["received_measured"]),
+        "loss_pct": round(100.0 * max(0, expected - got["received_measured"]) / expected, 3)
+        if expected
+        else None,
+        "socket_drops": {
+            role: after[role].get("RcvbufErrors", 0) - before[role].get("RcvbufErrors", 0)
+            for role in before
+        },
+        # CPU per datagram: gwA's per datagram it read, gwB's (echoes included) per
+        # datagram it delivered; figures that do not depend on what else the host runs
+        "cpu_us_per_datagram": {
+            "gwA": round(1e6 * cpu["gwA"] / queued["gwA"], 2) if queued["gwA"] else None,
+            "gwB": round(1e6 * cpu["gwB"] / queued["rcv"], 2) if queued["rcv"] else None,
+        },
+    }
+    if rate <= 0:
+        result["capacity_per_s"] = round(got["in_window"] / got["window"])
+        costs = [c for c in result["cpu_us_per_datagram"].values() if c]
+        # what the slower forwarder could do with a CPU to itself
+        result["one_core_bound_per_s"] = round(1e6 / max(costs)) if len(costs) == 2 else None
+    else:
+        result["latency_us"] = got["latency_us"]
+    return result
+
+
+LOADS = (("blast", 0), ("10k", 10_000), ("50k", 50_000))
+
+
+def bench_case(lab: Lab, args: argparse.Namespace, impl: str, case: str) -> dict:
+    fw = Forwarders(lab, args, impl, case)
+    results: dict[str, Any] = {}
+    try:
+        fw.start()
+        for load, rate in LOADS:
+            duration = args.blast if rate <= 0 else args.paced
+            warm = args.warm
+            log(f"  {impl:5s} {case:9s} {load:5s} ({duration:g} s + {warm:g} s warm-up)")
+            pids = {gw: proc.pid for gw, proc in fw.procs.items()}
+            results[load] = measure(lab, args, rate, warm, duration, pids)
+            if not fw.alive():
+                tails = {gw: lab.log_tail(name) for gw, name in fw.logs.items()}
+                raise BenchError(f"{impl} died during {load}: {tails}")
+        delivered = sum(r["received_measured"] for r in results.values())
+        if not delivered:
+            results["error"] = "nothing arrived at the receiver"
+            results["logs"] = {gw: lab.log_tail(name) for gw, name in fw.logs.items()}
+    except BenchError as exc:
+        results["error"] = str(exc)
+    finally:
+        fw.stop()
+    return results
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def _fmt(value: Any, width: int, digits: int = 0) -> str:
+    if value is None:
+        return "-".rjust(width)
+    if isinstance(value, float) or digits:
+        return f"{value:.{digits}f}".rjust(width)
+    return str(value).rjust(width)
+
+
+def table(report: dict) -> str:
+    cap_head = (
+        f"{'case':10s} {'impl':6s} {'capacity/s':>10s} {'x socat':>7s} {'offered/s':>9s}"
+        f" {'cpu us/dgram A':>14s} {'B':>5s} {'1-core/s':>8s} {'x socat':>7s}"
+        f"  {'queue drops A/B/rcv':>19s}"
+    )
+    lat_head = (
+        f"{'case':10s} {'impl':6s} {'rate/s':>6s} {'p50 us':>8s} {'p99 us':>8s} {'max us':>8s}"
+        f" {'loss %':>7s} {'lost':>6s} {'dup':>4s}"
+    )
+    cap = ["capacity: max-rate blast", cap_head, "-" * len(cap_head)]
+    lat = ["latency and loss: paced", lat_head, "-" * len(lat_head)]
+    for case, per_impl in report["cases"].items():
+        if "skipped" in per_impl:
+            cap.append(f"{case:10s} skipped: {per_impl['skipped']}")
+            lat.append(f"{case:10s} skipped: {per_impl['skipped']}")
+            continue
+        socat_blast = per_impl.get("socat", {}).get("blast", {})
+        socat_cap = socat_blast.get("capacity_per_s")
+        socat_bound = socat_blast.get("one_core_bound_per_s")
+        for impl in ("relay", "socat"):
+            res = per_impl.get(impl, {})
+            if "error" in res:
+                cap.append(f"{case:10s} {impl:6s} error: {res['error'].splitlines()[0]}")
+            blast = res.get("blast")
+            if blast:
+                value = blast.get("capacity_per_s")
+                ratio = round(value / socat_cap, 2) if value and socat_cap else None
+                drops = blast.get("socket_drops", {})
+                cpu = blast.get("cpu_us_per_datagram", {})
+                bound = blast.get("one_core_bound_per_s")
+                bound_ratio = round(bound / socat_bound, 2) if bound and socat_bound else None
+                cap.append(
+                    f"{case:10s} {impl:6s} {_fmt(value, 10)} {_fmt(ratio, 7, 2)}"
+                    f" {_fmt(blast.get('offered_per_s'), 9)}"
+                    f" {_fmt(cpu.get('gwA'), 14, 2)} {_fmt(cpu.get('gwB'), 5, 2)}"
+                    f" {_fmt(bound, 8)} {_fmt(bound_ratio, 7, 2)}"
+                    "  " + "/".join(str(drops.get(r, "-")) for r in ("gwA", "gwB", "rcv")).rjust(19)
+                )
+            for load, rate in LOADS:
+                r = res.get(load)
+                if rate <= 0 or not r:
+                    continue
+                q = r.get("latency_us", {})
+                lat.append(
+                    f"{case:10s} {impl:6s} {rate:6d} {_fmt(q.get('p50'), 8, 1)}"
+                    f" {_fmt(q.get('p99'), 8, 1)} {_fmt(q.get('max'), 8, 1)}"
+                    f" {_fmt(r.get('loss_pct'), 7, 2)} {_fmt(r.get('lost'), 6)}"
+                    f" {_fmt(r.get('duplicates'), 4)}"
+                )
+    notes = [
+        "capacity: distinct datagrams/s delivered to the receiver in the blast's steady-state"
+        " window; x socat: relay/socat in the same case and run; cpu: CPU time of the"
+        " forwarder at gwA per datagram it read, at gwB per datagram it delivered (echoes"
+        " of its own broadcasts included, and the kernel work done in its system calls);"
+        " 1-core/s: 1e6 / the slower forwarder's cpu, the rate it could sustain with a CPU"
+        " to itself; queue drops: receive-queue overflows during the blast.  Latency is"
+        " one-way, sender to receiver.",
+    ]
+    env = report.get("environment", {})
+    if env.get("load", 0) >= 0.5:
+        notes.append(
+            f"note: load average {env['load']:.2f} when the bench started on"
+            f" {env.get('host_cpus')} CPUs: other work competed for the CPUs."
+        )
+    return "\n".join([*cap, "", *lat, "", *notes])
+
+
+def environment(args: argparse.Namespace, features: dict) -> dict:
+    socat = run("socat", "-V", check=False).stdout.splitlines()
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host_cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": run(args.python, "--version", check=False).stdout.strip(),
+        "relay": args.relay,
+        "relay_version": features["version"],
+        "socat": next((line for line in socat if "socat version" in line), "?").strip(),
+        "payload_bytes": args.size,
+        "blast_seconds": args.blast,
+        "paced_seconds": args.paced,
+        "warm_seconds": args.warm,
+        "load": os.getloadavg()[0],
+    }
+
+
+def bench(args: argparse.Namespace) -> dict:
+    features = relay_features(args.python, args.relay)
+    if not features["help_ok"]:
+        raise BenchError(f"{args.python} {args.relay} --help failed")
+    report: dict[str, Any] = {"environment": environment(args, features), "cases": {}}
+    lab = Lab()
+    try:
+        log(f"building namespaces slb{lab.suffix}*")
+        lab.build()
+        for case in args.cases:
+            if case == "sitelink1" and not features["keys"]:
+                report["cases"][case] = {"skipped": "relay has no --keys yet"}
+                continue
+            report["cases"][case] = {
+                impl: bench_case(lab, args, impl, case) for impl in ("relay", "socat")
+            }
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not stop this
+            signal.signal(signum, signal.SIG_IGN)
+        lab.teardown()
+        left = [n for n in lab.namespaces if os.path.exists(f"/run/netns/{n}")]
+        if left:
+            log(f"warning: namespaces left behind: {left}")
+    summary = {}
+    for case, per_impl in report["cases"].items():
+        try:
+            relay_cap = per_impl["relay"]["blast"]["capacity_per_s"]
+            socat_cap = per_impl["socat"]["blast"]["capacity_per_s"]
+            summary[case] = round(relay_cap / socat_cap, 2) if socat_cap else None
+        except (KeyError, TypeError):
+            continue
+    report["capacity_ratio_relay_over_socat"] = summary
+    bounds = {}
+    for case, per_impl in report["cases"].items():
+        try:
+            relay_bound = per_impl["relay"]["blast"]["one_core_bound_per_s"]
+            socat_bound = per_impl["socat"]["blast"]["one_core_bound_per_s"]
+            bounds[case] = round(relay_bound / socat_bound, 2) if socat_bound else None
+        except (KeyError, TypeError):
+            continue
+    report["one_core_bound_ratio_relay_over_socat"] = bounds
+    return report
+
+
+def prerequisites(args: argparse.Namespace) -> Optional[str]:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    if sys.platform != "linux" or shutil.which("ip") is None:
+        return "needs Linux with iproute2 (ip)"
+    if shutil.which("socat") is None:
+        return "needs socat (apt-get install socat)"
+    if not os.path.exists(args.relay):
+        return f"{args.relay} not found (make relay)"
+    if not os.path.exists(args.python):
+        return f"{args.python} not found"
+    return None
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Needs root, ip netns and socat; takes about 2 minutes (--quick: under 1).",
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter loads (about 1 s each)")
+    parser.add_argument(
+        "--output",
+        metavar="FILE",
+        default=str(DEFAULT_OUTPUT),
+        help="JSON results (default: %(default)s)",
+    )
+    parser.add_argument("--relay", metavar="PATH", default=str(RELAY), help="relay program")
+    parser.add_argument("--python", metavar="PATH", default=PYTHON, help="interpreter for all")
+    parser.add_argument("--size", type=int, default=200, help="payload bytes (default 200)")
+    parser.add_argument(
+        "--cases",
+        default=",".join(CASES),
+        help=f"comma-separated subset of {', '.join(CASES)}",
+    )
+    parser.add_argument("--role", choices=("send", "recv"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=PORT, help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--dest", default=BCAST_A, help=argparse.SUPPRESS)
+    parser.add_argument("--drain", type=float, default=0.5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role is None:
+        cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+        unknown = [c for c in cases if c not in CASES]
+        if unknown or not cases:
+            parser.error(f"--cases: unknown {', '.join(unknown) or '(none)'}")
+        args.cases = cases
+        if not HEADER.size <= args.size <= 65507:
+            parser.error(f"--size must be between {HEADER.size} and 65507")
+        args.blast, args.paced, args.warm = (1.5, 1.5, 0.3) if args.quick else (3.0, 3.0, 0.5)
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.role == "send":
+        return role_send(args)
+    if args.role == "recv":
+        return role_recv(args)
+    problem = prerequisites(args)
+    if problem:
+        log(f"bench/relay.py: {problem}")
+        return 2
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # Ctrl-C and kill tear everything down (even when started with SIGINT ignored)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    try:
+        report = bench(args)
+    except KeyboardInterrupt:
+        log("interrupted; namespaces and processes removed")
+        return 130
+    except BenchError as exc:
+        log(f"bench/relay.py: {exc}")
+        return 1
+    report["environment"]["bench_seconds"] = round(time.monotonic() - started, 1)
+    print(table(report))
+    out = Path(args.output)
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True)
+        if out.parent == DEFAULT_OUTPUT.parent:  # results are not sources
+            (out.parent / ".gitignore").write_text("*\n")
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nresults: {out} ({report['environment']['bench_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

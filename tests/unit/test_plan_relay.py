@@ -1,0 +1,458 @@
+"""The relay's part of the plan: its version 2 configuration, wires, multicast groups,
+the secrets it needs (rotation included) and the office ids of its authenticated wire."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import build, render
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import (
+    PlanError,
+    relay_office_id,
+)
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (
+    gateway_secrets,
+    link_key,
+)
+from test_plan import TEST_SECRET, branch_offices, case_study, external_partner, with_topology
+
+OLD_SECRET = "the-old-secret-being-rotated-0042"  # noqa: S105  (a test value)
+SSDP = "239.255.255.250"
+CASE_STUDY_SECRET = case_study()["manhattan-gw"]["office_tunnel_secret"]
+
+
+def relay(offices: dict, host: str) -> dict:
+    return plan_network(offices).gateway_dict(host)["relay"]
+
+
+def errors(offices: dict) -> list[str]:
+    with pytest.raises(PlanError) as info:
+        plan_network(offices)
+    return info.value.errors
+
+
+def addresses_named_by_rules(config: dict) -> set[str]:
+    named = set()
+    for rule in config["rules"]:
+        named |= set(rule["forward_to"]) | set(rule["accept_from"])
+        for sender, onward in rule.get("transit", {}).items():
+            named |= {sender, *onward}
+    return named
+
+
+# --------------------------------------------------------------------------- version 2
+
+
+def test_case_study_relay_config_is_version_2():
+    plan = plan_network(case_study())
+    assert plan.gateway_dict("manhattan-gw")["relay"] == {
+        "version": 2,
+        "office": "manhattan",
+        "lan": {"interface": "eth0", "address": "192.168.1.126/24"},
+        "own_addresses": ["172.16.1.12"],
+        "wire": "sitelink1",
+        "keys_file": "/etc/sitelink/relay-keys.json",
+        "state_dir": "/var/lib/sitelink-relay",
+        "peers": {"192.168.2.126": {"office": "brooklyn", "interface": "sl-brooklyn"}},
+        "rules": [{"port": 6799, "forward_to": ["192.168.2.126"], "accept_from": []}],
+        "status_file": "/run/sitelink-relay/status.json",
+        "metrics_file": "/run/sitelink-relay/metrics.prom",
+    }
+    brooklyn = plan.gateway_dict("brooklyn-gw")["relay"]
+    assert brooklyn["office"] == "brooklyn"
+    assert brooklyn["peers"] == {
+        "192.168.1.126": {"office": "manhattan", "interface": "sl-manhattan"}
+    }
+    assert brooklyn["rules"] == [{"port": 6799, "forward_to": [], "accept_from": ["192.168.1.126"]}]
+    # No key of any kind in the plan, no storm_control (the relay's defaults apply).
+    text = json.dumps(plan.gateway_dict("manhattan-gw"))
+    for purpose in ("tunnel", "relay"):
+        assert link_key(CASE_STUDY_SECRET, "brooklyn", "manhattan", purpose) not in text
+    assert "storm_control" not in text and "multicast_groups" not in text
+
+
+def test_peers_are_every_address_a_rule_names_transit_included():
+    offices = branch_offices(5)
+    offices["office1-gw"]["office_broadcast_relay"] = [{"port": 5000, "to": ["office3"]}]
+    offices["office4-gw"]["office_broadcast_relay"] = [{"port": 5001}]
+    plan = plan_network(offices)
+    for host in plan.gateways:
+        config = plan.gateway_dict(host)["relay"]
+        assert set(config["peers"]) == addresses_named_by_rules(config), host
+    hub = plan.gateway_dict("office0-gw")["relay"]
+    (rule5000,) = [r for r in hub["rules"] if r["port"] == 5000]
+    assert rule5000["transit"] == {"10.0.1.1": ["10.0.3.1"]}
+    assert hub["peers"]["10.0.3.1"] == {"office": "office3", "interface": "sl-office3"}
+    # Peers are sorted by address, as every address list of the plan.
+    assert list(hub["peers"]) == ["10.0.1.1", "10.0.2.1", "10.0.3.1", "10.0.4.1"]
+
+
+def test_a_gateway_without_rules_has_no_peers():
+    offices = branch_offices(3)
+    offices["office0-gw"]["office_broadcast_relay"] = [{"port": 6799, "to": ["office1"]}]
+    config = relay(offices, "office2-gw")
+    assert (config["rules"], config["peers"]) == ([], {})
+    assert config["version"] == 2 and config["wire"] == "sitelink1"
+
+
+# --------------------------------------------------------------------------- wires
+
+
+def test_raw_deployment_wire_needs_no_secret_without_ipsec_and_warns():
+    offices = with_topology(
+        case_study(), "hub-and-spoke", office_relay_wire="raw", office_tunnel_protection="none"
+    )
+    for office in offices.values():
+        del office["office_tunnel_secret"]
+    plan = plan_network(offices)
+    config = plan.gateway_dict("manhattan-gw")["relay"]
+    assert config["wire"] == "raw"
+    assert config["peers"] == {"192.168.2.126": {"office": "brooklyn", "interface": "sl-brooklyn"}}
+    # Emitted always; the relay ignores them with the raw wire.
+    assert config["keys_file"] == "/etc/sitelink/relay-keys.json"
+    (warning,) = [w for w in plan.warnings if "office_relay_wire" in w]
+    assert warning.startswith("deployment (every office): office_relay_wire: raw: ")
+    text = render.network_text(plan)
+    assert "Relay wire: RAW" in text and warning.split(": raw: ")[1][:40] in text.replace("\n", "")
+    gateway = render.gateway_text(plan.gateway_dict("manhattan-gw"))
+    assert "NOT AUTHENTICATED (office_relay_wire: raw)" in gateway
+
+
+def test_raw_with_ipsec_warns_without_claiming_internet_forgery():
+    offices = with_topology(case_study(), "hub-and-spoke", office_relay_wire="raw")
+    (warning,) = plan_network(offices).warnings
+    assert "IPsec still protects them" in warning and "anyone on the Internet" not in warning
+
+
+def test_authenticated_wire_is_the_default_and_does_not_warn():
+    plan = plan_network(case_study())
+    assert plan.warnings == []
+    assert "Relay wire: authenticated" in render.network_text(plan)
+    text = render.gateway_text(plan.gateway_dict("brooklyn-gw"))
+    assert "authenticated: each datagram carries its origin office" in text
+    assert "NOT AUTHENTICATED" not in text
+
+
+def test_a_raw_external_peer_is_marked_on_its_entry_only():
+    offices = with_topology(
+        branch_offices(3),
+        "hub-and-spoke",
+        office_external_peers=[
+            external_partner(relay_wire="raw", broadcast_relay=[{"port": 7000, "to": ["office2"]}])
+        ],
+    )
+    offices["office1-gw"]["office_broadcast_relay"] = [{"port": 7001, "to": ["partner"]}]
+    plan = plan_network(offices)
+    hub = plan.gateway_dict("office0-gw")["relay"]
+    assert hub["wire"] == "sitelink1"
+    assert hub["peers"]["10.200.0.1"] == {
+        "office": "partner",
+        "interface": "sl-partner",
+        "wire": "raw",
+    }
+    assert all("wire" not in p for a, p in hub["peers"].items() if a != "10.200.0.1")
+    (warning,) = plan.warnings
+    assert warning.startswith(
+        "office 'partner' (external peer): office_external_peers[0].relay_wire: raw: "
+    )
+    text = render.gateway_text(plan.gateway_dict("office0-gw"))
+    assert "NOT AUTHENTICATED (relay_wire: raw), to: 10.200.0.1 (partner)" in text
+
+
+def test_an_authenticated_external_peer_in_a_raw_deployment_needs_the_secret():
+    peer = external_partner(relay_wire="authenticated", broadcast_relay=[{"port": 7000}])
+    offices = with_topology(
+        branch_offices(2),
+        "hub-and-spoke",
+        office_relay_wire="raw",
+        office_tunnel_protection="none",
+        office_external_peers=[peer],
+    )
+    hub = relay(offices, "office0-gw")
+    assert hub["wire"] == "raw"
+    assert hub["peers"]["10.200.0.1"]["wire"] == "sitelink1"
+    for office in offices.values():
+        del office["office_tunnel_secret"]
+    (problem,) = errors(offices)
+    assert problem.startswith("deployment (every office): office_tunnel_secret: is not set")
+    assert "office_external_peers[0].relay_wire: raw" in problem
+
+
+@pytest.mark.parametrize(
+    ("deployment", "named", "not_named"),
+    [
+        (
+            {"office_tunnel_protection": "none"},
+            ["office_relay_wire is authenticated", "office_relay_wire: raw"],
+            ["office_tunnel_protection"],
+        ),
+        (
+            {},
+            [
+                "office_tunnel_protection is ipsec",
+                "office_relay_wire is authenticated",
+                "office_tunnel_protection: none",
+                "office_relay_wire: raw",
+            ],
+            [],
+        ),
+        (
+            {"office_relay_wire": "raw"},
+            ["office_tunnel_protection is ipsec", "office_tunnel_protection: none"],
+            ["office_relay_wire"],
+        ),
+    ],
+)
+def test_the_authenticated_wire_needs_the_secret(deployment, named, not_named):
+    offices = with_topology(case_study(), "hub-and-spoke", **deployment)
+    for office in offices.values():
+        del office["office_tunnel_secret"]
+    (problem,) = errors(offices)
+    assert problem.startswith("deployment (every office): office_tunnel_secret: is not set")
+    assert "ansible-vault" in problem
+    for text in named:
+        assert text in problem
+    for text in not_named:
+        assert text not in problem
+
+
+def test_a_short_secret_is_refused_for_the_relay_too():
+    offices = with_topology(
+        case_study(),
+        "hub-and-spoke",
+        office_tunnel_protection="none",
+        office_tunnel_secret="hunter2",  # noqa: S106
+    )
+    (problem,) = errors(offices)
+    assert "office_tunnel_secret: is shorter than 16" in problem and "hunter2" not in problem
+
+
+def test_a_bad_relay_wire_is_named():
+    offices = with_topology(case_study(), "hub-and-spoke", office_relay_wire="signed")
+    problem = "\n".join(errors(offices))
+    assert "office_relay_wire: 'signed' must be one of: authenticated, raw" in problem
+    offices = with_topology(
+        case_study(),
+        "hub-and-spoke",
+        office_external_peers=[external_partner(relay_wire="hmac")],
+    )
+    problem = "\n".join(errors(offices))
+    assert "office_external_peers[0].relay_wire: 'hmac' must be one of" in problem
+
+
+# --------------------------------------------------------------------------- rotation
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("short-old", "office_tunnel_secret_previous: is shorter than 16 characters"),
+        (12345678901234567890, "office_tunnel_secret_previous: the value is not a string"),
+    ],
+)
+def test_a_bad_previous_secret_is_named_and_never_shown(value, expected):
+    offices = with_topology(case_study(), "hub-and-spoke", office_tunnel_secret_previous=value)
+    text = "\n".join(errors(offices))
+    assert expected in text, text
+    assert str(value) not in text
+
+
+def test_a_previous_secret_without_a_secret_is_refused():
+    offices = with_topology(
+        case_study(),
+        "hub-and-spoke",
+        office_tunnel_protection="none",
+        office_relay_wire="raw",
+        office_tunnel_secret_previous=OLD_SECRET,
+    )
+    for office in offices.values():
+        del office["office_tunnel_secret"]
+    (problem,) = errors(offices)
+    assert problem.startswith(
+        "deployment (every office): office_tunnel_secret_previous: is set, but "
+        "office_tunnel_secret is not"
+    )
+    assert OLD_SECRET not in problem
+
+
+def test_a_previous_secret_that_differs_between_offices_is_not_shown():
+    offices = with_topology(case_study(), "hub-and-spoke", office_tunnel_secret_previous=OLD_SECRET)
+    offices["brooklyn-gw"]["office_tunnel_secret_previous"] = "another-old-secret-of-length"  # noqa: S105
+    text = "\n".join(errors(offices))
+    assert "office_tunnel_secret_previous: its value differs" in text
+    assert "another-old" not in text and OLD_SECRET not in text
+
+
+def test_the_previous_secret_never_enters_the_plan():
+    offices = with_topology(case_study(), "hub-and-spoke", office_tunnel_secret_previous=OLD_SECRET)
+    plan = plan_network(offices)
+    text = json.dumps([plan.gateway_dict(h) for h in plan.gateways]) + render.network_text(plan)
+    assert OLD_SECRET not in text
+    assert link_key(OLD_SECRET, "brooklyn", "manhattan", "relay") not in text
+
+
+LINKS = [{"id": "brooklyn+manhattan", "offices": ["brooklyn", "manhattan"]}]
+
+
+def test_phase_one_carries_the_previous_relay_key_next_to_the_new_one():
+    secrets = gateway_secrets(LINKS, TEST_SECRET, OLD_SECRET)
+    assert secrets == {
+        "links": {
+            "brooklyn+manhattan": {
+                "tunnel": link_key(TEST_SECRET, "brooklyn", "manhattan", "tunnel"),
+                "relay": link_key(TEST_SECRET, "brooklyn", "manhattan", "relay"),
+                "relay_previous": link_key(OLD_SECRET, "brooklyn", "manhattan", "relay"),
+            }
+        }
+    }
+    keys = secrets["links"]["brooklyn+manhattan"]
+    assert len(set(keys.values())) == 3 and all(len(k) == 64 for k in keys.values())
+    # Both ends of the link derive the same keys, whatever the order of the names.
+    flipped = [{"id": "brooklyn+manhattan", "offices": ["manhattan", "brooklyn"]}]
+    assert gateway_secrets(flipped, TEST_SECRET, OLD_SECRET) == secrets
+
+
+def test_phase_two_carries_the_new_relay_key_only():
+    during = gateway_secrets(LINKS, TEST_SECRET, OLD_SECRET)["links"]["brooklyn+manhattan"]
+    after = gateway_secrets(LINKS, TEST_SECRET)["links"]["brooklyn+manhattan"]
+    assert after == {"tunnel": during["tunnel"], "relay": during["relay"]}
+    # The previous relay key is what the secret used to give: gateways not yet in
+    # phase one send with it, so phase one's relays still understand them.
+    before = gateway_secrets(LINKS, OLD_SECRET)["links"]["brooklyn+manhattan"]
+    assert during["relay_previous"] == before["relay"]
+    assert gateway_secrets(LINKS, None, OLD_SECRET) == {"links": {}}
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def test_groups_reach_the_sender_the_hub_and_the_receivers():
+    offices = branch_offices(4)
+    offices["office0-gw"]["office_broadcast_relay"] = []
+    offices["office1-gw"]["office_broadcast_relay"] = [
+        {"port": 1900, "groups": [SSDP, " 239.255.255.250", "224.0.0.251"]}
+    ]
+    offices["office2-gw"]["office_broadcast_relay"] = [
+        {"port": 1900, "to": ["office3"], "groups": ["239.1.2.3"]}
+    ]
+    plan = plan_network(offices)
+    rule = {h: plan.gateway_dict(h)["relay"]["rules"][0] for h in plan.gateways}
+    union = ["224.0.0.251", "239.1.2.3", "239.255.255.250"]
+    assert rule["office1-gw"]["forward_to"] == ["10.0.0.1"]
+    assert rule["office0-gw"]["transit"] == {
+        "10.0.1.1": ["10.0.2.1", "10.0.3.1"],
+        "10.0.2.1": ["10.0.3.1"],
+    }
+    # office1's groups at office1, the hub and every receiver; office2's on the way to
+    # office3. Each rule carries the union of what crosses it, sorted, once.
+    assert rule["office1-gw"]["multicast_groups"] == ["224.0.0.251", SSDP]
+    assert rule["office0-gw"]["multicast_groups"] == union
+    assert rule["office3-gw"]["multicast_groups"] == union
+    assert rule["office2-gw"]["multicast_groups"] == union
+    assert list(rule["office0-gw"]) == [
+        "port",
+        "forward_to",
+        "accept_from",
+        "transit",
+        "multicast_groups",
+    ]
+    text = render.network_text(plan)
+    assert "office1:1900 (and multicast 224.0.0.251, 239.255.255.250) -> " in text
+    gateway = render.gateway_text(plan.gateway_dict("office3-gw"))
+    assert f"UDP port 1900 (and multicast {', '.join(union)}):" in gateway
+
+
+def test_groups_of_one_port_stay_off_another():
+    offices = branch_offices(2)
+    offices["office0-gw"]["office_broadcast_relay"] = [
+        {"port": 1900, "groups": [SSDP]},
+        {"port": 6799},
+    ]
+    rules = relay(offices, "office1-gw")["rules"]
+    assert [r["port"] for r in rules] == [1900, 6799]
+    assert rules[0]["multicast_groups"] == [SSDP] and "multicast_groups" not in rules[1]
+
+
+def test_an_external_peers_groups_reach_our_receivers():
+    offices = with_topology(
+        branch_offices(2),
+        "hub-and-spoke",
+        office_external_peers=[
+            external_partner(broadcast_relay=[{"port": 1900, "groups": [SSDP]}])
+        ],
+    )
+    offices["office0-gw"]["office_broadcast_relay"] = []
+    plan = plan_network(offices)
+    hub = plan.gateway_dict("office0-gw")["relay"]["rules"]
+    assert hub == [
+        {
+            "port": 1900,
+            "forward_to": [],
+            "accept_from": ["10.200.0.1"],
+            "transit": {"10.200.0.1": ["10.0.1.1"]},
+            "multicast_groups": [SSDP],
+        }
+    ]
+    assert plan.gateway_dict("office1-gw")["relay"]["rules"][0]["multicast_groups"] == [SSDP]
+
+
+@pytest.mark.parametrize("group", ["192.168.1.255", "255.255.255.255", "240.0.0.1", "ff02::c", "x"])
+def test_a_group_outside_224_0_0_0_4_is_named_with_office_and_field(group):
+    offices = case_study()
+    offices["manhattan-gw"]["office_broadcast_relay"] = [{"port": 1900, "groups": [SSDP, group]}]
+    (problem,) = errors(with_topology(offices, "hub-and-spoke"))
+    assert problem.startswith(
+        "office 'manhattan' (host manhattan-gw): office_broadcast_relay[0].groups[1]: "
+        f"{group!r} is not an IPv4 multicast group (224.0.0.0/4"
+    )
+
+
+def test_groups_of_an_external_peer_are_named_with_its_entry():
+    offices = with_topology(
+        case_study(),
+        "hub-and-spoke",
+        office_external_peers=[
+            external_partner(broadcast_relay=[{"port": 1900, "groups": ["10.0.0.1"]}])
+        ],
+    )
+    problem = "\n".join(errors(offices))
+    assert (
+        "office 'partner' (external peer): "
+        "office_external_peers[0].broadcast_relay[0].groups[0]: '10.0.0.1' is not" in problem
+    )
+
+
+def test_groups_must_be_a_list_of_strings():
+    offices = case_study()
+    offices["manhattan-gw"]["office_broadcast_relay"] = [{"port": 1900, "groups": SSDP}]
+    problem = "\n".join(errors(with_topology(offices, "hub-and-spoke")))
+    assert "office 'manhattan' (host manhattan-gw): office_broadcast_relay[0].groups:" in problem
+    assert "is not a list" in problem
+
+
+# --------------------------------------------------------------------------- office ids
+
+
+def test_the_relay_office_id_is_four_bytes_of_sha256_of_the_name():
+    assert relay_office_id("manhattan") == hashlib.sha256(b"manhattan").digest()[:4]
+    assert relay_office_id("bröoklyn") == hashlib.sha256("bröoklyn".encode()).digest()[:4]
+
+
+def test_two_offices_with_the_same_relay_id_are_refused(monkeypatch):
+    # A real collision needs ~2^16 names; the id function stands in for one.
+    real = build.relay_office_id
+    clash = ("office1", "office3")
+    monkeypatch.setattr(
+        build, "relay_office_id", lambda name: b"\0\0\0\1" if name in clash else real(name)
+    )
+    (problem,) = errors(branch_offices(4))
+    assert problem.startswith("office 'office3' (host office3-gw): office_name: relay office id ")
+    assert "00000001" in problem and "office 'office1' (host office1-gw)" in problem
+
+
+def test_no_two_of_many_offices_share_a_relay_id():
+    plan = plan_network(branch_offices(300))
+    assert len({relay_office_id(name) for name in plan.offices}) == 300
