@@ -6,6 +6,7 @@ import hashlib
 import ipaddress
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Optional
 
@@ -56,7 +57,8 @@ class EchoMemory:
 
     def __init__(self, window: float = ECHO_WINDOW):
         self.window = window
-        self._entries: dict[bytes, float] = {}
+        # insertion order == expiry order; OrderedDict drops its oldest entry in O(1)
+        self._entries: OrderedDict[bytes, float] = OrderedDict()
         self._until = 0.0  # expiry of the newest entry
 
     @staticmethod
@@ -87,11 +89,14 @@ class EchoMemory:
         return expiry is not None and expiry > now
 
     def _prune(self, now: float) -> None:
+        """Forget expired entries, and the oldest ones while the memory is full."""
         entries = self._entries
-        for key in list(entries):
+        popitem = entries.popitem
+        while entries:
+            key = next(iter(entries))
             if entries[key] > now and len(entries) < ECHO_MAX_ENTRIES:
                 break
-            del entries[key]
+            popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)

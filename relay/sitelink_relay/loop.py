@@ -183,7 +183,7 @@ class Relay:
             self.peers[addr] = state
 
     def _storm_event(self, kind: str, src: str) -> None:
-        self._update_kernel_drops()
+        self._update_kernel_drops(also=(src,) if kind == storm.EVENT_CUT_OFF else ())
         if kind == storm.EVENT_CUT_OFF:
             log.warning(
                 "storm control: %s cut off for %ds (over %d datagrams/s for %ss)",
@@ -200,19 +200,27 @@ class Relay:
                 extra={"fields": {"SITELINK_EVENT": "released", "SITELINK_SOURCE": src}},
             )
 
-    def _update_kernel_drops(self) -> None:
-        """Socket filters that drop the cut-off sources before they are even queued."""
-        cut = frozenset(self.storm.cut_off(time.monotonic())) if self.storm else frozenset()
-        if cut == self._kernel_drops:
+    def _update_kernel_drops(self, also: Iterable[str] = ()) -> None:
+        """Socket filters that drop, before they are even queued, the datagrams the relay
+        would drop first thing: from our own addresses (every broadcast we send comes
+        back to us) and from cut-off sources.  A flood from one host then cannot crowd
+        the others out of the queue, and an echo costs no system call."""
+        own = self.local | (self.config.own_addresses if self.config is not None else frozenset())
+        cut = set(also)
+        if self.storm is not None:
+            cut.update(self.storm.cut_off(time.monotonic()))
+        drops = (sorted(own) + sorted(cut - own))[: sockfilter.MAX_SOURCES]
+        key = frozenset(drops)
+        if key == self._kernel_drops or not self.ports:
             return
-        self._kernel_drops = cut
+        self._kernel_drops = key
         for ps in self.ports.values():
             if ps.sock is None:
                 continue
             try:
-                sockfilter.drop_sources(ps.sock, sorted(cut))
+                sockfilter.drop_sources(ps.sock, drops)
             except (OSError, ValueError) as exc:  # user space still drops them, at a cost
-                log.warning("udp/%d: cannot filter cut-off sources in the kernel: %s", ps.port, exc)
+                log.warning("udp/%d: cannot filter in the kernel: %s", ps.port, exc)
 
     def check_keys(self, config: Config, keys: dict[str, wire.PeerKeys]) -> list[str]:
         """Problems of ``keys`` for ``config``: every authenticated peer needs its key."""
@@ -335,6 +343,7 @@ class Relay:
                 ) | frozenset((LIMITED_BROADCAST,))
         if changed_addrs and not initial:
             log.info("local addresses changed: %s", ", ".join(sorted(local)))
+        self._update_kernel_drops()
 
     def check_lan(self) -> None:
         """Cheap checks, every second: a LAN interface recreated gets a new ifindex;
@@ -464,6 +473,7 @@ class Relay:
             )
         for ps in self.ports.values():
             self.selector.register(ps.sock, selectors.EVENT_READ, ps)
+        self._update_kernel_drops()
 
     # -- reload ---------------------------------------------------------------
 

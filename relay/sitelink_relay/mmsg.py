@@ -52,6 +52,7 @@ PKTINFO = struct.Struct("=i4s4s")  # struct in_pktinfo {int ifindex; in_addr spe
 ANC_BUFSIZE = socket.CMSG_SPACE(PKTINFO.size)
 MAX_PARTS = 8  # iovecs per datagram; more parts than this are joined (copied) into the last
 CACHE_MAX = 4096  # address conversions remembered before a cache starts over
+FEW = 4  # a flush of at most this many datagrams fills the arrays item by item
 _AGAIN = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 _NO_PKTINFO = (0, b"")
 
@@ -70,10 +71,10 @@ _BYTES_OFFSET = -1  # where a bytes object's data is, relative to id() (see belo
 
 if ctypes is not None:
 
-    class iovec(ctypes.Structure):  # noqa: N801 - C names
+    class iovec(ctypes.Structure):  # C names, as in <sys/socket.h>
         _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
-    class msghdr(ctypes.Structure):  # noqa: N801
+    class msghdr(ctypes.Structure):
         _fields_ = [
             ("msg_name", ctypes.c_void_p),
             ("msg_namelen", ctypes.c_uint32),  # socklen_t
@@ -84,10 +85,10 @@ if ctypes is not None:
             ("msg_flags", ctypes.c_int),
         ]
 
-    class mmsghdr(ctypes.Structure):  # noqa: N801
+    class mmsghdr(ctypes.Structure):
         _fields_ = [("msg_hdr", msghdr), ("msg_len", ctypes.c_uint)]
 
-    class sockaddr_in(ctypes.Structure):  # noqa: N801
+    class sockaddr_in(ctypes.Structure):
         _fields_ = [
             ("sin_family", ctypes.c_uint16),
             ("sin_port", ctypes.c_uint16),  # network byte order
@@ -95,14 +96,14 @@ if ctypes is not None:
             ("sin_zero", ctypes.c_uint8 * 8),
         ]
 
-    class cmsghdr(ctypes.Structure):  # noqa: N801
+    class cmsghdr(ctypes.Structure):
         _fields_ = [
             ("cmsg_len", ctypes.c_size_t),
             ("cmsg_level", ctypes.c_int),
             ("cmsg_type", ctypes.c_int),
         ]
 
-    class in_pktinfo(ctypes.Structure):  # noqa: N801
+    class in_pktinfo(ctypes.Structure):
         _fields_ = [
             ("ipi_ifindex", ctypes.c_int),
             ("ipi_spec_dst", ctypes.c_uint8 * 4),
@@ -119,8 +120,8 @@ if ctypes is not None:
     CMSG_PKTINFO_SPACE = (CMSG_PKTINFO_LEN + SIZE_T - 1) & ~(SIZE_T - 1)  # CMSG_SPACE
     _SIZE_FMT = {4: "I", 8: "Q"}.get(SIZE_T, "N")
 
-    # Offsets in units of the views' item sizes (the layouts are 8-byte multiples on
-    # LP64 and 4-byte multiples on ILP32, so the divisions are exact).
+    # Offsets in units of the views' item sizes (LP64: x86_64, aarch64; elsewhere the
+    # Python backend is used).
     _OFF_IOV = msghdr.msg_iov.offset // SIZE_T
     _OFF_IOVLEN = msghdr.msg_iovlen.offset // SIZE_T
     _OFF_CONTROLLEN = msghdr.msg_controllen.offset // SIZE_T
@@ -148,7 +149,7 @@ def _load_libc() -> Optional[Any]:
     """libc with recvmmsg and sendmmsg, or None (then the pure-Python backend is used)."""
     if ctypes is None or os.environ.get("SITELINK_RELAY_NO_MMSG"):
         return None
-    if not sys.platform.startswith("linux") or SIZE_T not in (4, 8):
+    if not sys.platform.startswith("linux") or SIZE_T != 8:  # the views assume LP64
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -233,9 +234,14 @@ def _sockaddr8(addr: tuple[str, int]) -> bytes:
     return socket.AF_INET.to_bytes(2, _NATIVE) + port.to_bytes(2, "big") + packed
 
 
-def _pktinfo_cmsg(pktinfo: tuple[int, bytes]) -> bytes:
+def _pktinfo_data(pktinfo: tuple[int, bytes]) -> bytes:
+    """struct in_pktinfo for (ifindex, spec_dst): what IP_PKTINFO carries when sending."""
     ifindex, spec_dst = pktinfo
-    data = PKTINFO.pack(ifindex, spec_dst, b"\0\0\0\0")
+    return PKTINFO.pack(ifindex, spec_dst, b"\0\0\0\0")
+
+
+def _pktinfo_cmsg(pktinfo: tuple[int, bytes]) -> bytes:
+    data = _pktinfo_data(pktinfo)
     head = CMSG_PKTINFO_LEN.to_bytes(SIZE_T, _NATIVE) + _LEVEL_TYPE.pack(IPPROTO_IP, IP_PKTINFO)
     head = head.ljust(_DATA, b"\0")
     return (head + data).ljust(CMSG_PKTINFO_SPACE, b"\0")
@@ -292,7 +298,6 @@ class MmsgReceiver(_ReceiverBase):
         "_v_lt",
         "_v_ifindex",
         "_v_addr",
-        "_v_ctl32",
         "_good_clen",
         "_good_lt",
         "_falses",
@@ -346,7 +351,6 @@ class MmsgReceiver(_ReceiverBase):
         self._v_name = memoryview(self._names).cast("Q")[:: SOCKADDR_SIZE // 8]
         c32 = memoryview(self._ctl).cast("I")
         per = RECV_CONTROL // 4
-        self._v_ctl32 = c32
         self._v_lt = memoryview(self._ctl).cast("Q")[_OFF_LEVEL // 2 :: RECV_CONTROL // 8]
         self._v_ifindex = c32[_OFF_IFINDEX::per]
         self._v_addr = c32[_OFF_ADDR::per]
@@ -645,6 +649,60 @@ class MmsgSender(_SenderBase):
             self._pktinfo(pktinfos)
         return keep
 
+    def _fill_few(self, queue: list) -> list:
+        """_fill for a handful of datagrams (low rates): item by item, no bulk set-up."""
+        keep: list = [queue]
+        iq = self._iq
+        v_iov = self._v_iov
+        v_iovlen = self._v_iovlen
+        v_name = self._v_name
+        v_clen = self._v_clen
+        iov_addr = self._iov_addr
+        cache = self._sa_cache
+        k = 0
+        for i, (parts, addr, pktinfo) in enumerate(queue):
+            v_iov[i] = iov_addr + k * IOV_SIZE
+            v_iovlen[i] = len(parts)
+            for part in parts:
+                if type(part) is bytes and _BYTES_OFFSET >= 0:
+                    base = id(part) + _BYTES_OFFSET
+                    size = len(part)
+                else:
+                    base, obj = _part_address(part)
+                    size = len(obj)
+                    if obj is not part:
+                        keep.append(obj)
+                iq[2 * k] = base
+                iq[2 * k + 1] = size
+                k += 1
+            key = cache.get(addr)
+            if key is None:
+                if len(cache) >= CACHE_MAX:
+                    cache.clear()
+                key = cache[addr] = int.from_bytes(_sockaddr8(addr), _NATIVE)
+            v_name[i] = key
+            if pktinfo is None:
+                v_clen[i] = 0
+            else:
+                self._pktinfo_slot(i, pktinfo)
+                v_clen[i] = CMSG_PKTINFO_SPACE
+                self._clen_dirty = True
+        self._multi = True  # iovec pointers and counts written one by one
+        return keep
+
+    def _pktinfo_slot(self, i: int, pktinfo: tuple) -> None:
+        """Control slot i holds the IP_PKTINFO message for pktinfo."""
+        ccache = self._cmsg_cache
+        cmsg = ccache.get(pktinfo)
+        if cmsg is None:
+            if len(ccache) >= CACHE_MAX:
+                ccache.clear()
+            cmsg = ccache[pktinfo] = _pktinfo_cmsg(pktinfo)
+        if self._ctl_slots[i] is not cmsg:
+            o = i * CMSG_PKTINFO_SPACE
+            self._ctl[o : o + CMSG_PKTINFO_SPACE] = cmsg
+            self._ctl_slots[i] = cmsg
+
     @staticmethod
     def _addresses(flat: list, keep: list) -> list:
         """Addresses of parts that are not all writable: bytes, read-only or empty views."""
@@ -665,24 +723,25 @@ class MmsgSender(_SenderBase):
                 flat[i] = obj
         return bases
 
+    def _send_one(self, sock: socket.socket, entry: tuple, errors: list) -> None:
+        parts, addr, pktinfo = entry
+        anc = [] if pktinfo is None else [(IPPROTO_IP, IP_PKTINFO, _pktinfo_data(pktinfo))]
+        try:
+            try:
+                sock.sendmsg(parts, anc, 0, addr)
+            except (BufferError, TypeError):  # e.g. a non-contiguous view: copy it
+                sock.sendmsg([memoryview(p).tobytes() for p in parts], anc, 0, addr)
+        except OSError as exc:
+            errors.append((addr, exc))
+
     def _pktinfo(self, pktinfos: tuple) -> None:
         clens = []
-        slots = self._ctl_slots
-        ccache = self._cmsg_cache
         for i, pktinfo in enumerate(pktinfos):
             if pktinfo is None:
                 clens.append(0)
-                continue
-            cmsg = ccache.get(pktinfo)
-            if cmsg is None:
-                if len(ccache) >= CACHE_MAX:
-                    ccache.clear()
-                cmsg = ccache[pktinfo] = _pktinfo_cmsg(pktinfo)
-            if slots[i] is not cmsg:
-                o = i * CMSG_PKTINFO_SPACE
-                self._ctl[o : o + CMSG_PKTINFO_SPACE] = cmsg
-                slots[i] = cmsg
-            clens.append(CMSG_PKTINFO_SPACE)
+            else:
+                self._pktinfo_slot(i, pktinfo)
+                clens.append(CMSG_PKTINFO_SPACE)
         self._v_clen[: len(clens)] = array.array(_SIZE_FMT, clens)
         self._clen_dirty = True
 
@@ -699,8 +758,12 @@ class MmsgSender(_SenderBase):
         if sock is None:
             raise ValueError("no socket to flush to")
         self._queue = []
-        keep = self._fill(queue)  # noqa: F841 - the parts' memory, alive until sent
         n = len(queue)
+        if n == 1:  # one datagram: the socket's own sendmsg costs less than setting up
+            self._send_one(sock, queue[0], errors)
+            return errors
+        # what must stay alive until sent: the parts (and copies of odd ones)
+        keep = self._fill(queue) if n > FEW else self._fill_few(queue)  # noqa: F841
         fd = sock.fileno()
         ptrs = self._ptrs
         send = self._sendmmsg
@@ -743,10 +806,7 @@ class PySender(_SenderBase):
             if anc is None:
                 if len(self._anc_cache) >= CACHE_MAX:
                     self._anc_cache.clear()
-                ifindex, spec_dst = pktinfo
-                anc = self._anc_cache[pktinfo] = [
-                    (IPPROTO_IP, IP_PKTINFO, PKTINFO.pack(ifindex, spec_dst, b"\0\0\0\0"))
-                ]
+                anc = self._anc_cache[pktinfo] = [(IPPROTO_IP, IP_PKTINFO, _pktinfo_data(pktinfo))]
         queue.append((parts, addr, anc))
         if len(queue) >= self.batch and self.sock is not None:
             self._full()

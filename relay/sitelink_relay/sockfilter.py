@@ -14,10 +14,14 @@ the filter of a UDP socket sees the datagram from its UDP header on) and returns
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import socket
 import struct
 from collections.abc import Iterable
+
+try:  # a hardened Python may lack ctypes: then the relay drops these in user space
+    import ctypes
+except ImportError:  # pragma: no cover
+    ctypes = None  # type: ignore[assignment]
 
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
 SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
@@ -53,6 +57,8 @@ def drop_sources(sock: socket.socket, sources: Iterable[str]) -> None:
         with contextlib.suppress(OSError):  # ENOENT: no filter attached
             sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
         return
+    if ctypes is None:
+        raise OSError("no ctypes: cannot build a socket filter")
     code = program(sources)
     buf = ctypes.create_string_buffer(code, len(code))
     # struct sock_fprog { unsigned short len; struct sock_filter *filter; } (native layout)

@@ -22,7 +22,11 @@ import threading
 import time
 from pathlib import Path
 
-RELAY = Path(__file__).resolve().parents[2] / "roles" / "relay" / "files" / "sitelink-relay"
+# The program as shipped; SITELINK_RELAY_PROGRAM tries another build of it.
+RELAY = Path(
+    os.environ.get("SITELINK_RELAY_PROGRAM")
+    or Path(__file__).resolve().parents[2] / "roles" / "relay" / "files" / "sitelink-relay"
+)
 PYTHON = os.environ.get("SITELINK_RELAY_PYTHON") or (
     "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 )

@@ -50,6 +50,9 @@ class FakeSock:
         anc = [(socket.IPPROTO_IP, 8, mmsg.PKTINFO.pack(ifindex, dst, dst))]
         return len(payload), anc, 0, (src, PORT)
 
+    def setsockopt(self, *args):
+        pass  # e.g. the relay's socket filter: no kernel here
+
     def sendmsg(self, buffers, anc, flags, addr):
         self.sent.append((b"".join(bytes(b) for b in buffers), addr, anc))
 

@@ -241,6 +241,25 @@ def test_forward_received_views_without_copying(backend, socks):
     assert {g[1] for g in got} == {rx.getsockname()}
 
 
+def test_layout_changes_between_batches(backend, socks):
+    """One part, several parts, one again: each flush lays the iovecs out afresh."""
+    receiver_cls, sender_cls = backend
+    rx, tx = socks(), socks()
+    sender = sender_cls(batch=32, sock=tx)
+    r = receiver_cls(rx)
+    for round_, nparts in enumerate((1, 3, 1, 2, 1, 1)):
+        for count in (10, 3, 1):
+            expected = []
+            for i in range(count):
+                parts = [b"%d.%d.%d:" % (round_, count, i)] + [
+                    b"p%d" % k for k in range(nparts - 1)
+                ]
+                sender.add(parts, rx.getsockname())
+                expected.append(b"".join(parts))
+            assert sender.flush() == []
+            assert [g[0] for g in recv_all(r, count)] == expected
+
+
 def test_big_datagram_through_sender(backend, socks):
     receiver_cls, sender_cls = backend
     rx, tx = socks(), socks()
@@ -251,25 +270,35 @@ def test_big_datagram_through_sender(backend, socks):
     assert recv_all(receiver_cls(rx), 1)[0][0] == big
 
 
-def test_pktinfo_send(backend, socks):
+@pytest.mark.parametrize("extra", [0, 6])  # few datagrams, and more than mmsg.FEW
+def test_pktinfo_send(backend, socks, extra):
     """pktinfo goes out as IP_PKTINFO: a valid one is used, an unknown ifindex fails alone."""
     receiver_cls, sender_cls = backend
     rx, tx = socks(), socks()
-    sender = sender_cls(batch=8)
+    sender = sender_cls(batch=16)
     dest = rx.getsockname()
-    sender.add([b"one"], dest, (lo_index(), LOOPBACK_PACKED))
+    good = (lo_index(), LOOPBACK_PACKED)
+    sender.add([b"one"], dest, good)
     sender.add([b"two"], dest, (0x7FFFFFF0, LOOPBACK_PACKED))  # no such interface
     sender.add([b"three"], dest)
-    sender.add([b"four"], dest, (lo_index(), LOOPBACK_PACKED))
+    sender.add([b"four"], dest, good)
+    for i in range(extra):
+        sender.add([b"x%d" % i], dest, good if i % 2 else None)
     errors = sender.flush(tx)
     assert [(addr, exc.errno) for addr, exc in errors] == [(dest, errno.ENODEV)]
-    got = recv_all(receiver_cls(rx), 3)
-    assert [g[0] for g in got] == [b"one", b"three", b"four"]
-    # the queue is reusable: no pktinfo left over from the previous batch
-    sender.add([b"five"], dest)
-    sender.add([b"six"], dest, (lo_index(), LOOPBACK_PACKED))
-    assert sender.flush(tx) == []
-    assert [g[0] for g in recv_all(receiver_cls(rx), 2)] == [b"five", b"six"]
+    got = recv_all(receiver_cls(rx), 3 + extra)
+    assert [g[0] for g in got] == [b"one", b"three", b"four"] + [b"x%d" % i for i in range(extra)]
+    # the queue is reusable: no pktinfo left over from earlier batches (slot 1 had the
+    # bad one), whichever way a batch is filled (1, a few, many datagrams)
+    bad = (0x7FFFFFF0, LOOPBACK_PACKED)
+    for count, fails in ((1, False), (2, True), (9, True), (2, True), (9, False), (3, False)):
+        # when fails, the first datagram carries the bad pktinfo
+        for i in range(count):
+            sender.add([b"again%d" % i], dest, bad if fails and i == 0 else None)
+        errors = sender.flush(tx)
+        assert [addr for addr, _ in errors] == ([dest] if fails else [])
+        got = recv_all(receiver_cls(rx), count - fails)
+        assert [g[0] for g in got] == [b"again%d" % i for i in range(fails, count)]
 
 
 def test_failing_datagrams_do_not_stop_the_others(backend, socks):

@@ -761,6 +761,9 @@ class FakeSock:
     def sendto(self, payload, addr):
         self._send("sendto", payload, addr)
 
+    def setsockopt(self, *args):
+        pass  # e.g. the relay's socket filter: no kernel here
+
     def sendmsg(self, buffers, anc, flags, addr):
         # recorded as before batching: "sendto" without ancillary data, else "sendmsg"
         kind = "sendmsg" if anc else "sendto"
