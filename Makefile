@@ -14,7 +14,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftable
                 openssh-client iputils-ping socat python3 graphviz
 DEMO_STATE := /var/tmp/sitelink-lab/demo
 
-.PHONY: help setup deps lint schema relay unit integration molecule build test demo bench bench-plan plan clean
+.PHONY: help setup deps lint schema relay unit integration molecule build test demo bench bench-plan bench-relay plan clean
 
 help:
 	@echo "make setup    venv with pinned controller dependencies (PyPI only)"
@@ -22,7 +22,8 @@ help:
 	@echo "make relay    rebuild roles/relay/files/sitelink-relay from relay/sitelink_relay"
 	@echo "make demo     boot the case-study lab, run site.yml and verify.yml, show traffic, tear down"
 	@echo "make plan     render the case study's plan and picture into examples/case-study/plan"
-	@echo "make bench    planning at scale (bench-plan), then site.yml, verify.yml, TCP throughput"
+	@echo "make bench    planning at scale (bench-plan), the relay against socat (bench-relay),"
+	@echo "              then site.yml, verify.yml, TCP throughput"
 	@echo "              with and without ESP, and ipip_tunnel run times on the offices lab"
 
 $(VENV)/.installed: requirements.txt
@@ -106,8 +107,13 @@ test: lint unit integration build molecule
 demo: setup deps
 	$(PY) lab/run.py demo
 
-bench: bench-plan
+bench: bench-plan bench-relay
 	$(PY) lab/run.py bench
+
+# The relay against socat, side by side in network namespaces (root): capacity,
+# latency and loss, service and compat modes, authentication on and off.
+bench-relay: setup deps relay
+	python3 bench/relay.py
 
 bench-plan: setup
 	$(PY) bench/plan.py

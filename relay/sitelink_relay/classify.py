@@ -45,6 +45,7 @@ LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 
 ECHO_WINDOW = 2.0  # seconds a re-broadcast payload is remembered for echo suppression
 ECHO_MAX_ENTRIES = 4096
+IN_LAN_CACHE_MAX = 4096
 
 
 class EchoMemory:
@@ -131,6 +132,7 @@ class Classifier:
         "_groups",
         "_siblings",
         "_lan_ip",
+        "_in_lan",
         "_peer_if",
         "_ifn",
         "_net",
@@ -182,6 +184,7 @@ class Classifier:
         # only their unicasts to us are something: heartbeats.
         self._siblings = frozenset(siblings)
         self._lan_ip = lan.ip.packed
+        self._in_lan: dict[str, bool] = {}  # a LAN has few broadcasting hosts: remember
         self._net = int(lan.network.network_address)
         self._mask = int(lan.network.netmask)
         self._bcast = lan.network.broadcast_address.packed
@@ -212,10 +215,16 @@ class Classifier:
         )
 
     def in_lan(self, src: str) -> bool:
-        try:
-            return (ip_to_int(src) & self._mask) == self._net
-        except OSError:
-            return False
+        inside = self._in_lan.get(src)
+        if inside is None:
+            try:
+                inside = (ip_to_int(src) & self._mask) == self._net
+            except OSError:
+                inside = False
+            if len(self._in_lan) >= IN_LAN_CACHE_MAX:  # spoofed sources: start over
+                self._in_lan.clear()
+            self._in_lan[src] = inside
+        return inside
 
     def classify(
         self,

@@ -72,6 +72,7 @@ class PortState:
         "rx",
         "tx",
         "fwd_peers",
+        "fwd",
         "transit_peers",
         "received",
         "forwarded",
@@ -101,6 +102,7 @@ class PortState:
         self.rx: Any = Receiver(sock, BATCH, RECV_BUFSIZE) if sock is not None else None
         self.tx: Any = Sender(BATCH, sock)
         self.fwd_peers: tuple[PeerState, ...] = ()
+        self.fwd: tuple[tuple[Any, tuple[str, int], Any], ...] = ()
         self.transit_peers: dict[str, tuple[PeerState, ...]] = {}
         self.received = 0
         self.forwarded = 0

@@ -96,8 +96,17 @@ def check_bulk_tcp_download() -> None:
     assert (received["bytes"], received["sha256"]) == (BULK_BYTES, sent["sha256"])
 
 
+def relay_peer(vm: str, peer: str) -> dict:
+    """What a gateway's relay counts for one peer relay (a fresh status file: SIGUSR1)."""
+    LAB.ssh(vm, "systemctl kill -s USR1 sitelink-relay && sleep 1")
+    status = LAB.ssh_json(vm, "cat /run/sitelink-relay/status.json")
+    return status["peers"][peer]
+
+
 def check_broadcasts(count: int = 40, big: int = 60000) -> None:
-    """Each broadcast reaches Brooklyn once; nothing comes back to Manhattan's LAN."""
+    """Each broadcast reaches Brooklyn once, over the authenticated relay wire; nothing
+    comes back to Manhattan's LAN."""
+    before = relay_peer("brooklyn-gw", MANHATTAN_LAN_GW)
     listeners = {
         host: LAB.background(host, "udp-listen", str(RELAY_PORT), "12")
         for host in ("workstation", "observer")
@@ -124,6 +133,12 @@ def check_broadcasts(count: int = 40, big: int = 60000) -> None:
     manhattan = got["observer"]
     assert sorted(d["sha256"] for d in manhattan) == sent_hashes, "echo on the Manhattan LAN"
     assert {d["source"] for d in manhattan} == {APP_SERVER}
+    # Brooklyn's relay took each one from Manhattan's relay once, authenticated with
+    # the link's key, and dropped nothing (no forgery, replay or duplicate).
+    after = relay_peer("brooklyn-gw", MANHATTAN_LAN_GW)
+    assert after["wire"] == "sitelink1" and after["office"] == "manhattan", after
+    assert after["accepted"] - before["accepted"] == len(sent), (before, after)
+    assert after["dropped"] == before["dropped"], (before, after)
 
 
 CLAIMS = [check_ping, check_masquerade_and_bulk_tcp, check_bulk_tcp_download, check_broadcasts]
@@ -233,6 +248,10 @@ def check_verify(tmp_path: Path) -> None:
     ], report
     manhattan = next(o for o in report["offices"] if o["office"] == "manhattan")
     assert manhattan["masquerade"]["present"] and manhattan["relay"]["state"] == "active"
+    # The relay's counters, as verify.yml shows them (what people look at).
+    counters = manhattan["relay"]["ports"]["6799"]
+    assert {"received", "forwarded", "rebroadcast", "dropped"} <= set(counters), counters
+    assert "relay counters" in done.stdout, done.stdout[-3000:]
 
 
 def test_verify_reports_both_offices_healthy(tmp_path):

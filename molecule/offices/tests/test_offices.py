@@ -170,7 +170,16 @@ def test_branch_reaches_branch_through_the_hub():
     assert delta("sl-harlem", "rx") >= count and delta("sl-queens", "tx") >= count
 
 
+def relay_from_hub(vm: str) -> dict:
+    """What a branch's relay counts for the hub's relay (a fresh status file)."""
+    LAB.ssh(vm, "systemctl kill -s USR1 sitelink-relay && sleep 1")
+    return LAB.ssh_json(vm, "cat /run/sitelink-relay/status.json")["peers"][LAN_GW[HUB]]
+
+
 def test_hub_broadcast_reaches_every_branch_once():
+    """Once each, over the authenticated wire: the branches' relays count exactly the
+    broadcasts as accepted from the hub, and drop nothing."""
+    before = {vm: relay_from_hub(vm) for vm in (QUEENS, HARLEM)}
     listeners = listen("queens-ws", "harlem-ws", "observer", port=6799)
     sent = LAB.traffic("appserver", "udp-send", "192.168.1.255", "6799", "20", "200", "60000")
     got = results(listeners)
@@ -183,6 +192,11 @@ def test_hub_broadcast_reaches_every_branch_once():
     # The hub's LAN hears each broadcast once, from the app server: no echo.
     assert sorted(d["sha256"] for d in got["observer"]) == sent_hashes
     assert {d["source"] for d in got["observer"]} == {APP_SERVER}
+    for vm, old in before.items():
+        new = relay_from_hub(vm)
+        accepted = new["accepted"] - old["accepted"]
+        assert new["wire"] == "sitelink1" and accepted == len(sent_hashes), (vm, old, new)
+        assert new["dropped"] == old["dropped"], (vm, old, new)
 
 
 def test_branch_broadcast_reaches_only_where_configured():
