@@ -19,26 +19,54 @@ that same forwarding, one after the other in the same run:
     socat      gwA: socat -u UDP-RECV:PORT UDP-SENDTO:192.168.2.126:PORT
                gwB: socat -u UDP-RECV:PORT,range=192.168.1.126/32
                               UDP-SENDTO:192.168.2.255:PORT,broadcast
-               (both with the relay's 1 MiB receive buffer; at gwB the range
+               (both with the relay's 2 MiB receive buffer; at gwB the range
                option drops gwB's own broadcasts, which come back to the listening
                socket exactly as they do to the relay's)
+
+Per hop (the figure to compare forwarders by): end to end, both forwarders, the
+sender and the receiver share this host's CPUs, so a blast mostly measures how
+they share them, while each real gateway is a machine of its own.  So each hop is
+also blasted alone, with only its forwarder running:
+
+    hop A      LAN A -> gwA's forwarder -> the receiver, listening on PORT in gwB's
+               namespace in place of gwB's forwarder (relay, sitelink1: it counts
+               envelopes, the sender's sequence number 40 bytes in);
+    hop B      the sender, in gwA's namespace in place of gwA's forwarder, sends
+               what that forwarder would: unicasts from 192.168.1.126:PORT to
+               gwB:PORT through tun0 (relay, sitelink1: envelopes made with the
+               relay's own wire.py and the key gwB's keys file accepts from gwA,
+               origin office alpha, sender 192.168.1.126, one new epoch per run,
+               sequence numbers counting up, HMAC computed as it sends, since the
+               relay drops replays) -> gwB's forwarder -> LAN B -> the receiver.
+
+A forwarder's capacity is its slower hop's (each gateway being its own machine);
+the relay/socat ratio of those is printed per case.  One sender per hop: the
+replay window is per envelope sender, and two senders racing with one sequence
+space would be reordered beyond the window and dropped as stale.  A hop whose
+forwarder's receive queue never overflowed was limited by the sender: its figure
+is a lower bound (marked *); the JSON has the sender's CPU per datagram to see
+its headroom.  The relay's status file (counters and drop reasons) is read back
+after every relay run.
 
 Loads, each measured for the relay and for socat:
     blast      the sender as fast as it can (sendmmsg, 64 per call, at nice 19 so
                that on a small machine it does not starve the forwarders):
                capacity = distinct datagrams/s delivered to the receiver in the
-               steady-state window (after a warm-up);
-    10k, 50k   paced datagrams/s: p50/p99/max one-way latency (each datagram
-               carries a sequence number and its CLOCK_MONOTONIC send time; same
-               kernel, so the receiver in another namespace can subtract), loss
-               and duplicates.
+               steady-state window (after a warm-up); end to end and per hop;
+    10k, 50k   paced datagrams/s, end to end only (they are about delivery through
+               both gateways): p50/p99/max one-way latency (each datagram carries a
+               sequence number and its CLOCK_MONOTONIC send time; same kernel, so
+               the receiver in another namespace can subtract), loss and duplicates.
 
-Figures only: nothing here asserts a time.  A table goes to stdout, everything to
-a JSON file (--output).  Storm control is turned off in the relay's configs (it
-would cap a blast by design).  Until the relay has --keys, the sitelink1 case is
-reported as skipped.  The sender and receiver are this script (--role send|recv)
-run with /usr/bin/python3 inside the namespaces, batching with the relay's own
-sitelink_relay/mmsg.py.
+Figures only: nothing here asserts a time.  Tables go to stdout, everything to a
+JSON file (--output): end to end under "cases", per hop under "per_hop" (per case
+and implementation: "A", "B", capacity_per_s = the slower hop's, limited_by,
+lower_bound; per case: relay_over_socat), the per-hop capacity ratios under
+"per_hop_capacity_ratio_relay_over_socat".  Storm control is turned off in the
+relay's configs (it would cap a blast by design).  Until the relay has --keys, the
+sitelink1 case is reported as skipped.  The sender and receiver are this script
+(--role send|recv) run with /usr/bin/python3 inside the namespaces, batching with
+the relay's own sitelink_relay/mmsg.py.
 """
 
 from __future__ import annotations
@@ -66,13 +94,16 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parents[1]
 RELAY = ROOT / "roles" / "relay" / "files" / "sitelink-relay"
 MMSG = ROOT / "relay" / "sitelink_relay" / "mmsg.py"
+WIRE = ROOT / "relay" / "sitelink_relay" / "wire.py"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "relay.json"
 PORT = 6799
 SENDER, GW_A, GW_B, RECEIVER = "192.168.1.10", "192.168.1.126", "192.168.2.126", "192.168.2.20"
 LAN_A, LAN_B = "192.168.1.0/24", "192.168.2.0/24"
 BCAST_A, BCAST_B = "192.168.1.255", "192.168.2.255"
-RCVBUF = 1 << 20  # what the relay asks for; socat gets the same
+OFFICE_A, OFFICE_B = "alpha", "bravo"
+ENVELOPE = 40  # sitelink1 envelope in front of the payload (wire.OVERHEAD)
+RCVBUF = 1 << 21  # what the relay asks for (ports.SOCKET_RCVBUF); socat gets the same
 HEADER = struct.Struct("<QQ")  # sequence number, CLOCK_MONOTONIC send time (ns)
 BATCH = 64
 PR_SET_PDEATHSIG = 1
@@ -98,11 +129,11 @@ def log(msg: str) -> None:
 # ------------------------------------------------------------------ sender/receiver
 
 
-def _load_mmsg() -> Any:
-    """The relay's batching module, loaded from its file (no package import needed)."""
-    spec = importlib.util.spec_from_file_location("sitelink_bench_mmsg", MMSG)
+def _load(path: Path) -> Any:
+    """One of the relay's self-contained modules (mmsg.py, wire.py), loaded from its file."""
+    spec = importlib.util.spec_from_file_location(f"sitelink_bench_{path.stem}", path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {MMSG}")
+        raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -126,19 +157,41 @@ def _sleep_until(t_ns: int) -> None:
 
 
 def role_send(args: argparse.Namespace) -> int:
-    mmsg = _load_mmsg()
+    mmsg = _load(MMSG)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)  # 1 us: precise pacing
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
-    sock.bind(("0.0.0.0", 0))  # noqa: S104 - inside the bench's sender namespace
+    # inside the bench's namespaces; hop B: gwA's LAN address and the relay port, as a
+    # peer relay sends from
+    sock.bind((args.bind, args.bind_port))
     sender = mmsg.Sender(BATCH, sock)
     add = sender.add
     dest = (args.dest, args.port)
     pad = bytes(max(0, args.size - HEADER.size))
     pack = HEADER.pack
     clock = time.monotonic_ns
+    sealed = bool(args.seal_keys)
+    if sealed:  # hop B of sitelink1: what gwA's relay would send, made with the relay's code
+        wire = _load(WIRE)
+        tag = wire.load_keys(args.seal_keys)[args.seal_peer].accept[0].tag
+        hpack = wire.HEADER.pack
+        magic, version, kind, group = wire.MAGIC, wire.VERSION, wire.KIND_BROADCAST, wire.NO_GROUP
+        office = wire.office_id(args.seal_office)
+        origin = socket.inet_aton(args.seal_sender)
+        epoch = args.seal_epoch
+
+        def datagram(seq: int, ts: int) -> tuple:
+            body = pack(seq, ts) + pad
+            head = hpack(magic, version, kind, office, origin, epoch, seq, group)
+            return (head, tag(head, body), body)
+
+    else:
+
+        def datagram(seq: int, ts: int) -> tuple:
+            return (pack(seq, ts), pad)
+
     start, warm, duration = _read_go()
     measure_from = start + warm
     end = measure_from + duration
@@ -146,6 +199,7 @@ def role_send(args: argparse.Namespace) -> int:
     seq = 0
     first_measured = -1
     _sleep_until(start)
+    cpu_start = time.process_time()
     if args.rate <= 0:  # blast: one timestamp per batch
         while True:
             now = clock()
@@ -153,9 +207,16 @@ def role_send(args: argparse.Namespace) -> int:
                 break
             if first_measured < 0 and now >= measure_from:
                 first_measured = seq
-            for _ in range(BATCH):  # the 64th add sends the batch
-                add((pack(seq, now), pad), dest)
-                seq += 1
+            if sealed:  # a new envelope each (the relay drops replays): ~1 us of HMAC
+                for _ in range(BATCH):  # the 64th add sends the batch
+                    body = pack(seq, now) + pad
+                    head = hpack(magic, version, kind, office, origin, epoch, seq, group)
+                    add((head, tag(head, body), body), dest)
+                    seq += 1
+            else:
+                for _ in range(BATCH):  # the 64th add sends the batch
+                    add((pack(seq, now), pad), dest)
+                    seq += 1
             errors += len(sender.flush())
     else:  # paced against the clock; each datagram stamped just before its batch goes out
         rate = args.rate
@@ -167,7 +228,7 @@ def role_send(args: argparse.Namespace) -> int:
                 first_measured = seq
             due = (now - start) * rate // 1_000_000_000 + 1
             while seq < due:
-                add((pack(seq, clock()), pad), dest)
+                add(datagram(seq, clock()), dest)
                 seq += 1
             errors += len(sender.flush())
             left = start + seq * 1_000_000_000 // rate - clock()
@@ -184,6 +245,7 @@ def role_send(args: argparse.Namespace) -> int:
                 "sent_measured": seq - first_measured,
                 "send_errors": errors,
                 "elapsed": elapsed,
+                "cpu": time.process_time() - cpu_start,
                 "backend": mmsg.BACKEND,
             }
         ),
@@ -200,7 +262,7 @@ def _percentile(sorted_values: list, q: float) -> Optional[float]:
 
 
 def role_recv(args: argparse.Namespace) -> int:
-    mmsg = _load_mmsg()
+    mmsg = _load(MMSG)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -209,14 +271,16 @@ def role_recv(args: argparse.Namespace) -> int:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 23)
     sock.bind(("0.0.0.0", args.port))  # noqa: S104 - inside the bench's receiver namespace
     sock.setblocking(False)
-    bufsize = max(2048, args.size + 64)
+    offset = args.offset  # hop A of sitelink1: the envelope comes first
+    size = args.size + offset
+    bufsize = max(2048, size + 64)
     rx = mmsg.Receiver(sock, BATCH, bufsize)
-    fast = isinstance(rx, mmsg.MmsgReceiver)
+    fast = isinstance(rx, mmsg.MmsgReceiver) and offset % 8 == 0
     if fast:  # sequence numbers and timestamps straight from the slots, in C
         slot = (bufsize + 7) & ~7
         words = memoryview(rx._data).cast("Q")
-        v_seq = words[0 :: slot // 8]
-        v_ts = words[1 :: slot // 8]
+        v_seq = words[offset // 8 :: slot // 8]
+        v_ts = words[offset // 8 + 1 :: slot // 8]
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     clock = time.monotonic_ns
@@ -244,10 +308,14 @@ def role_recv(args: argparse.Namespace) -> int:
                 seqs = v_seq[:n].tolist()
                 stamps = v_ts[:n].tolist()
                 sizes = [len(p) for p in rx.payloads]
-                if sizes.count(args.size) != n:
-                    short += n - sizes.count(args.size)
+                if sizes.count(size) != n:
+                    short += n - sizes.count(size)
             else:
-                pairs = [HEADER.unpack_from(p) for p in rx.payloads if len(p) >= HEADER.size]
+                pairs = [
+                    HEADER.unpack_from(p, offset)
+                    for p in rx.payloads
+                    if len(p) >= offset + HEADER.size
+                ]
                 short += n - len(pairs)
                 seqs = [p[0] for p in pairs]
                 stamps = [p[1] for p in pairs]
@@ -323,6 +391,9 @@ class Lab:
         self.procs: list[subprocess.Popen] = []
         self.workdir = tempfile.mkdtemp(prefix="sitelink-bench-relay-")
         self.ns: dict[str, str] = {}
+        self.runs = 0  # forwarder runs so far (names their files)
+        self.config_format: dict[tuple[str, str], int] = {}  # (gw, wire) -> candidate
+        self.epoch = 0  # the last epoch the bench's envelope sender used
 
     # -- topology
     def add_ns(self, role: str) -> str:
@@ -457,18 +528,27 @@ def wait_bound(proc: subprocess.Popen, port: int, timeout: float = 10.0) -> bool
 def relay_features(python: str, relay: str) -> dict[str, Any]:
     res = run(python, relay, "--help", check=False)
     version = run(python, relay, "--version", check=False).stdout.strip()
-    return {"keys": "--keys" in res.stdout, "version": version, "help_ok": res.returncode == 0}
+    return {
+        "keys": "--keys" in res.stdout,
+        "status_file": "--status-file" in res.stdout,
+        "version": version,
+        "help_ok": res.returncode == 0,
+    }
 
 
-def service_configs(gw: str, wire: str, workdir: str) -> list[dict[str, Any]]:
-    """Config candidates for gateway gw ("A"/"B"), newest format first."""
+def service_configs(gw: str, wire: str, workdir: str, run_id: str) -> list[dict[str, Any]]:
+    """Config candidates for gateway gw ("A"/"B"), newest format first.
+
+    Every run of a forwarder gets its own state directory (replay windows, epoch) and
+    status file, so that one run's counters and windows do not carry into the next.
+    """
     own, peer = (GW_A, GW_B) if gw == "A" else (GW_B, GW_A)
-    office, peer_office = ("alpha", "bravo") if gw == "A" else ("bravo", "alpha")
+    office, peer_office = (OFFICE_A, OFFICE_B) if gw == "A" else (OFFICE_B, OFFICE_A)
     lan = {"interface": "lan0", "address": f"{own}/24"}
     rule = {"port": PORT, "forward_to": [peer], "accept_from": [peer]}
-    state_dir = os.path.join(workdir, f"state{gw}")
+    state_dir = os.path.join(workdir, f"state{gw}-{run_id}")
     os.makedirs(state_dir, exist_ok=True)
-    status = os.path.join(workdir, f"status{gw}.json")
+    status = os.path.join(workdir, f"status{gw}-{run_id}.json")
     v2 = {
         "version": 2,
         "office": office,
@@ -490,18 +570,54 @@ def service_configs(gw: str, wire: str, workdir: str) -> list[dict[str, Any]]:
     return candidates
 
 
-class Forwarders:
-    """The two forwarders (gwA, gwB) of one implementation and case."""
+def status_summary(path: str) -> Optional[dict[str, Any]]:
+    """What a relay's status file says about the port: counters and drop reasons."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+        port = data["ports"][str(PORT)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    summary = {
+        k: port.get(k)
+        for k in ("received", "forwarded", "rebroadcast", "dropped", "send_errors")
+        if k in port
+    }
+    peers = {
+        addr: {k: peer.get(k) for k in ("received", "accepted", "sent", "dropped")}
+        for addr, peer in (data.get("peers") or {}).items()
+        if isinstance(peer, dict)
+    }
+    if peers:
+        summary["peers"] = peers
+    return summary
 
-    def __init__(self, lab: Lab, args: argparse.Namespace, impl: str, case: str):
+
+class Forwarders:
+    """The forwarders of one implementation and case: at gwA and gwB (end to end), or
+    at one gateway only (one hop, the bench's sender or receiver at the other)."""
+
+    def __init__(
+        self,
+        lab: Lab,
+        args: argparse.Namespace,
+        impl: str,
+        case: str,
+        gateways: tuple[str, ...] = ("gwA", "gwB"),
+    ):
         self.lab, self.args, self.impl, self.case = lab, args, impl, case
+        self.gateways = gateways
+        lab.runs += 1
+        self.run_id = f"{impl}-{case}-{lab.runs}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, str] = {}
+        self.keys_files: dict[str, str] = {}  # gwX -> its keys file (sitelink1)
+        self.status_files: dict[str, str] = {}  # gwX -> its status file (the relay's)
 
     def commands(self) -> dict[str, list[str]]:
         args = self.args
         if self.impl == "socat":
-            return {
+            cmds = {
                 "gwA": [
                     "socat", "-u", f"UDP-RECV:{PORT},reuseaddr,rcvbuf={RCVBUF}",
                     f"UDP-SENDTO:{GW_B}:{PORT}",
@@ -511,34 +627,57 @@ class Forwarders:
                     f"UDP-SENDTO:{BCAST_B}:{PORT},broadcast",
                 ],
             }  # fmt: skip
+            return {gw: cmds[gw] for gw in self.gateways}
         base = [args.python, args.relay]
         if self.case == "compat":
-            return {"gwA": [*base, str(PORT), GW_B], "gwB": [*base, str(PORT), BCAST_B]}
+            cmds = {}
+            for gw, dest in (("gwA", GW_B), ("gwB", BCAST_B)):
+                if gw not in self.gateways:
+                    continue
+                cmds[gw] = [*base, str(PORT), dest]
+                if args.features["status_file"]:
+                    status = os.path.join(self.lab.workdir, f"status{gw[2]}-{self.run_id}.json")
+                    cmds[gw] += ["--status-file", status]
+                    self.status_files[gw] = status
+            return cmds
         wire = "sitelink1" if self.case == "sitelink1" else "raw"
         cmds = {}
         key = secrets.token_hex(32)  # one link, one key, both ends
         for gw, peer in (("A", GW_B), ("B", GW_A)):
+            if "gw" + gw not in self.gateways:
+                continue
             path = self._config(gw, wire)
             cmd = [*base, "--config", path]
             if wire == "sitelink1":
                 keys = {"version": 1, "peers": {peer: {"send": key, "accept": [key]}}}
-                cmd += ["--keys", self.lab.write(f"keys{gw}.json", json.dumps(keys), 0o600)]
+                name = f"keys{gw}-{self.run_id}.json"
+                self.keys_files["gw" + gw] = self.lab.write(name, json.dumps(keys), 0o600)
+                cmd += ["--keys", self.keys_files["gw" + gw]]
             cmds["gw" + gw] = cmd
+            self.status_files["gw" + gw] = os.path.join(
+                self.lab.workdir, f"status{gw}-{self.run_id}.json"
+            )
         return cmds
 
     def _config(self, gw: str, wire: str) -> str:
+        candidates = service_configs(gw, wire, self.lab.workdir, self.run_id)
+        name = f"config{gw}-{self.run_id}.json"
+        known = self.lab.config_format.get((gw, wire))
+        if known is not None:  # checked once per gateway and wire; the rest is file names
+            return self.lab.write(name, json.dumps(candidates[known], indent=1))
         problems = []
-        for i, candidate in enumerate(service_configs(gw, wire, self.lab.workdir)):
-            path = self.lab.write(f"config{gw}-{wire}-{i}.json", json.dumps(candidate, indent=1))
+        for i, candidate in enumerate(candidates):
+            path = self.lab.write(name, json.dumps(candidate, indent=1))
             res = run(self.args.python, self.args.relay, "--check-config", path, check=False)
             if res.returncode == 0:
+                self.lab.config_format[(gw, wire)] = i
                 return path
             problems.append(res.stderr.strip() or res.stdout.strip())
         raise BenchError(f"the relay accepts none of the bench's {wire} configs:\n" + problems[0])
 
     def start(self) -> None:
         for gw, cmd in self.commands().items():
-            name = f"{self.impl}-{self.case}-{gw}.log"
+            name = f"{self.run_id}-{gw}.log"
             self.logs[gw] = name
             self.procs[gw] = self.lab.spawn(self.lab.ns[gw], cmd, log_name=name)
         for gw, proc in self.procs.items():
@@ -554,6 +693,11 @@ class Forwarders:
     def stop(self) -> None:
         for proc in self.procs.values():
             self.lab.stop(proc)
+
+    def relay_status(self) -> dict[str, Any]:
+        """After stop(): what each relay wrote to its status file when it stopped."""
+        found = {gw: status_summary(path) for gw, path in self.status_files.items()}
+        return {gw: summary for gw, summary in found.items() if summary is not None}
 
 
 # --------------------------------------------------------------------------- measure
@@ -597,6 +741,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+# Where the sender and receiver sit, and which forwarders run, for each path.  Hop A:
+# LAN A -> gwA's forwarder -> the receiver at gwB's address (in place of gwB's
+# forwarder).  Hop B: the sender at gwA's address (in place of gwA's forwarder, sending
+# what it would: unicasts from 192.168.1.126:PORT through tun0) -> gwB's forwarder ->
+# LAN B.
+PATHS: dict[str, dict[str, Any]] = {
+    "e2e": {"snd": "snd", "rcv": "rcv", "forwarders": ("gwA", "gwB")},
+    "A": {"snd": "snd", "rcv": "gwB", "forwarders": ("gwA",)},
+    "B": {"snd": "gwA", "rcv": "rcv", "forwarders": ("gwB",)},
+}
+
+
 def measure(
     lab: Lab,
     args: argparse.Namespace,
@@ -604,20 +760,26 @@ def measure(
     warm: float,
     duration: float,
     pids: dict[str, int],
+    path: str = "e2e",
+    send_args: tuple[str, ...] = ("--dest", BCAST_A),
+    recv_args: tuple[str, ...] = (),
+    drain: float = 0.5,
 ) -> dict:
-    """One load through the running forwarders (pids: gwA, gwB): sender -> ... -> receiver."""
+    """One load through the running forwarders (pids: gwX -> pid) along path (PATHS)."""
+    where = PATHS[path]
     script = str(Path(__file__).resolve())
     common = ["--port", str(PORT), "--size", str(args.size), "--rate", str(rate)]
-    before = {role: lab.udp_counters(role) for role in ("gwA", "gwB", "rcv")}
+    roles = sorted({*where["forwarders"], where["rcv"]})
+    before = {role: lab.udp_counters(role) for role in roles}
     cpu_before = {gw: cpu_seconds(pid) for gw, pid in pids.items()}
     receiver = lab.spawn(
-        lab.ns["rcv"],
-        [args.python, script, "--role", "recv", *common, "--drain", "0.5"],
+        lab.ns[where["rcv"]],
+        [args.python, script, "--role", "recv", *common, "--drain", str(drain), *recv_args],
         pipes=True,
     )
     sender = lab.spawn(
-        lab.ns["snd"],
-        [args.python, script, "--role", "send", *common, "--dest", BCAST_A],
+        lab.ns[where["snd"]],
+        [args.python, script, "--role", "send", *common, *send_args],
         pipes=True,
         nice=19 if rate <= 0 else 0,
     )
@@ -640,14 +802,23 @@ def measure(
         lab.stop(sender)
         lab.stop(receiver)
     cpu = {gw: cpu_seconds(pid) - cpu_before[gw] for gw, pid in pids.items()}
-    after = {role: lab.udp_counters(role) for role in ("gwA", "gwB", "rcv")}
-    queued = {r: after[r].get("InDatagrams", 0) - before[r].get("InDatagrams", 0) for r in after}
+    after = {role: lab.udp_counters(role) for role in roles}
+    read = {r: after[r].get("InDatagrams", 0) - before[r].get("InDatagrams", 0) for r in after}
+    # CPU per datagram: gwA's per datagram it read, gwB's (echoes included) per datagram
+    # the receiver read from LAN B; figures that do not depend on what else the host runs
+    per = {"gwA": read.get("gwA", 0), "gwB": read.get("rcv", 0)}
     expected = sent["sent_measured"]
     result: dict[str, Any] = {
         "offered_per_s": round(sent["sent"] / max(sent["elapsed"], 1e-9)),
+        # the sender's own cost (incl. the kernel's delivery to the first socket): what
+        # it could offer with a CPU to itself is 1e6 / this
+        "sender_cpu_us_per_datagram": round(1e6 * sent["cpu"] / sent["sent"], 2)
+        if sent["sent"]
+        else None,
         "sent": sent["sent"],
         "sent_measured": expected,
         "send_errors": sent["send_errors"],
+        "received": got["received"],  # distinct, whole run (warm-up and drain included)
         "received_measured": got["received_measured"],
         "duplicates": got["duplicates"],
         "malformed": got["malformed"],
@@ -655,31 +826,34 @@ def measure(
         "loss_pct": round(100.0 * max(0, expected - got["received_measured"]) / expected, 3)
         if expected
         else None,
+        # receive-queue overflows, per namespace (at gwB on hop A: the bench's receiver)
         "socket_drops": {
             role: after[role].get("RcvbufErrors", 0) - before[role].get("RcvbufErrors", 0)
             for role in before
         },
-        # CPU per datagram: gwA's per datagram it read, gwB's (echoes included) per
-        # datagram it delivered; figures that do not depend on what else the host runs
         "cpu_us_per_datagram": {
-            "gwA": round(1e6 * cpu["gwA"] / queued["gwA"], 2) if queued["gwA"] else None,
-            "gwB": round(1e6 * cpu["gwB"] / queued["rcv"], 2) if queued["rcv"] else None,
+            gw: round(1e6 * cpu[gw] / per[gw], 2) if per[gw] else None for gw in pids
         },
     }
     if rate <= 0:
         result["capacity_per_s"] = round(got["in_window"] / got["window"])
         costs = [c for c in result["cpu_us_per_datagram"].values() if c]
         # what the slower forwarder could do with a CPU to itself
-        result["one_core_bound_per_s"] = round(1e6 / max(costs)) if len(costs) == 2 else None
+        bound = round(1e6 / max(costs)) if costs and len(costs) == len(pids) else None
+        result["one_core_bound_per_s"] = bound
     else:
         result["latency_us"] = got["latency_us"]
     return result
 
 
 LOADS = (("blast", 0), ("10k", 10_000), ("50k", 50_000))
+IMPLS = ("relay", "socat")
+HOPS = ("A", "B")
+HOP_DRAIN = 0.25  # s after a hop's window; only the window counts
 
 
 def bench_case(lab: Lab, args: argparse.Namespace, impl: str, case: str) -> dict:
+    """End to end, both forwarders running: the blast and the paced loads."""
     fw = Forwarders(lab, args, impl, case)
     results: dict[str, Any] = {}
     try:
@@ -701,7 +875,56 @@ def bench_case(lab: Lab, args: argparse.Namespace, impl: str, case: str) -> dict
         results["error"] = str(exc)
     finally:
         fw.stop()
+    status = fw.relay_status()
+    if status:
+        results["relay_status"] = status  # counters over all three loads
     return results
+
+
+def bench_hop(lab: Lab, args: argparse.Namespace, impl: str, case: str, hop: str) -> dict:
+    """One hop's blast, with only that hop's forwarder running (each gateway being its
+    own machine, the slower hop is what one forwarder can carry)."""
+    gw = PATHS[hop]["forwarders"][0]
+    fw = Forwarders(lab, args, impl, case, gateways=(gw,))
+    sealed = impl == "relay" and case == "sitelink1"
+    result: dict[str, Any] = {"forwarder": gw}
+    try:
+        fw.start()
+        send_args: tuple[str, ...] = ("--dest", BCAST_A)
+        recv_args: tuple[str, ...] = ()
+        if hop == "A" and sealed:  # the receiver gets gwA's envelopes
+            recv_args = ("--offset", str(ENVELOPE))
+        if hop == "B":
+            send_args = ("--dest", GW_B, "--bind", GW_A, "--bind-port", str(PORT))
+            if sealed:  # envelopes as gwA's relay makes them, with the key gwB accepts
+                lab.epoch = max(lab.epoch + 1, int(time.time()))  # a new epoch every run
+                send_args += (
+                    "--seal-keys", fw.keys_files[gw], "--seal-peer", GW_A,
+                    "--seal-office", OFFICE_A, "--seal-sender", GW_A,
+                    "--seal-epoch", str(lab.epoch),
+                )  # fmt: skip
+        log(f"  {impl:5s} {case:9s} hop {hop} ({args.blast:g} s + {args.warm:g} s warm-up)")
+        pids = {gw: fw.procs[gw].pid}
+        result.update(
+            measure(lab, args, 0, args.warm, args.blast, pids, hop, send_args, recv_args, HOP_DRAIN)
+        )
+        if not fw.alive():
+            raise BenchError(f"{impl} died during hop {hop}: {lab.log_tail(fw.logs[gw])}")
+        # the forwarder's queue never overflowed: it kept up with all the sender managed,
+        # so its capacity is at least the figure (sender-bound)
+        result["forwarder_queue_drops"] = result["socket_drops"].get(gw, 0)
+        result["sender_bound"] = result["forwarder_queue_drops"] == 0
+        if not result["capacity_per_s"]:
+            result["error"] = "nothing arrived at the receiver"
+            result["log"] = lab.log_tail(fw.logs[gw])
+    except BenchError as exc:
+        result["error"] = str(exc)
+    finally:
+        fw.stop()
+    status = fw.relay_status().get(gw)
+    if status:
+        result["relay_status"] = status
+    return result
 
 
 # ---------------------------------------------------------------------------- report
@@ -721,39 +944,57 @@ def table(report: dict) -> str:
         f" {'cpu us/dgram A':>14s} {'B':>5s} {'1-core/s':>8s} {'x socat':>7s}"
         f"  {'queue drops A/B/rcv':>19s}"
     )
+    hop_head = (
+        f"{'case':10s} {'impl':6s} {'hop A/s':>9s}  {'x socat':>7s} {'cpu us':>6s}"
+        f" {'hop B/s':>9s}  {'x socat':>7s} {'cpu us':>6s}  {'capacity':>9s}  {'x socat':>7s}"
+        f"  {'queue drops A/B':>15s}"
+    )
     lat_head = (
         f"{'case':10s} {'impl':6s} {'rate/s':>6s} {'p50 us':>8s} {'p99 us':>8s} {'max us':>8s}"
         f" {'loss %':>7s} {'lost':>6s} {'dup':>4s}"
     )
-    cap = ["capacity: max-rate blast", cap_head, "-" * len(cap_head)]
-    lat = ["latency and loss: paced", lat_head, "-" * len(lat_head)]
+    cap = [
+        "end to end, max-rate blast (both forwarders share this host's CPUs)",
+        cap_head,
+        "-" * len(cap_head),
+    ]
+    hops = [
+        "per hop, max-rate blast (one forwarder running: each gateway its own machine)",
+        hop_head,
+        "-" * len(hop_head),
+    ]
+    lat = ["end to end, latency and loss: paced", lat_head, "-" * len(lat_head)]
+    drops: list[str] = []
+    statuses = 0  # relay runs whose status file was read
     for case, per_impl in report["cases"].items():
         if "skipped" in per_impl:
-            cap.append(f"{case:10s} skipped: {per_impl['skipped']}")
-            lat.append(f"{case:10s} skipped: {per_impl['skipped']}")
+            for lines in (cap, hops, lat):
+                lines.append(f"{case:10s} skipped: {per_impl['skipped']}")
             continue
         socat_blast = per_impl.get("socat", {}).get("blast", {})
         socat_cap = socat_blast.get("capacity_per_s")
         socat_bound = socat_blast.get("one_core_bound_per_s")
-        for impl in ("relay", "socat"):
+        per_hop = report.get("per_hop", {}).get(case, {})
+        for impl in IMPLS:
             res = per_impl.get(impl, {})
             if "error" in res:
                 cap.append(f"{case:10s} {impl:6s} error: {res['error'].splitlines()[0]}")
             blast = res.get("blast")
             if blast:
                 value = blast.get("capacity_per_s")
-                ratio = round(value / socat_cap, 2) if value and socat_cap else None
-                drops = blast.get("socket_drops", {})
+                ratio = _ratio(value, socat_cap)
+                sdrops = blast.get("socket_drops", {})
                 cpu = blast.get("cpu_us_per_datagram", {})
                 bound = blast.get("one_core_bound_per_s")
-                bound_ratio = round(bound / socat_bound, 2) if bound and socat_bound else None
                 cap.append(
                     f"{case:10s} {impl:6s} {_fmt(value, 10)} {_fmt(ratio, 7, 2)}"
                     f" {_fmt(blast.get('offered_per_s'), 9)}"
                     f" {_fmt(cpu.get('gwA'), 14, 2)} {_fmt(cpu.get('gwB'), 5, 2)}"
-                    f" {_fmt(bound, 8)} {_fmt(bound_ratio, 7, 2)}"
-                    "  " + "/".join(str(drops.get(r, "-")) for r in ("gwA", "gwB", "rcv")).rjust(19)
+                    f" {_fmt(bound, 8)} {_fmt(_ratio(bound, socat_bound), 7, 2)}"
+                    "  "
+                    + "/".join(str(sdrops.get(r, "-")) for r in ("gwA", "gwB", "rcv")).rjust(19)
                 )
+            hops.extend(_hop_rows(case, impl, per_hop))
             for load, rate in LOADS:
                 r = res.get(load)
                 if rate <= 0 or not r:
@@ -765,14 +1006,25 @@ def table(report: dict) -> str:
                     f" {_fmt(r.get('loss_pct'), 7, 2)} {_fmt(r.get('lost'), 6)}"
                     f" {_fmt(r.get('duplicates'), 4)}"
                 )
+        e2e_relay, hop_relay = per_impl.get("relay", {}), per_hop.get("relay", {})
+        statuses += len(e2e_relay.get("relay_status", {}))
+        statuses += sum(1 for h in HOPS if hop_relay.get(h, {}).get("relay_status"))
+        drops.extend(_relay_drops(case, e2e_relay, hop_relay))
     notes = [
-        "capacity: distinct datagrams/s delivered to the receiver in the blast's steady-state"
-        " window; x socat: relay/socat in the same case and run; cpu: CPU time of the"
-        " forwarder at gwA per datagram it read, at gwB per datagram it delivered (echoes"
-        " of its own broadcasts included, and the kernel work done in its system calls);"
-        " 1-core/s: 1e6 / the slower forwarder's cpu, the rate it could sustain with a CPU"
-        " to itself; queue drops: receive-queue overflows during the blast.  Latency is"
-        " one-way, sender to receiver.",
+        "end to end: distinct datagrams/s delivered to the receiver in the blast's"
+        " steady-state window, both forwarders competing for the same CPUs; x socat:"
+        " relay/socat in the same case and run; cpu: CPU time of the forwarder at gwA per"
+        " datagram it read, at gwB per datagram it delivered (echoes of its own broadcasts"
+        " included, and the kernel work done in its system calls); 1-core/s: 1e6 / the"
+        " slower forwarder's cpu, the rate it could sustain with a CPU to itself; queue"
+        " drops: receive-queue overflows during the blast.",
+        "per hop: the same blast through one forwarder; hop A: LAN A -> gwA's forwarder ->"
+        " the receiver at gwB's address; hop B: the sender at gwA's address (unicasts from"
+        " 192.168.1.126, authenticated envelopes for the relay's sitelink1) -> gwB's"
+        " forwarder -> LAN B.  capacity: the slower hop's, what the forwarder carries"
+        " when each gateway is its own machine; * : its queue never overflowed (the sender"
+        " could not offer more): a lower bound.  queue drops: the forwarder's receive-queue"
+        " overflows on each hop.  Latency is one-way, sender to receiver, end to end.",
     ]
     env = report.get("environment", {})
     if env.get("load", 0) >= 0.5:
@@ -780,7 +1032,68 @@ def table(report: dict) -> str:
             f"note: load average {env['load']:.2f} when the bench started on"
             f" {env.get('host_cpus')} CPUs: other work competed for the CPUs."
         )
-    return "\n".join([*cap, "", *lat, "", *notes])
+    ratios = report.get("per_hop_capacity_ratio_relay_over_socat", {})
+    if ratios:
+        summary = ", ".join(f"{case} {_fmt(r, 0, 2).strip()}" for case, r in ratios.items())
+        notes.append(f"per-hop capacity, relay/socat (the slower hop of each): {summary}")
+    if drops:
+        drops.insert(0, "relay drop reasons (its status file when it stopped):")
+        drops.append("")
+    elif statuses:
+        drops = [
+            f"relay drop reasons: none in its status files ({statuses} runs); receive-queue"
+            " overflows (queue drops above) are counted by the kernel, not by the relay.",
+            "",
+        ]
+    return "\n".join([*hops, "", *cap, "", *lat, "", *drops, *notes])
+
+
+def _hop_rows(case: str, impl: str, per_hop: dict) -> list[str]:
+    res = per_hop.get(impl)
+    if not res:
+        return []
+    rows = []
+    cells = []
+    ratios = per_hop.get("relay_over_socat", {}) if impl == "relay" else {}
+    for hop in HOPS:
+        r = res.get(hop, {})
+        if "error" in r:
+            rows.append(f"{case:10s} {impl:6s} hop {hop} error: {r['error'].splitlines()[0]}")
+        mark = "*" if r.get("sender_bound") else " "
+        cpu = r.get("cpu_us_per_datagram", {}).get(r.get("forwarder", ""))
+        ratio = ratios.get(hop) if impl == "relay" else 1.0 if r.get("capacity_per_s") else None
+        cells.append(
+            f"{_fmt(r.get('capacity_per_s'), 9)}{mark} {_fmt(ratio, 7, 2)} {_fmt(cpu, 6, 2)}"
+        )
+    total = res.get("capacity_per_s")
+    ratio = ratios.get("capacity") if impl == "relay" else 1.0 if total else None
+    mark = "*" if res.get("lower_bound") else " "
+    qdrops = "/".join(str(res.get(h, {}).get("forwarder_queue_drops", "-")) for h in HOPS)
+    rows.insert(
+        0,
+        f"{case:10s} {impl:6s} {cells[0]} {cells[1]}  {_fmt(total, 9)}{mark}"
+        f" {_fmt(ratio, 7, 2)}  {qdrops:>15s}",
+    )
+    return rows
+
+
+def _relay_drops(case: str, e2e: dict, per_hop: dict) -> list[str]:
+    """One line per relay run that dropped or failed to send something."""
+    runs = [(f"end to end {gw}", s) for gw, s in e2e.get("relay_status", {}).items()]
+    runs += [
+        (f"hop {hop} {per_hop[hop].get('forwarder')}", per_hop[hop]["relay_status"])
+        for hop in HOPS
+        if per_hop.get(hop, {}).get("relay_status")
+    ]
+    lines = []
+    for name, status in runs:
+        counts = {**status.get("dropped", {}), **{
+            f"send {k}": v for k, v in status.get("send_errors", {}).items()
+        }}  # fmt: skip
+        if counts:
+            what = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+            lines.append(f"  {case:10s} {name}: {what} (of {status.get('received')} received)")
+    return lines
 
 
 def environment(args: argparse.Namespace, features: dict) -> dict:
@@ -797,6 +1110,7 @@ def environment(args: argparse.Namespace, features: dict) -> dict:
         "blast_seconds": args.blast,
         "paced_seconds": args.paced,
         "warm_seconds": args.warm,
+        "hop_drain_seconds": HOP_DRAIN,
         "load": os.getloadavg()[0],
     }
 
@@ -805,7 +1119,12 @@ def bench(args: argparse.Namespace) -> dict:
     features = relay_features(args.python, args.relay)
     if not features["help_ok"]:
         raise BenchError(f"{args.python} {args.relay} --help failed")
-    report: dict[str, Any] = {"environment": environment(args, features), "cases": {}}
+    args.features = features
+    report: dict[str, Any] = {
+        "environment": environment(args, features),
+        "cases": {},
+        "per_hop": {},
+    }
     lab = Lab()
     try:
         log(f"building namespaces slb{lab.suffix}*")
@@ -813,10 +1132,14 @@ def bench(args: argparse.Namespace) -> dict:
         for case in args.cases:
             if case == "sitelink1" and not features["keys"]:
                 report["cases"][case] = {"skipped": "relay has no --keys yet"}
+                report["per_hop"][case] = {"skipped": "relay has no --keys yet"}
                 continue
-            report["cases"][case] = {
-                impl: bench_case(lab, args, impl, case) for impl in ("relay", "socat")
-            }
+            report["cases"][case] = {impl: bench_case(lab, args, impl, case) for impl in IMPLS}
+            hops: dict[str, Any] = {impl: {} for impl in IMPLS}
+            report["per_hop"][case] = hops
+            for hop in HOPS:  # relay and socat one after the other, hop by hop
+                for impl in IMPLS:
+                    hops[impl][hop] = bench_hop(lab, args, impl, case, hop)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not stop this
             signal.signal(signum, signal.SIG_IGN)
@@ -842,7 +1165,45 @@ def bench(args: argparse.Namespace) -> dict:
         except (KeyError, TypeError):
             continue
     report["one_core_bound_ratio_relay_over_socat"] = bounds
+    report["per_hop_capacity_ratio_relay_over_socat"] = summarize_hops(report["per_hop"])
     return report
+
+
+def _ratio(a: Any, b: Any) -> Optional[float]:
+    return round(a / b, 2) if a and b else None
+
+
+def summarize_hops(per_hop: dict) -> dict[str, Optional[float]]:
+    """Per implementation: capacity = the slower hop's; per case: relay/socat ratios.
+
+    Adds to per_hop[case][impl]: capacity_per_s, limited_by (the hop), lower_bound
+    (that hop's forwarder never overflowed: the sender could not offer more); and to
+    per_hop[case]: relay_over_socat {A, B, capacity}.  Returns {case: capacity ratio}.
+    """
+    ratios: dict[str, Optional[float]] = {}
+    for case, per_impl in per_hop.items():
+        if "skipped" in per_impl:
+            continue
+        for impl in IMPLS:
+            res = per_impl.get(impl, {})
+            caps = {h: res.get(h, {}).get("capacity_per_s") for h in HOPS}
+            if all(caps.values()):
+                slow = min(HOPS, key=lambda h: caps[h])
+                res["capacity_per_s"] = caps[slow]
+                res["limited_by"] = slow
+                res["lower_bound"] = bool(res[slow].get("sender_bound"))
+        relay, socat = per_impl.get("relay", {}), per_impl.get("socat", {})
+        per_impl["relay_over_socat"] = {
+            **{
+                h: _ratio(
+                    relay.get(h, {}).get("capacity_per_s"), socat.get(h, {}).get("capacity_per_s")
+                )
+                for h in HOPS
+            },
+            "capacity": _ratio(relay.get("capacity_per_s"), socat.get("capacity_per_s")),
+        }
+        ratios[case] = per_impl["relay_over_socat"]["capacity"]
+    return ratios
 
 
 def prerequisites(args: argparse.Namespace) -> Optional[str]:
@@ -862,7 +1223,7 @@ def prerequisites(args: argparse.Namespace) -> Optional[str]:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Needs root, ip netns and socat; takes about 2 minutes (--quick: under 1).",
+        epilog="Needs root, ip netns and socat; takes about 2.5 minutes (--quick: about 1.5).",
     )
     parser.add_argument("--quick", action="store_true", help="shorter loads (about 1 s each)")
     parser.add_argument(
@@ -883,7 +1244,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=PORT, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--dest", default=BCAST_A, help=argparse.SUPPRESS)
+    parser.add_argument("--bind", default="0.0.0.0", help=argparse.SUPPRESS)  # noqa: S104
+    parser.add_argument("--bind-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--drain", type=float, default=0.5, help=argparse.SUPPRESS)
+    parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--seal-keys", help=argparse.SUPPRESS)
+    parser.add_argument("--seal-peer", default=GW_A, help=argparse.SUPPRESS)
+    parser.add_argument("--seal-office", default=OFFICE_A, help=argparse.SUPPRESS)
+    parser.add_argument("--seal-sender", default=GW_A, help=argparse.SUPPRESS)
+    parser.add_argument("--seal-epoch", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role is None:
         cases = [c.strip() for c in args.cases.split(",") if c.strip()]
