@@ -36,6 +36,8 @@ from .config import (
     load_config,
 )
 from .netinfo import (
+    IP_PKTINFO,
+    PKTINFO,
     IfNames,
     if_index,
     local_ipv4,
@@ -62,6 +64,15 @@ _compare_digest = hmac.compare_digest
 _MAGIC, _VERSION = wire.MAGIC, wire.VERSION
 _HEADER_SIZE, _OVERHEAD, _MAX_PAYLOAD = wire.HEADER_SIZE, wire.OVERHEAD, wire.MAX_PAYLOAD
 _NO_GROUP, _KIND_BROADCAST = wire.NO_GROUP, wire.KIND_BROADCAST
+
+# UDP segmentation offload for re-broadcast runs (Linux 4.18+): SOL_UDP, UDP_SEGMENT.
+_SOL_UDP = 17
+_UDP_SEGMENT = 103
+_GSO_SIZE = struct.Struct("=H")
+GSO_MAX_SEGMENT = 1400  # a segment must fit the LAN's MTU; 1400 leaves room everywhere
+GSO_MAX_SEGMENTS = 64  # the kernel's limit (UDP_MAX_SEGMENTS) on Debian 12's 6.1
+GSO_MAX_BYTES = 60000  # one send stays one (unfragmented-size) IPv4 payload
+_GSO_UNSUPPORTED = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EMSGSIZE)
 
 _PEER_VERDICTS = frozenset((REBROADCAST, TRANSIT, REBROADCAST_TRANSIT))
 # Redundant gateways: relays of one office on one LAN ("siblings") send each other a
@@ -389,6 +400,9 @@ class Relay:
         ps = PortState(rule.port, sock, classifier, rule.forward_to, rule.transit)
         ps.rule = rule
         ps.groups = frozenset(socket.inet_aton(g) for g in rule.multicast_groups)
+        ps.lan_dests = frozenset(
+            ("255.255.255.255", str(config.lan_broadcast), *rule.multicast_groups)
+        )
         self._link_peers(ps)
         return ps
 
@@ -476,6 +490,7 @@ class Relay:
                 self.own_set(), dest, self._compat_dest_is_broadcast(), broadcasts=self.broadcasts
             )
             ps = PortState(port, open_socket(port), classifier, (dest,))
+            ps.lan_dests = frozenset()  # compat mode knows no LAN: DEST as routed
             self.ports[port] = ps
             self._link_peers(ps)
             log.info(
@@ -614,10 +629,76 @@ class Relay:
             if not n:
                 break
             self._handle_batch(ps, n)
+            if ps.out:
+                self._send_out(ps)
             for addr, exc in ps.tx.flush(ps.sock):
                 self._send_error(ps, addr[0], exc)
             if n < rx.batch:
                 break
+
+    def _send_out(self, ps: PortState) -> None:
+        """Send this batch's datagrams, destination by destination.
+
+        A run of datagrams of one size to one destination (a burst of announcements,
+        or a blast) goes out in ONE system call with UDP segmentation offload
+        (UDP_SEGMENT): the kernel routes it once and cuts it into the datagrams, at
+        about a quarter of the cost of separate sends.  Where the kernel or the path
+        cannot (EIO, EINVAL...), that destination falls back to one datagram each.
+        Order is kept per destination (across destinations it does not matter).
+        """
+        out = ps.out
+        ps.out = {}
+        add = ps.tx.add
+        for dest, items in out.items():
+            pktinfo = self._lan_pktinfo if dest[0] in ps.lan_dests else None
+            count = len(items)
+            gso = dest not in ps.no_gso
+            i = 0
+            while i < count:
+                size = items[i][1]
+                j = i + 1
+                if gso and 0 < size <= GSO_MAX_SEGMENT:
+                    limit = min(count, i + GSO_MAX_SEGMENTS, i + GSO_MAX_BYTES // size)
+                    while j < limit and items[j][1] == size:
+                        j += 1
+                if j - i > 1 and self._send_gso(ps, dest, size, items[i:j], pktinfo):
+                    i = j
+                    continue
+                for k in range(i, j):
+                    add(items[k][0], dest, pktinfo)
+                i = j
+
+    def _send_gso(
+        self,
+        ps: PortState,
+        dest: tuple[str, int],
+        size: int,
+        items: list[tuple[tuple[Any, ...], int]],
+        pktinfo: Optional[tuple[int, bytes]],
+    ) -> bool:
+        """One UDP_SEGMENT send of ``items`` (``size`` bytes each); False: send them singly."""
+        anc = [(_SOL_UDP, _UDP_SEGMENT, _GSO_SIZE.pack(size))]
+        if pktinfo is not None:
+            anc.append(
+                (socket.IPPROTO_IP, IP_PKTINFO, PKTINFO.pack(pktinfo[0], pktinfo[1], bytes(4)))
+            )
+        try:
+            ps.sock.sendmsg(  # type: ignore[union-attr]
+                [b"".join([part for parts, _ in items for part in parts])], anc, 0, dest
+            )
+        except OSError as exc:
+            if exc.errno in _GSO_UNSUPPORTED:
+                ps.no_gso.add(dest)
+                log.info(
+                    "udp/%d: no UDP segmentation offload to %s (%s): one send each",
+                    ps.port,
+                    dest[0],
+                    exc,
+                )
+                return False
+            for _ in items:
+                self._send_error(ps, dest[0], exc)
+        return True
 
     def _handle_batch(self, ps: PortState, n: int) -> None:
         rx = ps.rx
@@ -674,19 +755,30 @@ class Relay:
     def _forward(self, ps: PortState, payload: Any, dst: bytes) -> None:
         """A LAN broadcast (or compat datagram) to the forward_to peers."""
         ps.forwarded += 1
-        add = ps.tx.add
+        out = ps.out
         header = None
+        size = len(payload)
         for peer, dest, key in ps.fwd:
+            queue = out.get(dest)
+            if queue is None:
+                queue = out[dest] = []
             if key is None:
-                add((payload,), dest)
+                queue.append(((payload,), size))
             else:
                 if header is None:
-                    if len(payload) > _MAX_PAYLOAD:
+                    if size > _MAX_PAYLOAD:
                         ps.dropped[DROP_TOO_BIG] = ps.dropped.get(DROP_TOO_BIG, 0) + 1
                         continue
                     header = self.sealer.header(*_kind(dst))  # type: ignore[union-attr]
-                add((header, key.tag(header, payload), payload), dest)
+                queue.append(((header, key.tag(header, payload), payload), size + _OVERHEAD))
             peer.sent += 1
+
+    @staticmethod
+    def _queue(ps: PortState, dest: tuple[str, int], parts: tuple[Any, ...], size: int) -> None:
+        queue = ps.out.get(dest)
+        if queue is None:
+            queue = ps.out[dest] = []
+        queue.append((parts, size))
 
     def _peer_drop(self, ps: PortState, peer: PeerState, why: str) -> None:
         ps.dropped[why] = ps.dropped.get(why, 0) + 1
@@ -743,17 +835,17 @@ class Relay:
                 dest = ""
             if dest:
                 ps.rebroadcast += 1
-                ps.tx.add((body,), (dest, ps.port), self._lan_pktinfo)
+                self._queue(ps, (dest, ps.port), (body,), len(body))
         if verdict != REBROADCAST:
             ps.transited += 1
             port = ps.port
-            add = ps.tx.add
+            size = len(body)
             for target in ps.transit_peers.get(src, ()):  # never src itself
                 if office is not None and target.office_id == office:
                     continue  # never back to the office it came from
                 tkeys = target.keys
                 if tkeys is None:
-                    add((body,), (target.addr, port))
+                    self._queue(ps, (target.addr, port), (body,), size)
                 elif tkeys is wire.NO_KEYS:
                     continue
                 else:
@@ -762,7 +854,12 @@ class Relay:
                             self._peer_drop(ps, peer, DROP_TOO_BIG)
                             continue
                         header = self.sealer.header(kind, group, office)  # type: ignore[union-attr]
-                    add((header, tkeys.send.tag(header, body), body), (target.addr, port))
+                    self._queue(
+                        ps,
+                        (target.addr, port),
+                        (header, tkeys.send.tag(header, body), body),
+                        size + _OVERHEAD,
+                    )
                 target.sent += 1
         return None
 

@@ -73,6 +73,9 @@ class PortState:
         "tx",
         "fwd_peers",
         "fwd",
+        "out",
+        "lan_dests",
+        "no_gso",
         "transit_peers",
         "received",
         "forwarded",
@@ -103,6 +106,11 @@ class PortState:
         self.tx: Any = Sender(BATCH, sock)
         self.fwd_peers: tuple[PeerState, ...] = ()
         self.fwd: tuple[tuple[Any, tuple[str, int], Any], ...] = ()
+        # this batch's datagrams by destination, (parts, size) each: sent in runs (loop)
+        self.out: dict[tuple[str, int], list[tuple[tuple[Any, ...], int]]] = {}
+        # destinations that are this LAN (re-broadcasts leave by its interface)
+        self.lan_dests: frozenset[str] = frozenset(("255.255.255.255",))
+        self.no_gso: set[tuple[str, int]] = set()  # where segmentation offload failed
         self.transit_peers: dict[str, tuple[PeerState, ...]] = {}
         self.received = 0
         self.forwarded = 0

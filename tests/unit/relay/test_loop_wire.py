@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import socket
+import struct
 
 import pytest
 from sitelink_relay import config, loop, mmsg, ports, storm, wire
@@ -54,7 +55,12 @@ class FakeSock:
         pass  # e.g. the relay's socket filter: no kernel here
 
     def sendmsg(self, buffers, anc, flags, addr):
-        self.sent.append((b"".join(bytes(b) for b in buffers), addr, anc))
+        data = b"".join(bytes(b) for b in buffers)
+        size = [struct.unpack("=H", a[2])[0] for a in anc if a[:2] == (17, 103)]
+        anc = [a for a in anc if a[:2] != (17, 103)]
+        for i in range(0, len(data), size[0]) if size else (0,):
+            # UDP_SEGMENT: the kernel cuts the buffer into datagrams of that size
+            self.sent.append((data[i : i + size[0]] if size else data, addr, anc))
 
     def fileno(self):
         return -1
@@ -518,3 +524,36 @@ def test_the_raw_wire_cannot_tell_identical_broadcasts_apart():
         b.lan_broadcast(b"DISCOVER")
         net.settle()
     assert len(b.heard) < 3 and drops(m)["echo"] >= 1
+
+
+class GsoCountingSock(FakeSock):
+    def __init__(self, fail_gso=False):
+        super().__init__()
+        self.calls = []  # segment size of each sendmsg (None: a plain send)
+        self.fail_gso = fail_gso
+
+    def sendmsg(self, buffers, anc, flags, addr):
+        size = [struct.unpack("=H", a[2])[0] for a in anc if a[:2] == (17, 103)]
+        if size and self.fail_gso:
+            raise OSError(5, "Input/output error")  # EIO: no segmentation offload here
+        self.calls.append(size[0] if size else None)
+        super().sendmsg(buffers, anc, flags, addr)
+
+
+@pytest.mark.parametrize("fail_gso", [False, True])
+def test_a_run_of_rebroadcasts_is_one_segmented_send(fail_gso):
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    b.sock = GsoCountingSock(fail_gso)
+    b.ps.sock = b.sock
+    b.ps.tx.sock = b.sock
+    b.ps.rx = mmsg.PyReceiver(b.sock, 64)
+    net = Net(m, b)
+    payloads = [b"%03d" % i + b"x" * 97 for i in range(10)] + [b"short"]
+    for p in payloads:
+        m.lan_broadcast(p)
+    net.settle()
+    assert [p for p, _ in b.heard] == payloads  # in order, each once
+    if fail_gso:
+        assert b.ps.no_gso == {(BCAST["brooklyn"], PORT)} and b.sock.calls.count(None) == 11
+    else:
+        assert b.sock.calls.count(100) == 1 and b.sock.calls.count(None) == 1
