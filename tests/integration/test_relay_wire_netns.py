@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from relay_lab import (
+    APP,
     BCAST_A,
     BCAST_B,
     GW_A,
@@ -437,3 +438,99 @@ def test_compat_mode_to_255_255_255_255_does_not_echo(lab):
     assert port["dropped"].get("same_destination") == 5
     assert relay.stop() == 0
     run("ip", "-n", lab.ns["gwB"], "route", "del", "default", "dev", "lan0")
+
+
+GW_A2 = "192.168.1.125"  # Manhattan's second gateway, on the same LAN
+KEY_A2B, KEY_SIB = secrets.token_bytes(32).hex(), secrets.token_bytes(32).hex()
+
+
+def test_two_relays_on_one_lan_do_not_double(lab, relays, hosts):
+    """Manhattan gets a second gateway (gwA2, .125) on its LAN, with a tunnel to gwB.
+    Both Manhattan relays hear every broadcast and gwB sends to both: one relays, the
+    other stands by; when the active one stops, the other takes over."""
+    for relay in relays.values():
+        relay.stop()
+    ns = lab.ns
+    ns["gwA2"] = lab.add_ns("gwA2")
+    run("ip", "-n", ns["gwA2"], "link", "add", "eth0", "type", "veth", "peer", "name", "pgwa2",
+        "netns", ns["gwA"])  # fmt: skip
+    run("ip", "-n", ns["gwA"], "link", "set", "pgwa2", "master", "lan0", "up")
+    run("ip", "-n", ns["gwA2"], "addr", "add", f"{GW_A2}/24", "dev", "eth0")
+    run("ip", "-n", ns["gwA2"], "link", "set", "eth0", "up")
+    run("ip", "-n", ns["gwA2"], "link", "add", "tunB", "type", "veth", "peer", "name", "tunA2",
+        "netns", ns["gwB"])  # fmt: skip
+    for gw, dev, own, peer in (("gwA2", "tunB", GW_A2, GW_B), ("gwB", "tunA2", GW_B, GW_A2)):
+        run("ip", "-n", ns[gw], "addr", "add", f"{own}/32", "peer", f"{peer}/32", "dev", dev)
+        run("ip", "-n", ns[gw], "link", "set", dev, "up")
+    run("ip", "-n", ns["gwA2"], "route", "add", "192.168.2.0/24", "via", GW_B, "dev", "tunB",
+        "src", GW_A2)  # fmt: skip
+
+    def relay(name, nsname, lan, peers, siblings, keys):
+        run_dir = lab.status_dir(f"sib-run-{name}")
+        status = os.path.join(run_dir, "status.json")
+        data = {
+            "version": 2,
+            "office": "brooklyn" if name == "gwB" else "manhattan",
+            "lan": lan,
+            "wire": "sitelink1",
+            "keys_file": lab.write(
+                f"sib-{name}-keys.json",
+                json.dumps(
+                    {
+                        "version": 1,
+                        "peers": {a: {"send": k, "accept": [k]} for a, k in keys.items()},
+                    }
+                ),
+            ),  # fmt: skip
+            "state_dir": lab.status_dir(f"sib-state-{name}"),
+            "siblings": siblings,
+            "peers": peers,
+            "rules": [{"port": PORT, "forward_to": list(peers), "accept_from": list(peers)}],
+            "status_file": status,
+        }
+        cfg = lab.write(f"sib-{name}.json", json.dumps(data))
+        return RelayProc(lab, f"sib-{name}", ns[nsname], ["--config", cfg], status)
+
+    brooklyn = {"office": "brooklyn"}
+    started = {
+        "gwA": relay("gwA", "gwA", {"interface": "lan0", "address": f"{GW_A}/24"},
+                     {GW_B: {**brooklyn, "interface": "tun0"}}, [GW_A2],
+                     {GW_B: KEY_AB, GW_A2: KEY_SIB}),
+        "gwA2": relay("gwA2", "gwA2", {"interface": "eth0", "address": f"{GW_A2}/24"},
+                      {GW_B: {**brooklyn, "interface": "tunB"}}, [GW_A],
+                      {GW_B: KEY_A2B, GW_A: KEY_SIB}),
+        "gwB": relay("gwB", "gwB", {"interface": "lan0", "address": f"{GW_B}/24"},
+                     {GW_A: {"office": "manhattan", "interface": "tun0"},
+                      GW_A2: {"office": "manhattan", "interface": "tunA2"}}, [],
+                     {GW_A: KEY_AB, GW_A2: KEY_A2B}),
+    }  # fmt: skip
+    time.sleep(3)  # each listens 1.5 s for its siblings before relaying
+
+    def both_ways(n, tag, manhattan_gw):
+        drain(*hosts.values())
+        sent = [f"{tag} {i}".encode() for i in range(n)]
+        for p in sent:
+            hosts["app_tx"].sendto(p, (BCAST_A, PORT))
+            hosts["ws_tx"].sendto(b"back " + p, (BCAST_B, PORT))
+            time.sleep(0.01)
+        at_b = [(d, s) for d, s in collect(hosts["ws2"], expected=2 * n) if s == GW_B]
+        at_a = [(d, s) for d, s in collect(hosts["mon"], expected=2 * n) if s != APP]
+        assert sorted(at_b) == sorted((p, GW_B) for p in sent), "each once at Brooklyn"
+        assert sorted(at_a) == sorted((b"back " + p, manhattan_gw) for p in sent), (
+            "each once at Manhattan, from the relaying gateway"
+        )
+
+    # Exactly one relays: the first to finish listening (no preemption afterwards).
+    standby = {name: started[name].status()["standby"] for name in ("gwA", "gwA2")}
+    assert sorted(standby.values()) == [False, True], standby
+    active = "gwA" if standby["gwA2"] else "gwA2"
+    other = "gwA2" if active == "gwA" else "gwA"
+    address = {"gwA": GW_A, "gwA2": GW_A2}
+    both_ways(20, "pair", address[active])
+    assert started[other].status()["ports"][str(PORT)]["dropped"].get("standby", 0) >= 40
+    started[active].stop()
+    time.sleep(2.5)  # the other notices (1.5 s without a heartbeat) and takes over
+    both_ways(10, "failover", address[other])
+    assert started[other].status()["standby"] is False
+    for r in started.values():
+        r.stop()
