@@ -12,21 +12,21 @@ LAN only if A is also in its ``accept_from``.  A peer's datagram is never sent o
 any other peer unless ``transit`` says so, and never back to the peer it came from.
 
 It replaces the C ``udp-proxy [-d] PORT DEST`` of the original article, whose loop
-filter was imperfect.  Every datagram is classified (see ``Classifier``) so that each
-broadcast reaches the other LAN exactly once and nothing echoes back: datagrams from
-our own addresses, broadcasts from outside the LAN or from the wrong interface,
-peer datagrams sent to a broadcast address, and payloads we have just re-broadcast
-are dropped and counted.  Python 3.9+ standard library only; no privileges needed
-for ports above 1023.  The config lives in /etc/sitelink/relay.json (see ``--help``).
+filter was imperfect.  Every datagram is classified (``classify``) so that each
+broadcast reaches the other LAN exactly once and nothing echoes back.  Between our
+relays, datagrams travel on the authenticated wire (``wire``): an envelope with the
+origin office, the sending relay, an epoch and a sequence number, tagged with the
+link's key, so forged, replayed and duplicated datagrams are dropped and counted, and
+echoes are told apart by origin and sequence rather than by payload.  A peer's
+datagram also counts only when it came out of that peer's tunnel (IP_PKTINFO).
 
-A peer relay is known by its source address, which anyone can forge: a datagram sent
-from the Internet to the gateway's public address with a peer's address as source
-would otherwise be re-broadcast on the LAN (or passed on to other branches).  The
-config's optional ``peer_interfaces`` names the tunnel interface each peer's datagrams
-must arrive on (IP_PKTINFO gives the arrival interface); a peer datagram arriving on
-any other interface is dropped and counted as ``peer_interface``.  Without
-``peer_interfaces`` (hand-written configs in the article's style, and compat mode)
-peer datagrams are accepted on any interface, as before.
+The parts: ``config`` (the JSON config, validated), ``wire`` (envelope, keys, replay
+windows), ``classify`` (a verdict per datagram), ``netinfo`` (addresses,
+interfaces), ``ports`` (per-port and per-peer state), ``mmsg`` (batched system calls),
+``sockfilter`` (what the kernel drops for us), ``storm`` (rate limits and breaker),
+``loop`` (the event loop), ``status`` (status file, Prometheus text), ``journal``
+and ``notify`` (systemd), ``cli``.  Python 3.9+ standard library only; no privileges
+for ports above 1023.  ``make relay`` bundles it into the one file gateways run.
 """
 
 __version__ = "2.0.0"
