@@ -49,6 +49,9 @@ from .status import STATUS_INTERVAL, write_json_atomic
 log = logging.getLogger(PROG)
 
 BATCHES = 8  # batches read from one socket before looking at the others
+# The replay windows are saved this often (and at stop): after a crash, what arrived
+# since the last save could be replayed once.
+REPLAY_SAVE_INTERVAL = 30.0
 LAN_CHECK_INTERVAL = 1.0  # seconds between checks that the LAN interface is the same one
 REFRESH_INTERVAL = 10.0  # seconds between full re-reads of local addresses
 # A source over its rate for this long is cut off.  Short, because until then every
@@ -129,6 +132,7 @@ class Relay:
         self.keys: dict[str, wire.PeerKeys] = dict(keys) if keys else {}
         self.replay = wire.ReplayState()
         self._windows = self.replay.windows  # the hot path's shortcut (same dict)
+        self._next_replay_save = 0.0
         self.sealer: Optional[wire.Sealer] = None
         self.office_id: Optional[bytes] = None
         self.sender_id = b"\0\0\0\0"
@@ -314,10 +318,16 @@ class Relay:
         if count:
             log.info("replay windows of %d senders restored from %s", count, path)
 
-    def save_replay(self) -> None:
+    def save_replay(self, force: bool = False) -> None:
+        """Save the replay windows: every REPLAY_SAVE_INTERVAL (flash-friendly: one small
+        synced write), and when the relay stops."""
         state_dir = self.config.state_dir if self.config is not None else None
         if not state_dir or not self.replay.windows:
             return
+        now = time.monotonic()
+        if not force and now < self._next_replay_save:
+            return
+        self._next_replay_save = now + REPLAY_SAVE_INTERVAL
         path = os.path.join(state_dir, "replay.json")
         try:
             wire.write_file_atomic(path, json.dumps(self.replay.dump()).encode())
@@ -1078,6 +1088,7 @@ class Relay:
                         self.handle_readable(key.data)
         finally:
             self.notifier.notify("STOPPING=1")
+            self.save_replay(force=True)
             self.write_status()
             self.close()
         log.info("stopped")

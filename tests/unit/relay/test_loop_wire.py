@@ -557,3 +557,20 @@ def test_a_run_of_rebroadcasts_is_one_segmented_send(fail_gso):
         assert b.ps.no_gso == {(BCAST["brooklyn"], PORT)} and b.sock.calls.count(None) == 11
     else:
         assert b.sock.calls.count(100) == 1 and b.sock.calls.count(None) == 1
+
+
+def test_replay_windows_are_saved_now_and_then_and_at_stop(tmp_path, monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    m = Gateway("manhattan", ["brooklyn"])
+    m.relay.config.state_dir = str(tmp_path)
+    path = tmp_path / "replay.json"
+    m.relay.replay.window(b"\x0a\x00\x00\x01").check(7, 1)
+    m.relay.save_replay()
+    assert json.loads(path.read_text()) == {"10.0.0.1": [7, 1]}
+    m.relay.replay.window(b"\x0a\x00\x00\x01").check(7, 2)
+    clock[0] += loop.REPLAY_SAVE_INTERVAL / 2
+    m.relay.save_replay()  # too soon: the flash is spared
+    assert json.loads(path.read_text()) == {"10.0.0.1": [7, 1]}
+    m.relay.save_replay(force=True)  # the relay stops
+    assert json.loads(path.read_text()) == {"10.0.0.1": [7, 2]}
