@@ -258,7 +258,7 @@ class ReplayState:
 
     Saved as {sender: [epoch, top]}; loaded back, everything up to ``top`` counts as
     seen.  What arrived after the last save can be replayed once after a crash (the
-    relay saves every few seconds and when it stops).
+    relay saves every 30 s, REPLAY_SAVE_INTERVAL, and when it stops).
     """
 
     MAX_SENDERS = 65536
