@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Planning at scale: `make bench-plan` (part of `make bench`; no root, no VMs).
 
 For generated inventories (hub-and-spoke with 1, 100 and 1000 offices, a mesh of
@@ -119,7 +118,7 @@ def main() -> int:
                     "sitelink_plan_console=summary",
                 ]
             )
-            noop_s, _ = measure(["-i", str(inv), str(noop)])
+            noop_s, _unused = measure(["-i", str(inv), str(noop)])
             office_s, office_mb = measure(["-i", str(inv), str(ROOT / "bench/office.yml")])
             print(
                 f"{topology:>13} {count:>5} offices: plan.yml {plan_s:6.1f} s,"
@@ -132,7 +131,7 @@ def main() -> int:
             inv = Path(tmp, f"tasks-{peers}.yml")
             inv.write_text(yaml.safe_dump(inventory(peers + 1, "hub-and-spoke")))
             listing = ["--list-tasks", "--list-hosts", "--limit", "office0-gw"]
-            _, _, out = run(["-i", str(inv), "site.yml", *listing])
+            _unused, _unused, out = run(["-i", str(inv), "site.yml", *listing])
             # Only the plays that run on the gateway (site.yml has one for hubs, one for
             # branches): each play lists its hosts, then its tasks.
             tasks = sum(

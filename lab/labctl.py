@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """sitelink lab controller: QEMU gateway VMs wired through network namespaces.
 
   labctl.py up   SPEC.json STATE_DIR     build/reuse image, create lab, wait for SSH
@@ -54,7 +53,7 @@ def log(msg):
 
 
 def run(cmd, check=True, **kw):
-    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    res = subprocess.run(cmd, capture_output=True, text=True, **kw, check=False)
     if check and res.returncode != 0:
         raise LabError(f"command failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr.strip()}")
     return res
@@ -168,7 +167,7 @@ def ssh_cmd(st, vm_name, cmd, timeout_opt=None):
 
 
 def build_image():
-    res = subprocess.run([BUILD_IMAGE], stdout=subprocess.PIPE, text=True)
+    res = subprocess.run([BUILD_IMAGE], stdout=subprocess.PIPE, text=True, check=False)
     if res.returncode != 0:
         raise LabError("image build failed (see build-image output above)")
     return res.stdout.strip().splitlines()[-1]
@@ -410,6 +409,7 @@ def wait_ssh(st, names, t0):
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     timeout=20,
+                    check=False,
                 )
                 ok = res.returncode == 0
             except subprocess.TimeoutExpired:

@@ -39,7 +39,7 @@ class Background:
             raise AssertionError(f"{what} did not start")
 
     def result(self, timeout: float = 180) -> dict[str, Any]:
-        out, _ = self.proc.communicate(timeout=timeout)
+        out, _unused = self.proc.communicate(timeout=timeout)
         if self.proc.returncode != 0:
             raise AssertionError(f"{self.what} failed: {out}")
         return last_json(out)

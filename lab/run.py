@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The lab for people: `make demo` and `make bench`.
 
   run.py demo    case-study lab: site.yml, then verify.yml's report and the
@@ -49,7 +48,9 @@ def demo(inventory: Path, lab: Lab) -> None:
     timed("site.yml", inventory, quiet=False)
     print("\n== verify.yml: what each gateway reports about itself")
     report = lab.state_dir / "verify-report.json"
-    _, done = timed("verify.yml", inventory, "-e", f"sitelink_verify_report={report}", ok=False)
+    _unused, done = timed(
+        "verify.yml", inventory, "-e", f"sitelink_verify_report={report}", ok=False
+    )
     print(done.stdout[done.stdout.find("TASK [Print the health") :])
 
     print("\n== The Brooklyn workstation pings the Manhattan app server")
@@ -134,7 +135,7 @@ def bench(inventory: Path) -> None:
     first, out1 = timed("site.yml", inventory)
     second, out2 = timed("site.yml", inventory)
     report = Path(os.environ["SITELINK_LAB_STATE"]) / "verify-report.json"
-    check, _ = timed("verify.yml", inventory, "-e", f"sitelink_verify_report={report}")
+    check, _unused = timed("verify.yml", inventory, "-e", f"sitelink_verify_report={report}")
     with_esp = throughput(lab)
     # The same link as the article's plain IPIP, then IPsec back on.
     plain = ("-e", "office_tunnel_protection=none")
@@ -166,7 +167,7 @@ def main() -> int:
     inventory, state = SCENARIOS[action]
     os.environ["SITELINK_LAB_STATE"] = str(state)
     try:
-        boot, _ = timed("lab/up.yml", inventory, quiet=action == "bench")
+        boot, _unused = timed("lab/up.yml", inventory, quiet=action == "bench")
         print(f"lab boot (image cached or built, gateways up to SSH): {boot:6.1f} s")
         demo(inventory, Lab(state)) if action == "demo" else bench(inventory)
         return 0

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Test traffic, run inside a lab LAN host namespace (Molecule verifier, make demo).
 
   traffic.py tcp-server PORT MODE       MODE=sink: read all, report peer + sha256
@@ -248,7 +247,7 @@ def _forge_options(argv, positional):
 def forge_udp(argv):
     a = _forge_options(argv, ["forge-udp", "src", "dst", "port", "count"])
     packets = []
-    for _ in range(int(a.count)):
+    for _unused in range(int(a.count)):
         udp = udp_datagram(a.src, a.dst, a.sport, int(a.port), _forge_payload(a.token, a.size))
         packets.append(ipv4_packet(a.src, a.dst, IPPROTO_UDP, udp, df=a.df))
     sent = _send_raw(a.dst, packets, a.interval)
@@ -262,7 +261,7 @@ def forge_ipip(argv):
         ["forge-ipip", "outer_src", "outer_dst", "inner_src", "inner_dst", "port", "count"],
     )
     packets = []
-    for _ in range(int(a.count)):
+    for _unused in range(int(a.count)):
         payload = _forge_payload(a.token, a.size)
         udp = udp_datagram(a.inner_src, a.inner_dst, a.sport, int(a.port), payload)
         inner = ipv4_packet(a.inner_src, a.inner_dst, IPPROTO_UDP, udp)
@@ -311,7 +310,7 @@ def capture(argv):
 
     frames = ipv4 = tcp_payload = marker_frames = 0
     protocols, udp_ports, ipip_inner = {}, {}, {}
-    marker_counts = {hexed: 0 for hexed, _ in markers}
+    marker_counts = {hexed: 0 for hexed, _unused in markers}
     buf = bytearray(FRAME_BUFFER)
 
     # Protocol 0 until bound: the socket must not see other interfaces' frames.
@@ -359,7 +358,7 @@ def capture(argv):
             pass
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        _unused, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
     emit(
         iface=a.iface,
         seconds=a.seconds,

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build the relay's single-file program from its package (``make relay``).
 
 The package ``relay/sitelink_relay`` becomes one executable zipapp,
@@ -44,7 +43,7 @@ def build(package: Path = PACKAGE) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--check", action="store_true", help="only check the shipped program")
     parser.add_argument("--output", type=Path, default=TARGET, help=f"default {TARGET}")
     args = parser.parse_args(argv)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: sitelink.gateway developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Write the files generated from the office schema (plugins/plugin_utils/plan/schema.py).
@@ -54,7 +53,7 @@ def expected() -> dict[Path, str]:
     readme_path = ROOT / "README.md"
     readme = readme_path.read_text(encoding="utf-8")
     head, rest = readme.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
+    _unused, tail = rest.split(README_END, 1)
     readme = head + README_BEGIN + schema.readme_tables() + README_END + tail
     return {
         ROOT / "roles/office/meta/argument_specs.yml": specs,

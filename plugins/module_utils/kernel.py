@@ -239,7 +239,7 @@ def boot_modules(modules_load_texts, cmdline):
         for line in _entries(text)
     }
     for word in (cmdline or "").split():
-        name, _, value = word.partition("=")
+        name, _unused, value = word.partition("=")
         if name.replace("-", "_") in ("modules_load", "rd.modules_load"):
             boot |= {m.replace("-", "_") for m in value.split(",") if m}
     return boot

@@ -163,7 +163,7 @@ def validate_tunnels(raw):
         raw_addr = item.get("address")
         if isinstance(raw_addr, str) and "/" in raw_addr:
             # Tolerate an explicit /32, nothing else: the tunnel address is a host address.
-            raw_addr, _, plen = raw_addr.partition("/")
+            raw_addr, _unused, plen = raw_addr.partition("/")
             if plen.strip() != "32":
                 errors.append(
                     "{} address: only /32 is allowed (got {!r})".format(label, item["address"])

@@ -231,7 +231,7 @@ def stderr_is_journal(environ: Mapping[str, str], stream: Any) -> bool:
     e.g. by a shell started from a unit.
     """
     value = environ.get("JOURNAL_STREAM", "")
-    dev, _, ino = value.partition(":")
+    dev, _unused, ino = value.partition(":")
     if not (dev.isdigit() and ino.isdigit()):
         return False
     try:

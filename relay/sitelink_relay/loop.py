@@ -628,7 +628,7 @@ class Relay:
     def handle_readable(self, ps: PortState) -> None:
         """Read what the socket has (a few batches), act on each datagram, send in batches."""
         rx = ps.rx
-        for _ in range(BATCHES):
+        for _unused in range(BATCHES):
             try:
                 n = rx.recv()
             except OSError as exc:
@@ -694,7 +694,7 @@ class Relay:
             )
         try:
             ps.sock.sendmsg(  # type: ignore[union-attr]
-                [b"".join([part for parts, _ in items for part in parts])], anc, 0, dest
+                [b"".join([part for parts, _unused in items for part in parts])], anc, 0, dest
             )
         except OSError as exc:
             if exc.errno in _GSO_UNSUPPORTED:
@@ -706,7 +706,7 @@ class Relay:
                     exc,
                 )
                 return False
-            for _ in items:
+            for _unused in items:
                 self._send_error(ps, dest[0], exc)
         return True
 

@@ -52,8 +52,8 @@ HUB_SITES = {
     "H": ("192.168.13.10", "192.168.13.126", "192.168.13.0/24"),
     "B": ("192.168.12.10", "192.168.12.126", "192.168.12.0/24"),
 }
-HUB_GW = {site: gw for site, (_, gw, _) in HUB_SITES.items()}
-HUB_HOST = {site: host for site, (host, _, _) in HUB_SITES.items()}
+HUB_GW = {site: gw for site, (_unused, gw, _unused) in HUB_SITES.items()}
+HUB_HOST = {site: host for site, (host, _unused, _unused) in HUB_SITES.items()}
 
 
 def _prereqs():
@@ -62,7 +62,7 @@ def _prereqs():
     if sys.platform != "linux" or shutil.which("ip") is None:
         return "needs Linux with iproute2 (ip)"
     try:
-        res = subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=10)
+        res = subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"ip netns unavailable: {exc}"
     if res.returncode != 0:
@@ -74,7 +74,7 @@ def _prereqs():
 
 
 def run(*cmd, check=True):
-    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30)
+    res = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30, check=False)
     if check and res.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.strip()}")
     return res
@@ -178,7 +178,7 @@ class NotifyCollector:
 
     def _loop(self):
         while not self.stop.is_set():
-            for key, _ in self.selector.select(0.2):
+            for key, _unused in self.selector.select(0.2):
                 try:
                     data = key.fileobj.recv(4096)
                 except OSError:
@@ -327,7 +327,10 @@ class Lab:
         """
         run("ip", "-n", end1[0], "link", "add", end1[1], "type", "veth", "peer", "name", end2[1],
             "netns", end2[0])  # fmt: skip
-        for (gw, dev, own, _), (_, _, peer, other_lan) in ((end1, end2), (end2, end1)):
+        for (gw, dev, own, _unused), (_unused, _unused, peer, other_lan) in (
+            (end1, end2),
+            (end2, end1),
+        ):
             run("ip", "-n", gw, "addr", "add", f"{own}/32", "peer", f"{peer}/32", "dev", dev)
             run("ip", "-n", gw, "link", "set", dev, "up")
             run("ip", "-n", gw, "route", "add", other_lan, "via", peer, "dev", dev, "src", own)

@@ -45,13 +45,15 @@ def _prereqs():
         return "needs root to create network namespaces"
     if sys.platform != "linux" or shutil.which("ip") is None:
         return "needs Linux with iproute2 (ip)"
-    if subprocess.run(["ip", "netns", "list"], capture_output=True, timeout=10).returncode:
+    if subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, timeout=10, check=False
+    ).returncode:
         return "ip netns unavailable"
     return None
 
 
 def ip(*args):
-    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30, check=False)
     if res.returncode:
         raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
 
@@ -132,7 +134,9 @@ def lab():
         yield names
     finally:
         for name in reversed(made):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+            subprocess.run(
+                ["ip", "netns", "del", name], capture_output=True, timeout=30, check=False
+            )
 
 
 def collect(receiver, expected, timeout=5.0):
@@ -156,7 +160,7 @@ def collect(receiver, expected, timeout=5.0):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_broadcast_arrival_interface_and_destination(lab, backend):
-    receiver_cls, _ = mmsg.BACKENDS[backend]
+    receiver_cls, _unused = mmsg.BACKENDS[backend]
     gw_sock = udp(lab["gw"])
     host_sock = udp(lab["host"])
     try:

@@ -18,7 +18,8 @@ SECRET = "correct-horse-battery-staple-7d1f"  # noqa: S105 - a test value, asser
 PREVIOUS = "the-secret-before-the-rotation-42"  # noqa: S105 - a test value, asserted absent
 
 sys.path.insert(0, str(ROOT / "tests/unit"))
-import conftest  # noqa: E402,F401  (makes ansible_collections.sitelink.gateway importable)
+# Makes ansible_collections.sitelink.gateway importable.
+import conftest  # noqa: E402,F401  # pylint: disable=unused-import
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (  # noqa: E402
     link_key,
 )
@@ -71,7 +72,7 @@ HOSTS = ("manhattan-gw", "brooklyn-gw", "queens-gw")
 
 
 def test_each_gateway_holds_its_own_plan_and_no_other(run):
-    tmp, _ = run
+    tmp, _unused = run
     held = {h: json.loads((tmp / f"{h}.vars.json").read_text()) for h in HOSTS}
     plans = {h: held[h]["office_plan"] for h in HOSTS}
     assert plans["manhattan-gw"]["office"] == "manhattan"
@@ -83,9 +84,7 @@ def test_each_gateway_holds_its_own_plan_and_no_other(run):
     for host in (*HOSTS, "localhost"):
         assert not any(k.startswith("__office") for k in held[host])
         others = [plans[o] for o in HOSTS if o != host]
-        foreign = (
-            [p for p in others] + [p["tunnels"] for p in others] + [p["relay"] for p in others]
-        )
+        foreign = list(others) + [p["tunnels"] for p in others] + [p["relay"] for p in others]
         for value in _values(held[host]):
             assert not any(value == f for f in foreign), f"{host} holds another gateway's plan"
 

@@ -24,7 +24,8 @@ import yaml
 from playbook import BIN, ROOT
 
 sys.path.insert(0, str(ROOT / "tests/unit"))
-import conftest  # noqa: E402,F401  (makes the collection importable)
+# Makes the collection importable.
+import conftest  # noqa: E402,F401  # pylint: disable=unused-import
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import (  # noqa: E402
     plan_network,
 )

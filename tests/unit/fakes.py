@@ -154,6 +154,7 @@ class CheckpointHost:
             stderr=subprocess.STDOUT,
             text=True,
             timeout=60,
+            check=False,
         )
 
     def rollback_record(self):

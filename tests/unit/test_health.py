@@ -1344,7 +1344,7 @@ def test_relay_drops_are_counted_by_reason_and_are_no_problem():
 
 
 def test_report_shows_auth_replay_and_storm_drops_per_office_and_port():
-    gw, _ = under_attack(BROOKLYN)
+    gw, _unused = under_attack(BROOKLYN)
     built = report.build_report(
         ["manhattan-gw", "brooklyn-gw"],
         {"manhattan-gw": check(Gateway(MANHATTAN)), "brooklyn-gw": check(gw)},

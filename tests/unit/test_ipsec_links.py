@@ -74,7 +74,7 @@ def run(p, check=False, diff=False, swanctl=None, systemd=None, checkpoint=None)
 
 
 def test_first_run_writes_a_private_file_and_loads_it(tmp_path):
-    done, swanctl, _ = run(params(tmp_path))
+    done, swanctl, _unused = run(params(tmp_path))
     assert not done.failed and done.result["changed"]
     path = tmp_path / "sitelink-gateway.conf"
     assert oct(path.stat().st_mode & 0o777) == "0o600"
@@ -87,7 +87,9 @@ def test_first_run_writes_a_private_file_and_loads_it(tmp_path):
 def test_second_run_changes_nothing(tmp_path):
     run(params(tmp_path))
     path = str(tmp_path / "sitelink-gateway.conf")
-    done, swanctl, _ = run(params(tmp_path), swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"}))
+    done, swanctl, _unused = run(
+        params(tmp_path), swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"})
+    )
     assert not done.result["changed"] and done.result["steps"] == []
     assert swanctl.calls == []
 
@@ -95,7 +97,7 @@ def test_second_run_changes_nothing(tmp_path):
 def test_a_connection_charon_lost_is_loaded_again(tmp_path):
     run(params(tmp_path))
     path = str(tmp_path / "sitelink-gateway.conf")
-    done, swanctl, _ = run(params(tmp_path), swanctl=FakeSwanctl(path, loaded=set()))
+    done, swanctl, _unused = run(params(tmp_path), swanctl=FakeSwanctl(path, loaded=set()))
     assert done.result["changed"] and swanctl.calls == ["load-all"]
 
 
@@ -103,7 +105,9 @@ def test_the_diff_never_shows_a_key_even_in_a_rotation(tmp_path):
     run(params(tmp_path))
     path = str(tmp_path / "sitelink-gateway.conf")
     rotated = params(tmp_path, keys={BROOKLYN["link"]: OTHER_KEY})
-    done, _, _ = run(rotated, diff=True, swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"}))
+    done, _unused, _unused = run(
+        rotated, diff=True, swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"})
+    )
     assert done.result["changed"]
     shown = repr(done.result)
     assert KEY not in shown and OTHER_KEY not in shown
@@ -124,7 +128,7 @@ def test_a_link_that_left_is_unloaded_and_its_sas_closed(tmp_path):
     run(params(tmp_path, connections=(BROOKLYN, QUEENS)))
     path = str(tmp_path / "sitelink-gateway.conf")
     loaded = FakeSwanctl(path, loaded={"sl-brooklyn", "sl-queens", "someone-elses"})
-    done, swanctl, _ = run(params(tmp_path), swanctl=loaded)
+    done, swanctl, _unused = run(params(tmp_path), swanctl=loaded)
     assert swanctl.calls == ["load-all", "terminate sl-queens"]
     assert "sl-queens" not in Path(path).read_text()
     assert "swanctl --terminate --ike sl-queens" in done.result["steps"]
@@ -134,10 +138,10 @@ def test_absent_removes_the_file_and_closes_everything(tmp_path):
     run(params(tmp_path))
     path = str(tmp_path / "sitelink-gateway.conf")
     p = params(tmp_path, state="absent")
-    done, swanctl, _ = run(p, swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"}))
+    done, swanctl, _unused = run(p, swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"}))
     assert not os.path.exists(path)
     assert swanctl.calls == ["load-all", "terminate sl-brooklyn"]
-    again, swanctl, _ = run(p)
+    again, swanctl, _unused = run(p)
     assert not again.result["changed"] and swanctl.calls == []
 
 
@@ -157,7 +161,7 @@ def test_strongswan_is_enabled_and_started_when_stopped(tmp_path):
 
 def test_a_missing_key_or_bad_address_is_refused_before_anything(tmp_path):
     bad = dict(BROOKLYN, remote="172.17.2.300")
-    done, swanctl, _ = run(params(tmp_path, connections=(bad,), keys={}))
+    done, swanctl, _unused = run(params(tmp_path, connections=(bad,), keys={}))
     assert done.failed
     assert "connections[0].remote" in done.result["msg"]
     assert "no key for link 'brooklyn+manhattan'" in done.result["msg"]
@@ -167,7 +171,7 @@ def test_a_missing_key_or_bad_address_is_refused_before_anything(tmp_path):
 def test_a_change_arms_the_rollback_first(tmp_path):
     host = CheckpointHost(tmp_path)
     checkpoint = host.checkpoint()
-    done, _, _ = run(params(tmp_path, rollback_timeout=120), checkpoint=checkpoint)
+    done, _unused, _unused = run(params(tmp_path, rollback_timeout=120), checkpoint=checkpoint)
     assert done.result["rollback"]["resources"] == ["ipsec"]
     assert done.result["ansible_facts"]["sitelink_rollback"]["unit"] == "sitelink-rollback.timer"
     manifest = host.manifest()
@@ -175,7 +179,7 @@ def test_a_change_arms_the_rollback_first(tmp_path):
     assert resource["key"] == "ipsec"
     # Nothing changed, nothing armed.
     path = str(tmp_path / "sitelink-gateway.conf")
-    done, _, _ = run(
+    done, _unused, _unused = run(
         params(tmp_path, rollback_timeout=120),
         swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"}),
         checkpoint=host.checkpoint(),

@@ -30,7 +30,7 @@ def inventories(draw):
     external = draw(st.integers(min_value=0, max_value=2))
     names = [f"o{i}" for i in range(internal + external)]
     topology = draw(st.sampled_from(["hub-and-spoke", "mesh", "links"]))
-    roles = [draw(st.sampled_from(["hub", "branch"])) for _ in names]
+    roles = [draw(st.sampled_from(["hub", "branch"])) for _unused in names]
     if topology == "hub-and-spoke" and "hub" not in roles[:internal]:
         roles[0] = "hub"
     pairs = list(combinations(names, 2))
@@ -237,7 +237,7 @@ def _words(value) -> set[str]:
 def test_a_removed_office_leaves_nothing_behind(case, data):
     """Delete an office (ours or an external peer): no other gateway's plan keeps its
     tunnel, a route to its LAN, its address as a NAT source or relay target."""
-    offices, _, externals, _ = case
+    offices, _unused, externals, _unused = case
     candidates = sorted(o["office_name"] for o in offices.values()) + sorted(externals)
     assume(len(candidates) >= 2)
     try:

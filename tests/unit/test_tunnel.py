@@ -360,26 +360,26 @@ def test_idempotent_when_live_matches():
 
 def test_ttl_zero_inherit_is_idempotent():
     t = dict(BROOKLYN, ttl=0)
-    actions, _ = tu.plan(desired(t), Host().add_tunnel(t).live())
+    actions, _unused = tu.plan(desired(t), Host().add_tunnel(t).live())
     assert actions == []
 
 
 def test_mtu_change_only():
     host = Host().add_tunnel(BROOKLYN, mtu=1400).add_tunnel(QUEENS)
-    actions, _ = tu.plan(desired(BROOKLYN, QUEENS), host.live())
+    actions, _unused = tu.plan(desired(BROOKLYN, QUEENS), host.live())
     assert argvs(actions) == ["link set dev sl-brooklyn mtu 1480"]
 
 
 def test_alias_and_down_fixed_in_place():
     host = Host().add_tunnel(BROOKLYN, alias="sitelink-gateway: old text", up=False)
-    actions, _ = tu.plan(desired(BROOKLYN), host.live())
+    actions, _unused = tu.plan(desired(BROOKLYN), host.live())
     assert argvs(actions) == ["link set dev sl-brooklyn alias sitelink-gateway: peer brooklyn up"]
 
 
 def test_link_down_lost_routes_are_readded_after_up():
     # The kernel flushes routes of a device that goes down.
     host = Host().add_tunnel(BROOKLYN, up=False, routes=[])
-    actions, _ = tu.plan(desired(BROOKLYN), host.live())
+    actions, _unused = tu.plan(desired(BROOKLYN), host.live())
     assert argvs(actions) == [
         "link set dev sl-brooklyn up",
         "route replace 192.168.2.0/24 dev sl-brooklyn src 192.168.1.126",
@@ -399,7 +399,7 @@ def test_remote_change_recreates_only_that_tunnel():
 @pytest.mark.parametrize("field,value", [("local", "172.16.1.13"), ("ttl", 255)])
 def test_local_or_ttl_change_recreates(field, value):
     host = Host().add_tunnel(BROOKLYN, **{field: value})
-    actions, _ = tu.plan(desired(BROOKLYN), host.live())
+    actions, _unused = tu.plan(desired(BROOKLYN), host.live())
     assert argvs(actions)[0] == "link del dev sl-brooklyn"
     assert len(actions) == 5
 
@@ -461,7 +461,7 @@ def test_extra_route_removed_and_wrong_src_replaced():
     host.routes.append(
         {"dst": "10.0.0.0/8", "dev": "sl-queens", "protocol": "kernel", "scope": "link"}
     )
-    actions, _ = tu.plan(desired(QUEENS), host.live())
+    actions, _unused = tu.plan(desired(QUEENS), host.live())
     assert argvs(actions) == [
         "route del 10.99.0.0/16 dev sl-queens",
         "route del 10.30.0.0/16 dev sl-queens metric 50",
@@ -472,7 +472,7 @@ def test_extra_route_removed_and_wrong_src_replaced():
 
 def test_addresses_made_exact():
     host = Host().add_tunnel(BROOKLYN, addrs=[("10.0.0.1", 30)])
-    actions, _ = tu.plan(desired(BROOKLYN), host.live())
+    actions, _unused = tu.plan(desired(BROOKLYN), host.live())
     assert argvs(actions) == [
         "address del 10.0.0.1/30 dev sl-brooklyn",
         "address add 192.168.1.126/32 dev sl-brooklyn",
@@ -483,7 +483,7 @@ def test_route_moving_between_tunnels_deleted_before_replaced():
     host = Host().add_tunnel(BROOKLYN).add_tunnel(QUEENS)
     bk = dict(BROOKLYN, routes=["192.168.2.0/24", "192.168.3.0/24"])
     qn = dict(QUEENS, routes=["10.30.0.0/16"])
-    actions, _ = tu.plan(desired(bk, qn), host.live())
+    actions, _unused = tu.plan(desired(bk, qn), host.live())
     assert argvs(actions) == [
         "route del 192.168.3.0/24 dev sl-queens",
         "route replace 192.168.3.0/24 dev sl-brooklyn src 192.168.1.126",
@@ -1134,7 +1134,7 @@ class SimIp:
 def round_trip(host, want, purge=True):
     """Apply plan(want) to host, then the rollback: return (sim, before, inverse)."""
     live = host.live()
-    actions, _ = tu.plan(desired(*want) if want else [], live, purge=purge)
+    actions, _unused = tu.plan(desired(*want) if want else [], live, purge=purge)
     inverse = tu.rollback_argvs(actions, live)
     sim = SimIp(live)
     before = copy.deepcopy(sim.state())
@@ -1150,6 +1150,28 @@ FOREIGN_TUNNEL = dict(QUEENS, name="legacy0", remote="198.51.100.7", routes=["10
 
 def with_foreign(host):
     return host.add_tunl0().add_tunnel(FOREIGN_TUNNEL, alias="set by hand")
+
+
+def odd_host():
+    host = Host().add_tunnel(
+        QUEENS,
+        alias="sitelink-gateway: set a while ago",
+        addrs=[(LAN, 32), ("10.0.0.1", 30)],
+        routes=[("192.168.3.0/24", "192.168.1.1")],
+    )
+    host.routes.append(
+        {"dst": "10.30.0.0/16", "dev": "sl-queens", "metric": 50, "prefsrc": LAN, "flags": []}
+    )
+    host.routes.append(
+        {"dst": "10.40.0.0/16", "gateway": "10.0.0.2", "dev": "sl-queens", "flags": []}
+    )
+    return host.add_tunnel(dict(BROOKLYN, mtu=1400), up=False, routes=[])
+
+
+def eth0_route_host():
+    host = with_foreign(Host())
+    host.routes.append({"dst": "10.30.0.0/16", "gateway": "172.16.1.1", "dev": "eth0"})
+    return host
 
 
 ROUND_TRIPS = {
@@ -1178,11 +1200,11 @@ ROUND_TRIPS = {
         ],
     ),
     "odd old state: extra address, metric route, other src, down, own alias": (
-        lambda: odd_host(),
+        odd_host,
         [QUEENS],
     ),
     "a route of eth0 taken over by a tunnel": (
-        lambda: eth0_route_host(),
+        eth0_route_host,
         [QUEENS],
     ),
     "everything purged": (
@@ -1190,28 +1212,6 @@ ROUND_TRIPS = {
         [],
     ),
 }
-
-
-def odd_host():
-    host = Host().add_tunnel(
-        QUEENS,
-        alias="sitelink-gateway: set a while ago",
-        addrs=[(LAN, 32), ("10.0.0.1", 30)],
-        routes=[("192.168.3.0/24", "192.168.1.1")],
-    )
-    host.routes.append(
-        {"dst": "10.30.0.0/16", "dev": "sl-queens", "metric": 50, "prefsrc": LAN, "flags": []}
-    )
-    host.routes.append(
-        {"dst": "10.40.0.0/16", "gateway": "10.0.0.2", "dev": "sl-queens", "flags": []}
-    )
-    return host.add_tunnel(dict(BROOKLYN, mtu=1400), up=False, routes=[])
-
-
-def eth0_route_host():
-    host = with_foreign(Host())
-    host.routes.append({"dst": "10.30.0.0/16", "gateway": "172.16.1.1", "dev": "eth0"})
-    return host
 
 
 @pytest.mark.parametrize("case", sorted(ROUND_TRIPS))
@@ -1232,13 +1232,13 @@ def test_two_changes_undone_newest_first_give_back_the_first_state():
     live0 = host.live()
     sim = SimIp(live0)
     before = copy.deepcopy(sim.state())
-    first, _ = tu.plan(desired(BROOKLYN, QUEENS), live0)
+    first, _unused = tu.plan(desired(BROOKLYN, QUEENS), live0)
     inverse1 = tu.rollback_argvs(first, live0)
     sim.run([a.argv for a in first])
     live1 = Host().add_tunl0().add_tunnel(FOREIGN_TUNNEL, alias="set by hand")
     live1 = live1.add_tunnel(BROOKLYN).add_tunnel(QUEENS).live()
     assert SimIp(live1).state() == sim.state()  # the fixture agrees with the simulation
-    second, _ = tu.plan(desired(dict(QUEENS, name="sl-q2"), dict(BROOKLYN, mtu=1300)), live1)
+    second, _unused = tu.plan(desired(dict(QUEENS, name="sl-q2"), dict(BROOKLYN, mtu=1300)), live1)
     inverse2 = tu.rollback_argvs(second, live1)
     sim.run([a.argv for a in second])
     assert sim.errors == []
@@ -1249,14 +1249,14 @@ def test_two_changes_undone_newest_first_give_back_the_first_state():
 
 def test_rollback_of_nothing_is_nothing():
     host = with_foreign(Host().add_tunnel(BROOKLYN))
-    actions, _ = tu.plan(desired(BROOKLYN), host.live())
+    actions, _unused = tu.plan(desired(BROOKLYN), host.live())
     assert actions == [] and tu.rollback_argvs(actions, host.live()) == []
 
 
 def test_rollback_touches_only_the_tunnels_the_change_touches():
     host = Host().add_tunnel(BROOKLYN, mtu=1400).add_tunnel(QUEENS)
     live = host.live()
-    actions, _ = tu.plan(desired(BROOKLYN, QUEENS), live)
+    actions, _unused = tu.plan(desired(BROOKLYN, QUEENS), live)
     inverse = tu.rollback_argvs(actions, live)
     assert [" ".join(a) for a in inverse] == [
         "link del dev sl-brooklyn",
@@ -1270,7 +1270,7 @@ def test_rollback_touches_only_the_tunnels_the_change_touches():
 def test_rollback_deletes_a_created_tunnel_and_rebuilds_a_removed_one():
     host = Host().add_tunnel(QUEENS)
     live = host.live()
-    actions, _ = tu.plan(desired(BROOKLYN), live)
+    actions, _unused = tu.plan(desired(BROOKLYN), live)
     inverse = [" ".join(a) for a in tu.rollback_argvs(actions, live)]
     assert inverse[0] == "link del dev sl-brooklyn"
     assert "link del dev sl-queens" not in inverse  # the change deletes it already
@@ -1279,7 +1279,7 @@ def test_rollback_deletes_a_created_tunnel_and_rebuilds_a_removed_one():
 
 def test_rollback_puts_back_a_route_of_another_device_the_change_replaces():
     live = eth0_route_host().live()
-    actions, _ = tu.plan(desired(QUEENS), live)
+    actions, _unused = tu.plan(desired(QUEENS), live)
     inverse = tu.rollback_argvs(actions, live)
     assert inverse[-1] == ["route", "replace", "10.30.0.0/16", "via", "172.16.1.1", "dev", "eth0"]
 

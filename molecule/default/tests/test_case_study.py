@@ -170,7 +170,7 @@ def _forged(port: int, forge: list[str]) -> tuple[dict, dict]:
 
 def check_forged_ipip_from_a_stranger() -> None:
     """IPIP from the stranger's own address never reaches the Brooklyn LAN."""
-    seen, _ = _forged(
+    seen, _unused = _forged(
         7000, ["forge-ipip", STRANGER, BROOKLYN_WAN, APP_SERVER, WORKSTATION, "7000", "10"]
     )
     assert seen == 0, f"{seen} forged IPIP packets from {STRANGER} reached the workstation"
@@ -178,7 +178,7 @@ def check_forged_ipip_from_a_stranger() -> None:
 
 def check_forged_ipip_as_the_peer_gateway() -> None:
     """IPIP whose outer source is forged as Manhattan's public address: dropped too."""
-    seen, _ = _forged(
+    seen, _unused = _forged(
         7000, ["forge-ipip", MANHATTAN_WAN, BROOKLYN_WAN, APP_SERVER, WORKSTATION, "7000", "10"]
     )
     assert seen == 0, (
@@ -189,7 +189,9 @@ def check_forged_ipip_as_the_peer_gateway() -> None:
 def check_forged_relay_datagrams() -> None:
     """The relay port, from the stranger's address and forged as Manhattan's relay."""
     for source in (STRANGER, MANHATTAN_LAN_GW):
-        seen, _ = _forged(RELAY_PORT, ["forge-udp", source, BROOKLYN_WAN, str(RELAY_PORT), "10"])
+        seen, _unused = _forged(
+            RELAY_PORT, ["forge-udp", source, BROOKLYN_WAN, str(RELAY_PORT), "10"]
+        )
         assert seen == 0, f"{seen} datagrams from {source} re-broadcast on the Brooklyn LAN"
 
 

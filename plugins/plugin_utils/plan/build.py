@@ -341,9 +341,9 @@ def _check_protection(deployment: dict[str, Any], errors: list[str]) -> None:
     if users and not secret:
         errors.append(
             "deployment (every office): office_tunnel_secret: is not set, and "
-            + " and ".join(why for why, _ in users)
+            + " and ".join(why for why, _unused in users)
             + ": set it once for the offices group, encrypted with ansible-vault (see the "
-            "README, Security), or set " + " and ".join(instead for _, instead in users)
+            "README, Security), or set " + " and ".join(instead for _unused, instead in users)
         )
     elif users and len(secret) < SECRET_MIN_LENGTH:
         errors.append(
@@ -378,7 +378,7 @@ def _check_rollout(deployment: dict[str, Any], errors: list[str]) -> None:
         ("office_rollout_max_fail_percentage", rollout.check_max_fail_percentage),
     ):
         if deployment.get(name) is not None:
-            _, problem = check(deployment[name])
+            _unused, problem = check(deployment[name])
             if problem:
                 errors.append(f"deployment (every office): {name}: {problem}")
 
@@ -667,10 +667,10 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
             external = _parse_external(index, entry, errors, relay_wire)
             parsed.append((external, external is not None))
     # Overlaps and duplicates are reported in the same message as bad values.
-    _check_network([o for o, _ in parsed if o is not None], errors)
+    _check_network([o for o, _unused in parsed if o is not None], errors)
     if errors:
         raise PlanError(errors)
-    offices_list: list[Office] = [o for o, _ in parsed]
+    offices_list: list[Office] = [o for o, _unused in parsed]
 
     topology = deployment["office_topology"]
     transit = deployment["office_transit"]

@@ -114,7 +114,7 @@ def _prefix_items(prefixes: Iterable[str]) -> list[str]:
         if len(run) >= 3:
             items.append(f"{run[0][0]} to {run[-1][0]} ({len(run)} adjacent /{run[0][1][1]})")
         else:
-            items.extend(text for text, _ in run)
+            items.extend(text for text, _unused in run)
         run.clear()
 
     for text in prefixes:
@@ -155,7 +155,7 @@ class _Relays:
                     net = _net(str(route))
                     if net is not None:
                         self._nets.setdefault((net[0], net[1]), peer)
-            self.lengths = sorted({length for _, length in self._nets}, reverse=True)
+            self.lengths = sorted({length for _unused, length in self._nets}, reverse=True)
         return self._nets
 
     def name(self, address: str) -> str:
@@ -561,8 +561,8 @@ def _radial(centre: list[Office], ring: list[Office]) -> dict[str, tuple[float, 
     pos: dict[str, tuple[float, float]] = {}
     gap = 0.25
     sizes = [_node_size(o) for o in centre + ring] or [(1.0, 0.6)]
-    width = max(w for w, _ in sizes)
-    height = max(h for _, h in sizes)
+    width = max(w for w, _unused in sizes)
+    height = max(h for _unused, h in sizes)
     core = 0.0
     if len(centre) == 1:
         pos[centre[0].name] = (0.0, 0.0)
@@ -625,8 +625,8 @@ def _hidden(
 
 def _grid(offices: list[Office]) -> dict[str, tuple[float, float]]:
     sizes = [_node_size(o) for o in offices] or [(1.0, 0.6)]
-    width = max(w for w, _ in sizes) + 0.4
-    height = max(h for _, h in sizes) + 0.4
+    width = max(w for w, _unused in sizes) + 0.4
+    height = max(h for _unused, h in sizes) + 0.4
     columns = max(1, math.ceil(math.sqrt(len(offices) * height / width)))
     return {
         office.name: ((i % columns) * width, -(i // columns) * height)

@@ -83,8 +83,8 @@ def rollout(hosts: list[str], variable: Callable[[str, str], Any]) -> Rollout:
         value = variable(first, name) if first is not None else None
         return schema.BY_NAME[name].default if value is None else value
 
-    batch, _ = check_batch(deployment("office_rollout_batch"))
-    max_fail, _ = check_max_fail_percentage(deployment("office_rollout_max_fail_percentage"))
+    batch, _unused = check_batch(deployment("office_rollout_batch"))
+    max_fail, _unused = check_max_fail_percentage(deployment("office_rollout_max_fail_percentage"))
     return Rollout(
         hubs=hubs,
         branches=branches,

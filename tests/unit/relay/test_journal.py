@@ -41,7 +41,7 @@ class FakeJournal:
 
     def entry(self) -> dict[str, bytes]:
         fields = parse(self.sock.recv(1 << 22))
-        names = [k for k, _ in fields]
+        names = [k for k, _unused in fields]
         assert len(names) == len(set(names)), names
         return dict(fields)
 
@@ -92,7 +92,7 @@ def logger(fake_journal):
 
 
 def test_message_and_standard_fields(logger, fake_journal):
-    log, _, fallback = logger
+    log, _unused, fallback = logger
     log.info("udp/%d ready", 6799)
     entry = fake_journal.entry()
     assert entry["MESSAGE"] == b"udp/6799 ready"
@@ -216,7 +216,7 @@ def _sndbuf() -> int:
 
 
 def test_too_big_is_truncated(logger, fake_journal):
-    log, _, fallback = logger
+    log, _unused, fallback = logger
     log.warning("x" * (2 * _sndbuf()) + " end", extra={"fields": {"SITELINK_EVENT": "big"}})
     entry = fake_journal.entry()
     assert entry["MESSAGE"] == b"x" * journal.TRUNCATED_VALUE + b"... [truncated]"
@@ -226,7 +226,7 @@ def test_too_big_is_truncated(logger, fake_journal):
 
 
 def test_too_many_big_fields_keep_the_message(logger, fake_journal):
-    log, _, fallback = logger
+    log, _unused, fallback = logger
     n = 2 * _sndbuf() // journal.TRUNCATED_VALUE + 1
     big = {f"SITELINK_F{i}": "y" * (journal.TRUNCATED_VALUE * 2) for i in range(n)}
     log.error("é" * journal.TRUNCATED_VALUE, extra={"fields": big})

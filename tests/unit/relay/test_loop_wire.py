@@ -28,8 +28,8 @@ OFFICES = {
     "manhattan-b": ("192.168.1.125/24", "192.168.1.10"),  # Manhattan's second gateway
 }
 OFFICE_OF = {"manhattan-b": "manhattan"}
-GW = {name: lan.split("/")[0] for name, (lan, _) in OFFICES.items()}
-HOST = {name: host for name, (_, host) in OFFICES.items()}
+GW = {name: lan.split("/", maxsplit=1)[0] for name, (lan, _unused) in OFFICES.items()}
+HOST = {name: host for name, (_unused, host) in OFFICES.items()}
 BCAST = {name: GW[name].rsplit(".", 1)[0] + ".255" for name in OFFICES}
 TUN_IF = {name: 10 + i for i, name in enumerate(OFFICES)}  # ifindex of the tunnel to it
 
@@ -78,7 +78,7 @@ def python_backend(monkeypatch):
 def relay_config(
     name, peers, *, rules=None, storm_control=None, wire_name="sitelink1", siblings=()
 ):
-    lan, _ = OFFICES[name]
+    lan, _unused = OFFICES[name]
     data = {
         "version": 2,
         "office": OFFICE_OF.get(name, name),
@@ -175,7 +175,7 @@ class Net:
         self.by_addr = {GW[g.name]: g for g in gateways}
 
     def settle(self, rounds=4):
-        for _ in range(rounds):
+        for _unused in range(rounds):
             for g in self.gateways.values():
                 g.run(self)
 
@@ -199,7 +199,7 @@ def test_the_envelope_is_on_the_wire_not_the_lan():
     m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
     m.lan_broadcast(b"x" * 10)
     sent = m.run(Net(m, b))
-    ((payload, addr, _),) = sent
+    ((payload, addr, _unused),) = sent
     assert addr == (GW["brooklyn"], PORT)
     assert len(payload) == wire.OVERHEAD + 10 and payload[:2] == b"SL"
     fields = wire.HEADER.unpack(payload[: wire.HEADER_SIZE])
@@ -212,7 +212,7 @@ def test_forged_replayed_and_unauthenticated_are_dropped_and_counted():
     m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)
     m.lan_broadcast(b"real")
-    ((captured, _, _),) = m.run(net)  # what an attacker on the path would record
+    ((captured, _unused, _unused),) = m.run(net)  # what an attacker on the path would record
     b.run(net)
     assert b.heard == [(b"real", BCAST["brooklyn"])]
     from_m = (GW["manhattan"], TUN_IF["manhattan"], socket.inet_aton(GW["brooklyn"]))
@@ -228,7 +228,7 @@ def test_forged_replayed_and_unauthenticated_are_dropped_and_counted():
     )
     other.lan_broadcast(b"evil")
     other.relay.handle_readable(other.ps)
-    ((evil, _, _),) = other.sock.sent
+    ((evil, _unused, _unused),) = other.sock.sent
     b.sock.queue.append((evil, *from_m))  # signed with the wrong key
     b.run(net)
     assert b.heard == [(b"real", BCAST["brooklyn"])]
@@ -240,7 +240,7 @@ def test_stale_epoch_after_a_restart_of_the_sender():
     m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)
     m.lan_broadcast(b"old")
-    ((old, _, _),) = m.run(net)
+    ((old, _unused, _unused),) = m.run(net)
     b.run(net)
     m.relay.sealer = wire.Sealer(m.relay.office_id, m.relay.sender_id, 2000)  # restarted
     m.lan_broadcast(b"new")
@@ -249,19 +249,19 @@ def test_stale_epoch_after_a_restart_of_the_sender():
         (old, GW["manhattan"], TUN_IF["manhattan"], socket.inet_aton(GW["brooklyn"]))
     )
     b.run(net)
-    assert [p for p, _ in b.heard] == [b"old", b"new"]
+    assert [p for p, _unused in b.heard] == [b"old", b"new"]
     assert drops(b) == {"stale": 1}
 
 
 def test_identical_broadcasts_from_both_offices_all_arrive():
     m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)
-    for _ in range(3):
+    for _unused in range(3):
         m.lan_broadcast(b"DISCOVER")
         b.lan_broadcast(b"DISCOVER")
         net.settle()
-    assert [p for p, _ in b.heard] == [b"DISCOVER"] * 3
-    assert [p for p, _ in m.heard] == [b"DISCOVER"] * 3
+    assert [p for p, _unused in b.heard] == [b"DISCOVER"] * 3
+    assert [p for p, _unused in m.heard] == [b"DISCOVER"] * 3
     assert "echo" not in drops(m) and "echo" not in drops(b)
 
 
@@ -337,7 +337,7 @@ def test_own_origin_check():
     m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
     m.lan_broadcast(b"mine")
     m.relay.handle_readable(m.ps)
-    ((payload, _, _),) = m.sock.sent
+    ((payload, _unused, _unused),) = m.sock.sent
     m.sock.sent = []
     header = payload[: wire.HEADER_SIZE]
     body = payload[wire.OVERHEAD :]
@@ -356,14 +356,16 @@ def test_own_origin_check():
 
 
 def test_multicast_groups_are_relayed_to_the_same_group():
-    rules = lambda peer: [  # noqa: E731
-        {
-            "port": PORT,
-            "forward_to": [GW[peer]],
-            "accept_from": [GW[peer]],
-            "multicast_groups": [GROUP],
-        }
-    ]
+    def rules(peer):
+        return [
+            {
+                "port": PORT,
+                "forward_to": [GW[peer]],
+                "accept_from": [GW[peer]],
+                "multicast_groups": [GROUP],
+            }
+        ]
+
     m = Gateway("manhattan", ["brooklyn"], rules=rules("brooklyn"))
     b = Gateway("brooklyn", ["manhattan"], rules=rules("manhattan"))
     net = Net(m, b)
@@ -405,8 +407,8 @@ def test_a_flooding_host_does_not_starve_the_others(monkeypatch):
         m.lan_broadcast(b"quiet %d" % tick)
         net.settle(rounds=2)
         clock[0] += 0.1
-    quiet = [p for p, _ in b.heard if p.startswith(b"quiet")]
-    flood = [p for p, _ in b.heard if p.startswith(b"flood")]
+    quiet = [p for p, _unused in b.heard if p.startswith(b"quiet")]
+    flood = [p for p, _unused in b.heard if p.startswith(b"flood")]
     assert len(quiet) == 50  # the other host lost nothing
     assert len(flood) <= 10 + 100 * 1.2  # the burst, then about a second at its limit
     assert drops(m)["cut_off"] > 7500  # then cut off for the remaining 4 s
@@ -476,8 +478,8 @@ def test_two_relays_on_one_lan_do_not_double(monkeypatch):
         office_broadcast(b"m %d" % i)
         b.lan_broadcast(b"b %d" % i)
         tick(0.5)
-    assert [p for p, _ in b.heard] == [b"m %d" % i for i in range(5)]
-    assert [p for p, _ in active.heard] == [b"b %d" % i for i in range(5)]
+    assert [p for p, _unused in b.heard] == [b"m %d" % i for i in range(5)]
+    assert [p for p, _unused in active.heard] == [b"b %d" % i for i in range(5)]
     assert standby.heard == [] and drops(standby)["standby"] >= 10
     assert drops(standby)["own"] >= 4  # the active one's re-broadcasts: never forwarded
     # the active one dies: the other takes over within the sibling timeout, still once each
@@ -486,8 +488,8 @@ def test_two_relays_on_one_lan_do_not_double(monkeypatch):
     standby.lan_broadcast(b"after failover")
     b.lan_broadcast(b"back")
     tick(0.5, alive=(standby,))
-    assert [p for p, _ in b.heard][-1:] == [b"after failover"]
-    assert [p for p, _ in standby.heard] == [b"back"]
+    assert [p for p, _unused in b.heard][-1:] == [b"after failover"]
+    assert [p for p, _unused in standby.heard] == [b"back"]
     status = standby.relay.status()
     assert status["standby"] is False and status["siblings"]["192.168.1.125"]["active"] is True
 
@@ -499,7 +501,7 @@ def test_forged_heartbeats_do_not_silence_a_relay(monkeypatch):
     forged = wire.HEADER.pack(
         wire.MAGIC, 1, wire.KIND_HEARTBEAT, wire.office_id("manhattan"), bytes(4), 1, 1, bytes(4)
     )
-    for _ in range(3):
+    for _unused in range(3):
         m2.sock.queue.append(
             (
                 forged + bytes(16) + b"\1",
@@ -519,7 +521,7 @@ def test_the_raw_wire_cannot_tell_identical_broadcasts_apart():
     m = Gateway("manhattan", ["brooklyn"], wire_name="raw")
     b = Gateway("brooklyn", ["manhattan"], wire_name="raw")
     net = Net(m, b)
-    for _ in range(3):
+    for _unused in range(3):
         m.lan_broadcast(b"DISCOVER")
         b.lan_broadcast(b"DISCOVER")
         net.settle()
@@ -552,7 +554,7 @@ def test_a_run_of_rebroadcasts_is_one_segmented_send(fail_gso):
     for p in payloads:
         m.lan_broadcast(p)
     net.settle()
-    assert [p for p, _ in b.heard] == payloads  # in order, each once
+    assert [p for p, _unused in b.heard] == payloads  # in order, each once
     if fail_gso:
         assert b.ps.no_gso == {(BCAST["brooklyn"], PORT)} and b.sock.calls.count(None) == 11
     else:

@@ -401,7 +401,7 @@ def test_any_status_file_reads_and_renders(tmp_path_factory, data):
 
 def test_deep_nesting_in_memory():
     deep: list = []
-    for _ in range(200_000):
+    for _unused in range(200_000):
         deep = [deep]
     data = {"pid": deep, "ports": {"1": {"dropped": {"x": deep}, "forward_to": [deep]}}}
     data["peers"] = {"p": {"office": deep, "dropped": deep}}

@@ -118,13 +118,13 @@ def test_release_is_reported_for_a_source_that_went_quiet():
 
 def test_burst_within_the_bucket_is_allowed():
     sc, events = make()
-    assert [sc.check(QUIET, T0) for _ in range(2000)] == [None] * 2000
+    assert [sc.check(QUIET, T0) for _unused in range(2000)] == [None] * 2000
     assert sc.check(QUIET, T0) == "rate_limited"
     # the bucket refills at the rate: one more datagram per millisecond
     assert sc.check(QUIET, T0 + 0.001) is None
     assert sc.check(QUIET, T0 + 0.001) == "rate_limited"
     # after 2 s idle, a full burst again
-    assert [sc.check(QUIET, T0 + 3.0) for _ in range(2000)] == [None] * 2000
+    assert [sc.check(QUIET, T0 + 3.0) for _unused in range(2000)] == [None] * 2000
     assert events == []
 
 
@@ -132,7 +132,7 @@ def test_one_off_bursts_do_not_trip_the_breaker():
     sc, events = make()
     for k in range(5):
         # 2500 at once every 2.5 s: 500 rate-limited each time, never "sustained"
-        verdicts = Counter(sc.check(QUIET, T0 + 2.5 * k) for _ in range(2500))
+        verdicts = Counter(sc.check(QUIET, T0 + 2.5 * k) for _unused in range(2500))
         assert verdicts == Counter({None: 2000, "rate_limited": 500})
     assert events == [] and sc.tripped_total == 0
 
@@ -160,7 +160,7 @@ def test_global_limit():
 
 
 def test_storm_drops_are_not_charged_to_the_source():
-    sc, _ = make(global_rate=1.0, global_burst=1.0)
+    sc, _unused = make(global_rate=1.0, global_burst=1.0)
     assert sc.check(QUIET, T0) is None
     assert sc.check(QUIET, T0) == "storm"
     # the source's own bucket still holds 1999 datagrams
@@ -169,7 +169,7 @@ def test_storm_drops_are_not_charged_to_the_source():
 
 
 def test_table_is_bounded_and_idle_sources_are_evicted():
-    sc, _ = make(max_sources=100)
+    sc, _unused = make(max_sources=100)
     for i in range(100):
         assert sc.check(f"10.0.{i}.1", T0) is None
     assert sc.status(T0)["sources"] == 100
@@ -233,7 +233,7 @@ def test_a_failing_event_callback_does_not_break_the_check(caplog):
 
 def test_unlimited_rate():
     sc = StormControl(per_source_rate=float("inf"), global_rate=float("inf"))
-    assert all(sc.check(FLOODER, T0) is None for _ in range(100_000))
+    assert all(sc.check(FLOODER, T0) is None for _unused in range(100_000))
 
 
 @pytest.mark.parametrize(
@@ -260,7 +260,7 @@ def test_allowed_path_is_cheap():
     n = 200_000
     calls = [(sources[i % 50], T0 + i * 0.001) for i in range(n)]  # 20/s per source
     best = float("inf")
-    for _ in range(3):
+    for _unused in range(3):
         sc = StormControl()  # the clock must not go back
         check = sc.check
         start = time.perf_counter()

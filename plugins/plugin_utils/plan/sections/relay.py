@@ -50,7 +50,7 @@ def section(gw: GatewayPlan) -> dict[str, Any]:
         "keys_file": KEYS_FILE,
         "state_dir": STATE_DIR,
         "peers": {address: peers[address] for address in sorted(peers, key=IPv4Address)},
-        "rules": [r.to_dict() for _, r in sorted(gw.relay.items())],
+        "rules": [r.to_dict() for _unused, r in sorted(gw.relay.items())],
         "status_file": STATUS_FILE,
         "metrics_file": METRICS_FILE,
     }
