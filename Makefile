@@ -13,12 +13,23 @@ COLLECTION_LINK := .cache/collections/ansible_collections/sitelink/gateway
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftables \
                 openssh-client iputils-ping socat python3 graphviz
 DEMO_STATE := /var/tmp/sitelink-lab/demo
+# ansible-test runs on the venv's Python; gateways may have 3.9 (Debian 11).
+CONTROLLER_PYTHON := 3.11
+GATEWAY_PYTHON := 3.9
+ANSIBLE_TEST := $(PY) tools/run_ansible_test.py
+COLLECTION_VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
 
-.PHONY: help setup deps lint schema relay unit integration molecule build test demo bench bench-plan bench-relay plan clean
+.PHONY: help setup deps lint sanity schema relay unit integration molecule build ee docs release test \
+        demo bench bench-plan bench-relay plan clean
 
 help:
 	@echo "make setup    venv with pinned controller dependencies (PyPI only)"
-	@echo "make test     lint, unit and integration tests, collection build, molecule test"
+	@echo "make test     lint, sanity, unit and integration tests, collection build, EE context,"
+	@echo "              molecule test"
+	@echo "make sanity   ansible-test sanity (offline, --venv), and Python $(GATEWAY_PYTHON) for gateway code"
+	@echo "make ee       the execution environment's build context in build/ee, checked"
+	@echo "make docs     the collection's HTML docs site in build/docs"
+	@echo "make release VERSION=x.y.z   bump galaxy.yml, release the changelog, build the tarball"
 	@echo "make relay    rebuild roles/relay/files/sitelink-relay from relay/sitelink_relay"
 	@echo "make demo     boot the case-study lab, run site.yml and verify.yml, show traffic, tear down"
 	@echo "make plan     render the case study's plan and picture into examples/case-study/plan"
@@ -53,6 +64,16 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(PY) tools/office_schema.py --check
 	$(BIN)/ansible-lint --profile production
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-docs lint-collection-docs --plugin-docs --check-extra-docs-refs .
+
+# ansible-test on a copy of the tree (tools/run_ansible_test.py says why). Then
+# Python $(GATEWAY_PYTHON) for what runs on gateways: modules and module_utils, and the
+# relay program, which ansible-test only holds to it as module_utils of a view.
+sanity: setup
+	$(ANSIBLE_TEST) sanity --venv --python $(CONTROLLER_PYTHON)
+	$(ANSIBLE_TEST) sanity --venv --python $(GATEWAY_PYTHON) --test compile --test import
+	$(ANSIBLE_TEST) --relay sanity --venv --python $(GATEWAY_PYTHON) --test compile --test import
 
 # Regenerate the office role's specs and defaults and the README table from
 # the one schema (plugins/plugin_utils/plan/schema.py).
@@ -66,8 +87,11 @@ plan: setup deps
 	$(BIN)/ansible-playbook -i examples/hub-and-branches/inventory.yml plan.yml \
 	  -e sitelink_plan_dir=$(CURDIR)/examples/hub-and-branches/plan -e sitelink_plan_console=summary
 
+# Modules, module_utils and controller plugins with ansible-test units (the
+# standard tests/unit/plugins layout); the relay's own tests beside its package.
 unit: setup
-	$(PY) -m pytest -q tests/unit
+	$(ANSIBLE_TEST) units --venv --python $(CONTROLLER_PYTHON)
+	$(PY) -m pytest -q relay/tests
 
 integration: setup deps
 	$(PY) -m pytest -q tests/integration
@@ -102,7 +126,26 @@ molecule: setup deps
 	$(BIN)/molecule test -s default
 	$(BIN)/molecule test -s offices
 
-test: lint unit integration build molecule
+# The execution environment's build context (no container engine needed), checked:
+# the collection tarball, ansible-core, and every Python and system dependency.
+ee: build
+	$(PY) tools/check_ee.py --tarball build/sitelink-gateway-$(COLLECTION_VERSION).tar.gz --context build/ee
+
+# The HTML docs site (antsibull-docs and Sphinx), from the same plugin and role docs.
+docs: setup
+	tools/build_docs.sh
+
+# make release VERSION=x.y.z: galaxy.yml's version, the changelog's release (from
+# changelogs/fragments, which it removes), and the tarball in build/.
+release: setup
+	@[[ "$(VERSION)" =~ ^[0-9]+\.[0-9]+\.[0-9]+$$ ]] || { echo "usage: make release VERSION=x.y.z"; exit 2; }
+	sed -i 's/^version: .*/version: $(VERSION)/' galaxy.yml
+	$(BIN)/antsibull-changelog release --reload-plugins
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+	$(MAKE) build
+	@echo "released $(VERSION): commit galaxy.yml, changelogs/ and CHANGELOG.rst, tag $(VERSION)"
+
+test: lint sanity unit integration build ee molecule
 
 demo: setup deps
 	$(PY) lab/run.py demo

@@ -8,6 +8,14 @@ ansible-test there with the arguments given, e.g.::
 
     python tools/run_ansible_test.py sanity --venv --python 3.11
 
+``--relay`` first tests the relay program instead. Gateways run it with their own
+python3 (3.9 on Debian 11), but ansible-test holds only modules and module_utils
+to the older Pythons. So the relay's package is put where ansible-test looks for
+code that runs on managed nodes, in a collection of its own made for the run
+(``sitelink.relay_view``, ``plugins/module_utils/sitelink_relay``), e.g.::
+
+    python tools/run_ansible_test.py --relay sanity --venv --python 3.9 --test compile --test import
+
 With ``--venv``, ansible-test bootstraps pip in each virtual environment with a
 ``get-pip`` script it downloads from a host these machines (and many behind a
 proxy: ansible/ansible#77304) cannot reach; it uses a cached copy when there is
@@ -28,6 +36,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TREE = REPO / ".cache" / "ansible-test"
 COLLECTION = TREE / "ansible_collections" / "sitelink" / "gateway"
+RELAY_VIEW = TREE / "ansible_collections" / "sitelink" / "relay_view"
+# __main__.py only starts the program (it would run it on import).
+RELAY_VIEW_SKIP = {"__main__.py"}
 
 GET_PIP_STAND_IN = '''\
 """Offline stand-in for get-pip.py, written by sitelink.gateway's tools/run_ansible_test.py.
@@ -43,6 +54,12 @@ args = [arg for arg in sys.argv[1:] if arg not in GET_PIP_ONLY]
 subprocess.check_call([sys.executable, "-m", "ensurepip", "--upgrade", "--default-pip"])
 sys.exit(subprocess.call([sys.executable, "-m", "pip", "install", *args]))
 '''
+
+
+def git_init(path: Path) -> None:
+    # ansible-test lists content with git from the nearest repository upwards;
+    # without one of its own the copy would be an ignored part of this one.
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
 
 
 def collection_files() -> list[str]:
@@ -63,9 +80,25 @@ def copy_tree() -> None:
         target = COLLECTION / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, target, follow_symlinks=False)
-    # ansible-test lists content with git from the nearest repository upwards;
-    # without one of its own the copy would be an ignored part of this one.
-    subprocess.run(["git", "init", "-q", str(COLLECTION)], check=True)
+    git_init(COLLECTION)
+
+
+def copy_relay_view() -> Path:
+    """The relay's package as module_utils of a throwaway collection."""
+    if RELAY_VIEW.exists():
+        shutil.rmtree(RELAY_VIEW)
+    package = RELAY_VIEW / "plugins" / "module_utils" / "sitelink_relay"
+    package.mkdir(parents=True)
+    for source in sorted((REPO / "relay" / "sitelink_relay").glob("*.py")):
+        if source.name not in RELAY_VIEW_SKIP:
+            shutil.copy2(source, package / source.name)
+    (RELAY_VIEW / "meta").mkdir()
+    (RELAY_VIEW / "meta" / "runtime.yml").write_text('---\nrequires_ansible: ">=2.19.0"\n')
+    (RELAY_VIEW / "tests").mkdir()
+    (RELAY_VIEW / "tests" / "config.yml").write_text("---\nmodules:\n  python_requires: '>=3.9'\n")
+    (RELAY_VIEW / ".gitignore").write_text("/tests/output/\n")
+    git_init(RELAY_VIEW)
+    return RELAY_VIEW
 
 
 def pip_version() -> str:
@@ -87,8 +120,38 @@ def ensure_get_pip() -> None:
         script.write_text(GET_PIP_STAND_IN)
 
 
+def python_on_path(argv: list[str], env: dict[str, str]) -> None:
+    """Make ``pythonX.Y`` of ``--python X.Y`` runnable, for ansible-test looks it up on PATH.
+
+    A pyenv shim for a version that is installed but not selected fails; the
+    interpreter itself is then linked into a directory put first on PATH.
+    """
+    if "--python" not in argv:
+        return
+    version = argv[argv.index("--python") + 1]
+    name = f"python{version}"
+    found = shutil.which(name, path=env["PATH"])
+    if found and subprocess.run([found, "-V"], capture_output=True, check=False).returncode == 0:
+        return
+    pyenv_root = Path(env.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = sorted(pyenv_root.glob(f"versions/{version}.*/bin/{name}"))
+    if not candidates:
+        sys.exit(f"Python {version} is needed (ansible-test --python {version}) and not found")
+    links = TREE / "bin"
+    links.mkdir(parents=True, exist_ok=True)
+    link = links / name
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(candidates[-1])
+    env["PATH"] = f"{links}{os.pathsep}{env['PATH']}"
+
+
 def main(argv: list[str]) -> int:
-    copy_tree()
+    if argv[:1] == ["--relay"]:
+        argv, root = argv[1:], copy_relay_view()
+    else:
+        copy_tree()
+        root = COLLECTION
     ensure_get_pip()
     ansible_test = shutil.which("ansible-test")
     if not ansible_test:
@@ -96,7 +159,8 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     # The copy is what ansible-test tests; it must not also find the work tree.
     env.pop("ANSIBLE_COLLECTIONS_PATH", None)
-    return subprocess.call([ansible_test, *argv], cwd=COLLECTION, env=env)
+    python_on_path(argv, env)
+    return subprocess.call([ansible_test, *argv], cwd=root, env=env)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: gateway_confirm
 short_description: Confirm a gateway change over a new connection, cancelling its rollback
-version_added: 0.1.0
-author: sitelink.gateway developers
+version_added: 0.2.0
+author: sitelink.gateway developers (!UNKNOWN)
 description:
   - The last step of a lockout-proof change (candidate, apply, confirm - as VyOS
     C(commit-confirm)). M(sitelink.gateway.nft_table) and M(sitelink.gateway.ipip_tunnel) with
@@ -22,7 +22,7 @@ description:
     ControlPersist master is stopped with C(ssh -O stop)), because a connection established
     before a firewall change survives a firewall that now refuses new SSH connections. It then
     opens a new one and, on the gateway, stops the timer and deletes the checkpoint
-    (RV(changed)). Connection failures are retried every 2 seconds for O(timeout) seconds.
+    (reported as a change). Connection failures are retried every 2 seconds for O(timeout) seconds.
   - It fails, naming the host and when the gateway restores its previous state by itself, when
     no new connection succeeds in time, and when the gateway has already rolled back (its
     C(/run/sitelink/rollback.json) records a rollback at or after O(armed_at)).
@@ -42,15 +42,22 @@ options:
         after it fails the task.
       - Defaults to C(armed_at) of the C(sitelink_rollback) fact.
     type: float
+extends_documentation_fragment:
+  - sitelink.gateway.attributes
+  - sitelink.gateway.attributes.action
+  - sitelink.gateway.attributes.platform
 attributes:
   action:
     support: full
-    description: An action plugin reconnects and runs the module on the gateway.
+    details: The action plugin reconnects, then runs the module on the gateway.
   check_mode:
     support: full
-    description: Does nothing in check mode (no change was applied, so none was armed).
+    details: Does nothing in check mode (no change was applied, so none was armed); the task
+      reports V(skipped).
   diff_mode:
     support: none
+  platform:
+    platforms: linux
 notes:
   - Needs systemd on the host, and root.
   - The checkpoint and C(rollback.json) are on C(/run), a tmpfs. A reboot before the confirm

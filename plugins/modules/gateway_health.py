@@ -7,8 +7,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: gateway_health
 short_description: Check that an office gateway does what its plan says, changing nothing
-version_added: 0.1.0
-author: sitelink.gateway developers
+version_added: 0.2.0
+author: sitelink.gateway developers (!UNKNOWN)
 description:
   - Reads the gateway's live state and compares it with its plan (O(plan), the C(office_plan)
     fact set by the C(sitelink.gateway.office) role), in one call.
@@ -79,15 +79,17 @@ options:
         SAs are not up yet (the ping waits up to 15 s for its answers).
     type: int
     default: 3
+extends_documentation_fragment:
+  - sitelink.gateway.attributes
+  - sitelink.gateway.attributes.platform
 attributes:
   check_mode:
     support: full
-    description: The module only reads; it runs the same in check mode.
+    details: The module only reads; it runs the same in check mode.
   diff_mode:
     support: none
   platform:
-    support: full
-    platforms: posix
+    platforms: linux
 requirements:
   - iproute2 with JSON output (C(ip -j)) and C(ip xfrm), iputils C(ping), systemd, C(nft)
 notes:
@@ -154,13 +156,39 @@ routes:
   sample: {total: 1, ok: 1, failed: [], problems: []}
 ipsec:
   description:
-    - "The plan's C(protection) (C(ipsec) or C(none)); C(plain_ipip), true when the links are
-      plain IPIP (C(protection) C(none)); and, with IPsec, one entry per connection of the plan
-      (C(connections)): C(sa) and C(policy), each C(out) and C(in), true where the kernel holds
-      it (V(null) where it could not be read)."
+    - The IPsec checks, against the plan's C(protection).
     - No key, SPI or line of C(ip xfrm) output is ever returned.
   returned: success
   type: dict
+  contains:
+    protection:
+      description: The plan's C(protection), V(ipsec) or V(none).
+      type: str
+      sample: ipsec
+    plain_ipip:
+      description:
+        - Whether the links are plain IPIP (C(protection) V(none)). Not a problem;
+          M(sitelink.gateway.health_report) warns about it.
+      type: bool
+      sample: false
+    connections:
+      description:
+        - With IPsec, one entry per connection of the plan - C(name), C(peer), C(local) and
+          C(remote), then C(sa) and C(policy), each with C(out) and C(in), true where the
+          kernel holds it (V(null) where it could not be read), and the entry's C(ok) and
+          C(problems).
+        - Empty where the plan's C(protection) is V(none).
+      type: list
+      elements: dict
+    ok:
+      description: Whether every IPsec check passed (always true with C(protection) V(none)).
+      type: bool
+      sample: true
+    problems:
+      description: What failed, one sentence each.
+      type: list
+      elements: str
+      sample: []
   sample:
     protection: ipsec
     plain_ipip: false

@@ -10,8 +10,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: health_report
 short_description: One health report of every office, from each gateway's own checks
-version_added: 0.1.0
-author: sitelink.gateway developers
+version_added: 0.2.0
+author: sitelink.gateway developers (!UNKNOWN)
 description:
   - Gathers the M(sitelink.gateway.gateway_health) result registered on every host of O(hosts)
     into one report, on the controller, and renders it as one table (an office per row -
@@ -47,16 +47,22 @@ options:
   output:
     description: Where to write the JSON report (a relative path is from the current directory).
     type: path
+extends_documentation_fragment:
+  - sitelink.gateway.attributes
+  - sitelink.gateway.attributes.action
+  - sitelink.gateway.attributes.platform
 attributes:
   action:
     support: full
+    details: The report is built by the action plugin, on the controller.
   check_mode:
     support: full
-    description: Works the same in check mode; the report is written.
+    details: Works the same in check mode; the report is written.
   diff_mode:
     support: none
   platform:
     platforms: all
+    details: Runs on the controller only.
 notes:
   - Runs on the controller only; never connects to a gateway.
 seealso:

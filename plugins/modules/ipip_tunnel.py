@@ -1,5 +1,5 @@
 #!/usr/bin/python
-# Copyright: sitelink.gateway contributors
+# Copyright: sitelink.gateway developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import annotations
@@ -24,22 +24,23 @@ description:
   - With O(state=absent) it removes instead, in one call, every tunnel it owns, the boot file
     and the boot unit.
 version_added: 0.1.0
-author:
-  - sitelink.gateway contributors
+author: sitelink.gateway developers (!UNKNOWN)
 requirements:
   - iproute2 with JSON output (C(ip -j)), for example Debian 12
   - the C(ipip) kernel module (loaded automatically by C(ip link add ... type ipip))
+extends_documentation_fragment:
+  - sitelink.gateway.attributes
+  - sitelink.gateway.attributes.platform
 attributes:
   check_mode:
     support: full
-    description: Computes and reports the commands that would run; changes nothing.
+    details: Computes and reports the commands that would run; changes nothing.
   diff_mode:
     support: full
-    description: Shows the owned tunnels, the persistence file and (when it changes) the boot unit
+    details: Shows the owned tunnels, the persistence file and (when it changes) the boot unit
       before and after.
   platform:
-    support: full
-    platforms: posix
+    platforms: linux
 options:
   state:
     description:
@@ -53,6 +54,7 @@ options:
     type: str
     choices: [present, absent]
     default: present
+    version_added: 0.2.0
   tunnels:
     description:
       - The complete desired set of tunnels owned by this collection on the host.
@@ -155,6 +157,7 @@ options:
         forgets the rollback.
     type: int
     default: 0
+    version_added: 0.2.0
 notes:
   - Only changing commands are reported in RV(commands); the read-only C(ip -j) calls are not.
   - State is read with C(ip -j -d link show), C(ip -j address show) and
@@ -269,6 +272,7 @@ removed_paths:
   type: list
   elements: str
   sample: [/etc/sitelink/tunnels.batch, /etc/systemd/system/sitelink-tunnels.service, /etc/sitelink]
+  version_added: 0.2.0
 rollback:
   description:
     - The pending rollback this call armed or joined, as C(Checkpoint.arm) returns it.
@@ -280,10 +284,12 @@ rollback:
     armed_at: 1767355300.125
     resources: [tunnels]
     added: true
+  version_added: 0.2.0
 ansible_facts:
   description: Facts set on the host.
   returned: when O(rollback_timeout) is set and the call changed something
   type: dict
+  version_added: 0.2.0
   contains:
     sitelink_rollback:
       description:

@@ -7,8 +7,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: ipsec_links
 short_description: IPsec ESP (strongSwan, IKEv2) around the IPIP of every link of a gateway
-version_added: 0.1.0
-author: sitelink.gateway developers
+version_added: 0.2.0
+author: sitelink.gateway developers (!UNKNOWN)
 description:
   - One call reconciles the gateway's IPsec with the complete list of its links. Each link
     is an IKEv2 connection between the two public addresses, authenticated by the link's
@@ -88,11 +88,18 @@ options:
     type: str
     default: present
     choices: [present, absent]
+extends_documentation_fragment:
+  - sitelink.gateway.attributes
+  - sitelink.gateway.attributes.platform
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
+    details: The collection's swanctl file, every key replaced by C(<hidden>) and a
+      fingerprint.
+  platform:
+    platforms: linux
 notes:
   - Needs the C(charon-systemd) and C(strongswan-swanctl) packages (the ipsec role installs
     them), and the peers' public addresses reachable without NAT between them.

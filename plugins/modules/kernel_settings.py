@@ -7,8 +7,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: kernel_settings
 short_description: Kernel modules and sysctls of a tunnel gateway, now and at boot, or taken back
-version_added: 0.1.0
-author: sitelink.gateway developers
+version_added: 0.2.0
+author: sitelink.gateway developers (!UNKNOWN)
 description:
   - One call for the kernel settings a gateway needs, applied and persisted, or retired.
   - With O(state=present), loads the missing O(modules) (C(modprobe)) and lists them in
@@ -73,6 +73,9 @@ options:
     default:
       net.ipv4.ip_forward: 0
       net.ipv4.conf.all.rp_filter: 0
+extends_documentation_fragment:
+  - sitelink.gateway.attributes
+  - sitelink.gateway.attributes.platform
 attributes:
   check_mode:
     support: full
@@ -80,6 +83,8 @@ attributes:
     support: full
     details: The two files (and the removed files of an earlier version), and the live
       sysctl values that change.
+  platform:
+    platforms: linux
 notes:
   - Needs root, C(modprobe), and C(ip) (to look for links with O(state=absent)).
   - Only the initial network namespace is searched for links that use a module.

@@ -8,7 +8,7 @@ DOCUMENTATION = r"""
 module: nft_table
 short_description: One nftables table owned by the collection, validated, atomic, persistent
 version_added: 0.1.0
-author: sitelink.gateway developers
+author: sitelink.gateway developers (!UNKNOWN)
 description:
   - Manages exactly one nftables table. The host's other tables are never flushed or changed.
   - The table definition is written to O(path) as a file that replaces the table in one
@@ -68,11 +68,17 @@ options:
         forgets the rollback.
     type: int
     default: 0
+    version_added: 0.2.0
+extends_documentation_fragment:
+  - sitelink.gateway.attributes
+  - sitelink.gateway.attributes.platform
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
+  platform:
+    platforms: linux
 notes:
   - Needs C(nft) and systemd on the host, and root.
 """
@@ -144,10 +150,12 @@ rollback:
     armed_at: 1767355300.125
     resources: [nft ip sitelink_masquerade]
     added: true
+  version_added: 0.2.0
 ansible_facts:
   description: Facts set on the host.
   returned: when O(rollback_timeout) is set and the call changed something
   type: dict
+  version_added: 0.2.0
   contains:
     sitelink_rollback:
       description:

@@ -10,8 +10,8 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: office_plan
 short_description: Validate the office inventory and plan every gateway, on the controller
-version_added: 0.1.0
-author: sitelink.gateway developers
+version_added: 0.2.0
+author: sitelink.gateway developers (!UNKNOWN)
 description:
   - Reads the C(office_*) variables of every host of O(group) - all of them, not only the hosts
     of the play, so C(--limit) still sees every peer - and validates them all against the
@@ -38,15 +38,22 @@ options:
     type: str
     choices: [auto, full, summary]
     default: auto
+extends_documentation_fragment:
+  - sitelink.gateway.attributes
+  - sitelink.gateway.attributes.action
+  - sitelink.gateway.attributes.platform
 attributes:
   action:
     support: full
+    details: The plan is made by the action plugin, on the controller.
   check_mode:
     support: full
+    details: Works the same in check mode; with O(output_dir), the files are written.
   diff_mode:
     support: none
   platform:
     platforms: all
+    details: Runs on the controller only.
 notes:
   - Runs on the controller only.
 """

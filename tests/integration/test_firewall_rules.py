@@ -24,7 +24,11 @@ import conftest  # noqa: E402,F401  # pylint: disable=unused-import
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import (  # noqa: E402
     plan_network,
 )
-from test_plan import branch_offices, case_study, with_topology  # noqa: E402
+from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (  # noqa: E402
+    branch_offices,
+    case_study,
+    with_topology,
+)
 
 pytestmark = pytest.mark.skipif(not shutil.which("nft"), reason="nft is not installed")
 

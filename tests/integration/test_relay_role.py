@@ -33,7 +33,12 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets impo
     gateway_secrets,
     link_key,
 )
-from test_plan import branch_offices, case_study, external_partner, with_topology  # noqa: E402
+from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (  # noqa: E402
+    branch_offices,
+    case_study,
+    external_partner,
+    with_topology,
+)
 
 ROLE = ROOT / "roles/relay"
 PROGRAM = ROLE / "files/sitelink-relay"

@@ -13,15 +13,15 @@ import ipaddress
 import json
 from pathlib import Path
 
-import fakes
 import pytest
 import yaml
 from ansible_collections.sitelink.gateway.plugins.module_utils import health as hc
 from ansible_collections.sitelink.gateway.plugins.plugin_utils import health as report
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
-from fakes import Exit
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils import fakes
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import Exit
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 NOW = 1_700_000_000.0
 
 
@@ -1430,46 +1430,3 @@ def test_summary_names_every_problem_on_a_line():
         ["manhattan-gw"], {"manhattan-gw": check(Gateway(MANHATTAN))}, {}, "t"
     )
     assert report.summary_text(healthy) == "1 of 1 office healthy"
-
-
-# --------------------------------------------------------------------------
-# the report action, on the controller
-
-
-def run_report_action(hostvars, tmp_path=None):
-    from types import SimpleNamespace
-
-    from ansible_collections.sitelink.gateway.plugins.action import health_report as action
-
-    args = {"hosts": sorted(hostvars)}
-    if tmp_path is not None:
-        args["output"] = str(tmp_path / "report.json")
-    task = SimpleNamespace(
-        args=args, async_val=0, check_mode=False, action="sitelink.gateway.health_report"
-    )
-    connection = SimpleNamespace(_shell=SimpleNamespace(tmpdir="/nowhere"))  # never used
-    plugin = action.ActionModule(task, connection, SimpleNamespace(), None, None, None)
-    return plugin.run(task_vars={"hostvars": hostvars})
-
-
-def test_the_action_warns_once_on_plain_ipip_and_writes_the_warning(tmp_path):
-    hostvars = {
-        host: {"sitelink_health": check(Gateway(plan)), "office_plan": plan}
-        for host, plan in PLAIN.items()
-    }
-    result = run_report_action(hostvars, tmp_path)
-    assert result["healthy"] is True and not result.get("failed")
-    (warning,) = result["warnings"]  # Ansible shows it as [WARNING] on the controller
-    assert "plain IPIP, readable by anyone on the path and forgeable" in warning
-    assert "NONE (plain IPIP)" in result["table"]
-    assert json.loads((tmp_path / "report.json").read_text())["warnings"] == [warning]
-
-
-def test_the_action_does_not_warn_with_ipsec():
-    hostvars = {
-        host: {"sitelink_health": check(Gateway(plan)), "office_plan": plan}
-        for host, plan in PLANS.items()
-    }
-    result = run_report_action(hostvars)
-    assert result["healthy"] is True
-    assert not result.get("warnings")

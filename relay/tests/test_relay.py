@@ -30,7 +30,7 @@ def _facade():
 
 relay = _facade()
 # The program as shipped to gateways (a zipapp built from these sources).
-RELAY_PATH = Path(__file__).resolve().parents[3] / "roles" / "relay" / "files" / "sitelink-relay"
+RELAY_PATH = Path(__file__).resolve().parents[2] / "roles" / "relay" / "files" / "sitelink-relay"
 
 LAN = "192.168.1.126/24"
 LAN_IFINDEX = 3

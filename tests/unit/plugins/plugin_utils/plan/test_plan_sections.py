@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
-from test_plan import branch_offices, case_study, with_topology
+from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (
+    branch_offices,
+    case_study,
+    with_topology,
+)
 
 
 def gateway(offices: dict, host: str) -> dict:

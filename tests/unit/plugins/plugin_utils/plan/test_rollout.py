@@ -6,7 +6,10 @@ import pytest
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.rollout import rollout
-from test_plan import branch_offices, case_study
+from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (
+    branch_offices,
+    case_study,
+)
 
 
 def order(offices: dict):

@@ -17,7 +17,13 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets impo
     gateway_secrets,
     link_key,
 )
-from test_plan import TEST_SECRET, branch_offices, case_study, external_partner, with_topology
+from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (
+    TEST_SECRET,
+    branch_offices,
+    case_study,
+    external_partner,
+    with_topology,
+)
 
 OLD_SECRET = "the-old-secret-being-rotated-0042"  # noqa: S105  (a test value)
 SSDP = "239.255.255.250"

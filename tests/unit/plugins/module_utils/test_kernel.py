@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib
 import json
 
-import fakes
 import pytest
 import yaml
 from ansible_collections.sitelink.gateway.plugins.module_utils import kernel
-from fakes import Exit
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils import fakes
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import Exit
 
 SYSCTL_FILE = "/etc/sysctl.d/90-sitelink-gateway.conf"
 MODULES_FILE = "/etc/modules-load.d/sitelink-gateway.conf"

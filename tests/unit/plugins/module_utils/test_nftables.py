@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-import fakes
 import pytest
 from ansible_collections.sitelink.gateway.plugins.module_utils import nftables, persist
-from fakes import Exit
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils import fakes
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import Exit
 
 BODY = """chain postrouting {
   type nat hook postrouting priority srcnat; policy accept;

@@ -20,7 +20,7 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import
     RelayFlow,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[5]
 HAVE_DOT = shutil.which("dot") is not None
 needs_dot = pytest.mark.skipif(not HAVE_DOT, reason="Graphviz (dot) is not installed")
 

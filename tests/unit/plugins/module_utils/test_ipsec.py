@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.sitelink.gateway.plugins.module_utils import ipsec
-from fakes import CheckpointHost, Exit, FakeModule, FakeSystemd
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import (
+    CheckpointHost,
+    Exit,
+    FakeModule,
+    FakeSystemd,
+)
 
 KEY = "ab" * 32
 OTHER_KEY = "cd" * 32

@@ -13,11 +13,11 @@ import os
 import shlex
 import stat
 
-import fakes
 import pytest
 from ansible_collections.sitelink.gateway.plugins.module_utils import persist
 from ansible_collections.sitelink.gateway.plugins.module_utils import tunnel as tu
-from fakes import Exit
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils import fakes
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import Exit
 
 WAN = "172.16.1.12"
 LAN = "192.168.1.126"
