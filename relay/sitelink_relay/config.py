@@ -395,17 +395,23 @@ def _parse_peer_interfaces(
         addr = _parse_peer(key, where, own, lan_iface, listed, errors)
         if addr is not None:
             listed.add(addr)
-        if not isinstance(name, str):
-            errors.append(f"{where}: {json.dumps(name)} is not an interface name string")
-        elif _ifname_problem(name):
-            errors.append(
-                f"{where}: {name!r} is not a valid interface name ({_ifname_problem(name)})"
-            )
-        elif lan_name and name == lan_name:
-            errors.append(f"{where}: {name!r} is the LAN interface; name the tunnel to that peer")
-        elif addr is not None:
+        name = _parse_peer_ifname(name, where, lan_name, errors)
+        if name is not None and addr is not None:
             result[addr] = name
     return result
+
+
+def _parse_peer_ifname(name: Any, where: str, lan_name: str, errors: list[str]) -> Optional[str]:
+    """The tunnel interface a peer's datagrams must arrive on, or None (one error added)."""
+    if not isinstance(name, str):
+        errors.append(f"{where}: {_show(name)} is not an interface name string")
+    elif _ifname_problem(name):
+        errors.append(f"{where}: {name!r} is not a valid interface name ({_ifname_problem(name)})")
+    elif lan_name and name == lan_name:
+        errors.append(f"{where}: {name!r} is the LAN interface; name the tunnel to that peer")
+    else:
+        return name
+    return None
 
 
 def parse_config(data: Any) -> Config:
@@ -725,15 +731,7 @@ def _parse_v2(
                 errors.append(f"{where}.office: {peer_office!r} is this relay's own office")
         interface = entry.get("interface")
         if interface is not None:
-            problem = (
-                "not a string" if not isinstance(interface, str) else _ifname_problem(interface)
-            )
-            if problem:
-                errors.append(f"{where}.interface: {_show(interface)} is not valid ({problem})")
-                interface = None
-            elif lan_name and interface == lan_name:
-                errors.append(f"{where}.interface: {interface!r} is the LAN interface")
-                interface = None
+            interface = _parse_peer_ifname(interface, f"{where}.interface", lan_name, errors)
         peer_wire = entry.get("wire", wire)
         if peer_wire not in WIRE_FORMATS:
             errors.append(

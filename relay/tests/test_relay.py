@@ -1304,6 +1304,34 @@ def test_peer_interfaces_config_errors(data, message):
     assert any(line.startswith(message) for line in info.value.errors), info.value.errors
 
 
+V2_PEER = {
+    "version": 2,
+    "office": "manhattan",
+    "lan": {"interface": "eth0", "address": LAN},
+    "wire": "sitelink1",
+    "rules": [{"port": 6799, "forward_to": [PEER], "accept_from": []}],
+}
+
+
+@pytest.mark.parametrize(
+    "interface, message",
+    [
+        (7, "7 is not an interface name string"),
+        ("sl/brooklyn", "'sl/brooklyn' is not a valid interface name (contains"),
+        ("sl-0123456789abc", "'sl-0123456789abc' is not a valid interface name (is longer"),
+        ("eth0", "'eth0' is the LAN interface; name the tunnel to that peer"),
+    ],
+)
+def test_version_2_peer_interface_is_checked_as_in_version_1(interface, message):
+    data = dict(V2_PEER, peers={PEER: {"office": "brooklyn", "interface": interface}})
+    with pytest.raises(relay.ConfigError) as info:
+        relay.parse_config(data)
+    where = f'peers["{PEER}"].interface'
+    assert any(line.startswith(f"{where}: {message}") for line in info.value.errors), (
+        info.value.errors
+    )
+
+
 def test_peer_interfaces_one_error_per_problem():
     data = cfg_with(
         rules=[rule(accept_from=[PEER, PEER_C], transit={HUB_SRC: [PEER]})],

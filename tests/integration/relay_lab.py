@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 # The program as shipped; SITELINK_RELAY_PROGRAM tries another build of it.
 RELAY = Path(
     os.environ.get("SITELINK_RELAY_PROGRAM")
@@ -398,3 +400,21 @@ class Lab:
         for name in reversed(self.namespaces):  # only namespaces this lab created
             run("ip", "netns", "del", name, check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def lab_for_module():
+    """Build the lab, hand it out, tear it down and check nothing is left: a fixture's body.
+
+    Each test module wraps it in its own module-scoped ``lab`` fixture.
+    """
+    reason = _prereqs()
+    if reason:
+        pytest.skip(reason)
+    lab = Lab()
+    try:
+        lab.build()
+        yield lab
+    finally:
+        lab.teardown()
+        leftovers = [n for n in lab.namespaces if os.path.exists(f"/run/netns/{n}")]
+        assert not leftovers, f"namespaces left behind: {leftovers}"

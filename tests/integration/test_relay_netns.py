@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import pytest
-from relay_lab import (  # noqa: F401 - the harness, shared with test_relay_wire_netns
+from relay_lab import (  # the harness, shared with test_relay_wire_netns
     APP,
     BCAST_A,
     BCAST_B,
@@ -57,12 +57,11 @@ from relay_lab import (  # noqa: F401 - the harness, shared with test_relay_wire
     PYTHON,
     RELAY,
     WS,
-    Lab,
     RelayProc,
-    _prereqs,
     collect,
     drain,
     in_netns,
+    lab_for_module,
     run,
 )
 
@@ -84,17 +83,7 @@ def service_config(lan_addr, peer, status_file, port=PORT, rule=None):
 
 @pytest.fixture(scope="module")
 def lab():
-    reason = _prereqs()
-    if reason:
-        pytest.skip(reason)
-    lab = Lab()
-    try:
-        lab.build()
-        yield lab
-    finally:
-        lab.teardown()
-        leftovers = [n for n in lab.namespaces if os.path.exists(f"/run/netns/{n}")]
-        assert not leftovers, f"namespaces left behind: {leftovers}"
+    yield from lab_for_module()
 
 
 @pytest.fixture(scope="module")

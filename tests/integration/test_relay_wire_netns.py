@@ -34,12 +34,11 @@ from relay_lab import (
     PYTHON,
     RELAY,
     WS,
-    Lab,
     RelayProc,
-    _prereqs,
     collect,
     drain,
     in_netns,
+    lab_for_module,
     run,
 )
 
@@ -84,17 +83,7 @@ def keys_doc(peer, send=KEY_AB, accept=(KEY_AB,)):
 
 @pytest.fixture(scope="module")
 def lab():
-    reason = _prereqs()
-    if reason:
-        pytest.skip(reason)
-    lab = Lab()
-    try:
-        lab.build()
-        yield lab
-    finally:
-        lab.teardown()
-        leftovers = [n for n in lab.namespaces if os.path.exists(f"/run/netns/{n}")]
-        assert not leftovers, f"namespaces left behind: {leftovers}"
+    yield from lab_for_module()
 
 
 def start(lab, name, instance="", **extra):

@@ -408,18 +408,6 @@ def test_module_check_mode_confirms_nothing():
     assert out.result["changed"] is False and checkpoint.calls == []
 
 
-def test_module_main_with_real_argument_spec(monkeypatch, capsys):
-    from ansible.module_utils.testing import patch_module_args
-    from ansible_collections.sitelink.gateway.plugins.modules import gateway_confirm
-
-    checkpoint = FakeCheckpoint({"confirmed": False, "unit": cp.TIMER, "resources": []})
-    monkeypatch.setattr(cp, "Checkpoint", lambda module: checkpoint)
-    with patch_module_args({"armed_at": "1000.5"}), pytest.raises(SystemExit) as exc:
-        gateway_confirm.main()
-    assert exc.value.code == 0 and checkpoint.calls == [1000.5]
-    assert json.loads(capsys.readouterr().out)["changed"] is False
-
-
 def test_pending_needs_a_waiting_timer(gw):
     assert gw.checkpoint().pending() is None
     armed = gw.checkpoint().arm("a", [], [["true"]], 60)

@@ -7,11 +7,9 @@ modprobe and ip of FakeKernel, which records what ran.
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
-import yaml
 from ansible_collections.sitelink.gateway.plugins.module_utils import kernel
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils import fakes
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import Exit
@@ -573,18 +571,3 @@ def test_retire_of_a_gateway_that_never_had_it_changes_nothing(root, gw):
 )
 def test_sysctl_names_read_as_systemd_reads_them(key, path):
     assert kernel.sysctl_path(key) == path
-
-
-def test_module_documentation_matches_its_argument_spec(monkeypatch):
-    mod = importlib.import_module(
-        "ansible_collections.sitelink.gateway.plugins.modules.kernel_settings"
-    )
-    seen = {}
-    monkeypatch.setattr(mod, "AnsibleModule", lambda **kw: seen.update(kw))
-    mod.build_module()
-    documented = yaml.safe_load(mod.DOCUMENTATION)["options"]
-    assert set(documented) == set(seen["argument_spec"])
-    for name, spec in seen["argument_spec"].items():
-        assert documented[name]["type"] == spec["type"], name
-        assert documented[name].get("default") == spec.get("default"), name
-        assert documented[name].get("choices") == spec.get("choices"), name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -360,22 +359,3 @@ def test_the_restore_program_puts_the_table_files_and_unit_back(tmp_path, gw, un
     assert lines[3:5] == ["table ip sitelink_masquerade", "delete table ip sitelink_masquerade"]
     assert "192.168.2.0/24" in "\n".join(lines[5:])
     assert gw.rollback_record()["resources"][0]["key"] == "nft ip sitelink_masquerade"
-
-
-def test_module_main_with_real_argument_spec_has_rollback_timeout(monkeypatch, capsys, tmp_path):
-    from ansible.module_utils.testing import patch_module_args
-    from ansible_collections.sitelink.gateway.plugins.modules import nft_table
-
-    monkeypatch.setattr(nftables, "Nft", lambda module: FakeNft())
-    monkeypatch.setattr(nftables, "Systemd", lambda module: FakeSystemd())
-    args = {
-        "name": "t",
-        "path": str(tmp_path / "t.nft"),
-        "rollback_timeout": "30",
-        "_ansible_check_mode": True,
-    }
-    with patch_module_args(args), pytest.raises(SystemExit) as exc:
-        nft_table.main()
-    assert exc.value.code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["changed"] is True and "rollback" not in result

@@ -784,26 +784,6 @@ def test_describe_route_shows_what_differs():
 # the thin module with the real AnsibleModule
 
 
-def test_module_main_with_real_argument_spec(monkeypatch, capsys):
-    from ansible.module_utils.testing import patch_module_args
-    from ansible_collections.sitelink.gateway.plugins.modules import ipip_tunnel
-
-    runner = FakeRunner(Host())
-    monkeypatch.setattr(tu, "IpRunner", lambda module: runner)
-    raw = {k: v for k, v in BROOKLYN.items() if k not in ("mtu", "ttl")}
-    args = {"tunnels": [raw], "persist_path": None, "_ansible_check_mode": True}
-    # (boot_unit is ignored without persist_path: no systemctl needed here)
-    with patch_module_args(args), pytest.raises(SystemExit) as exc:
-        ipip_tunnel.main()
-    assert exc.value.code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["changed"] is True
-    assert result["persist_path"] is None
-    assert result["tunnels"][0]["mtu"] == 1480 and result["tunnels"][0]["ttl"] == 64
-    assert len(result["commands"]) == 4
-    assert runner.changes() == []
-
-
 # --------------------------------------------------------------------------
 # the boot unit
 
@@ -987,26 +967,6 @@ def test_absent_failing_delete_keeps_the_boot_persistence(tmp_path, monkeypatch)
     assert out.result["changed"] is True
     assert path.exists() and (tmp_path / "units" / "sl-t.service").exists()
     assert systemd.calls == []
-
-
-def test_module_main_state_absent_with_real_argument_spec(monkeypatch, capsys):
-    from ansible.module_utils.testing import patch_module_args
-    from ansible_collections.sitelink.gateway.plugins.modules import ipip_tunnel
-
-    runner = FakeRunner(retired_host().add_tunnel(BROOKLYN))
-    monkeypatch.setattr(tu, "IpRunner", lambda module: runner)
-    args = {"state": "absent", "persist_path": "", "_ansible_check_mode": True}
-    with patch_module_args(args), pytest.raises(SystemExit) as exc:
-        ipip_tunnel.main()
-    assert exc.value.code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["changed"] is True and result["removed"] == ["sl-brooklyn"]
-    assert result["commands"] == ["ip link del dev sl-brooklyn"] and runner.changes() == []
-
-    with patch_module_args({"state": "gone"}), pytest.raises(SystemExit) as exc:
-        ipip_tunnel.main()
-    assert exc.value.code == 1
-    assert "value of state must be one of: present, absent" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------
@@ -1466,22 +1426,3 @@ def test_the_restore_program_runs_the_inverse_and_restores_the_boot_file(tmp_pat
     )
     assert not os.path.exists(gw.directory)
     assert gw.rollback_record()["resources"] == [{"key": "tunnels", "ok": True, "errors": []}]
-
-
-def test_module_main_with_real_argument_spec_has_rollback_timeout(monkeypatch, capsys):
-    from ansible.module_utils.testing import patch_module_args
-    from ansible_collections.sitelink.gateway.plugins.modules import ipip_tunnel
-
-    runner = FakeRunner(Host())
-    monkeypatch.setattr(tu, "IpRunner", lambda module: runner)
-    args = {
-        "tunnels": [BROOKLYN],
-        "persist_path": None,
-        "rollback_timeout": 60,
-        "_ansible_check_mode": True,
-    }
-    with patch_module_args(args), pytest.raises(SystemExit) as exc:
-        ipip_tunnel.main()
-    assert exc.value.code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["changed"] is True and "rollback" not in result

@@ -1,0 +1,34 @@
+"""The nft_table module's entry point: its real argument spec and result.
+
+The work is in module_utils (tests/unit/plugins/module_utils/test_nftables.py), whose fakes
+stand in for the system here too.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.sitelink.gateway.plugins.module_utils import nftables
+from ansible_collections.sitelink.gateway.plugins.modules import nft_table
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.test_nftables import (
+    FakeNft,
+    FakeSystemd,
+)
+
+
+def test_module_main_with_real_argument_spec_has_rollback_timeout(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(nftables, "Nft", lambda module: FakeNft())
+    monkeypatch.setattr(nftables, "Systemd", lambda module: FakeSystemd())
+    args = {
+        "name": "t",
+        "path": str(tmp_path / "t.nft"),
+        "rollback_timeout": "30",
+        "_ansible_check_mode": True,
+    }
+    with patch_module_args(args), pytest.raises(SystemExit) as exc:
+        nft_table.main()
+    assert exc.value.code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["changed"] is True and "rollback" not in result
