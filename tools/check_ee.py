@@ -103,11 +103,16 @@ def run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+def without_comment(line: str) -> str:
+    """A pip or bindep line without its ``#`` comment, stripped."""
+    return re.sub(r"(^|\s)#.*$", "", line).strip()
+
+
 def requirement_names(lines: list[str]) -> list[str]:
     """Package names of pip requirement lines (comments and options dropped)."""
     names = []
     for line in lines:
-        line = re.sub(r"(^|\s)#.*$", "", line).strip()
+        line = without_comment(line)
         if not line or line.startswith("-"):
             continue
         match = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line)
@@ -130,7 +135,7 @@ def bindep_packages(lines: list[str], family: str) -> list[str]:
     profiles = PLATFORMS[family]
     packages = []
     for raw in lines:
-        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        line = without_comment(raw)
         if not line:
             continue
         match = re.match(r"^(\S+)\s*(?:\[([^\]]*)\])?", line)
@@ -154,6 +159,23 @@ def bindep_packages(lines: list[str], family: str) -> list[str]:
         if False not in votes:
             packages.append(name)
     return packages
+
+
+def check_system_packages(
+    c: Checks, lines: list[str], what: str, why: str, families: tuple = ("rpm", "dpkg")
+) -> None:
+    """One check per package of REQUIRED_SYSTEM: bindep ``lines`` select it on each family.
+
+    ``what`` and ``why`` are format strings with ``{name}`` and ``{family}``.
+    """
+    for family in families:
+        selected = bindep_packages(lines, family)
+        for name in REQUIRED_SYSTEM[family]:
+            c.check(
+                name in selected,
+                what.format(name=name, family=family),
+                why.format(name=name, family=family),
+            )
 
 
 def version_tuple(text: str) -> tuple:
@@ -332,15 +354,12 @@ def check_context_files(c: Checks, build: Path, tarball: Path, in_build: str, re
             f"_build/{in_build} is {tarball}",
             "a different file: stale staging",
         )
-    bindep = read_lines(build / "bindep.txt")
-    for family, names in REQUIRED_SYSTEM.items():
-        selected = bindep_packages(bindep, family)
-        for name in names:
-            c.check(
-                name in selected,
-                f"_build/bindep.txt installs {name} on {family}",
-                f"not for platform:{family} (bindep.txt)",
-            )
+    check_system_packages(
+        c,
+        read_lines(build / "bindep.txt"),
+        "_build/bindep.txt installs {name} on {family}",
+        "not for platform:{family} (bindep.txt)",
+    )
     wanted = requirement_names(read_lines(repo / "meta/ee-requirements.txt"))
     listed = requirement_names(read_lines(build / "requirements.txt"))
     for name in wanted:
@@ -390,14 +409,12 @@ def check_introspection(
     source = f"{NAMESPACE}.{NAME}"
     system = from_collection(data.get("system") or [], source)
     python = requirement_names(from_collection(data.get("python") or [], source))
-    for family, names in REQUIRED_SYSTEM.items():
-        selected = bindep_packages(system, family)
-        for name in names:
-            c.check(
-                name in selected,
-                f"introspection: {source} declares {name} on {family}",
-                "missing from bindep.txt or meta/execution-environment.yml",
-            )
+    check_system_packages(
+        c,
+        system,
+        f"introspection: {source} declares {{name}} on {{family}}",
+        "missing from bindep.txt or meta/execution-environment.yml",
+    )
     c.check(
         sorted(python) == sorted(wanted),
         f"introspection: {source} declares Python {sorted(wanted) or 'nothing'}",
@@ -416,13 +433,13 @@ def check_introspection(
         cwd=build,
         env=env,
     )
-    combined = read_lines(out_dir / "bindep.txt")
-    for name in REQUIRED_SYSTEM["rpm"]:
-        c.check(
-            name in bindep_packages(combined, "rpm"),
-            f"builder stage: the image's dnf installs {name}",
-            "missing from the combined bindep list",
-        )
+    check_system_packages(  # the base image is Fedora: dnf, rpm selectors
+        c,
+        read_lines(out_dir / "bindep.txt"),
+        "builder stage: the image's dnf installs {name}",
+        "missing from the combined bindep list",
+        families=("rpm",),
+    )
     combined_pip = requirement_names(read_lines(out_dir / "requirements.txt"))
     c.check(
         sorted(set(combined_pip)) == sorted(set(wanted)),
