@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.sitelink.gateway.plugins.module_utils import tunnel as tu
 from ansible_collections.sitelink.gateway.plugins.modules import ipip_tunnel
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.test_tunnel import (
@@ -18,6 +16,7 @@ from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.test_t
     Host,
     retired_host,
 )
+from ansible_collections.sitelink.gateway.tests.unit.plugins.modules.utils import run_main
 
 
 def test_module_main_with_real_argument_spec(monkeypatch, capsys):
@@ -26,10 +25,9 @@ def test_module_main_with_real_argument_spec(monkeypatch, capsys):
     raw = {k: v for k, v in BROOKLYN.items() if k not in ("mtu", "ttl")}
     args = {"tunnels": [raw], "persist_path": None, "_ansible_check_mode": True}
     # (boot_unit is ignored without persist_path: no systemctl needed here)
-    with patch_module_args(args), pytest.raises(SystemExit) as exc:
-        ipip_tunnel.main()
-    assert exc.value.code == 0
-    result = json.loads(capsys.readouterr().out)
+    code, out = run_main(ipip_tunnel.main, args, capsys)
+    assert code == 0
+    result = json.loads(out)
     assert result["changed"] is True
     assert result["persist_path"] is None
     assert result["tunnels"][0]["mtu"] == 1480 and result["tunnels"][0]["ttl"] == 64
@@ -41,17 +39,15 @@ def test_module_main_state_absent_with_real_argument_spec(monkeypatch, capsys):
     runner = FakeRunner(retired_host().add_tunnel(BROOKLYN))
     monkeypatch.setattr(tu, "IpRunner", lambda module: runner)
     args = {"state": "absent", "persist_path": "", "_ansible_check_mode": True}
-    with patch_module_args(args), pytest.raises(SystemExit) as exc:
-        ipip_tunnel.main()
-    assert exc.value.code == 0
-    result = json.loads(capsys.readouterr().out)
+    code, out = run_main(ipip_tunnel.main, args, capsys)
+    assert code == 0
+    result = json.loads(out)
     assert result["changed"] is True and result["removed"] == ["sl-brooklyn"]
     assert result["commands"] == ["ip link del dev sl-brooklyn"] and runner.changes() == []
 
-    with patch_module_args({"state": "gone"}), pytest.raises(SystemExit) as exc:
-        ipip_tunnel.main()
-    assert exc.value.code == 1
-    assert "value of state must be one of: present, absent" in capsys.readouterr().out
+    code, out = run_main(ipip_tunnel.main, {"state": "gone"}, capsys)
+    assert code == 1
+    assert "value of state must be one of: present, absent" in out
 
 
 def test_module_main_with_real_argument_spec_has_rollback_timeout(monkeypatch, capsys):
@@ -63,8 +59,7 @@ def test_module_main_with_real_argument_spec_has_rollback_timeout(monkeypatch, c
         "rollback_timeout": 60,
         "_ansible_check_mode": True,
     }
-    with patch_module_args(args), pytest.raises(SystemExit) as exc:
-        ipip_tunnel.main()
-    assert exc.value.code == 0
-    result = json.loads(capsys.readouterr().out)
+    code, out = run_main(ipip_tunnel.main, args, capsys)
+    assert code == 0
+    result = json.loads(out)
     assert result["changed"] is True and "rollback" not in result

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.sitelink.gateway.plugins.module_utils import nftables
 from ansible_collections.sitelink.gateway.plugins.modules import nft_table
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.test_nftables import (
     FakeNft,
     FakeSystemd,
 )
+from ansible_collections.sitelink.gateway.tests.unit.plugins.modules.utils import run_main
 
 
 def test_module_main_with_real_argument_spec_has_rollback_timeout(monkeypatch, capsys, tmp_path):
@@ -27,8 +26,7 @@ def test_module_main_with_real_argument_spec_has_rollback_timeout(monkeypatch, c
         "rollback_timeout": "30",
         "_ansible_check_mode": True,
     }
-    with patch_module_args(args), pytest.raises(SystemExit) as exc:
-        nft_table.main()
-    assert exc.value.code == 0
-    result = json.loads(capsys.readouterr().out)
+    code, out = run_main(nft_table.main, args, capsys)
+    assert code == 0
+    result = json.loads(out)
     assert result["changed"] is True and "rollback" not in result
