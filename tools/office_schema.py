@@ -41,64 +41,10 @@ def _yaml(data) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
 
 
-# The release each entry point and variable first appeared in, for the docs
-# (version_added). What is not listed under a later release came with 0.1.0, the
-# first. A listed name that the schema no longer has is an error here, so a
-# rename cannot leave a stale entry behind.
-ENTRY_POINT_VERSION_ADDED = {"inventory": "0.1.0"}
-OPTION_VERSION_ADDED = {
-    "0.2.0": (
-        "office_broadcast_relay.groups",
-        "office_external_peers",
-        "office_firewall_forward_policy",
-        "office_firewall_input_policy",
-        "office_links",
-        "office_management_sources",
-        "office_relay_wire",
-        "office_rollback_timeout",
-        "office_rollout_batch",
-        "office_rollout_max_fail_percentage",
-        "office_transit",
-        "office_tunnel_protection",
-        "office_tunnel_secret",
-        "office_tunnel_secret_previous",
-    ),
-}
-
-
-def _insert_before(entry: dict, before: str, key: str, value) -> dict:
-    """``entry`` with ``key: value`` just before ``before`` (at the end without it)."""
-    items = [(k, v) for k, v in entry.items() if k != key]
-    at = next((i for i, (k, _v) in enumerate(items) if k == before), len(items))
-    items.insert(at, (key, value))
-    return dict(items)
-
-
-def with_versions_added(specs: dict) -> dict:
-    """The office role's argument specs with version_added on entry points and variables."""
-    entry_points = specs["argument_specs"]
-    for name, version in ENTRY_POINT_VERSION_ADDED.items():
-        if name not in entry_points:
-            raise SystemExit(f"tools/office_schema.py: no entry point {name!r} in the schema")
-        entry_points[name] = _insert_before(
-            entry_points[name], "description", "version_added", version
-        )
-    for version, paths in OPTION_VERSION_ADDED.items():
-        for path in paths:
-            *parents, leaf = path.split(".")
-            options = entry_points["inventory"]["options"]
-            for parent in parents:
-                options = (options.get(parent) or {}).get("options") or {}
-            if leaf not in options:
-                raise SystemExit(f"tools/office_schema.py: no variable {path!r} in the schema")
-            options[leaf] = _insert_before(options[leaf], "description", "version_added", version)
-    return specs
-
-
 def expected() -> dict[Path, str]:
     schema = load_schema()
     specs = "---\n# Generated from plugins/plugin_utils/plan/schema.py by tools/office_schema.py.\n"
-    specs += _yaml(with_versions_added(schema.argument_specs()))
+    specs += _yaml(schema.argument_specs())
     defaults = (
         "---\n# Generated from plugins/plugin_utils/plan/schema.py by tools/office_schema.py.\n"
         "# The planner applies the same defaults; required variables have none.\n"

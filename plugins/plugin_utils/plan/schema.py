@@ -49,6 +49,8 @@ class Field:
     summary: str = ""
     # Shown in the README table instead of the default value.
     default_text: Optional[str] = None
+    # The release it first appeared in, for the docs; None: the first release (0.1.0).
+    version_added: Optional[str] = None
 
 
 def _relay_rule_options(target_help: str) -> tuple[Field, ...]:
@@ -65,6 +67,7 @@ def _relay_rule_options(target_help: str) -> tuple[Field, ...]:
                 "the union of the groups configured for that port.",
             ),
             elements="str",
+            version_added="0.2.0",
         ),
     )
 
@@ -191,6 +194,7 @@ FIELDS: tuple[Field, ...] = (
         default="accept",
         choices=POLICIES,
         summary="`accept`, or `drop` to harden (SSH only from `office_management_sources`)",
+        version_added="0.2.0",
     ),
     Field(
         "office_firewall_forward_policy",
@@ -203,6 +207,7 @@ FIELDS: tuple[Field, ...] = (
         default="accept",
         choices=POLICIES,
         summary="`accept`, or `drop`: forward only between the LAN and the tunnels",
+        version_added="0.2.0",
     ),
     Field(
         "office_management_sources",
@@ -216,6 +221,7 @@ FIELDS: tuple[Field, ...] = (
         default=[],
         elements="str",
         summary="who may reach SSH when the input policy is `drop` (include the controller)",
+        version_added="0.2.0",
     ),
     # ------------------------------------------------------------ deployment-wide
     Field(
@@ -243,6 +249,7 @@ FIELDS: tuple[Field, ...] = (
         scope=DEPLOYMENT,
         default=True,
         summary="route office to office through intermediate gateways (branch → hub → branch)",
+        version_added="0.2.0",
     ),
     Field(
         "office_links",
@@ -260,6 +267,7 @@ FIELDS: tuple[Field, ...] = (
             Field("mtu", "int", ("Tunnel MTU of this link (default from the WAN MTUs).",)),
         ),
         summary="`[{between: [a, b], mtu: 1400}]`: explicit links",
+        version_added="0.2.0",
     ),
     Field(
         "office_external_peers",
@@ -311,6 +319,7 @@ FIELDS: tuple[Field, ...] = (
         ),
         summary="`[{name, wan_address, lan_address}]`: peers run by someone else "
         "(`relay_wire: raw` for one that runs the article's udp-proxy)",
+        version_added="0.2.0",
     ),
     Field(
         "office_tunnel_protection",
@@ -326,6 +335,7 @@ FIELDS: tuple[Field, ...] = (
         default="ipsec",
         choices=PROTECTIONS,
         summary="`ipsec` (ESP around every tunnel, keyed from the secret) or `none` (plain IPIP)",
+        version_added="0.2.0",
     ),
     Field(
         "office_tunnel_secret",
@@ -343,6 +353,7 @@ FIELDS: tuple[Field, ...] = (
         summary="deployment secret the per-link keys are derived from (vault it); required "
         "with `ipsec` or an `authenticated` relay wire",
         default_text="none",
+        version_added="0.2.0",
     ),
     Field(
         "office_tunnel_secret_previous",
@@ -362,6 +373,7 @@ FIELDS: tuple[Field, ...] = (
         summary="during a rotation of `office_tunnel_secret`, the old one: relays send with "
         "its keys and accept both (remove it once every office has the new secret)",
         default_text="none",
+        version_added="0.2.0",
     ),
     Field(
         "office_relay_wire",
@@ -379,6 +391,7 @@ FIELDS: tuple[Field, ...] = (
         choices=RELAY_WIRES,
         summary="`authenticated` (relay datagrams signed with the link's key, replays "
         "dropped) or `raw` (payload as is, like the article's udp-proxy)",
+        version_added="0.2.0",
     ),
     Field(
         "office_rollout_batch",
@@ -394,6 +407,7 @@ FIELDS: tuple[Field, ...] = (
         default=[1, 10],
         summary='branches configured at a time, after the hubs: a number, `"25%"`, or a '
         "list (`[1, 10]`: one canary, then ten at a time)",
+        version_added="0.2.0",
     ),
     Field(
         "office_rollout_max_fail_percentage",
@@ -406,6 +420,7 @@ FIELDS: tuple[Field, ...] = (
         scope=DEPLOYMENT,
         default=20,
         summary="stop before the next batch when more than this % of a batch failed",
+        version_added="0.2.0",
     ),
     Field(
         "office_rollback_timeout",
@@ -421,6 +436,7 @@ FIELDS: tuple[Field, ...] = (
         default=300,
         summary="a change not confirmed over a new connection within this many seconds is "
         "rolled back by the gateway (0: off)",
+        version_added="0.2.0",
     ),
     Field(
         "office_group",
@@ -626,6 +642,8 @@ def _spec_entry(spec: Field) -> dict[str, Any]:
         entry["elements"] = spec.elements
     if spec.secret:
         entry["no_log"] = True
+    if spec.version_added:
+        entry["version_added"] = spec.version_added
     entry["description"] = list(spec.description)
     if spec.options:
         entry["options"] = {o.name: _spec_entry(o) for o in spec.options}
@@ -647,6 +665,7 @@ def argument_specs() -> dict[str, Any]:
         "argument_specs": {
             ARGUMENT_SPEC_ENTRY_POINT: {
                 "short_description": "The office inventory: one office per gateway host",
+                "version_added": "0.1.0",
                 "description": [
                     "The variables that describe each office (host variables of its gateway) "
                     "and the deployment (group variables of O(office_group)).",
