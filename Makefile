@@ -109,7 +109,7 @@ build: setup relay
 	$(BIN)/ansible-galaxy collection install --force --offline --no-deps -p build/installed build/sitelink-gateway-*.tar.gz
 	export ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/installed; \
 	for doc in module:ipip_tunnel module:nft_table module:office_plan module:gateway_health module:kernel_settings \
-	           module:ipsec_links module:gateway_confirm role:firewall role:ipsec \
+	           module:ipsec_links module:gateway_confirm module:relay_service role:firewall role:ipsec \
 	           module:health_report filter:office_gateway filter:office_rollout role:office role:kernel \
 	           role:tunnel role:masquerade role:relay; do \
 	  $(BIN)/ansible-doc --json -t $${doc%%:*} sitelink.gateway.$${doc#*:} \

@@ -347,7 +347,7 @@ def test_a_push_that_cuts_ssh_is_rolled_back_by_the_gateway():
     lockout = {
         "office_firewall_input_policy": "drop",
         "office_management_sources": ["192.0.2.1"],  # not the controller
-        # The rest of the hub's play (about 15 tasks, a minute under TCG) runs before the
+        # The rest of the hub's play (about 8 tasks, up to a minute under TCG) runs before the
         # confirm step tries: the timer must not fire before that, or it would undo the
         # change without the lockout being what stopped the confirmation.
         "office_rollback_timeout": 120,

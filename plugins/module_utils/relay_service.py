@@ -1,0 +1,132 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The broadcast relay's files and service on a gateway, in one module call.
+
+Config, keys and unit are written atomically and only when they change; config and
+keys are checked by the installed relay program (``--check-config``/``--check-keys``)
+before anything is written, so a bad one changes nothing. Then the service: a
+changed config is reloaded (SIGHUP keeps unchanged ports open); a changed program,
+keys file or unit restarts it (systemd copies the keys as a credential only at
+start). One call instead of six tasks and two handlers: under software emulation
+each task costs seconds per gateway, on every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
+    Systemd,
+    SystemdError,
+    read_file,
+    remove_file,
+    write_atomic,
+)
+
+SERVICE = "sitelink-relay.service"
+
+
+class RelayFileError(Exception):
+    pass
+
+
+def fingerprint(text):
+    """What the diff shows of a keys file: never its content."""
+    if text is None:
+        return None
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return f"<hidden> (sha256 {digest})\n"
+
+
+def check_file(module, program, flag, name, content):
+    """Run ``program flag FILE`` on ``content`` in a private temp file; raise if refused."""
+    fd, tmp = tempfile.mkstemp(prefix=".sitelink-relay-check.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+        rc, out, err = module.run_command([program, flag, tmp], check_rc=False)
+    finally:
+        os.unlink(tmp)
+    if rc != 0:
+        # The checker names fields, never key material (relay/sitelink_relay/config.py).
+        message = (err or out).strip().replace(tmp, name)
+        raise RelayFileError(f"{name} refused by {program} {flag}: {message}")
+
+
+def run_module(module, systemd=None):
+    params, check_mode = module.params, module.check_mode
+    program = params["program_path"]
+    active = params["config"] is not None
+    files = {
+        # name: (path, wanted content, mode, checker flag, reload or restart on change)
+        "config": (params["config_path"], params["config"], 0o644, "--check-config", "reload"),
+        "keys": (params["keys_path"], params["keys"], 0o600, "--check-keys", "restart"),
+        "unit": (params["unit_path"], params["unit"], 0o644, None, "restart"),
+    }
+    result = {"changed": False, "active": active}
+    steps, changed = [], set()
+    before = {name: read_file(path) for name, (path, *_unused) in files.items()}
+    try:
+        if params["keys"] is not None and not active:
+            raise RelayFileError("keys without a config: the relay would not run to use them")
+        # Everything is checked before anything is written. In check mode too, as far
+        # as the program is there to check with (not before the first run).
+        can_check = not check_mode or os.access(program, os.X_OK)
+        for name, (path, wanted, _mode, flag, _effect) in files.items():
+            if flag and can_check and wanted is not None and wanted != before[name]:
+                check_file(module, program, flag, path, wanted)
+        for name, (path, wanted, mode, _flag, effect) in files.items():
+            if wanted == before[name]:
+                continue
+            if wanted is None:
+                if remove_file(path, check_mode):
+                    steps.append("remove " + path)
+                continue
+            steps.append("write " + path)
+            changed.add(effect)
+            if not check_mode:
+                write_atomic(module, path, wanted, mode=mode)
+        systemd = systemd or Systemd(module)
+        unit_changed = before["unit"] != params["unit"]
+        if unit_changed and not check_mode:
+            systemd.run("daemon-reload")
+        if params["restart"]:
+            changed.add("restart")
+        running = systemd.is_active(SERVICE)
+        enabled = systemd.is_enabled(SERVICE)
+        actions = []
+        if active and not enabled:
+            actions.append(("enable",))
+        if not active and enabled:
+            actions.append(("disable",))
+        if active and not running:
+            actions.append(("start",))
+        elif not active and running:
+            actions.append(("stop",))
+        elif active and "restart" in changed:
+            actions.append(("restart",))
+        elif active and "reload" in changed:
+            actions.append(("reload",))
+        for verb in actions:
+            steps.append(f"systemctl {verb[0]} {SERVICE}")
+            if not check_mode:
+                systemd.run(*verb, SERVICE)
+    except (RelayFileError, SystemdError, OSError) as exc:
+        module.fail_json(msg=str(exc), steps=steps, **result)
+    result["changed"] = bool(steps)
+    result["steps"] = steps
+    if module._diff:
+        shown = {"keys": fingerprint}
+        result["diff"] = [
+            {
+                "before_header": path,
+                "after_header": path,
+                "before": shown.get(name, str)(before[name]) if before[name] is not None else "",
+                "after": shown.get(name, str)(wanted) if wanted is not None else "",
+            }
+            for name, (path, wanted, *_unused) in files.items()
+            if wanted != before[name]
+        ]
+    module.exit_json(**result)

@@ -1,0 +1,130 @@
+#!/usr/bin/python
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: relay_service
+short_description: The broadcast relay's configuration, keys, unit and service, in one call
+version_added: 0.2.0
+author: sitelink.gateway developers (!UNKNOWN)
+description:
+  - Writes the relay's configuration, link keys and systemd unit, each atomically and only
+    when it changes, and brings C(sitelink-relay.service) to the state they call for.
+  - O(config) and O(keys) are checked by the installed relay program (C(--check-config),
+    C(--check-keys)) before anything is written; one refused leaves every file and the
+    service as they were.
+  - A changed O(config) reloads the relay (SIGHUP, unchanged ports stay open). Changed
+    O(keys) or O(unit), or O(restart), restart it, because systemd copies the keys to the
+    relay as a credential only when it starts.
+  - Without O(config) the relay has no rules - the service is stopped and disabled and the
+    configuration and keys files are removed. O(unit) stays installed.
+  - Keys are never logged, and the diff shows only a fingerprint of the keys file (8 hex
+    digits of its SHA-256).
+  - The program itself is installed before this module runs (the relay role copies it).
+options:
+  config:
+    description:
+      - The relay configuration, as the JSON text of O(config_path). Omit where the relay
+        has no rules.
+    type: str
+  keys:
+    description:
+      - The link keys file's JSON text (O(keys_path)), only where the relay authenticates a
+        peer. Never logged.
+    type: str
+  unit:
+    description: The systemd unit's text, installed as O(unit_path).
+    type: str
+    required: true
+  restart:
+    description: Restart a running relay even if nothing here changed (a new program).
+    type: bool
+    default: false
+  program_path:
+    description: The installed relay program, which checks O(config) and O(keys).
+    type: path
+    default: /usr/local/sbin/sitelink-relay
+  config_path:
+    description: The relay's configuration file.
+    type: path
+    default: /etc/sitelink/relay.json
+  keys_path:
+    description: The link keys file (mode 0600).
+    type: path
+    default: /etc/sitelink/relay-keys.json
+  unit_path:
+    description: The relay's systemd unit file.
+    type: path
+    default: /etc/systemd/system/sitelink-relay.service
+extends_documentation_fragment:
+  - sitelink.gateway.attributes
+  - sitelink.gateway.attributes.platform
+attributes:
+  check_mode:
+    support: full
+    details: Changed files are checked by the program too, once it is installed.
+  diff_mode:
+    support: full
+    details: The configuration and the unit; the keys file as a fingerprint.
+  platform:
+    platforms: linux
+"""
+
+EXAMPLES = r"""
+- name: Write the relay's files and run it
+  sitelink.gateway.relay_service:
+    config: "{{ lookup('ansible.builtin.template', 'relay.json.j2') }}"
+    # Only where the relay authenticates a peer (sitelink1).
+    keys: "{{ lookup('ansible.builtin.template', 'relay-keys.json.j2') }}"
+    unit: "{{ lookup('ansible.builtin.template', 'sitelink-relay.service.j2') }}"
+
+- name: No rules here - the relay stopped and disabled, its config and keys removed
+  sitelink.gateway.relay_service:
+    unit: "{{ lookup('ansible.builtin.template', 'sitelink-relay.service.j2') }}"
+"""
+
+RETURN = r"""
+active:
+  description: Whether the relay has rules, so is (or would be) running.
+  type: bool
+  returned: always
+steps:
+  description: What was done (or, in check mode, would be).
+  type: list
+  elements: str
+  returned: always
+"""
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
+from ansible_collections.sitelink.gateway.plugins.module_utils.relay_service import (  # noqa: E402
+    run_module,
+)
+
+
+def build_module():
+    return AnsibleModule(
+        argument_spec={
+            "config": {"type": "str"},
+            "keys": {"type": "str", "no_log": True},
+            "unit": {"type": "str", "required": True},
+            "restart": {"type": "bool", "default": False},
+            "program_path": {"type": "path", "default": "/usr/local/sbin/sitelink-relay"},
+            "config_path": {"type": "path", "default": "/etc/sitelink/relay.json"},
+            "keys_path": {"type": "path", "default": "/etc/sitelink/relay-keys.json"},
+            "unit_path": {
+                "type": "path",
+                "default": "/etc/systemd/system/sitelink-relay.service",
+            },
+        },
+        supports_check_mode=True,
+    )
+
+
+def main():
+    run_module(build_module())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""relay_service: the relay's files checked before any is written, the service reloaded
+or restarted as the change calls for, keys never shown."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from ansible_collections.sitelink.gateway.plugins.module_utils import relay_service
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import (
+    Exit,
+    FakeModule,
+    FakeSystemd,
+)
+
+SERVICE = relay_service.SERVICE
+CONFIG = '{"version": 2, "rules": [{"port": 6799}]}\n'
+KEYS = '{"version": 1, "peers": {"192.168.2.126": {"send": "' + "ab" * 32 + '"}}}\n'
+UNIT = "[Service]\nExecStart=/usr/local/sbin/sitelink-relay\n"
+# Stands in for the relay's --check-config/--check-keys: refuses a file saying "bad",
+# naming the file it was given (the module must show the real path instead).
+CHECKER = """#!/bin/sh
+if grep -q bad "$2"; then echo "$2: rules[0].port: bad" >&2; exit 1; fi
+echo "$1" >> "$(dirname "$0")/checked"
+"""
+
+
+class Module(FakeModule):
+    def run_command(self, argv, check_rc=False):
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture
+def host(tmp_path):
+    program = tmp_path / "sbin/sitelink-relay"
+    program.parent.mkdir()
+    program.write_text(CHECKER)
+    program.chmod(0o755)
+    return tmp_path
+
+
+def params(root, **kw):
+    base = {
+        "config": CONFIG,
+        "keys": KEYS,
+        "unit": UNIT,
+        "restart": False,
+        "program_path": str(root / "sbin/sitelink-relay"),
+        "config_path": str(root / "etc/sitelink/relay.json"),
+        "keys_path": str(root / "etc/sitelink/relay-keys.json"),
+        "unit_path": str(root / "etc/systemd/system/sitelink-relay.service"),
+    }
+    base.update(kw)
+    return base
+
+
+def run(root, systemd, check_mode=False, diff=False, **kw):
+    module = Module(params(root, **kw), check_mode=check_mode, diff=diff)
+    with pytest.raises(Exit) as exc:
+        relay_service.run_module(module, systemd=systemd)
+    return exc.value
+
+
+def checked(root):
+    path = root / "sbin/checked"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_first_run_checks_writes_enables_and_starts(host):
+    systemd = FakeSystemd()
+    done = run(host, systemd)
+    assert not done.failed and done.result["changed"] and done.result["active"]
+    assert checked(host) == ["--check-config", "--check-keys"]
+    assert (host / "etc/sitelink/relay.json").read_text() == CONFIG
+    keys = host / "etc/sitelink/relay-keys.json"
+    assert keys.read_text() == KEYS and keys.stat().st_mode & 0o777 == 0o600
+    assert (host / "etc/sitelink/relay.json").stat().st_mode & 0o777 == 0o644
+    assert systemd.verbs() == [("daemon-reload",), ("enable", SERVICE), ("start", SERVICE)]
+
+
+def test_second_run_changes_nothing(host):
+    systemd = FakeSystemd()
+    run(host, systemd)
+    systemd.calls.clear()
+    done = run(host, systemd)
+    assert not done.result["changed"] and done.result["steps"] == []
+    assert systemd.verbs() == []
+
+
+def test_new_config_reloads_new_keys_or_program_restart(host):
+    systemd = FakeSystemd()
+    run(host, systemd)
+    systemd.calls.clear()
+    run(host, systemd, config=CONFIG.replace("6799", "6800"))
+    assert systemd.verbs() == [("reload", SERVICE)]
+    systemd.calls.clear()
+    run(host, systemd, config=CONFIG, keys=KEYS.replace("ab", "cd"))
+    assert systemd.verbs() == [("restart", SERVICE)]  # the credential is copied at start
+    systemd.calls.clear()
+    done = run(host, systemd, config=CONFIG, keys=KEYS.replace("ab", "cd"), restart=True)
+    assert done.result["steps"] == [f"systemctl restart {SERVICE}"]
+    systemd.calls.clear()
+    run(host, systemd, config=CONFIG, keys=KEYS.replace("ab", "cd"), unit=UNIT + "# new\n")
+    assert systemd.verbs() == [("daemon-reload",), ("restart", SERVICE)]
+
+
+def test_a_refused_file_changes_nothing(host):
+    systemd = FakeSystemd()
+    run(host, systemd)
+    systemd.calls.clear()
+    # The keys are fine, the config is not: neither is written, nothing restarts.
+    done = run(host, systemd, config='{"bad": 1}\n', keys=KEYS.replace("ab", "cd"))
+    assert done.failed
+    path = str(host / "etc/sitelink/relay.json")
+    assert done.result["msg"] == (
+        f"{path} refused by {host}/sbin/sitelink-relay --check-config: {path}: rules[0].port: bad"
+    )
+    assert (host / "etc/sitelink/relay.json").read_text() == CONFIG
+    assert (host / "etc/sitelink/relay-keys.json").read_text() == KEYS
+    assert systemd.verbs() == []
+
+
+def test_no_rules_stops_disables_and_removes_config_and_keys(host):
+    systemd = FakeSystemd()
+    run(host, systemd)
+    systemd.calls.clear()
+    done = run(host, systemd, config=None, keys=None)
+    assert done.result["changed"] and not done.result["active"]
+    assert not (host / "etc/sitelink/relay.json").exists()
+    assert not (host / "etc/sitelink/relay-keys.json").exists()
+    assert (host / "etc/systemd/system/sitelink-relay.service").read_text() == UNIT
+    assert systemd.verbs() == [("disable", SERVICE), ("stop", SERVICE)]
+    again = run(host, systemd, config=None, keys=None)
+    assert not again.result["changed"]
+
+
+def test_keys_without_a_config_are_refused(host):
+    done = run(host, FakeSystemd(), config=None)
+    assert done.failed and "keys without a config" in done.result["msg"]
+    assert not (host / "etc/sitelink").exists()
+
+
+def test_check_mode_checks_but_writes_and_runs_nothing(host):
+    systemd = FakeSystemd()
+    done = run(host, systemd, check_mode=True)
+    assert done.result["changed"]
+    assert done.result["steps"] == [
+        f"write {host}/etc/sitelink/relay.json",
+        f"write {host}/etc/sitelink/relay-keys.json",
+        f"write {host}/etc/systemd/system/sitelink-relay.service",
+        f"systemctl enable {SERVICE}",
+        f"systemctl start {SERVICE}",
+    ]
+    assert checked(host) == ["--check-config", "--check-keys"]
+    assert not (host / "etc").exists() and systemd.verbs() == []
+    # Before the first run the program is not there to check with: predicted anyway.
+    (host / "sbin/sitelink-relay").unlink()
+    assert run(host, systemd, check_mode=True).result["changed"]
+
+
+def test_diff_shows_config_and_unit_and_only_a_fingerprint_of_the_keys(host):
+    done = run(host, FakeSystemd(), diff=True)
+    diffs = {d["after_header"].rsplit("/", 1)[1]: d for d in done.result["diff"]}
+    assert diffs["relay.json"]["after"] == CONFIG
+    assert diffs["sitelink-relay.service"]["after"] == UNIT
+    keys = diffs["relay-keys.json"]
+    assert keys["before"] == "" and keys["after"].startswith("<hidden> (sha256 ")
+    assert "ab" * 32 not in repr(done.result)
+    rotated = run(host, FakeSystemd(), diff=True, keys=KEYS.replace("ab", "cd"))
+    (only,) = rotated.result["diff"]
+    assert only["before"] != only["after"] and "cd" * 32 not in repr(rotated.result)
