@@ -1,18 +1,21 @@
 # Copyright: sitelink.gateway developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The broadcast relay's files and service on a gateway, in one module call.
+"""The broadcast relay's program, files and service on a gateway, in one module call.
 
-Config, keys and unit are written atomically and only when they change; config and
+Program, config, keys and unit are written atomically and only when they change; config and
 keys are checked by the installed relay program (``--check-config``/``--check-keys``)
-before anything is written, so a bad one changes nothing. Then the service: a
+(a new program checks them, from a temp file beside its place) before anything is
+written, so a bad one changes nothing. Then the service: a
 changed config is reloaded (SIGHUP keeps unchanged ports open); a changed program,
 keys file or unit restarts it (systemd copies the keys as a credential only at
-start). One call instead of six tasks and two handlers: under software emulation
+start). One call instead of seven tasks and two handlers: under software emulation
 each task costs seconds per gateway, on every run.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import tempfile
@@ -40,6 +43,30 @@ def fingerprint(text):
     return f"<hidden> (sha256 {digest})\n"
 
 
+def read_bytes(path):
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def digest(data):
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def stage_program(path, data):
+    """``data`` as an executable temp file beside ``path`` (renamed into place later)."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, 0o755)  # noqa: S103  (a program: everyone may run it)
+    return tmp
+
+
 def check_file(module, program, flag, name, content):
     """Run ``program flag FILE`` on ``content`` in a private temp file; raise if refused."""
     fd, tmp = tempfile.mkstemp(prefix=".sitelink-relay-check.")
@@ -57,8 +84,17 @@ def check_file(module, program, flag, name, content):
 
 def run_module(module, systemd=None):
     params, check_mode = module.params, module.check_mode
-    program = params["program_path"]
+    program_path = program = params["program_path"]
     active = params["config"] is not None
+    new_program = None
+    if params["program"] is not None:
+        try:
+            new_program = base64.b64decode(params["program"], validate=True)
+        except (binascii.Error, ValueError):
+            module.fail_json(msg="program: not base64")
+    old_program = read_bytes(program_path)
+    program_changed = new_program is not None and new_program != old_program
+    staged = None
     files = {
         # name: (path, wanted content, mode, checker flag, reload or restart on change)
         "config": (params["config_path"], params["config"], 0o644, "--check-config", "reload"),
@@ -71,12 +107,22 @@ def run_module(module, systemd=None):
     try:
         if params["keys"] is not None and not active:
             raise RelayFileError("keys without a config: the relay would not run to use them")
+        if program_changed and not check_mode:
+            staged = program = stage_program(program_path, new_program)
         # Everything is checked before anything is written. In check mode too, as far
         # as the program is there to check with (not before the first run).
-        can_check = not check_mode or os.access(program, os.X_OK)
+        # (In check mode a new program is not there yet: the old one cannot judge.)
+        can_check = not check_mode or (os.access(program, os.X_OK) and not program_changed)
         for name, (path, wanted, _mode, flag, _effect) in files.items():
             if flag and can_check and wanted is not None and wanted != before[name]:
                 check_file(module, program, flag, path, wanted)
+        if program_changed:
+            steps.append("install " + program_path)
+            changed.add("restart")
+            if not check_mode:
+                module.atomic_move(staged, program_path)
+                os.chmod(program_path, 0o755)  # noqa: S103  (a program: everyone may run it)
+                staged = None
         for name, (path, wanted, mode, _flag, effect) in files.items():
             if wanted == before[name]:
                 continue
@@ -92,8 +138,6 @@ def run_module(module, systemd=None):
         unit_changed = before["unit"] != params["unit"]
         if unit_changed and not check_mode:
             systemd.run("daemon-reload")
-        if params["restart"]:
-            changed.add("restart")
         running = systemd.is_active(SERVICE)
         enabled = systemd.is_enabled(SERVICE)
         actions = []
@@ -115,11 +159,23 @@ def run_module(module, systemd=None):
                 systemd.run(*verb, SERVICE)
     except (RelayFileError, SystemdError, OSError) as exc:
         module.fail_json(msg=str(exc), steps=steps, **result)
+    finally:
+        if staged is not None and os.path.exists(staged):
+            os.unlink(staged)
     result["changed"] = bool(steps)
     result["steps"] = steps
     if module._diff:
         shown = {"keys": fingerprint}
+        # The program as its digest; the keys as a fingerprint.
         result["diff"] = [
+            {
+                "before_header": program_path,
+                "after_header": program_path,
+                "before": f"sha256 {digest(old_program)}\n" if old_program is not None else "",
+                "after": f"sha256 {digest(new_program)}\n",
+            }
+            for _unused in range(program_changed)
+        ] + [
             {
                 "before_header": path,
                 "after_header": path,

@@ -6,24 +6,36 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: relay_service
-short_description: The broadcast relay's configuration, keys, unit and service, in one call
+short_description: The broadcast relay's program, configuration, keys, unit and service, in one call
 version_added: 0.2.0
 author: sitelink.gateway developers (!UNKNOWN)
 description:
-  - Writes the relay's configuration, link keys and systemd unit, each atomically and only
-    when it changes, and brings C(sitelink-relay.service) to the state they call for.
-  - O(config) and O(keys) are checked by the installed relay program (C(--check-config),
-    C(--check-keys)) before anything is written; one refused leaves every file and the
-    service as they were.
-  - A changed O(config) reloads the relay (SIGHUP, unchanged ports stay open). Changed
-    O(keys) or O(unit), or O(restart), restart it, because systemd copies the keys to the
-    relay as a credential only when it starts.
+  - Installs the relay program and writes its configuration, link keys and systemd unit,
+    each atomically and only when it changes, and brings C(sitelink-relay.service) to the
+    state they call for.
+  - O(config) and O(keys) are checked by the relay program (C(--check-config),
+    C(--check-keys)), the new one if it changes, before anything is written; one refused
+    leaves the program, every file and the service as they were.
+  - A changed O(config) reloads the relay (SIGHUP, unchanged ports stay open). A changed
+    program, O(keys) or O(unit) restarts it, because systemd copies the keys to the relay
+    as a credential only when it starts.
   - Without O(config) the relay has no rules - the service is stopped and disabled and the
     configuration and keys files are removed. O(unit) stays installed.
   - Keys are never logged, and the diff shows only a fingerprint of the keys file (8 hex
-    digits of its SHA-256).
-  - The program itself is installed before this module runs (the relay role copies it).
+    digits of its SHA-256). The program shows in the diff as its SHA-256.
 options:
+  program_src:
+    description:
+      - The relay program on the controller, looked up like the C(src) of
+        M(ansible.builtin.copy) (a role's C(files/) first). The action plugin passes its
+        bytes to the module inside O(program), so installing it takes no extra task.
+      - Omit to leave the installed program as it is.
+    type: str
+  program:
+    description:
+      - The program's bytes, base64. Set by the action plugin from O(program_src); not
+        logged (it is large, not secret).
+    type: str
   config:
     description:
       - The relay configuration, as the JSON text of O(config_path). Omit where the relay
@@ -38,12 +50,9 @@ options:
     description: The systemd unit's text, installed as O(unit_path).
     type: str
     required: true
-  restart:
-    description: Restart a running relay even if nothing here changed (a new program).
-    type: bool
-    default: false
   program_path:
-    description: The installed relay program, which checks O(config) and O(keys).
+    description: Where the relay program is installed (mode 0755); it checks O(config) and
+      O(keys).
     type: path
     default: /usr/local/sbin/sitelink-relay
   config_path:
@@ -60,11 +69,15 @@ options:
     default: /etc/systemd/system/sitelink-relay.service
 extends_documentation_fragment:
   - sitelink.gateway.attributes
+  - sitelink.gateway.attributes.action
   - sitelink.gateway.attributes.platform
 attributes:
+  action:
+    support: full
   check_mode:
     support: full
-    details: Changed files are checked by the program too, once it is installed.
+    details: Changed files are checked by the installed program too, unless the program
+      itself changes.
   diff_mode:
     support: full
     details: The configuration and the unit; the keys file as a fingerprint.
@@ -75,6 +88,7 @@ attributes:
 EXAMPLES = r"""
 - name: Write the relay's files and run it
   sitelink.gateway.relay_service:
+    program_src: sitelink-relay
     config: "{{ lookup('ansible.builtin.template', 'relay.json.j2') }}"
     # Only where the relay authenticates a peer (sitelink1).
     keys: "{{ lookup('ansible.builtin.template', 'relay-keys.json.j2') }}"
@@ -109,7 +123,9 @@ def build_module():
             "config": {"type": "str"},
             "keys": {"type": "str", "no_log": True},
             "unit": {"type": "str", "required": True},
-            "restart": {"type": "bool", "default": False},
+            "program_src": {"type": "str"},
+            # Large, not secret: kept out of the logged invocation.
+            "program": {"type": "str", "no_log": True},
             "program_path": {"type": "path", "default": "/usr/local/sbin/sitelink-relay"},
             "config_path": {"type": "path", "default": "/etc/sitelink/relay.json"},
             "keys_path": {"type": "path", "default": "/etc/sitelink/relay-keys.json"},

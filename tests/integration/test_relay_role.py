@@ -403,13 +403,14 @@ def test_the_role_in_check_mode_never_shows_a_key(tmp_path):
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
-    head = "TASK [sitelink.gateway.relay : Write the relay's configuration, keys and unit"
+    head = "TASK [sitelink.gateway.relay : Install the relay, its configuration, keys and unit"
     assert head in output
     task = output.split(head, 1)[1].split("TASK [", 1)[0]
     # The keys file would be written: its diff is a fingerprint, its argument censored.
     assert "changed: [localhost]" in task, task[-3000:]
     assert "+<hidden> (sha256 " in task and "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in task
     assert "systemctl start sitelink-relay.service" in task
+    assert f"install {tmp_path}/sbin/sitelink-relay" in task
     keys = [k for link in case["secrets"]["links"].values() for k in link.values()]
     for value in [SECRET, OLD_SECRET, *keys]:
         assert value not in output, "a key appears in the -vvv --diff output"

@@ -3,6 +3,7 @@ or restarted as the change calls for, keys never shown."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 
 import pytest
@@ -45,7 +46,8 @@ def params(root, **kw):
         "config": CONFIG,
         "keys": KEYS,
         "unit": UNIT,
-        "restart": False,
+        "program_src": None,
+        "program": None,
         "program_path": str(root / "sbin/sitelink-relay"),
         "config_path": str(root / "etc/sitelink/relay.json"),
         "keys_path": str(root / "etc/sitelink/relay-keys.json"),
@@ -97,9 +99,6 @@ def test_new_config_reloads_new_keys_or_program_restart(host):
     systemd.calls.clear()
     run(host, systemd, config=CONFIG, keys=KEYS.replace("ab", "cd"))
     assert systemd.verbs() == [("restart", SERVICE)]  # the credential is copied at start
-    systemd.calls.clear()
-    done = run(host, systemd, config=CONFIG, keys=KEYS.replace("ab", "cd"), restart=True)
-    assert done.result["steps"] == [f"systemctl restart {SERVICE}"]
     systemd.calls.clear()
     run(host, systemd, config=CONFIG, keys=KEYS.replace("ab", "cd"), unit=UNIT + "# new\n")
     assert systemd.verbs() == [("daemon-reload",), ("restart", SERVICE)]
@@ -170,3 +169,53 @@ def test_diff_shows_config_and_unit_and_only_a_fingerprint_of_the_keys(host):
     rotated = run(host, FakeSystemd(), diff=True, keys=KEYS.replace("ab", "cd"))
     (only,) = rotated.result["diff"]
     assert only["before"] != only["after"] and "cd" * 32 not in repr(rotated.result)
+
+
+def b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_a_new_program_is_installed_and_checks_the_files_then_restarts(host):
+    systemd = FakeSystemd()
+    run(host, systemd)
+    systemd.calls.clear()
+    program = host / "sbin/sitelink-relay"
+    # The new program checks what comes with it (this one accepts anything, and says so).
+    new = CHECKER.replace('echo "$1" >>', 'echo "new$1" >>')
+    done = run(host, systemd, config=CONFIG.replace("6799", "6800"), program=b64(new))
+    assert done.result["steps"] == [
+        f"install {program}",
+        f"write {host}/etc/sitelink/relay.json",
+        f"systemctl restart {SERVICE}",
+    ]
+    assert program.read_text() == new and program.stat().st_mode & 0o777 == 0o755
+    assert checked(host)[-1] == "new--check-config"
+    assert systemd.verbs() == [("restart", SERVICE)]
+    assert sorted(p.name for p in (host / "sbin").iterdir()) == ["checked", "sitelink-relay"]
+    again = run(host, systemd, config=CONFIG.replace("6799", "6800"), program=b64(new))
+    assert not again.result["changed"]
+
+
+def test_a_new_program_that_refuses_the_config_is_not_installed(host):
+    systemd = FakeSystemd()
+    run(host, systemd)
+    systemd.calls.clear()
+    program = host / "sbin/sitelink-relay"
+    strict = '#!/bin/sh\necho "$2: unknown field" >&2\nexit 1\n'
+    done = run(host, systemd, config=CONFIG.replace("6799", "6800"), program=b64(strict))
+    assert done.failed and "unknown field" in done.result["msg"]
+    assert program.read_text() == CHECKER
+    assert sorted(p.name for p in (host / "sbin").iterdir()) == ["checked", "sitelink-relay"]
+    assert (host / "etc/sitelink/relay.json").read_text() == CONFIG and systemd.verbs() == []
+
+
+def test_the_program_shows_in_the_diff_as_its_digest(host):
+    done = run(host, FakeSystemd(), diff=True, program=b64("#!/bin/sh\nexit 0\n"))
+    program = next(d for d in done.result["diff"] if d["after_header"].endswith("sitelink-relay"))
+    assert program["before"].startswith("sha256 ") and program["after"].startswith("sha256 ")
+    assert program["before"] != program["after"]
+
+
+def test_a_program_that_is_not_base64_is_refused(host):
+    done = run(host, FakeSystemd(), program="not base64!")
+    assert done.failed and done.result["msg"] == "program: not base64"

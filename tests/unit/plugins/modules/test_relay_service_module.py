@@ -25,3 +25,4 @@ def test_module_documentation_matches_its_argument_spec(monkeypatch):
         assert documented[name].get("default") == spec.get("default"), name
         assert bool(documented[name].get("required")) == bool(spec.get("required")), name
     assert seen["argument_spec"]["keys"]["no_log"] is True
+    assert seen["argument_spec"]["program"]["no_log"] is True
