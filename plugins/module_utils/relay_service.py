@@ -2,14 +2,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The broadcast relay's program, files and service on a gateway, in one module call.
 
-Program, config, keys and unit are written atomically and only when they change; config and
-keys are checked by the installed relay program (``--check-config``/``--check-keys``)
-(a new program checks them, from a temp file beside its place) before anything is
-written, so a bad one changes nothing. Then the service: a
-changed config is reloaded (SIGHUP keeps unchanged ports open); a changed program,
-keys file or unit restarts it (systemd copies the keys as a credential only at
-start). One call instead of seven tasks and two handlers: under software emulation
-each task costs seconds per gateway, on every run.
+Program, config, keys and unit are written atomically and only when they change.
+Config and keys are first checked by the relay program (``--check-config``,
+``--check-keys``), the new one when it changes (staged beside its place), so a bad
+one changes nothing. Then the service: a changed config is reloaded (SIGHUP keeps
+unchanged ports open); a changed program, keys file or unit restarts it (systemd
+copies the keys as a credential only at start). One call instead of seven tasks and
+two handlers: under software emulation each task costs seconds per gateway, on every
+run.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ def stage_program(path, data):
     return tmp
 
 
-def check_file(module, program, flag, name, content):
-    """Run ``program flag FILE`` on ``content`` in a private temp file; raise if refused."""
+def check_file(module, program, flag, name, content, shown):
+    """Run ``program flag FILE`` on ``content`` in a private temp file; raise if refused.
+    ``name``: the file it is for, ``shown``: the program's name, in the error."""
     fd, tmp = tempfile.mkstemp(prefix=".sitelink-relay-check.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -79,7 +80,7 @@ def check_file(module, program, flag, name, content):
     if rc != 0:
         # The checker names fields, never key material (relay/sitelink_relay/config.py).
         message = (err or out).strip().replace(tmp, name)
-        raise RelayFileError(f"{name} refused by {program} {flag}: {message}")
+        raise RelayFileError(f"{name} refused by {shown} {flag}: {message}")
 
 
 def run_module(module, systemd=None):
@@ -115,7 +116,7 @@ def run_module(module, systemd=None):
         can_check = not check_mode or (os.access(program, os.X_OK) and not program_changed)
         for name, (path, wanted, _mode, flag, _effect) in files.items():
             if flag and can_check and wanted is not None and wanted != before[name]:
-                check_file(module, program, flag, path, wanted)
+                check_file(module, program, flag, path, wanted, program_path)
         if program_changed:
             steps.append("install " + program_path)
             changed.add("restart")

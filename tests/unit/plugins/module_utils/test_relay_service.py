@@ -203,7 +203,10 @@ def test_a_new_program_that_refuses_the_config_is_not_installed(host):
     program = host / "sbin/sitelink-relay"
     strict = '#!/bin/sh\necho "$2: unknown field" >&2\nexit 1\n'
     done = run(host, systemd, config=CONFIG.replace("6799", "6800"), program=b64(strict))
-    assert done.failed and "unknown field" in done.result["msg"]
+    assert done.failed and done.result["msg"] == (
+        f"{host}/etc/sitelink/relay.json refused by {program} --check-config: "
+        f"{host}/etc/sitelink/relay.json: unknown field"
+    )
     assert program.read_text() == CHECKER
     assert sorted(p.name for p in (host / "sbin").iterdir()) == ["checked", "sitelink-relay"]
     assert (host / "etc/sitelink/relay.json").read_text() == CONFIG and systemd.verbs() == []
