@@ -6,21 +6,10 @@ stand in for the system here too.
 
 from __future__ import annotations
 
-import importlib
-
-import yaml
+from ansible_collections.sitelink.gateway.tests.unit.plugins.modules.utils import (
+    assert_docs_match_spec,
+)
 
 
 def test_module_documentation_matches_its_argument_spec(monkeypatch):
-    mod = importlib.import_module(
-        "ansible_collections.sitelink.gateway.plugins.modules.kernel_settings"
-    )
-    seen = {}
-    monkeypatch.setattr(mod, "AnsibleModule", lambda **kw: seen.update(kw))
-    mod.build_module()
-    documented = yaml.safe_load(mod.DOCUMENTATION)["options"]
-    assert set(documented) == set(seen["argument_spec"])
-    for name, spec in seen["argument_spec"].items():
-        assert documented[name]["type"] == spec["type"], name
-        assert documented[name].get("default") == spec.get("default"), name
-        assert documented[name].get("choices") == spec.get("choices"), name
+    assert_docs_match_spec("kernel_settings", monkeypatch)
