@@ -17,7 +17,6 @@ it, and their SAs are closed. The diff shows the file with every key hidden.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
 import re
@@ -30,6 +29,7 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.checkpoint import
 from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
     Systemd,
     SystemdError,
+    hidden,
     read_file,
     write_atomic,
 )
@@ -37,7 +37,6 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
 DEFAULT_PATH = "/etc/swanctl/conf.d/sitelink-gateway.conf"
 SERVICE = "strongswan.service"
 HEADER = "# Managed by sitelink.gateway: do not edit. Loaded by strongswan.service."
-HIDDEN = "<hidden>"  # followed by a fingerprint: 8 hex digits of the key's SHA-256
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX = re.compile(r"^[0-9a-f]{32,}$")
 _SECRET_LINE = re.compile(r"^(\s*secret = )(.*)$", re.M)
@@ -128,18 +127,8 @@ def render(connections, keys, ike_proposals, esp_proposals, dpd_delay):
 
 
 def hide_keys(text):
-    """The file as the diff may show it: each key replaced by a short fingerprint.
-
-    32 bits of a hash of a 256-bit random key say nothing about the key, but they
-    make a rotation visible: without them a change of keys alone would diff as
-    nothing at all.
-    """
-
-    def hidden(match):
-        digest = hashlib.sha256(match.group(2).encode()).hexdigest()[:8]
-        return f"{match.group(1)}{HIDDEN} (sha256 {digest}...)"
-
-    return _SECRET_LINE.sub(hidden, text or "")
+    """The file as the diff may show it: each key replaced by a short fingerprint."""
+    return _SECRET_LINE.sub(lambda match: match.group(1) + hidden(match.group(2)), text or "")
 
 
 def connection_names(text):

@@ -10,6 +10,7 @@ every extra task costs seconds per gateway, on every run).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 
@@ -25,19 +26,46 @@ def read_file(path):
         return None
 
 
-def write_atomic(module, path, content, mode=0o644):
-    """Replace ``path`` with ``content`` in one rename; create its directory (0755)."""
+def hidden(secret):
+    """What a diff may show of a secret: a short fingerprint.
+
+    32 bits of a hash of a 256-bit random key say nothing about the key, but they
+    make a rotation visible: without them a change of keys alone would diff as
+    nothing at all.
+    """
+    digest = hashlib.sha256(secret.encode("utf-8")).hexdigest()[:8]
+    return f"<hidden> (sha256 {digest}...)"
+
+
+def stage_file(path, content, mode=0o644):
+    """``content`` (text or bytes) in a temp file beside ``path``, with ``mode``, to be
+    renamed into place with :func:`move_into_place`; create the directory (0755)."""
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
         os.makedirs(directory, 0o755)
         os.chmod(directory, 0o755)  # noqa: S103  (world-readable on purpose; umask filters makedirs)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        binary = isinstance(content, bytes)
+        with os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8") as fh:
             fh.write(content)
         os.chmod(tmp, mode)
-        module.atomic_move(tmp, path)
-        os.chmod(path, mode)  # atomic_move keeps an existing file's mode
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def move_into_place(module, tmp, path, mode):
+    module.atomic_move(tmp, path)
+    os.chmod(path, mode)  # atomic_move keeps an existing file's mode
+
+
+def write_atomic(module, path, content, mode=0o644):
+    """Replace ``path`` with ``content`` in one rename; create its directory (0755)."""
+    tmp = stage_file(path, content, mode)
+    try:
+        move_into_place(module, tmp, path, mode)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

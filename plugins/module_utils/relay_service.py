@@ -23,8 +23,11 @@ import tempfile
 from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
     Systemd,
     SystemdError,
+    hidden,
+    move_into_place,
     read_file,
     remove_file,
+    stage_file,
     write_atomic,
 )
 
@@ -35,14 +38,6 @@ class RelayFileError(Exception):
     pass
 
 
-def fingerprint(text):
-    """What the diff shows of a keys file: never its content."""
-    if text is None:
-        return None
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-    return f"<hidden> (sha256 {digest})\n"
-
-
 def read_bytes(path):
     try:
         with open(path, "rb") as fh:
@@ -51,20 +46,23 @@ def read_bytes(path):
         return None
 
 
-def digest(data):
-    return None if data is None else hashlib.sha256(data).hexdigest()
+def file_diff(path, before, after, show):
+    """One file's entry in the diff; ``show`` turns present content into what may be shown."""
+    return {
+        "before_header": path,
+        "after_header": path,
+        "before": "" if before is None else show(before),
+        "after": "" if after is None else show(after),
+    }
 
 
-def stage_program(path, data):
-    """``data`` as an executable temp file beside ``path`` (renamed into place later)."""
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o755)  # noqa: S103  (a program: everyone may run it)
-    return tmp
+def program_digest(data):
+    return f"sha256 {hashlib.sha256(data).hexdigest()}\n"
+
+
+def keys_fingerprint(text):
+    """What the diff shows of a keys file: never its content."""
+    return hidden(text) + "\n"
 
 
 def check_file(module, program, flag, name, content, shown):
@@ -109,7 +107,8 @@ def run_module(module, systemd=None):
         if params["keys"] is not None and not active:
             raise RelayFileError("keys without a config: the relay would not run to use them")
         if program_changed and not check_mode:
-            staged = program = stage_program(program_path, new_program)
+            # A program: everyone may run it.
+            staged = program = stage_file(program_path, new_program, mode=0o755)
         # Everything is checked before anything is written. In check mode too, as far
         # as the program is there to check with (not before the first run).
         # (In check mode a new program is not there yet: the old one cannot judge.)
@@ -121,9 +120,9 @@ def run_module(module, systemd=None):
             steps.append("install " + program_path)
             changed.add("restart")
             if not check_mode:
-                module.atomic_move(staged, program_path)
-                os.chmod(program_path, 0o755)  # noqa: S103  (a program: everyone may run it)
+                move_into_place(module, staged, program_path, 0o755)
                 staged = None
+        written = set()
         for name, (path, wanted, mode, _flag, effect) in files.items():
             if wanted == before[name]:
                 continue
@@ -132,32 +131,32 @@ def run_module(module, systemd=None):
                     steps.append("remove " + path)
                 continue
             steps.append("write " + path)
+            written.add(name)
             changed.add(effect)
             if not check_mode:
                 write_atomic(module, path, wanted, mode=mode)
         systemd = systemd or Systemd(module)
-        unit_changed = before["unit"] != params["unit"]
-        if unit_changed and not check_mode:
+        if "unit" in written and not check_mode:
             systemd.run("daemon-reload")
         running = systemd.is_active(SERVICE)
         enabled = systemd.is_enabled(SERVICE)
         actions = []
         if active and not enabled:
-            actions.append(("enable",))
+            actions.append("enable")
         if not active and enabled:
-            actions.append(("disable",))
+            actions.append("disable")
         if active and not running:
-            actions.append(("start",))
+            actions.append("start")
         elif not active and running:
-            actions.append(("stop",))
+            actions.append("stop")
         elif active and "restart" in changed:
-            actions.append(("restart",))
+            actions.append("restart")
         elif active and "reload" in changed:
-            actions.append(("reload",))
+            actions.append("reload")
         for verb in actions:
-            steps.append(f"systemctl {verb[0]} {SERVICE}")
+            steps.append(f"systemctl {verb} {SERVICE}")
             if not check_mode:
-                systemd.run(*verb, SERVICE)
+                systemd.run(verb, SERVICE)
     except (RelayFileError, SystemdError, OSError) as exc:
         module.fail_json(msg=str(exc), steps=steps, **result)
     finally:
@@ -166,24 +165,13 @@ def run_module(module, systemd=None):
     result["changed"] = bool(steps)
     result["steps"] = steps
     if module._diff:
-        shown = {"keys": fingerprint}
-        # The program as its digest; the keys as a fingerprint.
-        result["diff"] = [
-            {
-                "before_header": program_path,
-                "after_header": program_path,
-                "before": f"sha256 {digest(old_program)}\n" if old_program is not None else "",
-                "after": f"sha256 {digest(new_program)}\n",
-            }
-            for _unused in range(program_changed)
-        ] + [
-            {
-                "before_header": path,
-                "after_header": path,
-                "before": shown.get(name, str)(before[name]) if before[name] is not None else "",
-                "after": shown.get(name, str)(wanted) if wanted is not None else "",
-            }
+        # The program as its digest, the keys as a fingerprint.
+        diffs = [
+            file_diff(path, before[name], wanted, keys_fingerprint if name == "keys" else str)
             for name, (path, wanted, *_unused) in files.items()
             if wanted != before[name]
         ]
+        if program_changed:
+            diffs.insert(0, file_diff(program_path, old_program, new_program, program_digest))
+        result["diff"] = diffs
     module.exit_json(**result)
