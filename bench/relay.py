@@ -129,13 +129,10 @@ def log(msg: str) -> None:
 
 
 def _load(path: Path) -> Any:
-    """One of the relay's self-contained modules (mmsg.py, wire.py), loaded from its file."""
-    spec = importlib.util.spec_from_file_location(f"sitelink_bench_{path.stem}", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """One of the relay's modules (mmsg.py, wire.py), imported from its package."""
+    if str(path.parent.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent.parent))
+    return importlib.import_module(f"{path.parent.name}.{path.stem}")
 
 
 def _read_go() -> tuple[int, int, int]:

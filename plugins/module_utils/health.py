@@ -565,9 +565,89 @@ def port_counters(port: dict[str, Any]) -> dict[str, Any]:
 
 
 def peer_counters(peer: dict[str, Any]) -> dict[str, Any]:
-    """One peer relay of the status file: its office and what came from and went to it."""
+    """One peer relay of the status file: its office and what came from and went to it,
+    and (a relay that counts it) how many of its last datagrams in a row were ``stale``."""
     office = peer.get("office")
-    return {"office": office if isinstance(office, str) else None, **_counters(peer, PEER_COUNTERS)}
+    counters = {
+        "office": office if isinstance(office, str) else None,
+        **_counters(peer, PEER_COUNTERS),
+    }
+    if "stale_streak" in peer:
+        counters["stale_streak"] = _count(peer["stale_streak"])
+    return counters
+
+
+def _epoch(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def forget_command(sender: str, host: Optional[str]) -> str:
+    """The command that makes this gateway's relay forget ``sender`` (the relay role's
+    ``relay_forget_senders``, for this gateway alone)."""
+    extra = json.dumps({"relay_forget_senders": [sender]})
+    return (
+        f"ansible-playbook -i <inventory> site.yml --limit {host or '<this gateway>'} -e '{extra}'"
+    )
+
+
+def replay_state(replay: dict[str, Any]) -> dict[str, Any]:
+    """The status file's ``replay``: where the relay keeps its replay windows, for how many
+    senders, whether saving them works, and how many it was asked to forget."""
+    state_dir, error = replay.get("state_dir"), replay.get("save_error")
+    return {
+        "state_dir": state_dir if isinstance(state_dir, str) else None,
+        "senders": _count(replay.get("senders")),
+        "save_failures": _count(replay.get("save_failures")),
+        "save_error": None if error is None else str(error),
+        "forgotten_total": _count(replay.get("forgotten_total")),
+    }
+
+
+def stuck_senders(replay: dict[str, Any], peers: dict[str, Any]) -> list[dict[str, Any]]:
+    """``replay.stuck``: the senders whose last datagrams were all refused (``stale``: an
+    epoch older than the one held; ``future``: more than a day ahead of this clock), by
+    address. Only IPv4 addresses: each goes into a command line."""
+    stuck = replay.get("stuck") if isinstance(replay.get("stuck"), dict) else {}
+    found = []
+    for sender, entry in sorted(stuck.items(), key=lambda kv: str(kv[0])):
+        try:
+            address = str(ipaddress.IPv4Address(str(sender)))
+        except ValueError:
+            continue
+        entry = entry if isinstance(entry, dict) else {}
+        reason = entry.get("reason")
+        found.append(
+            {
+                "sender": address,
+                "office": (peers.get(address) or {}).get("office"),
+                "reason": reason if isinstance(reason, str) else "refused",
+                "streak": _count(entry.get("streak")),
+                "epoch": _epoch(entry.get("epoch")),
+                "offered": _epoch(entry.get("offered")),
+            }
+        )
+    return found
+
+
+def stuck_problem(stuck: dict[str, Any], host: Optional[str]) -> str:
+    """A stuck sender: who, why, and the command that unsticks it."""
+    who = stuck["sender"] + (f" ({stuck['office']})" if stuck["office"] else "")
+    held = "?" if stuck["epoch"] is None else stuck["epoch"]
+    offered = "?" if stuck["offered"] is None else stuck["offered"]
+    if stuck["reason"] == "future":
+        why = (
+            f"its epoch {offered} is more than a day ahead of this gateway's clock (held: "
+            f"{held}); check both clocks, then reset it"
+        )
+    else:
+        why = (
+            f"its epoch {offered} is older than the {held} held here (its state or clock was "
+            "reset); reset it"
+        )
+    return (
+        f"relay: peer relay {who} is stuck: its last {stuck['streak']} datagrams were all "
+        f"refused as {stuck['reason']}, {why}: {forget_command(stuck['sender'], host)}"
+    )
 
 
 def check_relay(
@@ -580,12 +660,17 @@ def check_relay(
     read_error: Optional[str] = None,
     state_error: Optional[str] = None,
     wire: Optional[str] = None,
+    host: Optional[str] = None,
 ) -> dict[str, Any]:
     """``systemctl is-active`` says ``state``; ``status_text`` is the status file (None: absent).
 
     ``now`` is the gateway's clock, the one the relay stamps its status with; ``wire``
     the plan's (``sitelink1`` or ``raw``). Drops, authentication failures among them,
     are counted, never a problem: anyone who reaches a relay port can cause them.
+    A peer relay refused datagram after datagram (``replay.stuck``) is one, with the
+    command that resets it (``host``: this gateway's inventory name, for its
+    ``--limit``); so are replay windows that cannot be saved. A relay too old to
+    report ``replay`` has neither.
     """
     expected = bool(ports)
     found: dict[str, Any] = {
@@ -597,6 +682,8 @@ def check_relay(
         "peers": {},
         "age": None,
         "stale": None,
+        "replay": None,
+        "stuck": [],
     }
     problems = []
     active = state == "active"
@@ -648,6 +735,20 @@ def check_relay(
                         ", ".join(missing), ", ".join(found["ports"]) or "no port"
                     )
                 )
+            replay = data.get("replay")
+            if isinstance(replay, dict):
+                found["replay"] = replay_state(replay)
+                found["stuck"] = stuck_senders(replay, found["peers"])
+                problems += [stuck_problem(stuck, host) for stuck in found["stuck"]]
+                error = found["replay"]["save_error"]
+                if error is not None:
+                    where = found["replay"]["state_dir"] or "its state directory"
+                    failures = found["replay"]["save_failures"]
+                    problems.append(
+                        f"relay: replay protection is not being saved in {where} ({failures} "
+                        f"failed write{'' if failures == 1 else 's'}, the last: {error}); after "
+                        "a restart the relay would not know which datagrams it has seen"
+                    )
     found["ok"] = not problems
     found["problems"] = problems
     return found
@@ -788,8 +889,10 @@ def check_gateway(
     masquerade_table: str = MASQUERADE_TABLE,
     ping_count: int = PING_COUNT,
     firewall_table: str = FIREWALL_TABLE,
+    host: Optional[str] = None,
 ) -> dict[str, Any]:
-    """Every check of one gateway; raises HealthError for a plan that is not one."""
+    """Every check of one gateway; raises HealthError for a plan that is not one.
+    ``host``: its inventory name, which the remedies in problems name."""
     view = plan_view(plan)
     problems: list[str] = []
 
@@ -839,6 +942,7 @@ def check_gateway(
         read_error,
         state_error,
         view["relay_wire"],
+        host,
     )
 
     rc, out, err = runner.run(["nft", "-j", "list", "table", "ip", masquerade_table])
@@ -912,6 +1016,7 @@ def run_module(module, runner=None):
             masquerade_table=params.get("masquerade_table") or MASQUERADE_TABLE,
             ping_count=params.get("ping_count") or PING_COUNT,
             firewall_table=params.get("firewall_table") or FIREWALL_TABLE,
+            host=params.get("host"),
         )
     except HealthError as exc:
         module.fail_json(msg=str(exc), changed=False)

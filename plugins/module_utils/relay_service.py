@@ -10,6 +10,12 @@ unchanged ports open); a changed program, keys file or unit restarts it (systemd
 copies the keys as a credential only at start). One call instead of seven tasks and
 two handlers: under software emulation each task costs seconds per gateway, on every
 run.
+
+``forget_senders`` asks the relay to forget the replay windows of some senders (or
+all): a sender whose epoch went backwards (its epoch file or clock reset) is
+otherwise refused as ``stale`` for good. The request is a file in the relay's state
+directory, which the relay reads at start and on SIGHUP, then deletes; the module
+writes it and reloads a running relay.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
+import json
 import os
 import tempfile
 
@@ -32,6 +40,8 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
 )
 
 SERVICE = "sitelink-relay.service"
+# The relay's forget request, in its state directory (relay/sitelink_relay reads it).
+FORGET_FILE = "forget"
 
 
 class RelayFileError(Exception):
@@ -65,20 +75,91 @@ def keys_fingerprint(text):
     return hidden(text) + "\n"
 
 
-def check_file(module, program, flag, name, content, shown):
+def check_file(module, program, flag, name, content, shown, keys=None):
     """Run ``program flag FILE`` on ``content`` in a private temp file; raise if refused.
-    ``name``: the file it is for, ``shown``: the program's name, in the error."""
-    fd, tmp = tempfile.mkstemp(prefix=".sitelink-relay-check.")
+    ``name``: the file it is for, ``shown``: the program's name, in the error. ``keys``:
+    the keys file's content the check is to use (``--keys``), as the service will."""
+    temps = []
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(content)
-        rc, out, err = module.run_command([program, flag, tmp], check_rc=False)
+        args = [program, flag]
+        for text, extra in ((content, None), (keys, "--keys")):
+            if text is None:
+                continue
+            fd, tmp = tempfile.mkstemp(prefix=".sitelink-relay-check.")
+            temps.append(tmp)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            args += [extra, tmp] if extra else [tmp]
+        rc, out, err = module.run_command(args, check_rc=False)
     finally:
-        os.unlink(tmp)
+        for tmp in temps:
+            os.unlink(tmp)
     if rc != 0:
         # The checker names fields, never key material (relay/sitelink_relay/config.py).
-        message = (err or out).strip().replace(tmp, name)
+        message = (err or out).strip().replace(temps[0], name)
+        if len(temps) > 1:
+            message = message.replace(temps[1], "the keys")
         raise RelayFileError(f"{name} refused by {shown} {flag}: {message}")
+
+
+def forget_senders(values):
+    """``forget_senders`` as the request file names them: sorted addresses, or "all".
+    Raises RelayFileError naming the option and the value it refuses."""
+    values = [str(v).strip() for v in values or []]
+    if "all" in values:
+        if len(values) > 1:
+            raise RelayFileError(
+                "forget_senders: all stands alone (every sender is forgotten), got "
+                + ", ".join(values)
+            )
+        return "all"
+    senders = set()
+    for value in values:
+        try:
+            senders.add(ipaddress.IPv4Address(value))
+        except ValueError:
+            raise RelayFileError(
+                f"forget_senders: {value!r} is not an IPv4 address (give the peer relays' "
+                "addresses, as verify.yml names them, or the single word all)"
+            ) from None
+    return [str(a) for a in sorted(senders)]
+
+
+def state_directory(state_dir):
+    """The relay's state directory as it is on this host, or None when there is none.
+
+    With DynamicUser, systemd keeps it in ``/var/lib/private/<name>`` and makes
+    ``state_dir`` a symlink to it; either may be what exists.
+    """
+    if os.path.isdir(state_dir):
+        return state_dir
+    parent, name = os.path.split(os.path.normpath(state_dir))
+    private = os.path.join(parent, "private", name)
+    return private if os.path.isdir(private) else None
+
+
+def forget_content(senders, pending):
+    """The request file's text: ``senders`` with those of a ``pending`` request the relay
+    has not read yet (it is not running), so that neither request is lost."""
+    try:
+        old = json.loads(pending)["senders"] if pending else []
+    except (ValueError, TypeError, KeyError):
+        old = []  # not a request we could have written: replaced
+    if senders == "all" or old == "all":
+        merged = "all"
+    elif isinstance(old, list):
+        merged = forget_senders([*senders, *(a for a in old if _is_ipv4(a))])
+    else:
+        merged = senders
+    return json.dumps({"senders": merged}) + "\n"
+
+
+def _is_ipv4(value):
+    try:
+        ipaddress.IPv4Address(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def run_module(module, systemd=None):
@@ -91,6 +172,11 @@ def run_module(module, systemd=None):
             new_program = base64.b64decode(params["program"], validate=True)
         except (binascii.Error, ValueError):
             module.fail_json(msg="program: not base64")
+    forget = forget_diff = None
+    try:
+        forget = forget_senders(params["forget_senders"]) or None
+    except RelayFileError as exc:
+        module.fail_json(msg=str(exc))
     old_program = read_bytes(program_path)
     program_changed = new_program is not None and new_program != old_program
     staged = None
@@ -115,7 +201,9 @@ def run_module(module, systemd=None):
         can_check = not check_mode or (os.access(program, os.X_OK) and not program_changed)
         for name, (path, wanted, _mode, flag, _effect) in files.items():
             if flag and can_check and wanted is not None and wanted != before[name]:
-                check_file(module, program, flag, path, wanted, program_path)
+                # the config is checked as a start would: with the keys it will have
+                keys = params["keys"] if name == "config" else None
+                check_file(module, program, flag, path, wanted, program_path, keys=keys)
         if program_changed:
             steps.append("install " + program_path)
             changed.add("restart")
@@ -135,6 +223,26 @@ def run_module(module, systemd=None):
             changed.add(effect)
             if not check_mode:
                 write_atomic(module, path, wanted, mode=mode)
+        if forget is not None:
+            # Written every time it is asked for: an explicit request, not a state.
+            directory = state_directory(params["state_dir"])
+            if directory is None:
+                module.warn(
+                    f"forget_senders: no state directory {params['state_dir']}: the relay "
+                    "keeps no replay windows here yet, so there is nothing to forget"
+                )
+            else:
+                forget_path = os.path.join(directory, FORGET_FILE)
+                pending = read_file(forget_path)
+                content = forget_content(forget, pending)
+                forget_diff = file_diff(forget_path, pending, content, str)
+                steps.append("write " + forget_path)
+                # A running relay reads it on SIGHUP; a stopped one when it starts.
+                changed.add("reload")
+                if not check_mode:
+                    # 0644: the relay (a dynamic user) reads it, and deletes it from
+                    # the directory it owns.
+                    write_atomic(module, forget_path, content, mode=0o644)
         systemd = systemd or Systemd(module)
         if "unit" in written and not check_mode:
             systemd.run("daemon-reload")
@@ -173,5 +281,7 @@ def run_module(module, systemd=None):
         ]
         if program_changed:
             diffs.insert(0, file_diff(program_path, old_program, new_program, program_digest))
+        if forget_diff is not None:
+            diffs.append(forget_diff)
         result["diff"] = diffs
     module.exit_json(**result)

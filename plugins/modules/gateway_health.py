@@ -36,6 +36,12 @@ description:
     lists every planned port; its counters are returned, per port and per peer relay, with
     every drop reason. Drops are never a problem, authentication failures (C(auth)) included:
     anyone who can reach a relay port could otherwise make any office unhealthy."
+  - "Relay replay state (a relay that reports it): a peer relay whose last datagrams were all
+    refused as C(stale) (its epoch went backwards - its state or clock was reset) or C(future)
+    (its epoch more than a day ahead of this gateway's clock) is stuck until this relay forgets
+    it; each is a problem naming the peer, the reason, how many datagrams in a row, both
+    epochs and the command that resets it (the relay role's C(relay_forget_senders), with
+    C(--limit) O(host)). Replay windows the relay cannot save are a problem too."
   - "Masquerade: the nftables table O(masquerade_table) exists where the plan masquerades, SNATs
     to the plan's address on the LAN interface and names every planned source; it is absent
     where the plan masquerades nothing."
@@ -71,6 +77,11 @@ options:
       C(firewall_table)).
     type: str
     default: sitelink_firewall
+  host:
+    description:
+      - This gateway's name in the inventory (C(inventory_hostname)); the commands that
+        problems suggest name it in their C(--limit). Omitted - they say C(<this gateway>).
+    type: str
   ping_count:
     description:
       - Echo requests per tunnel, 0.2 s apart; any answer passes.
@@ -133,6 +144,11 @@ problems:
     - "route 192.168.1.0/24: missing (should go via sl-manhattan)"
     - "tunnel sl-manhattan: no ESP SA from 172.16.1.12 (IPsec not established)"
     - "firewall: table inet sitelink_firewall missing"
+    - >-
+      relay: peer relay 192.168.1.126 (manhattan) is stuck: its last 12 datagrams were all
+      refused as stale, its epoch 1795990000 is older than the 1796000000 held here (its state
+      or clock was reset); reset it: ansible-playbook -i <inventory> site.yml --limit
+      brooklyn-gw -e '{"relay_forget_senders": ["192.168.1.126"]}'
 tunnels:
   description: One entry per planned tunnel.
   returned: success
@@ -221,9 +237,18 @@ relay:
       run, the age of its status file and its counters - per port (C(dropped) and
       C(send_errors) summed over their reasons, which C(dropped_by_reason) and
       C(send_errors_by_reason) keep) and per peer relay (C(peers), by address - its office,
-      C(received), C(accepted), C(sent), C(dropped) and C(dropped_by_reason)).
+      C(received), C(accepted), C(sent), C(dropped) and C(dropped_by_reason), and from a
+      relay that counts it C(stale_streak), its last datagrams in a row refused as C(stale)).
     - "Drop reasons include C(auth) (failed authentication), C(replay), C(stale),
       C(rate_limited), C(cut_off) and C(storm) (storm control)."
+    - "C(replay) - where the relay keeps its replay windows (C(state_dir)), for how many
+      C(senders), C(save_failures) and the last C(save_error) while saving them fails
+      (V(null) when it works), and C(forgotten_total), the senders it was asked to forget;
+      V(null) from a relay too old to report it."
+    - "C(stuck) - the senders the relay refuses datagram after datagram, each with its
+      C(sender) address, C(office) (where it is a peer relay), C(reason) (C(stale) or
+      C(future)), C(streak) (datagrams in a row), C(epoch) (the one held) and C(offered)
+      (the one last refused). Each is in RV(problems) with the command that resets it."
   returned: success
   type: dict
   sample:
@@ -238,7 +263,10 @@ relay:
                send_errors: 0, dropped_by_reason: {own_echo: 3}, send_errors_by_reason: {}}
     peers:
       192.168.2.126: {office: brooklyn, received: 0, accepted: 0, sent: 12, dropped: 0,
-                      dropped_by_reason: {}}
+                      dropped_by_reason: {}, stale_streak: 0}
+    replay: {state_dir: /var/lib/sitelink-relay, senders: 1, save_failures: 0, save_error: null,
+             forgotten_total: 0}
+    stuck: []
     ok: true
     problems: []
 masquerade:
@@ -276,6 +304,7 @@ def build_module():
             masquerade_table=dict(type="str", default=MASQUERADE_TABLE),
             firewall_table=dict(type="str", default=FIREWALL_TABLE),
             ping_count=dict(type="int", default=PING_COUNT),
+            host=dict(type="str"),
         ),
         supports_check_mode=True,
     )

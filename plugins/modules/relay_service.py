@@ -23,6 +23,11 @@ description:
     configuration and keys files are removed. O(unit) stays installed.
   - Keys are never logged, and the diff shows only a fingerprint of the keys file (8 hex
     digits of its SHA-256). The program shows in the diff as its SHA-256.
+  - O(forget_senders) makes the relay forget the replay windows of peer relays whose epoch
+    went backwards (their state or clock was reset), which it otherwise refuses for good as
+    C(stale) (C(verify.yml) names them). The request is a file in O(state_dir) that the relay
+    reads at start and on C(SIGHUP), then deletes; a running relay is reloaded. It is an
+    explicit request, so the task reports a change every time it is given.
 options:
   program_src:
     description:
@@ -67,6 +72,28 @@ options:
     description: The relay's systemd unit file.
     type: path
     default: /etc/systemd/system/sitelink-relay.service
+  forget_senders:
+    description:
+      - Peer relays (the IPv4 addresses the relay's status names as senders) whose replay
+        windows the relay forgets, so that the next datagram from each is accepted whatever
+        its epoch; or the single word V(all) for every sender.
+      - Written as the request file C(forget) (mode 0644, JSON) in O(state_dir), merged with
+        one the relay has not read yet; a running relay is reloaded to read it, a stopped one
+        reads it when it starts.
+      - Empty - no request.
+    type: list
+    elements: str
+    default: []
+  state_dir:
+    description:
+      - The relay's state directory (its configuration's C(state_dir)), where the request of
+        O(forget_senders) goes.
+      - With C(DynamicUser), systemd keeps it in C(/var/lib/private/sitelink-relay), and
+        C(/var/lib/sitelink-relay) is a symlink to it; whichever of the two exists is used.
+        With neither (the relay never ran), there is nothing to forget - the module warns
+        and writes nothing.
+    type: path
+    default: /var/lib/sitelink-relay
 extends_documentation_fragment:
   - sitelink.gateway.attributes
   - sitelink.gateway.attributes.action
@@ -80,7 +107,8 @@ attributes:
       itself changes.
   diff_mode:
     support: full
-    details: The configuration and the unit; the keys file as a fingerprint.
+    details: The configuration, the unit and a forget request; the keys file as a
+      fingerprint.
   platform:
     platforms: linux
 """
@@ -93,6 +121,12 @@ EXAMPLES = r"""
     # Only where the relay authenticates a peer (sitelink1).
     keys: "{{ lookup('ansible.builtin.template', 'relay-keys.json.j2') }}"
     unit: "{{ lookup('ansible.builtin.template', 'sitelink-relay.service.j2') }}"
+
+- name: Forget what this relay holds of 192.168.1.126 (its epoch went backwards)
+  sitelink.gateway.relay_service:
+    config: "{{ lookup('ansible.builtin.template', 'relay.json.j2') }}"
+    unit: "{{ lookup('ansible.builtin.template', 'sitelink-relay.service.j2') }}"
+    forget_senders: [192.168.1.126]
 
 - name: No rules here - the relay stopped and disabled, its config and keys removed
   sitelink.gateway.relay_service:
@@ -133,6 +167,8 @@ def build_module():
                 "type": "path",
                 "default": "/etc/systemd/system/sitelink-relay.service",
             },
+            "forget_senders": {"type": "list", "elements": "str", "default": []},
+            "state_dir": {"type": "path", "default": "/var/lib/sitelink-relay"},
         },
         supports_check_mode=True,
     )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import socket
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Optional
+from zlib import crc32
 
 from .config import Config, Rule, transit_targets
 from .netinfo import IfNames, ip_to_int
@@ -24,7 +23,7 @@ DROP_OWN = "own"  # sent by this gateway (incl. our own re-broadcasts looping ba
 DROP_FOREIGN = "foreign"  # neither a LAN broadcast nor a unicast from an accepted/transit peer
 DROP_WRONG_INTERFACE = "wrong_interface"  # broadcast that did not arrive on the LAN interface
 DROP_PEER_INTERFACE = "peer_interface"  # peer unicast not on that peer's tunnel interface
-DROP_ECHO = "echo"  # payload identical to one we re-broadcast moments ago
+DROP_REPEATED = "repeated"  # a LAN host repeating what we just re-broadcast (a repeater)
 DROP_TRUNCATED = "truncated"  # larger than the receive buffer (cannot happen for IPv4)
 DROP_PEER_BROADCAST = "peer_broadcast"  # peer datagram addressed to a broadcast/multicast
 DROP_NO_FORWARD_TO = "no_forward_to"  # LAN broadcast on a port with no forward_to peers
@@ -34,7 +33,7 @@ DROP_REASONS = (
     DROP_FOREIGN,
     DROP_WRONG_INTERFACE,
     DROP_PEER_INTERFACE,
-    DROP_ECHO,
+    DROP_REPEATED,
     DROP_TRUNCATED,
     DROP_PEER_BROADCAST,
     DROP_NO_FORWARD_TO,
@@ -43,64 +42,141 @@ DROP_REASONS = (
 
 LIMITED_BROADCAST = b"\xff\xff\xff\xff"
 
-ECHO_WINDOW = 2.0  # seconds a re-broadcast payload is remembered for echo suppression
-ECHO_MAX_ENTRIES = 4096
+# A LAN broadcast carrying a payload we re-broadcast on that LAN less than this long
+# ago is a repeater's echo (a host or bridge that re-sends what it hears), unless its
+# source is one of that payload's own senders (see RepeatMemory).  Repeaters answer
+# in milliseconds; the window is short so that a host whose own beacon happens to
+# carry the same bytes as another office's is rarely inside it (and, once outside,
+# is learnt as a sender for good).
+REPEAT_WINDOW = 0.25
+REPEAT_MAX_ENTRIES = 4096
+# A LAN host that broadcast a payload while we had not just re-broadcast the same
+# bytes is one of its senders for this long (refreshed with each copy).
+SENDER_MEMORY = 30.0
+SENDER_MAX_ENTRIES = 4096
+# Re-broadcasts count for echoes once they are on the LAN: when the relay reads back
+# the marker it sends itself after them (see RepeatMemory), or after this long.
+PENDING_MAX = 0.05
+MARKER_SOURCE = "127.0.0.1"
 IN_LAN_CACHE_MAX = 4096
 
 
-class EchoMemory:
-    """Digests of payloads we re-broadcast recently, each remembered for ``window`` s.
+def payload_key(payload: Any) -> int:
+    """A payload's fingerprint for the repeat memory: CRC-32 and length (cheap: it is
+    taken for every re-broadcast).  Only peers' datagrams are remembered, so nobody on
+    a LAN can plant a collision; a chance one drops one datagram in 2**32."""
+    return crc32(payload) | (len(payload) << 32)
 
-    ``seen`` costs nothing (no hashing) when nothing was re-broadcast within the window.
+
+class RepeatMemory:
+    """What we re-broadcast on the LAN lately, to tell a repeater's echo from a beacon.
+
+    ``remember`` is called for every re-broadcast payload, ``repeated`` for every LAN
+    broadcast about to be forwarded while something was re-broadcast in the last
+    SENDER_MEMORY seconds (else ``quiet``).  A payload re-broadcast less than
+    ``window`` seconds ago is an echo when a LAN host sends it, unless that host is
+    one of the payload's own senders: a host that broadcast those bytes while we had
+    not just re-broadcast them (the same discovery request sent at two offices, a
+    periodic announcement), learnt for SENDER_MEMORY seconds and refreshed with
+    each copy, or a host that was broadcasting while we re-broadcast nothing at all.
+    A pure repeater's copies always follow our re-broadcasts, so it is neither.
+
+    Causality: a copy that reached us before our re-broadcast was sent cannot be its
+    echo.  Remembered payloads stay pending until ``activate``: the relay sends
+    itself a marker (from 127.0.0.1) right after its sends, and activates what is
+    pending when it reads the marker back; whatever it read before the marker was
+    queued before the re-broadcast left.  (A lost marker: PENDING_MAX.)
+    While nothing is re-broadcast, LAN broadcasts are not hashed: ``quiet`` only
+    notes their sources (a one-way port pays one set lookup per datagram).
     """
 
-    __slots__ = ("window", "_entries", "_until")
+    __slots__ = (
+        "window",
+        "_entries",
+        "_pending",
+        "_pending_since",
+        "_senders",
+        "_quiet",
+        "_until",
+        "_learn_until",
+    )
 
-    def __init__(self, window: float = ECHO_WINDOW):
+    def __init__(self, window: float = REPEAT_WINDOW):
         self.window = window
-        # insertion order == expiry order; OrderedDict drops its oldest entry in O(1)
-        self._entries: OrderedDict[bytes, float] = OrderedDict()
+        self._entries: dict[int, float] = {}  # payload key -> expiry (on the LAN)
+        self._pending: set[int] = set()  # re-broadcast, not known to be on the LAN yet
+        self._pending_since = 0.0
+        self._senders: dict[tuple[str, int], float] = {}  # (source, key) -> expiry
+        self._quiet: set[str] = set()  # sources heard while nothing was re-broadcast
         self._until = 0.0  # expiry of the newest entry
-
-    @staticmethod
-    def digest(payload: Any) -> bytes:
-        return hashlib.blake2b(payload, digest_size=16).digest()
+        self._learn_until = 0.0  # senders are learnt until then (0.0: nothing to do)
 
     def remember(self, payload: Any, now: float) -> None:
-        entries = self._entries
-        if len(entries) >= ECHO_MAX_ENTRIES:
-            self._prune(now)
-        key = self.digest(payload)
-        entries.pop(key, None)  # keep insertion order == expiry order
-        self._until = entries[key] = now + self.window
+        pending = self._pending
+        if len(pending) >= REPEAT_MAX_ENTRIES:
+            self.activate(now)  # bounded: a batch never holds that many
+        if not pending:
+            self._pending_since = now
+        pending.add(payload_key(payload))
+        self._learn_until = now + SENDER_MEMORY
 
-    def active(self, now: float) -> bool:
-        if not self._until:
-            return False
-        if now >= self._until:
+    def activate(self, now: float) -> None:
+        """What is pending is on the LAN now: echoes of it count from here."""
+        entries = self._entries
+        expiry = now + self.window
+        entries.update(dict.fromkeys(self._pending, expiry))
+        self._pending.clear()
+        self._until = expiry
+        if len(entries) > REPEAT_MAX_ENTRIES:
+            self._prune(entries, now)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def quiet(self, src: str) -> None:
+        quiet = self._quiet
+        if src not in quiet:
+            if len(quiet) >= SENDER_MAX_ENTRIES:
+                quiet.clear()
+            quiet.add(src)
+
+    def repeated(self, payload: Any, src: str, now: float) -> bool:
+        """Whether ``src``'s LAN broadcast of ``payload`` is an echo of ours."""
+        if now >= self._learn_until:  # nothing re-broadcast for SENDER_MEMORY: forget all
             self._entries.clear()
-            self._until = 0.0
+            self._senders.clear()
+            self._pending.clear()
+            self._learn_until = self._until = 0.0
+            self.quiet(src)
             return False
-        return True
+        if self._pending and now - self._pending_since > PENDING_MAX:
+            self.activate(self._pending_since + PENDING_MAX)  # the marker got lost
+        key = payload_key(payload)
+        senders = self._senders
+        sender = (src, key)
+        if now < self._until:
+            expiry = self._entries.get(key)
+            if expiry is not None and expiry > now:
+                learnt = senders.get(sender)
+                if (learnt is None or learnt <= now) and src not in self._quiet:
+                    return True
+        if len(senders) >= SENDER_MAX_ENTRIES and sender not in senders:
+            self._prune(senders, now)
+        senders[sender] = now + SENDER_MEMORY
+        return False
 
-    def seen(self, payload: Any, now: float) -> bool:
-        if not self.active(now):
-            return False
-        expiry = self._entries.get(self.digest(payload))
-        return expiry is not None and expiry > now
-
-    def _prune(self, now: float) -> None:
-        """Forget expired entries, and the oldest ones while the memory is full."""
-        entries = self._entries
-        popitem = entries.popitem
-        while entries:
-            key = next(iter(entries))
-            if entries[key] > now and len(entries) < ECHO_MAX_ENTRIES:
-                break
-            popitem(last=False)
+    @staticmethod
+    def _prune(entries: dict, now: float) -> None:
+        """Forget expired entries, and the oldest half if that is not enough."""
+        expired = [k for k, t in entries.items() if t <= now]
+        if len(entries) - len(expired) >= REPEAT_MAX_ENTRIES // 2:
+            expired = list(entries)[: len(entries) // 2 or 1]
+        for k in expired:
+            del entries[k]
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._pending)
 
 
 class Classifier:
@@ -111,8 +187,9 @@ class Classifier:
     TRANSIT, REBROADCAST_TRANSIT or a drop reason.  A peer unicast is re-broadcast if
     its source is in ``accept_from`` and passed on (by the relay, to the targets of
     ``transit_targets(transit)``) if its source is a transit source.  The only state
-    is the echo memory (filled when the verdict includes a re-broadcast) and
-    ``own``/``lan_ifindex``, which the relay refreshes.
+    is the repeat memory (which the relay fills with what it re-broadcasts, once a
+    peer's datagram passed the wire's checks) and ``own``/``lan_ifindex``, which the
+    relay refreshes.
 
     With ``peer_interfaces`` (peer -> interface name), a peer unicast that did not
     arrive on its peer's interface is dropped as DROP_PEER_INTERFACE; ``ifnames``
@@ -125,10 +202,9 @@ class Classifier:
         "accept_from",
         "transit_from",
         "has_forward_to",
-        "echo",
+        "repeat",
         "ifnames",
         "_peers",
-        "_raw_peers",
         "_groups",
         "_siblings",
         "_lan_ip",
@@ -147,12 +223,11 @@ class Classifier:
         own: frozenset[str],
         accept_from: frozenset[str],
         has_forward_to: bool,
-        echo_window: float = ECHO_WINDOW,
+        repeat_window: float = REPEAT_WINDOW,
         transit: Optional[dict[str, Iterable[str]]] = None,
         peer_interfaces: Optional[dict[str, str]] = None,
         ifnames: Optional[IfNames] = None,
         multicast_groups: Iterable[str] = (),
-        raw_peers: Optional[Iterable[str]] = None,
         siblings: Iterable[str] = (),
     ):
         self.lan_ifindex = lan_ifindex
@@ -161,7 +236,7 @@ class Classifier:
         # sources the relay passes on; same filtering as PortState.transit
         self.transit_from = frozenset(transit_targets(transit or {}))
         self.has_forward_to = has_forward_to
-        self.echo = EchoMemory(echo_window)
+        self.repeat = RepeatMemory(repeat_window)
         # peer source -> verdict for its unicasts: one dict lookup in the hot path
         self._peers: dict[str, str] = {}
         for src in accept_from:
@@ -175,10 +250,6 @@ class Classifier:
         self._peer_if: Optional[dict[str, Optional[str]]] = None
         if peer_interfaces is not None:
             self._peer_if = {src: peer_interfaces.get(src) for src in self._peers}
-        # Payload echo memory is for raw peers only (None: every peer is raw).  The
-        # authenticated wire knows each datagram's origin and sequence instead, so two
-        # offices broadcasting identical bytes both get through.
-        self._raw_peers = None if raw_peers is None else frozenset(raw_peers)
         self._groups = frozenset(socket.inet_aton(g) for g in multicast_groups)
         # Siblings count as our own addresses (their re-broadcasts are not LAN traffic);
         # only their unicasts to us are something: heartbeats.
@@ -208,9 +279,6 @@ class Classifier:
             peer_interfaces=config.peer_interfaces,
             ifnames=ifnames,
             multicast_groups=rule.multicast_groups,
-            raw_peers=[a for a in config.peers if config.peer_wire(a) == "raw"]
-            if config.version >= 2
-            else None,
             siblings=config.siblings,
         )
 
@@ -251,11 +319,14 @@ class Classifier:
                 return DROP_FOREIGN
             if not self.has_forward_to:
                 return DROP_NO_FORWARD_TO
-            if self.echo._until:
+            repeat = self.repeat
+            if repeat._learn_until:  # something was re-broadcast lately
                 if now is None:
                     now = time.monotonic()
-                if self.echo.seen(payload, now):
-                    return DROP_ECHO
+                if repeat.repeated(payload, src, now):
+                    return DROP_REPEATED
+            elif src not in repeat._quiet:
+                repeat.quiet(src)
             return FORWARDED
         if peer is not None:
             if dst[:1] >= b"\xe0":  # multicast or class E: not a unicast to us
@@ -267,9 +338,6 @@ class Classifier:
                     name = self.ifnames.resolve(ifindex)
                 if name != peer_if[src]:  # e.g. forged source, arrived from the WAN
                     return DROP_PEER_INTERFACE
-            if peer != TRANSIT and (self._raw_peers is None or src in self._raw_peers):
-                # re-broadcast on our LAN as is: remember it for echoes
-                self.echo.remember(payload, time.monotonic() if now is None else now)
             return peer
         return DROP_FOREIGN
 
@@ -277,27 +345,27 @@ class Classifier:
 class CompatClassifier:
     """The article's ``udp-proxy PORT DEST`` rule, with a working loop filter.
 
-    Everything received is forwarded to DEST, except datagrams from our own addresses,
-    datagrams already addressed to DEST, and (when DEST is a broadcast address) echoes
-    of payloads we just sent and datagrams that were themselves broadcasts: a relay
-    whose DEST is 255.255.255.255 would otherwise hear its LAN's broadcasts (sent to
-    the LAN's own broadcast address) and send every one of them out again.
+    Everything received is forwarded to DEST, except datagrams from our own addresses
+    (our own sends, which come back to us: told by where they come from, never by
+    what they say, so a peer's repeated beacon is always relayed) and datagrams
+    already addressed to DEST.  When DEST is a broadcast address, datagrams that were
+    themselves broadcasts are not forwarded either: a relay whose DEST is
+    255.255.255.255 would otherwise hear its LAN's broadcasts (sent to the LAN's own
+    broadcast address) and send every one of them out again.
     """
 
-    __slots__ = ("own", "dest", "dest_is_broadcast", "echo", "broadcasts")
+    __slots__ = ("own", "dest", "dest_is_broadcast", "broadcasts")
 
     def __init__(
         self,
         own: frozenset[str],
         dest: str,
         dest_is_broadcast: bool,
-        echo_window: float = ECHO_WINDOW,
         broadcasts: frozenset[str] = frozenset(),
     ):
         self.own = own
         self.dest = socket.inet_aton(dest)
         self.dest_is_broadcast = dest_is_broadcast
-        self.echo = EchoMemory(echo_window)
         # this host's broadcast addresses, packed (the relay refreshes them)
         self.broadcasts = frozenset(socket.inet_aton(b) for b in broadcasts) | {LIMITED_BROADCAST}
 
@@ -316,12 +384,6 @@ class CompatClassifier:
             return DROP_OWN
         if dst == self.dest:
             return DROP_SAME_DESTINATION
-        if self.dest_is_broadcast:
-            if dst in self.broadcasts or dst[:1] >= b"\xe0":
-                return DROP_SAME_DESTINATION  # a broadcast already: it is on some LAN
-            if now is None:
-                now = time.monotonic()
-            if self.echo.seen(payload, now):
-                return DROP_ECHO
-            self.echo.remember(payload, now)
+        if self.dest_is_broadcast and (dst in self.broadcasts or dst[:1] >= b"\xe0"):
+            return DROP_SAME_DESTINATION  # a broadcast already: it is on some LAN
         return FORWARDED

@@ -11,7 +11,7 @@ from typing import Optional
 from . import PROG, __version__, wire
 from .config import DEFAULT_STATUS_FILE, ConfigError, load_config
 from .journal import setup_logging
-from .loop import Relay
+from .loop import Relay, start_check
 from .ports import PortInUse
 from .status import format_status, read_status
 
@@ -28,28 +28,40 @@ forward_to peer gateway; unicast datagrams from an accept_from peer are
 re-broadcast on the LAN.  On a hub, a unicast datagram from a peer that is a
 key of transit is sent on, unchanged, to the peers listed for it (never back to
 that peer), and re-broadcast on the hub's LAN only if that peer is in
-accept_from too.  Our own datagrams, broadcasts from other interfaces or sources,
-peers' datagrams that neither accept_from nor transit names, and echoes of what
-we just re-broadcast are dropped and counted, so each broadcast arrives exactly
-once and nothing loops.  A peer's datagram is taken only if it arrived on that
-peer's tunnel interface, when the config names one (a forged source address
-arriving from the Internet or the LAN is dropped as "peer_interface").
+accept_from too.  Our own datagrams (told by their source address: one of ours),
+broadcasts from other interfaces or sources, and peers' datagrams that neither
+accept_from nor transit names are dropped and counted.  A LAN broadcast carrying
+the very bytes we re-broadcast on that LAN less than 2 s ago is a repeater's echo
+(a host or bridge re-sending what it hears), dropped as "repeated", unless its
+source had sent those bytes itself before we re-broadcast them (the same beacon
+at two offices): so each broadcast arrives once and repeaters make no loop.  A
+LAN host's own repeated beacon is always relayed.  A peer's datagram is taken
+only if it arrived on that peer's tunnel interface, when the config names one (a
+forged source address arriving from the Internet or the LAN is dropped as
+"peer_interface").
 
 The authenticated wire ("wire": "sitelink1") puts a 40-byte envelope in front of
 each datagram between relays: origin office, sender, epoch, sequence number and
 an HMAC-SHA256 tag with the link's key (from --keys FILE).  Forged, replayed and
 stale datagrams are dropped and counted (auth, replay, stale), a datagram that
 reaches an office twice (two paths) is re-broadcast once, and one never goes back
-to its origin office.  Multicast groups a rule names (e.g. SSDP 239.255.255.250)
-are relayed like broadcasts and sent again to the same group at the far end.
-Storm control limits each LAN source (default 1000 datagrams/s, burst 2000) and
-all of them together (20000/s); a source over its limit for a second is cut off
-for 10 s.  A second relay on a port already in use refuses to start.
+to its origin office.  An epoch more than a day ahead of this host's clock is
+refused ("future").  It needs a writable state_dir: epoch and replay windows are
+saved there ahead of use, so neither a restart nor a crash lets a replay in.
+Multicast groups a rule names (e.g. SSDP 239.255.255.250) are relayed like
+broadcasts and sent again to the same group at the far end.
+Storm control counts every datagram the relay reads against its source: each
+source may send 1000 datagrams/s (burst 2000; all forwarded ones together
+20000/s); a source over its limit for 0.25 s is cut off for 10 s, in the kernel.
+A source that is not a verified neighbour (in the LAN's ARP table, its MAC
+claiming at most 4 addresses) shares one such budget with all the others.  A
+second relay on a port already in use refuses to start.
 
 Compat mode (command line of the original udp-proxy):
   %(prog)s [-d] PORT DEST
 Every datagram received on udp/PORT (any interface) is sent to DEST:PORT, except
-datagrams from this host's own addresses and echoes of what it just sent.  DEST is
+datagrams from this host's own addresses (our own sends coming back: a peer's
+repeated payload is always relayed) and datagrams already sent to DEST.  DEST is
 the peer gateway (192.168.2.126) or a broadcast address (192.168.2.255); with a
 broadcast DEST only unicasts are relayed (a broadcast is already on some LAN).
 """
@@ -62,7 +74,7 @@ config file (JSON, version 2):
    "own_addresses": ["172.16.1.12"],      (optional: other addresses of this gateway)
    "wire": "sitelink1",                   (or "raw" = payload as-is, like udp-proxy)
    "keys_file": "/etc/sitelink/relay-keys.json",  (or --keys FILE)
-   "state_dir": "/var/lib/sitelink-relay",        (optional: epoch, replay windows)
+   "state_dir": "/var/lib/sitelink-relay",   (epoch, replay windows; sitelink1 needs it)
    "peers": {"192.168.2.126": {"office": "brooklyn", "interface": "sl-brooklyn"}},
    "rules": [{"port": 6799, "forward_to": ["192.168.2.126"],
               "accept_from": ["192.168.2.126"],
@@ -84,6 +96,10 @@ config file (JSON, version 2):
   transit (optional, default {}): peer -> non-empty list of other peers; counted
   as "transited" in --status.
   A peer's interface may be missing at start or recreated while the relay runs.
+
+state_dir/forget, {"senders": ["192.168.1.126"]} or {"senders": "all"}, read at
+  start and on SIGHUP, makes the relay forget those senders' replay windows (a
+  peer whose epoch went back is refused as stale until then), then is removed.
 
 signals: SIGHUP reloads the config and keys (a bad one is logged, the old kept),
 SIGUSR1 writes the status file now, SIGTERM/SIGINT stop.  Runs as a systemd
@@ -114,12 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check-config",
         metavar="FILE",
-        help="validate FILE and exit (0 = valid, 2 = invalid, reason on stderr)",
+        help="check FILE as a start would (config, keys, state_dir) and exit"
+        " (0 = valid, 2 = invalid, reason on stderr)",
     )
     parser.add_argument(
         "--keys",
         metavar="FILE",
-        help="service mode: the link keys (overrides keys_file; e.g. a systemd credential)",
+        help="the link keys (overrides keys_file; e.g. a systemd credential);"
+        " with --config or --check-config",
     )
     parser.add_argument(
         "--check-keys",
@@ -178,14 +196,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             " PORT DEST (got %s)" % (", ".join(modes) or "none")
         )
     if args.check_config is not None:
+        # What a start checks short of binding: the config, the keys, the state_dir.
         try:
             cfg = load_config(args.check_config)
+            notes = start_check(cfg, args.keys)
         except ConfigError as exc:
             print(f"{args.check_config}: invalid config:", file=sys.stderr)
             for line in exc.errors:
                 print("  " + line, file=sys.stderr)
             return 2
-        print(f"{args.check_config}: OK: {cfg.summary()}")
+        print(f"{args.check_config}: OK: {cfg.summary()}" + "".join(f"; {n}" for n in notes))
         return 0
     if args.check_keys is not None:
         try:
@@ -210,8 +230,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 1
         print(format_status(data))
         return 0
-    if args.keys is not None and args.config is None:
-        parser.error("--keys goes with --config")
+    if args.keys is not None and args.config is None and args.check_config is None:
+        parser.error("--keys goes with --config or --check-config")
 
     compat = None
     if args.config is not None:

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable
 from typing import Any, Optional
 
+from .files import FileProblem, no_duplicate_keys, read_regular
 from .netinfo import IFNAMSIZ
 
 CONFIG_VERSIONS = (1, 2)
@@ -756,11 +757,18 @@ def _parse_v2(
         errors.append(
             'siblings: need "office" and "wire": "sitelink1" (their heartbeats are authenticated)'
         )
+    state_dir = _parse_path(data, "state_dir", None, errors)
+    if authenticated and state_dir is None and data.get("state_dir") is None:
+        # Without it, every restart forgets the replay windows and replays get in again.
+        errors.append(
+            "state_dir: missing (the authenticated wire keeps its epoch and replay windows"
+            " there; e.g. /var/lib/sitelink-relay)"
+        )
     return {
         "office": office,
         "peers": peers,
         "keys_file": _parse_path(data, "keys_file", None, errors),
-        "state_dir": _parse_path(data, "state_dir", None, errors),
+        "state_dir": state_dir,
         "storm_control": storm,
         "metrics_file": _parse_path(data, "metrics_file", None, errors),
         "siblings": siblings,
@@ -820,15 +828,6 @@ def _parse_storm(value: Any, errors: list[str]) -> Optional[dict[str, float]]:
     return result
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 CONFIG_MAX_BYTES = 1 << 22  # a config is a few KiB; refuse anything absurd
 
 
@@ -840,10 +839,9 @@ def load_config(path: str) -> Config:
     logs it and keeps its config.
     """
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(CONFIG_MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+        raw = read_regular(path, CONFIG_MAX_BYTES)
+    except FileProblem as exc:
+        raise ConfigError([str(exc)]) from None
     if len(raw) > CONFIG_MAX_BYTES:
         raise ConfigError([f"{path}: larger than {CONFIG_MAX_BYTES} bytes"])
     try:
@@ -851,7 +849,7 @@ def load_config(path: str) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 (byte {exc.start})"]) from None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        data = json.loads(text, object_pairs_hook=no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             [f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -16,10 +17,12 @@ import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
-from . import PROG, __version__, mmsg, ports, sockfilter, status, storm, wire
+from . import PROG, __version__, files, mmsg, ports, sockfilter, status, storm, wire
 from .classify import (
+    DROP_OWN,
     FORWARDED,
     LIMITED_BROADCAST,
+    MARKER_SOURCE,
     REBROADCAST,
     REBROADCAST_TRANSIT,
     SIBLING,
@@ -35,6 +38,7 @@ from .config import (
     Rule,
     load_config,
 )
+from .neighbours import Neighbours
 from .netinfo import (
     IP_PKTINFO,
     PKTINFO,
@@ -49,9 +53,9 @@ from .status import STATUS_INTERVAL, write_json_atomic
 log = logging.getLogger(PROG)
 
 BATCHES = 8  # batches read from one socket before looking at the others
-# The replay windows are saved this often (and at stop): after a crash, what arrived
-# since the last save could be replayed once.
-REPLAY_SAVE_INTERVAL = 30.0
+REPLAY_FILE = "replay.json"  # in state_dir: the replay windows (leased ahead, wire.py)
+EPOCH_FILE = "epoch"
+FORGET_FILE = "forget"  # in state_dir: {"senders": [...] or "all"}, written by root
 LAN_CHECK_INTERVAL = 1.0  # seconds between checks that the LAN interface is the same one
 REFRESH_INTERVAL = 10.0  # seconds between full re-reads of local addresses
 # A source over its rate for this long is cut off.  Short, because until then every
@@ -67,6 +71,8 @@ _compare_digest = hmac.compare_digest
 _MAGIC, _VERSION = wire.MAGIC, wire.VERSION
 _HEADER_SIZE, _OVERHEAD, _MAX_PAYLOAD = wire.HEADER_SIZE, wire.OVERHEAD, wire.MAX_PAYLOAD
 _NO_GROUP, _KIND_BROADCAST = wire.NO_GROUP, wire.KIND_BROADCAST
+_LEASE = wire.LEASE
+_EPOCH_DROPS = frozenset((wire.DROP_STALE, wire.DROP_FUTURE))
 
 # UDP segmentation offload for re-broadcast runs (Linux 4.18+): SOL_UDP, UDP_SEGMENT.
 _SOL_UDP = 17
@@ -100,6 +106,58 @@ def _kind(dst: bytes) -> tuple[int, bytes]:
     return wire.KIND_BROADCAST, wire.NO_GROUP
 
 
+def _peer_addresses(config: Config) -> set[str]:
+    addresses: set[str] = set()
+    for rule in config.rules:
+        addresses.update(rule.forward_to, rule.accept_from, rule.transit)
+        for targets in rule.transit.values():
+            addresses.update(targets)
+    return addresses
+
+
+def missing_keys(config: Config, keys: dict[str, wire.PeerKeys]) -> list[str]:
+    """Problems of ``keys`` for ``config``: every authenticated peer needs its key."""
+    problems = [f"keys: no key for sibling {addr}" for addr in config.siblings if addr not in keys]
+    for addr in sorted(_peer_addresses(config)):
+        if config.peer_wire(addr) == WIRE_SITELINK1 and addr not in keys:
+            office = config.peers[addr].office if addr in config.peers else None
+            problems.append(f"keys: no key for peer {addr}" + (f" ({office})" if office else ""))
+    return problems
+
+
+def load_keys_for(config: Config, keys_path: Optional[str] = None) -> dict[str, wire.PeerKeys]:
+    """The keys ``config`` needs (none for the raw wire), from ``keys_path`` (--keys) or
+    the config's keys_file; raise ConfigError if they are unusable."""
+    if not config.authenticated:
+        return {}
+    path = keys_path or config.keys_file
+    if not path:
+        raise ConfigError(["keys_file: missing (the authenticated wire needs keys; or --keys)"])
+    try:
+        keys = wire.load_keys(path)
+    except wire.KeysError as exc:
+        raise ConfigError(exc.errors) from None
+    problems = missing_keys(config, keys)
+    if problems:
+        raise ConfigError(problems)
+    return keys
+
+
+def start_check(config: Config, keys_path: Optional[str] = None) -> list[str]:
+    """What a start would refuse, short of binding the ports (--check-config): the keys
+    (readable, one per authenticated peer) and the state_dir.  Raises ConfigError;
+    returns notes (e.g. a state_dir that will be created)."""
+    load_keys_for(config, keys_path)
+    notes = []
+    if config.authenticated and config.state_dir:
+        problem = files.writable_dir(config.state_dir)
+        if problem:
+            raise ConfigError([f"state_dir: {problem}"])
+        if not os.path.isdir(config.state_dir):
+            notes.append(f"state_dir {config.state_dir} will be created")
+    return notes
+
+
 class Relay:
     """Event loop shared by service mode (config file) and compat mode (PORT DEST)."""
 
@@ -128,17 +186,22 @@ class Relay:
         self.local: frozenset[str] = frozenset()
         self.broadcasts: frozenset[str] = frozenset()
         self.ifnames = IfNames()  # shared by the classifiers (peer_interfaces)
-        self.keys_path = keys_path or (config.keys_file if config is not None else None)
+        # --keys FILE; else the config's keys_file, read again from each new config
+        self.keys_path = keys_path
         self.keys: dict[str, wire.PeerKeys] = dict(keys) if keys else {}
         self.replay = wire.ReplayState()
         self._windows = self.replay.windows  # the hot path's shortcut (same dict)
-        self._next_replay_save = 0.0
         self.sealer: Optional[wire.Sealer] = None
         self.office_id: Optional[bytes] = None
         self.sender_id = b"\0\0\0\0"
         self.storm: Optional[storm.StormControl] = None
+        # who is really on the LAN (storm control gives forged sources no budget)
+        self.neighbours = Neighbours(
+            config.lan_interface if config is not None else "",
+            config.lan.network if config is not None else ipaddress.IPv4Network("0.0.0.0/32"),
+        )
         self._storm_settings: Optional[tuple[float, ...]] = None
-        self._kernel_drops: frozenset[str] = frozenset()  # cut-off sources the kernel drops
+        self._kernel_drops: Any = None  # what the kernel drops now (sources, kept peers)
         self.standby = False
         self._hold_until = 0.0  # a starting relay with siblings listens before relaying
         self.sibling_seen: dict[str, float] = {}
@@ -148,7 +211,9 @@ class Relay:
         self._lan_ip = b"\0\0\0\0"
         self._error_log: dict[tuple[int, str], tuple[float, int]] = {}
         self._status_error: Optional[str] = None
+        self._replay_error: Optional[str] = None
         self._stop = False
+        self._marker = os.urandom(16)  # what this relay sends itself after re-broadcasts
         self.started = time.time()
         self._wake_r: Optional[socket.socket] = None
         self._wake_w: Optional[socket.socket] = None
@@ -159,7 +224,12 @@ class Relay:
 
     def own_set(self) -> frozenset[str]:
         if self.config is not None:
-            return self.config.own_addresses | self.local | frozenset(self.config.siblings)
+            return (
+                self.config.own_addresses
+                | self.local
+                | frozenset(self.config.siblings)
+                | {MARKER_SOURCE}  # our markers (repeat memory) come from there
+            )
         return self.local
 
     def _apply_wire(self, config: Config) -> None:
@@ -170,15 +240,23 @@ class Relay:
         if self.sealer is not None:
             self.sealer.office = self.office_id or b"\0\0\0\0"
             self.sealer.sender = self.sender_id
+        neighbours = self.neighbours
+        if (neighbours.interface, neighbours.network) != (config.lan_interface, config.lan.network):
+            neighbours.interface, neighbours.network = config.lan_interface, config.lan.network
+            neighbours.verified_set = frozenset()
+            neighbours._next_read = 0.0
         sc = config.storm_control
         settings = None if sc is None else tuple(sc[k] for k in STORM_DEFAULTS)
         if settings is None:
             self.storm = None
         elif self.storm is None or settings != self._storm_settings:
             self.storm = storm.StormControl(
-                **sc, trip_seconds=STORM_TRIP_SECONDS, on_event=self._storm_event
+                **sc,
+                trip_seconds=STORM_TRIP_SECONDS,
+                on_event=self._storm_event,
+                verify=self.neighbours.verified,
             )
-            self._kernel_drops = frozenset()
+            self._kernel_drops = None
         self._storm_settings = settings
         old = self.peers
         self.peers = {}
@@ -228,13 +306,22 @@ class Relay:
         """Socket filters that drop, before they are even queued, the datagrams the relay
         would drop first thing: from our own addresses (every broadcast we send comes
         back to us) and from cut-off sources.  A flood from one host then cannot crowd
-        the others out of the queue, and an echo costs no system call."""
+        the others out of the queue, and an echo costs no system call.  A cut-off
+        source that is a peer's address (forged, arriving elsewhere) is dropped except
+        on that peer's own interface: a forger cannot get the real peer cut off."""
         own = self.local | (self.config.own_addresses if self.config is not None else frozenset())
+        own -= {MARKER_SOURCE}  # our markers must come in (loopback cannot be forged)
         cut = set(also)
         if self.storm is not None:
             cut.update(self.storm.cut_off(time.monotonic()))
-        drops = (sorted(own) + sorted(cut - own))[: sockfilter.MAX_SOURCES]
-        key = frozenset(drops)
+        cut -= own
+        peer_if = (self.config.peer_interfaces if self.config is not None else None) or {}
+        keep = {a: if_index(peer_if[a]) for a in sorted(cut) if a in peer_if}
+        keep = dict(list(keep.items())[: sockfilter.MAX_KEPT])
+        plain = (sorted(own) + sorted(cut.difference(peer_if)))[
+            : sockfilter.MAX_SOURCES - len(keep)
+        ]
+        key = (frozenset(plain), frozenset(keep.items()))
         if key == self._kernel_drops or not self.ports:
             return
         self._kernel_drops = key
@@ -242,97 +329,134 @@ class Relay:
             if ps.sock is None:
                 continue
             try:
-                sockfilter.drop_sources(ps.sock, drops)
+                sockfilter.drop_sources(ps.sock, plain, keep)
             except (OSError, ValueError) as exc:  # user space still drops them, at a cost
                 log.warning("udp/%d: cannot filter in the kernel: %s", ps.port, exc)
 
-    def check_keys(self, config: Config, keys: dict[str, wire.PeerKeys]) -> list[str]:
-        """Problems of ``keys`` for ``config``: every authenticated peer needs its key."""
-        problems = [
-            f"keys: no key for sibling {addr}" for addr in config.siblings if addr not in keys
-        ]
-        for addr in sorted(self._peer_addresses(config)):
-            if config.peer_wire(addr) == WIRE_SITELINK1 and addr not in keys:
-                office = config.peers[addr].office if addr in config.peers else None
-                problems.append(
-                    f"keys: no key for peer {addr}" + (f" ({office})" if office else "")
-                )
-        return problems
-
-    @staticmethod
-    def _peer_addresses(config: Config) -> set[str]:
-        addresses: set[str] = set()
-        for rule in config.rules:
-            addresses.update(rule.forward_to, rule.accept_from, rule.transit)
-            for targets in rule.transit.values():
-                addresses.update(targets)
-        return addresses
-
     def load_keys(self, config: Config) -> dict[str, wire.PeerKeys]:
         """The keys ``config`` needs (none for the raw wire); raise ConfigError if unusable."""
-        if not config.authenticated:
-            return {}
-        path = self.keys_path or config.keys_file
-        if not path:
-            raise ConfigError(["keys_file: missing (the authenticated wire needs keys; or --keys)"])
-        try:
-            keys = wire.load_keys(path)
-        except wire.KeysError as exc:
-            raise ConfigError(exc.errors) from None
-        problems = self.check_keys(config, keys)
-        if problems:
-            raise ConfigError(problems)
-        return keys
+        return load_keys_for(config, self.keys_path)
 
-    def _start_epoch(self) -> int:
-        """Our epoch: one more than the last one saved (or the clock, if later)."""
+    def _state_path(self, name: str) -> Optional[str]:
         state_dir = self.config.state_dir if self.config is not None else None
-        if not state_dir:
+        return os.path.join(state_dir, name) if state_dir else None
+
+    def _start_epoch(self, starting: bool = True) -> int:
+        """Our epoch: one more than the last one saved (or the clock, if later).
+
+        Saved before it is used.  At start a failed save refuses the start (a relay
+        that cannot keep its epoch or replay windows would take replays after every
+        restart); later (sequence numbers used up) it is logged and the clock used.
+        """
+        path = self._state_path(EPOCH_FILE)
+        if path is None:
             return wire.next_epoch(None)
-        path = os.path.join(state_dir, "epoch")
-        epoch = wire.next_epoch(wire.read_int_file(path))
+        previous = wire.read_int_file(path)
+        epoch = wire.next_epoch(previous)
+        if previous is not None and epoch <= previous:
+            log.warning(
+                "the saved epoch %d is more than %d s ahead of the clock: ignored",
+                previous,
+                wire.MAX_EPOCH_SKEW // 2,
+            )
         try:
             wire.write_file_atomic(path, b"%d\n" % epoch)
         except OSError as exc:
+            if starting:
+                raise ConfigError(
+                    [f"state_dir: cannot save the epoch in {path}: {exc.strerror or exc}"]
+                ) from None
             log.warning("cannot save the epoch in %s (%s); using the clock", path, exc)
         return epoch
 
     def _bump_epoch(self) -> int:
         log.info("sequence numbers used up: new epoch")
-        return self._start_epoch()
+        return self._start_epoch(starting=False)
 
-    def _load_replay(self) -> None:
+    def _prepare_state_dir(self) -> None:
+        """Make state_dir if it is missing; refuse to start if it cannot hold our state."""
         state_dir = self.config.state_dir if self.config is not None else None
         if not state_dir:
             return
-        path = os.path.join(state_dir, "replay.json")
         try:
-            with open(path, "rb") as fh:
-                data = json.loads(fh.read(1 << 24).decode("utf-8"))
-        except FileNotFoundError:
+            os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError([f"state_dir: cannot create {state_dir}: {exc.strerror}"]) from None
+        problem = files.writable_dir(state_dir)
+        if problem:
+            raise ConfigError([f"state_dir: {problem}"])
+
+    def _load_replay(self) -> None:
+        path = self._state_path(REPLAY_FILE)
+        self.replay.path = path
+        if path is None:
             return
-        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
+        try:
+            data = json.loads(files.read_regular(path, 1 << 24).decode("utf-8"))
+        except files.FileProblem as exc:
+            if os.path.lexists(path):
+                log.warning("ignoring %s", exc)
+            return
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             log.warning("ignoring %s: %s", path, exc)
             return
         count = self.replay.load(data)
         if count:
             log.info("replay windows of %d senders restored from %s", count, path)
 
-    def save_replay(self, force: bool = False) -> None:
-        """Save the replay windows: every REPLAY_SAVE_INTERVAL (flash-friendly: one small
-        synced write), and when the relay stops."""
-        state_dir = self.config.state_dir if self.config is not None else None
-        if not state_dir or not self.replay.windows:
+    def forget_requested(self) -> None:
+        """Forget the senders that ``state_dir/forget`` names (written by root, e.g. by
+        the relay role), at start and on SIGHUP, then remove the request."""
+        path = self._state_path(FORGET_FILE)
+        if path is None or not os.path.lexists(path):
             return
-        now = time.monotonic()
-        if not force and now < self._next_replay_save:
-            return
-        self._next_replay_save = now + REPLAY_SAVE_INTERVAL
-        path = os.path.join(state_dir, "replay.json")
         try:
-            wire.write_file_atomic(path, json.dumps(self.replay.dump()).encode())
+            data = json.loads(files.read_regular(path, 1 << 20).decode("utf-8"))
+            senders = data["senders"] if isinstance(data, dict) else None
+            if senders != "all" and not (
+                isinstance(senders, list) and all(isinstance(a, str) for a in senders)
+            ):
+                raise ValueError('must be {"senders": [address, ...]} or {"senders": "all"}')
+        except (files.FileProblem, ValueError, KeyError, UnicodeDecodeError) as exc:
+            log.error("ignoring the forget request %s: %s", path, exc)
+            senders = None
+        if senders is not None:
+            gone = self.replay.forget(senders)
+            log.warning(
+                "replay windows forgotten on request: %s",
+                ", ".join(gone) or "none of " + json.dumps(senders),
+                extra={"fields": {"SITELINK_EVENT": "forgotten"}},
+            )
+            self.save_replay(exact=True)
+        try:
+            os.unlink(path)
         except OSError as exc:
-            log.debug("cannot save %s: %s", path, exc)
+            log.error("cannot remove the forget request %s: %s", path, exc)
+
+    def lease_replay(self) -> None:
+        """Save the windows a block ahead, before the datagram that needed it is used."""
+        self._saved(self.replay.lease(time.monotonic()))
+
+    def save_replay(self, exact: bool = False) -> None:
+        """Save the replay windows; ``exact`` at stop (the marks of the next start)."""
+        if self.replay.path is None or not self.replay.windows:
+            return
+        self._saved(self.replay.save(exact))
+
+    def _saved(self, error: Optional[str]) -> None:
+        """A WARNING at the first failed save of a streak, INFO when saving works again."""
+        if error is not None:
+            if self._replay_error is None:
+                log.warning(
+                    "cannot save the replay windows (%s): after a restart, replays of what"
+                    " arrived since the last save would be accepted",
+                    error,
+                    extra={"fields": {"SITELINK_EVENT": "replay_save_failed"}},
+                )
+            self._replay_error = error
+        elif self._replay_error is not None:
+            log.info("replay windows saved again")
+            self._replay_error = None
 
     def refresh(self, initial: bool = False) -> None:
         """Re-resolve the LAN ifindex and local addresses (interfaces come and go)."""
@@ -408,6 +532,8 @@ class Relay:
             config, rule, self.lan_ifindex, self.own_set(), self.ifnames
         )
         ps = PortState(rule.port, sock, classifier, rule.forward_to, rule.transit)
+        ps.repeat = classifier.repeat
+        ps.marker = self._marker
         ps.rule = rule
         ps.groups = frozenset(socket.inet_aton(g) for g in rule.multicast_groups)
         ps.lan_dests = frozenset(
@@ -454,6 +580,8 @@ class Relay:
     def setup(self) -> None:
         if self.config is not None:
             self.keys = self.load_keys(self.config) if not self.keys else self.keys
+            if self.config.authenticated:
+                self._prepare_state_dir()
             self._apply_wire(self.config)
         self.refresh(initial=True)
         if self.config is not None:
@@ -470,13 +598,16 @@ class Relay:
                 raise
             self._join_groups()
             if self.config.authenticated:  # after the binds: a refused start changes nothing
+                try:
+                    epoch = self._start_epoch()
+                except ConfigError:
+                    self.close_ports()
+                    raise
                 self.sealer = wire.Sealer(
-                    self.office_id or b"\0\0\0\0",
-                    self.sender_id,
-                    self._start_epoch(),
-                    self._bump_epoch,
+                    self.office_id or b"\0\0\0\0", self.sender_id, epoch, self._bump_epoch
                 )
                 self._load_replay()
+                self.forget_requested()
             if self.config.siblings:
                 self.standby = True
                 self._hold_until = time.monotonic() + SIBLING_TIMEOUT
@@ -529,12 +660,26 @@ class Relay:
         try:
             try:
                 new = load_config(self.config_path)
-                keys = self.load_keys(new)
             except ConfigError as exc:
                 log.error(
                     "reload: %s is invalid, keeping the running config:\n%s",
                     self.config_path,
                     exc,
+                )
+                return False
+            try:  # checked before they replace the running keys
+                keys = self.load_keys(new)
+            except ConfigError as exc:
+                log.error(
+                    "reload: the keys (%s) are refused, keeping the running config and keys:\n%s",
+                    self.keys_path or new.keys_file,
+                    exc,
+                )
+                return False
+            if new.state_dir != self.config.state_dir and self.sealer is not None:
+                log.error(
+                    "reload: a new state_dir (%s) needs a restart; keeping the running config",
+                    new.state_dir,
                 )
                 return False
             if new.authenticated and self.sealer is None:
@@ -589,16 +734,17 @@ class Relay:
                     fresh = self._make_port(new, rule, old.sock)
                     fresh.rx, fresh.tx = old.rx, old.tx
                     if not lan_changed:
-                        fresh.classifier.echo = old.classifier.echo
+                        fresh.classifier.repeat = old.classifier.repeat
                     for name in PortState.COUNTERS:
                         setattr(fresh, name, getattr(old, name))
                     self.selector.modify(old.sock, selectors.EVENT_READ, fresh)
                     self.ports[port] = fresh
                     self._join_groups([fresh])
             self.refresh(initial=lan_changed)
-            self._kernel_drops = frozenset()  # new sockets get the filter too
+            self._kernel_drops = None  # new sockets get the filter too
             self._update_kernel_drops()
             log.info("reloaded %s: %s", self.config_path, new.summary())
+            self.forget_requested()
             if peers_changed:
                 self.check_peer_interfaces()
             return True
@@ -643,6 +789,12 @@ class Relay:
                 self._send_out(ps)
             for addr, exc in ps.tx.flush(ps.sock):
                 self._send_error(ps, addr[0], exc)
+            repeat = ps.repeat
+            if repeat is not None and repeat._pending:
+                # Behind our re-broadcasts in our own queue: what we read before it
+                # was there before they left, so it cannot be their echo.
+                with contextlib.suppress(OSError):  # lost: they count after PENDING_MAX
+                    ps.sock.sendto(ps.marker, (MARKER_SOURCE, ps.port))  # type: ignore[union-attr]
             if n < rx.batch:
                 break
 
@@ -721,6 +873,7 @@ class Relay:
         )
         classify = ps.classifier.classify
         check = self.storm.check if self.storm is not None else None
+        charge = self.storm.charge if self.storm is not None else None
         dropped = ps.dropped
         now = time.monotonic()
         debug = self.debug
@@ -743,10 +896,21 @@ class Relay:
                         continue
                 self._forward(ps, payload, dst)
             elif verdict in _PEER_VERDICTS:
-                self._from_peer(ps, verdict, payload, src)
+                self._from_peer(ps, verdict, payload, src, now)
             elif verdict == SIBLING:
                 self._from_sibling(ps, payload, src, now)
             else:
+                if verdict == DROP_OWN:
+                    if src == MARKER_SOURCE and ps.repeat is not None and payload == ps.marker:
+                        ps.repeat.activate(now)
+                        ps.received -= 1  # ours: not a datagram of the port's
+                        continue
+                # Every datagram read counts against its source (our own excepted: the
+                # kernel drops those), so that a flood of anything gets cut off.
+                elif charge is not None:
+                    why = charge(src, now)
+                    if why is not None:
+                        verdict = why
                 dropped[verdict] = dropped.get(verdict, 0) + 1
 
     def _log_datagram(
@@ -793,8 +957,10 @@ class Relay:
     def _peer_drop(self, ps: PortState, peer: PeerState, why: str) -> None:
         ps.dropped[why] = ps.dropped.get(why, 0) + 1
         peer.dropped[why] = peer.dropped.get(why, 0) + 1
+        if why in _EPOCH_DROPS:
+            peer.refused_epoch()
 
-    def _from_peer(self, ps: PortState, verdict: str, payload: Any, src: str) -> None:
+    def _from_peer(self, ps: PortState, verdict: str, payload: Any, src: str, now: float) -> None:
         """A peer relay's datagram: check its envelope, re-broadcast and/or pass it on."""
         peer = self.peers.get(src)
         if peer is None:  # not in the config's peers (v1 raw config): raw
@@ -825,7 +991,9 @@ class Relay:
                 window = self.replay.window(sender)
             why = window.check(epoch, seq)
             if why is not None:
-                return self._peer_drop(ps, peer, why)
+                if why is not _LEASE:
+                    return self._peer_drop(ps, peer, why)
+                self.lease_replay()  # saved before it is used: a crash cannot reopen it
         else:
             header = None
             body = payload
@@ -846,6 +1014,8 @@ class Relay:
             if dest:
                 ps.rebroadcast += 1
                 self._queue(ps, (dest, ps.port), (body,), len(body))
+                # a LAN host sending these bytes back soon is a repeater (classify)
+                ps.classifier.repeat.remember(body, now)
         if verdict != REBROADCAST:
             ps.transited += 1
             port = ps.port
@@ -892,6 +1062,9 @@ class Relay:
                 why = wire.DROP_MALFORMED
             else:
                 why = self.replay.window(fields[4]).check(fields[5], fields[6])
+                if why is wire.LEASE:
+                    self.lease_replay()
+                    why = None
         if why is not None:
             ps.dropped[why] = ps.dropped.get(why, 0) + 1
             return
@@ -956,6 +1129,17 @@ class Relay:
             if self.sealer is not None:
                 data["epoch"] = self.sealer.epoch
                 data["sequence"] = self.sealer.seq
+                replay = self.replay
+                data["replay"] = {
+                    "state_dir": cfg.state_dir,
+                    "senders": len(replay.windows),
+                    "block": replay.block,
+                    "leases": replay.leases,
+                    "save_failures": replay.save_failures,
+                    "save_error": self._replay_error,
+                    "forgotten_total": replay.forgotten,
+                    "stuck": replay.stuck(),
+                }
             data["lan"] = {
                 "interface": cfg.lan_interface,
                 "ifindex": self.lan_ifindex,
@@ -992,7 +1176,6 @@ class Relay:
     def write_status(self) -> None:
         if self.notifier.enabled:
             self.notifier.notify("STATUS=" + self.status_line())
-        self.save_replay()
         if not self.status_file and not self.metrics_file:
             return
         data = self.status()
@@ -1088,19 +1271,23 @@ class Relay:
                         self.handle_readable(key.data)
         finally:
             self.notifier.notify("STOPPING=1")
-            self.save_replay(force=True)
+            self.save_replay(exact=True)
             self.write_status()
             self.close()
         log.info("stopped")
         return 0
 
-    def close(self) -> None:
-        signal.set_wakeup_fd(-1)
+    def close_ports(self) -> None:
         for ps in self.ports.values():
             if ps.sock is not None:
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(ps.sock)
                 ps.sock.close()
+        self.ports.clear()
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self.close_ports()
         if self._wake_r is not None:
             self.selector.unregister(self._wake_r)
             self._wake_r.close()

@@ -25,7 +25,18 @@ Sender: Any = mmsg.Sender
 class PeerState:
     """One peer relay: how to talk to it, and what it sent us and we sent it."""
 
-    __slots__ = ("addr", "office", "office_id", "keys", "received", "accepted", "sent", "dropped")
+    __slots__ = (
+        "addr",
+        "office",
+        "office_id",
+        "keys",
+        "received",
+        "accepted",
+        "sent",
+        "dropped",
+        "stale_streak",
+        "_streak_at",
+    )
 
     def __init__(self, addr: str, office: Optional[str], keys: Optional[wire.PeerKeys]):
         self.addr = addr
@@ -36,6 +47,17 @@ class PeerState:
         self.accepted = 0  # ... that passed them
         self.sent = 0
         self.dropped: dict[str, int] = {}
+        # datagrams refused as stale or future in a row; counts only while
+        # ``accepted`` stays where it was when the streak began (the hot path that
+        # accepts does not reset it)
+        self.stale_streak = 0
+        self._streak_at = -1
+
+    def refused_epoch(self) -> None:
+        if self._streak_at != self.accepted:
+            self._streak_at = self.accepted
+            self.stale_streak = 0
+        self.stale_streak += 1
 
     def counters(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -43,6 +65,7 @@ class PeerState:
             "accepted": self.accepted,
             "sent": self.sent,
             "dropped": dict(self.dropped),
+            "stale_streak": self.stale_streak if self._streak_at == self.accepted else 0,
             "wire": WIRE_SITELINK1 if self.keys is not None else "raw",
         }
         if self.office:
@@ -77,6 +100,8 @@ class PortState:
         "lan_dests",
         "no_gso",
         "transit_peers",
+        "repeat",
+        "marker",
         "received",
         "forwarded",
         "rebroadcast",
@@ -112,6 +137,8 @@ class PortState:
         self.lan_dests: frozenset[str] = frozenset(("255.255.255.255",))
         self.no_gso: set[tuple[str, int]] = set()  # where segmentation offload failed
         self.transit_peers: dict[str, tuple[PeerState, ...]] = {}
+        self.repeat: Any = None  # the classifier's repeat memory (service mode)
+        self.marker = b""  # the relay's marker (loop.handle_readable)
         self.received = 0
         self.forwarded = 0
         self.rebroadcast = 0

@@ -1,13 +1,22 @@
 """Storm control: per-source and global rate limits with a breaker.
 
-One LAN host flooding broadcasts must not starve the others.  ``StormControl.check``
-is asked once per datagram, in this order:
+One LAN host flooding must not starve the others.  ``StormControl.check`` is asked
+once per datagram the relay would forward, in this order:
 
 1. a source whose breaker tripped is dropped as ``cut_off`` until its cutoff ends
    (one dict lookup and a compare: a cut-off flooder costs next to nothing);
 2. the source's own rate limit (``rate_limited``), so a flooder's excess is dropped
    before it can use up the global budget the other sources share;
-3. the global rate limit (``storm``), e.g. for many hosts together or a spoofed flood.
+3. for a source that is not a verified neighbour (``verify``: not in the LAN's
+   neighbour table, or one MAC claiming many addresses), the one budget all such
+   sources share (``unverified``): forged source addresses get no budget of their own;
+4. the global rate limit (``storm``), e.g. for many hosts together.
+
+``StormControl.charge`` is asked for every other datagram the relay reads and drops
+(unicasts to the relay, foreign, malformed, forged peer sources...): only step 1 and
+the source's own limit, so that a flood of anything trips the breaker (and the
+kernel then drops it, see sockfilter) without spending the budgets of the datagrams
+that get forwarded.
 
 Both limits are token buckets, kept as GCRA "theoretical arrival times" (one float
 per bucket, no per-call allocation).  A source that keeps exceeding its own rate for
@@ -41,7 +50,9 @@ SWEEP_INTERVAL = 0.1  # at most this often a full table is searched for idle sou
 DROP_CUT_OFF = "cut_off"
 DROP_RATE_LIMITED = "rate_limited"
 DROP_STORM = "storm"
-DROP_REASONS = (DROP_CUT_OFF, DROP_RATE_LIMITED, DROP_STORM)
+DROP_UNVERIFIED = "unverified"  # over the budget that unverified sources share
+DROP_REASONS = (DROP_CUT_OFF, DROP_RATE_LIMITED, DROP_STORM, DROP_UNVERIFIED)
+REVERIFY_SECONDS = 0.5  # an unverified source is asked about again after this long
 
 # Event kinds given to on_event(kind, src), once per transition.
 EVENT_CUT_OFF = "cut_off"
@@ -56,16 +67,19 @@ class _Source:
     ``over_since`` and ``last_over``: first and latest rate-limited datagram of the
     current run (-inf: none)."""
 
-    __slots__ = ("tat", "cut_until", "over_since", "last_over")
+    __slots__ = ("tat", "cut_until", "over_since", "last_over", "shared", "verify_at")
 
     def __init__(self) -> None:
         self.tat = 0.0
         self.cut_until = 0.0
         self.over_since = -math.inf
         self.last_over = -math.inf
+        self.shared: Optional[_Source] = None  # the unverified sources' bucket, or None
+        self.verify_at = 0.0  # when to ask whether an unverified source is verified now
 
 
 EventCallback = Callable[[str, str], None]
+VerifyCallback = Callable[[str, float], bool]
 
 
 class StormControl:
@@ -90,6 +104,7 @@ class StormControl:
         "trip_seconds",
         "max_sources",
         "on_event",
+        "verify",
         "_interval",
         "_tau",
         "_g_interval",
@@ -97,6 +112,7 @@ class StormControl:
         "_g_tat",
         "_sources",
         "_overflow",
+        "_unverified",
         "_next_sweep",
         "tripped_total",
         "released_total",
@@ -104,6 +120,8 @@ class StormControl:
         "storm_total",
         "overflow_total",
         "evicted_total",
+        "unverified_total",
+        "charged_total",
     )
 
     def __init__(
@@ -116,6 +134,7 @@ class StormControl:
         trip_seconds: float = TRIP_SECONDS,
         max_sources: int = MAX_SOURCES,
         on_event: Optional[EventCallback] = None,
+        verify: Optional[VerifyCallback] = None,
     ):
         for name, value in (
             ("per_source_rate", per_source_rate),
@@ -144,6 +163,7 @@ class StormControl:
         self.trip_seconds = float(trip_seconds)
         self.max_sources = int(max_sources)
         self.on_event = on_event
+        self.verify = verify  # None: every source is taken for what it claims
         # GCRA: a datagram conforms if the bucket's theoretical arrival time, advanced
         # by one emission interval, stays within tau of now.  The extra half interval
         # absorbs float rounding, so exactly ``burst`` back-to-back datagrams pass.
@@ -154,6 +174,7 @@ class StormControl:
         self._g_tat = 0.0
         self._sources: dict[str, _Source] = {}
         self._overflow = _Source()
+        self._unverified = _Source()
         self._next_sweep = 0.0
         self.tripped_total = 0
         self.released_total = 0
@@ -161,6 +182,8 @@ class StormControl:
         self.storm_total = 0
         self.overflow_total = 0
         self.evicted_total = 0
+        self.unverified_total = 0
+        self.charged_total = 0
 
     # -- hot path ---------------------------------------------------------------
 
@@ -182,6 +205,20 @@ class StormControl:
         tat += self._interval
         if tat > now + self._tau:
             return self._over(src, s, now)
+        shared = s.shared
+        if shared is not None:
+            if now >= s.verify_at:
+                shared = self._reverify(src, s, now)
+            if shared is not None:
+                s_tat = shared.tat
+                if s_tat < now:
+                    s_tat = now
+                s_tat += self._interval
+                if s_tat > now + self._tau:
+                    self.unverified_total += 1
+                    s.tat = tat  # its own bucket counts it: a lone flooder is cut off
+                    return DROP_UNVERIFIED
+                shared.tat = s_tat
         g_tat = self._g_tat
         if g_tat < now:
             g_tat = now
@@ -194,7 +231,45 @@ class StormControl:
         self._g_tat = g_tat
         return None
 
+    def charge(self, src: str, now: float) -> Optional[str]:
+        """A datagram of ``src`` the relay drops anyway: None, or "cut_off" or
+        "rate_limited" when the source is over its own rate (which trips its
+        breaker).  No shared or global budget is spent on it."""
+        s = self._sources.get(src)
+        if s is None:
+            s = self._admit(src, now)
+        cut = s.cut_until
+        if cut:
+            if now < cut:
+                return DROP_CUT_OFF
+            self._release(src, s)
+        self.charged_total += 1
+        tat = s.tat
+        if tat < now:
+            tat = now
+        tat += self._interval
+        if tat > now + self._tau:
+            return self._over(src, s, now)
+        s.tat = tat
+        return None
+
     # -- slow paths -------------------------------------------------------------
+
+    def _reverify(self, src: str, s: _Source, now: float) -> Optional[_Source]:
+        s.verify_at = now + REVERIFY_SECONDS
+        if self._verified(src, now):
+            s.shared = None
+        return s.shared
+
+    def _verified(self, src: str, now: float) -> bool:
+        verify = self.verify
+        if verify is None:
+            return True
+        try:
+            return verify(src, now)
+        except Exception:
+            log.exception("storm control: verify(%r) failed", src)
+            return False
 
     def _over(self, src: str, s: _Source, now: float) -> str:
         """A datagram over the source's own rate; trips the breaker on a long run.
@@ -246,6 +321,9 @@ class StormControl:
                 self.overflow_total += 1
                 return self._overflow
         s = _Source()
+        if not self._verified(src, now):
+            s.shared = self._unverified
+            s.verify_at = now + REVERIFY_SECONDS
         sources[src] = s
         return s
 
@@ -297,4 +375,6 @@ class StormControl:
             "storm_total": self.storm_total,
             "overflow_total": self.overflow_total,
             "evicted_total": self.evicted_total,
+            "unverified_sources": sum(1 for s in self._sources.values() if s.shared is not None),
+            "unverified_total": self.unverified_total,
         }

@@ -18,7 +18,8 @@ The key is the link's relay key (one per pair of offices, derived on the control
 so a hub that passes a branch's datagram on re-tags it with the next link's key and
 leaves bytes 0-23 alone.  Receivers keep one replay window per sender: a datagram seen
 before, or older than the window, or from an older epoch, is dropped, which also makes
-delivery exactly-once when a datagram reaches an office by two paths.
+delivery exactly-once when a datagram reaches an office by two paths.  An epoch more
+than a day ahead of the receiver's clock is refused as "future" and never stored.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import os
 import socket
 import struct
 import time
 from typing import Any, Optional
+
+from .files import DuplicateKey, FileProblem, no_duplicate_keys, read_regular
 
 MAGIC = b"SL"
 VERSION = 1
@@ -62,6 +66,19 @@ DROP_AUTH = "auth"  # tag does not match any accepted key of the sending peer
 DROP_REPLAY = "replay"  # sequence number already seen (a replay, or a second path)
 DROP_STALE = "stale"  # older epoch, or too far behind the window
 DROP_OWN_ORIGIN = "own_origin"  # our own office's datagram, come back
+DROP_FUTURE = "future"  # an epoch more than MAX_EPOCH_SKEW ahead of our clock
+LEASE = ""  # ReplayWindow.check: new, but save the state before using it (falsy)
+
+# Epochs are start times (Unix seconds): one more than a day ahead of the receiver's
+# clock is refused, and a sender ignores a saved epoch half that far ahead.
+MAX_EPOCH_SKEW = 86400
+STUCK_STREAK = 3  # refused this many times in a row: the status lists the sender
+# Replay-window leases (see ReplayState): sequence numbers per block, and the gaps
+# between leases (seconds) that make the block grow or shrink.
+LEASE_MIN = 64
+LEASE_MAX = 1 << 16
+LEASE_BUSY = 1.0
+LEASE_RELAX = 10.0
 
 
 def office_id(name: str) -> bytes:
@@ -178,14 +195,22 @@ def parse_keys(data: Any) -> dict[str, PeerKeys]:
     return result
 
 
+KEYS_MAX_BYTES = 1 << 22
+
+
 def load_keys(path: str) -> dict[str, PeerKeys]:
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(1 << 22)
-    except OSError as exc:
-        raise KeysError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+        raw = read_regular(path, KEYS_MAX_BYTES)
+    except FileProblem as exc:
+        raise KeysError([str(exc)]) from None
+    if len(raw) > KEYS_MAX_BYTES:
+        raise KeysError([f"{path}: larger than {KEYS_MAX_BYTES} bytes"])
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=no_duplicate_keys)
+    except DuplicateKey as exc:
+        # A key's name is an address or a field, never key material.  Refused: with
+        # duplicates, the last one would win silently (a stale "send", a peer twice).
+        raise KeysError([f"{path}: {exc}"]) from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         # The message never quotes the file: it holds keys.
         kind = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "invalid JSON"
@@ -218,22 +243,40 @@ class Sealer:
 
 
 class ReplayWindow:
-    """Which sequence numbers of one sender were seen: newest one, and a bitmap behind it."""
+    """Which sequence numbers of one sender were seen: newest one, and a bitmap behind it.
 
-    __slots__ = ("epoch", "top", "bits")
+    ``limit`` is the highest sequence number the saved state already covers (the
+    lease): a new top above it must be saved before the datagram is used, so that a
+    crash can never bring back a window that misses it.  Refusals are tracked too
+    (``streak``: refused in a row, ``offered``: the last refused epoch) so that a
+    sender stuck on ``stale`` or ``future`` shows in the status; the accept path
+    does not touch them (a streak counts only while ``(epoch, top)`` stays put).
+    """
+
+    __slots__ = ("epoch", "top", "bits", "limit", "streak", "offered", "reason", "_at")
 
     def __init__(self, epoch: int = 0, top: int = -1, bits: int = 0):
         self.epoch = epoch
         self.top = top  # highest sequence number seen in this epoch, -1: none
         self.bits = bits  # bit i set: top - i seen
+        self.limit = top  # highest sequence number the saved state covers, this epoch
+        self.streak = 0
+        self.offered = 0
+        self.reason = ""
+        self._at: tuple[int, int] = (-1, -1)  # (epoch, top) when the streak began
 
     def check(self, epoch: int, seq: int) -> Optional[str]:
-        """None if (epoch, seq) is new, and records it; else DROP_REPLAY or DROP_STALE."""
+        """None if (epoch, seq) is new and recorded; LEASE if it is new and the saved
+        state must cover it first; else DROP_REPLAY, DROP_STALE or DROP_FUTURE."""
         if epoch != self.epoch:
             if epoch < self.epoch:
-                return DROP_STALE
-            self.epoch, self.top, self.bits = epoch, seq, 1
-            return None
+                return self._refuse(DROP_STALE, epoch)
+            if epoch > time.time() + MAX_EPOCH_SKEW:
+                # Never stored: one datagram from a clock far ahead would otherwise
+                # make every later one of that sender "stale", until that day comes.
+                return self._refuse(DROP_FUTURE, epoch)
+            self.epoch, self.top, self.bits, self.limit = epoch, seq, 1, -1
+            return LEASE
         top = self.top
         if seq > top:
             shift = seq - top
@@ -242,29 +285,57 @@ class ReplayWindow:
             else:
                 self.bits = ((self.bits << shift) | 1) & _WINDOW_MASK
             self.top = seq
-            return None
+            return LEASE if seq > self.limit else None
         behind = top - seq
         if behind >= REPLAY_WINDOW:
-            return DROP_STALE
+            return self._refuse(DROP_STALE, epoch)
         mask = 1 << behind
         if self.bits & mask:
             return DROP_REPLAY
         self.bits |= mask
         return None
 
+    def _refuse(self, reason: str, epoch: int) -> str:
+        at = (self.epoch, self.top)
+        if at != self._at:  # something was accepted since: a new streak
+            self._at = at
+            self.streak = 0
+        self.streak += 1
+        self.offered = epoch
+        self.reason = reason
+        return reason
+
+    def stuck(self) -> bool:
+        """Refused STUCK_STREAK times in a row, with nothing accepted since."""
+        return self.streak >= STUCK_STREAK and self._at == (self.epoch, self.top)
+
 
 class ReplayState:
-    """Every sender's window, persisted so that a restart does not reopen old numbers.
+    """Every sender's window, saved so that neither a restart nor a crash reopens old
+    numbers.
 
-    Saved as {sender: [epoch, top]}; loaded back, everything up to ``top`` counts as
-    seen.  What arrived after the last save can be replayed once after a crash (the
-    relay saves every 30 s, REPLAY_SAVE_INTERVAL, and when it stops).
+    Saved as {sender: [epoch, mark]}; loaded back, everything up to ``mark`` counts
+    as seen.  While running, ``mark`` is leased ahead of use (``lease``): top plus a
+    block, written and synced before a datagram above the previous mark is used.
+    A clean stop saves the exact tops (``save(exact=True)``).  After a crash the
+    marks are up to one block ahead of what arrived, so that many of each sender's
+    next datagrams are refused as replays: a replay cannot be told from them.  The
+    block adapts: it doubles when leases come less than a second apart (a busy
+    sender: few writes) and halves when they are more than LEASE_RELAX apart (few
+    datagrams lost after a crash).
     """
 
     MAX_SENDERS = 65536
 
-    def __init__(self) -> None:
+    def __init__(self, path: Optional[str] = None) -> None:
         self.windows: dict[bytes, ReplayWindow] = {}
+        self.path = path  # None: nothing saved (tests; compat mode has no windows)
+        self.block = LEASE_MIN
+        self.leases = 0
+        self.save_failures = 0
+        self.save_error: Optional[str] = None  # the current failure streak's message
+        self.forgotten = 0
+        self._last_lease = -math.inf
 
     def window(self, sender: bytes) -> ReplayWindow:
         window = self.windows.get(sender)
@@ -275,9 +346,11 @@ class ReplayState:
             window = self.windows[sender] = ReplayWindow()
         return window
 
-    def dump(self) -> dict[str, list[int]]:
+    def dump(self, exact: bool = False) -> dict[str, list[int]]:
         return {
-            socket.inet_ntoa(s): [w.epoch, w.top] for s, w in self.windows.items() if w.top >= 0
+            socket.inet_ntoa(s): [w.epoch, w.top if exact else max(w.top, w.limit)]
+            for s, w in self.windows.items()
+            if w.top >= 0
         }
 
     def load(self, data: Any) -> int:
@@ -296,10 +369,77 @@ class ReplayState:
                 count += 1
         return count
 
+    def forget(self, senders: Any) -> list[str]:
+        """Drop the windows of ``senders`` (addresses, or "all"); the ones dropped."""
+        if senders == "all":
+            gone = list(self.windows)
+        else:
+            gone = []
+            for addr in senders:
+                try:
+                    sender = socket.inet_aton(addr)
+                except (OSError, TypeError):
+                    continue
+                if sender in self.windows:
+                    gone.append(sender)
+        for sender in gone:
+            del self.windows[sender]
+        self.forgotten += len(gone)
+        return sorted(socket.inet_ntoa(s) for s in gone)
+
+    def lease(self, now: float) -> Optional[str]:
+        """Extend every window's mark by a block and save, before the datagram that
+        needed it is used.  Returns the error of a failed save (the marks stay
+        raised, so a failing disk costs one attempt per block, not per datagram)."""
+        gap = now - self._last_lease
+        if gap < LEASE_BUSY:
+            self.block = min(self.block * 2, LEASE_MAX)
+        elif gap > LEASE_RELAX:
+            self.block = max(self.block // 2, LEASE_MIN)
+        self._last_lease = now
+        block = self.block
+        for w in self.windows.values():
+            if w.top >= 0:
+                w.limit = min(w.top + block, SEQ_LIMIT - 1)
+        self.leases += 1
+        return self.save()
+
+    def save(self, exact: bool = False) -> Optional[str]:
+        """Write the windows (synced); None, or what went wrong (also counted)."""
+        if self.path is None:
+            return None
+        try:
+            write_file_atomic(self.path, json.dumps(self.dump(exact)).encode())
+        except OSError as exc:
+            self.save_failures += 1
+            self.save_error = f"{self.path}: {exc.strerror or exc}"
+            return self.save_error
+        self.save_error = None
+        return None
+
+    def stuck(self) -> dict[str, dict[str, Any]]:
+        return {
+            socket.inet_ntoa(s): {
+                "streak": w.streak,
+                "reason": w.reason,
+                "epoch": w.epoch,
+                "offered": w.offered,
+            }
+            for s, w in sorted(self.windows.items())
+            if w.stuck()
+        }
+
 
 def next_epoch(previous: Optional[int], now: Optional[float] = None) -> int:
-    """A new epoch: later than the previous one and than the clock (whichever is later)."""
+    """A new epoch: later than the previous one and than the clock (whichever is later).
+
+    A saved epoch far ahead of the clock (a clock that was wrong, an edited file) is
+    ignored: receivers refuse epochs over MAX_EPOCH_SKEW ahead of their clock, so
+    continuing from it would cut this relay off from its peers.
+    """
     clock = int(time.time() if now is None else now)
+    if previous is not None and previous >= clock + MAX_EPOCH_SKEW // 2:
+        previous = None
     return max((previous or 0) + 1, clock) % SEQ_LIMIT or 1
 
 

@@ -25,6 +25,7 @@ GOOD = {
     "office": "manhattan",
     "lan": {"interface": "eth0", "address": "192.168.1.126/24"},
     "wire": "sitelink1",
+    "state_dir": "/var/lib/sitelink-relay",
     "peers": {"192.168.2.126": {"office": "brooklyn", "interface": "sl-brooklyn"}},
     "rules": [{"port": 6799, "forward_to": ["192.168.2.126"], "accept_from": []}],
 }

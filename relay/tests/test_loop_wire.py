@@ -12,6 +12,7 @@ import copy
 import json
 import socket
 import struct
+import time
 
 import pytest
 from sitelink_relay import config, loop, mmsg, ports, storm, wire
@@ -34,6 +35,21 @@ BCAST = {name: GW[name].rsplit(".", 1)[0] + ".255" for name in OFFICES}
 TUN_IF = {name: 10 + i for i, name in enumerate(OFFICES)}  # ifindex of the tunnel to it
 
 
+def arp_table(*entries):
+    """/proc/net/arp text: (address, MAC) entries on eth0, complete."""
+    lines = ["IP address       HW type     Flags       HW address            Mask     Device"]
+    lines += [f"{a:<16} 0x1         0x2         {mac}     *        eth0" for a, mac in entries]
+    return "\n".join(lines) + "\n"
+
+
+# The LAN hosts the simulated gateways' neighbour tables know (one MAC each).
+NEIGHBOURS = [
+    (f"192.168.{lan}.{host}", f"02:00:00:00:{lan:02x}:{host:02x}")
+    for lan in (1, 2, 3)
+    for host in (10, 11, 20, 30, 66)
+]
+
+
 def link_key(a: str, b: str) -> str:
     return bytes([len(a) + len(b)] * 16 + [ord(a[0]), ord(b[0])] * 8).hex()
 
@@ -53,6 +69,10 @@ class FakeSock:
 
     def setsockopt(self, *args):
         pass  # e.g. the relay's socket filter: no kernel here
+
+    def sendto(self, data, addr):
+        assert addr[0] == "127.0.0.1", addr  # the relay's marker, back into its own queue
+        self.queue.append((bytes(data), addr[0], 1, socket.inet_aton(addr[0])))
 
     def sendmsg(self, buffers, anc, flags, addr):
         data = b"".join(bytes(b) for b in buffers)
@@ -96,6 +116,8 @@ def relay_config(
         ],
         "status_file": None,
         "storm_control": storm_control,
+        # needed by the authenticated wire; nothing is saved here (setup() is not run)
+        "state_dir": "/var/lib/sitelink-relay",
     }
     return data
 
@@ -103,6 +125,7 @@ def relay_config(
 class Gateway:
     def __init__(self, name, peers, keys=None, **kw):
         self.name = name
+        self.probed = []  # neighbour probes the relay sent
         self.data = relay_config(name, peers, **kw)
         self.config = config.parse_config(copy.deepcopy(self.data))
         if keys is None:
@@ -117,6 +140,8 @@ class Gateway:
             config=self.config, config_path="/dev/null", notifier=loop.Notifier({}), keys=keys
         )
         r = self.relay
+        r.neighbours.read_table = lambda: arp_table(*NEIGHBOURS)
+        r.neighbours.send_probe = self.probed.append
         r.sealer = wire.Sealer(r.office_id, r.sender_id, 1000)
         r.lan_ifindex = LAN_IF
         r._lan_dest = BCAST[name]
@@ -515,17 +540,314 @@ def test_forged_heartbeats_do_not_silence_a_relay(monkeypatch):
     assert m2.relay.standby is False and drops(m2) == {"auth": 3}
 
 
-def test_the_raw_wire_cannot_tell_identical_broadcasts_apart():
-    """Why the authenticated wire exists: raw relays suppress echoes by payload, so an
-    identical broadcast from the other office within 2 s is lost (README: raw wire)."""
-    m = Gateway("manhattan", ["brooklyn"], wire_name="raw")
-    b = Gateway("brooklyn", ["manhattan"], wire_name="raw")
+@pytest.mark.parametrize("wire_name", ["raw", "sitelink1"])
+def test_both_wires_relay_identical_broadcasts_from_both_offices(wire_name):
+    """The same bytes broadcast at both offices are each office's own: relayed both ways
+    (the raw wire used to lose them as echoes of each other)."""
+    m = Gateway("manhattan", ["brooklyn"], wire_name=wire_name)
+    b = Gateway("brooklyn", ["manhattan"], wire_name=wire_name)
     net = Net(m, b)
-    for _unused in range(3):
+    for _unused in range(5):
         m.lan_broadcast(b"DISCOVER")
         b.lan_broadcast(b"DISCOVER")
         net.settle()
-    assert len(b.heard) < 3 and drops(m)["echo"] >= 1
+    assert len(b.heard) == len(m.heard) == 5
+    assert "repeated" not in drops(m) and "repeated" not in drops(b)
+
+
+class Repeater:
+    """A LAN host that re-sends every broadcast it hears (a second relay, a bridge...)."""
+
+    def __init__(self, gateway, addr, copies=1):
+        self.gateway, self.addr, self.copies, self.sent = gateway, addr, copies, 0
+        self.seen = 0
+
+    def run(self):
+        heard = self.gateway.heard[self.seen :]
+        self.seen = len(self.gateway.heard)
+        for payload, dst in heard:
+            for _unused in range(self.copies):
+                self.gateway.lan_broadcast(payload, src=self.addr, dst=dst)
+                self.sent += 1
+
+
+@pytest.mark.parametrize("wire_name", ["raw", "sitelink1"])
+def test_two_repeaters_one_per_lan_make_no_loop(wire_name, monkeypatch):
+    """Defect: with sitelink1, one broadcast did 2222 round trips in 3 s."""
+    clock = [1000.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    m = Gateway("manhattan", ["brooklyn"], wire_name=wire_name)
+    b = Gateway("brooklyn", ["manhattan"], wire_name=wire_name)
+    net = Net(m, b)
+    repeaters = [Repeater(m, "192.168.1.11"), Repeater(b, "192.168.2.21")]
+    m.lan_broadcast(b"announce")
+    for _unused in range(50):
+        net.settle(rounds=1)
+        for r in repeaters:
+            r.run()
+        clock[0] += 0.001
+    assert [p for p, _unused in b.heard] == [b"announce"]  # no extra copy
+    assert m.heard == []
+    assert drops(b)["repeated"] == 1 and repeaters[1].sent == 1
+
+
+def test_a_repeater_sending_twice_gives_at_most_one_extra_copy(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    repeaters = [Repeater(m, "192.168.1.11", copies=2), Repeater(b, "192.168.2.21", copies=2)]
+    m.lan_broadcast(b"announce")
+    for _unused in range(50):
+        net.settle(rounds=1)
+        for r in repeaters:
+            r.run()
+        clock[0] += 0.001
+    assert len(b.heard) == 1 and len(m.heard) == 0
+    assert drops(b)["repeated"] == 2
+
+
+def test_a_hosts_beacon_every_half_second_always_arrives(monkeypatch):
+    """A LAN host's own repeated beacon, with the other office re-broadcasting too."""
+    clock = [1000.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    for i in range(12):
+        m.lan_broadcast(b"beacon")
+        b.lan_broadcast(b"hello from brooklyn %d" % i)
+        net.settle()
+        clock[0] += 0.5
+    assert [p for p, _unused in b.heard] == [b"beacon"] * 12
+
+
+def test_unicasts_to_the_relay_count_against_their_source(monkeypatch):
+    """Defect: a LAN host flooding the relay's own address was never cut off."""
+    clock = [1000.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    limits = {
+        "per_source_rate": 100,
+        "per_source_burst": 10,
+        "global_rate": 10000,
+        "global_burst": 10000,
+        "cutoff_seconds": 10,
+    }
+    m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
+    b = Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    for tick in range(20):  # 0.1 s each: 2 s
+        for _unused in range(200):
+            m.lan_broadcast(b"junk", src="192.168.1.66", dst=GW["manhattan"])
+        m.lan_broadcast(b"quiet %d" % tick)
+        net.settle(rounds=2)
+        clock[0] += 0.1
+    assert len([p for p, _unused in b.heard if p.startswith(b"quiet")]) == 20
+    assert m.relay.storm.cut_off(clock[0]).keys() == {"192.168.1.66"}
+    assert drops(m)["cut_off"] > 2000 and drops(m)["foreign"] <= 10 + 100 * 0.5
+    # what the kernel is told to drop: our own address and the flooder
+    assert m.relay._kernel_drops[0] == {GW["manhattan"], "192.168.1.66"}
+
+
+def test_forged_lan_sources_share_one_budget(monkeypatch):
+    """Defect: 230 forged sources each had a budget; the honest host got 85 of 151."""
+    clock = [1000.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    limits = {
+        "per_source_rate": 100,
+        "per_source_burst": 10,
+        "global_rate": 1000,
+        "global_burst": 1000,
+        "cutoff_seconds": 10,
+    }
+    m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
+    b = Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    forged = [f"192.168.1.{100 + i}" for i in range(150)] + [f"192.168.1.{i}" for i in range(2, 10)]
+    for tick in range(30):  # 0.1 s each: 3 s, 30 datagrams a forged source (300/s)
+        for i, src in enumerate(forged * 3):
+            m.lan_broadcast(b"flood %d %d" % (tick, i), src=src)
+        m.lan_broadcast(b"quiet %d" % tick)
+        net.settle(rounds=2)
+        clock[0] += 0.1
+    quiet = [p for p, _unused in b.heard if p.startswith(b"quiet")]
+    flood = [p for p, _unused in b.heard if p.startswith(b"flood")]
+    assert len(quiet) == 30  # the honest, verified host lost nothing
+    assert len(flood) <= 10 + 100 * 3.1  # all forged sources together: one source's budget
+    assert drops(m)["unverified"] > 10000 and "storm" not in drops(m)
+    status = m.relay.status()["storm"]
+    assert status["unverified_total"] == drops(m)["unverified"] and status["cut_off"] == {}
+    assert 0 < len(m.probed) <= 20 * 3.1 + 20  # probes are rate-limited
+
+
+def test_one_mac_claiming_many_addresses_is_not_a_verified_neighbour():
+    from sitelink_relay import neighbours
+
+    table = arp_table(
+        ("192.168.1.10", "02:00:00:00:00:10"),
+        *[(f"192.168.1.{i}", "02:00:00:00:00:66") for i in range(100, 105)],
+    )
+    verified = neighbours.verified_addresses(neighbours.parse_arp(table, "eth0"))
+    assert verified == {"192.168.1.10"}
+    incomplete = table.replace("0x2 ", "0x0 ")
+    assert neighbours.parse_arp(incomplete, "eth0") == {}
+    assert neighbours.parse_arp(table, "eth1") == {}
+
+
+def _keyed_relay(tmp_path, name="brooklyn", peers=("manhattan",), **extra):
+    data = relay_config(name, list(peers))
+    data["state_dir"] = str(tmp_path / "state")
+    data.update(extra)
+    keys = {
+        GW[p]: {"send": link_key(*sorted((name, p))), "accept": [link_key(*sorted((name, p)))]}
+        for p in peers
+    }
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({"version": 1, "peers": keys}))
+    data["keys_file"] = str(keys_file)
+    cfg_file = tmp_path / "relay.json"
+    cfg_file.write_text(json.dumps(data))
+    return data, cfg_file, keys_file
+
+
+class NoSelector:
+    def register(self, *args):
+        pass
+
+    modify = unregister = register
+
+
+def _started(cfg_file, monkeypatch):
+    """A relay as main() starts it, with fake sockets (no ports are bound)."""
+    monkeypatch.setattr(loop, "open_socket", lambda port: FakeSock())
+    r = loop.Relay(
+        config=config.load_config(str(cfg_file)),
+        config_path=str(cfg_file),
+        notifier=loop.Notifier({}),
+    )
+    r.selector = NoSelector()
+    r.setup()
+    return r
+
+
+def _envelope(epoch, seq, payload=b"hi", sender="manhattan", to="brooklyn"):
+    key = wire.LinkKey(bytes.fromhex(link_key(*sorted((sender, to)))))
+    sealer = wire.Sealer(wire.office_id(sender), socket.inet_aton(GW[sender]), epoch)
+    sealer.seq = seq
+    header = sealer.header(wire.KIND_BROADCAST)
+    return header + key.tag(header, payload) + payload
+
+
+def _deliver(r, data, sender="manhattan"):
+    ps = r.ports[PORT]
+    ps.sock.queue.append((data, GW[sender], TUN_IF[sender], socket.inet_aton(GW["brooklyn"])))
+    ps.classifier.ifnames.names[TUN_IF[sender]] = f"sl-{sender}"
+    r.handle_readable(ps)
+    sent, ps.sock.sent = ps.sock.sent, []
+    return [p for p, _unused, _unused in sent]
+
+
+def test_a_replay_after_a_crash_is_dropped(tmp_path, monkeypatch):
+    """Defect: windows were saved every 30 s, so a crash let the last 30 s be replayed."""
+    _unused, cfg_file, _unused = _keyed_relay(tmp_path)
+    r = _started(cfg_file, monkeypatch)
+    envelopes = [_envelope(5000, seq, b"n%d" % seq) for seq in range(5)]
+    for env in envelopes:
+        assert _deliver(r, env) == [env[40:]]
+    # SIGKILL: no save at stop.  The next start loads what was saved ahead of use.
+    again = _started(cfg_file, monkeypatch)
+    for env in envelopes:
+        assert _deliver(again, env) == []
+    assert again.ports[PORT].dropped == {"replay": 5}
+
+
+def test_sitelink1_refuses_to_start_without_a_writable_state_dir(tmp_path, monkeypatch):
+    _unused, cfg_file, _unused = _keyed_relay(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o500)
+    monkeypatch.setattr(loop.os, "access", lambda path, mode: False)  # root ignores modes
+    with pytest.raises(config.ConfigError, match=r"state_dir: .*state: not writable"):
+        _started(cfg_file, monkeypatch)
+
+
+def test_a_failed_save_warns_once_per_streak_and_is_counted(tmp_path, monkeypatch, caplog):
+    _unused, cfg_file, _unused = _keyed_relay(tmp_path)
+    r = _started(cfg_file, monkeypatch)
+    r.replay.path = str(tmp_path / "gone" / "replay.json")  # the directory went away
+    clock = [1000.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    with caplog.at_level("DEBUG"):
+        for seq in range(0, 400, 50):  # past the lease each time
+            _deliver(r, _envelope(5000, seq))
+            clock[0] += 20
+    warnings = [rec for rec in caplog.records if "cannot save the replay" in rec.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    replay = r.status()["replay"]
+    assert replay["save_failures"] >= 3 and "gone/replay.json" in replay["save_error"]
+    (tmp_path / "gone").mkdir()
+    _deliver(r, _envelope(5000, 1000))
+    assert r.status()["replay"]["save_error"] is None
+
+
+def test_a_future_epoch_is_refused_and_never_blocks_the_peer(tmp_path, monkeypatch):
+    """Defect: one datagram with an epoch a day ahead made every later one "stale"."""
+    _unused, cfg_file, _unused = _keyed_relay(tmp_path)
+    r = _started(cfg_file, monkeypatch)
+    now = int(time.time())
+    assert _deliver(r, _envelope(now + 2 * 86400, 0, b"future")) == []
+    assert _deliver(r, _envelope(now, 0, b"today")) == [b"today"]
+    assert r.ports[PORT].dropped == {"future": 1}
+
+
+def test_a_peer_stuck_on_stale_shows_and_can_be_forgotten(tmp_path, monkeypatch):
+    _unused, cfg_file, _unused = _keyed_relay(tmp_path)
+    r = _started(cfg_file, monkeypatch)
+    now = int(time.time())
+    assert _deliver(r, _envelope(now + 3600, 0)) == [b"hi"]  # its clock was ahead
+    for seq in range(4):  # then its epoch went back (clock fixed, epoch file lost)
+        assert _deliver(r, _envelope(now, seq)) == []
+    status = r.status()
+    assert status["replay"]["stuck"] == {
+        GW["manhattan"]: {"streak": 4, "reason": "stale", "epoch": now + 3600, "offered": now}
+    }
+    assert status["peers"][GW["manhattan"]]["stale_streak"] == 4
+    (tmp_path / "state" / "forget").write_text(json.dumps({"senders": [GW["manhattan"]]}))
+    r.forget_requested()
+    assert not (tmp_path / "state" / "forget").exists()
+    assert _deliver(r, _envelope(now, 4)) == [b"hi"]
+    status = r.status()
+    assert status["replay"]["stuck"] == {} and status["replay"]["forgotten_total"] == 1
+    assert status["peers"][GW["manhattan"]]["stale_streak"] == 0
+
+
+def test_sighup_reads_a_new_keys_file(tmp_path, monkeypatch):
+    """Defect: the keys_file of the config the relay started with was read on every reload."""
+    data, cfg_file, _unused = _keyed_relay(tmp_path)
+    r = _started(cfg_file, monkeypatch)
+    old = r.peers[GW["manhattan"]].keys.send.fingerprint
+    new_key = "ab" * 32
+    other = tmp_path / "keys-2.json"
+    other.write_text(
+        json.dumps(
+            {"version": 1, "peers": {GW["manhattan"]: {"send": new_key, "accept": [new_key]}}}
+        )
+    )
+    data["keys_file"] = str(other)
+    cfg_file.write_text(json.dumps(data))
+    assert r.reload()
+    assert (
+        r.peers[GW["manhattan"]].keys.send.fingerprint
+        == wire.LinkKey(bytes.fromhex(new_key)).fingerprint
+        != old
+    )
+    # a bad keys file keeps the running keys
+    peer = GW["manhattan"]
+    other.write_text(f'{{"version": 1, "peers": {{"{peer}": {{}}, "{peer}": {{}}}}}}')
+    assert not r.reload()
+    assert (
+        r.peers[GW["manhattan"]].keys.send.fingerprint
+        == wire.LinkKey(bytes.fromhex(new_key)).fingerprint
+    )
 
 
 class GsoCountingSock(FakeSock):
@@ -559,20 +881,3 @@ def test_a_run_of_rebroadcasts_is_one_segmented_send(fail_gso):
         assert b.ps.no_gso == {(BCAST["brooklyn"], PORT)} and b.sock.calls.count(None) == 11
     else:
         assert b.sock.calls.count(100) == 1 and b.sock.calls.count(None) == 1
-
-
-def test_replay_windows_are_saved_now_and_then_and_at_stop(tmp_path, monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
-    m = Gateway("manhattan", ["brooklyn"])
-    m.relay.config.state_dir = str(tmp_path)
-    path = tmp_path / "replay.json"
-    m.relay.replay.window(b"\x0a\x00\x00\x01").check(7, 1)
-    m.relay.save_replay()
-    assert json.loads(path.read_text()) == {"10.0.0.1": [7, 1]}
-    m.relay.replay.window(b"\x0a\x00\x00\x01").check(7, 2)
-    clock[0] += loop.REPLAY_SAVE_INTERVAL / 2
-    m.relay.save_replay()  # too soon: the flash is spared
-    assert json.loads(path.read_text()) == {"10.0.0.1": [7, 1]}
-    m.relay.save_replay(force=True)  # the relay stops
-    assert json.loads(path.read_text()) == {"10.0.0.1": [7, 2]}

@@ -61,7 +61,7 @@ def make_classifier(forward=True, accept=(PEER,), window=2.0, transit=None):
         frozenset({"192.168.1.126", "172.16.1.12"}),
         frozenset(accept),
         forward,
-        echo_window=window,
+        repeat_window=window,
         transit=transit,
     )
 
@@ -131,25 +131,43 @@ class TestClassifier:
         assert c.classify(b"x", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.0) == "wrong_interface"
         assert c.classify(b"x", "192.168.1.10", 42, BCAST, now=1.0) == "forwarded"
 
-    def test_echo_suppression_window(self):
+    def test_a_lan_host_repeating_a_rebroadcast_is_dropped_as_repeated(self):
         c = make_classifier(window=2.0)
         payload = b"announce 42"
         assert c.classify(payload, PEER, TUN_IFINDEX, GW_A, now=100.0) == "rebroadcast"
-        # a LAN host (not us) re-broadcasts the same payload shortly after: echo
-        assert c.classify(payload, "192.168.1.10", LAN_IFINDEX, BCAST, now=100.5) == "echo"
-        assert c.classify(payload, "192.168.1.10", LAN_IFINDEX, ALL_ONES, now=101.9) == "echo"
+        c.repeat.remember(payload, 100.0)  # the relay, once it re-broadcast it
+        # a LAN host (not us) re-sends the same payload shortly after: a repeater
+        assert c.classify(payload, "192.168.1.10", LAN_IFINDEX, BCAST, now=100.5) == "repeated"
+        assert c.classify(payload, "192.168.1.11", LAN_IFINDEX, ALL_ONES, now=101.9) == "repeated"
         # other payloads are not affected
         assert c.classify(b"other", "192.168.1.10", LAN_IFINDEX, BCAST, now=101.0) == "forwarded"
         # window expired
         assert c.classify(payload, "192.168.1.10", LAN_IFINDEX, BCAST, now=102.1) == "forwarded"
-        assert len(c.echo) == 0
 
-    def test_echo_memory_accepts_memoryview(self):
+    def test_a_hosts_own_beacon_is_never_taken_for_a_repeat(self):
+        """The same bytes broadcast at both offices: the local sender sent them first."""
+        c = make_classifier(window=2.0)
+        c.repeat.remember(b"older", 99.0)  # the port re-broadcasts: senders are learnt
+        beacon = b"DISCOVER"
+        for t in range(10):
+            now = 100.0 + t * 0.5
+            assert c.classify(beacon, "192.168.1.10", LAN_IFINDEX, BCAST, now=now) == "forwarded"
+            c.repeat.remember(beacon, now + 0.01)  # the other office's DISCOVER, re-broadcast
+        # a repeater's copy never came first: still an echo
+        assert c.classify(beacon, "192.168.1.99", LAN_IFINDEX, BCAST, now=104.7) == "repeated"
+
+    def test_a_beacon_repeated_every_half_second_is_relayed_every_time(self):
+        c = make_classifier(window=2.0)
+        c.repeat.remember(b"something else", 100.0)
+        for t in range(20):
+            got = c.classify(b"beacon", "192.168.1.10", LAN_IFINDEX, BCAST, now=100.0 + t / 2)
+            assert got == "forwarded"
+
+    def test_repeat_memory_accepts_memoryview(self):
         c = make_classifier()
         buf = bytearray(b"xxpayloadxx")
-        view = memoryview(buf)[2:9]
-        assert c.classify(view, PEER, TUN_IFINDEX, GW_A, now=5.0) == "rebroadcast"
-        assert c.classify(b"payload", "192.168.1.10", LAN_IFINDEX, BCAST, now=5.1) == "echo"
+        c.repeat.remember(memoryview(buf)[2:9], 5.0)
+        assert c.classify(b"payload", "192.168.1.10", LAN_IFINDEX, BCAST, now=5.1) == "repeated"
 
     def test_no_hashing_without_recent_rebroadcast(self, monkeypatch):
         c = make_classifier()
@@ -157,17 +175,19 @@ class TestClassifier:
         def boom(payload):
             raise AssertionError("hashed although nothing was re-broadcast")
 
-        monkeypatch.setattr(relay.EchoMemory, "digest", staticmethod(boom))
+        monkeypatch.setattr(classify, "payload_key", boom)
         for i in range(5):
             assert c.classify(b"x%d" % i, "192.168.1.10", LAN_IFINDEX, BCAST) == "forwarded"
 
-    def test_echo_memory_is_bounded(self, monkeypatch):
-        monkeypatch.setattr(classify, "ECHO_MAX_ENTRIES", 50)
-        mem = relay.EchoMemory(2.0)
+    def test_repeat_memory_is_bounded(self, monkeypatch):
+        monkeypatch.setattr(classify, "REPEAT_MAX_ENTRIES", 50)
+        monkeypatch.setattr(classify, "SENDER_MAX_ENTRIES", 50)
+        mem = relay.RepeatMemory(2.0)
         for i in range(500):
             mem.remember(b"p%d" % i, 10.0 + i * 0.001)
-        assert len(mem) <= 50
-        assert mem.seen(b"p499", 10.6)
+            mem.repeated(b"q%d" % i, f"10.0.{i // 250}.{i % 250}", 10.0 + i * 0.001)
+        assert len(mem._entries) <= 50 and len(mem._pending) <= 50 and len(mem._senders) <= 50
+        assert mem.repeated(b"p499", "10.9.9.9", 10.6)  # pending too long: on the LAN now
 
 
 class TestTransitClassifier:
@@ -178,7 +198,7 @@ class TestTransitClassifier:
     def test_transit_only_source(self):
         c = make_classifier(transit=self.TRANSIT)
         assert c.classify(b"from A", HUB_SRC, TUN_IFINDEX, GW_A, now=1.0) == "transit"
-        assert len(c.echo) == 0  # not re-broadcast here: nothing to remember, nothing hashed
+        assert len(c.repeat) == 0  # the classifier remembers nothing (the relay does)
         # accept_from peers are unaffected
         assert c.classify(b"from B", PEER, TUN_IFINDEX, GW_A, now=1.0) == "rebroadcast"
 
@@ -186,8 +206,6 @@ class TestTransitClassifier:
         c = make_classifier(accept=(PEER, HUB_SRC), transit=self.TRANSIT)
         verdict = c.classify(b"from A", HUB_SRC, TUN_IFINDEX, GW_A, now=1.0)
         assert verdict == "rebroadcast+transit"
-        # re-broadcast on our LAN, so a LAN host repeating it is an echo
-        assert c.classify(b"from A", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.5) == "echo"
 
     def test_neither_is_foreign(self):
         c = make_classifier(accept=(), transit=self.TRANSIT)
@@ -219,19 +237,20 @@ class TestCompatClassifier:
         assert c.classify(b"x", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.0) == "forwarded"
         assert c.classify(b"x", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.1) == "forwarded"
         assert c.classify(b"x", "192.168.1.126", LAN_IFINDEX, BCAST, now=1.2) == "own"
-        assert len(c.echo) == 0  # unicast DEST: nothing remembered, nothing hashed
 
-    def test_broadcast_dest_suppresses_echo(self):
+    def test_broadcast_dest_relays_a_peers_repeated_payload(self):
+        """Defect: identical beacons every 0.5 s were dropped as echoes (2 of 6 arrived)."""
         dest_b = socket.inet_aton("192.168.2.255")
         c = relay.CompatClassifier(frozenset({"192.168.2.126"}), "192.168.2.255", True)
         gw_b = socket.inet_aton("192.168.2.126")
-        assert c.classify(b"x", "192.168.1.126", 9, gw_b, now=1.0) == "forwarded"
-        assert c.classify(b"x", "192.168.2.126", 3, dest_b, now=1.01) == "own"
-        # a LAN host repeating the payload within the window is an echo
-        assert c.classify(b"x", "192.168.1.126", 9, gw_b, now=1.5) == "echo"
-        assert c.classify(b"x", "192.168.1.126", 9, gw_b, now=3.6) == "forwarded"
-        # already addressed to DEST: re-sending it would duplicate it
+        for i in range(6):
+            now = 1.0 + i * 0.5
+            assert c.classify(b"beacon", "192.168.1.126", 9, gw_b, now=now) == "forwarded"
+            # our own re-broadcast comes back: told by its source, not its payload
+            assert c.classify(b"beacon", "192.168.2.126", 3, dest_b, now=now + 0.01) == "own"
+        # already addressed to DEST (or any broadcast): re-sending it would duplicate it
         assert c.classify(b"y", "192.168.2.20", 3, dest_b, now=4.0) == "same_destination"
+        assert c.classify(b"y", "192.168.2.20", 3, ALL_ONES, now=4.0) == "same_destination"
 
 
 # ----------------------------------------------------------------------- config
@@ -498,7 +517,7 @@ def test_load_config_file_errors(tmp_path):
         relay.load_config(str(bad))
     dup = tmp_path / "dup.json"
     dup.write_text('{"version": 1, "version": 1}')
-    with pytest.raises(relay.ConfigError, match="duplicate key 'version'"):
+    with pytest.raises(relay.ConfigError, match='duplicate key "version"'):
         relay.load_config(str(dup))
 
 
@@ -745,6 +764,7 @@ class FakeSock:
     def __init__(self, datagrams, fail=None):
         self.queue = list(datagrams)
         self.sent = []
+        self.markers = []
         self.fail = fail
 
     def recvmsg_into(self, buffers, ancbufsize, flags=0):
@@ -761,6 +781,9 @@ class FakeSock:
         self.sent.append((kind, bytes(payload), addr, anc))
 
     def sendto(self, payload, addr):
+        if addr[0] == "127.0.0.1":  # the relay's marker after re-broadcasts: loops back
+            self.markers.append(bytes(payload))
+            return
         self._send("sendto", payload, addr)
 
     def setsockopt(self, *args):
@@ -876,7 +899,7 @@ def test_transit_passes_on_without_rebroadcast():
     )
     assert (ps.received, ps.forwarded, ps.rebroadcast, ps.transited) == (4, 1, 1, 1)
     assert ps.dropped == {"foreign": 1}
-    assert len(ps.classifier.echo) == 1  # only from-b was re-broadcast
+    assert len(ps.classifier.repeat) == 1  # only from-b was re-broadcast
     status = r.status()["ports"]["6799"]
     assert status["transited"] == 1
     assert status["transit"] == {HUB_SRC: [PEER, PEER_C]}
@@ -1112,7 +1135,6 @@ class TestPeerInterfaces:
     def test_forged_peer_source_elsewhere_is_dropped(self, links, ifindex):
         c = pi_classifier({PEER: TUN, PEER_C: "sl-queens"}, accept=(PEER, PEER_C))
         assert c.classify(b"forged", PEER, ifindex, GW_A, now=1.0) == "peer_interface"
-        assert len(c.echo) == 0  # not re-broadcast, so not remembered as an echo either
         # LAN broadcasts are not affected by peer_interfaces
         assert c.classify(b"forged", "192.168.1.10", LAN_IFINDEX, BCAST, now=1.1) == "forwarded"
 

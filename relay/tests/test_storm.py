@@ -60,7 +60,7 @@ def test_defaults_are_the_documented_ones():
     assert (sc.per_source_rate, sc.per_source_burst) == (1000.0, 2000.0)
     assert (sc.global_rate, sc.global_burst) == (20000.0, 40000.0)
     assert (sc.cutoff_seconds, sc.trip_seconds) == (10.0, 1.0)
-    assert storm.DROP_REASONS == ("cut_off", "rate_limited", "storm")
+    assert storm.DROP_REASONS == ("cut_off", "rate_limited", "storm", "unverified")
 
 
 def test_flooder_is_cut_off_and_the_others_lose_nothing():
@@ -269,3 +269,54 @@ def test_allowed_path_is_cheap():
         best = min(best, time.perf_counter() - start)
         assert sc.rate_limited_total == 0 and sc.storm_total == 0
     assert best / n < 2e-6
+
+
+def test_dropped_datagrams_trip_the_breaker_without_spending_the_shared_budgets():
+    """Unicasts to the relay, foreign, malformed...: charge() counts them per source."""
+    sc, events = make(per_source_rate=100.0, per_source_burst=10.0, trip_seconds=0.25)
+    verdicts = Counter(sc.charge(FLOODER, T0 + i / 10000) for i in range(5000))  # 0.5 s
+    assert verdicts["cut_off"] > 2000 and verdicts[None] <= 10 + 100 * 0.3
+    assert events == [("cut_off", FLOODER)]
+    assert sc.check(QUIET, T0 + 0.5) is None  # the global bucket was never touched
+    assert sc._g_tat <= T0 + 0.5 + sc._g_interval
+
+
+def test_unverified_sources_share_one_budget_and_a_lone_one_is_still_cut_off():
+    sc, events = make(per_source_rate=100.0, per_source_burst=10.0, trip_seconds=0.25)
+    sc.verify = lambda src, now: src == QUIET
+    forged = [f"192.168.1.{100 + i}" for i in range(100)]
+    schedule = [(T0 + i / 5000, forged[i % 100]) for i in range(5000)]  # 1 s, 50/s each
+    schedule += [(T0 + i / 50, QUIET) for i in range(50)]
+    verdicts: dict[str, Counter] = {"forged": Counter(), "quiet": Counter()}
+    for now, src in sorted(schedule):
+        verdicts["quiet" if src == QUIET else "forged"][sc.check(src, now)] += 1
+    assert verdicts["quiet"] == Counter({None: 50})
+    assert verdicts["forged"][None] <= 10 + 100 * 1.05  # one source's worth, all together
+    assert verdicts["forged"]["unverified"] > 4800
+    assert events == [] and sc.status(T0 + 1)["unverified_total"] > 4800
+    # one unverified source alone over its own rate is cut off (and then the kernel drops it)
+    lone, events2 = make(per_source_rate=100.0, per_source_burst=10.0, trip_seconds=0.25)
+    lone.verify = lambda src, now: False
+    got = Counter(lone.check("10.99.0.2", T0 + i / 5000) for i in range(2500))
+    assert got["cut_off"] > 1000 and events2 == [("cut_off", "10.99.0.2")]
+
+
+def test_a_source_verified_later_gets_its_own_budget():
+    sc, _unused = make(per_source_rate=100.0, per_source_burst=10.0)
+    known = set()
+    sc.verify = lambda src, now: src in known
+    assert sc.check(QUIET, T0) is None
+    assert sc._sources[QUIET].shared is not None
+    known.add(QUIET)
+    sc.check(QUIET, T0 + storm.REVERIFY_SECONDS + 0.01)
+    assert sc._sources[QUIET].shared is None
+
+
+def test_a_failing_verify_means_unverified():
+    sc, _unused = make()
+
+    def boom(src, now):
+        raise OSError("no /proc")
+
+    sc.verify = boom
+    assert sc.check(QUIET, T0) is None and sc._sources[QUIET].shared is not None

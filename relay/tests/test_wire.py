@@ -48,52 +48,86 @@ def test_sealer_counts_and_rolls_the_epoch():
     assert (h2[3], h2[5], h2[6]) == (b"abcd", 100, 0) and bumps == [1]
 
 
+ACCEPTED = (None, wire.LEASE)  # new: as is, or once the saved state covers it
+
+
 class TestReplayWindow:
     def test_in_order_then_replay(self):
         w = wire.ReplayWindow()
-        assert [w.check(1, s) for s in range(5)] == [None] * 5
+        assert [w.check(1, s) in ACCEPTED for s in range(5)] == [True] * 5
         assert w.check(1, 3) == wire.DROP_REPLAY
         assert w.check(1, 4) == wire.DROP_REPLAY
 
     def test_reordering_within_the_window_is_accepted_once(self):
         w = wire.ReplayWindow()
-        assert w.check(1, 10) is None
+        assert w.check(1, 10) in ACCEPTED
         assert w.check(1, 8) is None
         assert w.check(1, 8) == wire.DROP_REPLAY
         assert w.check(1, 9) is None
 
     def test_too_old_and_older_epoch_are_stale(self):
         w = wire.ReplayWindow()
-        assert w.check(2, wire.REPLAY_WINDOW + 5) is None
+        assert w.check(2, wire.REPLAY_WINDOW + 5) in ACCEPTED
         assert w.check(2, 5) == wire.DROP_STALE
         assert w.check(1, 10_000) == wire.DROP_STALE
 
     def test_newer_epoch_starts_over(self):
         w = wire.ReplayWindow()
-        assert w.check(1, 500) is None
-        assert w.check(2, 0) is None
+        assert w.check(1, 500) in ACCEPTED
+        assert w.check(2, 0) in ACCEPTED
         assert w.check(2, 0) == wire.DROP_REPLAY
         assert w.check(1, 501) == wire.DROP_STALE
 
     def test_a_huge_jump_costs_nothing(self):
         w = wire.ReplayWindow()
-        assert w.check(1, 0) is None
-        assert w.check(1, wire.SEQ_LIMIT - 1) is None
+        assert w.check(1, 0) in ACCEPTED
+        assert w.check(1, wire.SEQ_LIMIT - 1) in ACCEPTED
         assert w.bits == 1
 
     @given(st.lists(st.integers(0, 3000), max_size=300))
     @settings(max_examples=200, deadline=None)
     def test_never_accepts_a_number_twice(self, seqs):
         w = wire.ReplayWindow()
-        accepted = [s for s in seqs if w.check(1, s) is None]
+        accepted = [s for s in seqs if w.check(1, s) in ACCEPTED]
         assert len(accepted) == len(set(accepted))
+        assert len(set(accepted)) >= len(set(s for s in seqs if s > max(seqs, default=0) - 1024))
+
+    def test_a_new_top_past_the_lease_asks_for_a_save_first(self):
+        w = wire.ReplayWindow()
+        assert w.check(1, 0) is wire.LEASE  # nothing covers it yet
+        w.limit = 64  # what ReplayState.lease does
+        assert [w.check(1, s) for s in range(1, 65)] == [None] * 64
+        assert w.check(1, 65) is wire.LEASE
+        assert w.check(2, 0) is wire.LEASE  # a new epoch: its marks are not saved
+
+    def test_an_epoch_from_the_future_is_refused_and_never_stored(self, monkeypatch):
+        monkeypatch.setattr(wire.time, "time", lambda: 1_800_000_000.0)
+        w = wire.ReplayWindow()
+        assert w.check(1_800_000_000, 0) is wire.LEASE
+        future = 1_800_000_000 + wire.MAX_EPOCH_SKEW + 1
+        assert w.check(future, 0) == wire.DROP_FUTURE
+        assert w.epoch == 1_800_000_000  # not stored: the real epoch goes on
+        assert w.check(1_800_000_000, 1) is wire.LEASE
+        assert w.check(1_800_000_000 + wire.MAX_EPOCH_SKEW, 0) is wire.LEASE  # a day: fine
+
+    def test_a_sender_refused_three_times_in_a_row_is_stuck_until_one_gets_in(self):
+        w = wire.ReplayWindow()
+        w.check(50, 7)
+        for i in range(2):
+            assert w.check(40, i) == wire.DROP_STALE
+        assert not w.stuck()
+        assert w.check(40, 2) == wire.DROP_STALE
+        assert w.stuck() and (w.streak, w.offered, w.reason) == (3, 40, "stale")
+        assert w.check(50, 8) in ACCEPTED
+        assert not w.stuck()
+        assert w.check(40, 3) == wire.DROP_STALE and w.streak == 1  # a new streak
 
 
 def test_replay_state_survives_a_restart_and_ignores_junk():
     state = wire.ReplayState()
     for seq in range(3):
         state.window(SENDER).check(9, seq)
-    dumped = json.loads(json.dumps(state.dump()))
+    dumped = json.loads(json.dumps(state.dump(exact=True)))
     assert dumped == {"192.168.1.126": [9, 2]}
     again = wire.ReplayState()
     junk = {"x": [1, 2], "10.0.0.1": "no", "10.0.0.2": [1], "10.0.0.3": [-1, 5]}
@@ -101,13 +135,92 @@ def test_replay_state_survives_a_restart_and_ignores_junk():
     assert again.load([1, 2]) == 0
     window = again.window(SENDER)
     assert window.check(9, 2) == wire.DROP_REPLAY and window.check(9, 0) == wire.DROP_REPLAY
-    assert window.check(9, 3) is None
+    assert window.check(9, 3) in ACCEPTED
+
+
+def test_leases_are_saved_ahead_so_a_crash_lets_no_replay_in(tmp_path):
+    path = tmp_path / "replay.json"
+    state = wire.ReplayState(str(path))
+    window = state.window(SENDER)
+    assert window.check(9, 0) is wire.LEASE
+    assert state.lease(now=100.0) is None
+    assert json.loads(path.read_text()) == {"192.168.1.126": [9, wire.LEASE_MIN]}
+    for seq in range(1, wire.LEASE_MIN + 1):  # covered: no more writes
+        assert window.check(9, seq) is None
+    path.write_text("{}")  # (to see that nothing is written)
+    assert window.check(9, 5) == wire.DROP_REPLAY and path.read_text() == "{}"
+    assert window.check(9, wire.LEASE_MIN + 1) is wire.LEASE
+    # a crash now: the next start loads the mark, which covers every number used
+    state.lease(now=200.0)
+    restarted = wire.ReplayState(str(path))
+    restarted.load(json.loads(path.read_text()))
+    for seq in range(wire.LEASE_MIN + 2):
+        assert restarted.window(SENDER).check(9, seq) == wire.DROP_REPLAY
+    # a clean stop saves the exact top: nothing lost at the next start
+    state.save(exact=True)
+    assert json.loads(path.read_text()) == {"192.168.1.126": [9, wire.LEASE_MIN + 1]}
+
+
+def test_lease_blocks_grow_when_busy_and_shrink_when_quiet(tmp_path):
+    state = wire.ReplayState(str(tmp_path / "replay.json"))
+    state.window(SENDER).check(9, 0)
+    state.lease(now=0.0)
+    start = state.block
+    state.lease(now=0.5)
+    state.lease(now=0.9)
+    assert state.block == start * 4
+    state.lease(now=100.0)
+    assert state.block == start * 2
+    for t in range(30):
+        state.lease(now=1000.0 + 100 * t)
+    assert state.block == wire.LEASE_MIN
+    for t in range(40):
+        state.lease(now=10_000.0 + 0.01 * t)
+    assert state.block == wire.LEASE_MAX
+
+
+def test_a_failed_save_is_reported_and_counted(tmp_path):
+    state = wire.ReplayState(str(tmp_path / "gone" / "replay.json"))
+    state.window(SENDER).check(9, 0)
+    error = state.lease(now=1.0)
+    assert error and "gone/replay.json" in error and state.save_failures == 1
+    assert state.save_error == error
+    (tmp_path / "gone").mkdir()
+    assert state.lease(now=2.0) is None and state.save_error is None and state.save_failures == 1
+
+
+def test_forget_drops_the_named_senders_or_all():
+    state = wire.ReplayState()
+    other = bytes([192, 168, 2, 126])
+    state.window(SENDER).check(9, 0)
+    state.window(other).check(5, 0)
+    assert state.forget(["192.168.1.126", "10.9.9.9", "junk"]) == ["192.168.1.126"]
+    assert list(state.windows) == [other] and state.forgotten == 1
+    assert state.forget("all") == ["192.168.2.126"] and not state.windows
+    assert state.window(SENDER).check(1, 0) in ACCEPTED  # an epoch that went back: taken
+
+
+def test_stuck_senders_for_the_status():
+    state = wire.ReplayState()
+    state.window(SENDER).check(50, 0)
+    for seq in range(4):
+        state.window(SENDER).check(49, seq)
+    assert state.stuck() == {
+        "192.168.1.126": {"streak": 4, "reason": "stale", "epoch": 50, "offered": 49}
+    }
 
 
 def test_next_epoch_grows_even_when_the_clock_goes_back():
     assert wire.next_epoch(None, now=1000) == 1000
     assert wire.next_epoch(5000, now=1000) == 5001
     assert wire.next_epoch(999, now=1000) == 1000
+
+
+def test_next_epoch_ignores_a_saved_epoch_far_ahead_of_the_clock():
+    now = 1_800_000_000
+    assert wire.next_epoch(now + 3600, now=now) == now + 3601
+    assert wire.next_epoch(now + wire.MAX_EPOCH_SKEW, now=now) == now  # a day ahead: ignored
+    assert wire.next_epoch(now + wire.MAX_EPOCH_SKEW // 2, now=now) == now
 
 
 def test_epoch_file_round_trip(tmp_path):
@@ -157,6 +270,31 @@ class TestKeysFile:
             wire.parse_keys(doc)
         assert any(line.startswith(message) for line in info.value.errors), info.value.errors
         assert KEY.hex() not in str(info.value)
+
+    @pytest.mark.parametrize(
+        "text, key",
+        [
+            ('{"version": 1, "peers": {"10.0.0.1": {"send": "%s", "send": "%s",'
+             ' "accept": ["%s"]}}}', "send"),
+            ('{"version": 1, "peers": {"10.0.0.1": {"send": "%s", "accept": ["%s"]},'
+             ' "10.0.0.1": {"send": "%s", "accept": ["%s"]}}}', "10.0.0.1"),
+        ],
+    )  # fmt: skip
+    def test_duplicate_keys_are_refused_naming_the_key(self, tmp_path, text, key):
+        path = tmp_path / "keys.json"
+        path.write_text(text.replace("%s", KEY.hex()))
+        with pytest.raises(wire.KeysError) as info:
+            wire.load_keys(str(path))
+        assert info.value.errors == [f'{path}: duplicate key "{key}"']
+        assert KEY.hex() not in str(info.value)
+
+    def test_a_fifo_is_refused_at_once(self, tmp_path):
+        import os
+
+        fifo = tmp_path / "keys.json"
+        os.mkfifo(fifo)
+        with pytest.raises(wire.KeysError, match="not a regular file .a FIFO."):
+            wire.load_keys(str(fifo))  # with open(), this would hang until someone writes
 
     def test_unreadable_files(self, tmp_path):
         bad = tmp_path / "keys.json"

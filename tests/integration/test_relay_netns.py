@@ -210,7 +210,7 @@ def test_reverse_direction_and_no_echo_on_lan_b(lab, service, hosts):
 def test_lan_host_repeating_a_rebroadcast_is_not_sent_back(lab, service, hosts):
     """A LAN B host repeats what gwB re-broadcast (e.g. a forgotten old udp-proxy).
 
-    Its source is a LAN host, so only the echo suppression keeps gwB from sending it
+    Its source is a LAN host, so only the repeat memory keeps gwB from sending it
     back to gwA, which would re-broadcast it on LAN A.
     """
     drain(*hosts.values())
@@ -221,7 +221,7 @@ def test_lan_host_repeating_a_rebroadcast_is_not_sent_back(lab, service, hosts):
     hosts["ws2_tx"].sendto(got[0][0], (BCAST_B, PORT))  # within the 2 s window
     assert only_from(collect(hosts["mon"], expected=1, timeout=2), APP) == []
     delta = port_delta(service["gwB"].status(), before)
-    assert delta["dropped"] == {"echo": 1}
+    assert delta["dropped"] == {"repeated": 1}
     assert (delta["rebroadcast"], delta["forwarded"]) == (1, 0)
 
 

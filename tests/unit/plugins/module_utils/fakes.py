@@ -1,4 +1,5 @@
-"""A stand-in for AnsibleModule: exit_json/fail_json raise Exit with the result."""
+"""A stand-in for AnsibleModule: exit_json/fail_json raise Exit with the result; warn()
+keeps its warnings in ``warnings``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ class FakeModule:
         self.params = dict(params)
         self.check_mode = check_mode
         self._diff = diff
+        self.warnings = []
+
+    def warn(self, warning):
+        self.warnings.append(warning)
 
     def fail_json(self, **kw):
         raise Exit(kw, True)

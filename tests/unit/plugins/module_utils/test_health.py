@@ -1297,6 +1297,17 @@ def test_report_json_shape():
             {"expected": True, "state": "active", "stale": True, "ports": {"1": {"received": 4}}},
             "STALE 4/0/0/0/0",
         ),
+        (
+            {
+                "expected": True,
+                "state": "active",
+                "age": 1.0,
+                "ports": {"1": {"received": 4}},
+                "stuck": [{"sender": "192.168.1.126"}],
+                "problems": ["x"],
+            },
+            "STUCK 4/0/0/0/0",
+        ),
     ],
 )
 def test_relay_cell_capitalises_what_is_wrong(relay, cell):
@@ -1430,3 +1441,144 @@ def test_summary_names_every_problem_on_a_line():
         ["manhattan-gw"], {"manhattan-gw": check(Gateway(MANHATTAN))}, {}, "t"
     )
     assert report.summary_text(healthy) == "1 of 1 office healthy"
+
+
+# --------------------------------------------------------------------------
+# the relay's replay state: a peer relay stuck, replay windows not saved
+
+STUCK_LINE = (
+    "relay: peer relay 192.168.1.126 (manhattan) is stuck: its last 12 datagrams were all "
+    "refused as stale, its epoch 1795990000 is older than the 1796000000 held here (its state "
+    "or clock was reset); reset it: ansible-playbook -i <inventory> site.yml --limit "
+    """brooklyn-gw -e '{"relay_forget_senders": ["192.168.1.126"]}'"""
+)
+
+
+def with_replay(plan, **replay):
+    """A gateway whose relay reports its replay state (a relay that knows ``replay``)."""
+    gw = Gateway(plan)
+    status = json.loads(gw.files[hc.RELAY_STATUS_FILE])
+    status["replay"] = {
+        "state_dir": "/var/lib/sitelink-relay",
+        "senders": 1,
+        "save_failures": 0,
+        "save_error": None,
+        "forgotten_total": 0,
+        "stuck": {},
+        **replay,
+    }
+    for peer in status["peers"].values():
+        peer["stale_streak"] = 12 if replay.get("stuck") else 0
+    gw.files[hc.RELAY_STATUS_FILE] = json.dumps(status)
+    return gw
+
+
+STALE = {"streak": 12, "reason": "stale", "epoch": 1796000000, "offered": 1795990000}
+
+
+def test_a_stuck_peer_relay_is_a_problem_naming_it_and_its_remedy():
+    gw = with_replay(BROOKLYN, stuck={"192.168.1.126": STALE})
+    result = hc.check_gateway(BROOKLYN, gw, host="brooklyn-gw")
+    assert result["healthy"] is False
+    assert result["problems"] == [STUCK_LINE]
+    assert result["relay"]["stuck"] == [{"sender": "192.168.1.126", "office": "manhattan", **STALE}]
+    assert result["relay"]["peers"]["192.168.1.126"]["stale_streak"] == 12
+    # The remedy's extra vars are the JSON the relay role takes.
+    extra = STUCK_LINE.split("-e '", 1)[1].rstrip("'")
+    assert json.loads(extra) == {"relay_forget_senders": ["192.168.1.126"]}
+
+
+def test_a_stuck_peer_relay_shows_in_the_table_and_the_summary():
+    gw = with_replay(BROOKLYN, stuck={"192.168.1.126": STALE})
+    built = report.build_report(
+        ["manhattan-gw", "brooklyn-gw"],
+        {
+            "manhattan-gw": check(Gateway(MANHATTAN)),
+            "brooklyn-gw": hc.check_gateway(BROOKLYN, gw, host="brooklyn-gw"),
+        },
+        {},
+        "t",
+    )
+    rows = {row[0]: row for row in report.table_rows(built)}
+    assert rows["brooklyn"][6].startswith("STUCK ") and rows["brooklyn"][8] == "UNHEALTHY"
+    assert rows["manhattan"][6].startswith("active ")
+    assert report.summary_text(built) == f"1 of 2 offices unhealthy:\n  - brooklyn: {STUCK_LINE}"
+
+
+def test_a_peer_relay_ahead_of_the_clock_says_to_check_the_clocks():
+    future = {"streak": 3, "reason": "future", "epoch": 1796000000, "offered": 1897000000}
+    gw = with_replay(BROOKLYN, stuck={"192.168.1.126": future, "192.168.9.1": STALE})
+    problems = check(gw)["problems"]
+    assert problems == [
+        "relay: peer relay 192.168.1.126 (manhattan) is stuck: its last 3 datagrams were all "
+        "refused as future, its epoch 1897000000 is more than a day ahead of this gateway's "
+        "clock (held: 1796000000); check both clocks, then reset it: ansible-playbook -i "
+        "<inventory> site.yml --limit <this gateway> -e "
+        """'{"relay_forget_senders": ["192.168.1.126"]}'""",
+        # A sender that is not a peer (an origin relay through a hub): no office to name.
+        "relay: peer relay 192.168.9.1 is stuck: its last 12 datagrams were all refused as "
+        "stale, its epoch 1795990000 is older than the 1796000000 held here (its state or "
+        "clock was reset); reset it: ansible-playbook -i <inventory> site.yml --limit "
+        """<this gateway> -e '{"relay_forget_senders": ["192.168.9.1"]}'""",
+    ]
+
+
+def test_the_module_names_its_host_in_the_remedy():
+    gw = with_replay(BROOKLYN, stuck={"192.168.1.126": STALE})
+    done = run_module(FakeModule(BROOKLYN, host="brooklyn-gw"), gw)
+    assert done.result["problems"] == [STUCK_LINE]
+
+
+def test_replay_windows_that_cannot_be_saved_are_a_problem():
+    gw = with_replay(BROOKLYN, save_failures=4, save_error="[Errno 28] No space left on device")
+    result = check(gw)
+    assert result["problems"] == [
+        "relay: replay protection is not being saved in /var/lib/sitelink-relay (4 failed "
+        "writes, the last: [Errno 28] No space left on device); after a restart the relay "
+        "would not know which datagrams it has seen"
+    ]
+    assert result["relay"]["replay"]["save_failures"] == 4
+    once = check(with_replay(BROOKLYN, save_failures=1, save_error="disk full"))
+    assert "(1 failed write, the last: disk full)" in once["problems"][0]
+    # Failures in the past, saving again: counted, no problem.
+    healthy = check(with_replay(BROOKLYN, save_failures=4))
+    assert (healthy["healthy"], healthy["relay"]["replay"]["save_error"]) == (True, None)
+
+
+def test_a_relay_without_replay_state_or_nothing_stuck_is_healthy():
+    old = check(Gateway(BROOKLYN))  # a relay too old to report "replay"
+    assert (old["healthy"], old["relay"]["replay"], old["relay"]["stuck"]) == (True, None, [])
+    assert "stale_streak" not in old["relay"]["peers"]["192.168.1.126"]
+    new = check(with_replay(BROOKLYN))
+    assert (new["healthy"], new["relay"]["stuck"]) == (True, [])
+    assert new["relay"]["replay"] == {
+        "state_dir": "/var/lib/sitelink-relay",
+        "senders": 1,
+        "save_failures": 0,
+        "save_error": None,
+        "forgotten_total": 0,
+    }
+    assert new["relay"]["peers"]["192.168.1.126"]["stale_streak"] == 0
+
+
+def test_odd_replay_content_names_no_command_it_cannot_trust():
+    status = relay_status([6799])
+    status["replay"] = {
+        "senders": "3",
+        "stuck": {"192.168.1.126'; rm -rf /": STALE, "10.0.0.1": "?", "10.0.0.2": {"epoch": True}},
+    }
+    relay = hc.check_relay([6799], "active", json.dumps(status), NOW)
+    assert [s["sender"] for s in relay["stuck"]] == ["10.0.0.1", "10.0.0.2"]
+    assert relay["stuck"][1] == {
+        "sender": "10.0.0.2",
+        "office": None,
+        "reason": "refused",
+        "streak": 0,
+        "epoch": None,
+        "offered": None,
+    }
+    assert "rm -rf" not in " ".join(relay["problems"])
+    assert relay["replay"]["senders"] == 0
+    status["replay"] = ["not", "a", "dict"]
+    relay = hc.check_relay([6799], "active", json.dumps(status), NOW)
+    assert (relay["ok"], relay["replay"]) == (True, None)

@@ -39,10 +39,6 @@ class FakeModule(fakes.FakeModule):
             "builtin_defaults": dict(kernel.BUILTIN_DEFAULTS),
         }
         super().__init__(dict(defaults, **params), check_mode, diff)
-        self.warnings = []
-
-    def warn(self, msg):
-        self.warnings.append(msg)
 
 
 class FakeKernel:

@@ -4,6 +4,8 @@ or restarted as the change calls for, keys never shown."""
 from __future__ import annotations
 
 import base64
+import json
+import os
 import subprocess
 
 import pytest
@@ -52,6 +54,8 @@ def params(root, **kw):
         "config_path": str(root / "etc/sitelink/relay.json"),
         "keys_path": str(root / "etc/sitelink/relay-keys.json"),
         "unit_path": str(root / "etc/systemd/system/sitelink-relay.service"),
+        "forget_senders": [],
+        "state_dir": str(root / "var/lib/sitelink-relay"),
     }
     base.update(kw)
     return base
@@ -79,6 +83,18 @@ def test_first_run_checks_writes_enables_and_starts(host):
     assert keys.read_text() == KEYS and keys.stat().st_mode & 0o777 == 0o600
     assert (host / "etc/sitelink/relay.json").stat().st_mode & 0o777 == 0o644
     assert systemd.verbs() == [("daemon-reload",), ("enable", SERVICE), ("start", SERVICE)]
+
+
+def test_the_config_is_checked_with_the_keys_it_will_run_with(host):
+    """On a first run the keys file is not there yet: the check gets the new keys."""
+    program = host / "sbin/sitelink-relay"
+    program.write_text(
+        '#!/bin/sh\nif [ "$1" = --check-config ]; then\n'
+        '  [ "$3" = --keys ] && cp "$4" "$(dirname "$0")/keys-seen" || exit 1\nfi\n'
+    )
+    done = run(host, FakeSystemd())
+    assert not done.failed, done.result
+    assert (host / "sbin/keys-seen").read_text() == KEYS
 
 
 def test_second_run_changes_nothing(host):
@@ -222,3 +238,149 @@ def test_the_program_shows_in_the_diff_as_its_digest(host):
 def test_a_program_that_is_not_base64_is_refused(host):
     done = run(host, FakeSystemd(), program="not base64!")
     assert done.failed and done.result["msg"] == "program: not base64"
+
+
+# --------------------------------------------------------------------------
+# forget_senders: the request file the relay reads at start and on SIGHUP
+
+
+@pytest.fixture
+def state(host):
+    """The relay's state directory as systemd makes it with DynamicUser: the real one in
+    var/lib/private, and var/lib/sitelink-relay a symlink to it."""
+    private = host / "var/lib/private/sitelink-relay"
+    private.mkdir(parents=True)
+    (host / "var/lib/sitelink-relay").symlink_to("private/sitelink-relay")
+    return private
+
+
+def request(directory):
+    return json.loads((directory / "forget").read_text())
+
+
+def test_forget_writes_the_request_and_reloads_the_running_relay(host, state):
+    systemd = FakeSystemd()
+    run(host, systemd)
+    systemd.calls.clear()
+    done = run(host, systemd, forget_senders=["192.168.3.126", "192.168.1.126", "192.168.1.126"])
+    assert not done.failed and done.result["changed"]
+    assert request(state) == {"senders": ["192.168.1.126", "192.168.3.126"]}
+    assert (state / "forget").stat().st_mode & 0o777 == 0o644  # the relay's user reads it
+    assert done.result["steps"] == [
+        f"write {host}/var/lib/sitelink-relay/forget",
+        f"systemctl reload {SERVICE}",
+    ]
+    assert systemd.verbs() == [("reload", SERVICE)]
+    # An explicit request: asked again, done again.
+    assert run(host, systemd, forget_senders=["192.168.1.126"]).result["changed"]
+
+
+def test_forget_all_and_one_reload_with_a_new_config(host, state):
+    systemd = FakeSystemd()
+    run(host, systemd)
+    systemd.calls.clear()
+    run(host, systemd, config=CONFIG.replace("6799", "6800"), forget_senders=["all"])
+    assert request(state) == {"senders": "all"}
+    assert systemd.verbs() == [("reload", SERVICE)]
+
+
+def test_forget_with_a_restart_due_needs_no_reload(host, state):
+    systemd = FakeSystemd()
+    run(host, systemd)
+    systemd.calls.clear()
+    run(host, systemd, keys=KEYS.replace("ab", "cd"), forget_senders=["192.168.1.126"])
+    assert systemd.verbs() == [("restart", SERVICE)]  # it reads the request as it starts
+
+
+def test_forget_where_the_relay_does_not_run_leaves_it_for_its_next_start(host, state):
+    systemd = FakeSystemd()
+    run(host, systemd, config=None, keys=None)
+    systemd.calls.clear()
+    done = run(host, systemd, config=None, keys=None, forget_senders=["192.168.1.126"])
+    assert done.result["steps"] == [f"write {host}/var/lib/sitelink-relay/forget"]
+    assert request(state) == {"senders": ["192.168.1.126"]}
+    assert systemd.verbs() == []
+
+
+def test_a_request_not_yet_read_is_merged_not_lost(host, state):
+    systemd = FakeSystemd()
+    run(host, systemd, config=None, keys=None, forget_senders=["192.168.3.126"])
+    run(host, systemd, config=None, keys=None, forget_senders=["192.168.1.126"])
+    assert request(state) == {"senders": ["192.168.1.126", "192.168.3.126"]}
+    run(host, systemd, config=None, keys=None, forget_senders=["all"])
+    run(host, systemd, config=None, keys=None, forget_senders=["192.168.1.126"])
+    assert request(state) == {"senders": "all"}
+    (state / "forget").write_text("garbage")
+    run(host, systemd, config=None, keys=None, forget_senders=["192.168.1.126"])
+    assert request(state) == {"senders": ["192.168.1.126"]}
+
+
+@pytest.mark.parametrize("layout", ["symlink", "private only", "plain directory"])
+def test_forget_writes_into_whichever_state_directory_exists(host, layout):
+    real = host / (
+        "var/lib/sitelink-relay"
+        if layout == "plain directory"
+        else "var/lib/private/sitelink-relay"
+    )
+    real.mkdir(parents=True)
+    if layout == "symlink":
+        (host / "var/lib/sitelink-relay").symlink_to("private/sitelink-relay")
+    done = run(host, FakeSystemd(), forget_senders=["192.168.1.126"])
+    assert request(real) == {"senders": ["192.168.1.126"]}
+    wrote = [s for s in done.result["steps"] if s.endswith("/forget")]
+    assert [os.path.realpath(s.split(" ", 1)[1]) for s in wrote] == [str(real / "forget")]
+    assert sorted(p.name for p in real.iterdir()) == ["forget"]  # no temp file left
+
+
+def test_forget_without_a_state_directory_warns_and_writes_nothing(host):
+    systemd = FakeSystemd()
+    run(host, systemd, config=None, keys=None)
+    module = Module(params(host, config=None, keys=None, forget_senders=["all"]))
+    with pytest.raises(Exit) as exc:
+        relay_service.run_module(module, systemd=systemd)
+    assert not exc.value.failed and not exc.value.result["changed"]
+    assert not (host / "var").exists()
+    (warning,) = module.warnings
+    assert warning.startswith(f"forget_senders: no state directory {host}/var/lib/sitelink-relay:")
+
+
+def test_forget_in_check_mode_writes_nothing_and_predicts_the_change(host, state):
+    systemd = FakeSystemd()
+    run(host, systemd)
+    systemd.calls.clear()
+    done = run(host, systemd, check_mode=True, diff=True, forget_senders=["192.168.1.126"])
+    assert done.result["changed"]
+    assert done.result["steps"] == [
+        f"write {host}/var/lib/sitelink-relay/forget",
+        f"systemctl reload {SERVICE}",
+    ]
+    assert not (state / "forget").exists() and systemd.verbs() == []
+    (diff,) = done.result["diff"]
+    assert diff["after_header"] == f"{host}/var/lib/sitelink-relay/forget"
+    assert (diff["before"], diff["after"]) == ("", '{"senders": ["192.168.1.126"]}\n')
+
+
+@pytest.mark.parametrize(
+    ("senders", "message"),
+    [
+        (
+            ["192.168.1.126", "brooklyn"],
+            "forget_senders: 'brooklyn' is not an IPv4 address (give the peer relays' "
+            "addresses, as verify.yml names them, or the single word all)",
+        ),
+        (["192.168.1.300"], "forget_senders: '192.168.1.300' is not an IPv4 address"),
+        (["192.168.1.0/24"], "forget_senders: '192.168.1.0/24' is not an IPv4 address"),
+        (
+            ["all", "192.168.1.126"],
+            "forget_senders: all stands alone (every sender is forgotten), got all, 192.168.1.126",
+        ),
+    ],
+)
+def test_forget_refuses_what_is_not_an_address_before_anything_is_done(
+    host, state, senders, message
+):
+    systemd = FakeSystemd()
+    done = run(host, systemd, forget_senders=senders)
+    assert done.failed and done.result["msg"].startswith(message)
+    assert not (host / "etc").exists() and not (state / "forget").exists()
+    assert systemd.verbs() == []
