@@ -82,10 +82,11 @@ class RepeatMemory:
     A pure repeater's copies always follow our re-broadcasts, so it is neither.
 
     Causality: a copy that reached us before our re-broadcast was sent cannot be its
-    echo.  Remembered payloads stay pending until ``activate``: the relay sends
-    itself a marker (from 127.0.0.1) right after its sends, and activates what is
-    pending when it reads the marker back; whatever it read before the marker was
-    queued before the re-broadcast left.  (A lost marker: PENDING_MAX.)
+    echo.  Remembered payloads stay pending until ``activate``: right before it sends
+    them, the relay sends itself a marker (from 127.0.0.1) numbered by ``mark``, and
+    activates what that number covers when it reads the marker back; whatever it
+    read before the marker was queued before the re-broadcasts left, and a repeater's
+    echo can only come after it.  (A lost marker: PENDING_MAX.)
     While nothing is re-broadcast, LAN broadcasts are not hashed: ``quiet`` only
     notes their sources (a one-way port pays one set lookup per datagram).
     """
@@ -95,6 +96,8 @@ class RepeatMemory:
         "_entries",
         "_pending",
         "_pending_since",
+        "_gen",
+        "unmarked",
         "_senders",
         "_quiet",
         "_until",
@@ -104,8 +107,11 @@ class RepeatMemory:
     def __init__(self, window: float = REPEAT_WINDOW):
         self.window = window
         self._entries: dict[int, float] = {}  # payload key -> expiry (on the LAN)
-        self._pending: set[int] = set()  # re-broadcast, not known to be on the LAN yet
+        # re-broadcast, not known to be on the LAN yet: key -> number of its marker
+        self._pending: dict[int, int] = {}
         self._pending_since = 0.0
+        self._gen = 0  # the next marker's number
+        self.unmarked = False  # remembered since the last marker
         self._senders: dict[tuple[str, int], float] = {}  # (source, key) -> expiry
         self._quiet: set[str] = set()  # sources heard while nothing was re-broadcast
         self._until = 0.0  # expiry of the newest entry
@@ -117,16 +123,33 @@ class RepeatMemory:
             self.activate(now)  # bounded: a batch never holds that many
         if not pending:
             self._pending_since = now
-        pending.add(payload_key(payload))
+        pending[payload_key(payload)] = self._gen
+        self.unmarked = True
         self._learn_until = now + SENDER_MEMORY
 
-    def activate(self, now: float) -> None:
-        """What is pending is on the LAN now: echoes of it count from here."""
+    def mark(self) -> int:
+        """The number of the marker that goes out before the re-broadcasts pending now."""
+        gen = self._gen
+        self._gen = gen + 1
+        self.unmarked = False
+        return gen
+
+    def activate(self, now: float, gen: Optional[int] = None) -> None:
+        """What marker ``gen`` (None: every one) covers is on the LAN now: echoes of it
+        count from here."""
+        pending = self._pending
+        if gen is None:
+            keys = list(pending)
+        else:
+            keys = [k for k, g in pending.items() if g <= gen]
         entries = self._entries
         expiry = now + self.window
-        entries.update(dict.fromkeys(self._pending, expiry))
-        self._pending.clear()
+        for k in keys:
+            del pending[k]
+            entries[k] = expiry
         self._until = expiry
+        if pending:
+            self._pending_since = now
         if len(entries) > REPEAT_MAX_ENTRIES:
             self._prune(entries, now)
 

@@ -84,6 +84,11 @@ GSO_MAX_BYTES = 60000  # one send stays one (unfragmented-size) IPv4 payload
 _GSO_UNSUPPORTED = (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EMSGSIZE)
 
 _PEER_VERDICTS = frozenset((REBROADCAST, TRANSIT, REBROADCAST_TRANSIT))
+# The marker a relay sends itself before re-broadcasts (classify.RepeatMemory): a
+# random token of this relay's, and the marker's number.
+_MARKER_TOKEN = 16
+_MARKER_NUMBER = struct.Struct("!Q")
+_MARKER_SIZE = _MARKER_TOKEN + _MARKER_NUMBER.size
 # Redundant gateways: relays of one office on one LAN ("siblings") send each other a
 # heartbeat; one of them relays, the others stand by.
 HEARTBEAT_INTERVAL = 0.5
@@ -213,7 +218,7 @@ class Relay:
         self._status_error: Optional[str] = None
         self._replay_error: Optional[str] = None
         self._stop = False
-        self._marker = os.urandom(16)  # what this relay sends itself after re-broadcasts
+        self._marker = os.urandom(_MARKER_TOKEN)  # what this relay sends itself (markers)
         self.started = time.time()
         self._wake_r: Optional[socket.socket] = None
         self._wake_w: Optional[socket.socket] = None
@@ -733,8 +738,8 @@ class Relay:
                 elif lan_changed or peers_changed or wire_changed or old.rule != rule:
                     fresh = self._make_port(new, rule, old.sock)
                     fresh.rx, fresh.tx = old.rx, old.tx
-                    if not lan_changed:
-                        fresh.classifier.repeat = old.classifier.repeat
+                    if not lan_changed:  # what was re-broadcast is still on that LAN
+                        fresh.classifier.repeat = fresh.repeat = old.classifier.repeat
                     for name in PortState.COUNTERS:
                         setattr(fresh, name, getattr(old, name))
                     self.selector.modify(old.sock, selectors.EVENT_READ, fresh)
@@ -785,16 +790,18 @@ class Relay:
             if not n:
                 break
             self._handle_batch(ps, n)
+            repeat = ps.repeat
+            if repeat is not None and repeat.unmarked:
+                # Into our own queue just before our re-broadcasts leave: what we read
+                # before it was there before they left (not their echo); a repeater's
+                # echo can only come after it.
+                marker = ps.marker + _MARKER_NUMBER.pack(repeat.mark())
+                with contextlib.suppress(OSError):  # lost: they count after PENDING_MAX
+                    ps.sock.sendto(marker, (MARKER_SOURCE, ps.port))  # type: ignore[union-attr]
             if ps.out:
                 self._send_out(ps)
             for addr, exc in ps.tx.flush(ps.sock):
                 self._send_error(ps, addr[0], exc)
-            repeat = ps.repeat
-            if repeat is not None and repeat._pending:
-                # Behind our re-broadcasts in our own queue: what we read before it
-                # was there before they left, so it cannot be their echo.
-                with contextlib.suppress(OSError):  # lost: they count after PENDING_MAX
-                    ps.sock.sendto(ps.marker, (MARKER_SOURCE, ps.port))  # type: ignore[union-attr]
             if n < rx.batch:
                 break
 
@@ -901,8 +908,15 @@ class Relay:
                 self._from_sibling(ps, payload, src, now)
             else:
                 if verdict == DROP_OWN:
-                    if src == MARKER_SOURCE and ps.repeat is not None and payload == ps.marker:
-                        ps.repeat.activate(now)
+                    if (
+                        src == MARKER_SOURCE
+                        and ps.repeat is not None
+                        and len(payload) == _MARKER_SIZE
+                        and payload[:_MARKER_TOKEN] == ps.marker
+                    ):
+                        ps.repeat.activate(
+                            now, _MARKER_NUMBER.unpack_from(payload, _MARKER_TOKEN)[0]
+                        )
                         ps.received -= 1  # ours: not a datagram of the port's
                         continue
                 # Every datagram read counts against its source (our own excepted: the
@@ -1176,6 +1190,10 @@ class Relay:
     def write_status(self) -> None:
         if self.notifier.enabled:
             self.notifier.notify("STATUS=" + self.status_line())
+        if self.replay.path is not None:
+            error = self.replay.relax(time.monotonic())
+            if error is not None:
+                self._saved(error)
         if not self.status_file and not self.metrics_file:
             return
         data = self.status()

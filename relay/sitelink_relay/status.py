@@ -310,6 +310,7 @@ def format_status(data: Any, now: Optional[float] = None) -> str:
     lines.extend(_ports(data.get("ports")))
     lines.extend(_peers(data.get("peers")))
     lines.extend(_storm(data.get("storm")))
+    lines.extend(_replay(data.get("replay")))
     return "\n".join(lines)
 
 
@@ -478,6 +479,39 @@ def _storm(storm: Any) -> list[str]:
     return lines
 
 
+def _replay(replay: Any) -> list[str]:
+    """The replay windows: where they are saved, failures, senders stuck on an epoch."""
+    if replay is None:
+        return []
+    if not isinstance(replay, dict):
+        return [f"replay windows: malformed (JSON {_kind(replay)})"]
+    lines = [
+        "replay windows: {} senders, saved in {} ({} failed saves)".format(
+            _count_text(replay.get("senders")),
+            _text(replay.get("state_dir")),
+            _count_text(replay.get("save_failures")),
+        )
+    ]
+    if replay.get("save_error"):
+        lines.append(f"  WARNING: not saved: {_text(replay.get('save_error'))}")
+    stuck = replay.get("stuck")
+    if isinstance(stuck, dict):
+        for sender, entry in _sorted_items(stuck)[:MAX_ITEMS]:
+            if not isinstance(entry, dict):
+                continue
+            lines.append(
+                "  stuck: {} refused {} times in a row as {} (epoch {}, we hold {});"
+                " forget it: relay_forget_senders".format(
+                    _text(sender),
+                    _count_text(entry.get("streak")),
+                    _text(entry.get("reason")),
+                    _text(entry.get("offered")),
+                    _text(entry.get("epoch")),
+                )
+            )
+    return lines
+
+
 # ---------------------------------------------------------------- Prometheus
 
 Labels = tuple[tuple[str, Any], ...]
@@ -589,6 +623,7 @@ def prometheus_text(data: Any) -> str:
     _port_metrics(data.get("ports"), family)
     _peer_metrics(data.get("peers"), family)
     _storm_metrics(data.get("storm"), family)
+    _replay_metrics(data.get("replay"), family)
     lines = [line for f in families for line in f.lines()]
     return "\n".join(lines) + "\n" if lines else ""
 
@@ -628,6 +663,18 @@ def _peer_metrics(peers: Any, family: FamilyMaker) -> None:
     f = family("peer_datagrams_dropped_total", "counter", "Datagrams of the peer dropped.")
     for labels, p in items:
         _add_counts(f, labels, "reason", p.get("dropped"))
+
+
+def _replay_metrics(replay: Any, family: FamilyMaker) -> None:
+    if not isinstance(replay, dict):
+        return
+    stuck = replay.get("stuck")
+    family("senders_stuck", "gauge", "Senders whose datagrams are refused as stale or future.").add(
+        (), len(stuck) if isinstance(stuck, dict) else None
+    )
+    family("replay_save_failures_total", "counter", "Failed saves of the replay windows.").add(
+        (), replay.get("save_failures")
+    )
 
 
 def _storm_metrics(storm: Any, family: FamilyMaker) -> None:

@@ -78,7 +78,7 @@ STUCK_STREAK = 3  # refused this many times in a row: the status lists the sende
 LEASE_MIN = 64
 LEASE_MAX = 1 << 16
 LEASE_BUSY = 1.0
-LEASE_RELAX = 10.0
+LEASE_RELAX = 5.0
 
 
 def office_id(name: str) -> bytes:
@@ -321,8 +321,9 @@ class ReplayState:
     marks are up to one block ahead of what arrived, so that many of each sender's
     next datagrams are refused as replays: a replay cannot be told from them.  The
     block adapts: it doubles when leases come less than a second apart (a busy
-    sender: few writes) and halves when they are more than LEASE_RELAX apart (few
-    datagrams lost after a crash).
+    sender: few writes) and halves when they are more than LEASE_RELAX apart, the
+    marks coming down with it (``relax``), so that after a crash each sender loses
+    about a second's worth of its datagrams, and at least LEASE_MIN.
     """
 
     MAX_SENDERS = 65536
@@ -403,6 +404,21 @@ class ReplayState:
                 w.limit = min(w.top + block, SEQ_LIMIT - 1)
         self.leases += 1
         return self.save()
+
+    def relax(self, now: float) -> Optional[str]:
+        """When leases have become rare, shrink the block and bring the marks back
+        towards the tops (saved), so that a crash after a busy spell does not cost a
+        busy spell's worth of datagrams.  Called now and then (the status interval)."""
+        if now - self._last_lease < LEASE_RELAX or self.block <= LEASE_MIN:
+            return None
+        self.block = max(self.block // 2, LEASE_MIN)
+        self._last_lease = now - LEASE_BUSY  # again after LEASE_RELAX, not sooner
+        lowered = False
+        for w in self.windows.values():
+            if w.top >= 0 and w.limit > w.top + self.block:
+                w.limit = w.top + self.block
+                lowered = True
+        return self.save() if lowered else None
 
     def save(self, exact: bool = False) -> Optional[str]:
         """Write the windows (synced); None, or what went wrong (also counted)."""

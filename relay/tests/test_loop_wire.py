@@ -591,6 +591,25 @@ def test_two_repeaters_one_per_lan_make_no_loop(wire_name, monkeypatch):
     assert drops(b)["repeated"] == 1 and repeaters[1].sent == 1
 
 
+def test_repeaters_make_no_loop_after_a_reload_either(tmp_path, monkeypatch):
+    """A reload keeps the repeat memory, and the markers go on numbering it."""
+    _unused, cfg_file, _unused = _keyed_relay(tmp_path)
+    r = _started(cfg_file, monkeypatch)
+    assert r.reload()
+    ps = r.ports[PORT]
+    assert ps.repeat is ps.classifier.repeat
+    now = int(time.time())
+    assert _deliver(r, _envelope(now, 0, b"from manhattan")) == [b"from manhattan"]
+    assert len(ps.sock.queue) == 1  # the marker, sent just before the re-broadcast
+    # a repeater on Brooklyn's LAN sends it back: behind the marker, so an echo
+    lan_if = ps.classifier.lan_ifindex
+    ps.sock.queue.append(
+        (b"from manhattan", "192.168.2.21", lan_if, socket.inet_aton(BCAST["brooklyn"]))
+    )
+    r.handle_readable(ps)
+    assert ps.sock.sent == [] and ps.dropped == {"repeated": 1}
+
+
 def test_a_repeater_sending_twice_gives_at_most_one_extra_copy(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])

@@ -179,6 +179,25 @@ def test_lease_blocks_grow_when_busy_and_shrink_when_quiet(tmp_path):
     assert state.block == wire.LEASE_MAX
 
 
+def test_after_a_busy_spell_the_marks_come_back_down(tmp_path):
+    path = tmp_path / "replay.json"
+    state = wire.ReplayState(str(path))
+    window = state.window(SENDER)
+    seq = 0
+    for t in range(12):  # a busy second: leases 0.1 s apart
+        window.check(9, seq)
+        state.lease(now=100.0 + t / 10)
+        seq = window.limit + 1
+    assert state.block >= 1024 and window.limit - window.top >= 1024
+    assert state.relax(now=102.0) is None and state.block >= 1024  # not yet
+    now = 110.0
+    while state.block > wire.LEASE_MIN:
+        state.relax(now)
+        now += wire.LEASE_RELAX
+    assert window.limit - window.top == wire.LEASE_MIN
+    assert json.loads(path.read_text()) == {"192.168.1.126": [9, window.top + wire.LEASE_MIN]}
+
+
 def test_a_failed_save_is_reported_and_counted(tmp_path):
     state = wire.ReplayState(str(tmp_path / "gone" / "replay.json"))
     state.window(SENDER).check(9, 0)

@@ -151,7 +151,8 @@ def test_identical_broadcasts_from_both_offices_all_arrive(lab, relays, hosts):
     at_b = [d for d, src in collect(hosts["ws2"], expected=20) if src == GW_B]
     at_a = [d for d, src in collect(hosts["mon"], expected=20) if src == GW_A]
     assert at_b == [b"DISCOVER"] * 10 and at_a == [b"DISCOVER"] * 10, json.dumps(
-        [relays["gwA"].status()["ports"], relays["gwB"].status()["ports"]])
+        [relays["gwA"].status()["ports"], relays["gwB"].status()["ports"]]
+    )
 
 
 def capture_one(lab, ns, ifname, port):
