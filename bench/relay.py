@@ -642,20 +642,24 @@ class Forwarders:
         for gw, peer in (("A", GW_B), ("B", GW_A)):
             if "gw" + gw not in self.gateways:
                 continue
-            path = self._config(gw, wire)
-            cmd = [*base, "--config", path]
+            keys_file = None
             if wire == "sitelink1":
                 keys = {"version": 1, "peers": {peer: {"send": key, "accept": [key]}}}
                 name = f"keys{gw}-{self.run_id}.json"
-                self.keys_files["gw" + gw] = self.lab.write(name, json.dumps(keys), 0o600)
-                cmd += ["--keys", self.keys_files["gw" + gw]]
+                keys_file = self.keys_files["gw" + gw] = self.lab.write(
+                    name, json.dumps(keys), 0o600
+                )
+            path = self._config(gw, wire, keys_file)
+            cmd = [*base, "--config", path]
+            if keys_file:
+                cmd += ["--keys", keys_file]
             cmds["gw" + gw] = cmd
             self.status_files["gw" + gw] = os.path.join(
                 self.lab.workdir, f"status{gw}-{self.run_id}.json"
             )
         return cmds
 
-    def _config(self, gw: str, wire: str) -> str:
+    def _config(self, gw: str, wire: str, keys: Optional[str] = None) -> str:
         candidates = service_configs(gw, wire, self.lab.workdir, self.run_id)
         name = f"config{gw}-{self.run_id}.json"
         known = self.lab.config_format.get((gw, wire))
@@ -664,7 +668,10 @@ class Forwarders:
         problems = []
         for i, candidate in enumerate(candidates):
             path = self.lab.write(name, json.dumps(candidate, indent=1))
-            res = run(self.args.python, self.args.relay, "--check-config", path, check=False)
+            check = [self.args.python, self.args.relay, "--check-config", path]
+            res = run(*check, *(["--keys", keys] if keys else []), check=False)
+            if res.returncode != 0 and "--keys goes with --config" in res.stderr:
+                res = run(*check, check=False)  # a relay older than checking the keys
             if res.returncode == 0:
                 self.lab.config_format[(gw, wire)] = i
                 return path

@@ -635,18 +635,18 @@ def stuck_problem(stuck: dict[str, Any], host: Optional[str]) -> str:
     held = "?" if stuck["epoch"] is None else stuck["epoch"]
     offered = "?" if stuck["offered"] is None else stuck["offered"]
     if stuck["reason"] == "future":
-        why = (
-            f"its epoch {offered} is more than a day ahead of this gateway's clock (held: "
-            f"{held}); check both clocks, then reset it"
-        )
-    else:
-        why = (
-            f"its epoch {offered} is older than the {held} held here (its state or clock was "
-            "reset); reset it"
+        # Never stored here: nothing to forget. The sender's clock (or epoch) is wrong.
+        return (
+            f"relay: peer relay {who} is stuck: its last {stuck['streak']} datagrams were all "
+            f"refused as future, its epoch {offered} is more than a day ahead of this "
+            f"gateway's clock (held: {held}); set that gateway's clock right and restart its "
+            "relay (an epoch that far ahead is not kept)"
         )
     return (
         f"relay: peer relay {who} is stuck: its last {stuck['streak']} datagrams were all "
-        f"refused as {stuck['reason']}, {why}: {forget_command(stuck['sender'], host)}"
+        f"refused as {stuck['reason']}, its epoch {offered} is older than the {held} held "
+        f"here (its state or clock was reset); reset it: "
+        f"{forget_command(stuck['sender'], host)}"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import Any, Optional
 from zlib import crc32
@@ -57,6 +58,7 @@ SENDER_MAX_ENTRIES = 4096
 # Re-broadcasts count for echoes once they are on the LAN: when the relay reads back
 # the marker it sends itself after them (see RepeatMemory), or after this long.
 PENDING_MAX = 0.05
+MAX_MARKERS = 64  # markers on their way at once (more: the oldest is taken as lost)
 MARKER_SOURCE = "127.0.0.1"
 IN_LAN_CACHE_MAX = 4096
 
@@ -94,10 +96,11 @@ class RepeatMemory:
     __slots__ = (
         "window",
         "_entries",
-        "_pending",
-        "_pending_since",
+        "_expiries",
+        "_current",
+        "_current_since",
+        "_batches",
         "_gen",
-        "unmarked",
         "_senders",
         "_quiet",
         "_until",
@@ -107,55 +110,74 @@ class RepeatMemory:
     def __init__(self, window: float = REPEAT_WINDOW):
         self.window = window
         self._entries: dict[int, float] = {}  # payload key -> expiry (on the LAN)
-        # re-broadcast, not known to be on the LAN yet: key -> number of its marker
-        self._pending: dict[int, int] = {}
-        self._pending_since = 0.0
+        self._expiries: deque[tuple[float, list[int]]] = deque()  # the same, by expiry
+        # re-broadcast, not known to be on the LAN yet: since the last marker, and
+        # behind each marker still on its way, (its number, when, keys), oldest first
+        self._current: list[int] = []
+        self._current_since = 0.0
+        self._batches: deque[tuple[int, float, list[int]]] = deque()
         self._gen = 0  # the next marker's number
-        self.unmarked = False  # remembered since the last marker
         self._senders: dict[tuple[str, int], float] = {}  # (source, key) -> expiry
         self._quiet: set[str] = set()  # sources heard while nothing was re-broadcast
         self._until = 0.0  # expiry of the newest entry
         self._learn_until = 0.0  # senders are learnt until then (0.0: nothing to do)
 
-    def remember(self, payload: Any, now: float) -> None:
-        pending = self._pending
-        if len(pending) >= REPEAT_MAX_ENTRIES:
-            self.activate(now)  # bounded: a batch never holds that many
-        if not pending:
-            self._pending_since = now
-        pending[payload_key(payload)] = self._gen
-        self.unmarked = True
+    def remember(self, payloads: Iterable[Any], now: float) -> None:
+        """The payloads of a batch's re-broadcasts (one call per batch)."""
+        current = self._current
+        if not current:
+            self._current_since = now
+        elif len(current) >= REPEAT_MAX_ENTRIES:
+            self.activate(now)  # bounded (without markers: tests)
+            self._current_since = now
+        current.extend([crc32(p) | (len(p) << 32) for p in payloads])  # payload_key
         self._learn_until = now + SENDER_MEMORY
+
+    @property
+    def unmarked(self) -> bool:
+        """Re-broadcasts remembered since the last marker."""
+        return bool(self._current)
 
     def mark(self) -> int:
         """The number of the marker that goes out before the re-broadcasts pending now."""
         gen = self._gen
         self._gen = gen + 1
-        self.unmarked = False
+        batches = self._batches
+        batches.append((gen, self._current_since, self._current))
+        self._current = []
+        if len(batches) > MAX_MARKERS:  # markers lost (a full queue): do not wait for them
+            self.activate(self._current_since, batches[0][0])
         return gen
 
     def activate(self, now: float, gen: Optional[int] = None) -> None:
-        """What marker ``gen`` (None: every one) covers is on the LAN now: echoes of it
-        count from here."""
-        pending = self._pending
-        if gen is None:
-            keys = list(pending)
-        else:
-            keys = [k for k, g in pending.items() if g <= gen]
+        """What marker ``gen`` covers (None: everything pending) is on the LAN now:
+        echoes of it count from here."""
+        batches = self._batches
         entries = self._entries
+        expiries = self._expiries
         expiry = now + self.window
-        for k in keys:
-            del pending[k]
-            entries[k] = expiry
+        while batches and (gen is None or batches[0][0] <= gen):
+            keys = batches.popleft()[2]
+            entries.update(dict.fromkeys(keys, expiry))
+            expiries.append((expiry, keys))
+        if gen is None and self._current:
+            entries.update(dict.fromkeys(self._current, expiry))
+            expiries.append((expiry, self._current))
+            self._current = []
         self._until = expiry
-        if pending:
-            self._pending_since = now
-        if len(entries) > REPEAT_MAX_ENTRIES:
-            self._prune(entries, now)
+        if len(entries) > REPEAT_MAX_ENTRIES:  # the oldest go (expired ones first)
+            while len(expiries) > 1 and len(entries) > REPEAT_MAX_ENTRIES:  # not the newest
+                old, keys = expiries.popleft()
+                for k in keys:
+                    if entries.get(k) == old:  # not re-broadcast again since
+                        del entries[k]
 
     @property
     def pending(self) -> bool:
-        return bool(self._pending)
+        return bool(self._current or self._batches)
+
+    def _oldest_pending(self) -> float:
+        return self._batches[0][1] if self._batches else self._current_since
 
     def quiet(self, src: str) -> None:
         quiet = self._quiet
@@ -168,13 +190,15 @@ class RepeatMemory:
         """Whether ``src``'s LAN broadcast of ``payload`` is an echo of ours."""
         if now >= self._learn_until:  # nothing re-broadcast for SENDER_MEMORY: forget all
             self._entries.clear()
+            self._expiries.clear()
             self._senders.clear()
-            self._pending.clear()
+            self._batches.clear()
+            self._current = []
             self._learn_until = self._until = 0.0
             self.quiet(src)
             return False
-        if self._pending and now - self._pending_since > PENDING_MAX:
-            self.activate(self._pending_since + PENDING_MAX)  # the marker got lost
+        if (self._batches or self._current) and now - self._oldest_pending() > PENDING_MAX:
+            self.activate(self._oldest_pending() + PENDING_MAX)  # the marker got lost
         key = payload_key(payload)
         senders = self._senders
         sender = (src, key)
@@ -193,13 +217,13 @@ class RepeatMemory:
     def _prune(entries: dict, now: float) -> None:
         """Forget expired entries, and the oldest half if that is not enough."""
         expired = [k for k, t in entries.items() if t <= now]
-        if len(entries) - len(expired) >= REPEAT_MAX_ENTRIES // 2:
+        if len(entries) - len(expired) >= SENDER_MAX_ENTRIES // 2:
             expired = list(entries)[: len(entries) // 2 or 1]
         for k in expired:
             del entries[k]
 
     def __len__(self) -> int:
-        return len(self._entries) + len(self._pending)
+        return len(self._entries) + len(self._current) + sum(len(b[2]) for b in self._batches)
 
 
 class Classifier:

@@ -89,6 +89,7 @@ _PEER_VERDICTS = frozenset((REBROADCAST, TRANSIT, REBROADCAST_TRANSIT))
 _MARKER_TOKEN = 16
 _MARKER_NUMBER = struct.Struct("!Q")
 _MARKER_SIZE = _MARKER_TOKEN + _MARKER_NUMBER.size
+LAN_QUIET = 30.0  # a port whose LAN forwarded nothing for this long tracks no repeats
 # Redundant gateways: relays of one office on one LAN ("siblings") send each other a
 # heartbeat; one of them relays, the others stand by.
 HEARTBEAT_INTERVAL = 0.5
@@ -742,6 +743,7 @@ class Relay:
                         fresh.classifier.repeat = fresh.repeat = old.classifier.repeat
                     for name in PortState.COUNTERS:
                         setattr(fresh, name, getattr(old, name))
+                    fresh.forwarded_seen, fresh.lan_until = old.forwarded_seen, old.lan_until
                     self.selector.modify(old.sock, selectors.EVENT_READ, fresh)
                     self.ports[port] = fresh
                     self._join_groups([fresh])
@@ -790,20 +792,42 @@ class Relay:
             if not n:
                 break
             self._handle_batch(ps, n)
-            repeat = ps.repeat
-            if repeat is not None and repeat.unmarked:
-                # Into our own queue just before our re-broadcasts leave: what we read
-                # before it was there before they left (not their echo); a repeater's
-                # echo can only come after it.
-                marker = ps.marker + _MARKER_NUMBER.pack(repeat.mark())
-                with contextlib.suppress(OSError):  # lost: they count after PENDING_MAX
-                    ps.sock.sendto(marker, (MARKER_SOURCE, ps.port))  # type: ignore[union-attr]
             if ps.out:
+                if ps.repeat is not None:
+                    self._mark_rebroadcasts(ps)
                 self._send_out(ps)
             for addr, exc in ps.tx.flush(ps.sock):
                 self._send_error(ps, addr[0], exc)
             if n < rx.batch:
                 break
+
+    def _mark_rebroadcasts(self, ps: PortState) -> None:
+        """Remember this batch's re-broadcasts (classify.RepeatMemory), and send the
+        marker that numbers them into our own queue, just before they leave: what we
+        read before it was there before they left (not their echo); a repeater's echo
+        can only come after it.
+
+        Only while the LAN broadcasts on this port (something was forwarded in the
+        last LAN_QUIET seconds): an echo is a LAN broadcast, so on a quiet LAN a
+        repeater's first echo wakes the memory up (one extra copy), and a one-way port
+        pays nothing for it."""
+        now = time.monotonic()
+        if ps.forwarded != ps.forwarded_seen:
+            ps.forwarded_seen = ps.forwarded
+            ps.lan_until = now + LAN_QUIET
+        elif now >= ps.lan_until:
+            return
+        lan = ps.lan_dests
+        bodies = [
+            parts[0] for dest, items in ps.out.items() if dest[0] in lan for parts, _ in items
+        ]
+        if not bodies:
+            return
+        repeat = ps.repeat
+        repeat.remember(bodies, now)
+        marker = ps.marker + _MARKER_NUMBER.pack(repeat.mark())
+        with contextlib.suppress(OSError):  # lost: they count after PENDING_MAX
+            ps.sock.sendto(marker, (MARKER_SOURCE, ps.port))  # type: ignore[union-attr]
 
     def _send_out(self, ps: PortState) -> None:
         """Send this batch's datagrams, destination by destination.
@@ -1028,8 +1052,6 @@ class Relay:
             if dest:
                 ps.rebroadcast += 1
                 self._queue(ps, (dest, ps.port), (body,), len(body))
-                # a LAN host sending these bytes back soon is a repeater (classify)
-                ps.classifier.repeat.remember(body, now)
         if verdict != REBROADCAST:
             ps.transited += 1
             port = ps.port

@@ -102,6 +102,8 @@ class PortState:
         "transit_peers",
         "repeat",
         "marker",
+        "forwarded_seen",
+        "lan_until",
         "received",
         "forwarded",
         "rebroadcast",
@@ -139,6 +141,8 @@ class PortState:
         self.transit_peers: dict[str, tuple[PeerState, ...]] = {}
         self.repeat: Any = None  # the classifier's repeat memory (service mode)
         self.marker = b""  # the relay's marker (loop.handle_readable)
+        self.forwarded_seen = 0  # ``forwarded`` when the LAN last forwarded something
+        self.lan_until = 0.0  # repeats are tracked until then (loop._mark_rebroadcasts)
         self.received = 0
         self.forwarded = 0
         self.rebroadcast = 0

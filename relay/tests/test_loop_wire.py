@@ -579,6 +579,10 @@ def test_two_repeaters_one_per_lan_make_no_loop(wire_name, monkeypatch):
     m = Gateway("manhattan", ["brooklyn"], wire_name=wire_name)
     b = Gateway("brooklyn", ["manhattan"], wire_name=wire_name)
     net = Net(m, b)
+    for g in (m, b):  # both LANs broadcast on the port (else see the next test)
+        g.lan_broadcast(b"hello from " + g.name.encode())
+    net.settle()
+    m.heard.clear(), b.heard.clear()
     repeaters = [Repeater(m, "192.168.1.11"), Repeater(b, "192.168.2.21")]
     m.lan_broadcast(b"announce")
     for _unused in range(50):
@@ -591,10 +595,34 @@ def test_two_repeaters_one_per_lan_make_no_loop(wire_name, monkeypatch):
     assert drops(b)["repeated"] == 1 and repeaters[1].sent == 1
 
 
+def test_on_a_quiet_lan_a_repeaters_first_echo_gets_through_once(monkeypatch):
+    """Re-broadcasts are tracked only while the LAN broadcasts on the port: on a quiet
+    LAN the first echo wakes the memory up, and goes to the other office once."""
+    clock = [1000.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    repeaters = [Repeater(m, "192.168.1.11"), Repeater(b, "192.168.2.21")]
+    m.lan_broadcast(b"announce")
+    for _unused in range(50):
+        net.settle(rounds=1)
+        for r in repeaters:
+            r.run()
+        clock[0] += 0.001
+    assert [p for p, _unused in b.heard] == [b"announce"]
+    assert [p for p, _unused in m.heard] == [b"announce"]  # the one extra copy
+    assert drops(m)["repeated"] == 1 and [r.sent for r in repeaters] == [1, 1]
+
+
 def test_repeaters_make_no_loop_after_a_reload_either(tmp_path, monkeypatch):
     """A reload keeps the repeat memory, and the markers go on numbering it."""
     _unused, cfg_file, _unused = _keyed_relay(tmp_path)
     r = _started(cfg_file, monkeypatch)
+    ps = r.ports[PORT]
+    lan_if = ps.classifier.lan_ifindex
+    ps.sock.queue.append((b"hi", HOST["brooklyn"], lan_if, socket.inet_aton(BCAST["brooklyn"])))
+    r.handle_readable(ps)  # the LAN broadcasts on the port: re-broadcasts are tracked
+    ps.sock.sent.clear()
     assert r.reload()
     ps = r.ports[PORT]
     assert ps.repeat is ps.classifier.repeat
@@ -602,7 +630,6 @@ def test_repeaters_make_no_loop_after_a_reload_either(tmp_path, monkeypatch):
     assert _deliver(r, _envelope(now, 0, b"from manhattan")) == [b"from manhattan"]
     assert len(ps.sock.queue) == 1  # the marker, sent just before the re-broadcast
     # a repeater on Brooklyn's LAN sends it back: behind the marker, so an echo
-    lan_if = ps.classifier.lan_ifindex
     ps.sock.queue.append(
         (b"from manhattan", "192.168.2.21", lan_if, socket.inet_aton(BCAST["brooklyn"]))
     )
@@ -615,6 +642,10 @@ def test_a_repeater_sending_twice_gives_at_most_one_extra_copy(monkeypatch):
     monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
     m, b = Gateway("manhattan", ["brooklyn"]), Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)
+    for g in (m, b):
+        g.lan_broadcast(b"hello from " + g.name.encode())
+    net.settle()
+    m.heard.clear(), b.heard.clear()
     repeaters = [Repeater(m, "192.168.1.11", copies=2), Repeater(b, "192.168.2.21", copies=2)]
     m.lan_broadcast(b"announce")
     for _unused in range(50):

@@ -135,7 +135,7 @@ class TestClassifier:
         c = make_classifier(window=2.0)
         payload = b"announce 42"
         assert c.classify(payload, PEER, TUN_IFINDEX, GW_A, now=100.0) == "rebroadcast"
-        c.repeat.remember(payload, 100.0)  # the relay, once it re-broadcast it
+        c.repeat.remember([payload], 100.0)  # the relay, once it re-broadcast it
         # a LAN host (not us) re-sends the same payload shortly after: a repeater
         assert c.classify(payload, "192.168.1.10", LAN_IFINDEX, BCAST, now=100.5) == "repeated"
         assert c.classify(payload, "192.168.1.11", LAN_IFINDEX, ALL_ONES, now=101.9) == "repeated"
@@ -147,18 +147,18 @@ class TestClassifier:
     def test_a_hosts_own_beacon_is_never_taken_for_a_repeat(self):
         """The same bytes broadcast at both offices: the local sender sent them first."""
         c = make_classifier(window=2.0)
-        c.repeat.remember(b"older", 99.0)  # the port re-broadcasts: senders are learnt
+        c.repeat.remember([b"older"], 99.0)  # the port re-broadcasts: senders are learnt
         beacon = b"DISCOVER"
         for t in range(10):
             now = 100.0 + t * 0.5
             assert c.classify(beacon, "192.168.1.10", LAN_IFINDEX, BCAST, now=now) == "forwarded"
-            c.repeat.remember(beacon, now + 0.01)  # the other office's DISCOVER, re-broadcast
+            c.repeat.remember([beacon], now + 0.01)  # the other office's DISCOVER, re-broadcast
         # a repeater's copy never came first: still an echo
         assert c.classify(beacon, "192.168.1.99", LAN_IFINDEX, BCAST, now=104.7) == "repeated"
 
     def test_a_beacon_repeated_every_half_second_is_relayed_every_time(self):
         c = make_classifier(window=2.0)
-        c.repeat.remember(b"something else", 100.0)
+        c.repeat.remember([b"something else"], 100.0)
         for t in range(20):
             got = c.classify(b"beacon", "192.168.1.10", LAN_IFINDEX, BCAST, now=100.0 + t / 2)
             assert got == "forwarded"
@@ -166,7 +166,7 @@ class TestClassifier:
     def test_repeat_memory_accepts_memoryview(self):
         c = make_classifier()
         buf = bytearray(b"xxpayloadxx")
-        c.repeat.remember(memoryview(buf)[2:9], 5.0)
+        c.repeat.remember([memoryview(buf)[2:9]], 5.0)
         assert c.classify(b"payload", "192.168.1.10", LAN_IFINDEX, BCAST, now=5.1) == "repeated"
 
     def test_no_hashing_without_recent_rebroadcast(self, monkeypatch):
@@ -184,9 +184,10 @@ class TestClassifier:
         monkeypatch.setattr(classify, "SENDER_MAX_ENTRIES", 50)
         mem = relay.RepeatMemory(2.0)
         for i in range(500):
-            mem.remember(b"p%d" % i, 10.0 + i * 0.001)
+            mem.remember([b"p%d" % i], 10.0 + i * 0.001)
             mem.repeated(b"q%d" % i, f"10.0.{i // 250}.{i % 250}", 10.0 + i * 0.001)
-        assert len(mem._entries) <= 50 and len(mem._pending) <= 50 and len(mem._senders) <= 50
+        assert len(mem._entries) <= 50 and len(mem._current) <= 50 and len(mem._senders) <= 50
+        mem.activate(10.55)
         assert mem.repeated(b"p499", "10.9.9.9", 10.6)  # pending too long: on the LAN now
 
 
@@ -531,6 +532,68 @@ def test_check_config_cli(tmp_path, capsys):
     assert relay.main(["--check-config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "rules[0].port: 70000 is not a port number (1-65535)" in err
+
+
+def _sitelink1_files(tmp_path, keys=True, state="state"):
+    data = {
+        "version": 2,
+        "office": "manhattan",
+        "lan": {"interface": "eth0", "address": LAN},
+        "wire": "sitelink1",
+        "keys_file": str(tmp_path / "keys.json"),
+        "state_dir": str(tmp_path / state),
+        "peers": {PEER: {"office": "brooklyn", "interface": "sl-brooklyn"}},
+        "rules": [{"port": 6799, "forward_to": [PEER], "accept_from": [PEER]}],
+    }
+    cfg = tmp_path / "relay.json"
+    cfg.write_text(json.dumps(data))
+    if keys:
+        key = "ab" * 32
+        (tmp_path / "keys.json").write_text(
+            json.dumps({"version": 1, "peers": {PEER: {"send": key, "accept": [key]}}})
+        )
+    return cfg
+
+
+def test_check_config_checks_what_a_start_checks(tmp_path, capsys, monkeypatch):
+    """Defect: a missing keys file, a peer without a key, an unwritable state_dir were
+    "OK", then the relay refused to start."""
+    cfg = _sitelink1_files(tmp_path)
+    assert relay.main(["--check-config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and f"state_dir {tmp_path / 'state'} will be created" in out
+    (tmp_path / "keys.json").unlink()
+    assert relay.main(["--check-config", str(cfg)]) == 2
+    assert "keys.json: cannot read: No such file or directory" in capsys.readouterr().err
+    (tmp_path / "other-keys.json").write_text('{"version": 1, "peers": {}}')
+    other = str(tmp_path / "other-keys.json")
+    assert relay.main(["--check-config", str(cfg), "--keys", other]) == 2
+    assert f"keys: no key for peer {PEER} (brooklyn)" in capsys.readouterr().err
+    cfg = _sitelink1_files(tmp_path)
+    (tmp_path / "state").mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as root, modes do not bite
+    assert relay.main(["--check-config", str(cfg)]) == 2
+    assert f"state_dir: {tmp_path / 'state'}: not writable" in capsys.readouterr().err
+
+
+def test_sitelink1_without_state_dir_is_refused(tmp_path, capsys):
+    cfg = _sitelink1_files(tmp_path)
+    data = json.loads(cfg.read_text())
+    del data["state_dir"]
+    cfg.write_text(json.dumps(data))
+    assert relay.main(["--check-config", str(cfg)]) == 2
+    assert "state_dir: missing (the authenticated wire" in capsys.readouterr().err
+
+
+def test_config_and_keys_must_be_regular_files(tmp_path, capsys):
+    fifo = tmp_path / "relay.json"
+    os.mkfifo(fifo)
+    assert relay.main(["--check-config", str(fifo)]) == 2  # at once: nothing waits on it
+    assert "not a regular file (a FIFO)" in capsys.readouterr().err
+    assert relay.main(["--check-config", str(tmp_path)]) == 2
+    assert "not a regular file (a directory)" in capsys.readouterr().err
+    assert relay.main(["--check-keys", str(fifo)]) == 2
+    assert "not a regular file (a FIFO)" in capsys.readouterr().err
 
 
 def test_check_config_as_subprocess(tmp_path):

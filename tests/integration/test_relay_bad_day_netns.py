@@ -402,6 +402,11 @@ print(count)
 
 def test_two_repeaters_one_per_lan_make_no_loop(lab, relays, hosts):
     """Defect 8: with sitelink1, one broadcast did 2222 round trips in 3 s."""
+    # both LANs broadcast on the port (a quiet LAN lets a repeater's first echo through
+    # once: relay/tests/test_loop_wire.py)
+    hosts["ws_tx"].sendto(b"hello from B", (BCAST_B, PORT))
+    hosts["app_tx"].sendto(b"hello from A", (BCAST_A, PORT))
+    time.sleep(0.5)
     repeaters = [
         subprocess.Popen(  # noqa: S603 - our own program, in our own namespace
             [
@@ -427,7 +432,7 @@ def test_two_repeaters_one_per_lan_make_no_loop(lab, relays, hosts):
         lab.pids.append(proc.pid)
     before = {name: dropped(relay) for name, relay in relays.items()}
     rebroadcast_a = relays["gwA"].status()["ports"][str(PORT)]["rebroadcast"]
-    time.sleep(0.5)
+    time.sleep(0.5)  # the repeaters listen
     drain(*hosts.values())
     hosts["app_tx"].sendto(b"say it once", (BCAST_A, PORT))
     got_ws = collect(hosts["ws"], expected=None, timeout=3)

@@ -328,9 +328,15 @@ def relay_program(*args: str) -> subprocess.CompletedProcess:
     "name", ["case-study-hub", "case-study-branch", "raw", "raw-external-peer"]
 )
 def test_the_relay_accepts_the_configuration(rendered, name, tmp_path):
+    """As the relay_service module checks it: with the keys it will run with."""
     path = tmp_path / "relay.json"
     path.write_text(rendered[name]["relay.json"])
-    done = relay_program("--check-config", str(path))
+    keys = []
+    if rendered[name].get("keys.json"):
+        keys_path = tmp_path / "relay-keys.json"
+        keys_path.write_text(rendered[name]["keys.json"])
+        keys = ["--keys", str(keys_path)]
+    done = relay_program("--check-config", str(path), *keys)
     if done.returncode != 0 and "version: 2 is not supported" in done.stderr:
         pytest.skip("the shipped relay does not read version 2 configurations yet")
     assert done.returncode == 0, done.stderr

@@ -1505,16 +1505,16 @@ def test_a_stuck_peer_relay_shows_in_the_table_and_the_summary():
     assert report.summary_text(built) == f"1 of 2 offices unhealthy:\n  - brooklyn: {STUCK_LINE}"
 
 
-def test_a_peer_relay_ahead_of_the_clock_says_to_check_the_clocks():
+def test_a_peer_relay_ahead_of_the_clock_says_to_set_its_clock():
+    """A future epoch is never kept here: nothing to forget, the sender's clock is wrong."""
     future = {"streak": 3, "reason": "future", "epoch": 1796000000, "offered": 1897000000}
     gw = with_replay(BROOKLYN, stuck={"192.168.1.126": future, "192.168.9.1": STALE})
     problems = check(gw)["problems"]
     assert problems == [
         "relay: peer relay 192.168.1.126 (manhattan) is stuck: its last 3 datagrams were all "
         "refused as future, its epoch 1897000000 is more than a day ahead of this gateway's "
-        "clock (held: 1796000000); check both clocks, then reset it: ansible-playbook -i "
-        "<inventory> site.yml --limit <this gateway> -e "
-        """'{"relay_forget_senders": ["192.168.1.126"]}'""",
+        "clock (held: 1796000000); set that gateway's clock right and restart its relay (an "
+        "epoch that far ahead is not kept)",
         # A sender that is not a peer (an origin relay through a hub): no office to name.
         "relay: peer relay 192.168.9.1 is stuck: its last 12 datagrams were all refused as "
         "stale, its epoch 1795990000 is older than the 1796000000 held here (its state or "
