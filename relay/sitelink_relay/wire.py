@@ -424,6 +424,9 @@ class ReplayState:
         """Write the windows (synced); None, or what went wrong (also counted)."""
         if self.path is None:
             return None
+        if exact:  # the marks are the tops now: the next new top leases again
+            for w in self.windows.values():
+                w.limit = w.top
         try:
             write_file_atomic(self.path, json.dumps(self.dump(exact)).encode())
         except OSError as exc:

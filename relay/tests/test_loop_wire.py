@@ -698,6 +698,37 @@ def test_unicasts_to_the_relay_count_against_their_source(monkeypatch):
     assert m.relay._kernel_drops[0] == {GW["manhattan"], "192.168.1.66"}
 
 
+def test_a_forged_peer_address_is_cut_off_everywhere_but_on_the_peers_tunnel(monkeypatch):
+    """A LAN host flooding with the peer's address (peer_interface) is cut off, and the
+    kernel is told to drop that address except on the peer's own interface."""
+    clock = [1000.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    limits = {
+        "per_source_rate": 100,
+        "per_source_burst": 10,
+        "global_rate": 10000,
+        "global_burst": 10000,
+        "cutoff_seconds": 10,
+    }
+    m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
+    b = Gateway("brooklyn", ["manhattan"])
+    net = Net(m, b)
+    for _unused in range(10):  # 1 s
+        for _unused in range(200):
+            m.sock.queue.append(
+                (b"forged", GW["brooklyn"], LAN_IF, socket.inet_aton(GW["manhattan"]))
+            )
+        net.settle(rounds=2)
+        clock[0] += 0.1
+    assert m.relay.storm.cut_off(clock[0]).keys() == {GW["brooklyn"]}
+    plain, keep = m.relay._kernel_drops
+    assert GW["brooklyn"] not in plain and dict(keep) == {GW["brooklyn"]: 0}  # no sl-brooklyn here
+    # the real peer's datagrams (from its tunnel) are never charged: still relayed
+    b.lan_broadcast(b"from brooklyn")
+    net.settle()
+    assert m.heard == [(b"from brooklyn", BCAST["manhattan"])]
+
+
 def test_forged_lan_sources_share_one_budget(monkeypatch):
     """Defect: 230 forged sources each had a budget; the honest host got 85 of 151."""
     clock = [1000.0]

@@ -159,6 +159,8 @@ def test_leases_are_saved_ahead_so_a_crash_lets_no_replay_in(tmp_path):
     # a clean stop saves the exact top: nothing lost at the next start
     state.save(exact=True)
     assert json.loads(path.read_text()) == {"192.168.1.126": [9, wire.LEASE_MIN + 1]}
+    # and should the relay go on after all, the next new number leases again
+    assert window.check(9, wire.LEASE_MIN + 2) is wire.LEASE
 
 
 def test_lease_blocks_grow_when_busy_and_shrink_when_quiet(tmp_path):
