@@ -16,18 +16,21 @@ filter was imperfect.  Every datagram is classified (``classify``) so that each
 broadcast reaches the other LAN exactly once and nothing echoes back.  Between our
 relays, datagrams travel on the authenticated wire (``wire``): an envelope with the
 origin office, the sending relay, an epoch and a sequence number, tagged with the
-link's key, so forged, replayed and duplicated datagrams are dropped and counted, and
-echoes are told apart by origin and sequence rather than by payload.  A peer's
-datagram also counts only when it came out of that peer's tunnel (IP_PKTINFO).
+link's key, so forged, replayed and duplicated datagrams are dropped and counted.  Our
+own datagrams are told by their source address, never by what they carry; a LAN
+host repeating what we just re-broadcast is told by a causal memory of those
+payloads (``classify.RepeatMemory``).  A peer's datagram also counts only when it
+came out of that peer's tunnel (IP_PKTINFO).
 
 The parts: ``config`` (the JSON config, validated), ``wire`` (envelope, keys, replay
 windows), ``classify`` (a verdict per datagram), ``netinfo`` (addresses,
 interfaces), ``ports`` (per-port and per-peer state), ``mmsg`` (batched system calls),
 ``sockfilter`` (what the kernel drops for us), ``storm`` (rate limits and breaker),
+``neighbours`` (which LAN sources are real), ``files`` (reading our own files),
 ``loop`` (the event loop), ``status`` (status file, Prometheus text), ``journal``
 and ``notify`` (systemd), ``cli``.  Python 3.9+ standard library only; no privileges
 for ports above 1023.  ``make relay`` bundles it into the one file gateways run.
 """
 
-__version__ = "2.0.0"
+__version__ = "2.1.0"
 PROG = "sitelink-relay"

@@ -31,7 +31,7 @@ that peer), and re-broadcast on the hub's LAN only if that peer is in
 accept_from too.  Our own datagrams (told by their source address: one of ours),
 broadcasts from other interfaces or sources, and peers' datagrams that neither
 accept_from nor transit names are dropped and counted.  A LAN broadcast carrying
-the very bytes we re-broadcast on that LAN less than 2 s ago is a repeater's echo
+the very bytes we re-broadcast on that LAN less than 0.25 s ago is a repeater's echo
 (a host or bridge re-sending what it hears), dropped as "repeated", unless its
 source had sent those bytes itself before we re-broadcast them (the same beacon
 at two offices): so each broadcast arrives once and repeaters make no loop.  A
