@@ -260,7 +260,7 @@ relay:
     stale: false
     ports:
       "6799": {received: 12, forwarded: 12, rebroadcast: 0, transited: 0, dropped: 3,
-               send_errors: 0, dropped_by_reason: {own_echo: 3}, send_errors_by_reason: {}}
+               send_errors: 0, dropped_by_reason: {repeated: 3}, send_errors_by_reason: {}}
     peers:
       192.168.2.126: {office: brooklyn, received: 0, accepted: 0, sent: 12, dropped: 0,
                       dropped_by_reason: {}, stale_streak: 0}

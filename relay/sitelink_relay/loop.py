@@ -819,7 +819,7 @@ class Relay:
             return
         lan = ps.lan_dests
         bodies = [
-            parts[0] for dest, items in ps.out.items() if dest[0] in lan for parts, _ in items
+            parts[0] for dest, items in ps.out.items() if dest[0] in lan for parts, _unused in items
         ]
         if not bodies:
             return
