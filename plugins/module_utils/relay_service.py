@@ -13,9 +13,9 @@ run.
 
 ``forget_senders`` asks the relay to forget the replay windows of some senders (or
 all): a sender whose epoch went backwards (its epoch file or clock reset) is
-otherwise refused as ``stale`` for good. The request is a file in the relay's state
-directory, which the relay reads at start and on SIGHUP, then deletes; the module
-writes it and reloads a running relay.
+otherwise refused as ``stale`` until that epoch catches up (up to a day). The
+request is a file in the relay's state directory, which the relay reads at start
+and on SIGHUP, then deletes; the module writes it and reloads a running relay.
 """
 
 from __future__ import annotations

@@ -24,10 +24,11 @@ description:
   - Keys are never logged, and the diff shows only a fingerprint of the keys file (8 hex
     digits of its SHA-256). The program shows in the diff as its SHA-256.
   - O(forget_senders) makes the relay forget the replay windows of peer relays whose epoch
-    went backwards (their state or clock was reset), which it otherwise refuses for good as
-    C(stale) (C(verify.yml) names them). The request is a file in O(state_dir) that the relay
-    reads at start and on C(SIGHUP), then deletes; a running relay is reloaded. It is an
-    explicit request, so the task reports a change every time it is given.
+    went backwards (their state or clock was reset), which it otherwise refuses as C(stale)
+    until that epoch catches up, up to a day (C(verify.yml) names them). The request is a
+    file in O(state_dir) that the relay reads at start and on C(SIGHUP), then deletes; a
+    running relay is reloaded. It is an explicit request, so the task reports a change
+    every time it is given.
 options:
   program_src:
     description:

@@ -199,7 +199,7 @@ def _relay_cell(relay: Optional[dict[str, Any]]) -> str:
     if relay.get("stale"):
         return f"STALE {totals}"
     if relay.get("stuck"):
-        return f"STUCK {totals}"  # a peer relay refused for good until it is forgotten
+        return f"STUCK {totals}"  # a peer relay refused until it is forgotten
     return f"{'active' if relay.get('ok') else 'WRONG'} {totals}"
 
 
