@@ -56,7 +56,7 @@ REPEAT_MAX_ENTRIES = 4096
 SENDER_MEMORY = 30.0
 SENDER_MAX_ENTRIES = 4096
 # Re-broadcasts count for echoes once they are on the LAN: when the relay reads back
-# the marker it sends itself after them (see RepeatMemory), or after this long.
+# the marker it sends itself just before them (see RepeatMemory), or after this long.
 PENDING_MAX = 0.05
 MAX_MARKERS = 64  # markers on their way at once (more: the oldest is taken as lost)
 MARKER_SOURCE = "127.0.0.1"
@@ -73,15 +73,18 @@ def payload_key(payload: Any) -> int:
 class RepeatMemory:
     """What we re-broadcast on the LAN lately, to tell a repeater's echo from a beacon.
 
-    ``remember`` is called for every re-broadcast payload, ``repeated`` for every LAN
+    ``remember`` is given each batch's re-broadcast payloads, ``repeated`` every LAN
     broadcast about to be forwarded while something was re-broadcast in the last
     SENDER_MEMORY seconds (else ``quiet``).  A payload re-broadcast less than
     ``window`` seconds ago is an echo when a LAN host sends it, unless that host is
     one of the payload's own senders: a host that broadcast those bytes while we had
     not just re-broadcast them (the same discovery request sent at two offices, a
     periodic announcement), learnt for SENDER_MEMORY seconds and refreshed with
-    each copy, or a host that was broadcasting while we re-broadcast nothing at all.
-    A pure repeater's copies always follow our re-broadcasts, so it is neither.
+    each copy.  A host heard while we re-broadcast nothing at all gets that benefit
+    once, for its first copy that matches (its beacon may have been on its way when
+    the other office's identical one arrived).  A pure repeater's copies always
+    follow our re-broadcasts, so it is never a sender, and gets at most that one pass
+    after each quiet spell.
 
     Causality: a copy that reached us before our re-broadcast was sent cannot be its
     echo.  Remembered payloads stay pending until ``activate``: right before it sends
@@ -206,8 +209,12 @@ class RepeatMemory:
             expiry = self._entries.get(key)
             if expiry is not None and expiry > now:
                 learnt = senders.get(sender)
-                if (learnt is None or learnt <= now) and src not in self._quiet:
-                    return True
+                if learnt is None or learnt <= now:
+                    if src not in self._quiet:
+                        return True
+                    # It broadcast while we re-broadcast nothing: its own beacon, this
+                    # once (learnt below); a repeater gets no second pass.
+                    self._quiet.discard(src)
         if len(senders) >= SENDER_MAX_ENTRIES and sender not in senders:
             self._prune(senders, now)
         senders[sender] = now + SENDER_MEMORY

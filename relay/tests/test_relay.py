@@ -156,6 +156,19 @@ class TestClassifier:
         # a repeater's copy never came first: still an echo
         assert c.classify(beacon, "192.168.1.99", LAN_IFINDEX, BCAST, now=104.7) == "repeated"
 
+    def test_a_repeater_heard_while_nothing_was_rebroadcast_gets_one_pass_only(self):
+        """It repeated a LAN host's broadcast while we re-broadcast nothing: that made it
+        look like a sender, once; its echoes of what we re-broadcast later are caught."""
+        c = make_classifier(window=2.0)
+        repeater = "192.168.1.99"
+        assert c.classify(b"lan original", repeater, LAN_IFINDEX, BCAST, now=99.0) == "forwarded"
+        for i, payload in enumerate([b"one", b"two", b"three"]):
+            now = 100.0 + i
+            c.repeat.remember([payload], now)
+            c.repeat.activate(now)
+            got = c.classify(payload, repeater, LAN_IFINDEX, BCAST, now=now + 0.01)
+            assert got == ("forwarded" if i == 0 else "repeated"), payload
+
     def test_a_beacon_repeated_every_half_second_is_relayed_every_time(self):
         c = make_classifier(window=2.0)
         c.repeat.remember([b"something else"], 100.0)
