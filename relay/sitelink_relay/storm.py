@@ -377,4 +377,5 @@ class StormControl:
             "evicted_total": self.evicted_total,
             "unverified_sources": sum(1 for s in self._sources.values() if s.shared is not None),
             "unverified_total": self.unverified_total,
+            "charged_total": self.charged_total,  # dropped datagrams counted per source
         }

@@ -277,6 +277,8 @@ def test_dropped_datagrams_trip_the_breaker_without_spending_the_shared_budgets(
     verdicts = Counter(sc.charge(FLOODER, T0 + i / 10000) for i in range(5000))  # 0.5 s
     assert verdicts["cut_off"] > 2000 and verdicts[None] <= 10 + 100 * 0.3
     assert events == [("cut_off", FLOODER)]
+    charged = verdicts[None] + verdicts["rate_limited"] + 1  # and the one that tripped it
+    assert sc.status(T0 + 0.5)["charged_total"] == charged
     assert sc.check(QUIET, T0 + 0.5) is None  # the global bucket was never touched
     assert sc._g_tat <= T0 + 0.5 + sc._g_interval
 
