@@ -234,7 +234,8 @@ class StormControl:
     def charge(self, src: str, now: float) -> Optional[str]:
         """A datagram of ``src`` the relay drops anyway: None, or "cut_off" or
         "rate_limited" when the source is over its own rate (which trips its
-        breaker).  No shared or global budget is spent on it."""
+        breaker).  No shared or global budget is spent on it.  (Its first steps are
+        check's, written out again: check is the hot path, and a call costs.)"""
         s = self._sources.get(src)
         if s is None:
             s = self._admit(src, now)

@@ -50,6 +50,16 @@ NEIGHBOURS = [
 ]
 
 
+# Storm control scaled down for the simulated floods: 100 datagrams/s a source.
+SMALL_LIMITS = {
+    "per_source_rate": 100,
+    "per_source_burst": 10,
+    "global_rate": 10000,
+    "global_burst": 10000,
+    "cutoff_seconds": 10,
+}
+
+
 def link_key(a: str, b: str) -> str:
     return bytes([len(a) + len(b)] * 16 + [ord(a[0]), ord(b[0])] * 8).hex()
 
@@ -416,13 +426,7 @@ def test_a_flooding_host_does_not_starve_the_others(monkeypatch):
     """5 s of a host flooding at 2000/s next to one sending 10/s (limit: 100/s a source)."""
     clock = [1000.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
-    limits = {
-        "per_source_rate": 100,
-        "per_source_burst": 10,
-        "global_rate": 10000,
-        "global_burst": 10000,
-        "cutoff_seconds": 10,
-    }
+    limits = SMALL_LIMITS
     m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
     b = Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)
@@ -675,13 +679,7 @@ def test_unicasts_to_the_relay_count_against_their_source(monkeypatch):
     """Defect: a LAN host flooding the relay's own address was never cut off."""
     clock = [1000.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
-    limits = {
-        "per_source_rate": 100,
-        "per_source_burst": 10,
-        "global_rate": 10000,
-        "global_burst": 10000,
-        "cutoff_seconds": 10,
-    }
+    limits = SMALL_LIMITS
     m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
     b = Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)
@@ -703,13 +701,7 @@ def test_a_forged_peer_address_is_cut_off_everywhere_but_on_the_peers_tunnel(mon
     kernel is told to drop that address except on the peer's own interface."""
     clock = [1000.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
-    limits = {
-        "per_source_rate": 100,
-        "per_source_burst": 10,
-        "global_rate": 10000,
-        "global_burst": 10000,
-        "cutoff_seconds": 10,
-    }
+    limits = SMALL_LIMITS
     m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
     b = Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)
@@ -733,13 +725,7 @@ def test_forged_lan_sources_share_one_budget(monkeypatch):
     """Defect: 230 forged sources each had a budget; the honest host got 85 of 151."""
     clock = [1000.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
-    limits = {
-        "per_source_rate": 100,
-        "per_source_burst": 10,
-        "global_rate": 1000,
-        "global_burst": 1000,
-        "cutoff_seconds": 10,
-    }
+    limits = dict(SMALL_LIMITS, global_rate=1000, global_burst=1000)
     m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
     b = Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)

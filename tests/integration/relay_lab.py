@@ -303,6 +303,17 @@ class Lab:
         self.sockets.append(s)
         return s
 
+    def host_sockets(self, **ports):
+        """Each LAN host's sockets: ``host`` listening on PORT, ``host_tx`` to send, and
+        ``host_<name>`` listening on each of ``ports`` (name=port)."""
+        h = {}
+        for host in ("app", "mon", "ws", "ws2"):
+            h[host] = self.sock(self.ns[host], PORT)
+            h[host + "_tx"] = self.sock(self.ns[host])
+            for name, port in ports.items():
+                h[f"{host}_{name}"] = self.sock(self.ns[host], port)
+        return h
+
     @staticmethod
     def add_gateway_lan(gw, lan_addr):
         """The gateway's LAN: a bridge lan0 carrying its LAN address/prefix."""

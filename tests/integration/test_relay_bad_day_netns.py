@@ -106,12 +106,7 @@ def relays(lab):
 
 @pytest.fixture(scope="module")
 def hosts(lab):
-    h = {}
-    for host in ("app", "mon", "ws", "ws2"):
-        h[host] = lab.sock(lab.ns[host], PORT)
-        h[host + "_tx"] = lab.sock(lab.ns[host])
-        h[host + "_compat"] = lab.sock(lab.ns[host], COMPAT_PORT)
-    return h
+    return lab.host_sockets(compat=COMPAT_PORT)
 
 
 def dropped(relay):

@@ -103,11 +103,7 @@ def service(lab):
 @pytest.fixture(scope="module")
 def hosts(lab):
     """Listening sockets on udp/6799 and udp/6800 on every LAN host, plus senders."""
-    h = {}
-    for host in ("app", "mon", "ws", "ws2"):
-        h[host] = lab.sock(lab.ns[host], PORT)
-        h[host + "_compat"] = lab.sock(lab.ns[host], COMPAT_PORT)
-        h[host + "_tx"] = lab.sock(lab.ns[host])
+    h = lab.host_sockets(compat=COMPAT_PORT)
     h["evil_tx"] = lab.sock(lab.ns["evil"])
     return h
 

@@ -110,11 +110,7 @@ def relays(lab):
 
 @pytest.fixture(scope="module")
 def hosts(lab):
-    h = {}
-    for host in ("app", "mon", "ws", "ws2"):
-        h[host] = lab.sock(lab.ns[host], PORT)
-        h[host + "_tx"] = lab.sock(lab.ns[host])
-    return h
+    return lab.host_sockets()
 
 
 def peer_counters(relay):
