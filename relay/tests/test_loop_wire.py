@@ -426,8 +426,7 @@ def test_a_flooding_host_does_not_starve_the_others(monkeypatch):
     """5 s of a host flooding at 2000/s next to one sending 10/s (limit: 100/s a source)."""
     clock = [1000.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
-    limits = SMALL_LIMITS
-    m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
+    m = Gateway("manhattan", ["brooklyn"], storm_control=SMALL_LIMITS)
     b = Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)
     for tick in range(50):  # 0.1 s each
@@ -679,8 +678,7 @@ def test_unicasts_to_the_relay_count_against_their_source(monkeypatch):
     """Defect: a LAN host flooding the relay's own address was never cut off."""
     clock = [1000.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
-    limits = SMALL_LIMITS
-    m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
+    m = Gateway("manhattan", ["brooklyn"], storm_control=SMALL_LIMITS)
     b = Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)
     for tick in range(20):  # 0.1 s each: 2 s
@@ -701,8 +699,7 @@ def test_a_forged_peer_address_is_cut_off_everywhere_but_on_the_peers_tunnel(mon
     kernel is told to drop that address except on the peer's own interface."""
     clock = [1000.0]
     monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
-    limits = SMALL_LIMITS
-    m = Gateway("manhattan", ["brooklyn"], storm_control=limits)
+    m = Gateway("manhattan", ["brooklyn"], storm_control=SMALL_LIMITS)
     b = Gateway("brooklyn", ["manhattan"])
     net = Net(m, b)
     for _unused in range(10):  # 1 s

@@ -58,6 +58,32 @@ HUB_GW = {site: gw for site, (_unused, gw, _unused) in HUB_SITES.items()}
 HUB_HOST = {site: host for site, (host, _unused, _unused) in HUB_SITES.items()}
 
 
+# The authenticated-wire pair: gwA (manhattan) and gwB (brooklyn) across tun0.
+OFFICE = {"gwA": "manhattan", "gwB": "brooklyn"}
+PEER = {"gwA": GW_B, "gwB": GW_A}
+LAN = {"gwA": f"{GW_A}/24", "gwB": f"{GW_B}/24"}
+
+
+def wire_config(name, status_file, state_dir, keys_file, **extra):
+    """Gateway `name`'s version 2 config on the authenticated wire, one rule on PORT
+    (``extra`` replaces or adds keys, e.g. more rules)."""
+    peer = PEER[name]
+    other = "gwB" if name == "gwA" else "gwA"
+    data = {
+        "version": 2,
+        "office": OFFICE[name],
+        "lan": {"interface": "lan0", "address": LAN[name]},
+        "wire": "sitelink1",
+        "keys_file": keys_file,
+        "state_dir": state_dir,
+        "peers": {peer: {"office": OFFICE[other], "interface": "tun0"}},
+        "rules": [{"port": PORT, "forward_to": [peer], "accept_from": [peer]}],
+        "status_file": status_file,
+    }
+    data.update(extra)
+    return data
+
+
 def _prereqs():
     if os.geteuid() != 0:
         return "needs root to create network namespaces"

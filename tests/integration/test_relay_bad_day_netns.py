@@ -38,6 +38,7 @@ from relay_lab import (
     GW_A,
     GW_B,
     MON,
+    PEER,
     PORT,
     PYTHON,
     RELAY,
@@ -48,39 +49,19 @@ from relay_lab import (
     in_netns,
     lab_for_module,
     run,
+    wire_config,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "relay"))
 from sitelink_relay import wire  # noqa: E402  (to forge envelopes as a peer would)
 
 KEY_AB = secrets.token_bytes(32).hex()
-OFFICE = {"gwA": "manhattan", "gwB": "brooklyn"}
-PEER = {"gwA": GW_B, "gwB": GW_A}
-LAN = {"gwA": f"{GW_A}/24", "gwB": f"{GW_B}/24"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @pytest.fixture(scope="module")
 def lab():
     yield from lab_for_module()
-
-
-def config(lab, name, run_dir, state_dir, keys_file, **extra):
-    peer = PEER[name]
-    other = "gwB" if name == "gwA" else "gwA"
-    data = {
-        "version": 2,
-        "office": OFFICE[name],
-        "lan": {"interface": "lan0", "address": LAN[name]},
-        "wire": "sitelink1",
-        "keys_file": keys_file,
-        "state_dir": state_dir,
-        "peers": {peer: {"office": OFFICE[other], "interface": "tun0"}},
-        "rules": [{"port": PORT, "forward_to": [peer], "accept_from": [peer]}],
-        "status_file": os.path.join(run_dir, "status.json"),
-    }
-    data.update(extra)
-    return data
 
 
 def start(lab, name, instance="", state_dir=None, **extra):
@@ -90,7 +71,7 @@ def start(lab, name, instance="", state_dir=None, **extra):
         f"bad-{name}-keys.json",
         json.dumps({"version": 1, "peers": {PEER[name]: {"send": KEY_AB, "accept": [KEY_AB]}}}),
     )
-    data = config(lab, name, run_dir, state_dir, keys, **extra)
+    data = wire_config(name, os.path.join(run_dir, "status.json"), state_dir, keys, **extra)
     cfg = lab.write(f"bad-{name}{instance}.json", json.dumps(data))
     relay = RelayProc(
         lab, f"bad-{name}{instance}", lab.ns[name], ["--config", cfg], data["status_file"]
@@ -275,7 +256,8 @@ def test_sitelink1_refuses_to_start_without_a_writable_state_dir(lab):
         "bad-rootstate-keys.json",
         json.dumps({"version": 1, "peers": {GW_A: {"send": KEY_AB, "accept": [KEY_AB]}}}),
     )
-    cfg = lab.write("bad-rootstate.json", json.dumps(config(lab, "gwB", run_dir, state, keys)))
+    status = os.path.join(run_dir, "status.json")
+    cfg = lab.write("bad-rootstate.json", json.dumps(wire_config("gwB", status, state, keys)))
     cmd = ["ip", "netns", "exec", lab.ns["gwB"]]
     if lab.drop_privileges:
         cmd += ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]

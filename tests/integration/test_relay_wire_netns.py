@@ -30,6 +30,7 @@ from relay_lab import (
     BCAST_B,
     GW_A,
     GW_B,
+    PEER,
     PORT,
     PYTHON,
     RELAY,
@@ -41,40 +42,29 @@ from relay_lab import (
     lab_for_module,
     run,
 )
+from relay_lab import wire_config as lab_wire_config
 
 SSDP_PORT, SSDP_GROUP = 1900, "239.255.255.250"
 KEY_AB = secrets.token_bytes(32).hex()
 OVERHEAD = 40  # the envelope
-OFFICE = {"gwA": "manhattan", "gwB": "brooklyn"}
-PEER = {"gwA": GW_B, "gwB": GW_A}
-LAN = {"gwA": f"{GW_A}/24", "gwB": f"{GW_B}/24"}
 
 
 def wire_config(name, status_file, state_dir, keys_file, **extra):
+    """relay_lab's config, with SSDP relayed too and the Prometheus file."""
     peer = PEER[name]
-    other = "gwB" if name == "gwA" else "gwA"
-    data = {
-        "version": 2,
-        "office": OFFICE[name],
-        "lan": {"interface": "lan0", "address": LAN[name]},
-        "wire": "sitelink1",
-        "keys_file": keys_file,
-        "state_dir": state_dir,
-        "peers": {peer: {"office": OFFICE[other], "interface": "tun0"}},
-        "rules": [
-            {"port": PORT, "forward_to": [peer], "accept_from": [peer]},
-            {
-                "port": SSDP_PORT,
-                "forward_to": [peer],
-                "accept_from": [peer],
-                "multicast_groups": [SSDP_GROUP],
-            },
-        ],
-        "status_file": status_file,
-        "metrics_file": os.path.join(os.path.dirname(status_file), "metrics.prom"),
-    }
-    data.update(extra)
-    return data
+    rules = [
+        {"port": PORT, "forward_to": [peer], "accept_from": [peer]},
+        {
+            "port": SSDP_PORT,
+            "forward_to": [peer],
+            "accept_from": [peer],
+            "multicast_groups": [SSDP_GROUP],
+        },
+    ]
+    metrics = os.path.join(os.path.dirname(status_file), "metrics.prom")
+    return lab_wire_config(
+        name, status_file, state_dir, keys_file, rules=rules, metrics_file=metrics, **extra
+    )
 
 
 def keys_doc(peer, send=KEY_AB, accept=(KEY_AB,)):
