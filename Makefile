@@ -8,6 +8,11 @@ BIN     := $(CURDIR)/$(VENV)/bin
 PY      := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections
+# Nothing outside the checkout and /tmp: Ansible's temp files, SSH control sockets
+# and Galaxy cache, ansible-lint's copy of the collection, and pip's, Molecule's and
+# ansible-lint's caches all stay in .cache/ (.ci/run checks it).
+export ANSIBLE_HOME := $(CURDIR)/.cache/ansible
+export XDG_CACHE_HOME := $(CURDIR)/.cache/xdg
 COLLECTION_LINK := .cache/collections/ansible_collections/sitelink/gateway
 # Debian packages the lab and the namespace tests need.
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftables \
@@ -23,19 +28,31 @@ COLLECTION_VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
         demo bench bench-plan bench-relay plan clean
 
 help:
-	@echo "make setup    venv with pinned controller dependencies (PyPI only)"
-	@echo "make test     lint, sanity, unit and integration tests, collection build, EE context,"
-	@echo "              molecule test"
-	@echo "make sanity   ansible-test sanity (offline, --venv), and Python $(GATEWAY_PYTHON) for gateway code"
-	@echo "make ee       the execution environment's build context in build/ee, checked"
-	@echo "make docs     the collection's HTML docs site in build/docs"
-	@echo "make release VERSION=x.y.z   bump galaxy.yml, release the changelog, build the tarball"
-	@echo "make relay    rebuild roles/relay/files/sitelink-relay from relay/sitelink_relay"
-	@echo "make demo     boot the case-study lab, run site.yml and verify.yml, show traffic, tear down"
-	@echo "make plan     render the case study's plan and picture into examples/case-study/plan"
-	@echo "make bench    planning at scale (bench-plan), the relay against socat (bench-relay),"
-	@echo "              then site.yml, verify.yml, TCP throughput"
-	@echo "              with and without ESP, and ipip_tunnel run times on the offices lab"
+	@echo "Start here (no root, no gateway contacted):"
+	@echo "  make setup        .venv with pinned Ansible, linters and test tools (PyPI only);"
+	@echo "                    then: . .venv/bin/activate"
+	@echo "  make plan         redraw both examples' plans and pictures (examples/*/plan; needs Graphviz)"
+	@echo "  make build        the collection tarball in build/, installed and checked"
+	@echo "  make docs         the HTML docs site in build/docs (Sphinx, -W)"
+	@echo "Checks (make test runs them all, in this order; about 35 minutes on 2 cores, root):"
+	@echo "  make lint         ruff, the office schema's generated files, ansible-lint, changelog, docs lint"
+	@echo "  make sanity       ansible-test sanity; Python $(GATEWAY_PYTHON) for what runs on gateways"
+	@echo "  make unit         unit tests: modules, module_utils, controller plugins, the relay"
+	@echo "  make integration  playbooks and the relay in network namespaces (root)"
+	@echo "  make ee           the execution environment's build context in build/ee, checked"
+	@echo "  make molecule     both Molecule scenarios on QEMU gateways (root): case study, offices"
+	@echo "  make test         all of the above, plus build and docs"
+	@echo "Labs and measurements (root; install QEMU and mmdebstrap when missing):"
+	@echo "  make deps         the Debian packages the lab and the namespace tests need"
+	@echo "  make demo         boot the case-study lab, run site.yml and verify.yml, show traffic, tear down"
+	@echo "  make bench        planning at scale, the relay against socat, then site.yml, verify.yml,"
+	@echo "                    TCP throughput with and without ESP, ipip_tunnel run times (offices lab)"
+	@echo "  make bench-plan   planning only;  make bench-relay   the relay only"
+	@echo "Maintenance:"
+	@echo "  make schema       regenerate the office role's specs, defaults and README table from the schema"
+	@echo "  make relay        rebuild roles/relay/files/sitelink-relay from relay/sitelink_relay"
+	@echo "  make release VERSION=x.y.z   bump galaxy.yml, release the changelog, build the tarball"
+	@echo "  make clean        remove build/ and the test caches (keeps .venv and .cache)"
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -65,7 +82,7 @@ lint: setup
 	$(PY) tools/office_schema.py --check
 	$(BIN)/ansible-lint --profile production
 	$(BIN)/antsibull-changelog lint
-	$(BIN)/antsibull-docs lint-collection-docs --plugin-docs --check-extra-docs-refs .
+	$(BIN)/antsibull-docs --config-file docs/antsibull-docs.cfg lint-collection-docs --plugin-docs --check-extra-docs-refs .
 
 # ansible-test on a copy of the tree (tools/run_ansible_test.py says why). Then
 # Python $(GATEWAY_PYTHON) for what runs on gateways: modules and module_utils, and the
@@ -80,8 +97,10 @@ sanity: setup
 schema: setup
 	$(PY) tools/office_schema.py
 
-# The example's plan and picture, checked in (a unit test keeps them current).
-plan: setup deps
+# The examples' plans and pictures, checked in (a unit test keeps them current).
+# The pictures need Graphviz's dot, nothing else of the lab.
+plan: setup
+	@command -v dot >/dev/null || { echo "make plan: Graphviz's dot is missing (apt install graphviz)"; exit 1; }
 	$(BIN)/ansible-playbook -i examples/case-study/inventory.yml plan.yml \
 	  -e sitelink_plan_dir=$(CURDIR)/examples/case-study/plan -e sitelink_plan_console=summary
 	$(BIN)/ansible-playbook -i examples/hub-and-branches/inventory.yml plan.yml \
@@ -145,7 +164,7 @@ release: setup
 	$(MAKE) build
 	@echo "released $(VERSION): commit galaxy.yml, changelogs/ and CHANGELOG.rst, tag $(VERSION)"
 
-test: lint sanity unit integration build ee molecule
+test: lint sanity unit integration build docs ee molecule
 
 demo: setup deps
 	$(PY) lab/run.py demo

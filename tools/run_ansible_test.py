@@ -22,6 +22,11 @@ proxy: ansible/ansible#77304) cannot reach; it uses a cached copy when there is
 one. Where none is cached, this writes a stand-in that installs pip with
 ``ensurepip`` and then the requested packages from the configured package index.
 A real cached script is never replaced.
+
+ansible-test keeps its virtual environments and that cache under ``~/.ansible/test``
+(hard-coded), so it runs with ``HOME`` set to ``.cache/ansible-test/home``: nothing
+is written outside the checkout. pip's own user configuration (a package mirror,
+say) is still read, from where the real home has it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ COLLECTION = TREE / "ansible_collections" / "sitelink" / "gateway"
 RELAY_VIEW = TREE / "ansible_collections" / "sitelink" / "relay_view"
 # __main__.py only starts the program (it would run it on import).
 RELAY_VIEW_SKIP = {"__main__.py"}
+# ansible-test's HOME (see above).
+TEST_HOME = TREE / "home"
 
 GET_PIP_STAND_IN = '''\
 """Offline stand-in for get-pip.py, written by sitelink.gateway's tools/run_ansible_test.py.
@@ -113,7 +120,7 @@ def pip_version() -> str:
 
 
 def ensure_get_pip() -> None:
-    cache = Path.home() / ".ansible" / "test" / "cache"
+    cache = TEST_HOME / ".ansible" / "test" / "cache"
     script = cache / f"get_pip_{pip_version().replace('.', '_')}.py"
     if not script.exists():
         cache.mkdir(parents=True, exist_ok=True)
@@ -146,6 +153,17 @@ def python_on_path(argv: list[str], env: dict[str, str]) -> None:
     env["PATH"] = f"{links}{os.pathsep}{env['PATH']}"
 
 
+def keep_pip_config(env: dict[str, str]) -> None:
+    """pip finds the user's configuration through HOME, which the run replaces."""
+    if "PIP_CONFIG_FILE" in env:
+        return
+    config_home = Path(env.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    for candidate in (config_home / "pip" / "pip.conf", Path.home() / ".pip" / "pip.conf"):
+        if candidate.is_file():
+            env["PIP_CONFIG_FILE"] = str(candidate)
+            return
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--relay"]:
         argv, root = argv[1:], copy_relay_view()
@@ -160,6 +178,8 @@ def main(argv: list[str]) -> int:
     # The copy is what ansible-test tests; it must not also find the work tree.
     env.pop("ANSIBLE_COLLECTIONS_PATH", None)
     python_on_path(argv, env)
+    keep_pip_config(env)
+    env["HOME"] = str(TEST_HOME)
     return subprocess.call([ansible_test, *argv], cwd=root, env=env)
 
 
