@@ -4,11 +4,13 @@
 #
 #   tools/build_docs.sh
 #
-# antsibull-docs writes a Sphinx project into build/docs (sphinx-init), which
-# then renders the collection the current Ansible finds (sitelink.gateway through
-# ANSIBLE_COLLECTIONS_PATH, by default .cache/collections, the link `make setup`
-# creates) and builds it with sphinx-build -W: any warning fails the build.
-# Offline: the project has no intersphinx inventories to download.
+# antsibull-docs writes a Sphinx project into build/docs (sphinx-init), with
+# docs/front_page.rst as its front page, which then renders the collection the
+# current Ansible finds (sitelink.gateway through ANSIBLE_COLLECTIONS_PATH, by
+# default .cache/collections, the link `make setup` creates) and builds it with
+# sphinx-build -W: any warning fails the build. Offline: the project has no
+# intersphinx inventories to download. Then docs/check_site.py checks the site:
+# the front page is ours, and every role says what it is.
 set -euo pipefail
 
 ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -39,21 +41,30 @@ antsibull-docs --config-file docs/antsibull-docs.cfg sphinx-init \
   --project sitelink.gateway \
   --copyright "sitelink.gateway developers" \
   --title "sitelink.gateway" \
+  --index-rst-source docs/front_page.rst \
   sitelink.gateway >/dev/null
 
 # sphinx-init maps Python's, Jinja's and Ansible's docs for intersphinx; fetching
 # their inventories needs the network, and a failed fetch is a warning, which -W
 # turns into an error. Offline, docs/ansible_refs.py links the few Ansible doc
-# labels the generated pages use instead.
+# labels the generated pages use instead. docs/role_summaries.py gives the office
+# role (no `main` entry point) its summary in the indexes and its page's title.
 cat >>"$DEST/conf.py" <<CONF
 
 # tools/build_docs.sh: offline, no intersphinx inventories to download.
 import sys  # noqa: E402
 sys.path.insert(0, "$ROOT/docs")
-extensions.append("ansible_refs")
+extensions += ["ansible_refs", "role_summaries"]
 intersphinx_mapping = {}
+sitelink_roles_dir = "$link/roles"
 CONF
 
+# The generated build.sh runs antsibull-docs, then sphinx-build: only with -W
+# does a warning (an unresolved reference, a broken toctree) fail this build.
+grep -Eq '^sphinx-build .* -W( |$)' "$DEST/build.sh" || {
+  echo "build_docs: $DEST/build.sh does not run sphinx-build -W" >&2
+  exit 1
+}
 "$DEST/build.sh"
 
 html="$DEST/build/html"
@@ -65,4 +76,5 @@ for page in index.html \
   collections/sitelink/gateway/docsite/guide_quickstart.html; do
   [[ -s "$html/$page" ]] || { echo "build_docs: $html/$page is missing" >&2; exit 1; }
 done
+python3 docs/check_site.py "$html" "$link/roles"
 echo "build_docs: $html/index.html"
