@@ -11,9 +11,12 @@ The rest of the README may only name files and make targets that exist.
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +54,45 @@ def fresh_shell(script: str, cwd: Path, home: Path, path: tuple[str, ...] = ()):
     )
 
 
+def on_a_terminal(script: str, cwd: Path, home: Path, answer: str, deadline: float = 180):
+    """``script`` in a fresh shell on a terminal, typing ``answer`` at every password
+    prompt, as a user does. Returns (exit status, everything the terminal showed)."""
+    home.mkdir(exist_ok=True)
+    env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    main, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        ["bash", "-e", "-c", script],
+        cwd=cwd,
+        env=env,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        start_new_session=True,
+    )
+    os.close(terminal)
+    shown, answered, end = b"", 0, time.monotonic() + deadline
+    try:
+        while time.monotonic() < end:
+            ready, _, _ = select.select([main], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(main, 65536)
+                except OSError:  # the terminal closed: every process has gone
+                    break
+                shown += chunk
+                prompts = shown.lower().count(b"password:")
+                if prompts > answered:
+                    os.write(main, answer.encode() + b"\n")
+                    answered = prompts
+            elif proc.poll() is not None:
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(main)
+    return proc.wait(timeout=30), shown.decode(errors="replace").replace("\r\n", "\n")
+
+
 def assert_readable_plan(done: subprocess.CompletedProcess, plan_dir: Path) -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
@@ -77,14 +119,38 @@ def checkout_copy(dest: Path) -> None:
             shutil.copy2(source, dest / name, follow_symlinks=False)
 
 
-def test_quickstart_from_a_checkout(tmp_path):
-    checkout = tmp_path / "checkout"
-    checkout_copy(checkout)
+@pytest.fixture
+def checkout(tmp_path):
+    copy = tmp_path / "checkout"
+    checkout_copy(copy)
     # make setup's venv is this one: current, so make creates nothing but the link.
-    (checkout / ".venv").symlink_to(ROOT / ".venv")
+    (copy / ".venv").symlink_to(ROOT / ".venv")
+    return copy
+
+
+def test_quickstart_from_a_checkout(tmp_path, checkout):
     done = fresh_shell(readme_block("quickstart-checkout"), checkout, tmp_path / "home")
     assert_readable_plan(done, checkout / "plan")
     assert (checkout / "offices.yml").is_file()
+
+
+def test_vaulted_secret_as_the_security_section_says(tmp_path, checkout):
+    """The quick start's offices.yml, its plain-text secret deleted, the vaulted one
+    made as printed: the plan needs the secret, so it passes only if the vault is read."""
+    setup = (
+        "make setup && . .venv/bin/activate\n"
+        "cp examples/case-study/inventory.yml offices.yml\n"
+        "sed -i '/^ *office_tunnel_secret:/d' offices.yml\n"
+    )
+    status, shown = on_a_terminal(
+        setup + readme_block("vault-secret"), checkout, tmp_path / "home", "correct horse"
+    )
+    assert status == 0, shown[-4000:]
+    assert PLAN_LINE.search(shown), shown[-3000:]
+    assert shown.lower().count("password:") == 3, shown  # new, confirm, the run's
+    assert not re.search(r"^ *office_tunnel_secret:", (checkout / "offices.yml").read_text(), re.M)
+    vault = (checkout / "group_vars/offices/vault.yml").read_text()
+    assert "$ANSIBLE_VAULT;1.1;AES256" in vault
 
 
 @pytest.fixture(scope="module")
