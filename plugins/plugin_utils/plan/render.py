@@ -17,6 +17,15 @@ empty). A small mesh: one ring. Explicit links: ``neato`` (``sfdp`` past 200
 offices). A large mesh is drawn without its links (the legend says every pair
 is linked): only the links that relayed broadcasts cross are drawn, from the
 relaying offices in the middle, or a grid of offices naming what they relay.
+
+Relayed broadcasts are arrows: one per port and way on a link, each in its
+port's colour, drawn from the office that sends to the one that receives (so
+every arrowhead has the colour of what arrives there). Graphviz could draw a
+two-way link as one line with a colour list and ``dir=both``, but then the
+head gets the list's first colour and the tail its second, whatever the ports'
+directions, and a third port gets no arrowhead at all. The offices where a
+relayed broadcast starts say so ("relays PORT"), once per rule; arrows carry a
+label only when their colour is shared by several ports.
 """
 
 from __future__ import annotations
@@ -28,10 +37,11 @@ import math
 import re
 import subprocess
 import textwrap
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
-from .model import WIRE_RAW, Link, NetworkPlan, Office
+from .model import WIRE_RAW, Link, NetworkPlan, Office, RelayFlow
 
 WIDTH = 100  # text line length
 
@@ -57,7 +67,7 @@ MAX_DRAWN_LINKS = 1500  # beyond this, only the links that relay traffic crosses
 MAX_RELAY_EDGES = 1000  # beyond this (undrawn links), relay origins are only named
 MAX_CENTRE = 12  # relay origins placed in the middle of an undrawn mesh
 NAME_IN_PICTURE = 24  # characters of an office name shown in a node (tooltip: all)
-LEGEND_PORTS = 8
+ARROW_SPACING = 0.2  # inches: how far apart Graphviz fans out the arrows of one link
 
 
 class RenderError(RuntimeError):
@@ -517,10 +527,10 @@ def _short(name: str) -> str:
     return name if len(name) <= NAME_IN_PICTURE else name[: NAME_IN_PICTURE - 3] + "..."
 
 
-def _node_size(office: Office) -> tuple[float, float]:
-    """Generous estimate of a node's size in inches (11pt Helvetica, two lines)."""
-    chars = max(len(_short(office.name)), len(str(office.lan.network)))
-    extra = int(office.external) + int(office.masquerade)
+def _node_size(office: Office, note: str = "") -> tuple[float, float]:
+    """Generous estimate of a node's size in inches (11pt Helvetica, two lines or more)."""
+    chars = max(len(_short(office.name)), len(str(office.lan.network)), len(note))
+    extra = int(office.external) + int(office.masquerade) + int(bool(note))
     return 0.085 * chars + 0.2, 0.5 + 0.18 * extra
 
 
@@ -529,15 +539,32 @@ def _port_colors(plan: NetworkPlan) -> dict[int, str]:
     return {port: PORT_COLORS[i % len(PORT_COLORS)] for i, port in enumerate(ports)}
 
 
-def _relay_pairs(plan: NetworkPlan) -> dict[tuple[str, str], dict[int, set[str]]]:
-    """(a, b) sorted -> port -> directions ("ab", "ba") that relayed traffic takes."""
-    pairs: dict[tuple[str, str], dict[int, set[str]]] = {}
+_Hop = tuple[str, str, int]  # from office, to office, UDP port
+
+
+def _relay_hops(plan: NetworkPlan) -> dict[tuple[str, str], dict[_Hop, set[str]]]:
+    """(a, b) sorted -> (from, to, port) of the relayed broadcasts that cross that
+    link -> the offices whose broadcasts they are."""
+    pairs: dict[tuple[str, str], dict[_Hop, set[str]]] = {}
     for flow in plan.flows:
         for frm, to in flow.hops:
             pair = (frm, to) if frm < to else (to, frm)
-            direction = "ab" if frm == pair[0] else "ba"
-            pairs.setdefault(pair, {}).setdefault(flow.port, set()).add(direction)
+            pairs.setdefault(pair, {}).setdefault((frm, to, flow.port), set()).add(flow.origin)
     return pairs
+
+
+def _relay_notes(plan: NetworkPlan) -> dict[str, str]:
+    """Office -> "relays PORT, ...": each relay rule named once, where it starts."""
+    ports: dict[str, set[int]] = {}
+    for flow in plan.flows:
+        ports.setdefault(flow.origin, set()).add(flow.port)
+    notes = {}
+    for office, mine in ports.items():
+        names = [str(p) for p in sorted(mine)]
+        if len(names) > 3:  # the node stays narrow; its tooltip lists them all
+            names[2:] = [f"{len(names) - 2} more"]
+        notes[office] = "relays " + ", ".join(names)
+    return notes
 
 
 def _ring(
@@ -552,7 +579,9 @@ def _ring(
     return points
 
 
-def _radial(centre: list[Office], ring: list[Office]) -> dict[str, tuple[float, float]]:
+def _radial(
+    centre: list[Office], ring: list[Office], notes: Mapping[str, str]
+) -> dict[str, tuple[float, float]]:
     """Centre offices in the middle, the others around them (see the module docstring).
 
     With several offices in the middle, ring places where a line from one of them
@@ -560,7 +589,7 @@ def _radial(centre: list[Office], ring: list[Office]) -> dict[str, tuple[float, 
     """
     pos: dict[str, tuple[float, float]] = {}
     gap = 0.25
-    sizes = [_node_size(o) for o in centre + ring] or [(1.0, 0.6)]
+    sizes = [_node_size(o, notes.get(o.name, "")) for o in centre + ring] or [(1.0, 0.6)]
     width = max(w for w, _unused in sizes)
     height = max(h for _unused, h in sizes)
     core = 0.0
@@ -623,8 +652,8 @@ def _hidden(
     return False
 
 
-def _grid(offices: list[Office]) -> dict[str, tuple[float, float]]:
-    sizes = [_node_size(o) for o in offices] or [(1.0, 0.6)]
+def _grid(offices: list[Office], notes: Mapping[str, str]) -> dict[str, tuple[float, float]]:
+    sizes = [_node_size(o, notes.get(o.name, "")) for o in offices] or [(1.0, 0.6)]
     width = max(w for w, _unused in sizes) + 0.4
     height = max(h for _unused, h in sizes) + 0.4
     columns = max(1, math.ceil(math.sqrt(len(offices) * height / width)))
@@ -634,7 +663,12 @@ def _grid(offices: list[Office]) -> dict[str, tuple[float, float]]:
     }
 
 
-def _node(office: Office, point: Optional[tuple[float, float]], note: str = "") -> str:
+def _node(
+    office: Office,
+    point: Optional[tuple[float, float]],
+    note: str = "",
+    flows: Sequence[RelayFlow] = (),
+) -> str:
     lines = [_short(office.name), str(office.lan.network)]
     if office.external:
         lines.append("external")
@@ -648,6 +682,9 @@ def _node(office: Office, point: Optional[tuple[float, float]], note: str = "") 
         f"LAN {office.lan.with_prefixlen}",
         f"WAN {office.wan.ip}, MTU {office.wan_mtu}",
     ]
+    for flow in flows:
+        also = f" (and multicast {', '.join(flow.groups)})" if flow.groups else ""
+        tooltip.append(f"relays UDP {flow.port}{also} to {_plural(len(flow.targets), 'office')}")
     attrs = [f"label={_q(*lines)}", f"tooltip={_q(*tooltip)}"]
     if office.external:
         attrs.append(f'style="rounded,dashed,filled" fillcolor="{EXTERNAL_FILL}"')
@@ -658,51 +695,62 @@ def _node(office: Office, point: Optional[tuple[float, float]], note: str = "") 
     return f"  {_q(office.name)} [{' '.join(attrs)}];"
 
 
-def _edge(
-    a: str, b: str, link: Optional[Link], relay: dict[int, set[str]], colors: dict[int, str]
-) -> str:
-    attrs = []
-    tooltip = f"{a} - {b}"
+# The heads of arrows into one end of a link, from the second on: set back by
+# gaps ("none", half a head long each). Graphviz draws four shapes at most, so the
+# third head is set back by one and a half heads and hides the second one's back
+# half, not its tip; a fourth would hide the third.
+_SET_BACK = ("normal", "nonenonenormal", "nonenonenonenormal")
+
+
+def _edges(
+    a: str,
+    b: str,
+    link: Optional[Link],
+    hops: Mapping[_Hop, set[str]],
+    colors: Mapping[int, str],
+    labelled: set[int],
+) -> list[str]:
+    """One link: a grey line, or else an arrow for each port and way that relayed
+    broadcasts cross it. An arrow is written ``from -- to`` with ``dir=forward``,
+    so its head, and only its head, is at the office that receives, in one colour:
+    the port's. Graphviz fans the arrows of one link out beside each other
+    (``concentrate`` would merge them, so it stays off), but they meet again at
+    the offices, where heads side by side would hide each other: the second and
+    third arrow the same way have their heads set back along the line."""
+    about = f"{a} - {b}"
     if link is not None:
-        tooltip += (
+        about += (
             f": {a} uses {link.a.tunnel}, {b} uses {link.b.tunnel}, MTU {link.mtu}; "
             f"{len(link.a.routes)} / {len(link.b.routes)} prefixes routed each way"
         )
-    if relay:
-        ports = sorted(relay)
-        directions = set().union(*relay.values())
-        attrs.append(f'color="{":".join(colors[p] for p in ports)}" penwidth=2')
-        attrs.append(
-            "dir="
-            + ("both" if len(directions) == 2 else "forward" if "ab" in directions else "back")
-        )
-        if len({frozenset(d) for d in relay.values()}) == 1:
-            label = [", ".join(str(p) for p in ports)]
-        else:
-            label = [
-                f"{p} " + ("<->" if len(relay[p]) == 2 else f"to {b if 'ab' in relay[p] else a}")
-                for p in ports
-            ]
-        attrs.append(f"label={_q(*label)}")
-        if len(ports) == 1:
-            attrs.append(f'fontcolor="{colors[ports[0]]}"')
-        tooltip += "; relays UDP " + ", ".join(
-            f"{p} "
-            + " and ".join(
-                f"{a if d == 'ab' else b}->{b if d == 'ab' else a}" for d in sorted(relay[p])
-            )
-            for p in ports
-        )
-    attrs.append(f"tooltip={_q(tooltip)}")
-    return f"  {_q(a)} -- {_q(b)} [{' '.join(attrs)}];"
+    if not hops:
+        return [f"  {_q(a)} -- {_q(b)} [tooltip={_q(about)}];"]
+    heads = {a: 0, b: 0}  # arrows into each end so far
+    lines = []
+    for frm, to, port in sorted(hops, key=lambda hop: (hop[2], hop[0] != a)):
+        origins = sorted(hops[(frm, to, port)], key=_natural)
+        start = ", ".join(origins) if len(origins) <= 3 else _plural(len(origins), "office")
+        attrs = f'color="{colors[port]}" penwidth=2 dir=forward '
+        if heads[to]:
+            attrs += f"arrowhead={_SET_BACK[min(heads[to], len(_SET_BACK) - 1)]} "
+        heads[to] += 1
+        if port in labelled:
+            attrs += f'label="{port}" fontcolor="{colors[port]}" '
+        attrs += f"tooltip={_q(f'UDP {port} {frm} -> {to}, broadcasts of {start}; {about}')}"
+        lines.append(f"  {_q(frm)} -- {_q(to)} [{attrs}];")
+    return lines
 
 
 def dot(plan: NetworkPlan) -> str:
     """Graphviz source of the topology picture (run it with ``svg``)."""
     offices = sorted(plan.offices.values(), key=lambda o: _natural(o.name))
     links = {(link.a.office, link.b.office): link for link in plan.links}
-    relay = _relay_pairs(plan)
+    relay = _relay_hops(plan)
     colors = _port_colors(plan)
+    notes = _relay_notes(plan)
+    flows: dict[str, list[RelayFlow]] = {}
+    for flow in plan.flows:
+        flows.setdefault(flow.origin, []).append(flow)
     hub_and_spoke = plan.topology == "hub-and-spoke"
     centre = [o for o in offices if o.role == "hub"] if hub_and_spoke else []
 
@@ -713,36 +761,38 @@ def dot(plan: NetworkPlan) -> str:
     ) > MAX_DRAWN_LINKS
     drawn = list(links)
     relay_drawn = True
-    notes: dict[str, str] = {}
     if summarised:
         drawn = sorted(relay, key=lambda p: (_natural(p[0]), _natural(p[1])))
         if not hub_and_spoke:
-            origins = {flow.origin for flow in plan.flows}
-            centre = [o for o in offices if o.name in origins] if len(origins) <= MAX_CENTRE else []
+            centre = [o for o in offices if o.name in notes] if len(notes) <= MAX_CENTRE else []
         if len(drawn) > MAX_RELAY_EDGES or (drawn and not centre):
             drawn, relay_drawn = [], False
-            for flow in plan.flows:
-                previous = notes.get(flow.origin)
-                notes[flow.origin] = (previous + ", " if previous else "relays ") + str(flow.port)
 
     engine = "neato"
     pos: Optional[dict[str, tuple[float, float]]] = None
     if centre or (plan.topology == "mesh" and not summarised):
         names = {o.name for o in centre}
-        pos = _radial(centre, [o for o in offices if o.name not in names])
+        pos = _radial(centre, [o for o in offices if o.name not in names], notes)
     elif summarised or not drawn:
-        pos = _grid(offices)
+        pos = _grid(offices, notes)
     elif len(offices) > 200:
         engine = "sfdp"
 
-    graph = [f"layout={engine}", f'fontname="{FONT}"', "outputorder=edgesfirst", "splines=false"]
+    graph = [
+        f"layout={engine}",
+        f'fontname="{FONT}"',
+        "outputorder=edgesfirst",
+        "splines=false",
+        f"nodesep={ARROW_SPACING}",  # neato: the gap between arrows on one link
+    ]
     if pos is not None:
         extent = max((max(abs(x), abs(y)) for x, y in pos.values()), default=1.0)
         graph.append('overlap="true"')  # placed here, without overlaps
     else:
         extent = math.sqrt(len(offices))
         graph += ['overlap="prism"' if engine == "sfdp" else 'overlap="false"', 'sep="+16"']
-    legend = _legend(plan, colors, summarised, relay_drawn, len(drawn))
+    plain = not relay_drawn or any(pair not in relay for pair in drawn)
+    legend = _legend(plan, colors, summarised, relay_drawn, bool(drawn), plain)
     graph += [
         f"fontsize={min(36, max(12, round(extent * 1.5)))}",  # the legend grows with the picture
         "labelloc=b",
@@ -759,17 +809,24 @@ def dot(plan: NetworkPlan) -> str:
     ]
     for office in offices:
         point = None if pos is None else pos[office.name]
-        out.append(_node(office, point, notes.get(office.name, "")))
+        out.append(_node(office, point, notes.get(office.name, ""), flows.get(office.name, ())))
+    # Ports that share a colour (more ports than colours) are named on their arrows.
+    shared = Counter(colors.values())
+    labelled = {port for port, color in colors.items() if shared[color] > 1}
     for a, b in drawn:
-        out.append(
-            _edge(a, b, links.get((a, b)), relay.get((a, b), {}) if relay_drawn else {}, colors)
-        )
+        hops = relay.get((a, b), {}) if relay_drawn else {}
+        out.extend(_edges(a, b, links.get((a, b)), hops, colors, labelled))
     out.append("}")
     return "\n".join(out) + "\n"
 
 
 def _legend(
-    plan: NetworkPlan, colors: dict[int, str], summarised: bool, relay_drawn: bool, drawn: int
+    plan: NetworkPlan,
+    colors: dict[int, str],
+    summarised: bool,
+    relay_drawn: bool,
+    drawn: bool,
+    plain: bool,
 ) -> str:
     """The picture's legend: an HTML-like table, shown as the graph's label."""
     offices = list(plan.offices.values())
@@ -784,7 +841,7 @@ def _legend(
         else:
             head.append(_h(f"{_plural(len(plan.links), 'link')}, not drawn"))
         if relay_drawn and drawn:
-            head.append("lines: only the links that relayed broadcasts cross")
+            head.append("arrows: only on the links that relayed broadcasts cross")
     samples = []
     if any(o.role == "hub" and not o.external for o in offices):
         samples.append((f'bgcolor="{HUB_FILL}"', "hub", "hub office (name, LAN)"))
@@ -801,17 +858,26 @@ def _legend(
             )
         )
     line = "&#8212;&#8212;&#8212;"
-    if plan.links and not summarised:
+    if plan.links and drawn and plain:
         samples.append(("", f'<font color="{LINK_COLOR}">{line}</font>', "link: two IPIP tunnels"))
     tail = []
-    ports = sorted(colors)
-    if relay_drawn:
-        for port in ports[:LEGEND_PORTS]:
-            swatch = f'<font color="{colors[port]}">{line}&#9654;</font>'
-            samples.append(("", swatch, f"UDP {port} broadcasts relayed that way"))
-        if len(ports) > LEGEND_PORTS:
-            tail.append(f"{len(ports) - LEGEND_PORTS} more ports: see the link labels")
-    elif ports:
+    if relay_drawn and colors:
+        samples.append(
+            ("", "relays PORT", "its LAN's UDP broadcasts on PORT are relayed to other offices")
+        )
+        by_color: dict[str, list[str]] = {}
+        for port in sorted(colors):
+            by_color.setdefault(colors[port], []).append(str(port))
+        for color, ports in by_color.items():
+            swatch = f'<font color="{color}">{line}&#9654;</font>'
+            samples.append(
+                ("", swatch, f"UDP {', '.join(ports)} broadcasts, relayed the way it points")
+            )
+        if any(frm != flow.origin for flow in plan.flows for frm, _unused in flow.hops):
+            tail.append(_h('an arrow from an office not marked "relays PORT": passed on'))
+        if len(by_color) < len(colors):
+            tail.append("ports that share a colour: named on their arrows")
+    elif colors:
         tail.append("relayed broadcasts: see &quot;relays PORT&quot; on their origins")
     if plan.warnings:
         tail.append(f"{_plural(len(plan.warnings), 'warning')}: see the text report")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import shutil
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -93,9 +95,10 @@ def edges(source: str) -> list[str]:
     return [line for line in source.splitlines() if " -- " in line]
 
 
-def edge(source: str, a: str, b: str) -> str:
-    (line,) = [e for e in edges(source) if e.startswith(f'  "{a}" -- "{b}" ')]
-    return line
+def edges_between(source: str, a: str, b: str) -> list[str]:
+    """The edges between two offices, either way, up to their tooltips."""
+    ends = (f'  "{a}" -- "{b}" ', f'  "{b}" -- "{a}" ')
+    return [e.split("tooltip=", 1)[0] + "tooltip=" for e in edges(source) if e.startswith(ends)]
 
 
 def all_lines_short(text: str) -> bool:
@@ -231,25 +234,31 @@ def test_dot_draws_offices_links_and_relay_directions():
     plan = plan_network(hub_with_branches())
     source = render.dot(plan)
     assert source.startswith("graph sitelink {") and source.endswith("}\n")
-    assert len(edges(source)) == len(plan.links) == 6  # one edge per link
-    assert '"hq" [label="hq\\n10.0.1.0/24\\nmasquerade"' in source
+    assert '"hq" [label="hq\\n10.0.1.0/24\\nmasquerade\\nrelays 6799"' in source
     assert render.HUB_FILL in source.split('"hq" [', 1)[1].split("\n", 1)[0]
     partner = source.split('"partner" [', 1)[1].split("\n", 1)[0]
-    assert "dashed" in partner and "external" in partner
+    assert "dashed" in partner and "external\\nrelays 6000" in partner
+    assert '"b3" [label="b3\\n10.0.4.0/24\\nrelays 5000"' in source
     colors = {port: render.PORT_COLORS[i] for i, port in enumerate((5000, 6000, 6799))}
-    # b3 -> hq carries 5000 towards hq, hq -> b3 carries 6799: both ways, labelled.
-    b3 = edge(source, "b3", "hq")
-    assert "dir=both" in b3 and "5000 to hq" in b3 and "6799 to b3" in b3
-    assert f'color="{colors[5000]}:{colors[6799]}"' in b3
-    b4 = edge(source, "b4", "hq")  # hq -> b4: the tail end of "b4 -- hq"
-    assert "dir=back" in b4 and 'label="5000, 6799"' in b4
-    b1 = edge(source, "b1", "hq")
-    assert "dir=back" in b1 and 'label="6799"' in b1
+    # b3 -- hq carries 5000 towards hq and 6799 towards b3: an arrow each way.
+    assert edges_between(source, "b3", "hq") == [
+        f'  "b3" -- "hq" [color="{colors[5000]}" penwidth=2 dir=forward tooltip=',
+        f'  "hq" -- "b3" [color="{colors[6799]}" penwidth=2 dir=forward tooltip=',
+    ]
+    # hq -- b4 carries 5000 and 6799 towards b4: the second head set back.
+    assert edges_between(source, "b4", "hq") == [
+        f'  "hq" -- "b4" [color="{colors[5000]}" penwidth=2 dir=forward tooltip=',
+        f'  "hq" -- "b4" [color="{colors[6799]}" penwidth=2 dir=forward '
+        "arrowhead=nonenonenormal tooltip=",
+    ]
+    assert [e for e in edges(source) if "label=" in e] == []  # colours are enough
     # Pinned radial layout: the hub in the middle.
     assert 'pos="0.00,0.00!"' in source.split('"hq" [', 1)[1].split("\n", 1)[0]
     legend = source.split("label=<<", 1)[1].split(">>", 1)[0]
     for text in ("hub-and-spoke, transit on", "1 external", "UDP 5000", "UDP 6799", "dashed"):
         assert text in legend
+    assert "relays PORT" in legend and "passed on" in legend  # b3's 5000 crosses hq
+    assert "link: two IPIP tunnels" not in legend  # every link carries an arrow
 
 
 def test_small_mesh_draws_every_pair():
@@ -332,6 +341,251 @@ def test_labels_are_escaped():
         assert b"we&quot;ird\\name" in picture or b'we"ird\\name' in picture
 
 
+# --------------------------------------------------------------------------- arrows
+#
+# What the picture must show: for every hop of every relay flow, an arrowhead at
+# the office that receives, coloured as the legend colours the flow's port, and
+# no other arrowhead. Checked twice: in the .dot source, reading Graphviz's rules
+# for where heads go and which colour they get, and in the SVG Graphviz draws,
+# where each head is a filled polygon next to one of its edge's two offices.
+
+DOT_EDGE = re.compile(r'^  "((?:[^"\\]|\\.)*)" -- "((?:[^"\\]|\\.)*)" \[(.*)\];$')
+DOT_ATTR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]+)')
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def two_way() -> dict:
+    """A hub and two branches. The b1 - hq link carries three ports: 5000 and 5001
+    to hq, 6000 to b1. (One coloured line for it with dir=both would put 5000's
+    colour at hq, 5001's at b1 and no head for 6000.)"""
+    offices = {"hq-gw": office(0, "hq", "hub"), "b1-gw": office(1, "b1"), "b2-gw": office(2, "b2")}
+    offices["hq-gw"]["office_broadcast_relay"] = [{"port": 6000}]
+    offices["b1-gw"]["office_broadcast_relay"] = [
+        {"port": 5000, "to": ["hq"]},
+        {"port": 5001, "to": ["hq"]},
+    ]
+    return offices
+
+
+def legend_colors(source: str) -> dict[str, int]:
+    """Colour -> port, as the picture's legend says."""
+    found = re.findall(
+        r'<font color="(#[0-9a-f]{6})">[^<]*&#9654;</font></td><td align="left">UDP (\d+) ',
+        source,
+    )
+    colors = {color: int(port) for color, port in found}
+    assert len(colors) == len(found), "a colour stands for several ports"
+    return colors
+
+
+def expected_heads(plan: NetworkPlan) -> list[tuple[str, str, int]]:
+    """(from, to, port) of every hop of every relay flow: the arrowheads there must be."""
+    return sorted({(frm, to, flow.port) for flow in plan.flows for frm, to in flow.hops})
+
+
+def dot_heads(source: str) -> list[tuple[str, str, str]]:
+    """(from, to, colour) of each arrowhead the .dot source asks Graphviz for.
+
+    Graphviz's rules: an edge "t" -- "h" has its head end at h; dir says which
+    ends get an arrowhead (none by default in a graph); with a colour list
+    ("c1:c2:..." parallel lines) the head is drawn in c1 and the tail in c2
+    (test_graphviz_colours_heads_as_this_test_reads_them checks this on the SVG).
+    """
+    heads = []
+    for line in source.splitlines():
+        match = DOT_EDGE.match(line)
+        if not match:
+            continue
+        tail, head = match[1], match[2]
+        attrs = {k: v.strip('"') for k, v in DOT_ATTR.findall(match[3])}
+        colors = attrs.get("color", render.LINK_COLOR).split(":")
+        way = attrs.get("dir", "none")
+        if way in ("forward", "both") and attrs.get("arrowhead", "normal").replace("none", ""):
+            heads.append((tail, head, colors[0]))
+        if way in ("back", "both") and attrs.get("arrowtail", "normal").replace("none", ""):
+            heads.append((head, tail, colors[1 if len(colors) > 1 else 0]))
+    return sorted(heads)
+
+
+def _box(element: ET.Element) -> tuple[float, float, float, float]:
+    numbers = []
+    for shape in element.iter():
+        text = shape.get("d") or shape.get("points") or ""
+        numbers += [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", text)]
+        if shape.tag == SVG + "ellipse":
+            cx, cy, rx, ry = (float(shape.get(k)) for k in ("cx", "cy", "rx", "ry"))
+            numbers += [cx - rx, cy - ry, cx + rx, cy + ry]
+    xs, ys = numbers[0::2], numbers[1::2]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def _distance(point: tuple[float, float], box: tuple[float, float, float, float]) -> float:
+    x, y = point
+    x0, y0, x1, y1 = box
+    return math.hypot(max(x0 - x, 0, x - x1), max(y0 - y, 0, y - y1))
+
+
+Point = tuple[float, float]
+Polygon = list[Point]
+
+
+def _area(polygon: Polygon) -> float:
+    """Signed (anticlockwise positive)."""
+    pairs = zip(polygon, polygon[1:] + polygon[:1])
+    return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in pairs) / 2
+
+
+def _side(a: Point, b: Point, p: Point) -> float:
+    """Positive when p is left of the line from a to b."""
+    return (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
+
+
+def _overlap(subject: Polygon, clip: Polygon) -> float:
+    """Area of the intersection of two convex polygons (Sutherland-Hodgman)."""
+    if _area(clip) < 0:
+        clip = clip[::-1]
+    out = subject
+    for a, b in zip(clip, clip[1:] + clip[:1]):
+        points, out = out, []
+        for p, q in zip(points[-1:] + points[:-1], points):
+            sp, sq = _side(a, b, p), _side(a, b, q)
+            if (sp >= 0) != (sq >= 0):  # the edge p-q crosses the line: where
+                t = sp / (sp - sq)
+                out.append((p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1])))
+            if sq >= 0:
+                out.append(q)
+        if not out:
+            return 0.0
+    return abs(_area(out))
+
+
+def svg_heads(picture: bytes, readable: bool = True) -> list[tuple[str, str, str]]:
+    """(from, to, colour) of each arrowhead Graphviz drew: a filled polygon in an
+    edge's group, at the nearer of the edge's two offices. Unless told otherwise,
+    also checks what makes a head readable: it sits at an office, its line has
+    its colour, and no head at one end of a link has more than a sixth of it
+    under another one."""
+    root = ET.fromstring(picture)  # noqa: S314 (Graphviz's output for our own source)
+    groups = [g for g in root.iter(SVG + "g") if g.get("class") in ("node", "edge")]
+    boxes = {g.findtext(SVG + "title"): _box(g) for g in groups if g.get("class") == "node"}
+    heads = []
+    at: dict[tuple[frozenset, str], list[Polygon]] = {}
+    for group in groups:
+        if group.get("class") != "edge":
+            continue
+        title = group.findtext(SVG + "title")
+        (ends,) = [(a, b) for a in boxes for b in boxes if title == f"{a}--{b}"]
+        polygons = list(group.iter(SVG + "polygon"))
+        for polygon in polygons:
+            numbers = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", polygon.get("points"))]
+            corners = list(dict.fromkeys(zip(numbers[0::2], numbers[1::2])))  # closed: once
+            centre = (
+                sum(x for x, _y in corners) / len(corners),
+                sum(y for _x, y in corners) / len(corners),
+            )
+            near, far = sorted(ends, key=lambda end: _distance(centre, boxes[end]))
+            assert _distance(centre, boxes[near]) < 30, f"{title}: a head far from its offices"
+            heads.append((far, near, polygon.get("fill")))
+            at.setdefault((frozenset(ends), near), []).append(corners)
+        lines = {path.get("stroke") for path in group.iter(SVG + "path")}
+        if polygons and readable:
+            assert lines == {p.get("fill") for p in polygons}, f"{title}: line and head differ"
+    for (link, end), placed in at.items() if readable else ():
+        for i, head in enumerate(placed):
+            for other in placed[i + 1 :]:
+                covered = _overlap(head, other) / min(abs(_area(head)), abs(_area(other)))
+                assert covered <= 1 / 6, f"{sorted(link)}: heads cover each other at {end}"
+    return sorted(heads)
+
+
+def by_port(heads: list[tuple[str, str, str]], colors: dict[str, int]) -> list:
+    return sorted((frm, to, colors[color]) for frm, to, color in heads)
+
+
+@pytest.mark.parametrize("name", ["two-way", "hub-and-branches"])
+def test_each_arrowhead_points_the_way_of_its_port_in_its_colour(name):
+    if name == "two-way":
+        plan = plan_network(two_way())
+    else:
+        plan = plan_network(_inventory_offices(ROOT / "examples/hub-and-branches/inventory.yml"))
+    source = render.dot(plan)
+    colors = legend_colors(source)
+    expected = expected_heads(plan)
+    assert by_port(dot_heads(source), colors) == expected
+    if name == "two-way":
+        assert ("b1", "hq", 5000) in expected and ("b1", "hq", 5001) in expected
+        assert ("hq", "b1", 6000) in expected
+    else:  # the case that was drawn wrong: queens' 5353 to manhattan, 6799 back
+        assert ("queens", "manhattan", 5353) in expected
+        assert ("manhattan", "queens", 6799) in expected
+    if HAVE_DOT:
+        assert by_port(svg_heads(render.svg(source)), colors) == expected
+
+
+@needs_dot
+def test_graphviz_colours_heads_as_this_test_reads_them():
+    """The rules dot_heads applies, checked on what Graphviz draws: with a colour
+    list, the head gets the first colour and the tail the second (dir=back too);
+    one head per end, whatever the number of colours; set-back heads count."""
+    source = "\n".join(
+        [
+            "graph g {",
+            "  graph [layout=neato splines=false];",
+            '  "a" [pos="0,0!"];',
+            '  "b" [pos="3,0!"];',
+            '  "c" [pos="0,2!"];',
+            '  "a" -- "b" [color="#d62728:#1f77b4:#2ca02c" dir=both];',
+            '  "c" -- "a" [color="#9467bd:#ff7f0e" dir=back];',
+            '  "b" -- "c" [color="#8c564b" dir=forward arrowhead=nonenonenormal];',
+            '  "c" -- "b" [color="#e377c2"];',
+            "}",
+        ]
+    )
+    expected = [
+        ("a", "b", "#d62728"),
+        ("a", "c", "#ff7f0e"),
+        ("b", "a", "#1f77b4"),
+        ("b", "c", "#8c564b"),
+    ]
+    assert dot_heads(source) == expected
+    picture = render.svg(source)
+    assert svg_heads(picture, readable=False) == expected
+    with pytest.raises(AssertionError, match="line and head differ"):
+        svg_heads(picture)
+
+
+def test_many_offices_get_one_label_per_rule_and_none_on_arrows():
+    """At 100 offices (and 200 with two hubs) nothing is said twice: each relay rule
+    is named once, on the office it starts from; arrows carry no label."""
+    for count, hubs in ((100, 1), (200, 2)):
+        offices = many(count, relaying=1)
+        for i in range(hubs):
+            offices[f"office{i}-gw"]["office_role"] = "hub"
+        offices["office5-gw"]["office_broadcast_relay"] = [{"port": 5353, "to": ["office0"]}]
+        offices["office9-gw"]["office_broadcast_relay"] = [{"port": 137}]
+        plan = plan_network(offices)
+        source = render.dot(plan)
+        assert len(plan.flows) == 3
+        notes = re.findall(r'"(office\d+)" \[label="[^"]*\\nrelays ([^"]+)"', source)
+        assert sorted(notes) == [("office0", "6799"), ("office5", "5353"), ("office9", "137")]
+        assert [e for e in edges(source) if "label=" in e] == []
+        assert by_port(dot_heads(source), legend_colors(source)) == expected_heads(plan)
+        if HAVE_DOT:  # long spokes: two heads the same way meet at a branch
+            drawn = svg_heads(render.svg(source))
+            assert by_port(drawn, legend_colors(source)) == expected_heads(plan)
+
+
+def test_ports_that_share_a_colour_are_named_on_their_arrows():
+    ports = list(range(7000, 7000 + len(render.PORT_COLORS) + 2))  # two colours reused
+    offices = many(4, relaying=0)
+    offices["office0-gw"]["office_broadcast_relay"] = [{"port": p} for p in ports]
+    source = render.dot(plan_network(offices))
+    labelled = {int(p) for p in re.findall(r' label="(\d+)"', source)}
+    assert labelled == {7000, 7001, 7008, 7009}  # the ports of the two reused colours
+    assert "relays 7000, 7001, 8 more" in source
+    assert "UDP 7000, 7008 broadcasts" in source and "share a colour" in source
+
+
 # --------------------------------------------------------------------------- Graphviz
 
 
@@ -370,9 +624,20 @@ def test_svg_without_graphviz(tmp_path):
 
 
 def _inventory_offices(path: Path) -> dict:
-    """The office variables of an example inventory, group vars applied (no templating)."""
+    """The office variables of an example inventory, group vars applied; the only
+    templating: a whole value "{{ name }}" (a vaulted key's stand-in) is looked up."""
     group = yaml.safe_load(path.read_text())["offices"]
-    return {h: {**group.get("vars", {}), **(v or {})} for h, v in group["hosts"].items()}
+    merged = {h: {**group.get("vars", {}), **(v or {})} for h, v in group["hosts"].items()}
+
+    def resolve(value, names: dict):
+        if isinstance(value, dict):
+            return {k: resolve(v, names) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v, names) for v in value]
+        reference = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", value) if isinstance(value, str) else None
+        return resolve(names[reference[1]], names) if reference else value
+
+    return {h: resolve(v, v) for h, v in merged.items()}
 
 
 @pytest.mark.parametrize("example", ["case-study", "hub-and-branches"])
