@@ -8,50 +8,125 @@ Runs once per play (``run_once``); never connects anywhere. The work is in
 
 from __future__ import annotations
 
+import difflib
+import functools
 import os
+from typing import Any, NamedTuple, Optional
 
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import schema
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.schema import OUTPUT_FACTS
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import (
+    CANNOT_BE_READ,
+    PlanError,
+    describe_problems,
+)
+
+# A variable outside the office_ prefix this close to a known one is a typo
+# (ofice_role: 0.95, office-role: 0.91), not another role's variable
+# (notice_role: 0.82, ansible_host: 0.38); difflib's ratio.
+NEAR_MISS_CUTOFF = 0.85
+# Printed in full up to this many gateways by console: auto.
+CONSOLE_AUTO_GATEWAYS = 20
 
 
-def office_variables(hostvars, hosts):
+class OfficeInventory(NamedTuple):
+    offices: dict[str, dict[str, Any]]  # host -> its office_* variables
+    problems: list[str]
+    warnings: list[str]
+    # host -> every variable problems and warnings name, as describe_problems reads them
+    values: dict[str, dict[str, Any]]
+
+
+def office_variables(hostvars, hosts) -> OfficeInventory:
     """Every ``office_*`` variable of every office host, templated as the host sees it.
 
     A value that cannot be templated (an undefined variable in it, say) is a
-    problem of that office like any other, reported with the rest.
+    problem of that office like any other, reported with the rest. A variable
+    that misses the ``office_`` spelling (``ofice_role``, ``office-role``,
+    ``Office_role``) would be ignored without a word: it is warned about.
     """
-    offices, problems = {}, []
-    for host in hosts:
+    offices, problems, warnings, values = {}, [], [], {}
+    for host in sorted(hosts):  # as plan_network reports its problems
         host_vars = hostvars[host]
-        values, failed = {}, []
+        mine, failed, misses = {}, [], []
         for name in host_vars:
+            if not name.startswith("office_"):
+                meant = near_miss(name)
+                if meant is not None:
+                    misses.append((name, meant))
+                continue
             # office_plan and office_secrets are this role's own output (from an
             # earlier play of the same run): never input, and never read.
-            if not name.startswith("office_") or name in OUTPUT_FACTS:
+            if name in schema.OUTPUT_FACTS:
                 continue
             try:
-                values[name] = host_vars[name]
+                mine[name] = host_vars[name]
             except AnsibleError as exc:
                 failed.append((name, to_text(getattr(exc, "message", exc)).splitlines()[0]))
-        office = values.get("office_name") or host
+        office = mine.get("office_name") or host
+        label = f"office {office!r} (host {host})"
+        seen = dict(mine)
         for name, message in failed:
-            problems.append(
-                f"office {office!r} (host {host}): {name}: cannot be templated: {message}"
-            )
-        offices[host] = values
-    return offices, problems
+            problems.append(f"{label}: {name}: cannot be templated: {message}")
+            seen[name] = CANNOT_BE_READ
+        for name, meant in sorted(misses):
+            hint = f"did you mean {meant}?" if meant else "they are spelled office_*, lower case"
+            warnings.append(f"{label}: {name}: ignored, not an office variable ({hint})")
+            try:
+                seen[name] = host_vars[name]
+            except AnsibleError:
+                seen[name] = CANNOT_BE_READ
+        offices[host] = mine
+        values[host] = seen
+    return OfficeInventory(offices, problems, warnings, values)
 
 
-def plan_inventory(hostvars, hosts):
-    """Validate and plan the offices ``hosts``; raises ``PlanError`` listing every problem."""
-    offices, problems = office_variables(hostvars, hosts)
-    if problems:
-        raise PlanError(problems)
-    return plan_network(offices)
+@functools.lru_cache(maxsize=4096)
+def near_miss(name: str) -> Optional[str]:
+    """The office variable ``name`` (not spelled office_*) most likely meant: the known
+    name, "" for an office_* look-alike with no close match, None for any other variable."""
+    spelled = name.lower().replace("-", "_")
+    if spelled in schema.BY_NAME:
+        return spelled
+    close = difflib.get_close_matches(spelled, schema.BY_NAME, n=1, cutoff=NEAR_MISS_CUTOFF)
+    if close:
+        return close[0]
+    return "" if spelled.startswith("office_") else None
+
+
+def office_groups(groups, hosts) -> list[tuple[str, frozenset[str]]]:
+    """The inventory's groups as the office hosts in them, the most specific first
+    (fewest hosts; of equal ones, ``all`` last): how a shared problem names a group."""
+    offices = frozenset(hosts)
+    found = []
+    for name, members in (groups or {}).items():
+        mine = offices.intersection(members)
+        if mine:
+            found.append((len(members), name in ("all", "ungrouped"), name, frozenset(mine)))
+    return [(name, mine) for _size, _last, name, mine in sorted(found)]
+
+
+def plan_inventory(hostvars, hosts, groups=None):
+    """Validate and plan the offices ``hosts``; raises ``PlanError`` listing every problem.
+
+    ``groups``: the inventory's groups ({name: hosts}, as the ``groups`` variable),
+    so that a problem every office of a group shares can name it. The plan's
+    warnings, the inventory's own first, say a shared warning once too.
+    """
+    found = office_variables(hostvars, hosts)
+    context = {"groups": office_groups(groups, hosts), "values": found.values}
+    warnings = describe_problems(found.warnings, **context)
+    if found.problems:
+        raise PlanError(found.problems, warnings=warnings, **context)
+    try:
+        plan = plan_network(found.offices)
+    except PlanError as exc:
+        raise PlanError(exc.errors, warnings=warnings, **context) from None
+    plan.warnings[:] = warnings + describe_problems(plan.warnings, **context)
+    return plan
 
 
 class ActionModule(ActionBase):
@@ -63,11 +138,18 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         args = self._task.args
-        plan = self._plan(args.get("group", "offices"), task_vars)
-        if isinstance(plan, str):
-            return {**result, "failed": True, "msg": plan}
+        group = args.get("group", "offices")
+        hosts = task_vars.get("groups", {}).get(group)
+        if not hosts:
+            msg = f"office_plan: the inventory group {group!r} has no hosts (set office_group)"
+            return {**result, "failed": True, "msg": msg}
+        try:
+            plan = plan_inventory(task_vars["hostvars"], hosts, task_vars.get("groups"))
+        except PlanError as exc:
+            # One failure, before any gateway is touched; a misspelled variable
+            # warned about may be why another one is missing.
+            return {**result, "failed": True, "msg": str(exc), "warnings": exc.warnings}
         result["changed"] = False
-        result["warnings"] = list(plan.warnings)
         result["summary"] = {
             "topology": plan.topology,
             "offices": len(plan.offices),
@@ -75,21 +157,14 @@ class ActionModule(ActionBase):
             "links": len(plan.links),
             "relay_flows": len(plan.flows),
         }
+        warnings = list(plan.warnings)
         output_dir = args.get("output_dir")
         if output_dir:
-            result.update(self._render(plan, output_dir, args.get("console", "auto")))
+            rendered = self._render(plan, output_dir, args.get("console", "auto"))
+            warnings += rendered.pop("warnings")
+            result.update(rendered)
+        result["warnings"] = warnings
         return result
-
-    @staticmethod
-    def _plan(group, task_vars):
-        """The network plan, or the message listing every problem."""
-        hosts = task_vars.get("groups", {}).get(group)
-        if not hosts:
-            return f"office_plan: the inventory group {group!r} has no hosts (set office_group)"
-        try:
-            return plan_inventory(task_vars["hostvars"], hosts)
-        except PlanError as exc:
-            return str(exc)
 
     def _render(self, plan, output_dir, console):
         """plan.yml: text, a file per gateway and the picture, from the same plan."""
@@ -118,15 +193,39 @@ class ActionModule(ActionBase):
             files.append(os.path.join(base, "network.svg"))
         except render.RenderError as exc:
             warnings.append(f"no picture: {exc}")
-        full = console == "full" or (console == "auto" and len(plan.gateways) <= 20)
-        text = network if not full else "\n".join([network, *texts.values()])
+        full = console == "full" or (
+            console == "auto" and len(plan.gateways) <= CONSOLE_AUTO_GATEWAYS
+        )
+        # A list of lines, not one text: Ansible's default callback prints a string
+        # as JSON, one line full of "\n"; a list comes out a line per item.
+        lines = network.splitlines()
+        for text in texts.values() if full else ():
+            lines += ["", *text.splitlines()]
+        lines += ["", f"Written: {', '.join(files)}", _gateway_files_line(base, texts, console)]
         return {
             "output_dir": base,
             "files": files,
             "gateway_files": len(texts),
-            "plan_text": text,
+            "plan_lines": lines,
             "warnings": warnings,
         }
+
+
+def _gateway_files_line(base, texts, console):
+    """Where each gateway's plan is, and whether it was printed above."""
+    if console == "full":
+        printed = "printed above"
+    elif console == "summary":
+        printed = "not printed with console summary; -e sitelink_plan_console=full prints them"
+    elif len(texts) > CONSOLE_AUTO_GATEWAYS:
+        printed = (
+            f"not printed past {CONSOLE_AUTO_GATEWAYS} gateways; "
+            "-e sitelink_plan_console=full prints them"
+        )
+    else:
+        printed = "printed above"
+    where = os.path.join(base, "gateways", "<host>.txt")
+    return f"Per-gateway plans of the {len(texts)} gateways: {where} ({printed})"
 
 
 def _write(path, content, binary=False):

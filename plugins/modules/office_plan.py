@@ -19,9 +19,13 @@ description:
     naming the office, its host and the variable; unknown C(office_*) variables are problems too.
   - The office role runs it once per play (C(run_once)), then hands each gateway its own plan
     with the P(sitelink.gateway.office_gateway#filter) filter.
+  - The same problem at several offices (a group variable, most often) is said once, naming the
+    variable, how many offices have it, a few of them and the group they make up. A host variable
+    that misses the C(office_) spelling (C(ofice_role), C(office-role), C(Office_role)) is warned
+    about, with the variable it most likely meant.
   - With O(output_dir), writes C(network.txt), C(network.dot), C(network.svg) (when Graphviz's
-    C(dot) is installed) and C(gateways/HOST.txt), and returns the text in RV(plan_text). That is
-    what C(playbooks/plan.yml) shows.
+    C(dot) is installed) and C(gateways/HOST.txt), and returns the text as a list of lines in
+    RV(plan_lines), ending with where the files are. That is what C(playbooks/plan.yml) shows.
   - Never connects to a gateway and never holds a secret.
 options:
   group:
@@ -33,8 +37,9 @@ options:
     type: path
   console:
     description:
-      - What RV(plan_text) holds. C(full) is the network and every gateway; C(summary) the network
-        only; C(auto) is C(full) up to 20 gateways.
+      - What RV(plan_lines) holds. C(full) is the network and every gateway; C(summary) the
+        network only; C(auto) is C(full) up to 20 gateways. Either way the last line says where
+        each gateway's plan is.
     type: str
     choices: [auto, full, summary]
     default: auto
@@ -74,10 +79,14 @@ summary:
   description: Counts of offices, gateways, links and relay flows, and the topology.
   returned: success
   type: dict
-plan_text:
-  description: The plan as readable text.
+plan_lines:
+  description:
+    - The plan as readable text, a line per item (a list prints a line per item under any
+      callback; one string would print as JSON with its line breaks escaped), then where the files
+      were written.
   returned: when O(output_dir) is set
-  type: str
+  type: list
+  elements: str
 files:
   description: Files written for the whole network.
   returned: when O(output_dir) is set

@@ -8,7 +8,9 @@ run through, it would fail to connect rather than change anything.
 from __future__ import annotations
 
 import pytest
-from playbook import ROOT, run_playbook
+import yaml
+from playbook import ROOT, run_playbook, unreachable
+from test_plan_playbook import offices_inventory
 
 
 def run_site(tmp_path, override: str, *extra: str):
@@ -110,6 +112,57 @@ def test_every_problem_in_one_message(tmp_path):
     # Ansible prints a failed task's message twice (error line and result), no more.
     assert output.count("invalid office inventory") <= 2
     assert "UNREACHABLE" not in output
+
+
+def test_a_problem_of_a_group_variable_is_reported_once(tmp_path):
+    """Set for every office, it is one problem naming the variable, the group and the offices."""
+    done = run_site(tmp_path, "offices:\n  vars:\n    office_wan_mtu: '{{ no_such_var }}'\n")
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert (
+        "invalid office inventory (1 problem, 2 counted office by office):\n"
+        "  - office_wan_mtu: cannot be templated: 'no_such_var' is undefined; the same at 2 "
+        "offices, every office of group 'offices', likely one group variable: 'brooklyn' (host "
+        "brooklyn-gw), 'manhattan' (host manhattan-gw)"
+    ) in output, output[-3000:]
+    assert "office 'brooklyn' (host brooklyn-gw): office_wan_mtu" not in output
+    assert "PLAY [Configure the" not in output
+    assert "UNREACHABLE" not in output
+
+
+def test_a_group_variable_typo_at_100_offices_is_one_line(tmp_path):
+    inventory = offices_inventory(100)
+    inventory["offices"]["vars"]["office_wan_mtu"] = "15OO"  # letter O, not zero
+    (tmp_path / "offices.yml").write_text(yaml.safe_dump(inventory))
+    done = run_playbook(
+        ROOT / "site.yml",
+        tmp_path,
+        connection=unreachable({}),
+        inventory=tmp_path / "offices.yml",
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert (
+        "invalid office inventory (1 problem, 100 counted office by office):\n"
+        "  - office_wan_mtu: '15OO' is not an integer; the same at 100 offices, every office of "
+        "group 'offices', likely one group variable: 'office0' (host office0-gw), 'office1' "
+        "(host office1-gw), 'office10' (host office10-gw) and 97 more"
+    ) in output, output[-3000:]
+    # Ansible prints a failed task's message twice (error line and result), no more.
+    assert output.count("is not an integer") == 2
+    assert "PLAY [Configure the" not in output
+    assert "UNREACHABLE" not in output
+
+
+def test_a_misspelled_office_variable_warns(tmp_path):
+    """ofice_role is not an office_* variable: not an error, but not ignored in silence."""
+    done = run_site(tmp_path, "offices:\n  hosts:\n    brooklyn-gw:\n      ofice_role: hub\n")
+    output = " ".join((done.stdout + done.stderr).split())  # warnings are wrapped
+    assert (
+        "[WARNING]: office 'brooklyn' (host brooklyn-gw): ofice_role: ignored, not an office "
+        "variable (did you mean office_role?)"
+    ) in output, output[-3000:]
+    assert "PLAY [Configure the hub gateways, one at a time]" in output
 
 
 def test_masquerade_without_peers_warns(tmp_path):

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+from . import schema
 
 IPIP_OVERHEAD = 20  # RFC 2003: one outer IPv4 header, no options
 TUNNEL_TTL = 64
@@ -31,15 +36,125 @@ RELAY_OFFICE_ID_BYTES = 4
 
 
 class PlanError(ValueError):
-    """Invalid office inventory. ``errors`` lists every problem found."""
+    """Invalid office inventory. ``errors`` lists every problem found, office by office.
 
-    def __init__(self, errors: list[str]):
+    The message says each problem once: the same problem at several offices (a
+    group variable, most often) is one line naming how many (``describe_problems``;
+    ``groups`` and ``values`` as there). ``warnings``: what was noticed besides,
+    already described (a misspelled variable often explains a missing one).
+    """
+
+    def __init__(
+        self,
+        errors: list[str],
+        groups: Sequence[tuple[str, frozenset[str]]] = (),
+        values: Optional[dict[str, dict[str, Any]]] = None,
+        warnings: Sequence[str] = (),
+    ):
         self.errors = errors
+        self.warnings = list(warnings)
+        lines = describe_problems(errors, groups, values)
+        counted = "" if len(lines) == len(errors) else f", {len(errors)} counted office by office"
         super().__init__(
-            "invalid office inventory ({} problem{}):\n  - {}".format(
-                len(errors), "" if len(errors) == 1 else "s", "\n  - ".join(errors)
+            "invalid office inventory ({} problem{}{}):\n  - {}".format(
+                len(lines), "" if len(lines) == 1 else "s", counted, "\n  - ".join(lines)
             )
         )
+
+
+# "office 'name' (host h): variable: message", as every per-office problem reads.
+_PER_OFFICE = re.compile(
+    r"office (?P<office>'[^']*'|\"[^\"]*\") \(host (?P<host>[^)]+)\): "
+    r"(?P<field>[^:\s]+): (?P<message>.*)",
+    re.DOTALL,
+)
+SHARED_NAMES_SHOWN = 3  # offices named in a problem shared by many; the rest are counted
+CANNOT_BE_READ = object()  # in ``values``: a variable that could not be templated
+_UNSET = object()
+
+
+def describe_problems(
+    problems: list[str],
+    groups: Sequence[tuple[str, frozenset[str]]] = (),
+    values: Optional[dict[str, dict[str, Any]]] = None,
+) -> list[str]:
+    """``problems`` with each one that several offices share said once, where it first came.
+
+    Shared: the same variable and the same message, apart from which office and
+    host it is. A typo in a group variable of 100 offices is one line, naming
+    the variable, the count and a few of the offices, not 100 lines.
+
+    ``groups``: (name, the office hosts in it), most specific first; a shared
+    problem names the first group whose offices are exactly the ones that have
+    it. ``values``: every office's variables ({host: {name: value}}); when the
+    offices with the problem are exactly the ones that give the variable the same
+    value, it is most likely one group variable, and the line says so (never of a
+    deployment-wide variable: one setting everywhere by design, it tells nothing).
+    """
+    shared: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    order: list[Any] = []  # a problem as it is, or the key of a shared one
+    for problem in problems:
+        match = _PER_OFFICE.fullmatch(problem)
+        if match is None:
+            order.append(problem)
+            continue
+        key = (match["field"], match["message"])
+        if key not in shared:
+            shared[key] = []
+            order.append(key)
+        shared[key].append((match["office"], match["host"]))
+    lines = []
+    for item in order:
+        if isinstance(item, str):
+            lines.append(item)
+            continue
+        where = shared[item]
+        if len(where) == 1:
+            (office, host), (field, message) = where[0], item
+            lines.append(f"office {office} (host {host}): {field}: {message}")
+            continue
+        lines.append(_shared_problem(*item, where, groups, values))
+    return lines
+
+
+def _shared_problem(
+    field: str,
+    message: str,
+    where: list[tuple[str, str]],
+    groups: Sequence[tuple[str, frozenset[str]]],
+    values: Optional[dict[str, dict[str, Any]]],
+) -> str:
+    hosts = frozenset(host for _office, host in where)
+    group = next((name for name, members in groups if members == hosts), None)
+    how = [f"the same at {len(where)} offices"]
+    if group is not None:
+        how.append(f"every office of group {group!r}")
+    variable = re.split(r"[\[.]", field, maxsplit=1)[0]
+    spec = schema.BY_NAME.get(variable)
+    deployment = spec is not None and spec.scope == schema.DEPLOYMENT
+    if values is not None and not deployment and _one_setting(variable, hosts, values):
+        how.append("likely one group variable")
+    named = ", ".join(f"{office} (host {host})" for office, host in where[:SHARED_NAMES_SHOWN])
+    more = len(where) - SHARED_NAMES_SHOWN
+    if more > 0:
+        named += f" and {more} more"
+    return f"{field}: {message}; {', '.join(how)}: {named}"
+
+
+def _one_setting(variable: str, hosts: frozenset[str], values: dict[str, dict[str, Any]]) -> bool:
+    """Whether exactly ``hosts`` give ``variable`` one and the same value."""
+
+    def value(host: str) -> Any:
+        raw = values.get(host, {}).get(variable, _UNSET)
+        if raw is _UNSET or raw is CANNOT_BE_READ:
+            return raw
+        return json.dumps(raw, sort_keys=True, default=str)
+
+    seen = {value(host) for host in hosts}
+    if len(seen) != 1 or _UNSET in seen:
+        return False
+    (shared,) = seen
+    return all(value(host) != shared for host in values if host not in hosts)
 
 
 def tunnel_name(office: str) -> str:
