@@ -182,6 +182,7 @@ class ActionModule(ActionBase):
         for host in sorted(plan.gateways):
             texts[host] = render.gateway_text(plan.gateway_dict(host))
             _write(os.path.join(gateways_dir, f"{host}.txt"), texts[host])
+        externals = _write_external(plan, base)
         network = render.network_text(plan)
         _write(os.path.join(base, "network.txt"), network)
         source = render.dot(plan)
@@ -202,6 +203,12 @@ class ActionModule(ActionBase):
         for text in texts.values() if full else ():
             lines += ["", *text.splitlines()]
         lines += ["", f"Written: {', '.join(files)}", _gateway_files_line(base, texts, console)]
+        if externals:
+            peers = "peer" if len(externals) == 1 else f"{len(externals)} peers"
+            lines.append(
+                f"For the administrators of the external {peers}, their side of the links: "
+                f"{os.path.join(base, 'external', '<name>.txt')}"
+            )
         return {
             "output_dir": base,
             "files": files,
@@ -209,6 +216,23 @@ class ActionModule(ActionBase):
             "plan_lines": lines,
             "warnings": warnings,
         }
+
+
+def _write_external(plan, base):
+    """external/<name>.txt for each external peer: what its administrators configure (never
+    a key). Files of peers that left the inventory go, as gateways/ ones do."""
+    from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import external
+
+    directory = os.path.join(base, "external")
+    names = sorted(n for n, office in plan.offices.items() if office.external)
+    if names or os.path.isdir(directory):
+        os.makedirs(directory, exist_ok=True)
+        for stale in set(os.listdir(directory)) - {f"{n}.txt" for n in names}:
+            if stale.endswith(".txt"):  # a peer that left office_external_peers
+                os.unlink(os.path.join(directory, stale))
+    for name in names:
+        _write(os.path.join(directory, f"{name}.txt"), external.peer_text(plan, name))
+    return names
 
 
 def _gateway_files_line(base, texts, console):

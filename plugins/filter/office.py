@@ -44,7 +44,9 @@ def office_gateway(host, hostvars, group="offices", secret=None, previous=None):
     mine = plan.gateway_dict(host)
     return {
         "plan": mine,
-        "secrets": gateway_secrets(mine["links"], secret or None, previous or None),
+        "secrets": gateway_secrets(
+            mine["links"], secret or None, previous or None, plan.external_keys()
+        ),
     }
 
 

@@ -109,14 +109,22 @@ def plan_view(plan: Any) -> dict[str, Any]:
             }
         )
     masquerade = plan.get("masquerade") or {}
+    ipsec = plan.get("ipsec") or {}
     return {
         "office": plan.get("office"),
         "address": (plan.get("lan") or {}).get("address"),
         "tunnels": tunnels,
         "protection": plan["protection"],
+        # Every protected link: with protection none, those to external peers that chose
+        # ipsec (office_external_peers[].protection).
         "connections": [
             {key: c.get(key) for key in ("name", "peer", "local", "remote")}
-            for c in (plan.get("ipsec") or {}).get("connections") or []
+            for c in ipsec.get("connections") or []
+        ],
+        # Plain IPIP where the deployment's links are protected: external peers that
+        # chose protection none. (With protection none, every other link is plain.)
+        "unprotected": [
+            {key: u.get(key) for key in ("name", "peer")} for u in ipsec.get("unprotected") or []
         ]
         if plan["protection"] == "ipsec"
         else [],
@@ -390,6 +398,7 @@ def check_ipsec(
     pinged: list[str],
     states: Optional[tuple[int, str, str]] = None,
     policies: Optional[tuple[int, str, str]] = None,
+    unprotected: Optional[list[dict[str, Any]]] = None,
 ) -> dict[str, Any]:
     """Every IPsec connection of the plan against ``ip xfrm state`` and ``ip xfrm policy``.
 
@@ -398,14 +407,18 @@ def check_ipsec(
     SAs exist only after traffic (the policies trap the first packet and IKE
     keys them), so a missing SA is a problem only for the tunnels in ``pinged``,
     whose ping just sent that traffic. The policies must be there regardless.
+
+    ``unprotected``: the links to external peers that chose plain IPIP where the
+    deployment's links are protected; not a problem, but the report warns about each.
     """
     found: dict[str, Any] = {
         "protection": protection,
         "plain_ipip": protection == "none",
+        "unprotected": [dict(u) for u in unprotected or []],
         "connections": [],
     }
     problems: list[str] = []
-    if protection != "ipsec":
+    if protection != "ipsec" and not connections:
         found["ok"] = True
         found["problems"] = problems
         return found
@@ -921,6 +934,7 @@ def check_gateway(
         [t["name"] for t in tunnels if t["ping"] is not None],
         states,
         policies,
+        view["unprotected"],
     )
 
     rc, state, err = runner.run(["systemctl", "is-active", relay_unit])

@@ -37,6 +37,18 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
 DEFAULT_PATH = "/etc/swanctl/conf.d/sitelink-gateway.conf"
 SERVICE = "strongswan.service"
 HEADER = "# Managed by sitelink.gateway: do not edit. Loaded by strongswan.service."
+# The module's defaults (ipsec_links), which the ipsec role keeps: what the far end
+# of a link to an external peer must offer too (remote_end).
+IKE_PROPOSALS = "aes256gcm16-prfsha256-x25519"
+ESP_PROPOSALS = "aes256gcm16"
+DPD_DELAY = 30
+# What the far end of an external peer's link writes instead of its key.
+REMOTE_KEY_PLACEHOLDER = "<the key you were given>"
+REMOTE_HEADER = (
+    "# For the administrators of the far end: the same connections as sitelink.gateway\n"
+    "# configures on its side, seen from yours (strongSwan's swanctl.conf)."
+)
+_REMOTE_MARK = "0" * 32  # stands for the key while the file is made (hex, as render wants)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX = re.compile(r"^[0-9a-f]{32,}$")
 _SECRET_LINE = re.compile(r"^(\s*secret = )(.*)$", re.M)
@@ -124,6 +136,26 @@ def render(connections, keys, ike_proposals, esp_proposals, dpd_delay):
         ]
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def remote_end(
+    connections, ike_proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS, dpd_delay=DPD_DELAY
+):
+    """The swanctl file the far end of ``connections`` needs: ``render``'s own, with
+    each connection's two ends swapped and each key a placeholder (the key itself is
+    given to its administrators apart, and the pre-shared key our side writes as hex,
+    0x..., is the same bytes as theirs written as text between double quotes)."""
+    swapped = [{**conn, "local": conn["remote"], "remote": conn["local"]} for conn in connections]
+    text = render(
+        swapped,
+        {conn["link"]: _REMOTE_MARK for conn in connections},
+        ike_proposals,
+        esp_proposals,
+        dpd_delay,
+    )
+    return text.replace(HEADER, REMOTE_HEADER, 1).replace(
+        f"secret = 0x{_REMOTE_MARK}", f'secret = "{REMOTE_KEY_PLACEHOLDER}"'
+    )
 
 
 def hide_keys(text):

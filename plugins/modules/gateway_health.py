@@ -28,6 +28,11 @@ description:
   - "Where the plan's C(protection) is C(none) (C(office_tunnel_protection: none)), nothing of
     IPsec is read; RV(ipsec.plain_ipip) says so, and M(sitelink.gateway.health_report)
     warns. It is not a problem."
+  - "Links to external peers follow their own C(protection) (C(office_external_peers)): one
+    that chose C(ipsec) is checked as above even where the plan's C(protection) is C(none),
+    and one that chose C(none) where the plan's is C(ipsec) is listed in
+    RV(ipsec.unprotected), which M(sitelink.gateway.health_report) warns about. It is not a
+    problem."
   - "Firewall: the nftables table O(firewall_table) (family C(inet)) exists and carries the
     collection's C(sitelink-gateway) comment (read from C(nft -t list table): nftables 1.0.6
     leaves a table's comment out of its JSON)."
@@ -187,13 +192,22 @@ ipsec:
           M(sitelink.gateway.health_report) warns about it.
       type: bool
       sample: false
+    unprotected:
+      description:
+        - "Where the plan's C(protection) is V(ipsec), the links that are plain IPIP all the
+          same, to external peers with C(protection: none): C(name) (the tunnel) and C(peer)
+          each. Not a problem; M(sitelink.gateway.health_report) warns about each peer."
+      type: list
+      elements: dict
+      sample: []
     connections:
       description:
         - With IPsec, one entry per connection of the plan - C(name), C(peer), C(local) and
           C(remote), then C(sa) and C(policy), each with C(out) and C(in), true where the
           kernel holds it (V(null) where it could not be read), and the entry's C(ok) and
           C(problems).
-        - Empty where the plan's C(protection) is V(none).
+        - Empty where the plan's C(protection) is V(none), but for links to external peers
+          that chose C(ipsec).
       type: list
       elements: dict
     ok:

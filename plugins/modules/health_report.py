@@ -21,6 +21,9 @@ description:
     'NONE (plain IPIP)' where the deployment runs C(office_tunnel_protection: none). Plain
     IPIP is not a problem, but it is a warning - RV(warnings), shown once on the controller;
     so is a relay on the raw wire (C(office_relay_wire: raw))."
+  - "Links to external peers that chose otherwise (C(office_external_peers[].protection)):
+    'ipsec ok, N PLAIN' where N of an office's links are plain IPIP to such peers (a warning
+    per peer), 'NONE, ipsec ok' where a plain deployment protects some of them."
   - "A second table shows the relay's counters, a row per office and port - received,
     relayed (forwarded and passed on), re-broadcast, dropped, and among the drops the
     authentication failures, replays (and stale datagrams) and storm control's. Drops never
@@ -101,6 +104,8 @@ warnings:
     - "One warning naming the offices whose links are plain IPIP
       (C(office_tunnel_protection: none)), and one naming those whose relay runs the raw wire
       (C(office_relay_wire: raw)), shown as Ansible warnings on the controller."
+    - "One per external peer whose links are plain IPIP by its own choice (C(protection:
+      none) in C(office_external_peers)), naming the offices linked to it."
   returned: when some links are plain IPIP, or some relays raw
   type: list
   elements: str

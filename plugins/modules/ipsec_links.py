@@ -135,6 +135,9 @@ rollback:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
 from ansible_collections.sitelink.gateway.plugins.module_utils.ipsec import (  # noqa: E402
+    DPD_DELAY,
+    ESP_PROPOSALS,
+    IKE_PROPOSALS,
     run_module,
 )
 
@@ -156,9 +159,9 @@ def build_module():
             },
             "keys": {"type": "dict", "default": {}, "no_log": True},
             "path": {"type": "path", "default": "/etc/swanctl/conf.d/sitelink-gateway.conf"},
-            "ike_proposals": {"type": "str", "default": "aes256gcm16-prfsha256-x25519"},
-            "esp_proposals": {"type": "str", "default": "aes256gcm16"},
-            "dpd_delay": {"type": "int", "default": 30},
+            "ike_proposals": {"type": "str", "default": IKE_PROPOSALS},
+            "esp_proposals": {"type": "str", "default": ESP_PROPOSALS},
+            "dpd_delay": {"type": "int", "default": DPD_DELAY},
             "rollback_timeout": {"type": "int", "default": 0},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
         },

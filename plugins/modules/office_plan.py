@@ -26,7 +26,12 @@ description:
   - With O(output_dir), writes C(network.txt), C(network.dot), C(network.svg) (when Graphviz's
     C(dot) is installed) and C(gateways/HOST.txt), and returns the text as a list of lines in
     RV(plan_lines), ending with where the files are. That is what C(playbooks/plan.yml) shows.
-  - Never connects to a gateway and never holds a secret.
+  - With O(output_dir), also writes C(external/NAME.txt) for each external peer
+    (C(office_external_peers)), what its administrators configure on their side - IPsec
+    connections with the key as a placeholder, IPIP tunnels and routes, firewall, relay.
+    Files of gateways and peers no longer in the inventory are removed.
+  - Never connects to a gateway and never writes or returns a secret (an external peer's
+    C(psk) is read, to key its links, and shown nowhere).
 options:
   group:
     description: Inventory group of the office gateways.

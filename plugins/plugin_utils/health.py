@@ -7,8 +7,9 @@ each host's ``gateway_health`` result (or its unreachable / failed result, or
 nothing) and returns the JSON report; ``render_table`` makes it one table, an
 office per row. Every host of the play gets a row: an office whose gateway
 could not be checked is unhealthy, never skipped. Links run as plain IPIP
-(``office_tunnel_protection: none``) and relays on the raw wire are not a problem,
-but the report says so in its ``warnings`` (and the table in its protection column).
+(``office_tunnel_protection: none``, or an external peer's ``protection: none``)
+and relays on the raw wire are not a problem, but the report says so in its
+``warnings`` (and the table in its protection column).
 
 A second table shows the relay's counters, a row per office and port. Its drops
 (authentication failures, replays, storm control) never make an office unhealthy:
@@ -26,6 +27,11 @@ _SECTIONS = ("tunnels", "routes", "ipsec", "firewall", "relay", "masquerade")
 PLAIN_IPIP_WARNING = (
     "office_tunnel_protection: none: the links of {} are plain IPIP, readable by anyone on "
     "the path and forgeable by anyone on the Internet (RFC 2003 has no authentication)"
+)
+UNPROTECTED_PEER_WARNING = (
+    "office_external_peers: protection none: the links of {} to the external peer {} are "
+    "plain IPIP, readable by anyone on the path and forgeable by anyone on the Internet "
+    "(RFC 2003 has no authentication)"
 )
 RAW_WIRE_WARNING = (
     "office_relay_wire: raw: the relays of {} send datagrams as they are (no origin, sequence "
@@ -112,7 +118,8 @@ def build_report(
 
 def warning_lines(entries: list[dict[str, Any]]) -> list[str]:
     """A warning naming the offices whose links are plain IPIP, and one naming those whose
-    relay runs the raw wire (deployment-wide choices)."""
+    relay runs the raw wire (deployment-wide choices); then one for each external peer
+    whose links are plain IPIP by its own choice, naming the offices linked to it."""
     plain = [e["office"] for e in entries if (e.get("ipsec") or {}).get("plain_ipip")]
     raw = [
         e["office"]
@@ -123,6 +130,12 @@ def warning_lines(entries: list[dict[str, Any]]) -> list[str]:
     for offices, warning in ((plain, PLAIN_IPIP_WARNING), (raw, RAW_WIRE_WARNING)):
         if offices:
             lines.append(warning.format(_who(offices, entries)))
+    unprotected: dict[str, list[str]] = {}
+    for e in entries:
+        for link in (e.get("ipsec") or {}).get("unprotected") or []:
+            unprotected.setdefault(str(link.get("peer")), []).append(e["office"])
+    for peer, offices in sorted(unprotected.items()):
+        lines.append(UNPROTECTED_PEER_WARNING.format(_who(offices, entries), peer))
     return lines
 
 
@@ -156,17 +169,26 @@ def _routes_cell(routes: Optional[dict[str, Any]]) -> str:
 
 
 def _protection_cell(ipsec: Optional[dict[str, Any]]) -> str:
-    """``ipsec ok``, ``ipsec: N problems`` or ``NONE (plain IPIP)``; capitals mark the risk."""
+    """``ipsec ok``, ``ipsec: N problems`` or ``NONE (plain IPIP)``; capitals mark the risk.
+    Where external peers chose otherwise than the deployment: ``ipsec ok, 1 PLAIN`` (a
+    plain link beside protected ones), ``NONE, ipsec ok`` (protected links in a plain
+    deployment)."""
     if ipsec is None:
         return "-"
-    if ipsec.get("protection") == "none" or ipsec.get("plain_ipip"):
+    plain_deployment = ipsec.get("protection") == "none" or ipsec.get("plain_ipip")
+    if plain_deployment and not ipsec.get("connections"):
         return "NONE (plain IPIP)"
     problems = len(ipsec.get("problems") or [])
     if problems:
-        return "ipsec: {} problem{}".format(problems, "" if problems == 1 else "s")
-    if not ipsec.get("connections"):
-        return "ipsec (no links)"
-    return "ipsec ok"
+        cell = "ipsec: {} problem{}".format(problems, "" if problems == 1 else "s")
+    elif not ipsec.get("connections"):
+        cell = "ipsec (no links)"
+    else:
+        cell = "ipsec ok"
+    if plain_deployment:
+        return f"NONE, {cell}"
+    plain = len(ipsec.get("unprotected") or [])
+    return f"{cell}, {plain} PLAIN" if plain else cell
 
 
 def _firewall_cell(firewall: Optional[dict[str, Any]]) -> str:

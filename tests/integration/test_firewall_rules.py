@@ -27,6 +27,7 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import
 from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (  # noqa: E402
     branch_offices,
     case_study,
+    external_partner,
     with_topology,
 )
 
@@ -42,6 +43,19 @@ def variants() -> dict[str, dict]:
         office["office_management_sources"] = ["198.51.100.7", "2001:db8::/48"]
     plain = with_topology(case_study(), "hub-and-spoke", office_tunnel_protection="none")
     solo = {"solo-gw": branch_offices(1)["office0-gw"]}
+    # External peers that chose otherwise than the deployment (office_external_peers).
+    plain_peer = external_partner(protection="none", relay_wire="raw")
+    del plain_peer["psk"]
+    plain_partner = with_topology(
+        branch_offices(3), "hub-and-spoke", office_external_peers=[plain_peer]
+    )
+    protected_partner = with_topology(
+        branch_offices(3),
+        "hub-and-spoke",
+        office_tunnel_protection="none",
+        office_relay_wire="raw",
+        office_external_peers=[external_partner(protection="ipsec")],
+    )
     return {
         "case-study-hub": plan_network(case_study()).gateway_dict("manhattan-gw"),
         "case-study-branch": plan_network(case_study()).gateway_dict("brooklyn-gw"),
@@ -49,6 +63,8 @@ def variants() -> dict[str, dict]:
         "hardened-branch": plan_network(hardened).gateway_dict("office1-gw"),
         "plain-ipip": plan_network(plain).gateway_dict("brooklyn-gw"),
         "no-links": plan_network(solo).gateway_dict("solo-gw"),
+        "plain-external-peer": plan_network(plain_partner).gateway_dict("office0-gw"),
+        "protected-external-peer": plan_network(protected_partner).gateway_dict("office0-gw"),
     }
 
 
@@ -123,6 +139,8 @@ def nft_check(body: str, tmp_path: Path) -> subprocess.CompletedProcess:
         "hardened-branch",
         "plain-ipip",
         "no-links",
+        "plain-external-peer",
+        "protected-external-peer",
     ],
 )
 def test_every_variant_is_valid_nftables(rendered, name, tmp_path):
@@ -164,3 +182,19 @@ def test_hardened_input_lets_management_in_first(rendered):
 def test_plain_ipip_has_no_esp_rule_and_no_link_means_no_tunnel_rule(rendered):
     assert "meta ipsec missing" not in rendered["plain-ipip"]
     assert "sl-" not in rendered["no-links"] and "clamp" not in rendered["no-links"]
+
+
+def test_external_peers_that_chose_otherwise_than_the_deployment(rendered):
+    """A peer left plain gets its IPIP in without ESP, and only it; a peer that chose
+    IPsec in a plain deployment gets its IPIP dropped unless it came out of ESP."""
+    rules = rendered["plain-external-peer"]
+    assert (
+        'iifname "eth1" ip protocol 4 ip saddr != { 198.51.100.7 } meta ipsec missing counter '
+        'drop comment "IPIP outside ESP"' in rules
+    )
+    rules = rendered["protected-external-peer"]
+    assert (
+        'iifname "eth1" ip protocol 4 ip saddr { 198.51.100.7 } meta ipsec missing counter '
+        'drop comment "IPIP outside ESP"' in rules
+    )
+    assert rules.count("meta ipsec missing") == 1

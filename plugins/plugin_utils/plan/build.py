@@ -37,6 +37,7 @@ from .model import (
     RelayFlow,
     RelayPort,
     RelayRequest,
+    link_protection,
     relay_office_id,
     tunnel_name,
 )
@@ -234,7 +235,11 @@ def _parse_office(
 
 
 def _parse_external(
-    index: int, entry: dict[str, Any], errors: list[str], relay_wire: str = WIRE_SITELINK1
+    index: int,
+    entry: dict[str, Any],
+    errors: list[str],
+    relay_wire: str = WIRE_SITELINK1,
+    protection: str = "ipsec",
 ) -> Optional[Office]:
     where = f"office_external_peers[{index}]"
     label = f"office {entry.get('name')!r} (external peer)"
@@ -253,6 +258,17 @@ def _parse_external(
     lan = _parse_address("lan_address", entry["lan_address"], bad)
     _check_mtu("wan_mtu", entry["wan_mtu"], bad)
     relay = _relay_requests("broadcast_relay", entry["broadcast_relay"], bad)
+    own_protection = entry.get("protection") or protection
+    psk = entry.get("psk")
+    if psk is not None:
+        _check_psk(psk, bad)
+    elif own_protection == "ipsec":
+        bad(
+            "psk",
+            "required when the link is protected (or set protection: none): the peer's own "
+            "key, agreed with its administrators and vaulted, e.g. "
+            'psk: "{{ vault_partner_psk }}" (`openssl rand -base64 32`)',
+        )
     if len(errors) > start:
         return None
     return Office(
@@ -265,7 +281,80 @@ def _parse_external(
         relay=relay,
         index=index,
         relay_wire=RELAY_WIRES[entry["relay_wire"]] if entry.get("relay_wire") else relay_wire,
+        protection=own_protection,
+        psk=psk,
     )
+
+
+# What an external peer's key may hold: its administrators type it between the double
+# quotes of their swanctl.conf (which takes a leading 0x or 0s as hex or base64), and it
+# goes into a shell command of theirs between single quotes.
+PSK_CHARACTERS = re.compile(r"[!#-&(-\[\]-~]+")
+
+
+def _check_psk(psk: str, bad: Bad) -> None:
+    """An external peer's own key: long enough, and typeable. Never echoed."""
+    if len(psk) < SECRET_MIN_LENGTH:
+        bad(
+            "psk",
+            f"is shorter than {SECRET_MIN_LENGTH} characters (e.g. `openssl rand -base64 32`)",
+        )
+    elif not PSK_CHARACTERS.fullmatch(psk):
+        bad(
+            "psk",
+            "must be printable ASCII without spaces, quotes (\" or ') or backslashes (e.g. "
+            "`openssl rand -base64 32`)",
+        )
+    elif psk[:2].lower() in ("0x", "0s"):
+        bad(
+            "psk",
+            "must not start with 0x or 0s: strongSwan would read the rest as hex or base64 "
+            "on the peer's side",
+        )
+
+
+def _check_external_keys(
+    deployment: dict[str, Any], externals: list[Office], errors: list[str]
+) -> None:
+    """Each external peer's key is its own: not the deployment secret (which never
+    leaves the collection), and not another peer's. Never echoed."""
+    own = {
+        "office_tunnel_secret": deployment.get("office_tunnel_secret"),
+        "office_tunnel_secret_previous": deployment.get("office_tunnel_secret_previous"),
+    }
+    first: dict[str, Office] = {}
+    for office in externals:
+        if office.psk is None:
+            continue
+        where = f"{office.label()}: {office.where}.psk"
+        for name, secret in own.items():
+            if secret and office.psk == secret:
+                errors.append(
+                    f"{where}: is the deployment secret ({name}), which never leaves the "
+                    "collection: give the peer a key of its own"
+                )
+        other = first.setdefault(office.psk, office)
+        if other is not office:
+            errors.append(
+                f"{where}: is the same key as {other.where}.psk: each external peer gets "
+                "a key of its own"
+            )
+
+
+def _check_external_relay_keys(
+    offices: dict[str, Office], flows: list[RelayFlow], errors: list[str]
+) -> None:
+    """An external peer whose relay speaks the authenticated wire with ours needs a key
+    for it: its links' relay keys come from its psk, never from office_tunnel_secret."""
+    relaying = {o for flow in flows for hop in flow.hops for o in hop}
+    for name in sorted(relaying):
+        office = offices[name]
+        if office.external and office.psk is None and office.relay_wire == WIRE_SITELINK1:
+            errors.append(
+                f"{office.label()}: {office.where}.psk: required when its relay speaks the "
+                "authenticated wire with ours (the link's relay key is derived from it), or "
+                "set relay_wire: raw"
+            )
 
 
 # --------------------------------------------------------------------------- deployment-wide
@@ -273,6 +362,20 @@ def _parse_external(
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
+
+
+def _without_secrets(spec: schema.Field, value: Any) -> Any:
+    """``value`` as a message may show it: every secret sub-option (an external peer's
+    psk) replaced by "<hidden>"."""
+    secret = {o.name for o in spec.options if o.secret}
+    if not secret or not isinstance(value, list):
+        return value
+    return [
+        {k: "<hidden>" if k in secret else v for k, v in item.items()}
+        if isinstance(item, dict)
+        else item
+        for item in value
+    ]
 
 
 def _deployment(
@@ -287,7 +390,7 @@ def _deployment(
         reference = next(v for v in seen.values() if _canonical(v) == majority) if seen else None
         for host, value in sorted(seen.items()):
             if _canonical(value) != majority:
-                shown = "its value" if spec.secret else repr(value)
+                shown = "its value" if spec.secret else repr(_without_secrets(spec, value))
                 errors.append(
                     f"office {names[host]!r} (host {host}): {spec.name}: {shown} differs from "
                     "the other offices; a deployment-wide variable must be the same everywhere "
@@ -322,14 +425,7 @@ def _secret_users(deployment: dict[str, Any]) -> list[tuple[str, str]]:
                 "office_relay_wire: raw (relay datagrams as they are, unauthenticated)",
             )
         )
-    for index, peer in enumerate(deployment.get("office_external_peers") or []):
-        if isinstance(peer, dict) and peer.get("relay_wire") == "authenticated" and wire == "raw":
-            users.append(
-                (
-                    f"office_external_peers[{index}].relay_wire is authenticated",
-                    f"office_external_peers[{index}].relay_wire: raw",
-                )
-            )
+    # External peers' links are keyed from their own psk, never from this secret.
     return users
 
 
@@ -605,23 +701,49 @@ def _relay(
 
 def _raw_wire_warnings(wire: str, protection: str, offices: list[Office]) -> list[str]:
     """The raw relay wire, deployment-wide or for an external peer: a warning each."""
-    risk = (
-        "relay datagrams go as they are (the article's udp-proxy), with no origin, sequence "
-        "number or signature: the relays cannot tell a forged, replayed or duplicated "
-        "datagram from a new one"
-        + (
-            ", and with office_tunnel_protection: none anyone on the Internet can forge them"
-            if protection == "none"
-            else " (IPsec still protects them between gateways)"
+
+    def risk(plain: str) -> str:
+        return (
+            "relay datagrams go as they are (the article's udp-proxy), with no origin, "
+            "sequence number or signature: the relays cannot tell a forged, replayed or "
+            "duplicated datagram from a new one"
+            + (
+                f", and with {plain} anyone on the Internet can forge them"
+                if plain
+                else " (IPsec still protects them between gateways)"
+            )
         )
-    )
+
     if wire == WIRE_RAW:
-        return [f"deployment (every office): office_relay_wire: raw: {risk}"]
+        plain = "office_tunnel_protection: none" if protection == "none" else ""
+        return [f"deployment (every office): office_relay_wire: raw: {risk(plain)}"]
     return [
-        f"{o.label()}: {o.where}.relay_wire: raw: {risk}"
+        f"{o.label()}: {o.where}.relay_wire: raw: "
+        + risk("protection: none" if link_protection(protection, o) == "none" else "")
         for o in offices
         if o.external and o.relay_wire == WIRE_RAW
     ]
+
+
+def _unprotected_peer_warnings(
+    protection: str, offices: list[Office], pairs: dict[tuple[str, str], Optional[int]]
+) -> list[str]:
+    """An external peer with protection: none where our own links are protected: a warning
+    each (with office_tunnel_protection: none, the deployment's warning says it all)."""
+    if protection == "none":
+        return []
+    warnings = []
+    for office in offices:
+        if office.external and office.protection == "none":
+            ours = sorted(b if a == office.name else a for a, b in pairs if office.name in (a, b))
+            warnings.append(
+                f"{office.label()}: {office.where}.protection: none: its links"
+                + (f" (from {', '.join(ours)})" if ours else "")
+                + " are plain IPIP, which anyone on the path can read, and anyone on the "
+                "Internet can forge (RFC 2003 has no authentication); give it a key of its "
+                "own (psk) to protect them"
+            )
+    return warnings
 
 
 def _tree_order(root: str, children: dict[str, set[str]]) -> list[str]:
@@ -662,10 +784,16 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     parsed = [
         _parse_office(host, raw, errors, relay_wire) for host, raw in sorted(office_vars.items())
     ]
+    externals = []
     for index, entry in enumerate(deployment.get("office_external_peers") or []):
         if entry is not None:
-            external = _parse_external(index, entry, errors, relay_wire)
+            external = _parse_external(
+                index, entry, errors, relay_wire, deployment["office_tunnel_protection"]
+            )
             parsed.append((external, external is not None))
+            if external is not None:
+                externals.append(external)
+    _check_external_keys(deployment, externals, errors)
     # Overlaps and duplicates are reported in the same message as bad values.
     _check_network([o for o, _unused in parsed if o is not None], errors)
     if errors:
@@ -702,6 +830,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     routed = routing.next_hops(adj, forwards, transit, order=sorted(offices, key=lan_key.get))
     warnings: list[str] = []
     relay_ports, flows = _relay(offices, adj, forwards, transit, errors, warnings)
+    _check_external_relay_keys(offices, flows, errors)
     if errors:
         raise PlanError(errors)
 
@@ -711,17 +840,23 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         return tuple(lan_text[d] for d in routed.get((office, hop), ()))
 
     protection = deployment["office_tunnel_protection"]
-    overhead = IPIP_OVERHEAD + (ESP_OVERHEAD if protection == "ipsec" else 0)
     if protection == "none":
-        warnings.append(
-            "deployment (every office): office_tunnel_protection: none: every link is plain "
-            "IPIP, which anyone on the path can read, and anyone on the Internet can forge "
-            "(RFC 2003 has no authentication)"
+        protected = sorted(
+            o.name for o in offices_list if link_protection(protection, o) == "ipsec"
         )
+        warnings.append(
+            "deployment (every office): office_tunnel_protection: none: every link "
+            + (f"(but those to {', '.join(protected)}) " if protected else "")
+            + "is plain IPIP, which anyone on the path can read, and anyone on the Internet "
+            "can forge (RFC 2003 has no authentication)"
+        )
+    warnings.extend(_unprotected_peer_warnings(protection, offices_list, pairs))
     warnings.extend(_raw_wire_warnings(relay_wire, protection, offices_list))
     links = []
     for (a, b), mtu in sorted(pairs.items()):
         if mtu is None:
+            esp = link_protection(protection, offices[a], offices[b]) == "ipsec"
+            overhead = IPIP_OVERHEAD + (ESP_OVERHEAD if esp else 0)
             mtu = min(offices[a].wan_mtu, offices[b].wan_mtu) - overhead
         links.append(
             Link(

@@ -206,6 +206,12 @@ class Office:
     management_sources: tuple[str, ...] = ()
     index: int = 0  # position in office_external_peers, for messages
     relay_wire: str = WIRE_SITELINK1  # what its relay speaks (WIRE_SITELINK1 or WIRE_RAW)
+    # An external peer's own choice (office_external_peers[].protection): "ipsec" or
+    # "none". None for our offices: the deployment's office_tunnel_protection applies.
+    protection: Optional[str] = None
+    # An external peer's own key (office_external_peers[].psk). Never in a repr, a
+    # comparison or a gateway's plan: only secrets.gateway_secrets reads it.
+    psk: Optional[str] = field(default=None, repr=False, compare=False)
 
     @property
     def external(self) -> bool:
@@ -304,6 +310,10 @@ class GatewayPlan:
     office_lans: list[ipaddress.IPv4Network] = field(default_factory=list)  # every office's
     relay_wire: str = WIRE_SITELINK1  # the deployment's; a peer's own is on its Office
 
+    def protection_to(self, peer: Office) -> str:
+        """How this gateway's link to ``peer`` is protected: "ipsec" or "none"."""
+        return link_protection(self.protection, peer)
+
     def to_dict(self) -> dict[str, Any]:
         from .sections import gateway_dict  # the sections import this module
 
@@ -325,3 +335,23 @@ class NetworkPlan:
     def gateway_dict(self, host: str) -> dict[str, Any]:
         """The plan of one gateway, as the roles take it (``office_plan``)."""
         return self.gateways[host].to_dict()
+
+    def link_protection(self, link: Link) -> str:
+        """How ``link`` is protected: "ipsec" or "none"."""
+        return link_protection(
+            self.protection, self.offices[link.a.office], self.offices[link.b.office]
+        )
+
+    def external_keys(self) -> dict[str, Optional[str]]:
+        """Each external peer's own key (None: it has none), by office name: what
+        ``secrets.gateway_secrets`` keys its links with. Never rendered anywhere."""
+        return {name: o.psk for name, o in self.offices.items() if o.external}
+
+
+def link_protection(deployment: str, *ends: Office) -> str:
+    """A link's protection: an external peer's own choice at one of its ``ends``,
+    else the deployment's (office_tunnel_protection)."""
+    for office in ends:
+        if office.external and office.protection is not None:
+            return office.protection
+    return deployment

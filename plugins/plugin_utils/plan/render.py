@@ -41,7 +41,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
-from .model import WIRE_RAW, Link, NetworkPlan, Office, RelayFlow
+from .model import WIRE_RAW, Link, NetworkPlan, Office, RelayFlow, link_protection
+from .sections.ipsec import OWN_KEY, UNPROTECTED
 
 WIDTH = 100  # text line length
 
@@ -220,12 +221,15 @@ def gateway_text(plan: Mapping[str, Any]) -> str:
         if len(addresses) == 1:
             head += f"; this gateway's address inside them: {addresses.pop()}"
         lines.append(head)
+        external = (plan.get("ipsec") or {}).get("external") or {}
         for tunnel in tunnels:
             peer = peers.get(tunnel.get("name")) or _peer_from(tunnel) or "?"
             lines.append(
                 f"  {tunnel.get('name')} to {peer}: {tunnel.get('local')} -> "
                 f"{tunnel.get('remote')}, MTU {tunnel.get('mtu')}, TTL {tunnel.get('ttl')}"
             )
+            if peer in external:
+                lines.append(f"    external peer, protection: {external[peer]}")
             routes = tunnel.get("routes") or []
             if routes:
                 lines.extend(
@@ -301,17 +305,39 @@ def _wire_lines(relay: Mapping[str, Any], relays: _Relays) -> list[str]:
 
 
 def _protection_lines(plan: Mapping[str, Any], tunnels: list[Any]) -> list[str]:
+    """The deployment's protection, and the tunnels to external peers that differ."""
     if not tunnels:
         return []
+    ipsec = plan.get("ipsec") or {}
     if plan.get("protection") == "none":
-        return [
+        lines = [
             "  NOT PROTECTED (office_tunnel_protection: none): plain IPIP, readable by anyone",
             "  on the path and forgeable by anyone on the Internet",
         ]
-    return [
+        protected = [c.get("name") for c in ipsec.get("connections") or []]
+        if protected:
+            lines.extend(
+                _wrap(
+                    "but protected by IPsec ESP, with the external peer's own key: ",
+                    protected,
+                    "  ",
+                )
+            )
+        return lines
+    lines = [
         "  protected: IPsec ESP (transport mode, IKEv2, the link's own key) around each",
         "  tunnel's IPIP; IPIP that is not inside ESP from the peer is dropped",
     ]
+    plain = [u.get("name") for u in ipsec.get("unprotected") or []]
+    if plain:
+        lines.extend(
+            _wrap(
+                "but NOT PROTECTED (an external peer's protection: none), plain IPIP: ",
+                plain,
+                "  ",
+            )
+        )
+    return lines
 
 
 def _firewall_lines(plan: Mapping[str, Any], wan_if: str) -> list[str]:
@@ -416,6 +442,31 @@ def _counts(plan: NetworkPlan) -> str:
     )
 
 
+def _external_lines(plan: NetworkPlan) -> list[str]:
+    """Each external peer: how its links are protected and keyed (never the key), its
+    relay wire, and the file its administrators get."""
+    externals = [o for o in _offices_sorted(plan) if o.external]
+    if not externals:
+        return []
+    lines = [
+        "",
+        "External peers (protection and key of their links, relay wire; their side: "
+        "external/<name>.txt):",
+    ]
+    rows = []
+    for office in externals:
+        protection = link_protection(plan.protection, office)
+        rows.append(
+            (
+                office.name,
+                OWN_KEY if protection == "ipsec" else UNPROTECTED,
+                "relay wire raw" if office.relay_wire == WIRE_RAW else "relay wire authenticated",
+            )
+        )
+    lines.extend(_table(rows))
+    return lines
+
+
 def network_text(plan: NetworkPlan) -> str:
     """The whole network as text: offices, links, relay flows, warnings."""
     lines = [f"Network: {_TOPOLOGY.get(plan.topology, plan.topology)}"]
@@ -423,10 +474,15 @@ def network_text(plan: NetworkPlan) -> str:
         lines.append("Transit: on (offices without a link reach each other through gateways)")
     else:
         lines.append("Transit: off (an office reaches only the offices it has a link with)")
+    # Links to external peers that chose otherwise than the deployment (listed below).
+    others = sum(plan.link_protection(lk) != plan.protection for lk in plan.links)
+    but = f", but {_plural(others, 'link')} to external peers" if others else ""
     if plan.protection == "none":
-        lines.append("Protection: NONE (plain IPIP: readable and forgeable on the path)")
+        lines.append(f"Protection: NONE (plain IPIP: readable and forgeable on the path){but}")
     else:
-        lines.append("Protection: IPsec ESP around every link's IPIP (IKEv2, one key per link)")
+        lines.append(
+            f"Protection: IPsec ESP around every link's IPIP (IKEv2, one key per link){but}"
+        )
     if plan.relay_wire == WIRE_RAW:
         lines.append("Relay wire: RAW (datagrams as they are: no origin, sequence or signature)")
     else:
@@ -455,6 +511,7 @@ def network_text(plan: NetworkPlan) -> str:
         for link in links
     ]
     lines.extend(_table(rows) or ["  none"])
+    lines.extend(_external_lines(plan))
 
     lines += ["", "Relay flows (UDP broadcasts from one office's LAN, re-broadcast at targets):"]
     everyone = len(plan.offices) - 1

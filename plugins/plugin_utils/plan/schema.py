@@ -311,14 +311,47 @@ FIELDS: tuple[Field, ...] = (
                 "str",
                 (
                     "What its relay speaks with ours: C(authenticated) (it runs C(sitelink-relay) "
-                    "with this link's relay key) or C(raw) (payloads as they are, e.g. the "
-                    "article's C(udp-proxy)). Default: O(office_relay_wire).",
+                    "with each link's relay key, derived from its O(office_external_peers[].psk)) "
+                    "or C(raw) (payloads as they are, e.g. the article's C(udp-proxy)). Default: "
+                    "O(office_relay_wire).",
                 ),
                 choices=RELAY_WIRES,
             ),
+            Field(
+                "protection",
+                "str",
+                (
+                    "C(ipsec): its links' IPIP travels inside IPsec ESP, as between our offices, "
+                    "authenticated with its own O(office_external_peers[].psk). C(none): plain "
+                    "IPIP, readable and forgeable by anyone on the path (plan.yml and verify.yml "
+                    "warn). Default: O(office_tunnel_protection).",
+                ),
+                choices=PROTECTIONS,
+                version_added="0.2.0",
+            ),
+            Field(
+                "psk",
+                "str",
+                (
+                    "This peer's own key, agreed with its administrators and vaulted (e.g. "
+                    'C("{{ vault_partner_psk }}"); C(openssl rand -base64 32)): at least 16 '
+                    "printable ASCII characters without spaces, quotes or backslashes, not "
+                    "starting with C(0x) or C(0s). Nothing derived from O(office_tunnel_secret) "
+                    "is ever used on its links.",
+                    "It is the IPsec pre-shared key of each of its links as it is, and each "
+                    "link's relay key (authenticated wire) is derived from it (HKDF-SHA256 over "
+                    "the two office names). plan.yml writes C(external/<name>.txt) with what its "
+                    "administrators configure on their side (the key never appears there).",
+                    "Required while its O(office_external_peers[].protection) is C(ipsec), or "
+                    "while its relay exchanges datagrams with ours on the authenticated wire.",
+                ),
+                secret=True,
+                version_added="0.2.0",
+            ),
         ),
-        summary="`[{name, wan_address, lan_address}]`: peers run by someone else "
-        "(`relay_wire: raw` for one that runs the article's udp-proxy)",
+        summary="`[{name, wan_address, lan_address, psk}]`: peers run by someone else, each "
+        "with its own key (`psk`, vaulted) or `protection: none`; `relay_wire: raw` for one "
+        "that runs the article's udp-proxy",
         version_added="0.2.0",
     ),
     Field(

@@ -6,6 +6,12 @@ HKDF-SHA256 (RFC 5869) over the link's two office names: each link gets its
 own keys, both ends derive the same ones, and nothing but the deployment
 secret has to be stored. Keys never enter the plan; the office role hands
 each gateway the keys of its own links in ``office_secrets`` (no_log).
+
+A link to an external peer (run by someone else) is keyed from that peer's own
+key (``office_external_peers[].psk``) instead, never from the deployment
+secret, which its administrators never see: the IPsec pre-shared key is the
+peer's key as it is, and the relay key is derived from it as above, so that
+they can derive it too (``external.peer_text`` says how).
 """
 
 from __future__ import annotations
@@ -14,12 +20,12 @@ import hashlib
 import hmac
 from typing import Any, Optional
 
-_SALT = b"sitelink.gateway link keys v1"
+SALT = b"sitelink.gateway link keys v1"  # external peers derive their relay keys with it too
 # One key per purpose: the protected tunnel (IPsec PSK) and the relay's wire.
 PURPOSES = ("tunnel", "relay")
 
 
-def hkdf_sha256(secret: bytes, info: bytes, length: int = 32, salt: bytes = _SALT) -> bytes:
+def hkdf_sha256(secret: bytes, info: bytes, length: int = 32, salt: bytes = SALT) -> bytes:
     prk = hmac.new(salt, secret, hashlib.sha256).digest()
     out, block, counter = b"", b"", 1
     while len(out) < length:
@@ -37,22 +43,48 @@ def link_key(secret: str, a: str, b: str, purpose: str) -> str:
 
 
 def gateway_secrets(
-    links: list[dict[str, Any]], secret: Optional[str], previous: Optional[str] = None
+    links: list[dict[str, Any]],
+    secret: Optional[str],
+    previous: Optional[str] = None,
+    external: Optional[dict[str, Optional[str]]] = None,
 ) -> dict[str, Any]:
     """``office_secrets`` of one gateway: the keys of its own links only.
 
-    ``links`` is ``office_plan.links`` (each with its id and both office names). Without
-    a deployment secret the channel is empty. Each link gets ``tunnel`` and ``relay``
-    from ``secret`` and, while ``office_tunnel_secret_previous`` is set (``previous``),
-    ``relay_previous`` from it: a rotation in two phases. With ``relay_previous`` the
-    relay sends with it and accepts both (the relay role's keys file); once it is gone,
-    the relay sends and accepts ``relay`` only.
+    ``links`` is ``office_plan.links`` (each with its id and both office names). Each
+    link gets ``tunnel`` and ``relay`` from ``secret`` and, while
+    ``office_tunnel_secret_previous`` is set (``previous``), ``relay_previous`` from it:
+    a rotation in two phases. With ``relay_previous`` the relay sends with it and accepts
+    both (the relay role's keys file); once it is gone, the relay sends and accepts
+    ``relay`` only.
+
+    ``external`` maps each external peer's name to its own key (None: it has none). A
+    link to one gets ``tunnel`` (the key's bytes, as hex) and ``relay`` (derived from
+    it) when it has a key, no keys when it has none, and never anything from ``secret``
+    or ``previous``: rotating the deployment secret leaves external peers alone.
+
+    Every link of the gateway has an entry (empty when it has no key: no deployment
+    secret, or an external peer without one), so that consumers can look any link up.
     """
+    external = external or {}
     keys: dict[str, dict[str, str]] = {}
-    if secret:
-        for link in links:
-            a, b = link["offices"]
+    for link in links:
+        a, b = link["offices"]
+        outside = [name for name in (a, b) if name in external]
+        if outside:
+            psk = external[outside[0]]
+            keys[link["id"]] = (
+                {} if not psk else {"tunnel": psk_hex(psk), "relay": link_key(psk, a, b, "relay")}
+            )
+        elif secret:
             keys[link["id"]] = {p: link_key(secret, a, b, p) for p in PURPOSES}
             if previous:
                 keys[link["id"]]["relay_previous"] = link_key(previous, a, b, "relay")
+        else:
+            keys[link["id"]] = {}
     return {"links": keys}
+
+
+def psk_hex(psk: str) -> str:
+    """An external peer's key as the ipsec module takes it (hex): its bytes as they are, so
+    ``secret = 0x<hex>`` on our side is ``secret = "<the key>"`` on theirs."""
+    return psk.encode("utf-8").hex()

@@ -16,6 +16,14 @@ from typing import Any
 from ..model import GatewayPlan
 
 
+def _peers(gw: GatewayPlan, protection: str) -> list[str]:
+    """Public addresses of the link peers whose link has ``protection``."""
+    return sorted(
+        {str(p.wan.ip) for p in gw.peers.values() if gw.protection_to(p) == protection},
+        key=ipaddress.IPv4Address,
+    )
+
+
 def section(gw: GatewayPlan) -> dict[str, Any]:
     office = gw.office
     tunnels = []
@@ -38,6 +46,10 @@ def section(gw: GatewayPlan) -> dict[str, Any]:
         "forward_policy": office.firewall_forward_policy,
         "management_sources": list(office.management_sources),
         "link_peers": sorted({str(p.wan.ip) for p in gw.peers.values()}, key=ipaddress.IPv4Address),
+        # Links whose protection differs from the deployment's (external peers' own
+        # choice): whose IPIP must come out of ESP, and whose may come without it.
+        "ipsec_peers": _peers(gw, "ipsec"),
+        "plain_peers": _peers(gw, "none"),
         "office_lans": [str(n) for n in ipaddress.collapse_addresses(gw.office_lans)],
         "tunnels": tunnels,
         "relay_ports": sorted(gw.relay),

@@ -422,6 +422,7 @@ def test_a_healthy_hub_passes_every_check_with_few_read_only_commands():
     assert result["ipsec"] == {
         "protection": "ipsec",
         "plain_ipip": False,
+        "unprotected": [],
         "connections": [
             {
                 "name": "sl-brooklyn",
@@ -968,6 +969,7 @@ def test_plain_ipip_reads_no_xfrm_and_raises_the_flag():
     assert result["ipsec"] == {
         "protection": "none",
         "plain_ipip": True,
+        "unprotected": [],
         "connections": [],
         "ok": True,
         "problems": [],

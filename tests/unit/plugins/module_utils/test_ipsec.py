@@ -203,3 +203,51 @@ def test_connection_names_reads_back_what_render_wrote():
     assert ipsec.connection_names(text) == ["sl-brooklyn", "sl-queens"]
     hidden = ipsec.hide_keys(text)
     assert hidden.count("<hidden>") == 2 and KEY not in hidden and KEY[:8] not in hidden
+
+
+# --------------------------------------------------------------------------
+# the far end of a link to an external peer
+
+
+def test_the_far_end_gets_our_file_with_its_ends_swapped_and_no_key():
+    ours = ipsec.render(
+        [BROOKLYN, QUEENS],
+        {BROOKLYN["link"]: KEY, QUEENS["link"]: OTHER_KEY},
+        ipsec.IKE_PROPOSALS,
+        ipsec.ESP_PROPOSALS,
+        ipsec.DPD_DELAY,
+    )
+    theirs = ipsec.remote_end([BROOKLYN, QUEENS])
+    assert KEY not in theirs and OTHER_KEY not in theirs
+    assert theirs.count('secret = "<the key you were given>"') == 2
+    assert ipsec.HEADER not in theirs and theirs.startswith(ipsec.REMOTE_HEADER + "\n")
+    # Line by line, ours and theirs differ only where the two ends swap.
+    pairs = list(zip(ours.splitlines()[1:], theirs.splitlines()[2:]))
+    assert len(pairs) == len(ours.splitlines()) - 1 == len(theirs.splitlines()) - 2
+    differ = [(a.strip(), b.strip()) for a, b in pairs if a != b]
+    assert differ == [
+        ("local_addrs = 172.16.1.12", "local_addrs = 172.17.2.10"),
+        ("remote_addrs = 172.17.2.10", "remote_addrs = 172.16.1.12"),
+        ("id = 172.16.1.12", "id = 172.17.2.10"),
+        ("id = 172.17.2.10", "id = 172.16.1.12"),
+        ("local_addrs = 172.16.1.12", "local_addrs = 172.18.3.10"),
+        ("remote_addrs = 172.18.3.10", "remote_addrs = 172.16.1.12"),
+        ("id = 172.16.1.12", "id = 172.18.3.10"),
+        ("id = 172.18.3.10", "id = 172.16.1.12"),
+        ("id-1 = 172.16.1.12", "id-1 = 172.17.2.10"),
+        ("id-2 = 172.17.2.10", "id-2 = 172.16.1.12"),
+        (f"secret = 0x{KEY}", 'secret = "<the key you were given>"'),
+        ("id-1 = 172.16.1.12", "id-1 = 172.18.3.10"),
+        ("id-2 = 172.18.3.10", "id-2 = 172.16.1.12"),
+        (f"secret = 0x{OTHER_KEY}", 'secret = "<the key you were given>"'),
+    ]
+
+
+def test_the_module_documents_the_proposals_the_far_end_is_told():
+    import yaml
+    from ansible_collections.sitelink.gateway.plugins.modules import ipsec_links
+
+    options = yaml.safe_load(ipsec_links.DOCUMENTATION)["options"]
+    assert options["ike_proposals"]["default"] == ipsec.IKE_PROPOSALS
+    assert options["esp_proposals"]["default"] == ipsec.ESP_PROPOSALS
+    assert options["dpd_delay"]["default"] == ipsec.DPD_DELAY

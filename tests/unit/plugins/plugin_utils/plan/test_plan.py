@@ -19,6 +19,7 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import
 
 ROOT = Path(__file__).resolve().parents[5]
 TEST_SECRET = "unit-test-secret-0123456789"  # noqa: S105  (a test value)
+PARTNER_PSK = "partner-own-key-0123456789"  # noqa: S105  (a test value)
 
 
 def case_study() -> dict:
@@ -464,6 +465,7 @@ def external_partner(**extra) -> dict:
         "name": "partner",
         "wan_address": "198.51.100.7",
         "lan_address": "10.200.0.1/24",
+        "psk": PARTNER_PSK,
         **extra,
     }
 
@@ -624,6 +626,7 @@ def test_external_peers_at_scale(count):
             "name": f"partner{i}",
             "wan_address": f"198.51.{100 + i // 250}.{i % 250 + 1}",
             "lan_address": f"10.{200 + i // 250}.{i % 250}.1/24",
+            "psk": f"partner{i}-own-key-0123456789",
         }
         for i in range(min(count, 20))
     ]

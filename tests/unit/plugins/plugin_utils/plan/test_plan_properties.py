@@ -62,6 +62,7 @@ def inventories(draw):
                 "role": roles[index],
                 "wan_address": f"198.51.100.{index + 1}",
                 "lan_address": f"10.200.{index}.1/24",
+                "psk": f"{name}-own-key-0123456789",
                 "broadcast_relay": relay_rules(name),
             }
             for index, name in enumerate(names)

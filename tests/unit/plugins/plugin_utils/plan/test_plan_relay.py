@@ -168,8 +168,12 @@ def test_a_raw_external_peer_is_marked_on_its_entry_only():
     assert "NOT AUTHENTICATED (relay_wire: raw), to: 10.200.0.1 (partner)" in text
 
 
-def test_an_authenticated_external_peer_in_a_raw_deployment_needs_the_secret():
-    peer = external_partner(relay_wire="authenticated", broadcast_relay=[{"port": 7000}])
+def test_an_authenticated_external_peer_in_a_raw_deployment_needs_its_own_key_only():
+    """Its link's relay key comes from its psk: no deployment secret is needed for it,
+    and without a psk (protection none) it is the psk that is asked for."""
+    peer = external_partner(
+        relay_wire="authenticated", protection="none", broadcast_relay=[{"port": 7000}]
+    )
     offices = with_topology(
         branch_offices(2),
         "hub-and-spoke",
@@ -177,14 +181,18 @@ def test_an_authenticated_external_peer_in_a_raw_deployment_needs_the_secret():
         office_tunnel_protection="none",
         office_external_peers=[peer],
     )
+    for office in offices.values():
+        del office["office_tunnel_secret"]
     hub = relay(offices, "office0-gw")
     assert hub["wire"] == "raw"
     assert hub["peers"]["10.200.0.1"]["wire"] == "sitelink1"
-    for office in offices.values():
-        del office["office_tunnel_secret"]
+    del peer["psk"]
     (problem,) = errors(offices)
-    assert problem.startswith("deployment (every office): office_tunnel_secret: is not set")
-    assert "office_external_peers[0].relay_wire: raw" in problem
+    assert problem == (
+        "office 'partner' (external peer): office_external_peers[0].psk: required when its "
+        "relay speaks the authenticated wire with ours (the link's relay key is derived from "
+        "it), or set relay_wire: raw"
+    )
 
 
 @pytest.mark.parametrize(
@@ -329,7 +337,8 @@ def test_phase_two_carries_the_new_relay_key_only():
     # phase one send with it, so phase one's relays still understand them.
     before = gateway_secrets(LINKS, OLD_SECRET)["links"]["brooklyn+manhattan"]
     assert during["relay_previous"] == before["relay"]
-    assert gateway_secrets(LINKS, None, OLD_SECRET) == {"links": {}}
+    # Without a deployment secret, a link has no keys (but an entry, to be looked up).
+    assert gateway_secrets(LINKS, None, OLD_SECRET) == {"links": {"brooklyn+manhattan": {}}}
 
 
 # --------------------------------------------------------------------------- groups

@@ -54,6 +54,7 @@ PARTNER = {
     "name": "partner",
     "wan_address": "198.51.100.7",
     "lan_address": "172.30.0.1/24",
+    "psk": "render-test-partner-key-0123",
     "broadcast_relay": [{"port": 6000, "to": ["hq"]}],
 }
 

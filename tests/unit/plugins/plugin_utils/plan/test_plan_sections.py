@@ -36,6 +36,8 @@ def test_every_link_is_one_ipsec_connection_by_default():
                 "remote": "172.17.2.10",
             }
         ],
+        "unprotected": [],
+        "external": {},
     }
     # The key is not in the plan: only office_secrets carries it.
     assert "secret" not in repr(manhattan).lower().replace("office_secrets", "")
