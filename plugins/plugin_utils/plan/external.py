@@ -145,10 +145,10 @@ def peer_text(plan: NetworkPlan, name: str) -> str:
         return "\n".join(lines) + "\n"
     lines.append(f"Links: {len(links)}, to: " + ", ".join(f"{o.name} ({o.wan.ip})" for o in ours))
     if protection == "ipsec":
-        lines.append(
-            "Protection: ipsec (own key): IKEv2 with the pre-shared key you were given (the "
-            "same on every link to you), ESP in transport mode for IP protocol 4 (IPIP) only"
-        )
+        lines += [
+            "Protection: ipsec (own key): IKEv2 with the pre-shared key you were given (the same",
+            "  on every link to you), ESP in transport mode for IP protocol 4 (IPIP) only",
+        ]
     else:
         lines += [
             "Protection: NONE (unprotected, warned): plain IPIP, readable by anyone on the path",

@@ -476,7 +476,7 @@ def network_text(plan: NetworkPlan) -> str:
         lines.append("Transit: off (an office reaches only the offices it has a link with)")
     # Links to external peers that chose otherwise than the deployment (listed below).
     others = sum(plan.link_protection(lk) != plan.protection for lk in plan.links)
-    but = f", but {_plural(others, 'link')} to external peers" if others else ""
+    but = f" but {_plural(others, 'link')} (below)" if others else ""
     if plan.protection == "none":
         lines.append(f"Protection: NONE (plain IPIP: readable and forgeable on the path){but}")
     else:

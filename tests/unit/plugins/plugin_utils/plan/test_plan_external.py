@@ -299,8 +299,8 @@ def test_a_protected_peer_in_a_plain_deployment_gets_its_connection_only():
         "partner) is plain IPIP"
     )
     assert (
-        "Protection: NONE (plain IPIP: readable and forgeable on the path), but 1 link to "
-        "external peers" in render.network_text(plan)
+        "Protection: NONE (plain IPIP: readable and forgeable on the path) but 1 link (below)\n"
+        in render.network_text(plan)
     )
 
 
@@ -330,8 +330,8 @@ def test_texts_say_how_each_external_link_is_protected():
     plan = plan_network(offices_with(external_partner(), peer, quiet=True))
     text = render.network_text(plan)
     assert (
-        "Protection: IPsec ESP around every link's IPIP (IKEv2, one key per link), but 1 "
-        "link to external peers" in text
+        "Protection: IPsec ESP around every link's IPIP (IKEv2, one key per link) but 1 link "
+        "(below)\n" in text
     )
     assert re.search(r"  partner +ipsec \(own key\) +relay wire authenticated\n", text)
     assert re.search(r"  vendor +none \(unprotected, warned\) +relay wire authenticated\n", text)
