@@ -312,7 +312,7 @@ FIELDS: tuple[Field, ...] = (
                 (
                     "What its relay speaks with ours: C(authenticated) (it runs C(sitelink-relay) "
                     "with each link's relay key, derived from its O(office_external_peers[].psk)) "
-                    "or C(raw) (payloads as they are, e.g. the article's C(udp-proxy)). Default: "
+                    "or C(raw) (payloads as they are, e.g. C(udp-proxy), the hand-built setup's C relay). Default: "
                     "O(office_relay_wire).",
                 ),
                 choices=RELAY_WIRES,
@@ -351,7 +351,7 @@ FIELDS: tuple[Field, ...] = (
         ),
         summary="`[{name, wan_address, lan_address, psk}]`: peers run by someone else, each "
         "with its own key (`psk`, vaulted) or `protection: none`; `relay_wire: raw` for one "
-        "that runs the article's udp-proxy",
+        "that runs `udp-proxy`, the hand-built setup's C relay",
         version_added="0.2.0",
     ),
     Field(
@@ -361,7 +361,7 @@ FIELDS: tuple[Field, ...] = (
             "C(ipsec): every link's IPIP travels inside IPsec ESP (transport mode, IKEv2, "
             "strongSwan) between the two public addresses, keyed from "
             "O(office_tunnel_secret); IPIP that is not inside ESP from the link's peer is "
-            "dropped. C(none): the article's plain IPIP, readable and forgeable by anyone "
+            "dropped. C(none): plain IPIP, readable and forgeable by anyone "
             "on the path (plan.yml and verify.yml warn).",
         ),
         scope=DEPLOYMENT,
@@ -416,14 +416,14 @@ FIELDS: tuple[Field, ...] = (
             "datagram carries its origin office and a sequence number and is signed with the "
             "link's relay key (HMAC-SHA256, derived from O(office_tunnel_secret)); forged, "
             "replayed or duplicated datagrams are dropped and counted. C(raw): payloads as "
-            "they are, the article's C(udp-proxy) behaviour (plan.yml warns).",
+            "they are, the behaviour of C(udp-proxy), the hand-built setup's C relay (plan.yml warns).",
             "An external peer may differ (O(office_external_peers[].relay_wire)).",
         ),
         scope=DEPLOYMENT,
         default="authenticated",
         choices=RELAY_WIRES,
         summary="`authenticated` (relay datagrams signed with the link's key, replays "
-        "dropped) or `raw` (payload as is, like the article's udp-proxy)",
+        "dropped) or `raw` (payload as is, like `udp-proxy`, the hand-built setup's C relay)",
         version_added="0.2.0",
     ),
     Field(

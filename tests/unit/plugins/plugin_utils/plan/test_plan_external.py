@@ -448,7 +448,7 @@ def test_an_unprotected_or_raw_peer_gets_no_ipsec_and_no_relay_config():
     assert "swanctl" not in text and "IKE" not in text
     assert "accept from 100.64.0.1 on your WAN: IPIP (IP protocol 4)" in text
     assert "ip link set dev sl-office0 mtu 1480 up" in text
-    assert "Raw wire (e.g. the article's udp-proxy)" in text and "openssl" not in text
+    assert "Raw wire (e.g. udp-proxy, a plain C relay)" in text and "openssl" not in text
 
 
 def test_a_peer_left_without_links_is_told_so():
