@@ -704,8 +704,9 @@ def _raw_wire_warnings(wire: str, protection: str, offices: list[Office]) -> lis
 
     def risk(plain: str) -> str:
         return (
-            "relay datagrams go as they are (like udp-proxy, the hand-built setup's C relay), with no origin, "
-            "sequence number or signature: the relays cannot tell a forged, replayed or "
+            "relay datagrams go as they are (like udp-proxy, the hand-built setup's C "
+            "relay), with no origin, sequence number or signature: the relays cannot "
+            "tell a forged, replayed or "
             "duplicated datagram from a new one"
             + (
                 f", and with {plain} anyone on the Internet can forge them"

@@ -272,8 +272,9 @@ def _relay_lines(plan: NetworkPlan, gw: GatewayPlan, peer: Office) -> list[str]:
         )
     if peer.relay_wire == WIRE_RAW:
         lines += [
-            "   Raw wire (e.g. udp-proxy, a plain C relay): the datagrams as they are, sent from your",
-            f"   gateway's LAN address {peer.lan.ip} to each address above on the same port.",
+            "   Raw wire (e.g. udp-proxy, a plain C relay): the datagrams as they are, sent",
+            f"   from your gateway's LAN address {peer.lan.ip} to each address above on the",
+            "   same port.",
         ]
         return lines
     config = relay_section.section(gw)

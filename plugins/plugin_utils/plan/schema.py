@@ -312,8 +312,8 @@ FIELDS: tuple[Field, ...] = (
                 (
                     "What its relay speaks with ours: C(authenticated) (it runs C(sitelink-relay) "
                     "with each link's relay key, derived from its O(office_external_peers[].psk)) "
-                    "or C(raw) (payloads as they are, e.g. C(udp-proxy), the hand-built setup's C relay). Default: "
-                    "O(office_relay_wire).",
+                    "or C(raw) (payloads as they are, e.g. C(udp-proxy), the hand-built setup's "
+                    "C relay). Default: O(office_relay_wire).",
                 ),
                 choices=RELAY_WIRES,
             ),
@@ -416,7 +416,8 @@ FIELDS: tuple[Field, ...] = (
             "datagram carries its origin office and a sequence number and is signed with the "
             "link's relay key (HMAC-SHA256, derived from O(office_tunnel_secret)); forged, "
             "replayed or duplicated datagrams are dropped and counted. C(raw): payloads as "
-            "they are, the behaviour of C(udp-proxy), the hand-built setup's C relay (plan.yml warns).",
+            "they are, the behaviour of C(udp-proxy), the hand-built setup's C relay "
+            "(plan.yml warns).",
             "An external peer may differ (O(office_external_peers[].relay_wire)).",
         ),
         scope=DEPLOYMENT,
