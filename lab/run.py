@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lanhost import BIN, ROOT, Lab, playbook, recap  # noqa: E402
 
 SCENARIOS = {
-    "demo": (ROOT / "molecule/default/inventory", Path("/var/tmp/sitelink-lab/molecule-default")),
-    "bench": (ROOT / "molecule/offices/inventory", Path("/var/tmp/sitelink-lab/molecule-offices")),
+    "demo": (ROOT / "molecule/default/inventory", Path("/tmp/sitelink-lab/molecule-default")),
+    "bench": (ROOT / "molecule/offices/inventory", Path("/tmp/sitelink-lab/molecule-offices")),
 }
 BENCH_TUNNELS = 200
 BENCH_GATEWAY = "harlem-gw"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "lab"))
 
 from lanhost import BIN, Lab, playbook, recap  # noqa: E402
 
-STATE = Path(os.environ.get("SITELINK_LAB_STATE", "/var/tmp/sitelink-lab/molecule-default"))
+STATE = Path(os.environ.get("SITELINK_LAB_STATE", "/tmp/sitelink-lab/molecule-default"))
 INVENTORY = os.environ.get("SITELINK_INVENTORY", str(Path(__file__).parents[1] / "inventory"))
 LAB = Lab(STATE)
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "lab"))
 
 from lanhost import Lab, playbook, recap  # noqa: E402
 
-STATE = Path(os.environ.get("SITELINK_LAB_STATE", "/var/tmp/sitelink-lab/molecule-offices"))
+STATE = Path(os.environ.get("SITELINK_LAB_STATE", "/tmp/sitelink-lab/molecule-offices"))
 INVENTORY = Path(os.environ.get("SITELINK_INVENTORY", Path(__file__).parents[1] / "inventory"))
 LAB = Lab(STATE)
 
