@@ -4,10 +4,25 @@
 
 Each link is one IKEv2 connection between the two public addresses, with one
 CHILD_SA in transport mode for IP protocol 4 only, keyed by the link's own
-pre-shared key. ``start_action = trap`` installs the kernel policies as soon as
-the connection is loaded, before any SA exists: an IPIP packet to the peer is
-held until IKE has keyed ESP, and IPIP from the peer that is not inside ESP
-matches the inbound policy without an SA and is dropped by the kernel.
+pre-shared key. ``start_action = trap|start``: the kernel policies are installed
+as soon as the connection is loaded, before any SA exists, so IPIP to the peer
+never leaves in clear and IPIP from the peer that is not inside ESP is dropped
+by the kernel; and charon initiates at once (at every load of a new or changed
+connection, and at boot), because a trap alone keys a link only when its first
+packet arrives, and the kernel drops that packet (and the next ones, for the
+seconds IKE takes).
+
+Links are up when the module returns (``bring_up``): it initiates the links
+that are down and idle, and waits, for all of them at once and within one
+deadline, until each is up, or its peer refused, or its peer did not answer
+IKE at all within a few seconds (a peer not configured yet in a rolling apply:
+that end initiates when its own run loads the link, so that run sees it up).
+When both ends initiate at the same moment, both IKE_SAs complete (strongSwan
+tells no such race apart, whatever ``unique`` says); the module closes the one
+both ends agree on, all but the lowest initiator SPI. ``unique = replace``
+deals with the case strongSwan does see: an IKE_SA set up while an older one
+with the same peer is established (a retransmitted IKE_SA_INIT from the time
+the peer was not ready) replaces the older one.
 
 The collection owns one file in ``/etc/swanctl/conf.d`` (mode 0600, it holds
 the keys). ``strongswan.service`` (charon-systemd) loads it at boot; after a
@@ -20,6 +35,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import time
 
 from ansible_collections.sitelink.gateway.plugins.module_utils.checkpoint import (
     Checkpoint,
@@ -53,6 +69,20 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX = re.compile(r"^[0-9a-f]{32,}$")
 _SECRET_LINE = re.compile(r"^(\s*secret = )(.*)$", re.M)
 _LOADED = re.compile(r"^([^\s:]+): IKEv", re.M)
+# An IKE_SA's or CHILD_SA's state in which the link carries traffic.
+_UP_IKE = ("ESTABLISHED", "REKEYING")
+_UP_CHILD = ("INSTALLED", "REKEYING")
+# Still negotiating (an IKE_SA that has gone, or been deleted, is idle).
+_OPENING_IKE = ("CREATED", "CONNECTING")
+_OPENING_CHILD = ("CREATED", "INSTALLING", "RETRYING")
+# A link that went idle again this soon after its (second) initiation was refused
+# by its peer, or failed; a link is initiated at most this many times per call.
+REFUSED_AFTER = 1.0
+MAX_INITIATIONS = 2
+# The SAs of a changed link are closed by charon at once, or kept (a change it takes
+# for none, e.g. a comment): still up this long after the load, they are kept.
+REPLACED_AFTER = 1.0
+POLL_INTERVAL = 0.5
 
 
 class IpsecError(Exception):
@@ -103,6 +133,8 @@ def render(connections, keys, ike_proposals, esp_proposals, dpd_delay):
             f"    proposals = {ike_proposals}",
             # Dead peers are noticed, and a rebooted one is re-keyed by the trap.
             f"    dpd_delay = {dpd_delay}s",
+            # A second IKE_SA with the peer replaces the first (see the docstring).
+            "    unique = replace",
             "    local {",
             "      auth = psk",
             f"      id = {local}",
@@ -118,7 +150,9 @@ def render(connections, keys, ike_proposals, esp_proposals, dpd_delay):
             "        local_ts = dynamic[4]",
             "        remote_ts = dynamic[4]",
             f"        esp_proposals = {esp_proposals}",
-            "        start_action = trap",
+            # Initiated when loaded (and at boot); the trap keys it again on
+            # traffic if the peer was not ready then.
+            "        start_action = trap|start",
             "        dpd_action = trap",
             "        close_action = trap",
             "      }",
@@ -165,18 +199,241 @@ def hide_keys(text):
 
 def connection_names(text):
     """Connection names in a file this module wrote."""
-    names, depth = [], 0
+    return list(connection_blocks(text))
+
+
+def connection_blocks(text):
+    """Each connection's lines in a file this module wrote, by name: a connection
+    whose block changed is one charon replaces (closing its SAs) when it is loaded."""
+    blocks, depth, name = {}, 0, None
     in_connections = False
     for raw in (text or "").splitlines():
         line = raw.strip()
         if depth == 0 and line == "connections {":
             in_connections = True
         elif in_connections and depth == 1 and line.endswith("{"):
-            names.append(line[:-1].strip())
+            name = line[:-1].strip()
+            blocks[name] = []
+        if name is not None:
+            blocks[name].append(line)
         depth += line.count("{") - line.count("}")
+        if depth <= 1:
+            name = None
         if depth == 0:
             in_connections = False
-    return names
+    return {key: "\n".join(lines) for key, lines in blocks.items()}
+
+
+def parse_sas(text):
+    """``swanctl --list-sas --pretty`` -> each IKE_SA as a dict: its name, the vici
+    keys (uniqueid, state, initiator, initiator-spi, responder-spi...) and ``children``,
+    a list of its CHILD_SAs' keys (name, uniqueid, state...)."""
+    events = []  # one "list-sa event" per IKE_SA, all with that same name
+    stack = []
+    items = None
+    for raw in (text or "").splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if items is not None:
+            if line == "]":
+                items = None
+            else:
+                items.append(line)
+        elif line.endswith("{"):
+            section = {}
+            if stack:
+                stack[-1][line[:-1].strip()] = section
+            elif line[:-1].strip() == "list-sa event":
+                events.append(section)
+            stack.append(section)
+        elif line == "}":
+            if stack:
+                stack.pop()
+        elif " = " in line and stack:
+            key, value = line.split(" = ", 1)
+            if value == "[":
+                items = stack[-1][key] = []
+            else:
+                stack[-1][key] = value
+    sas = []
+    for event in events:
+        for name, ike in event.items():
+            if not isinstance(ike, dict):
+                continue
+            children = ike.get("child-sas")
+            sa = {key: value for key, value in ike.items() if key != "child-sas"}
+            sa["name"] = name
+            sa["children"] = [c for c in (children or {}).values() if isinstance(c, dict)]
+            sas.append(sa)
+    return sas
+
+
+def _is_up(ike, name):
+    return ike.get("state") in _UP_IKE and any(
+        child.get("name") == name and child.get("state") in _UP_CHILD for child in ike["children"]
+    )
+
+
+def _answered(ike):
+    """The peer has answered this IKE_SA (it initiated it, or sent its SPI back)."""
+    return ike.get("initiator") != "yes" or (ike.get("responder-spi") or "0").strip("0") != ""
+
+
+def link_state(sas, name, ignore=()):
+    """``up`` (a CHILD_SA carries the link), ``opening`` (an IKE_SA of the link is
+    still negotiating; ``answered`` whether the peer has spoken yet), or ``idle``.
+    IKE_SAs whose uniqueid is in ``ignore`` (ones being replaced) are left out."""
+    own = [s for s in sas if s["name"] == name and s.get("uniqueid") not in ignore]
+    up = [s for s in own if _is_up(s, name)]
+    # An established IKE_SA without a CHILD_SA on its way is idle: initiating the link
+    # again creates the CHILD_SA in it.
+    opening = [
+        s
+        for s in own
+        if s.get("state") in _OPENING_IKE
+        or (
+            s.get("state") in _UP_IKE
+            and not _is_up(s, name)
+            and any(c.get("state") in _OPENING_CHILD for c in s["children"])
+        )
+    ]
+    return {
+        "up": up,
+        "opening": opening,
+        "answered": any(_answered(s) for s in opening),
+    }
+
+
+def duplicates(sas, name, ignore=()):
+    """The established IKE_SAs of a link beyond the one both ends keep: the lowest
+    initiator SPI (both ends see the same SPIs, so both pick the same one)."""
+    up = sorted(
+        (s for s in sas if s["name"] == name and s.get("uniqueid") not in ignore),
+        key=lambda s: s.get("initiator-spi", ""),
+    )
+    up = [s for s in up if _is_up(s, name)]
+    return up[1:]
+
+
+def bring_up(
+    swanctl,
+    connections,
+    since,
+    loaded=(),
+    replaced=None,
+    up_timeout=15,
+    answer_timeout=5,
+    clock=time.monotonic,
+    sleep=time.sleep,
+):
+    """Initiate every link of ``connections`` that is neither up nor opening, and
+    wait, within one deadline for all links at once, until each link is up, or
+    refused (idle again after its second initiation), or its peer has not answered
+    IKE ``answer_timeout`` seconds after the link's first initiation.
+
+    The deadline is ``up_timeout`` after ``since``, or after the first pass when that
+    initiated links (a swanctl call each: it returns at once, but a process costs
+    its time on a slow gateway). ``loaded``: links charon initiated itself at
+    ``since`` (start_action, at load). ``replaced``: {link: uniqueids of its IKE_SAs
+    from before the load}, those of changed links, which charon closes (they don't
+    make the link up, unless still up ``REPLACED_AFTER`` seconds after the load).
+
+    Then closes duplicate IKE_SAs (``duplicates``). Returns up, down ({link: why}),
+    initiated, duplicates_closed and waited (seconds after ``since``)."""
+    replaced = replaced or {}
+    remote = {c["name"]: c["remote"] for c in connections}
+    names = [c["name"] for c in connections]
+    tries = {name: [since] for name in loaded if name in remote}
+    initiated = set(tries)
+    first_seen = {}
+    settled = {}  # link -> why it stays down: charon would not initiate it
+    wait_from = None  # the deadline's start, known after the first pass
+    while True:
+        initiating = False
+        now = clock()
+        sas = swanctl.sas()
+        waiting, down = [], {}
+        for name in names:
+            if name in settled:
+                down[name] = settled[name]
+                continue
+            ignore = replaced.get(name, ()) if now - since < REPLACED_AFTER else ()
+            state = link_state(sas, name, ignore)
+            attempts = tries.setdefault(name, [])
+            if not state["up"] and ignore and link_state(sas, name)["up"]:
+                # Its old SA, not closed yet: wait a moment to see whether it goes.
+                waiting.append(name)
+                down[name] = "IKE still negotiating"
+                continue
+            if state["up"]:
+                # Up. An IKE_SA the peer is negotiating beside it (both ends initiated
+                # at the same moment) is waited for, so that the duplicate is closed
+                # now; one the peer never answered is not.
+                if state["answered"]:
+                    waiting.append(name)
+                continue
+            if state["opening"]:
+                first = attempts[0] if attempts else first_seen.setdefault(name, now)
+                if not state["answered"] and now - first >= answer_timeout:
+                    down[name] = f"no answer from {remote[name]} in {answer_timeout} s"
+                else:
+                    waiting.append(name)
+                    down[name] = "IKE still negotiating"
+            elif len(attempts) < MAX_INITIATIONS:
+                why = swanctl.initiate(name)
+                attempts.append(clock())
+                initiated.add(name)
+                initiating = True
+                if why:
+                    settled[name] = down[name] = why
+                else:
+                    waiting.append(name)
+                    down[name] = "initiated"
+            elif now - attempts[-1] >= REFUSED_AFTER:
+                down[name] = f"refused by {remote[name]}, or failed (strongSwan's log says why)"
+            else:
+                waiting.append(name)
+                down[name] = "initiated"
+        if wait_from is None:
+            wait_from = clock() if initiating else since
+        left = wait_from + up_timeout - clock()
+        if not waiting or left <= 0:
+            break
+        sleep(min(POLL_INTERVAL, left))
+    closed = []
+    for name in names:
+        if name in down:
+            continue
+        ignore = replaced.get(name, ()) if clock() - since < REPLACED_AFTER else ()
+        for extra in duplicates(sas, name, ignore):
+            swanctl.terminate_ike_id(extra["uniqueid"])
+            closed.append(f"{name} #{extra['uniqueid']}")
+    return {
+        "up": [name for name in names if name not in down],
+        "down": down,
+        "initiated": sorted(initiated),
+        "duplicates_closed": closed,
+        "waited": round(max(0.0, clock() - since), 1),
+    }
+
+
+def survey(swanctl, connections):
+    """Check mode: which links are up now (none without a running charon: swanctl
+    None), none initiated."""
+    sas = swanctl.sas() if swanctl is not None else []
+    down = {
+        c["name"]: "down (check mode: not initiated)"
+        for c in connections
+        if not link_state(sas, c["name"])["up"]
+    }
+    return {
+        "up": [c["name"] for c in connections if c["name"] not in down],
+        "down": down,
+        "initiated": [],
+        "duplicates_closed": [],
+        "waited": 0.0,
+    }
 
 
 class Swanctl:
@@ -206,8 +463,28 @@ class Swanctl:
         # otherwise keep matching until they expire. Not there: nothing to do.
         self.run("--terminate", "--ike", name, "--force", "--timeout", "5", check=False)
 
+    def sas(self):
+        """Every IKE_SA charon holds, with its CHILD_SAs (parse_sas)."""
+        return parse_sas(self.run("--list-sas", "--pretty")[1])
 
-def run_module(module, swanctl=None, systemd=None, checkpoint=None):
+    def initiate(self, name):
+        """Start keying a link and return at once (timeout -1: charon goes on alone);
+        None, or why charon would not."""
+        argv = [self.swanctl, "--initiate", "--child", name, "--ike", name, "--timeout", "-1"]
+        rc, out, err = self.module.run_command(argv, check_rc=False)
+        if rc == 0:
+            return None
+        said = [line for line in (err or out or "").splitlines() if "failed:" in line]
+        return f"charon would not initiate it: {(said or [str(rc)])[-1].strip()}"
+
+    def terminate_ike_id(self, uniqueid):
+        # A duplicate IKE_SA: its DELETE goes to the peer, which closes it too.
+        self.run("--terminate", "--ike-id", str(uniqueid), "--timeout", "-1", check=False)
+
+
+def run_module(
+    module, swanctl=None, systemd=None, checkpoint=None, clock=time.monotonic, sleep=time.sleep
+):
     params = module.params
     errors = validate(params)
     if errors:
@@ -249,6 +526,24 @@ def run_module(module, swanctl=None, systemd=None, checkpoint=None):
         if running and (new != old or not wanted <= loaded):
             steps.append("swanctl --load-all")
         steps += [f"swanctl --terminate --ike {name}" for name in stale]
+        # The links charon initiates itself when the file is loaded (start_action):
+        # all at a start, else the new and changed ones, whose old SAs it closes.
+        changed = {
+            name
+            for name, block in connection_blocks(new).items()
+            if connection_blocks(old).get(name) != block or name not in loaded
+        }
+        starting = set()
+        if new is not None and not running:
+            starting = wanted
+        elif running and "swanctl --load-all" in steps:
+            starting = changed & wanted
+        replaced = {}
+        if starting and running and not check_mode:
+            for sa in swanctl.sas():
+                if sa["name"] in starting:
+                    replaced.setdefault(sa["name"], set()).add(sa.get("uniqueid"))
+        since = clock()
         if steps and not check_mode:
             if checkpoint is not None and params["rollback_timeout"] > 0:
                 # Undo: the previous file back, then loaded (and the new connections
@@ -266,12 +561,29 @@ def run_module(module, swanctl=None, systemd=None, checkpoint=None):
                 write_atomic(module, path, new, mode=0o600)
             if new is not None and not systemd.is_enabled(SERVICE):
                 systemd.run("enable", SERVICE)
+            since = clock()  # charon initiates what it loads from here on
             if new is not None and not running:
                 systemd.run("start", SERVICE)  # its ExecStartPost loads the file
             elif running:
                 swanctl.load_all()
             for name in stale:
                 swanctl.terminate(name)
+        # Every link up before the play goes on (initiating one changes no
+        # configuration: not a change); in check mode only how they are now.
+        if new is not None and check_mode:
+            result["links"] = survey(swanctl if running else None, connections)
+        elif new is not None:
+            result["links"] = bring_up(
+                swanctl,
+                connections,
+                since,
+                loaded=starting,
+                replaced=replaced,
+                up_timeout=params["up_timeout"],
+                answer_timeout=params["answer_timeout"],
+                clock=clock,
+                sleep=sleep,
+            )
     except (IpsecError, SystemdError, CheckpointError, OSError) as exc:
         module.fail_json(msg=str(exc), steps=steps, stderr=getattr(exc, "stderr", ""), **result)
     result["changed"] = bool(steps)

@@ -14,9 +14,21 @@ description:
     is an IKEv2 connection between the two public addresses, authenticated by the link's
     own pre-shared key, with one CHILD_SA in transport mode for IP protocol 4 (IPIP) only.
   - The kernel policies are installed as soon as a connection is loaded (C(start_action =
-    trap)), before any SA exists, so IPIP to the peer never leaves in clear text, and IPIP
-    from the peer that is not inside ESP is dropped by the kernel. Dead peers are
-    detected (DPD) and a rebooted peer is keyed again by the next packet.
+    trap|start)), before any SA exists, so IPIP to the peer never leaves in clear text, and
+    IPIP from the peer that is not inside ESP is dropped by the kernel; and charon initiates
+    the connection at once, when it is loaded and at boot. Dead peers are detected (DPD)
+    and a link whose peer was not ready is keyed by its next packet, or by the peer when
+    it loads the link.
+  - Links are up when the call returns, so the first packet after a run is delivered (a
+    link keyed on demand drops its first packets while IKE runs). The call initiates every
+    link that is down and idle and waits for all of them at once, at most O(up_timeout)
+    seconds, until each is up, or its peer refused, or its peer did not answer IKE within
+    O(answer_timeout) seconds. A peer not configured yet (in a rolling apply the hubs come
+    first) costs that much once, and the link comes up when the peer's own run loads it.
+    Initiating is no change of configuration; RV(links) tells what became of each link.
+  - When both ends initiate at the same moment, two IKE_SAs are set up; the call closes
+    the one both ends agree on (all but the lowest initiator SPI). An IKE_SA set up while
+    another with the same peer is established replaces it (C(unique = replace)).
   - The connections and keys are written to one file of the collection's own, O(path)
     (mode 0600), atomically and only when it changes; C(strongswan.service) (charon-systemd)
     is enabled and started, and loads it at boot. After a change C(swanctl --load-all)
@@ -83,6 +95,18 @@ options:
         safety net.
     type: int
     default: 0
+  up_timeout:
+    description:
+      - Seconds the call waits at most, for all links at once, until every link is up (or
+        given up, as refused or unanswered). C(0) initiates and does not wait.
+    type: int
+    default: 15
+  answer_timeout:
+    description:
+      - Seconds after a link's initiation after which a peer that has not answered IKE at
+        all is taken as not ready (not configured yet, or down), and no longer waited for.
+    type: int
+    default: 5
   state:
     description: Protect the links, or remove the collection's IPsec configuration.
     type: str
@@ -94,6 +118,7 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
+    details: Nothing is initiated; RV(links) tells which links are up.
   diff_mode:
     support: full
     details: The collection's swanctl file, every key replaced by C(<hidden>) and a
@@ -131,6 +156,33 @@ rollback:
   description: The pending rollback, when this call armed one.
   type: dict
   returned: when a change was applied with O(rollback_timeout)
+links:
+  description: What became of the links' SAs (initiating one is not a change).
+  type: dict
+  returned: when O(state=present) with connections
+  contains:
+    up:
+      description: Links with an installed CHILD_SA when the call returned.
+      type: list
+      elements: str
+    down:
+      description:
+        - Links without, each with why (no answer from the peer, refused or failed,
+          still negotiating at the deadline; in check mode, not initiated).
+      type: dict
+    initiated:
+      description: Links this call initiated, or had charon initiate by loading them.
+      type: list
+      elements: str
+    duplicates_closed:
+      description: Duplicate IKE_SAs closed, each as its link name, a space, C(#) and its
+        uniqueid.
+      type: list
+      elements: str
+    waited:
+      description: Seconds from loading the file (or from the start of the wait) until
+        the links were settled.
+      type: float
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
@@ -164,6 +216,8 @@ def build_module():
             "dpd_delay": {"type": "int", "default": DPD_DELAY},
             "rollback_timeout": {"type": "int", "default": 0},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+            "up_timeout": {"type": "int", "default": 15},
+            "answer_timeout": {"type": "int", "default": 5},
         },
         supports_check_mode=True,
     )

@@ -33,13 +33,16 @@ QUEENS = {
 
 
 class FakeSwanctl:
-    """charon as swanctl sees it: the loaded connection names."""
+    """charon as swanctl sees it: the loaded connection names, and an SA up for each
+    (its peer answers at once; test_ipsec_links_up.py has peers that take their time,
+    refuse or stay silent). With ``systemd``, starting strongswan.service loads the file."""
 
     swanctl = "/usr/sbin/swanctl"
 
-    def __init__(self, path, loaded=()):
+    def __init__(self, path, loaded=(), systemd=None):
         self.path = path
         self.loaded_names = set(loaded)
+        self.systemd = systemd
         self.calls = []
 
     def loaded(self):
@@ -47,11 +50,36 @@ class FakeSwanctl:
 
     def load_all(self):
         self.calls.append("load-all")
+        self._load()
+
+    def _load(self):
         text = Path(self.path).read_text() if os.path.exists(self.path) else ""
         self.loaded_names = set(ipsec.connection_names(text))
 
     def terminate(self, name):
         self.calls.append("terminate " + name)
+
+    def sas(self):
+        if self.systemd is not None and ipsec.SERVICE in self.systemd.active:
+            self._load()  # strongswan.service's ExecStartPost did
+        return [
+            {
+                "name": name,
+                "uniqueid": str(number),
+                "state": "ESTABLISHED",
+                "initiator": "yes",
+                "initiator-spi": f"{number:016x}",
+                "responder-spi": f"{number + 100:016x}",
+                "children": [{"name": name, "uniqueid": str(number), "state": "INSTALLED"}],
+            }
+            for number, name in enumerate(sorted(self.loaded_names), start=1)
+        ]
+
+    def initiate(self, name):
+        self.calls.append("initiate " + name)
+
+    def terminate_ike_id(self, uniqueid):
+        self.calls.append(f"terminate #{uniqueid}")
 
 
 def params(tmp_path, connections=(BROOKLYN,), keys=None, **extra):
@@ -64,6 +92,8 @@ def params(tmp_path, connections=(BROOKLYN,), keys=None, **extra):
         "dpd_delay": 30,
         "rollback_timeout": 0,
         "state": "present",
+        "up_timeout": 15,
+        "answer_timeout": 5,
     }
     base.update(extra)
     return base
@@ -158,7 +188,8 @@ def test_nothing_to_remove_where_strongswan_never_ran(tmp_path):
 
 def test_strongswan_is_enabled_and_started_when_stopped(tmp_path):
     systemd = FakeSystemd()
-    done, swanctl, systemd = run(params(tmp_path), systemd=systemd)
+    swanctl = FakeSwanctl(str(tmp_path / "sitelink-gateway.conf"), systemd=systemd)
+    done, swanctl, systemd = run(params(tmp_path), systemd=systemd, swanctl=swanctl)
     assert ("enable", ipsec.SERVICE) in systemd.verbs()
     assert ("start", ipsec.SERVICE) in systemd.verbs()
     assert swanctl.calls == []  # its ExecStartPost loads the file

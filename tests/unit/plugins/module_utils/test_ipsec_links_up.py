@@ -1,0 +1,525 @@
+"""ipsec_links: links are up when the call returns (issue 19, item 7).
+
+charon is faked over a fake clock: each link's peer answers after a delay, refuses
+(not configured yet, or another key) or stays silent (not there yet); every swanctl
+call costs time, as it does under emulation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from ansible_collections.sitelink.gateway.plugins.module_utils import ipsec
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import (
+    Exit,
+    FakeModule,
+    FakeSystemd,
+)
+
+KEY = "ab" * 32
+SWANCTL_COST = 0.2  # seconds a swanctl call takes on an emulated gateway
+
+# What swanctl --list-sas --pretty printed in the lab (strongSwan 5.9.8): one link up
+# (we were the responder: no "initiator" key), one still waiting for its peer.
+LISTED = """\
+list-sa event {
+  sl-manhattan {
+    uniqueid = 2
+    version = 2
+    state = ESTABLISHED
+    local-host = 172.17.2.10
+    remote-host = 172.16.1.12
+    initiator-spi = 491568f36a7e59b4
+    responder-spi = 9c0dad890748bc3c
+    established = 211
+    child-sas {
+      sl-manhattan-3 {
+        name = sl-manhattan
+        uniqueid = 3
+        reqid = 1
+        state = INSTALLED
+        mode = TRANSPORT
+        local-ts = [
+          172.17.2.10/32[ipencap]
+        ]
+        remote-ts = [
+          172.16.1.12/32[ipencap]
+        ]
+      }
+    }
+  }
+}
+list-sa event {
+  sl-queens {
+    uniqueid = 11
+    version = 2
+    state = CONNECTING
+    local-host = 172.16.1.12
+    remote-host = 172.17.2.10
+    initiator = yes
+    initiator-spi = 69371dca877edbe5
+    responder-spi = 0000000000000000
+    tasks-active = [
+      IKE_VENDOR
+      IKE_INIT
+      CHILD_CREATE
+    ]
+    child-sas {
+    }
+  }
+}
+list-sas reply {
+}
+"""
+
+
+def link(name, remote):
+    return {"name": name, "link": name + "+hub", "local": "172.16.1.12", "remote": remote}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+        self.sleeps = 0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        assert seconds >= 0
+        self.sleeps += 1
+        self.now += seconds
+
+
+class Ike:
+    def __init__(self, name, uniqueid, started, initiator=True, spi=None):
+        self.name, self.uniqueid, self.started = name, uniqueid, started
+        self.initiator = initiator
+        self.spi = spi or f"{uniqueid:016x}"
+        self.closing_at = None
+        self.established = False  # else as its peer behaves
+
+
+class FakeCharon:
+    """The IKE_SAs charon holds, as the module's swanctl sees them. ``peers``: link ->
+    "silent", "refuses", or the seconds after which the peer has set the link up."""
+
+    swanctl = "/usr/sbin/swanctl"
+
+    def __init__(self, clock, peers):
+        self.clock, self.peers = clock, dict(peers)
+        self.ikes = []
+        self.calls = []
+        self.listed = 0
+        self.next_id = 1
+
+    def start(self, name, initiator=True, spi=None, at=None):
+        ike = Ike(name, self.next_id, self.clock.now if at is None else at, initiator, spi)
+        self.next_id += 1
+        self.ikes.append(ike)
+        return ike
+
+    def up(self, name, spi=None, initiator=True):
+        """A link that has been up for a while."""
+        ike = self.start(name, initiator, spi, at=self.clock.now - 3600)
+        ike.established = True
+        return ike
+
+    def _view(self, ike):
+        age = self.clock.now - ike.started
+        peer = self.peers.get(ike.name, 0.0)
+        if ike.closing_at is not None and self.clock.now >= ike.closing_at:
+            return None
+        if peer == "refuses" and age >= 0.05:
+            return None  # NO_PROPOSAL_CHOSEN or AUTHENTICATION_FAILED: the IKE_SA is gone
+        answered = ike.initiator is False or (peer != "silent" and age >= 0.05)
+        established = ike.established or (isinstance(peer, float) and age >= peer)
+        sa = {
+            "name": ike.name,
+            "uniqueid": str(ike.uniqueid),
+            "state": "ESTABLISHED" if established else "CONNECTING",
+            "initiator-spi": ike.spi,
+            "responder-spi": "7" * 16 if answered else "0" * 16,
+            "children": [],
+        }
+        if ike.initiator:
+            sa["initiator"] = "yes"
+        if established:
+            sa["children"] = [{"name": ike.name, "uniqueid": "9", "state": "INSTALLED"}]
+        return sa
+
+    def sas(self):
+        self.clock.now += SWANCTL_COST
+        self.listed += 1
+        views = [(ike, self._view(ike)) for ike in self.ikes]
+        self.ikes = [ike for ike, view in views if view is not None]
+        return [view for _ike, view in views if view is not None]
+
+    def initiate(self, name):
+        self.clock.now += SWANCTL_COST
+        self.calls.append("initiate " + name)
+        # charon keys the link in an IKE_SA of it that is opening or up, if there is one.
+        if not any(ike.name == name for ike in self.ikes):
+            self.start(name)
+        return None
+
+    def terminate_ike_id(self, uniqueid):
+        self.calls.append(f"terminate #{uniqueid}")
+        for ike in self.ikes:
+            if str(ike.uniqueid) == str(uniqueid):
+                ike.closing_at = self.clock.now
+
+
+def bring_up(charon, clock, connections, loaded=(), **kw):
+    since = clock()
+    for name in loaded:
+        charon.start(name)  # start_action: charon initiates what it loads
+    return ipsec.bring_up(
+        charon, connections, since, loaded=loaded, clock=clock, sleep=clock.sleep, **kw
+    )
+
+
+# --- what charon says ------------------------------------------------------------------
+
+
+def test_list_sas_is_read_link_by_link():
+    sas = ipsec.parse_sas(LISTED)
+    assert [(s["name"], s["state"]) for s in sas] == [
+        ("sl-manhattan", "ESTABLISHED"),
+        ("sl-queens", "CONNECTING"),
+    ]
+    assert sas[0]["children"][0]["state"] == "INSTALLED" and "initiator" not in sas[0]
+    assert sas[1]["tasks-active"] == ["IKE_VENDOR", "IKE_INIT", "CHILD_CREATE"]
+    assert ipsec.link_state(sas, "sl-manhattan")["up"]
+    queens = ipsec.link_state(sas, "sl-queens")
+    assert not queens["up"] and queens["opening"] and not queens["answered"]
+    assert ipsec.parse_sas("list-sas reply {\n}\n") == []
+
+
+def test_the_file_initiates_at_load_and_keeps_the_trap():
+    text = ipsec.render([link("sl-a", "172.17.2.10")], {"sl-a+hub": KEY}, "aes", "aes", 30)
+    lines = [line.strip() for line in text.splitlines()]
+    assert "start_action = trap|start" in lines and "unique = replace" in lines
+    assert "dpd_action = trap" in lines and "close_action = trap" in lines
+    # A changed connection (one charon replaces, closing its SAs) is told apart.
+    other = ipsec.render([link("sl-a", "172.17.2.11")], {"sl-a+hub": KEY}, "aes", "aes", 30)
+    assert ipsec.connection_blocks(text)["sl-a"] != ipsec.connection_blocks(other)["sl-a"]
+    rotated = ipsec.render([link("sl-a", "172.17.2.10")], {"sl-a+hub": "cd" * 32}, "aes", "aes", 30)
+    assert ipsec.connection_blocks(text) == ipsec.connection_blocks(rotated)
+
+
+# --- waiting for the links --------------------------------------------------------------
+
+
+def test_a_loaded_link_is_up_when_the_call_returns():
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 1.5})
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")], loaded=["sl-a"])
+    assert links["up"] == ["sl-a"] and links["down"] == {}
+    # charon initiated it when it loaded it; the module only watched.
+    assert links["initiated"] == ["sl-a"] and charon.calls == []
+    assert 1.5 <= links["waited"] <= 2.5
+
+
+def test_a_down_link_of_an_unchanged_file_is_initiated_once():
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 1.0, "sl-b": 1.0})
+    charon.up("sl-b")
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10"), link("sl-b", "172.18.3.10")])
+    assert links["up"] == ["sl-a", "sl-b"]
+    assert charon.calls == ["initiate sl-a"] and links["initiated"] == ["sl-a"]
+
+
+def test_rolling_apply_peers_not_ready_cost_the_answer_timeout_once():
+    """The hub comes first: one branch's charon refuses (no connection for us yet), one
+    does not answer at all (no strongSwan yet), one is configured and answers."""
+    clock = Clock()
+    peers = {"sl-refuses": "refuses", "sl-silent": "silent", "sl-ready": 1.0}
+    charon = FakeCharon(clock, peers)
+    connections = [link(name, f"172.17.2.{i}") for i, name in enumerate(peers, start=1)]
+    links = bring_up(charon, clock, connections, loaded=list(peers))
+    assert links["up"] == ["sl-ready"]
+    assert links["down"] == {
+        "sl-refuses": "refused by 172.17.2.1, or failed (strongSwan's log says why)",
+        "sl-silent": "no answer from 172.17.2.2 in 5 s",
+    }
+    # Neither failed the call nor held it to up_timeout (15 s): the answer timeout, once.
+    assert 5.0 <= links["waited"] <= 6.0
+    # The refusing peer is asked again once (its first refusal may have been quick enough
+    # to look like an initiation not started yet), never more.
+    assert charon.calls == ["initiate sl-refuses"]
+
+
+def test_refused_links_do_not_wait_for_the_answer_timeout():
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": "refuses"})
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")], loaded=["sl-a"])
+    assert list(links["down"]) == ["sl-a"] and links["waited"] < 2.5
+
+
+def test_a_peer_negotiating_slowly_is_waited_for_until_up_timeout():
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 9.0, "sl-b": 40.0})
+    connections = [link("sl-a", "172.17.2.10"), link("sl-b", "172.17.2.11")]
+    links = bring_up(charon, clock, connections, loaded=["sl-a", "sl-b"])
+    # It answered, so it is waited for past the answer timeout, until up_timeout.
+    assert links["up"] == ["sl-a"] and links["down"] == {"sl-b": "IKE still negotiating"}
+    assert 15.0 <= links["waited"] <= 15.5
+
+
+def test_no_waiting_with_up_timeout_zero():
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 1.0})
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")], up_timeout=0)
+    assert links["down"] == {"sl-a": "initiated"} and charon.calls == ["initiate sl-a"]
+    assert clock.sleeps == 0 and charon.listed == 1
+
+
+def test_charon_refusing_to_initiate_is_reported_and_not_retried():
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 1.0})
+    charon.initiate = lambda name: (charon.calls.append(name), "no config 'sl-a'")[1]
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")])
+    assert links["down"] == {"sl-a": "no config 'sl-a'"} and charon.calls == ["sl-a"]
+
+
+def test_the_old_sas_of_a_changed_link_do_not_count_as_up():
+    """A changed link: charon closes its old IKE_SA and initiates a new one; the old one
+    may still be listed as up for a moment."""
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 1.0})
+    old = charon.up("sl-a")
+    old.closing_at = clock.now + 0.8
+    replaced = {"sl-a": {str(old.uniqueid)}}
+    links = bring_up(
+        charon, clock, [link("sl-a", "172.17.2.10")], loaded=["sl-a"], replaced=replaced
+    )
+    assert links["up"] == ["sl-a"] and links["waited"] >= 1.0
+
+
+def test_a_changed_link_is_not_taken_for_up_before_charon_initiated_it_again():
+    """The old SA, not closed yet, and charon's new initiation not started yet: the call
+    does not return on the old SA (the link would go down right after)."""
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 1.0})
+    old = charon.up("sl-a")
+    old.closing_at = clock.now + 0.5
+    links = ipsec.bring_up(
+        charon,
+        [link("sl-a", "172.17.2.10")],
+        clock(),
+        loaded=["sl-a"],
+        replaced={"sl-a": {str(old.uniqueid)}},
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert links["up"] == ["sl-a"]
+    (now_up,) = charon.ikes
+    assert now_up is not old and now_up.started <= clock.now - 1.0
+
+
+def test_the_sas_of_a_change_charon_takes_for_none_are_kept():
+    """The file changed, but not what charon compares (a comment, the order of lines):
+    it keeps the link's SA and initiates nothing. Not taken for refused, not initiated."""
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 1.0})
+    old = charon.up("sl-a")
+    links = bring_up(
+        charon, clock, [link("sl-a", "172.17.2.10")], replaced={"sl-a": {str(old.uniqueid)}}
+    )
+    assert links["up"] == ["sl-a"] and charon.calls == [] and links["waited"] < 2.5
+
+
+# --- both ends at once ------------------------------------------------------------------
+
+
+def test_both_ends_at_once_leave_one_ike_sa_and_both_ends_close_the_same_one():
+    """Each end initiated before the other's IKE_SA reached it: two IKE_SAs, each with a
+    CHILD_SA. Each end sees both, under its own uniqueids but the same SPIs."""
+    closed = []
+    for order in ((1, 2), (2, 1)):  # the two ends list them in different orders
+        clock = Clock()
+        charon = FakeCharon(clock, {"sl-a": 0.5})
+        spis = {1: "0aaaaaaaaaaaaaaa", 2: "0bbbbbbbbbbbbbbb"}
+        ours = {n: charon.up("sl-a", spi=spis[n], initiator=n == order[0]) for n in order}
+        links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")])
+        assert links["up"] == ["sl-a"]
+        (gone,) = [n for n, ike in ours.items() if ike.closing_at is not None]
+        closed.append(spis[gone])
+        assert links["duplicates_closed"] == [f"sl-a #{ours[gone].uniqueid}"]
+    assert closed == ["0bbbbbbbbbbbbbbb", "0bbbbbbbbbbbbbbb"]  # the higher SPI, at both ends
+
+
+def test_a_second_ike_sa_being_negotiated_is_awaited_and_closed():
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 1.0})
+    charon.up("sl-a", spi="0000000000000001")
+    second = charon.start("sl-a", initiator=False, spi="00000000000000ff")  # the peer's
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")])
+    assert links["duplicates_closed"] == [f"sl-a #{second.uniqueid}"]
+    assert 1.0 <= links["waited"] < 2.0
+
+
+def test_an_unanswered_ike_sa_beside_an_up_link_is_not_awaited():
+    """Our own IKE_SA_INIT from when the peer was not ready is still being retransmitted
+    (for minutes): the link is up through the peer's IKE_SA, nothing to wait for."""
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": "silent"})
+    charon.up("sl-a", initiator=False)
+    charon.start("sl-a", at=clock.now - 60)
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")])
+    assert links["up"] == ["sl-a"] and clock.sleeps == 0 and charon.calls == []
+    assert ipsec.link_state(charon.sas(), "sl-a")["opening"]  # it is there
+
+
+# --- scale: a hub ------------------------------------------------------------------------
+
+
+def test_a_hub_with_hundreds_of_links_waits_once_for_all():
+    """500 links loaded at once on a hub's first run: 300 branches answer within 3 s,
+    200 are not configured yet. One deadline for all, a few dozen polls, no per-link
+    wait, and nothing initiated one by one (charon initiated them all at load)."""
+    clock = Clock()
+    peers = {f"sl-{i:03d}": (0.5 + i % 25 / 10 if i < 300 else "silent") for i in range(500)}
+    charon = FakeCharon(clock, peers)
+    connections = [link(name, "172.17.2.10") for name in peers]
+    links = bring_up(charon, clock, connections, loaded=list(peers))
+    assert len(links["up"]) == 300 and len(links["down"]) == 200
+    assert charon.calls == [] and charon.listed <= 12
+    assert links["waited"] <= 6.0
+
+
+def test_hundreds_of_idle_links_are_initiated_in_one_pass():
+    clock = Clock()
+    peers = {f"sl-{i:03d}": 1.0 for i in range(200)}
+    charon = FakeCharon(clock, peers)
+    links = bring_up(charon, clock, [link(name, "172.17.2.10") for name in peers])
+    assert len(links["up"]) == 200 and len(charon.calls) == 200
+    # Initiating returns at once (charon goes on alone): the wait is IKE's, once, after
+    # the swanctl calls; not 200 waits.
+    assert links["waited"] <= 200 * SWANCTL_COST + 2.0
+
+
+# --- the module: not a change, check mode, what it returns --------------------------------
+
+
+class ModuleCharon(FakeCharon):
+    """FakeCharon behind the module: loading the file runs the start actions of the new
+    and changed connections, and closes the SAs of the changed ones."""
+
+    def __init__(self, clock, peers, path, loaded=()):
+        super().__init__(clock, peers)
+        self.path = path
+        self.blocks = {name: None for name in loaded}
+
+    def loaded(self):
+        return set(self.blocks)
+
+    def load_all(self):
+        self.calls.append("load-all")
+        text = Path(self.path).read_text() if os.path.exists(self.path) else ""
+        blocks = ipsec.connection_blocks(text)
+        for name, block in blocks.items():
+            if self.blocks.get(name, "new") != block:
+                for ike in self.ikes:
+                    if ike.name == name:
+                        ike.closing_at = self.clock.now + 0.3
+                self.start(name)
+        self.blocks = blocks
+
+    def terminate(self, name):
+        self.calls.append("terminate " + name)
+
+
+def run(tmp_path, charon, clock, check=False, **extra):
+    params = {
+        "connections": [link("sl-a", "172.17.2.10")],
+        "keys": {"sl-a+hub": KEY},
+        "path": str(tmp_path / "sitelink-gateway.conf"),
+        "ike_proposals": "aes256gcm16-prfsha256-x25519",
+        "esp_proposals": "aes256gcm16",
+        "dpd_delay": 30,
+        "rollback_timeout": 0,
+        "state": "present",
+        "up_timeout": 15,
+        "answer_timeout": 5,
+        **extra,
+    }
+    module = FakeModule(params, check_mode=check)
+    systemd = FakeSystemd(enabled={ipsec.SERVICE}, active={ipsec.SERVICE})
+    with pytest.raises(Exit) as info:
+        ipsec.run_module(module, swanctl=charon, systemd=systemd, clock=clock, sleep=clock.sleep)
+    assert not info.value.failed, info.value.result
+    return info.value.result
+
+
+def test_initiating_a_link_is_not_a_change(tmp_path):
+    clock = Clock()
+    path = str(tmp_path / "sitelink-gateway.conf")
+    first = run(tmp_path, ModuleCharon(clock, {"sl-a": 1.0}, path), clock)
+    assert first["changed"] and first["links"]["up"] == ["sl-a"]
+    # The same file again, with the link down (its peer rebooted, say): initiated and up,
+    # and nothing changed.
+    charon = ModuleCharon(clock, {"sl-a": 1.0}, path, loaded=["sl-a"])
+    charon.blocks = ipsec.connection_blocks(Path(path).read_text())
+    again = run(tmp_path, charon, clock)
+    assert not again["changed"] and again["steps"] == []
+    assert again["links"]["up"] == ["sl-a"] and again["links"]["initiated"] == ["sl-a"]
+    assert charon.calls == ["initiate sl-a"]
+    # Up: nothing at all.
+    charon.calls.clear()
+    third = run(tmp_path, charon, clock)
+    assert not third["changed"] and charon.calls == [] and third["links"]["initiated"] == []
+
+
+def test_a_changed_link_is_keyed_again_before_the_call_returns(tmp_path):
+    clock = Clock()
+    path = str(tmp_path / "sitelink-gateway.conf")
+    charon = ModuleCharon(clock, {"sl-a": 1.0}, path)
+    run(tmp_path, charon, clock)
+    (before,) = charon.ikes
+    changed = run(tmp_path, charon, clock, dpd_delay=10)
+    assert changed["changed"] and changed["links"]["up"] == ["sl-a"]
+    (after,) = charon.ikes
+    assert after is not before and clock.now - after.started >= 1.0
+
+
+def test_check_mode_initiates_nothing_and_tells_which_links_are_down(tmp_path):
+    clock = Clock()
+    path = str(tmp_path / "sitelink-gateway.conf")
+    charon = ModuleCharon(clock, {"sl-a": 1.0}, path)
+    done = run(tmp_path, charon, clock, check=True)
+    assert done["changed"] and charon.calls == [] and charon.ikes == []
+    assert done["links"]["down"] == {"sl-a": "down (check mode: not initiated)"}
+    assert clock.sleeps == 0
+
+
+class RunCommand:
+    def __init__(self, answers):
+        self.answers = answers
+        self.argv = []
+
+    def __call__(self, argv, check_rc=False):
+        self.argv.append(argv)
+        return self.answers.get(argv[1], (0, "", ""))
+
+
+def test_swanctl_initiates_without_waiting_and_reads_the_pretty_list():
+    module = FakeModule({})
+    module.get_bin_path = lambda name: "/usr/sbin/swanctl"
+    module.run_command = RunCommand(
+        {
+            "--list-sas": (0, LISTED, "plugin 'ldap': failed to load - no plugin file"),
+            "--initiate": (1, "", "plugin 'x': failed to load\ninitiate failed: no config"),
+        }
+    )
+    swanctl = ipsec.Swanctl(module)
+    assert [s["name"] for s in swanctl.sas()] == ["sl-manhattan", "sl-queens"]
+    assert swanctl.initiate("sl-a") == "charon would not initiate it: initiate failed: no config"
+    swanctl.terminate_ike_id("7")
+    assert module.run_command.argv[1:] == [
+        ["/usr/sbin/swanctl", "--initiate", "--child", "sl-a", "--ike", "sl-a", "--timeout", "-1"],
+        ["/usr/sbin/swanctl", "--terminate", "--ike-id", "7", "--timeout", "-1"],
+    ]
