@@ -17,7 +17,6 @@ COLLECTION_LINK := .cache/collections/ansible_collections/sitelink/gateway
 # Debian packages the lab and the namespace tests need.
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftables \
                 openssh-client iputils-ping socat python3 graphviz
-DEMO_STATE := /var/tmp/sitelink-lab/demo
 # ansible-test runs on the venv's Python; gateways may have 3.9 (Debian 11).
 CONTROLLER_PYTHON := 3.11
 GATEWAY_PYTHON := 3.9
