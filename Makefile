@@ -12,6 +12,8 @@ export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections
 # and Galaxy cache, ansible-lint's copy of the collection, and pip's, Molecule's and
 # ansible-lint's caches all stay in .cache/ (.ci/run checks it).
 export ANSIBLE_HOME := $(CURDIR)/.cache/ansible
+# ansible-core 2.19 keeps SSH control sockets in ~/.ansible/cp whatever ANSIBLE_HOME says.
+export ANSIBLE_SSH_CONTROL_PATH_DIR := $(CURDIR)/.cache/ansible/cp
 export XDG_CACHE_HOME := $(CURDIR)/.cache/xdg
 COLLECTION_LINK := .cache/collections/ansible_collections/sitelink/gateway
 # Debian packages the lab and the namespace tests need.
