@@ -174,7 +174,16 @@ def test_quickstart_from_the_installed_collection(tmp_path, tarball, block):
     # The user's own Ansible: on PATH, with its defaults (no ansible.cfg here).
     done = fresh_shell(readme_block(block), work, tmp_path / "home", path=(str(BIN),))
     assert_readable_plan(done, work / "plan")
-    assert "sitelink.gateway" in done.stdout + done.stderr or (work / "plan").is_dir()
+    # Installed where that block says, and nowhere else.
+    installed = {
+        "quickstart-installed": tmp_path / "home/.ansible/collections",
+        "quickstart-installed-path": work / "collections",
+    }
+    for name, where in installed.items():
+        found = (where / "ansible_collections/sitelink/gateway/galaxy.yml").exists() or (
+            where / "ansible_collections/sitelink/gateway/MANIFEST.json"
+        ).exists()
+        assert found == (name == block), (name, where)
 
 
 def test_make_help_lists_every_target():
