@@ -73,7 +73,7 @@ def on_a_terminal(script: str, cwd: Path, home: Path, answer: str, deadline: flo
     shown, answered, end = b"", 0, time.monotonic() + deadline
     try:
         while time.monotonic() < end:
-            ready, _, _ = select.select([main], [], [], 0.5)
+            ready = select.select([main], [], [], 0.5)[0]
             if ready:
                 try:
                     chunk = os.read(main, 65536)
