@@ -10,7 +10,11 @@ never leaves in clear and IPIP from the peer that is not inside ESP is dropped
 by the kernel; and charon initiates at once (at every load of a new or changed
 connection, and at boot), because a trap alone keys a link only when its first
 packet arrives, and the kernel drops that packet (and the next ones, for the
-seconds IKE takes).
+seconds IKE takes). ``trap|start`` is strongSwan 5.9.6's (older ones refuse the
+file): before it (Debian 11 has 5.9.1) the file says ``start_action = trap``,
+and only the initiation at boot is lost, since ``bring_up`` initiates the links
+at the end of every run all the same. The version is asked of ``swanctl
+--version`` once per call (unknown: taken for a recent one).
 
 Links are up when the module returns (``bring_up``): it initiates the links
 that are down and idle, and waits, for all of them at once and within one
@@ -22,7 +26,10 @@ tells no such race apart, whatever ``unique`` says); the module closes the one
 both ends agree on, all but the lowest initiator SPI. ``unique = replace``
 deals with the case strongSwan does see: an IKE_SA set up while an older one
 with the same peer is established (a retransmitted IKE_SA_INIT from the time
-the peer was not ready) replaces the older one.
+the peer was not ready) replaces the older one. The two rules can pick
+different IKE_SAs, and a link can lose both: so a link whose duplicate was
+closed counts as up only once a later poll sees it up with no duplicate left,
+and is initiated again (within the same deadline) if it went idle.
 
 The collection owns one file in ``/etc/swanctl/conf.d`` (mode 0600, it holds
 the keys). ``strongswan.service`` (charon-systemd) loads it at boot; after a
@@ -69,6 +76,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX = re.compile(r"^[0-9a-f]{32,}$")
 _SECRET_LINE = re.compile(r"^(\s*secret = )(.*)$", re.M)
 _LOADED = re.compile(r"^([^\s:]+): IKEv", re.M)
+# "strongSwan swanctl 5.9.8" (--version), or "strongSwan 5.9.8 swanctl" (its usage,
+# printed after the error when charon is not running).
+_VERSION = re.compile(r"\bstrongSwan (?:swanctl )?(\d+)\.(\d+)\.(\d+)")
+# start_action = trap|start: strongSwan 5.9.6 and later (older ones reject the file).
+TRAP_AND_START_SINCE = (5, 9, 6)
 # An IKE_SA's or CHILD_SA's state in which the link carries traffic.
 _UP_IKE = ("ESTABLISHED", "REKEYING")
 _UP_CHILD = ("INSTALLED", "REKEYING")
@@ -119,8 +131,22 @@ def validate(params):
     return errors
 
 
-def render(connections, keys, ike_proposals, esp_proposals, dpd_delay):
-    """The swanctl file: every connection, then every key."""
+def parse_version(text):
+    """strongSwan's version, (5, 9, 8), from what ``swanctl --version`` printed; None
+    if it names none."""
+    match = _VERSION.search(text or "")
+    return tuple(int(part) for part in match.groups()) if match else None
+
+
+def initiates_at_load(version):
+    """Whether this strongSwan takes ``start_action = trap|start`` (unknown: yes)."""
+    return version is None or tuple(version) >= TRAP_AND_START_SINCE
+
+
+def render(connections, keys, ike_proposals, esp_proposals, dpd_delay, start=True):
+    """The swanctl file: every connection, then every key. ``start``: initiate at load
+    and at boot (``trap|start``, strongSwan 5.9.6 and later); else the trap alone."""
+    start_action = "trap|start" if start else "trap"
     lines = [HEADER, "connections {"]
     for conn in connections:
         name, local, remote = conn["name"], conn["local"], conn["remote"]
@@ -152,7 +178,7 @@ def render(connections, keys, ike_proposals, esp_proposals, dpd_delay):
             f"        esp_proposals = {esp_proposals}",
             # Initiated when loaded (and at boot); the trap keys it again on
             # traffic if the peer was not ready then.
-            "        start_action = trap|start",
+            f"        start_action = {start_action}",
             "        dpd_action = trap",
             "        close_action = trap",
             "      }",
@@ -269,6 +295,14 @@ def parse_sas(text):
     return sas
 
 
+def _by_name(sas):
+    """The SAs of each link, grouped once per poll (not scanned again for each link)."""
+    grouped = {}
+    for sa in sas:
+        grouped.setdefault(sa["name"], []).append(sa)
+    return grouped
+
+
 def _is_up(ike, name):
     return ike.get("state") in _UP_IKE and any(
         child.get("name") == name and child.get("state") in _UP_CHILD for child in ike["children"]
@@ -339,8 +373,11 @@ def bring_up(
     from before the load}, those of changed links, which charon closes (they don't
     make the link up, unless still up ``REPLACED_AFTER`` seconds after the load).
 
-    Then closes duplicate IKE_SAs (``duplicates``). Returns up, down ({link: why}),
-    initiated, duplicates_closed and waited (seconds after ``since``)."""
+    An up link's duplicate IKE_SAs (``duplicates``) are closed as they are seen, and
+    the link counts as up only once a later poll sees it up with none left; one that
+    went idle with them is initiated again (at most ``MAX_INITIATIONS`` times in
+    all). Returns up, down ({link: why}), initiated, duplicates_closed and waited
+    (seconds after ``since``)."""
     replaced = replaced or {}
     remote = {c["name"]: c["remote"] for c in connections}
     names = [c["name"] for c in connections]
@@ -348,33 +385,56 @@ def bring_up(
     initiated = set(tries)
     first_seen = {}
     settled = {}  # link -> why it stays down: charon would not initiate it
+    closing = {}  # link -> uniqueids of the duplicate IKE_SAs this call closed
+    again = {}  # link -> when it was initiated after closing a duplicate left it idle
+    seen_up = {}  # link -> when a poll last saw it up
+    closed = []
     wait_from = None  # the deadline's start, known after the first pass
     while True:
         initiating = False
         now = clock()
-        sas = swanctl.sas()
+        sas = _by_name(swanctl.sas())
         waiting, down = [], {}
         for name in names:
             if name in settled:
                 down[name] = settled[name]
                 continue
+            own = sas.get(name, [])
             ignore = replaced.get(name, ()) if now - since < REPLACED_AFTER else ()
-            state = link_state(sas, name, ignore)
+            gone = closing.get(name)
+            # A duplicate this call closed never counts, nor is it closed twice.
+            skip = set(ignore) | gone if gone else ignore
+            state = link_state(own, name, skip)
             attempts = tries.setdefault(name, [])
-            if not state["up"] and ignore and link_state(sas, name)["up"]:
+            if not state["up"] and ignore and link_state(own, name, gone or ())["up"]:
                 # Its old SA, not closed yet: wait a moment to see whether it goes.
                 waiting.append(name)
                 down[name] = "IKE still negotiating"
                 continue
             if state["up"]:
+                seen_up[name] = now
                 # Up. An IKE_SA the peer is negotiating beside it (both ends initiated
                 # at the same moment) is waited for, so that the duplicate is closed
                 # now; one the peer never answered is not.
                 if state["answered"]:
                     waiting.append(name)
+                    continue
+                extra = duplicates(own, name, skip)
+                for sa in extra:
+                    swanctl.terminate_ike_id(sa["uniqueid"])
+                    closing.setdefault(name, set()).add(sa.get("uniqueid"))
+                    closed.append(f"{name} #{sa['uniqueid']}")
+                # Up once a poll sees it up, the closed ones gone (or going).
+                lingering = gone and any(_is_up(s, name) for s in own if s.get("uniqueid") in gone)
+                if extra or lingering:
+                    waiting.append(name)
+                    down[name] = "closing its duplicate IKE_SA"
                 continue
             if state["opening"]:
-                first = attempts[0] if attempts else first_seen.setdefault(name, now)
+                if name in again:
+                    first = again[name]
+                else:
+                    first = attempts[0] if attempts else first_seen.setdefault(name, now)
                 if not state["answered"] and now - first >= answer_timeout:
                     down[name] = f"no answer from {remote[name]} in {answer_timeout} s"
                 else:
@@ -383,6 +443,8 @@ def bring_up(
             elif len(attempts) < MAX_INITIATIONS:
                 why = swanctl.initiate(name)
                 attempts.append(clock())
+                if gone:
+                    again[name] = attempts[-1]
                 initiated.add(name)
                 initiating = True
                 if why:
@@ -391,7 +453,11 @@ def bring_up(
                     waiting.append(name)
                     down[name] = "initiated"
             elif now - attempts[-1] >= REFUSED_AFTER:
-                down[name] = f"refused by {remote[name]}, or failed (strongSwan's log says why)"
+                why = f"refused by {remote[name]}, or failed (strongSwan's log says why)"
+                if gone and seen_up[name] >= attempts[-1]:
+                    # Up after its last initiation, and lost when a duplicate was closed.
+                    why = f"initiated {len(attempts)} times already"
+                down[name] = f"down after its duplicate IKE_SA was closed: {why}" if gone else why
             else:
                 waiting.append(name)
                 down[name] = "initiated"
@@ -401,14 +467,6 @@ def bring_up(
         if not waiting or left <= 0:
             break
         sleep(min(POLL_INTERVAL, left))
-    closed = []
-    for name in names:
-        if name in down:
-            continue
-        ignore = replaced.get(name, ()) if clock() - since < REPLACED_AFTER else ()
-        for extra in duplicates(sas, name, ignore):
-            swanctl.terminate_ike_id(extra["uniqueid"])
-            closed.append(f"{name} #{extra['uniqueid']}")
     return {
         "up": [name for name in names if name not in down],
         "down": down,
@@ -421,11 +479,11 @@ def bring_up(
 def survey(swanctl, connections):
     """Check mode: which links are up now (none without a running charon: swanctl
     None), none initiated."""
-    sas = swanctl.sas() if swanctl is not None else []
+    sas = _by_name(swanctl.sas()) if swanctl is not None else {}
     down = {
         c["name"]: "down (check mode: not initiated)"
         for c in connections
-        if not link_state(sas, c["name"])["up"]
+        if not link_state(sas.get(c["name"], []), c["name"])["up"]
     }
     return {
         "up": [c["name"] for c in connections if c["name"] not in down],
@@ -442,7 +500,9 @@ class Swanctl:
     def __init__(self, module):
         self.module = module
         # Not required: removing nothing must work where strongSwan was never installed.
-        self.swanctl = module.get_bin_path("swanctl") or "swanctl"
+        found = module.get_bin_path("swanctl")
+        self.installed = found is not None
+        self.swanctl = found or "swanctl"
 
     def run(self, *args, check=True):
         argv = [self.swanctl, *args]
@@ -450,6 +510,16 @@ class Swanctl:
         if check and rc != 0:
             raise IpsecError(f"'{' '.join(argv)}' failed (rc={rc}): {(err or out).strip()}", err)
         return rc, out
+
+    def version(self):
+        """strongSwan's version, (5, 9, 8), or None if unknown. Read-only, and needs no
+        charon: without one swanctl fails to connect but names its version all the
+        same (in its usage). Not installed (check mode before the role's apt task
+        ran): None, nothing run."""
+        if not self.installed:
+            return None
+        _rc, out, err = self.module.run_command([self.swanctl, "--version"], check_rc=False)
+        return parse_version(f"{out or ''}\n{err or ''}")
 
     def loaded(self):
         """Names of the connections charon holds now."""
@@ -498,20 +568,23 @@ def run_module(
     if checkpoint is None and params["rollback_timeout"] > 0 and not check_mode:
         checkpoint = Checkpoint(module)
     old = read_file(path)
-    new = (
-        render(
-            connections,
-            params["keys"] or {},
-            params["ike_proposals"],
-            params["esp_proposals"],
-            params["dpd_delay"],
-        )
-        if present and connections
-        else None
-    )
+    new = None
     try:
         swanctl = swanctl or Swanctl(module)
         systemd = systemd or Systemd(module)
+        # Whether charon initiates what it loads (strongSwan 5.9.6 and later): asked
+        # once, only with a file to write, in check mode too (the same file).
+        start = True
+        if present and connections:
+            start = initiates_at_load(swanctl.version())
+            new = render(
+                connections,
+                params["keys"] or {},
+                params["ike_proposals"],
+                params["esp_proposals"],
+                params["dpd_delay"],
+                start=start,
+            )
         running = systemd.is_active(SERVICE)
         loaded = swanctl.loaded() if running else set()
         wanted = {c["name"] for c in connections}
@@ -526,8 +599,8 @@ def run_module(
         if running and (new != old or not wanted <= loaded):
             steps.append("swanctl --load-all")
         steps += [f"swanctl --terminate --ike {name}" for name in stale]
-        # The links charon initiates itself when the file is loaded (start_action):
-        # all at a start, else the new and changed ones, whose old SAs it closes.
+        # The links charon loads anew: all at a start, else the new and changed ones,
+        # whose old SAs it closes; and initiates itself (start_action), if it can.
         changed = {
             name
             for name, block in connection_blocks(new).items()
@@ -561,13 +634,14 @@ def run_module(
                 write_atomic(module, path, new, mode=0o600)
             if new is not None and not systemd.is_enabled(SERVICE):
                 systemd.run("enable", SERVICE)
-            since = clock()  # charon initiates what it loads from here on
             if new is not None and not running:
                 systemd.run("start", SERVICE)  # its ExecStartPost loads the file
             elif running:
                 swanctl.load_all()
             for name in stale:
                 swanctl.terminate(name)
+            # The answer and up timeouts count from here: a slow load eats neither.
+            since = clock()
         # Every link up before the play goes on (initiating one changes no
         # configuration: not a change); in check mode only how they are now.
         if new is not None and check_mode:
@@ -577,7 +651,7 @@ def run_module(
                 swanctl,
                 connections,
                 since,
-                loaded=starting,
+                loaded=starting if start else (),
                 replaced=replaced,
                 up_timeout=params["up_timeout"],
                 answer_timeout=params["answer_timeout"],

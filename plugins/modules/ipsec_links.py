@@ -19,6 +19,11 @@ description:
     the connection at once, when it is loaded and at boot. Dead peers are detected (DPD)
     and a link whose peer was not ready is keyed by its next packet, or by the peer when
     it loads the link.
+  - C(trap|start) needs strongSwan 5.9.6 or later, which the call asks of
+    C(swanctl --version) (an unknown version is taken for a recent one). Older ones
+    (Debian 11 has 5.9.1) get C(start_action = trap) instead; the call still initiates
+    the links and leaves them up, but after a reboot a link is keyed by its first packet,
+    or by its peer.
   - Links are up when the call returns, so the first packet after a run is delivered (a
     link keyed on demand drops its first packets while IKE runs). The call initiates every
     link that is down and idle and waits for all of them at once, at most O(up_timeout)
@@ -28,7 +33,10 @@ description:
     Initiating is no change of configuration; RV(links) tells what became of each link.
   - When both ends initiate at the same moment, two IKE_SAs are set up; the call closes
     the one both ends agree on (all but the lowest initiator SPI). An IKE_SA set up while
-    another with the same peer is established replaces it (C(unique = replace)).
+    another with the same peer is established replaces it (C(unique = replace)). A link
+    whose duplicate was closed counts as up once the call sees it up with no duplicate
+    left; if the close left it without any IKE_SA, the call initiates it again, within
+    the same wait.
   - The connections and keys are written to one file of the collection's own, O(path)
     (mode 0600), atomically and only when it changes; C(strongswan.service) (charon-systemd)
     is enabled and started, and loads it at boot. After a change C(swanctl --load-all)
@@ -168,7 +176,8 @@ links:
     down:
       description:
         - Links without, each with why (no answer from the peer, refused or failed,
-          still negotiating at the deadline; in check mode, not initiated).
+          still negotiating or a duplicate IKE_SA still closing at the deadline, down
+          after its duplicate IKE_SA was closed; in check mode, not initiated).
       type: dict
     initiated:
       description: Links this call initiated, or had charon initiate by loading them.
@@ -180,8 +189,8 @@ links:
       type: list
       elements: str
     waited:
-      description: Seconds from loading the file (or from the start of the wait) until
-        the links were settled.
+      description: Seconds from the end of loading the file (or from the start of the
+        wait) until the links were settled.
       type: float
 """
 

@@ -39,11 +39,17 @@ class FakeSwanctl:
 
     swanctl = "/usr/sbin/swanctl"
 
-    def __init__(self, path, loaded=(), systemd=None):
+    def __init__(self, path, loaded=(), systemd=None, strongswan=(5, 9, 8)):
         self.path = path
         self.loaded_names = set(loaded)
         self.systemd = systemd
+        self.strongswan = strongswan  # Debian 12's; Debian 11 has 5.9.1
+        self.versions = 0
         self.calls = []
+
+    def version(self):
+        self.versions += 1
+        return self.strongswan
 
     def loaded(self):
         return set(self.loaded_names)
@@ -178,6 +184,69 @@ def test_absent_removes_the_file_and_closes_everything(tmp_path):
     assert swanctl.calls == ["load-all", "terminate sl-brooklyn"]
     again, swanctl, _unused = run(p)
     assert not again.result["changed"] and swanctl.calls == []
+
+
+def test_strongswan_before_5_9_6_gets_a_file_it_can_load(tmp_path):
+    """``start_action = trap|start`` is 5.9.6's: 5.9.1 (Debian 11) refuses the file. The
+    same file in check mode as in a real run, and a second run changes nothing."""
+    path = str(tmp_path / "sitelink-gateway.conf")
+    checked, swanctl, _unused = run(
+        params(tmp_path), check=True, diff=True, swanctl=FakeSwanctl(path, strongswan=(5, 9, 1))
+    )
+    assert checked.result["changed"] and swanctl.versions == 1
+    done, swanctl, _unused = run(
+        params(tmp_path), diff=True, swanctl=FakeSwanctl(path, strongswan=(5, 9, 1))
+    )
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    assert "start_action = trap" in lines and "start_action = trap|start" not in lines
+    assert "dpd_action = trap" in lines and "close_action = trap" in lines
+    assert done.result["diff"]["after"] == checked.result["diff"]["after"]
+    again, swanctl, _unused = run(
+        params(tmp_path), swanctl=FakeSwanctl(path, {"sl-brooklyn"}, strongswan=(5, 9, 1))
+    )
+    assert not again.result["changed"] and swanctl.calls == [] and swanctl.versions == 1
+
+
+def test_strongswan_5_9_6_and_later_or_unknown_initiate_at_load(tmp_path):
+    path = tmp_path / "sitelink-gateway.conf"
+    for version in ((5, 9, 6), (5, 9, 8), (6, 0, 0), None):
+        run(params(tmp_path), swanctl=FakeSwanctl(str(path), strongswan=version))
+        assert "        start_action = trap|start\n" in path.read_text(), version
+    # Nothing to write, nothing asked.
+    done, swanctl, _unused = run(params(tmp_path, state="absent"))
+    assert done.result["changed"] and swanctl.versions == 0
+
+
+def test_the_version_is_read_with_or_without_charon_running():
+    assert ipsec.parse_version("strongSwan swanctl 5.9.8\n") == (5, 9, 8)
+    # charon not running: swanctl fails to connect, and names its version in its usage.
+    usage = (
+        "Error: connecting to 'default' URI failed: No such file or directory\n"
+        "strongSwan 5.9.1 swanctl\nusage:\n  swanctl --version [--raw|--pretty]\n"
+    )
+    assert ipsec.parse_version(usage) == (5, 9, 1)
+    assert ipsec.parse_version("strongSwan swanctl 5.9.14dr2") == (5, 9, 14)
+    assert ipsec.parse_version("") is None and ipsec.parse_version("swanctl: 5.9") is None
+
+    class Module(FakeModule):
+        def __init__(self, found, answer):
+            super().__init__({})
+            self.found, self.answer, self.argv = found, answer, []
+
+        def get_bin_path(self, name):
+            return "/usr/sbin/swanctl" if self.found else None
+
+        def run_command(self, argv, check_rc=False):
+            self.argv.append(argv)
+            return self.answer
+
+    module = Module(True, (2, "", usage))
+    assert ipsec.Swanctl(module).version() == (5, 9, 1)
+    assert module.argv == [["/usr/sbin/swanctl", "--version"]]
+    assert ipsec.Swanctl(Module(True, (0, "garbled", ""))).version() is None
+    # Not installed (check mode before the ipsec role's apt task ran): nothing run.
+    module = Module(False, (0, "", ""))
+    assert ipsec.Swanctl(module).version() is None and module.argv == []
 
 
 def test_nothing_to_remove_where_strongswan_never_ran(tmp_path):

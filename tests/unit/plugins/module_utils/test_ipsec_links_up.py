@@ -102,18 +102,35 @@ class Ike:
         self.established = False  # else as its peer behaves
 
 
+class Listed(list):
+    """swanctl's list of SAs, counting how many times it is read through."""
+
+    reads = 0
+
+    def __iter__(self):
+        Listed.reads += 1
+        return super().__iter__()
+
+
 class FakeCharon:
     """The IKE_SAs charon holds, as the module's swanctl sees them. ``peers``: link ->
     "silent", "refuses", or the seconds after which the peer has set the link up."""
 
     swanctl = "/usr/sbin/swanctl"
 
-    def __init__(self, clock, peers):
+    def __init__(self, clock, peers, strongswan=(5, 9, 8)):
         self.clock, self.peers = clock, dict(peers)
+        self.strongswan = strongswan
+        self.versions = 0
         self.ikes = []
         self.calls = []
         self.listed = 0
         self.next_id = 1
+
+    def version(self):
+        self.clock.now += SWANCTL_COST
+        self.versions += 1
+        return self.strongswan
 
     def start(self, name, initiator=True, spi=None, at=None):
         ike = Ike(name, self.next_id, self.clock.now if at is None else at, initiator, spi)
@@ -155,7 +172,7 @@ class FakeCharon:
         self.listed += 1
         views = [(ike, self._view(ike)) for ike in self.ikes]
         self.ikes = [ike for ike, view in views if view is not None]
-        return [view for _ike, view in views if view is not None]
+        return Listed(view for _ike, view in views if view is not None)
 
     def initiate(self, name):
         self.clock.now += SWANCTL_COST
@@ -359,7 +376,107 @@ def test_a_second_ike_sa_being_negotiated_is_awaited_and_closed():
     second = charon.start("sl-a", initiator=False, spi="00000000000000ff")  # the peer's
     links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")])
     assert links["duplicates_closed"] == [f"sl-a #{second.uniqueid}"]
-    assert 1.0 <= links["waited"] < 2.0
+    # Closed once it is up, and the link reported up by the next poll, which sees it gone.
+    assert links["up"] == ["sl-a"] and charon.calls == [f"terminate #{second.uniqueid}"]
+    assert 1.0 <= links["waited"] < 2.5
+
+
+def both_up_and_the_peer_deletes_ours_too(charon, clock):
+    """Both ends initiated at once; the peer's ``unique = replace`` kept the newer IKE_SA
+    and the lowest-SPI rule the older one: closing the duplicate leaves the link none."""
+    ours = charon.up("sl-a", spi="0aaaaaaaaaaaaaaa")
+    theirs = charon.up("sl-a", spi="0bbbbbbbbbbbbbbb", initiator=False)
+    terminate = charon.terminate_ike_id
+
+    def terminate_both(uniqueid):
+        terminate(uniqueid)
+        ours.closing_at = clock.now
+
+    charon.terminate_ike_id = terminate_both
+    return ours, theirs
+
+
+def test_a_link_left_without_sas_by_closing_its_duplicate_is_initiated_again():
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 0.5})
+    ours, theirs = both_up_and_the_peer_deletes_ours_too(charon, clock)
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")])
+    assert links["up"] == ["sl-a"] and links["down"] == {}
+    assert links["duplicates_closed"] == [f"sl-a #{theirs.uniqueid}"]
+    assert charon.calls == [f"terminate #{theirs.uniqueid}", "initiate sl-a"]
+    assert links["initiated"] == ["sl-a"]
+    (now_up,) = charon.ikes
+    assert now_up not in (ours, theirs) and clock.now - now_up.started >= 0.5
+
+
+def test_a_link_that_closing_its_duplicate_left_down_is_reported_down_with_why():
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 0.5})
+    _ours, theirs = both_up_and_the_peer_deletes_ours_too(charon, clock)
+    terminate = charon.terminate_ike_id
+
+    def terminate_and_refuse(uniqueid):
+        terminate(uniqueid)
+        charon.peers["sl-a"] = "refuses"  # e.g. the peer's run just unloaded the link
+
+    charon.terminate_ike_id = terminate_and_refuse
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")])
+    assert links["up"] == [] and links["down"] == {
+        "sl-a": "down after its duplicate IKE_SA was closed: refused by 172.17.2.10, or "
+        "failed (strongSwan's log says why)"
+    }
+    # Initiated again, at most MAX_INITIATIONS times, and within the deadline.
+    assert charon.calls == [f"terminate #{theirs.uniqueid}"] + ["initiate sl-a"] * 2
+    assert links["waited"] < 15.0
+
+
+def test_a_link_that_loses_both_ike_sas_each_time_is_initiated_at_most_twice():
+    """Both ends initiate again at the same moment each time, and closing the duplicate
+    takes both IKE_SAs each time: given up within MAX_INITIATIONS, with why."""
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 0.5})
+
+    def both_ends(name):
+        charon.calls.append("initiate " + name)
+        charon.start(name, spi=f"0a{charon.next_id:014x}")
+        charon.start(name, initiator=False, spi=f"0b{charon.next_id:014x}")
+
+    def terminate_all(uniqueid):
+        charon.calls.append("terminate")
+        for ike in charon.ikes:
+            ike.closing_at = clock.now
+
+    charon.initiate, charon.terminate_ike_id = both_ends, terminate_all
+    both_ends("sl-a")
+    charon.calls.clear()
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")])
+    assert links["down"] == {
+        "sl-a": "down after its duplicate IKE_SA was closed: initiated 2 times already"
+    }
+    assert charon.calls == ["terminate", "initiate sl-a"] * 2 + ["terminate"]
+    assert len(links["duplicates_closed"]) == 3 and links["waited"] < 15.0
+
+
+def test_a_duplicate_still_listed_after_its_close_is_waited_for_not_closed_twice():
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 0.5})
+    charon.up("sl-a", spi="0aaaaaaaaaaaaaaa")
+    theirs = charon.up("sl-a", spi="0bbbbbbbbbbbbbbb", initiator=False)
+    charon.terminate_ike_id = lambda uniqueid: (
+        charon.calls.append(f"terminate #{uniqueid}"),
+        setattr(theirs, "closing_at", clock.now + 1.2),
+    )
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")])
+    assert links["up"] == ["sl-a"] and charon.calls == [f"terminate #{theirs.uniqueid}"]
+    assert links["waited"] >= 1.2
+    # Not gone by the deadline: not reported up.
+    clock = Clock()
+    charon = FakeCharon(clock, {"sl-a": 0.5})
+    charon.up("sl-a", spi="0aaaaaaaaaaaaaaa")
+    charon.up("sl-a", spi="0bbbbbbbbbbbbbbb", initiator=False)
+    charon.terminate_ike_id = lambda uniqueid: charon.calls.append(uniqueid)
+    links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")], up_timeout=3)
+    assert links["down"] == {"sl-a": "closing its duplicate IKE_SA"} and len(charon.calls) == 1
 
 
 def test_an_unanswered_ike_sa_beside_an_up_link_is_not_awaited():
@@ -391,6 +508,19 @@ def test_a_hub_with_hundreds_of_links_waits_once_for_all():
     assert links["waited"] <= 6.0
 
 
+def test_each_poll_reads_the_list_of_sas_once_not_once_per_link():
+    clock = Clock()
+    peers = {f"sl-{i:03d}": 0.5 + i % 5 / 10 for i in range(300)}
+    charon = FakeCharon(clock, peers)
+    for name in peers:
+        charon.up(name)
+        charon.start(name, initiator=False)  # a second IKE_SA of each, being negotiated
+    Listed.reads = 0
+    links = bring_up(charon, clock, [link(name, "172.17.2.10") for name in peers])
+    assert len(links["up"]) == 300 and len(links["duplicates_closed"]) == 300
+    assert Listed.reads <= 2 * charon.listed
+
+
 def test_hundreds_of_idle_links_are_initiated_in_one_pass():
     clock = Clock()
     peers = {f"sl-{i:03d}": 1.0 for i in range(200)}
@@ -409,10 +539,12 @@ class ModuleCharon(FakeCharon):
     """FakeCharon behind the module: loading the file runs the start actions of the new
     and changed connections, and closes the SAs of the changed ones."""
 
-    def __init__(self, clock, peers, path, loaded=()):
-        super().__init__(clock, peers)
+    def __init__(self, clock, peers, path, loaded=(), strongswan=(5, 9, 8), load_takes=0.0):
+        super().__init__(clock, peers, strongswan)
         self.path = path
         self.blocks = {name: None for name in loaded}
+        self.load_takes = load_takes
+        self.loaded_at = None
 
     def loaded(self):
         return set(self.blocks)
@@ -420,14 +552,20 @@ class ModuleCharon(FakeCharon):
     def load_all(self):
         self.calls.append("load-all")
         text = Path(self.path).read_text() if os.path.exists(self.path) else ""
+        if "trap|start" in text and self.strongswan < (5, 9, 6):
+            # What swanctl --load-all says, and the module fails with.
+            raise ipsec.IpsecError("loading connection 'sl-a' failed: invalid value")
+        self.clock.now += self.load_takes
         blocks = ipsec.connection_blocks(text)
         for name, block in blocks.items():
             if self.blocks.get(name, "new") != block:
                 for ike in self.ikes:
                     if ike.name == name:
                         ike.closing_at = self.clock.now + 0.3
-                self.start(name)
+                if "trap|start" in block:
+                    self.start(name)
         self.blocks = blocks
+        self.loaded_at = self.clock.now
 
     def terminate(self, name):
         self.calls.append("terminate " + name)
@@ -484,6 +622,29 @@ def test_a_changed_link_is_keyed_again_before_the_call_returns(tmp_path):
     assert changed["changed"] and changed["links"]["up"] == ["sl-a"]
     (after,) = charon.ikes
     assert after is not before and clock.now - after.started >= 1.0
+
+
+def test_strongswan_before_5_9_6_links_are_initiated_by_the_module(tmp_path):
+    """Debian 11 (5.9.1): no ``trap|start``, so charon initiates nothing at load (nor at
+    boot); the module initiates the links, and they are up when it returns."""
+    clock = Clock()
+    path = str(tmp_path / "sitelink-gateway.conf")
+    charon = ModuleCharon(clock, {"sl-a": 1.0}, path, strongswan=(5, 9, 1))
+    done = run(tmp_path, charon, clock)
+    assert done["changed"] and done["links"]["up"] == ["sl-a"]
+    assert charon.calls == ["load-all", "initiate sl-a"] and charon.versions == 1
+    charon.calls.clear()
+    again = run(tmp_path, charon, clock)
+    assert not again["changed"] and charon.calls == [] and charon.versions == 2
+
+
+def test_a_slow_load_does_not_eat_the_answer_timeout(tmp_path):
+    clock = Clock()
+    path = str(tmp_path / "sitelink-gateway.conf")
+    charon = ModuleCharon(clock, {"sl-a": "silent"}, path, load_takes=4.0)
+    done = run(tmp_path, charon, clock)
+    assert done["links"]["down"] == {"sl-a": "no answer from 172.17.2.10 in 5 s"}
+    assert clock.now - charon.loaded_at >= 5.0
 
 
 def test_check_mode_initiates_nothing_and_tells_which_links_are_down(tmp_path):
