@@ -24,10 +24,13 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import
     describe_problems,
 )
 
-# A variable outside the office_ prefix this close to a known one is a typo
-# (ofice_role: 0.95, office-role: 0.91), not another role's variable
-# (notice_role: 0.82, ansible_host: 0.38); difflib's ratio.
+# An office_* look-alike (Office_lan_interfce, ofice_lan_adress) this close to a known
+# variable is a typo of it; difflib's ratio.
 NEAR_MISS_CUTOFF = 0.85
+# The collection's other roles' variables are theirs, whatever they look like
+# (firewall_input_policy is 0.87 from office_firewall_input_policy).
+ROLE_PREFIXES = ("firewall_", "ipsec_", "kernel_", "masquerade_", "relay_", "tunnel_")
+OFFICE = "office"
 # Printed in full up to this many gateways by console: auto.
 CONSOLE_AUTO_GATEWAYS = 20
 
@@ -87,14 +90,44 @@ def office_variables(hostvars, hosts) -> OfficeInventory:
 @functools.lru_cache(maxsize=4096)
 def near_miss(name: str) -> Optional[str]:
     """The office variable ``name`` (not spelled office_*) most likely meant: the known
-    name, "" for an office_* look-alike with no close match, None for any other variable."""
+    name, "" for an office_* look-alike with no close match, None for any other variable.
+
+    A look-alike is "office" with dashes or capitals (office-role, Office_lan_interfce),
+    with one typo (ofice_role, offcie_role: a letter missing, added, changed, or two
+    swapped) or without the "_" after it (officerole). Another word that starts like it
+    is another variable (officer_name, offices_role, offline_role), and the collection's
+    other roles' variables are theirs.
+    """
     spelled = name.lower().replace("-", "_")
     if spelled in schema.BY_NAME:
         return spelled
-    close = difflib.get_close_matches(spelled, schema.BY_NAME, n=1, cutoff=NEAR_MISS_CUTOFF)
-    if close:
-        return close[0]
-    return "" if spelled.startswith("office_") else None
+    if not spelled.startswith("of") or spelled.startswith(ROLE_PREFIXES):
+        return None
+    head, separated, rest = spelled.partition("_")
+    if separated and _mistyped_office(head):
+        meant = f"{OFFICE}_{rest}"
+        close = difflib.get_close_matches(meant, schema.BY_NAME, n=1, cutoff=NEAR_MISS_CUTOFF)
+        return close[0] if close else ""
+    meant = f"{OFFICE}_{spelled[len(OFFICE) :]}"
+    return meant if spelled.startswith(OFFICE) and meant in schema.BY_NAME else None
+
+
+def _mistyped_office(word: str) -> bool:
+    """``word`` is "office", or it with one typo; not another word that starts with it
+    (officer, offices)."""
+    if word.startswith(OFFICE):
+        return word == OFFICE
+    # Optimal string alignment distance: an edit, or two neighbours swapped, counts one.
+    rows = [list(range(len(OFFICE) + 1))]
+    for i, a in enumerate(word, 1):
+        row = [i]
+        for j, b in enumerate(OFFICE, 1):
+            cost = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a != b))
+            if i > 1 and j > 1 and a == OFFICE[j - 2] and word[i - 2] == b:
+                cost = min(cost, rows[-2][j - 2] + 1)
+            row.append(cost)
+        rows.append(row)
+    return rows[-1][-1] <= 1
 
 
 def office_groups(groups, hosts) -> list[tuple[str, frozenset[str]]]:

@@ -364,20 +364,6 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _without_secrets(spec: schema.Field, value: Any) -> Any:
-    """``value`` as a message may show it: every secret sub-option (an external peer's
-    psk) replaced by "<hidden>"."""
-    secret = {o.name for o in spec.options if o.secret}
-    if not secret or not isinstance(value, list):
-        return value
-    return [
-        {k: "<hidden>" if k in secret else v for k, v in item.items()}
-        if isinstance(item, dict)
-        else item
-        for item in value
-    ]
-
-
 def _deployment(
     office_vars: dict[str, dict[str, Any]], names: dict[str, str], errors: list[str]
 ) -> dict[str, Any]:
@@ -390,7 +376,8 @@ def _deployment(
         reference = next(v for v in seen.values() if _canonical(v) == majority) if seen else None
         for host, value in sorted(seen.items()):
             if _canonical(value) != majority:
-                shown = "its value" if spec.secret else repr(_without_secrets(spec, value))
+                shown = schema.without_secrets(spec, value)
+                shown = "its value" if shown == schema.HIDDEN else repr(shown)
                 errors.append(
                     f"office {names[host]!r} (host {host}): {spec.name}: {shown} differs from "
                     "the other offices; a deployment-wide variable must be the same everywhere "

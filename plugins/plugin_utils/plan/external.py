@@ -13,7 +13,7 @@ gateways get (``sections.relay``), made for their gateway.
 
 It never holds a key: the IPsec key is a placeholder (the key is given to them
 apart), and their relay keys are derived from it with a command they run
-(HKDF-SHA256, as ``secrets.link_key``).
+(HKDF-SHA256, as ``secrets.link_key``), which asks for the key.
 """
 
 from __future__ import annotations
@@ -114,15 +114,20 @@ def _their_gateway(plan: NetworkPlan, peer: Office) -> GatewayPlan:
 
 def relay_key_command(a: str, b: str) -> str:
     """The command that prints the relay key of the link between ``a`` and ``b`` from
-    the peer's key (OpenSSL 3): HKDF-SHA256 as ``secrets.link_key`` does it."""
+    the peer's key (OpenSSL 3): HKDF-SHA256 as ``secrets.link_key`` does it.
+
+    The key is never part of it: ``openssl kdf`` takes its key only as an argument,
+    typed into the shell (its history) and on openssl's command line (the process
+    list); ``openssl pkeyutl -pkeyopt_passin key`` asks for it on the terminal, not
+    echoed (``key:file:<file>``: the first line of a file)."""
     first, second = sorted((a, b))
     info = b"\0".join((b"relay", first.encode(), second.encode())).hex()
     salt = secrets.SALT.decode()
     return (
-        "openssl kdf -keylen 32 -kdfopt digest:SHA256 \\\n"
-        f"  -kdfopt key:'{PLACEHOLDER}' \\\n"
-        f"  -kdfopt salt:{shlex.quote(salt)} \\\n"
-        f"  -kdfopt hexinfo:{info} HKDF | tr -d : | tr A-F a-f"
+        "openssl pkeyutl -derive -kdf HKDF -kdflen 32 -pkeyopt md:SHA256 \\\n"
+        f"  -pkeyopt salt:{shlex.quote(salt)} \\\n"
+        f"  -pkeyopt hexinfo:{info} \\\n"
+        "  -pkeyopt_passin key | od -An -tx1 -v | tr -d ' \\n'; echo"
     )
 
 
@@ -176,6 +181,8 @@ def peer_text(plan: NetworkPlan, name: str) -> str:
             }
             for lk, o in zip(links, ours)
         ]
+        # start_action = trap|start, as ours: strongSwan refuses it before this version.
+        since = ".".join(map(str, ipsec_utils.TRAP_AND_START_SINCE))
         heading(
             "IPsec, strongSwan: a file in /etc/swanctl/conf.d/ (mode 0600), the key you were given"
         )
@@ -192,8 +199,13 @@ def peer_text(plan: NetworkPlan, name: str) -> str:
             "   PRF HMAC-SHA256, DH group 31 = Curve25519); one CHILD_SA in transport mode for IP",
             f"   protocol 4 between the two addresses, ESP proposal {ipsec_utils.ESP_PROPOSALS} "
             "(no PFS group);",
-            f"   dead peer detection every {ipsec_utils.DPD_DELAY} s. Both ends trap: the first "
-            "IPIP packet starts IKE.",
+            f"   dead peer detection every {ipsec_utils.DPD_DELAY} s. Both ends initiate IKE when "
+            "the connection is loaded and",
+            "   keep the trap, so that traffic starts it again once it is down: start_action = "
+            "trap|start",
+            f"   (strongSwan {since} or later; on older versions use start_action = trap, and the "
+            "first IPIP",
+            "   packet starts IKE).",
             "   Our side drops IPIP from you that did not come out of ESP, and yours should too.",
         ]
 
@@ -302,7 +314,10 @@ def _relay_lines(plan: NetworkPlan, gw: GatewayPlan, peer: Office) -> list[str]:
             )
         ),
         "",
-        "   Each link's relay key is derived from the key you were given (OpenSSL 3):",
+        "   Each link's relay key is derived from the key you were given (OpenSSL 3). Each command",
+        "   asks for the key (Enter key:, not echoed): typed into a command line, it would stay in",
+        "   the shell's history and show in the process list. `-pkeyopt_passin key:file:<file>`",
+        "   reads it from the first line of a file (mode 0600) instead.",
     ]
     for entry in config["peers"].values():
         lines += [

@@ -541,9 +541,74 @@ def _convert(kind: str, value: Any) -> tuple[bool, Any]:
     return True, value
 
 
-def _describe(value: Any) -> str:
+# --------------------------------------------------------------------------- secrets in messages
+
+HIDDEN = "<hidden>"
+
+
+def holds_secret(spec: Field) -> bool:
+    """Whether a value of ``spec`` is, or may contain, a secret (no_log): the field
+    itself, or any of its sub-options at any depth (an external peer's psk)."""
+    return spec.secret or any(holds_secret(o) for o in spec.options)
+
+
+def without_secrets(spec: Field, value: Any) -> Any:
+    """``value`` as a message may show it: every secret in it replaced by HIDDEN.
+
+    In a field that holds a secret, only what the schema knows is no secret is kept:
+    the known sub-options that hold none. A key it does not know (a misspelled psk)
+    is hidden with its value, and so is a value of a shape it does not take (a string
+    where a list of mappings is due: an INI inventory's, or an entry written on one
+    line), which may hold a key anywhere. A mapping where a list of them is due (the
+    dash forgotten) is read as one entry.
+    """
+    if spec.secret:
+        return HIDDEN
+    if not holds_secret(spec):
+        return value
+    if isinstance(value, dict) and spec.options:
+        options = {o.name: o for o in spec.options}
+        return {
+            key: without_secrets(options[key], item) if key in options else HIDDEN
+            for key, item in value.items()
+        }
+    if isinstance(value, list) and spec.type == "list":
+        return [without_secrets(_entry(spec), item) for item in value]
+    return HIDDEN
+
+
+def _entry(spec: Field) -> Field:
+    """What each element of list ``spec`` is: a mapping of its options, or its elements."""
+    if spec.options:
+        return Field(spec.name, "dict", (), options=spec.options)
+    return Field(spec.name, spec.elements or "raw", (), secret=spec.secret)
+
+
+_KINDS = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a mapping",
+    type(None): "null",
+}
+
+
+def _describe(spec: Field, value: Any) -> str:
+    """``value`` as a message names it: its text, cut at 60 characters; but never a
+    part of a secret, nor of a value that may hold one (a field with a secret among its
+    sub-options): "the value", and what it is."""
+    if spec.secret:
+        return "the value"
+    if holds_secret(spec):
+        kind = next((k for t, k in _KINDS.items() if type(value) is t), type(value).__name__)
+        return f"the value ({kind}, not shown: it may hold a key)"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+# --------------------------------------------------------------------------- checks
 
 
 def check_value(spec: Field, value: Any, where: str, bad: Callable[[str, str], None]) -> Any:
@@ -551,7 +616,7 @@ def check_value(spec: Field, value: Any, where: str, bad: Callable[[str, str], N
 
     Problems go to ``bad(where, message)``; the result is then None.
     """
-    shown = "the value" if spec.secret else _describe(value)  # never echo a secret back
+    shown = _describe(spec, value)  # never echo a secret back
     ok, converted = _convert(spec.type, value)
     if not ok:
         bad(where, f"{shown} is not {_TYPE_NAMES[spec.type]}")
@@ -565,7 +630,7 @@ def check_value(spec: Field, value: Any, where: str, bad: Callable[[str, str], N
             if spec.options:
                 items.append(_check_options(spec, item, f"{where}[{index}]", bad))
             elif spec.elements:
-                element = Field(spec.name, spec.elements, ())
+                element = Field(spec.name, spec.elements, (), secret=spec.secret)
                 items.append(check_value(element, item, f"{where}[{index}]", bad))
         if any(item is None for item in items):
             return None
@@ -579,7 +644,7 @@ def _check_options(spec: Field, value: Any, where: str, bad) -> Optional[dict[st
     """A mapping with sub-options: unknown keys, required keys, defaults, types."""
     known = ", ".join(o.name for o in spec.options)
     if not isinstance(value, dict):
-        bad(where, f"{_describe(value)} must be a mapping with the keys: {known}")
+        bad(where, f"{_describe(spec, value)} must be a mapping with the keys: {known}")
         return None
     failed = False
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from ansible.errors import AnsibleUndefinedVariable
 from ansible_collections.sitelink.gateway.plugins.action import office_plan as action
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import render
 from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (
     branch_offices,
 )
+
+ROOT = Path(action.__file__).resolve().parents[2]  # the collection
 
 
 def run_action(offices, groups=None, **args):
@@ -235,6 +239,10 @@ def test_problems_at_two_offices_that_differ_stay_two_lines():
         ("OFFICE_ROLE", "office_role"),
         ("offce_lan_address", "office_lan_address"),
         ("officerole", "office_role"),
+        ("offcie_role", "office_role"),  # two letters swapped
+        ("offfice-wan-mtu", "office_wan_mtu"),
+        ("Office_lan_interfce", "office_lan_interface"),
+        ("ofice_lan_adress", "office_lan_address"),  # and a typo after it
     ],
 )
 def test_a_near_miss_of_an_office_variable_is_warned_about(name, meant):
@@ -268,6 +276,37 @@ def test_other_variables_are_not_warned_about():
             notice_role="reception",  # 0.82 from office_role: another role's variable
             offices="a list of my own",
         )
+    assert run_action(offices)["warnings"] == []
+
+
+def role_variables() -> list[str]:
+    """Every variable the collection's roles declare, but the office role's own."""
+    names = set()
+    for path in sorted((ROOT / "roles").glob("*/meta/argument_specs.yml")):
+        for entry in yaml.safe_load(path.read_text())["argument_specs"].values():
+            names.update(entry.get("options", {}))
+    return sorted(n for n in names if not n.startswith("office_"))
+
+
+def test_the_roles_own_variables_are_all_found():
+    assert {"firewall_input_policy", "tunnel_peers", "relay_keys"} <= set(role_variables())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *role_variables(),  # firewall_input_policy is 0.87 from office_firewall_input_policy
+        "officer_name",  # another word: 0.96 from office_name
+        "offices_role",
+        "offline_role",
+        "offer_name",
+        "Officer-Name",
+    ],
+)
+def test_the_roles_variables_and_other_words_are_no_near_misses(name):
+    offices = branch_offices(2)
+    offices["office1-gw"][name] = "drop"
+    assert action.near_miss(name) is None
     assert run_action(offices)["warnings"] == []
 
 

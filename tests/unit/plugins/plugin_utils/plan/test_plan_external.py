@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 
 import pytest
 from ansible_collections.sitelink.gateway.plugins.module_utils import ipsec as ipsec_utils
@@ -165,6 +167,61 @@ def test_a_deployment_wide_mismatch_hides_the_key():
     problems = "\n".join(errors(offices))
     assert "office_external_peers: [{" in problems and "'psk': '<hidden>'" in problems
     assert PARTNER_PSK not in problems and "another-key-0123456789" not in problems
+
+
+def psk_first(psk=PARTNER_PSK, **extra) -> dict:
+    """A peer written with its key first: what a message cut at 60 characters shows."""
+    peer = external_partner(**extra)
+    del peer["psk"]
+    return {"psk": psk, **peer}
+
+
+def test_a_peer_written_as_a_mapping_that_differs_hides_the_key():
+    """The dash forgotten (a mapping, not a list of them), and another key at one office:
+    neither "differs from the other offices" nor "is not a list" shows a key."""
+    offices = offices_with()
+    for office in offices.values():
+        office["office_external_peers"] = psk_first()
+    offices["office2-gw"]["office_external_peers"] = psk_first("another-key-0123456789")
+    problems = "\n".join(errors(offices))
+    assert "office 'office2' (host office2-gw): office_external_peers: " in problems
+    assert "differs from the other offices" in problems
+    assert "deployment (every office): office_external_peers: the value" in problems
+    assert "is not a list" in problems
+    for key in (PARTNER_PSK, "another-key-0123456789"):
+        assert key not in problems
+        assert key[:8] not in problems  # not even cut short
+
+
+@pytest.mark.parametrize(
+    "peers",
+    [
+        psk_first(),  # the dash forgotten: not a list
+        [[psk_first()]],  # one dash too many: an entry that is not a mapping
+        [f"psk={PARTNER_PSK} name=partner"],  # an INI-style entry
+        json.dumps([psk_first()]),  # a list as a string (an INI inventory's value)
+        [psk_first(broadcast_relay="7000")],  # a bad sub-option beside the key
+        [dict(external_partner(), pks=PARTNER_PSK)],  # the key under a misspelled name
+    ],
+    ids=["mapping", "nested-list", "ini-entry", "string", "bad-sub-option", "misspelled-key"],
+)
+def test_a_badly_written_peer_is_refused_without_showing_its_key(peers):
+    offices = offices_with()
+    for office in offices.values():
+        office["office_external_peers"] = peers
+    problems = "\n".join(errors(offices))
+    assert "office_external_peers" in problems
+    assert PARTNER_PSK[:8] not in problems
+
+
+def test_a_deployment_wide_mismatch_hides_a_misspelled_key_too():
+    offices = offices_with(external_partner())
+    offices["office2-gw"]["office_external_peers"] = [
+        dict(external_partner(), pks="a-key-under-a-typo-0123")
+    ]
+    problems = "\n".join(errors(offices))
+    assert "'pks': '<hidden>'" in problems and "'name': 'partner'" in problems
+    assert "a-key-under-a-typo" not in problems and PARTNER_PSK not in problems
 
 
 def test_the_generated_specs_never_log_the_key():
@@ -438,6 +495,68 @@ def test_their_file_has_tunnels_firewall_and_relay_but_no_key():
     shown = text.split("# relay key of office0:\n", 1)[1].splitlines()[: len(command)]
     assert [line.strip() for line in shown] == [line.strip() for line in command]
     assert PARTNER_PSK not in text and psk_hex(PARTNER_PSK) not in text
+
+
+def test_their_ipsec_text_says_both_ends_initiate_and_keep_the_trap():
+    text = " ".join(
+        external.peer_text(plan_network(offices_with(external_partner())), "partner").split()
+    )
+    assert "start_action = trap|start" in text  # their swanctl file, ours swapped
+    assert "Both ends trap: the first IPIP packet starts IKE" not in text
+    assert (
+        "Both ends initiate IKE when the connection is loaded and keep the trap, so that "
+        "traffic starts it again once it is down: start_action = trap|start (strongSwan "
+        "5.9.6 or later; on older versions use start_action = trap, and the first IPIP "
+        "packet starts IKE)."
+    ) in text
+
+
+def openssl_3() -> bool:
+    found = shutil.which("openssl")
+    if not found:
+        return False
+    done = subprocess.run([found, "version"], capture_output=True, text=True, check=False)
+    return done.returncode == 0 and re.match(r"OpenSSL [3-9]\.", done.stdout) is not None
+
+
+@pytest.mark.skipif(not openssl_3(), reason="needs OpenSSL 3 (openssl pkeyutl -pkeyopt_passin)")
+@pytest.mark.parametrize("how", ["asked", "from a file"])
+def test_the_relay_keys_derived_as_their_file_says_are_ours(tmp_path, how):
+    """Each command the file gives derives the link's relay key our gateway has, with the
+    key never on its command line: asked for (stdin here: no terminal), or read from a file."""
+    offices = offices_with(
+        external_partner(relay_wire="authenticated", broadcast_relay=[{"port": 7000}])
+    )
+    offices["office1-gw"]["office_role"] = "hub"  # two hubs: two links, two keys
+    plan = plan_network(offices)
+    text = external.peer_text(plan, "partner")
+    flat = " ".join(text.split())
+    assert "typed into a command line, it would stay in the shell's history" in flat
+    assert "and show in the process list" in flat
+    commands = dict(re.findall(r"# relay key of (\S+):\n((?:.*\\\n)*.*\n)", text))
+    assert sorted(commands) == ["office0", "office1"]
+    key_file = tmp_path / "partner.key"
+    key_file.write_text(PARTNER_PSK + "\n")
+    for office, command in commands.items():
+        assert external.PLACEHOLDER not in command and "-pkeyopt_passin key |" in command
+        stdin = PARTNER_PSK + "\n"
+        if how == "from a file":
+            assert "`-pkeyopt_passin key:file:<file>` reads it from the first line" in flat
+            command = command.replace(
+                "-pkeyopt_passin key ", f"-pkeyopt_passin key:file:{key_file} "
+            )
+            stdin = ""
+        done = subprocess.run(
+            ["bash", "-c", command],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=True,
+            start_new_session=True,  # no terminal to ask on: openssl reads stdin
+        )
+        ours = secrets_of(plan, f"{office}-gw")["links"][f"{office}+partner"]["relay"]
+        assert done.stdout == ours + "\n"
+        assert ours == link_key(PARTNER_PSK, office, "partner", "relay")
 
 
 def test_an_unprotected_or_raw_peer_gets_no_ipsec_and_no_relay_config():
