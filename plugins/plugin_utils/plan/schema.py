@@ -602,7 +602,7 @@ def _describe(spec: Field, value: Any) -> str:
     if spec.secret:
         return "the value"
     if holds_secret(spec):
-        kind = next((k for t, k in _KINDS.items() if type(value) is t), type(value).__name__)
+        kind = _KINDS.get(type(value), type(value).__name__)  # exactly: a bool is no integer
         return f"the value ({kind}, not shown: it may hold a key)"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

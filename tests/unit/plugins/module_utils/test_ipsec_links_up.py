@@ -474,7 +474,7 @@ def test_a_duplicate_still_listed_after_its_close_is_waited_for_not_closed_twice
     charon = FakeCharon(clock, {"sl-a": 0.5})
     charon.up("sl-a", spi="0aaaaaaaaaaaaaaa")
     charon.up("sl-a", spi="0bbbbbbbbbbbbbbb", initiator=False)
-    charon.terminate_ike_id = lambda uniqueid: charon.calls.append(uniqueid)
+    charon.terminate_ike_id = charon.calls.append
     links = bring_up(charon, clock, [link("sl-a", "172.17.2.10")], up_timeout=3)
     assert links["down"] == {"sl-a": "closing its duplicate IKE_SA"} and len(charon.calls) == 1
 
