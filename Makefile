@@ -113,8 +113,10 @@ unit: setup
 	$(ANSIBLE_TEST) units --venv --python $(CONTROLLER_PYTHON)
 	$(PY) -m pytest -q relay/tests
 
+# Plays the tests run on localhost (connection local) keep their module files in
+# remote_tmp, which is ~/.ansible/tmp whatever ANSIBLE_HOME says.
 integration: setup deps
-	$(PY) -m pytest -q tests/integration
+	ANSIBLE_REMOTE_TMP=$(CURDIR)/.cache/ansible/remote-tmp $(PY) -m pytest -q tests/integration
 
 # The relay's package (relay/sitelink_relay) as the one file gateways run; a unit
 # test keeps the checked-in copy equal to a fresh build.

@@ -59,6 +59,14 @@ intersphinx_mapping = {}
 sitelink_roles_dir = "$link/roles"
 CONF
 
+# sphinx-init writes its own antsibull-docs.cfg for build.sh, without our logging
+# settings: antsibull would log to ~/antsibull.log, outside the checkout.
+sed -n '/^logging_cfg = {/,/^}/p' docs/antsibull-docs.cfg >>"$DEST/antsibull-docs.cfg"
+grep -q '^logging_cfg = {' "$DEST/antsibull-docs.cfg" || {
+  echo "build_docs: no logging_cfg in docs/antsibull-docs.cfg" >&2
+  exit 1
+}
+
 # The generated build.sh runs antsibull-docs, then sphinx-build: only with -W
 # does a warning (an unresolved reference, a broken toctree) fail this build.
 grep -Eq '^sphinx-build .* -W( |$)' "$DEST/build.sh" || {
