@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
@@ -30,18 +31,21 @@ UNREACHABLE = unreachable({"manhattan-gw": {}, "brooklyn-gw": {}})
 
 
 def run_playbook(
-    playbook: Path,
+    playbook: Path | str,  # a path, or a collection playbook (sitelink.gateway.plan)
     tmp_path: Path,
     *extra: str,
     connection: str = UNREACHABLE,
     cwd: Path = ROOT,
     inventory: Path = CASE_STUDY,
+    env: Optional[dict] = None,
 ) -> subprocess.CompletedProcess:
-    """ansible-playbook: ``inventory`` (the case study), then ``connection``, then ``extra``."""
+    """ansible-playbook: ``inventory`` (the case study), then ``connection``, then ``extra``;
+    with the checkout's ansible.cfg, or in ``env`` when given (the whole environment)."""
     (tmp_path / "connection.yml").write_text(connection)
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
-    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    if env is None:
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+        env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache/collections")
+        env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
     return subprocess.run(
         [
             str(BIN / "ansible-playbook"),

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 import yaml
-from playbook import BIN, CASE_STUDY, ROOT, UNREACHABLE, run_playbook, unreachable
+from playbook import CASE_STUDY, ROOT, UNREACHABLE, run_playbook, unreachable
 
 
 def run_plan(tmp_path, *extra: str):
@@ -28,7 +28,6 @@ def run_plan_as_installed(
     """sitelink.gateway.plan as a user runs the installed collection from a directory of
     their own: no ansible.cfg anywhere (the checkout's sets callback_result_format: yaml),
     Ansible's default callback and result format."""
-    (tmp_path / "connection.yml").write_text(connection)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
     env.update(
         HOME=str(tmp_path),  # no ~/.ansible.cfg either
@@ -38,21 +37,14 @@ def run_plan_as_installed(
         ANSIBLE_CALLBACK_RESULT_FORMAT="json",
     )
     assert not (tmp_path / "ansible.cfg").exists()
-    return subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            str(inventory),
-            "-i",
-            str(tmp_path / "connection.yml"),
-        ]
-        + ["sitelink.gateway.plan", *extra],
+    return run_playbook(
+        "sitelink.gateway.plan",
+        tmp_path,
+        *extra,
+        connection=connection,
         cwd=tmp_path,
+        inventory=inventory,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
     )
 
 
