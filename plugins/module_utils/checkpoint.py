@@ -7,9 +7,9 @@ saves what the change replaces (files, blobs, and the commands that bring the li
 state back) under ``/run/sitelink/checkpoint`` and starts, once, a transient systemd
 timer, ``sitelink-rollback.timer``. Unless ``confirm()`` (the
 ``sitelink.gateway.gateway_confirm`` module, run over a NEW connection) cancels it
-first, the timer runs the restore program written next to the saved state: it puts
-back every saved file, runs the commands, logs to the journal
-(``journalctl -u sitelink-rollback``), records what it did in
+first, the timer runs the restore program written next to the saved state (``restore.py``,
+the source of ``rollback_restore``): it puts back every saved file, runs the commands,
+logs to the journal (``journalctl -u sitelink-rollback``), records what it did in
 ``/run/sitelink/rollback.json`` and deletes the checkpoint.
 
 Both live on /run, a tmpfs: a reboot inside the window boots the NEW configuration
@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 
+from ansible_collections.sitelink.gateway.plugins.module_utils import rollback_restore
 from ansible_collections.sitelink.gateway.plugins.module_utils.persist import Systemd
 
 CHECKPOINT_DIR = "/run/sitelink/checkpoint"
@@ -62,163 +63,36 @@ PROGRAM = "restore.py"
 LOCK_WAIT = 60
 # How long the restore program waits for a module that holds the lock before it
 # restores anyway (a module should never take this long; a hung one must not
-# keep the gateway locked out).
-RESTORE_LOCK_WAIT = 120
+# keep the gateway locked out). Both travel in the manifest (lock_wait,
+# command_timeout); the restore program falls back to these same values.
+RESTORE_LOCK_WAIT = rollback_restore.LOCK_WAIT
 # Each restore command is killed after this long.
-COMMAND_TIMEOUT = 60
+COMMAND_TIMEOUT = rollback_restore.COMMAND_TIMEOUT
 # The lock is the process's: Checkpoint objects of one module share it (lock path -> fd).
 _HELD = {}
 _BLOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-# The restore program, written into the checkpoint directory at the first arm and run
-# by sitelink-rollback.service as: python3 restore.py <dir>/manifest.json
-RESTORE_PROGRAM = r'''# Written by sitelink.gateway (module_utils/checkpoint.py): do not edit.
-"""Restore what an unconfirmed sitelink.gateway change replaced, then forget it.
-
-Run by sitelink-rollback.timer; logs go to the journal (journalctl -u sitelink-rollback).
-"""
-import fcntl
-import json
-import os
-import shutil
-import subprocess
-import sys
-import time
-
-LOCK_WAIT = @LOCK_WAIT@
-COMMAND_TIMEOUT = @COMMAND_TIMEOUT@
+# The restore program's first line in the checkpoint directory; the rest is the source
+# of rollback_restore (imported above, so AnsiballZ ships it with every module that
+# uses this one).
+PROGRAM_HEADER = "# Written by sitelink.gateway (module_utils/checkpoint.py): do not edit.\n"
 
 
-def log(message):
-    print("sitelink-rollback: " + message, flush=True)
+def restore_program():
+    """The text of restore.py: the header and rollback_restore's source.
 
-
-def take_lock(path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    end = time.time() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except OSError:
-            if time.time() >= end:
-                log("%s still locked after %d s: restoring anyway" % (path, LOCK_WAIT))
-                return fd
-            time.sleep(0.2)
-
-
-def restore_file(entry):
-    path = entry["path"]
-    if entry.get("absent"):
-        if os.path.lexists(path):
-            os.unlink(path)
-            log("removed " + path + " (it did not exist before)")
-        return
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    tmp = os.path.join(directory, "." + os.path.basename(path) + ".sitelink-rollback")
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    if "link" in entry:
-        os.symlink(entry["link"], tmp)
-    else:
-        shutil.copyfile(entry["saved"], tmp)
-        os.chmod(tmp, entry["mode"])
-        try:
-            os.chown(tmp, entry["uid"], entry["gid"])
-        except PermissionError:
-            log("cannot give %s back to uid %d gid %d" % (path, entry["uid"], entry["gid"]))
-    os.replace(tmp, path)
-    log("restored " + path)
-
-
-def run(argv):
-    """Run one command; return an error text, or None."""
-    shown = " ".join(argv)
+    From the module's loader, so it works where module_utils are files and where they
+    are in AnsiballZ's zip (zipimport). Raises OSError when the source is not there.
+    """
+    name = rollback_restore.__name__
+    loader = getattr(rollback_restore, "__loader__", None)
     try:
-        proc = subprocess.run(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            universal_newlines=True,
-            timeout=COMMAND_TIMEOUT,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log("%s: %s" % (shown, exc))
-        return "%s: %s" % (shown, exc)
-    output = (proc.stdout or "").strip()
-    log("ran %s: rc=%d%s" % (shown, proc.returncode, (": " + output) if output else ""))
-    if proc.returncode != 0:
-        return "%s: rc=%d %s" % (shown, proc.returncode, output)
-    return None
-
-
-def write_json(path, data):
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def main(manifest_path):
-    directory = os.path.dirname(os.path.abspath(manifest_path))
-    lock = take_lock(directory + ".lock")
-    try:
-        with open(manifest_path) as fh:
-            manifest = json.load(fh)
-    except FileNotFoundError:
-        log("nothing to restore: the change was confirmed")
-        return 0
-    results = []
-    for resource in reversed(manifest["resources"]):
-        errors = []
-        log("restoring %s (saved %s)" % (resource["key"], resource["armed_at"]))
-        try:
-            for entry in resource["files"]:
-                try:
-                    restore_file(entry)
-                except OSError as exc:
-                    log("restoring %s: %s" % (entry["path"], exc))
-                    errors.append("%s: %s" % (entry["path"], exc))
-            for argv in resource["commands"]:
-                error = run(argv)
-                if error:
-                    errors.append(error)
-        except Exception as exc:  # one resource must not stop the others
-            log("restoring %s: %r" % (resource.get("key"), exc))
-            errors.append(repr(exc))
-        results.append({"key": resource["key"], "ok": not errors, "errors": errors})
-    record = {
-        "rolled_back_at": round(time.time(), 3),
-        "armed_at": manifest["armed_at"],
-        "deadline": manifest["deadline"],
-        "resources": results,
-    }
-    try:
-        write_json(manifest["record"], record)
-    except OSError as exc:
-        log("writing %s: %s" % (manifest["record"], exc))
-    shutil.rmtree(directory, ignore_errors=True)
-    failed = [r["key"] for r in results if not r["ok"]]
-    log("rolled back %s%s" % (
-        ", ".join(r["key"] for r in results) or "nothing",
-        ("; failed: " + ", ".join(failed)) if failed else "",
-    ))
-    os.close(lock)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
-'''.replace("@LOCK_WAIT@", str(RESTORE_LOCK_WAIT)).replace(
-    "@COMMAND_TIMEOUT@", str(COMMAND_TIMEOUT)
-)
+        source = loader.get_source(name) if loader is not None else None
+    except ImportError as exc:
+        raise OSError(f"the source of {name}: {exc}") from None
+    if not source:
+        raise OSError(f"the source of {name} is not available (only bytecode?)")
+    return PROGRAM_HEADER + source
 
 
 class CheckpointError(Exception):
@@ -550,6 +424,7 @@ class Checkpoint:
             raise CheckpointError("arm: " + "; ".join(errors))
 
     def _start_directory(self, timeout):
+        program = restore_program()  # before anything changes
         if self._state(TIMER) == "active":
             self.systemd.run("stop", TIMER, check=False)
         self.systemd.run("reset-failed", TIMER, SERVICE, check=False)
@@ -560,7 +435,7 @@ class Checkpoint:
             os.makedirs(parent, 0o755)
         os.mkdir(self.directory, 0o700)
         with open(os.path.join(self.directory, PROGRAM), "w", encoding="utf-8") as fh:
-            fh.write(RESTORE_PROGRAM)
+            fh.write(program)
         armed_at = round(self.clock(), 3)
         return {
             "version": 1,
@@ -569,6 +444,8 @@ class Checkpoint:
             "timeout": timeout,
             "unit": TIMER,
             "record": self.record,
+            "lock_wait": RESTORE_LOCK_WAIT,
+            "command_timeout": COMMAND_TIMEOUT,
             "resources": [],
         }
 

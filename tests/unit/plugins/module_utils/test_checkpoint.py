@@ -8,6 +8,7 @@ checkpoint writes is run for real, in a temporary directory, as the timer would.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -354,10 +355,20 @@ def test_restore_waits_for_the_module_that_holds_the_lock(gw, tmp_path):
     assert (tmp_path / "f").read_text() == "good\n"
 
 
-def test_the_restore_program_runs_on_python_3_9_syntax():
-    compile(cp.RESTORE_PROGRAM, "restore.py", "exec")
-    assert "@LOCK_WAIT@" not in cp.RESTORE_PROGRAM
-    assert f"LOCK_WAIT = {cp.RESTORE_LOCK_WAIT}" in cp.RESTORE_PROGRAM
+def test_the_restore_program_runs_on_python_3_9_syntax(gw):
+    gw.checkpoint().arm("a", [], [], 60)
+    with open(os.path.join(gw.directory, cp.PROGRAM), encoding="utf-8") as fh:
+        program = fh.read()
+    ast.parse(program, "restore.py", feature_version=(3, 9))
+    assert program.startswith(
+        "# Written by sitelink.gateway (module_utils/checkpoint.py): do not edit."
+    )
+    assert program == cp.restore_program()
+    # Its waits travel in the manifest.
+    manifest = gw.manifest()
+    assert manifest["lock_wait"] == cp.RESTORE_LOCK_WAIT == 120
+    assert manifest["command_timeout"] == cp.COMMAND_TIMEOUT == 60
+    assert manifest["version"] == 1
 
 
 # --------------------------------------------------------------------------
