@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
 # The general meaning of each attribute the collection's modules document. A
-# module extends these and sets its own support (and, where it helps, details):
+# module extends these and sets its own support (and, where it helps, details;
+# ACTION sets the support itself, see there):
 #
 #   extends_documentation_fragment:
 #     - sitelink.gateway.attributes
@@ -36,9 +37,12 @@ attributes:
 """
 
     # Modules whose work is done, at least in part, by an action plugin on the controller.
+    # Having one is all there is to it, so the support is set here too; a module adds
+    # only its details (what its action plugin does).
     ACTION = r"""
 attributes:
   action:
     description: Indicates this has a corresponding action plugin so some parts of the options
       can be executed on the controller.
+    support: full
 """

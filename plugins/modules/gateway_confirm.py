@@ -48,7 +48,6 @@ extends_documentation_fragment:
   - sitelink.gateway.attributes.platform
 attributes:
   action:
-    support: full
     details: The action plugin reconnects, then runs the module on the gateway.
   check_mode:
     support: full

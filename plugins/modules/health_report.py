@@ -56,7 +56,6 @@ extends_documentation_fragment:
   - sitelink.gateway.attributes.platform
 attributes:
   action:
-    support: full
     details: The report is built by the action plugin, on the controller.
   check_mode:
     support: full

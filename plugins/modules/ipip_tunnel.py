@@ -23,6 +23,15 @@ description:
   - Optionally writes an C(ip -batch) file that recreates the desired tunnels at boot.
   - With O(state=absent) it removes instead, in one call, every tunnel it owns, the boot file
     and the boot unit.
+  - With O(rollback_timeout), a change to live tunnels, the boot file or the boot unit (with
+    O(state=absent) too) first saves the current O(persist_path), unit file and enablement
+    link and the inverse of the change. The inverse is an C(ip -force -batch) file that
+    deletes every tunnel the change creates or modifies and rebuilds each one that existed,
+    exactly as it was (addresses, routes, MTU, TTL, alias, link state), and puts back routes
+    of other devices that a new tunnel route replaced. Tunnels the change does not touch, and
+    links without the ownership marker, are never named in it. Changes that join a pending
+    rollback add their own inverses, undone newest first, back to the state before the first
+    change.
 version_added: 0.1.0
 author: sitelink.gateway developers (!UNKNOWN)
 requirements:
@@ -31,6 +40,7 @@ requirements:
 extends_documentation_fragment:
   - sitelink.gateway.attributes
   - sitelink.gateway.attributes.platform
+  - sitelink.gateway.rollback
 attributes:
   check_mode:
     support: full
@@ -137,27 +147,6 @@ options:
       - Set to V(null) or an empty string to manage no unit. Ignored without O(persist_path).
     type: str
     default: sitelink-tunnels.service
-  rollback_timeout:
-    description:
-      - Seconds after which the gateway restores the previous state unless
-        M(sitelink.gateway.gateway_confirm) confirms. V(0) arms no rollback.
-      - When the call is about to change live tunnels, the boot file or the boot unit (not in
-        check mode, and with O(state=absent) too), it first saves the current O(persist_path),
-        unit file and enablement link and the inverse of the change under
-        C(/run/sitelink/checkpoint), and starts the transient C(sitelink-rollback.timer) if no
-        rollback is pending yet. The inverse is an C(ip -force -batch) file that deletes every
-        tunnel the change creates or modifies and rebuilds each one that existed, exactly as it
-        was (addresses, routes, MTU, TTL, alias, link state), and puts back routes of other
-        devices that a new tunnel route replaced. Tunnels the change does not touch, and links
-        without the ownership marker, are never named in it.
-      - When a rollback is already pending (another task, or an earlier unconfirmed run, armed
-        it), this change joins it with the deadline it has; the deadline is never extended.
-        The inverses are undone newest first, back to the state before the first change.
-      - The checkpoint is on a tmpfs. A reboot before the confirm boots the new boot file and
-        forgets the rollback.
-    type: int
-    default: 0
-    version_added: 0.2.0
 notes:
   - Only changing commands are reported in RV(commands); the read-only C(ip -j) calls are not.
   - State is read with C(ip -j -d link show), C(ip -j address show) and

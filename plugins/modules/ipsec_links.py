@@ -96,13 +96,6 @@ options:
     description: Seconds between dead peer detection checks of a quiet link.
     type: int
     default: 30
-  rollback_timeout:
-    description:
-      - Seconds after which the gateway restores its previous IPsec configuration unless
-        M(sitelink.gateway.gateway_confirm) confirms the change. C(0) applies without a
-        safety net.
-    type: int
-    default: 0
   up_timeout:
     description:
       - Seconds the call waits at most, for all links at once, until every link is up (or
@@ -123,6 +116,7 @@ options:
 extends_documentation_fragment:
   - sitelink.gateway.attributes
   - sitelink.gateway.attributes.platform
+  - sitelink.gateway.rollback
 attributes:
   check_mode:
     support: full

@@ -20,6 +20,13 @@ description:
     (whose C(flush ruleset) would otherwise wipe it), and again whenever C(nftables.service)
     is restarted. The module writes and enables it.
   - With O(state=absent) the table, the file and the unit are removed.
+  - With O(rollback_timeout), a change to the live table, the rules file or the unit first
+    saves the current rules file, unit file and enablement link and the live table
+    (C(nft list table)). Unconfirmed, the timer puts the files back, runs
+    C(systemctl daemon-reload), starts or stops the unit as it was and loads the saved table
+    in one transaction (or deletes the table when there was none). When the change joins a
+    pending rollback, the first saved state of the table wins until the rollback is confirmed
+    or has run.
 options:
   name:
     description: Table name.
@@ -50,28 +57,10 @@ options:
       - Name of the boot unit.
       - Defaults to the table name with C(-) for C(_), plus C(.service).
     type: str
-  rollback_timeout:
-    description:
-      - Seconds after which the gateway restores the previous state unless
-        M(sitelink.gateway.gateway_confirm) confirms. V(0) arms no rollback.
-      - When the call is about to change the live table, the rules file or the unit (not in
-        check mode), it first saves the current rules file, unit file and enablement link and
-        the live table (C(nft list table)) under C(/run/sitelink/checkpoint), and starts the
-        transient C(sitelink-rollback.timer) if no rollback is pending yet. Unconfirmed, the
-        timer puts the files back, runs C(systemctl daemon-reload), starts or stops the unit
-        as it was and loads the saved table in one transaction (or deletes the table when
-        there was none).
-      - When a rollback is already pending (another task of the same play armed it), this
-        table joins it with the deadline it has; the deadline is never extended. The first
-        saved state of the table wins until the rollback is confirmed or has run.
-      - The checkpoint is on a tmpfs. A reboot before the confirm boots the new rules and
-        forgets the rollback.
-    type: int
-    default: 0
-    version_added: 0.2.0
 extends_documentation_fragment:
   - sitelink.gateway.attributes
   - sitelink.gateway.attributes.platform
+  - sitelink.gateway.rollback
 attributes:
   check_mode:
     support: full

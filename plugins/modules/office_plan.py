@@ -54,7 +54,6 @@ extends_documentation_fragment:
   - sitelink.gateway.attributes.platform
 attributes:
   action:
-    support: full
     details: The plan is made by the action plugin, on the controller.
   check_mode:
     support: full

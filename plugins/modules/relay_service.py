@@ -100,8 +100,6 @@ extends_documentation_fragment:
   - sitelink.gateway.attributes.action
   - sitelink.gateway.attributes.platform
 attributes:
-  action:
-    support: full
   check_mode:
     support: full
     details: Changed files are checked by the installed program too, unless the program
