@@ -3,163 +3,23 @@
 """Validate the office inventory and plan every gateway, on the controller.
 
 Runs once per play (``run_once``); never connects anywhere. The work is in
-``plugin_utils/plan``: this file only reads the inventory and shapes the result.
+``plugin_utils/plan`` (``inventory.plan_inventory`` is the front door): this file
+only shapes the result and writes plan.yml's files.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
 import os
-from typing import Any, NamedTuple, Optional
 
-from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import schema
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import (
-    CANNOT_BE_READ,
-    PlanError,
-    describe_problems,
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.inventory import (
+    plan_inventory,
 )
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
 
-# An office_* look-alike (Office_lan_interfce, ofice_lan_adress) this close to a known
-# variable is a typo of it; difflib's ratio.
-NEAR_MISS_CUTOFF = 0.85
-# The collection's other roles' variables are theirs, whatever they look like
-# (firewall_input_policy is 0.87 from office_firewall_input_policy).
-ROLE_PREFIXES = ("firewall_", "ipsec_", "kernel_", "masquerade_", "relay_", "tunnel_")
-OFFICE = "office"
 # Printed in full up to this many gateways by console: auto.
 CONSOLE_AUTO_GATEWAYS = 20
-
-
-class OfficeInventory(NamedTuple):
-    offices: dict[str, dict[str, Any]]  # host -> its office_* variables
-    problems: list[str]
-    warnings: list[str]
-    # host -> every variable problems and warnings name, as describe_problems reads them
-    values: dict[str, dict[str, Any]]
-
-
-def office_variables(hostvars, hosts) -> OfficeInventory:
-    """Every ``office_*`` variable of every office host, templated as the host sees it.
-
-    A value that cannot be templated (an undefined variable in it, say) is a
-    problem of that office like any other, reported with the rest. A variable
-    that misses the ``office_`` spelling (``ofice_role``, ``office-role``,
-    ``Office_role``) would be ignored without a word: it is warned about.
-    """
-    offices, problems, warnings, values = {}, [], [], {}
-    for host in sorted(hosts):  # as plan_network reports its problems
-        host_vars = hostvars[host]
-        mine, failed, misses = {}, [], []
-        for name in host_vars:
-            if not name.startswith("office_"):
-                meant = near_miss(name)
-                if meant is not None:
-                    misses.append((name, meant))
-                continue
-            # office_plan and office_secrets are this role's own output (from an
-            # earlier play of the same run): never input, and never read.
-            if name in schema.OUTPUT_FACTS:
-                continue
-            try:
-                mine[name] = host_vars[name]
-            except AnsibleError as exc:
-                failed.append((name, to_text(getattr(exc, "message", exc)).splitlines()[0]))
-        office = mine.get("office_name") or host
-        label = f"office {office!r} (host {host})"
-        seen = dict(mine)
-        for name, message in failed:
-            problems.append(f"{label}: {name}: cannot be templated: {message}")
-            seen[name] = CANNOT_BE_READ
-        for name, meant in sorted(misses):
-            hint = f"did you mean {meant}?" if meant else "they are spelled office_*, lower case"
-            warnings.append(f"{label}: {name}: ignored, not an office variable ({hint})")
-            try:
-                seen[name] = host_vars[name]
-            except AnsibleError:
-                seen[name] = CANNOT_BE_READ
-        offices[host] = mine
-        values[host] = seen
-    return OfficeInventory(offices, problems, warnings, values)
-
-
-@functools.lru_cache(maxsize=4096)
-def near_miss(name: str) -> Optional[str]:
-    """The office variable ``name`` (not spelled office_*) most likely meant: the known
-    name, "" for an office_* look-alike with no close match, None for any other variable.
-
-    A look-alike is "office" with dashes or capitals (office-role, Office_lan_interfce),
-    with one typo (ofice_role, offcie_role: a letter missing, added, changed, or two
-    swapped) or without the "_" after it (officerole). Another word that starts like it
-    is another variable (officer_name, offices_role, offline_role), and the collection's
-    other roles' variables are theirs.
-    """
-    spelled = name.lower().replace("-", "_")
-    if spelled in schema.BY_NAME:
-        return spelled
-    if not spelled.startswith("of") or spelled.startswith(ROLE_PREFIXES):
-        return None
-    head, separated, rest = spelled.partition("_")
-    if separated and _mistyped_office(head):
-        meant = f"{OFFICE}_{rest}"
-        close = difflib.get_close_matches(meant, schema.BY_NAME, n=1, cutoff=NEAR_MISS_CUTOFF)
-        return close[0] if close else ""
-    meant = f"{OFFICE}_{spelled[len(OFFICE) :]}"
-    return meant if spelled.startswith(OFFICE) and meant in schema.BY_NAME else None
-
-
-def _mistyped_office(word: str) -> bool:
-    """``word`` is "office", or it with one typo; not another word that starts with it
-    (officer, offices)."""
-    if word.startswith(OFFICE):
-        return word == OFFICE
-    # Optimal string alignment distance: an edit, or two neighbours swapped, counts one.
-    rows = [list(range(len(OFFICE) + 1))]
-    for i, a in enumerate(word, 1):
-        row = [i]
-        for j, b in enumerate(OFFICE, 1):
-            cost = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a != b))
-            if i > 1 and j > 1 and a == OFFICE[j - 2] and word[i - 2] == b:
-                cost = min(cost, rows[-2][j - 2] + 1)
-            row.append(cost)
-        rows.append(row)
-    return rows[-1][-1] <= 1
-
-
-def office_groups(groups, hosts) -> list[tuple[str, frozenset[str]]]:
-    """The inventory's groups as the office hosts in them, the most specific first
-    (fewest hosts; of equal ones, ``all`` last): how a shared problem names a group."""
-    offices = frozenset(hosts)
-    found = []
-    for name, members in (groups or {}).items():
-        mine = offices.intersection(members)
-        if mine:
-            found.append((len(members), name in ("all", "ungrouped"), name, frozenset(mine)))
-    return [(name, mine) for _size, _last, name, mine in sorted(found)]
-
-
-def plan_inventory(hostvars, hosts, groups=None):
-    """Validate and plan the offices ``hosts``; raises ``PlanError`` listing every problem.
-
-    ``groups``: the inventory's groups ({name: hosts}, as the ``groups`` variable),
-    so that a problem every office of a group shares can name it. The plan's
-    warnings, the inventory's own first, say a shared warning once too.
-    """
-    found = office_variables(hostvars, hosts)
-    context = {"groups": office_groups(groups, hosts), "values": found.values}
-    warnings = describe_problems(found.warnings, **context)
-    if found.problems:
-        raise PlanError(found.problems, warnings=warnings, **context)
-    try:
-        plan = plan_network(found.offices)
-    except PlanError as exc:
-        raise PlanError(exc.errors, warnings=warnings, **context) from None
-    plan.warnings[:] = warnings + describe_problems(plan.warnings, **context)
-    return plan
 
 
 class ActionModule(ActionBase):

@@ -1,28 +1,76 @@
 # Copyright: sitelink.gateway developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""``office_gateway``: one gateway's own plan and the keys of its own links.
+"""``office_gateways``: plan the network, once per run; the hosts to hand plans to.
 
+``office_gateway``: one gateway's own plan and the keys of its own links.
 ``office_rollout``: hubs, branches and the branches' batches, for site.yml's plays.
+
+The planning is ``plugin_utils/plan/inventory.py``'s; these only call it.
 """
 
 from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.sitelink.gateway.plugins.action.office_plan import plan_inventory
+from ansible.utils.display import Display
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.inventory import RUN
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.rollout import rollout
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (
     gateway_secrets,
 )
 
-# The office role calls this once per gateway in one looped task: every item
-# runs in the same worker process, so the network is planned once, by the
-# first item, for the hostvars object of that task.
-_CACHE: list = []
+display = Display()
+
+
+def _group_hosts(hostvars, group, hosts):
+    """The hosts of the inventory group ``group``, as the first of ``hosts`` sees them."""
+    try:
+        members = hostvars[hosts[0]]["groups"].get(group) if hosts else None
+    except KeyError:
+        members = None
+    if not members:
+        raise AnsibleFilterError(
+            f"office_gateways: the inventory group {group!r} has no hosts (set office_group)"
+        )
+    return members
+
+
+def office_gateways(hosts, hostvars, group="offices", groups=None):
+    """Plan every office of ``group`` (once per run) and return ``hosts``, the play's
+    gateways, to loop over with ``office_gateway``.
+
+    A bad inventory does not raise here: Ansible would hide the message of a no_log
+    task's loop. It returns one item, None, whose ``office_gateway`` fails with every
+    problem in one message (the office role shows that item: no_log is off for it).
+    The plan's warnings are said once, when it is made.
+    """
+    if not isinstance(hosts, list) or not isinstance(group, str):
+        raise AnsibleFilterError(
+            "office_gateways: use as ansible_play_hosts_all | office_gateways(hostvars, "
+            "'offices', groups)"
+        )
+    members = _group_hosts(hostvars, group, hosts)
+    try:
+        plan, made = RUN.get(hostvars, group, members, groups)
+    except PlanError as exc:
+        for warning in exc.warnings:
+            display.warning(warning)
+        return [None]
+    if made:
+        for warning in plan.warnings:
+            display.warning(warning)
+        display.v(
+            f"sitelink.gateway: planned {len(plan.offices)} offices, {len(plan.gateways)} "
+            f"gateways, {len(plan.links)} links ({plan.topology})"
+        )
+    return list(hosts)
 
 
 def office_gateway(host, hostvars, group="offices", secret=None, previous=None):
-    if not isinstance(host, str) or not isinstance(group, str):
+    """``{"plan": office_plan, "secrets": office_secrets}`` of gateway ``host``. With
+    ``host`` None (what ``office_gateways`` gives for a bad inventory): fails with the
+    problems."""
+    if (host is not None and not isinstance(host, str)) or not isinstance(group, str):
         raise AnsibleFilterError(
             "office_gateway: use as HOST | office_gateway(hostvars, 'offices', secret, previous)"
         )
@@ -30,15 +78,12 @@ def office_gateway(host, hostvars, group="offices", secret=None, previous=None):
         raise AnsibleFilterError("office_gateway: office_tunnel_secret must be a string")
     if previous is not None and not isinstance(previous, str):
         raise AnsibleFilterError("office_gateway: office_tunnel_secret_previous must be a string")
-    # Only the hostvars object is compared on later items: templating the group's
-    # host list for every item would cost more than the plan itself.
-    if not _CACHE or _CACHE[0] is not hostvars or _CACHE[1] != group:
-        try:
-            plan = plan_inventory(hostvars, hostvars[host]["groups"].get(group) or [])
-        except PlanError as exc:
-            raise AnsibleFilterError(str(exc)) from exc
-        _CACHE[:] = [hostvars, group, plan]
-    plan = _CACHE[2]
+    try:
+        # The plan office_gateways made for this task; made here when called alone.
+        members = _group_hosts(hostvars, group, [host] if host else list(hostvars)[:1])
+        plan, _made = RUN.get(hostvars, group, members)
+    except PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from None
     if host not in plan.gateways:
         raise AnsibleFilterError(f"office_gateway: {host} is not a host of the group {group}")
     mine = plan.gateway_dict(host)
@@ -68,4 +113,8 @@ def office_rollout(hosts, hostvars):
 
 class FilterModule:
     def filters(self):
-        return {"office_gateway": office_gateway, "office_rollout": office_rollout}
+        return {
+            "office_gateways": office_gateways,
+            "office_gateway": office_gateway,
+            "office_rollout": office_rollout,
+        }

@@ -27,6 +27,7 @@ import re
 import time
 from typing import Any, Optional
 
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract
 from ansible_collections.sitelink.gateway.plugins.module_utils.nftables import (
     MARKER,
     live_digest,
@@ -36,12 +37,11 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.tunnel import (
     parse_routes,
 )
 
-RELAY_UNIT = "sitelink-relay.service"
-RELAY_STATUS_FILE = "/run/sitelink-relay/status.json"
+RELAY_UNIT = contract.RELAY_UNIT
+RELAY_STATUS_FILE = contract.RELAY_STATUS_FILE
 RELAY_STATUS_INTERVAL = 5.0  # the relay's default, when its status file does not say
 MASQUERADE_TABLE = "sitelink_masquerade"
 FIREWALL_TABLE = "sitelink_firewall"  # family inet
-PROTECTIONS = ("ipsec", "none")
 PING_COUNT = 3
 PING_INTERVAL = "0.2"  # seconds between echo requests (root may go this low)
 # Stop at PING_COUNT answers, or after this many seconds. Long enough for IKE: the
@@ -74,69 +74,53 @@ class HealthError(Exception):
 
 
 def plan_view(plan: Any) -> dict[str, Any]:
-    """What the checks need from ``office_plan``; raises HealthError if it is not one."""
-    if not isinstance(plan, dict):
-        raise HealthError("plan: must be this gateway's office_plan (a dict)")
-    missing = [
-        k
-        for k in ("office", "lan", "tunnels", "links", "masquerade", "relay", "protection", "ipsec")
-        if k not in plan
-    ]
-    if missing:
+    """What the checks need from ``office_plan``; raises HealthError if it is not one
+    (the contract's check: every field the planner gives is there, of its type)."""
+    problems = contract.problems(plan)
+    if problems:
         raise HealthError(
-            "plan: not an office_plan (missing {}); run the sitelink.gateway.office role "
-            "first".format(", ".join(missing))
+            "plan: not an office_plan of this collection ({}); run the sitelink.gateway.office "
+            "role first".format("; ".join(problems))
         )
-    if plan["protection"] not in PROTECTIONS:
-        raise HealthError(
-            "plan: protection {!r} is not one of {}".format(
-                plan["protection"], ", ".join(PROTECTIONS)
-            )
-        )
-    peers = {link.get("tunnel"): link for link in plan.get("links") or []}
+    peers = {link["tunnel"]: link for link in plan["links"]}
     tunnels = []
-    for t in plan.get("tunnels") or []:
-        link = peers.get(t.get("name")) or {}
+    for t in plan["tunnels"]:
+        link = peers.get(t["name"]) or {}
         tunnels.append(
             {
-                "name": t.get("name"),
-                "local": t.get("local"),
-                "remote": t.get("remote"),
-                "mtu": t.get("mtu"),
-                "routes": list(t.get("routes") or []),
+                "name": t["name"],
+                "local": t["local"],
+                "remote": t["remote"],
+                "mtu": t["mtu"],
+                "routes": list(t["routes"]),
                 "peer": link.get("peer"),
                 "peer_address": link.get("peer_address"),
             }
         )
-    masquerade = plan.get("masquerade") or {}
-    ipsec = plan.get("ipsec") or {}
+    masquerade, ipsec, relay = plan["masquerade"], plan["ipsec"], plan["relay"]
     return {
-        "office": plan.get("office"),
-        "address": (plan.get("lan") or {}).get("address"),
+        "office": plan["office"],
+        "address": plan["lan"]["address"],
         "tunnels": tunnels,
         "protection": plan["protection"],
         # Every protected link: with protection none, those to external peers that chose
         # ipsec (office_external_peers[].protection).
         "connections": [
-            {key: c.get(key) for key in ("name", "peer", "local", "remote")}
-            for c in ipsec.get("connections") or []
+            {key: c[key] for key in ("name", "peer", "local", "remote")}
+            for c in ipsec["connections"]
         ],
         # Plain IPIP where the deployment's links are protected: external peers that
         # chose protection none. (With protection none, every other link is plain.)
-        "unprotected": [
-            {key: u.get(key) for key in ("name", "peer")} for u in ipsec.get("unprotected") or []
-        ]
+        "unprotected": [{key: u[key] for key in ("name", "peer")} for u in ipsec["unprotected"]]
         if plan["protection"] == "ipsec"
         else [],
         "masquerade": {
-            "interface": masquerade.get("interface"),
-            "address": masquerade.get("address"),
-            "sources": list(masquerade.get("sources") or []),
+            "interface": masquerade["interface"],
+            "address": masquerade["address"],
+            "sources": list(masquerade["sources"]),
         },
-        "relay_ports": sorted(
-            int(r["port"]) for r in (plan.get("relay") or {}).get("rules") or [] if "port" in r
-        ),
-        "relay_wire": (plan.get("relay") or {}).get("wire"),
+        "relay_ports": sorted(int(r["port"]) for r in relay["rules"]),
+        "relay_wire": relay["wire"],
     }
 
 

@@ -28,6 +28,7 @@ import json
 import os
 import tempfile
 
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract
 from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
     Systemd,
     SystemdError,
@@ -39,9 +40,9 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
     write_atomic,
 )
 
-SERVICE = "sitelink-relay.service"
+SERVICE = contract.RELAY_UNIT
 # The relay's forget request, in its state directory (relay/sitelink_relay reads it).
-FORGET_FILE = "forget"
+FORGET_FILE = contract.RELAY_FORGET_FILE
 
 
 class RelayFileError(Exception):

@@ -145,6 +145,7 @@ steps:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract  # noqa: E402
 from ansible_collections.sitelink.gateway.plugins.module_utils.relay_service import (  # noqa: E402
     run_module,
 )
@@ -161,13 +162,13 @@ def build_module():
             "program": {"type": "str", "no_log": True},
             "program_path": {"type": "path", "default": "/usr/local/sbin/sitelink-relay"},
             "config_path": {"type": "path", "default": "/etc/sitelink/relay.json"},
-            "keys_path": {"type": "path", "default": "/etc/sitelink/relay-keys.json"},
+            "keys_path": {"type": "path", "default": contract.RELAY_KEYS_FILE},
             "unit_path": {
                 "type": "path",
                 "default": "/etc/systemd/system/sitelink-relay.service",
             },
             "forget_senders": {"type": "list", "elements": "str", "default": []},
-            "state_dir": {"type": "path", "default": "/var/lib/sitelink-relay"},
+            "state_dir": {"type": "path", "default": contract.RELAY_STATE_DIR},
         },
         supports_check_mode=True,
     )

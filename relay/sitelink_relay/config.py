@@ -8,15 +8,19 @@ import os
 from collections.abc import Iterable
 from typing import Any, Optional
 
+from . import contract
 from .files import FileProblem, no_duplicate_keys, read_regular
 from .netinfo import IFNAMSIZ
 
-CONFIG_VERSIONS = (1, 2)
-CONFIG_VERSION = 2  # what --help documents; version 1 files (raw wire only) still load
-WIRE_RAW = "raw"
-WIRE_SITELINK1 = "sitelink1"
-WIRE_FORMATS = (WIRE_RAW, WIRE_SITELINK1)
-DEFAULT_STATUS_FILE = "/run/sitelink-relay/status.json"
+# Shared with the planner and the roles (contract.py, the collection's own file):
+# version 2 is what the planner writes and --help documents; version 1 files (raw
+# wire only) still load.
+CONFIG_VERSIONS = contract.RELAY_CONFIG_VERSIONS
+CONFIG_VERSION = contract.RELAY_CONFIG_VERSION
+WIRE_RAW = contract.WIRE_RAW
+WIRE_SITELINK1 = contract.WIRE_SITELINK1
+WIRE_FORMATS = contract.WIRE_FORMATS
+DEFAULT_STATUS_FILE = contract.RELAY_STATUS_FILE
 # Storm control defaults (datagrams/s and datagrams; seconds): see storm.py.
 STORM_DEFAULTS = {
     "per_source_rate": 1000.0,

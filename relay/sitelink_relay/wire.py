@@ -35,6 +35,7 @@ import struct
 import time
 from typing import Any, Optional
 
+from . import contract
 from .files import DuplicateKey, FileProblem, no_duplicate_keys, read_regular
 
 MAGIC = b"SL"
@@ -57,7 +58,7 @@ REPLAY_WINDOW = 1024  # sequence numbers remembered behind the newest one per se
 SEQ_LIMIT = 1 << 32
 _WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 KEY_SIZE = 32
-KEYS_VERSION = 1
+KEYS_VERSION = contract.RELAY_KEYS_VERSION
 NO_GROUP = b"\0\0\0\0"
 
 # Drop reasons of the wire (the classifier has the others).
@@ -81,9 +82,9 @@ LEASE_BUSY = 1.0
 LEASE_RELAX = 5.0
 
 
-def office_id(name: str) -> bytes:
-    """The 4 bytes that stand for an office on the wire (the plan refuses collisions)."""
-    return hashlib.sha256(name.encode("utf-8")).digest()[:4]
+# The 4 bytes that stand for an office on the wire (the plan refuses collisions): the
+# planner's own function.
+office_id = contract.office_id
 
 
 class LinkKey:
