@@ -496,7 +496,13 @@ class PyReceiver(_ReceiverBase):
 
 
 class _SenderBase:
-    __slots__ = ("batch", "sock", "_errors")
+    """What both senders share: the queue, the socket to flush to, the errors kept.
+
+    ``flush`` does the common part, then hands the taken queue to ``_send_batch``
+    (once per flush, not per datagram), which sends it and appends the failures.
+    """
+
+    __slots__ = ("batch", "sock", "_errors", "_queue")
 
     def __init__(self, batch: int, sock: Optional[socket.socket]):
         if batch < 1:
@@ -504,9 +510,10 @@ class _SenderBase:
         self.batch = batch
         self.sock = sock  # where add() flushes a full queue; flush(sock) sets it too
         self._errors: list[tuple[Any, OSError]] = []  # from automatic flushes
+        self._queue: list = []  # (parts, addr, backend's pktinfo form) per datagram
 
     def __len__(self) -> int:
-        raise NotImplementedError
+        return len(self._queue)
 
     def _full(self) -> None:
         if self.sock is None:
@@ -514,6 +521,23 @@ class _SenderBase:
         self._errors = self.flush(self.sock)  # carries the earlier errors too
 
     def flush(self, sock: Optional[socket.socket] = None) -> list[tuple[Any, OSError]]:
+        if sock is None:
+            sock = self.sock
+        else:
+            self.sock = sock
+        errors = self._errors
+        self._errors = []
+        queue = self._queue
+        if not queue:
+            return errors
+        if sock is None:
+            raise ValueError("no socket to flush to")
+        self._queue = []
+        self._send_batch(sock, queue, errors)
+        return errors
+
+    def _send_batch(self, sock: socket.socket, queue: list, errors: list) -> None:
+        """Send every queued datagram; append (addr, OSError) to errors for each failure."""
         raise NotImplementedError
 
 
@@ -527,7 +551,6 @@ class MmsgSender(_SenderBase):
     """
 
     __slots__ = (
-        "_queue",
         "_sendmmsg",
         "_keep",
         "_ptrs",
@@ -587,12 +610,8 @@ class MmsgSender(_SenderBase):
         self._ones = array.array(_SIZE_FMT, [1] * batch)
         self._multi = True  # iovec pointers and counts not (yet) the one-part layout
         self._clen_dirty = False
-        self._queue: list = []
         self._sa_cache: dict[Any, int] = {}
         self._cmsg_cache: dict[Any, bytes] = {}
-
-    def __len__(self) -> int:
-        return len(self._queue)
 
     def add(self, parts: Any, addr: tuple[str, int], pktinfo: Optional[tuple] = None) -> None:
         queue = self._queue
@@ -749,23 +768,11 @@ class MmsgSender(_SenderBase):
         self._v_clen[: len(clens)] = array.array(_SIZE_FMT, clens)
         self._clen_dirty = True
 
-    def flush(self, sock: Optional[socket.socket] = None) -> list[tuple[Any, OSError]]:
-        if sock is None:
-            sock = self.sock
-        else:
-            self.sock = sock
-        errors = self._errors
-        self._errors = []
-        queue = self._queue
-        if not queue:
-            return errors
-        if sock is None:
-            raise ValueError("no socket to flush to")
-        self._queue = []
+    def _send_batch(self, sock: socket.socket, queue: list, errors: list) -> None:
         n = len(queue)
         if n == 1:  # one datagram: the socket's own sendmsg costs less than setting up
             self._send_one(sock, queue[0], errors)
-            return errors
+            return
         # what must stay alive until sent: the parts (and copies of odd ones)
         keep = self._fill(queue) if n > FEW else self._fill_few(queue)  # noqa: F841
         fd = sock.fileno()
@@ -783,21 +790,16 @@ class MmsgSender(_SenderBase):
             # sendmmsg stopped at this datagram: record it, go on with the rest
             errors.append((queue[start][1], OSError(err, os.strerror(err))))
             start += 1
-        return errors
 
 
 class PySender(_SenderBase):
     """The same interface with one sendmsg call per datagram."""
 
-    __slots__ = ("_queue", "_anc_cache")
+    __slots__ = ("_anc_cache",)
 
     def __init__(self, batch: int = 64, sock: Optional[socket.socket] = None):
         super().__init__(batch, sock)
-        self._queue: list[tuple[Any, Any, list]] = []
         self._anc_cache: dict[Any, list] = {}
-
-    def __len__(self) -> int:
-        return len(self._queue)
 
     def add(self, parts: Any, addr: tuple[str, int], pktinfo: Optional[tuple] = None) -> None:
         queue = self._queue
@@ -815,19 +817,7 @@ class PySender(_SenderBase):
         if len(queue) >= self.batch and self.sock is not None:
             self._full()
 
-    def flush(self, sock: Optional[socket.socket] = None) -> list[tuple[Any, OSError]]:
-        if sock is None:
-            sock = self.sock
-        else:
-            self.sock = sock
-        errors = self._errors
-        self._errors = []
-        queue = self._queue
-        if not queue:
-            return errors
-        if sock is None:
-            raise ValueError("no socket to flush to")
-        self._queue = []
+    def _send_batch(self, sock: socket.socket, queue: list, errors: list) -> None:
         sendmsg = sock.sendmsg
         for parts, addr, anc in queue:
             try:
@@ -837,7 +827,6 @@ class PySender(_SenderBase):
                     sendmsg([memoryview(p).tobytes() for p in parts], anc, 0, addr)
             except OSError as exc:
                 errors.append((addr, exc))
-        return errors
 
 
 BACKEND = "mmsg" if _libc is not None else "python"
