@@ -6,8 +6,10 @@
 values from ``schema``, then what only the whole network shows: overlaps,
 duplicates, links, relay targets), collects every problem, and raises one
 ``PlanError`` listing them all, each as "office 'x' (host y): variable:
-problem". Only then are links chosen (``topologies``), routes and relay trees
-computed (``routing``) and each gateway's sections filled.
+problem". Only then are links chosen (``topologies``), routes computed
+(``routing``), the broadcast relay planned (``relay``) and each gateway's plan
+filled; each feature module (``tunnels``, ``ipsec``, ``masquerade``, ``relay``)
+checks, warns and plans its own part.
 
 Peers come from every office in the inventory, never from the hosts of the
 current play: ``--limit branch-17`` still sees the hub.
@@ -15,43 +17,22 @@ current play: ``--limit branch-17`` still sees the hub.
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 import json
 import re
 from collections import Counter
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from . import rollout, routing, schema
-from .model import (
-    ESP_OVERHEAD,
-    IPIP_OVERHEAD,
-    WIRE_RAW,
-    WIRE_SITELINK1,
-    GatewayPlan,
-    Link,
-    LinkEnd,
-    NetworkPlan,
-    Office,
-    PlanError,
-    RelayFlow,
-    RelayPort,
-    RelayRequest,
-    link_protection,
-    relay_office_id,
-    tunnel_name,
-)
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract
+
+from . import ipsec, masquerade, relay, rollout, routing, schema, tunnels
+from .model import Bad, GatewayPlan, Link, LinkEnd, NetworkPlan, Office, PlanError
 from .topologies import STRATEGIES
 
 OFFICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 MTU_RANGE = (576, 65535)
 SECRET_MIN_LENGTH = 16
-MULTICAST = ipaddress.IPv4Network("224.0.0.0/4")
-# office_relay_wire and office_external_peers[].relay_wire, as the relay's config spells them.
-RELAY_WIRES = {"authenticated": WIRE_SITELINK1, "raw": WIRE_RAW}
-
-Bad = Callable[[str, str], None]
 
 
 # --------------------------------------------------------------------------- one office
@@ -91,54 +72,6 @@ def _check_mtu(field: str, mtu: Optional[int], bad: Bad) -> None:
         bad(field, f"{mtu!r} is not an MTU between {MTU_RANGE[0]} and {MTU_RANGE[1]}")
 
 
-def _relay_requests(field: str, rules: Optional[list], bad: Bad) -> tuple[RelayRequest, ...]:
-    requests, seen = [], set()
-    for index, rule in enumerate(rules or []):
-        if rule is None:
-            continue
-        where = f"{field}[{index}]"
-        port = rule["port"]
-        if port is None:
-            continue
-        if not 1 <= port <= 65535:
-            bad(f"{where}.port", f"{port!r} is not a UDP port number (1-65535)")
-            continue
-        if port in seen:
-            bad(f"{where}.port", f"port {port} is listed twice")
-        seen.add(port)
-        to = rule["to"]
-        if to == []:
-            bad(f"{where}.to", "is empty (omit it to relay to every office reachable)")
-            continue
-        groups = _multicast_groups(f"{where}.groups", rule.get("groups"), bad)
-        if groups is None:
-            continue
-        requests.append(
-            RelayRequest(port, None if to is None else tuple(dict.fromkeys(to)), index, groups)
-        )
-    return tuple(requests)
-
-
-def _multicast_groups(field: str, values: Optional[list], bad: Bad) -> Optional[tuple[str, ...]]:
-    """IPv4 multicast groups, normalised and without repeats; None if one is not."""
-    groups, failed = [], False
-    for index, text in enumerate(values or []):
-        try:
-            group = ipaddress.IPv4Address(text.strip())
-        except ValueError:
-            group = None
-        if group is None or group not in MULTICAST:
-            bad(
-                f"{field}[{index}]",
-                f"{text!r} is not an IPv4 multicast group (224.0.0.0/4, e.g. 239.255.255.250 "
-                "for SSDP)",
-            )
-            failed = True
-            continue
-        groups.append(group)
-    return None if failed else tuple(str(g) for g in sorted(set(groups)))
-
-
 def _management_sources(values: dict[str, Any], bad: Bad) -> tuple[str, ...]:
     """Who may reach SSH under a hardened input policy: addresses or prefixes, v4 or v6."""
     sources = []
@@ -160,7 +93,7 @@ def _management_sources(values: dict[str, Any], bad: Bad) -> tuple[str, ...]:
 
 
 def _parse_office(
-    host: str, raw: dict[str, Any], errors: list[str], relay_wire: str = WIRE_SITELINK1
+    host: str, raw: dict[str, Any], errors: list[str], relay_wire: str = contract.WIRE_SITELINK1
 ) -> tuple[Optional[Office], bool]:
     """One office, and whether it is valid (an invalid one may still be compared)."""
     name = raw.get("office_name") or host
@@ -204,7 +137,7 @@ def _parse_office(
                 )
     _check_mtu("office_wan_mtu", values["office_wan_mtu"], bad)
     management = _management_sources(values, bad)
-    relay = _relay_requests("office_broadcast_relay", values["office_broadcast_relay"], bad)
+    relay_requests = relay.requests("office_broadcast_relay", values["office_broadcast_relay"], bad)
     if lan is not None and wan is not None and lan.network.overlaps(wan.network):
         bad("office_lan_address", f"LAN {lan.network} overlaps its own WAN subnet")
     if len(errors) > start:
@@ -226,7 +159,7 @@ def _parse_office(
         wan_interface=values["office_wan_interface"],
         wan_gateway=gateway,
         masquerade=values["office_masquerade"],
-        relay=relay,
+        relay=relay_requests,
         firewall_input_policy=values["office_firewall_input_policy"],
         firewall_forward_policy=values["office_firewall_forward_policy"],
         management_sources=management,
@@ -238,7 +171,7 @@ def _parse_external(
     index: int,
     entry: dict[str, Any],
     errors: list[str],
-    relay_wire: str = WIRE_SITELINK1,
+    relay_wire: str = contract.WIRE_SITELINK1,
     protection: str = "ipsec",
 ) -> Optional[Office]:
     where = f"office_external_peers[{index}]"
@@ -257,7 +190,7 @@ def _parse_external(
         bad("wan_address", f"{entry['wan_address']!r}: {exc}")
     lan = _parse_address("lan_address", entry["lan_address"], bad)
     _check_mtu("wan_mtu", entry["wan_mtu"], bad)
-    relay = _relay_requests("broadcast_relay", entry["broadcast_relay"], bad)
+    relay_requests = relay.requests("broadcast_relay", entry["broadcast_relay"], bad)
     own_protection = entry.get("protection") or protection
     psk = entry.get("psk")
     if psk is not None:
@@ -278,9 +211,9 @@ def _parse_external(
         lan=lan,
         wan=wan,
         wan_mtu=entry["wan_mtu"],
-        relay=relay,
+        relay=relay_requests,
         index=index,
-        relay_wire=RELAY_WIRES[entry["relay_wire"]] if entry.get("relay_wire") else relay_wire,
+        relay_wire=relay.WIRES[entry["relay_wire"]] if entry.get("relay_wire") else relay_wire,
         protection=own_protection,
         psk=psk,
     )
@@ -338,22 +271,6 @@ def _check_external_keys(
             errors.append(
                 f"{where}: is the same key as {other.where}.psk: each external peer gets "
                 "a key of its own"
-            )
-
-
-def _check_external_relay_keys(
-    offices: dict[str, Office], flows: list[RelayFlow], errors: list[str]
-) -> None:
-    """An external peer whose relay speaks the authenticated wire with ours needs a key
-    for it: its links' relay keys come from its psk, never from office_tunnel_secret."""
-    relaying = {o for flow in flows for hop in flow.hops for o in hop}
-    for name in sorted(relaying):
-        office = offices[name]
-        if office.external and office.psk is None and office.relay_wire == WIRE_SITELINK1:
-            errors.append(
-                f"{office.label()}: {office.where}.psk: required when its relay speaks the "
-                "authenticated wire with ours (the link's relay key is derived from it), or "
-                "set relay_wire: raw"
             )
 
 
@@ -486,7 +403,7 @@ def _check_network(offices: list[Office], errors: list[str]) -> None:
     for office in lans:
         if widest is not None and office.lan.network.overlaps(widest.lan.network):
             errors.append(
-                f"{office.label()}: {_field(office, 'lan_address')}: LAN {office.lan.network} "
+                f"{office.label()}: {office.variable('lan_address')}: LAN {office.lan.network} "
                 f"overlaps the LAN {widest.lan.network} of {widest.label()}"
             )
         if widest is None or (
@@ -501,7 +418,7 @@ def _check_network(offices: list[Office], errors: list[str]) -> None:
         other = wans.setdefault(office.wan.ip, office)
         if other is not office:
             errors.append(
-                f"{office.label()}: {_field(office, 'wan_address')}: {office.wan.ip} is also "
+                f"{office.label()}: {office.variable('wan_address')}: {office.wan.ip} is also "
                 f"the WAN address of {other.label()}"
             )
     # A LAN that covers another office's public address would route the tunnel's
@@ -513,36 +430,12 @@ def _check_network(offices: list[Office], errors: list[str]) -> None:
             office = lan_index.get(ipaddress.IPv4Network((addr, length), strict=False))
             if office is not None and office is not owner:
                 errors.append(
-                    f"{office.label()}: {_field(office, 'lan_address')}: LAN {office.lan.network} "
+                    f"{office.label()}: {office.variable('lan_address')}: LAN {office.lan.network} "
                     f"contains the WAN address {addr} of {owner.label()}"
                 )
 
-    names: dict[str, Office] = {}
-    for office in offices:
-        other = names.setdefault(tunnel_name(office.name), office)
-        if other is not office:
-            errors.append(
-                f"{office.label()}: {_field(office, 'name')}: tunnel name "
-                f"{tunnel_name(office.name)!r} collides with the one of {other.label()}; "
-                "rename one of the offices"
-            )
-
-    # The relay's authenticated wire names an office by 4 bytes of a hash of its name.
-    ids: dict[bytes, Office] = {}
-    for office in offices:
-        office_id = relay_office_id(office.name)
-        other = ids.setdefault(office_id, office)
-        if other is not office and other.name != office.name:  # same name: reported above
-            errors.append(
-                f"{office.label()}: {_field(office, 'name')}: relay office id "
-                f"{office_id.hex()} (SHA-256 of the name, first 4 bytes) is also the one of "
-                f"{other.label()}; the relays could not tell their datagrams apart: rename "
-                "one of the offices"
-            )
-
-
-def _field(office: Office, name: str) -> str:
-    return f"office_{name}" if office.host else f"{office.where}.{name}"
+    tunnels.check_names(offices, errors)
+    relay.check_office_ids(offices, errors)
 
 
 def _pairs(
@@ -591,166 +484,6 @@ def _pairs(
     return pairs
 
 
-def _relay(
-    offices: dict[str, Office],
-    adj: routing.Adjacency,
-    forwards: dict[str, bool],
-    transit: bool,
-    errors: list[str],
-    warnings: list[str],
-) -> tuple[dict[str, dict[int, RelayPort]], list[RelayFlow]]:
-    """Each gateway's relay ports, from every office's relay requests."""
-    ports: dict[str, dict[int, RelayPort]] = {name: {} for name in offices}
-    flows: list[RelayFlow] = []
-    # (office, port, previous hop) -> (re-broadcast?, onward hops, origin): with the
-    # raw wire a relay knows a datagram only by its sender, so two origins whose
-    # datagrams arrive from the same sender must want the same treatment.
-    decided: dict[tuple[str, int, str], tuple[bool, frozenset[str], str]] = {}
-
-    for origin in sorted(offices.values(), key=lambda o: o.name):
-        if not origin.relay:
-            continue
-        tree = routing.relay_tree(origin.name, adj, forwards, transit)
-        for request in origin.relay:
-            where = f"{origin.label()}: {_field(origin, 'broadcast_relay')}[{request.index}].to"
-            targets = (
-                request.to
-                if request.to is not None
-                else tuple(n for n in sorted(tree) if n != origin.name)
-            )
-            usable = []
-            for target in targets:
-                if target == origin.name:
-                    errors.append(f"{where}: an office cannot relay to itself")
-                elif target not in offices:
-                    errors.append(f"{where}: unknown office {target!r}")
-                elif target not in tree:
-                    how = "by a chain of links" if transit else "by a link (office_transit is off)"
-                    errors.append(
-                        f"{where}: office {target!r} is not reachable from {origin.name!r} {how}"
-                    )
-                else:
-                    usable.append(target)
-            if not targets:
-                warnings.append(f"{where}: no other office is reachable; nothing is relayed")
-            if not usable:
-                continue
-            children: dict[str, set[str]] = {}
-            for target in usable:
-                node = target
-                while node != origin.name:
-                    parent = tree[node]
-                    children.setdefault(parent, set()).add(node)
-                    node = parent
-            wanted = set(usable)
-            hops: list[tuple[str, str]] = []
-            conflict = False
-            for parent in _tree_order(origin.name, children):
-                for child in sorted(children[parent]):
-                    hops.append((parent, child))
-                    onward = frozenset(children.get(child, ()))
-                    key = (child, request.port, parent)
-                    treatment = (child in wanted, onward, origin.name)
-                    previous = decided.setdefault(key, treatment)
-                    if previous[:2] != treatment[:2] and not conflict:
-                        conflict = True
-                        errors.append(
-                            f"{where}: port {request.port} from {parent!r} reaches "
-                            f"{child!r} for both {previous[2]!r} and {origin.name!r}, which "
-                            "need different onward relaying there; relay these offices "
-                            "directly (office_links) or split the port"
-                        )
-            if conflict:
-                continue
-            port = request.port
-            # Every rule this flow's datagrams cross relays its multicast groups too.
-            groups = request.groups
-            for parent, child in hops:
-                onward = children.get(child, set())
-                if parent == origin.name and not origin.external:
-                    rule = _port(ports, parent, port)
-                    rule.forward_to.add(_relay_address(offices[child]))
-                    rule.multicast_groups.update(groups)
-                if offices[child].external:
-                    continue  # its side is configured by whoever runs it
-                sender = _relay_address(offices[parent])
-                rule = _port(ports, child, port)
-                rule.multicast_groups.update(groups)
-                if child in wanted:
-                    rule.accept_from.add(sender)
-                if onward:
-                    rule.transit.setdefault(sender, set()).update(
-                        _relay_address(offices[n]) for n in onward
-                    )
-            flows.append(RelayFlow(origin.name, port, tuple(sorted(wanted)), tuple(hops), groups))
-    return ports, flows
-
-
-def _raw_wire_warnings(wire: str, protection: str, offices: list[Office]) -> list[str]:
-    """The raw relay wire, deployment-wide or for an external peer: a warning each."""
-
-    def risk(plain: str) -> str:
-        return (
-            "relay datagrams go as they are (like udp-proxy, the hand-built setup's C "
-            "relay), with no origin, sequence number or signature: the relays cannot "
-            "tell a forged, replayed or "
-            "duplicated datagram from a new one"
-            + (
-                f", and with {plain} anyone on the Internet can forge them"
-                if plain
-                else " (IPsec still protects them between gateways)"
-            )
-        )
-
-    if wire == WIRE_RAW:
-        plain = "office_tunnel_protection: none" if protection == "none" else ""
-        return [f"deployment (every office): office_relay_wire: raw: {risk(plain)}"]
-    return [
-        f"{o.label()}: {o.where}.relay_wire: raw: "
-        + risk("protection: none" if link_protection(protection, o) == "none" else "")
-        for o in offices
-        if o.external and o.relay_wire == WIRE_RAW
-    ]
-
-
-def _unprotected_peer_warnings(
-    protection: str, offices: list[Office], pairs: dict[tuple[str, str], Optional[int]]
-) -> list[str]:
-    """An external peer with protection: none where our own links are protected: a warning
-    each (with office_tunnel_protection: none, the deployment's warning says it all)."""
-    if protection == "none":
-        return []
-    warnings = []
-    for office in offices:
-        if office.external and office.protection == "none":
-            ours = sorted(b if a == office.name else a for a, b in pairs if office.name in (a, b))
-            warnings.append(
-                f"{office.label()}: {office.where}.protection: none: its links"
-                + (f" (from {', '.join(ours)})" if ours else "")
-                + " are plain IPIP, which anyone on the path can read, and anyone on the "
-                "Internet can forge (RFC 2003 has no authentication); give it a key of its "
-                "own (psk) to protect them"
-            )
-    return warnings
-
-
-def _tree_order(root: str, children: dict[str, set[str]]) -> list[str]:
-    order, frontier = [], [root]
-    while frontier:
-        order.extend(frontier)
-        frontier = [c for node in frontier for c in sorted(children.get(node, ())) if c in children]
-    return order
-
-
-def _port(ports: dict[str, dict[int, RelayPort]], office: str, port: int) -> RelayPort:
-    return ports[office].setdefault(port, RelayPort(port))
-
-
-def _relay_address(office: Office) -> str:
-    """Relays talk between gateways' LAN addresses, through the tunnels."""
-    return str(office.lan.ip)
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -768,7 +501,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     deployment = _deployment(office_vars, names, errors)
     _check_rollout(deployment, errors)
     _check_protection(deployment, errors)
-    relay_wire = RELAY_WIRES.get(deployment["office_relay_wire"], WIRE_SITELINK1)
+    relay_wire = relay.WIRES.get(deployment["office_relay_wire"], contract.WIRE_SITELINK1)
     parsed = [
         _parse_office(host, raw, errors, relay_wire) for host, raw in sorted(office_vars.items())
     ]
@@ -817,8 +550,8 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     # Destinations visited in LAN order, so every route list comes out sorted.
     routed = routing.next_hops(adj, forwards, transit, order=sorted(offices, key=lan_key.get))
     warnings: list[str] = []
-    relay_ports, flows = _relay(offices, adj, forwards, transit, errors, warnings)
-    _check_external_relay_keys(offices, flows, errors)
+    relay_ports, flows = relay.plan(offices, adj, forwards, transit, errors, warnings)
+    relay.check_external_keys(offices, flows, errors)
     if errors:
         raise PlanError(errors)
 
@@ -828,28 +561,16 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         return tuple(lan_text[d] for d in routed.get((office, hop), ()))
 
     protection = deployment["office_tunnel_protection"]
-    if protection == "none":
-        protected = sorted(
-            o.name for o in offices_list if link_protection(protection, o) == "ipsec"
-        )
-        warnings.append(
-            "deployment (every office): office_tunnel_protection: none: every link "
-            + (f"(but those to {', '.join(protected)}) " if protected else "")
-            + "is plain IPIP, which anyone on the path can read, and anyone on the Internet "
-            "can forge (RFC 2003 has no authentication)"
-        )
-    warnings.extend(_unprotected_peer_warnings(protection, offices_list, pairs))
-    warnings.extend(_raw_wire_warnings(relay_wire, protection, offices_list))
+    warnings.extend(ipsec.warnings(protection, offices_list, pairs))
+    warnings.extend(relay.raw_wire_warnings(relay_wire, protection, offices_list))
     links = []
     for (a, b), mtu in sorted(pairs.items()):
         if mtu is None:
-            esp = link_protection(protection, offices[a], offices[b]) == "ipsec"
-            overhead = IPIP_OVERHEAD + (ESP_OVERHEAD if esp else 0)
-            mtu = min(offices[a].wan_mtu, offices[b].wan_mtu) - overhead
+            mtu = tunnels.link_mtu(protection, offices[a], offices[b])
         links.append(
             Link(
-                LinkEnd(a, tunnel_name(b), prefixes(a, b)),
-                LinkEnd(b, tunnel_name(a), prefixes(b, a)),
+                LinkEnd(a, tunnels.tunnel_name(b), prefixes(a, b)),
+                LinkEnd(b, tunnels.tunnel_name(a), prefixes(b, a)),
                 mtu,
             )
         )
@@ -865,30 +586,20 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         if office.external:
             continue
         mine = sorted(by_office[office.name], key=lambda lk: lk.other(office.name).office)
-        # Every LAN routed from here: the links' sorted, disjoint lists, merged.
-        reached = list(
-            heapq.merge(
-                *(lk.end(office.name).routes for lk in mine),
-                key=lambda text: lan_key_of_text[text],
-            )
-        )
+        masqueraded = masquerade.sources(office, mine, lan_key_of_text.__getitem__)
         if len(offices) > 1 and not mine:
             warnings.append(
                 f"{office.label()}: office_topology: this office has no link to any other "
                 f"office in the {topology} topology"
             )
-        if office.masquerade and not reached:
-            warnings.append(
-                f"{office.label()}: office_masquerade: no other office reaches this office, "
-                "so there is nothing to masquerade"
-            )
+        warnings.extend(masquerade.warnings(office, masqueraded))
         gateways[office.host] = GatewayPlan(
             office=office,
             links=mine,
             peers={
                 lk.other(office.name).office: offices[lk.other(office.name).office] for lk in mine
             },
-            masquerade_sources=reached if office.masquerade else [],
+            masquerade_sources=masqueraded,
             relay=relay_ports[office.name],
             protection=protection,
             rollback_timeout=deployment["office_rollback_timeout"],

@@ -9,7 +9,7 @@ connections, made by the same code as ours (``module_utils.ipsec.remote_end``)
 with the two ends swapped; their IPIP tunnels and routes, as the same commands
 ours are built with (``module_utils.tunnel.create_argvs``); what their firewall
 lets in; and what their relay sends and takes, as the relay section our
-gateways get (``sections.relay``), made for their gateway.
+gateways get (``relay.section``), made for their gateway.
 
 It never holds a key: the IPsec key is a placeholder (the key is given to them
 apart), and their relay keys are derived from it with a command they run
@@ -23,12 +23,13 @@ import json
 import shlex
 import textwrap
 
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract
 from ansible_collections.sitelink.gateway.plugins.module_utils import ipsec as ipsec_utils
 from ansible_collections.sitelink.gateway.plugins.module_utils.tunnel import create_argvs
 
-from . import routing, secrets
-from .model import TUNNEL_TTL, WIRE_RAW, GatewayPlan, NetworkPlan, Office, RelayPort
-from .sections import relay as relay_section
+from . import relay, routing, secrets
+from .model import GatewayPlan, NetworkPlan, Office
+from .tunnels import TUNNEL_TTL
 
 PLACEHOLDER = ipsec_utils.REMOTE_KEY_PLACEHOLDER
 # Their LAN interface is theirs to name: the relay configuration says eth0.
@@ -71,23 +72,6 @@ def their_routes(plan: NetworkPlan, name: str) -> dict[str, tuple[str, ...]]:
     return {hop: tuple(prefixes) for hop, prefixes in routes.items()}
 
 
-def _relay_ports(plan: NetworkPlan, name: str) -> dict[int, RelayPort]:
-    """The peer's relay rules, from the flows: what it sends (it is the origin) and
-    what it re-broadcasts (it is a target; an external peer never passes a datagram on)."""
-    ports: dict[int, RelayPort] = {}
-    for flow in plan.flows:
-        for parent, child in flow.hops:
-            if name not in (parent, child):
-                continue
-            rule = ports.setdefault(flow.port, RelayPort(flow.port))
-            rule.multicast_groups.update(flow.groups)
-            if parent == name:
-                rule.forward_to.add(str(plan.offices[child].lan.ip))
-            else:
-                rule.accept_from.add(str(plan.offices[parent].lan.ip))
-    return ports
-
-
 def _their_gateway(plan: NetworkPlan, peer: Office) -> GatewayPlan:
     """The peer's gateway as our planner would see it if it were ours: its links, our
     offices at their other ends (speaking its relay wire with it) and its relay rules."""
@@ -106,7 +90,7 @@ def _their_gateway(plan: NetworkPlan, peer: Office) -> GatewayPlan:
         links=links,
         peers=peers,
         masquerade_sources=[],
-        relay=_relay_ports(plan, peer.name),
+        relay=relay.peer_ports(plan, peer.name),
         protection=plan.protection,
         relay_wire=peer.relay_wire,
     )
@@ -161,7 +145,7 @@ def peer_text(plan: NetworkPlan, name: str) -> str:
             "  a key to protect it with IPsec",
         ]
     if gw.relay:
-        wire = "raw" if peer.relay_wire == WIRE_RAW else "authenticated (sitelink-relay)"
+        wire = "raw" if peer.relay_wire == contract.WIRE_RAW else "authenticated (sitelink-relay)"
         lines.append(f"Relay wire: {wire}, UDP port(s) {', '.join(map(str, sorted(gw.relay)))}")
 
     step = 0
@@ -282,14 +266,14 @@ def _relay_lines(plan: NetworkPlan, gw: GatewayPlan, peer: Office) -> list[str]:
             "     re-broadcast on your LAN: what comes from "
             + (", ".join(f"{a} ({names[a]})" for a in takes) or "nobody of ours")
         )
-    if peer.relay_wire == WIRE_RAW:
+    if peer.relay_wire == contract.WIRE_RAW:
         lines += [
             "   Raw wire (e.g. udp-proxy, a plain C relay): the datagrams as they are, sent",
             f"   from your gateway's LAN address {peer.lan.ip} to each address above on the",
             "   same port.",
         ]
         return lines
-    config = relay_section.section(gw)
+    config = relay.section(gw)
     lines += [
         "   Authenticated wire: run sitelink-relay (roles/relay/files/sitelink-relay of the",
         f"   collection) with this configuration ({LAN_INTERFACE} stands for your LAN interface):",
@@ -301,7 +285,7 @@ def _relay_lines(plan: NetworkPlan, gw: GatewayPlan, peer: Office) -> list[str]:
         *_lines(
             json.dumps(
                 {
-                    "version": 1,
+                    "version": contract.RELAY_KEYS_VERSION,
                     "peers": {
                         address: {
                             "send": f"<relay key of {entry['office']}>",

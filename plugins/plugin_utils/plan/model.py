@@ -1,38 +1,28 @@
 # Copyright: sitelink.gateway developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The plan's typed model: offices, links, and what each gateway holds.
+"""The plan's typed model: offices, links, and what each gateway holds; and how
+problems with the inventory are worded (``PlanError``, ``describe_problems``).
 
-``GatewayPlan.to_dict()`` is the one shape the roles see (``office_plan``);
-nothing in it belongs to another gateway.
+Nothing here knows a feature: each feature module (``tunnels``, ``ipsec``,
+``firewall``, ``masquerade``, ``relay``) plans from these types and writes its own
+section, and ``gateway.office_plan`` assembles what a gateway receives.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract
 
 from . import schema
 
-IPIP_OVERHEAD = 20  # RFC 2003: one outer IPv4 header, no options
-TUNNEL_TTL = 64
-# ESP in transport mode, AES-GCM-16: 8 SPI+sequence, 8 IV, 16 ICV, 2 trailer, up to
-# 3 padding; rounded up to 40 so the tunnel MTU stays a multiple of 4.
-ESP_OVERHEAD = 40
-TUNNEL_PREFIX = "sl-"
-IFNAMSIZ = 15  # the kernel's limit on interface names
-# 6 hex digits (24 bits): two long names that share their 5-character head
-# collide with odds of 1 in 16 million; collisions that remain are refused.
-TUNNEL_HASH_DIGITS = 6
-# The relay's wire names, as its configuration spells them (office_relay_wire:
-# authenticated is sitelink1).
-WIRE_SITELINK1 = "sitelink1"
-WIRE_RAW = "raw"
-RELAY_OFFICE_ID_BYTES = 4
+# How a check reports a problem: bad(variable, message).
+Bad = Callable[[str, str], None]
 
 
 class PlanError(ValueError):
@@ -157,27 +147,6 @@ def _one_setting(variable: str, hosts: frozenset[str], values: dict[str, dict[st
     return all(value(host) != shared for host in values if host not in hosts)
 
 
-def tunnel_name(office: str) -> str:
-    """Interface name of the tunnel that leads to ``office``.
-
-    Derived from the office name alone, so offices coming and going never rename
-    a tunnel. Names too long for the kernel keep a readable head and a hash of
-    the full name.
-    """
-    name = TUNNEL_PREFIX + office
-    if len(name) <= IFNAMSIZ:
-        return name
-    digest = hashlib.sha256(office.encode()).hexdigest()[:TUNNEL_HASH_DIGITS]
-    head = IFNAMSIZ - len(TUNNEL_PREFIX) - len(digest) - 1
-    return f"{TUNNEL_PREFIX}{office[:head]}-{digest}"
-
-
-def relay_office_id(office: str) -> bytes:
-    """How the relay's authenticated wire names an office: the first 4 bytes of the
-    SHA-256 of its name (UTF-8). Two offices with the same id are refused by the plan."""
-    return hashlib.sha256(office.encode("utf-8")).digest()[:RELAY_OFFICE_ID_BYTES]
-
-
 @dataclass(frozen=True)
 class RelayRequest:
     """One ``office_broadcast_relay`` entry: broadcasts on ``port`` go to ``to``."""
@@ -205,7 +174,7 @@ class Office:
     firewall_forward_policy: str = "accept"
     management_sources: tuple[str, ...] = ()
     index: int = 0  # position in office_external_peers, for messages
-    relay_wire: str = WIRE_SITELINK1  # what its relay speaks (WIRE_SITELINK1 or WIRE_RAW)
+    relay_wire: str = contract.WIRE_SITELINK1  # what its relay speaks (a contract.WIRE_*)
     # An external peer's own choice (office_external_peers[].protection): "ipsec" or
     # "none". None for our offices: the deployment's office_tunnel_protection applies.
     protection: Optional[str] = None
@@ -225,6 +194,10 @@ class Office:
         if self.host is None:
             return f"office {self.name!r} (external peer)"
         return f"office {self.name!r} (host {self.host})"
+
+    def variable(self, name: str) -> str:
+        """Where its ``name`` was set: office_<name>, or its office_external_peers entry's."""
+        return f"office_{name}" if self.host else f"{self.where}.{name}"
 
 
 @dataclass(frozen=True)
@@ -264,27 +237,6 @@ class RelayPort:
     transit: dict[str, set[str]] = field(default_factory=dict)  # from -> onward relays
     multicast_groups: set[str] = field(default_factory=set)  # relayed besides broadcasts
 
-    def to_dict(self) -> dict[str, Any]:
-        rule: dict[str, Any] = {
-            "port": self.port,
-            "forward_to": _sorted_addresses(self.forward_to),
-            "accept_from": _sorted_addresses(self.accept_from),
-        }
-        if self.transit:
-            rule["transit"] = {
-                source: _sorted_addresses(targets)
-                for source, targets in sorted(
-                    self.transit.items(), key=lambda kv: ipaddress.IPv4Address(kv[0])
-                )
-            }
-        if self.multicast_groups:
-            rule["multicast_groups"] = _sorted_addresses(self.multicast_groups)
-        return rule
-
-
-def _sorted_addresses(addresses) -> list[str]:
-    return sorted(addresses, key=ipaddress.IPv4Address)
-
 
 @dataclass(frozen=True)
 class RelayFlow:
@@ -308,16 +260,11 @@ class GatewayPlan:
     protection: str = "ipsec"
     rollback_timeout: int = 0
     office_lans: list[ipaddress.IPv4Network] = field(default_factory=list)  # every office's
-    relay_wire: str = WIRE_SITELINK1  # the deployment's; a peer's own is on its Office
+    relay_wire: str = contract.WIRE_SITELINK1  # the deployment's; a peer's own is on its Office
 
     def protection_to(self, peer: Office) -> str:
         """How this gateway's link to ``peer`` is protected: "ipsec" or "none"."""
         return link_protection(self.protection, peer)
-
-    def to_dict(self) -> dict[str, Any]:
-        from .sections import gateway_dict  # the sections import this module
-
-        return gateway_dict(self)
 
 
 @dataclass
@@ -330,11 +277,7 @@ class NetworkPlan:
     flows: list[RelayFlow]
     warnings: list[str]
     protection: str = "ipsec"
-    relay_wire: str = WIRE_SITELINK1
-
-    def gateway_dict(self, host: str) -> dict[str, Any]:
-        """The plan of one gateway, as the roles take it (``office_plan``)."""
-        return self.gateways[host].to_dict()
+    relay_wire: str = contract.WIRE_SITELINK1
 
     def link_protection(self, link: Link) -> str:
         """How ``link`` is protected: "ipsec" or "none"."""

@@ -41,8 +41,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
-from .model import WIRE_RAW, Link, NetworkPlan, Office, RelayFlow, link_protection
-from .sections.ipsec import OWN_KEY, UNPROTECTED
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract
+
+from .ipsec import OWN_KEY, UNPROTECTED
+from .model import Link, NetworkPlan, Office, RelayFlow, link_protection
 
 WIDTH = 100  # text line length
 
@@ -194,7 +196,7 @@ def _peer_from(tunnel: Mapping[str, Any]) -> str:
 
 
 def gateway_text(plan: Mapping[str, Any]) -> str:
-    """One gateway's plan (``NetworkPlan.gateway_dict``) as text for its administrator."""
+    """One gateway's plan (``gateway.office_plan``) as text for its administrator."""
     lan = plan.get("lan") or {}
     wan = plan.get("wan") or {}
     lan_if = lan.get("interface") or "the LAN interface"
@@ -286,7 +288,7 @@ def _wire_lines(relay: Mapping[str, Any], relays: _Relays) -> list[str]:
         for address, peer in (relay.get("peers") or {}).items()
         if (peer or {}).get("wire", wire) != wire
     ]
-    if wire == WIRE_RAW:
+    if wire == contract.WIRE_RAW:
         lines = [
             "  NOT AUTHENTICATED (office_relay_wire: raw): datagrams go as they are, without",
             "  origin, sequence number or signature: replays and forgeries are not recognised",
@@ -460,7 +462,9 @@ def _external_lines(plan: NetworkPlan) -> list[str]:
             (
                 office.name,
                 OWN_KEY if protection == "ipsec" else UNPROTECTED,
-                "relay wire raw" if office.relay_wire == WIRE_RAW else "relay wire authenticated",
+                "relay wire raw"
+                if office.relay_wire == contract.WIRE_RAW
+                else "relay wire authenticated",
             )
         )
     lines.extend(_table(rows))
@@ -483,7 +487,7 @@ def network_text(plan: NetworkPlan) -> str:
         lines.append(
             f"Protection: IPsec ESP around every link's IPIP (IKEv2, one key per link){but}"
         )
-    if plan.relay_wire == WIRE_RAW:
+    if plan.relay_wire == contract.WIRE_RAW:
         lines.append("Relay wire: RAW (datagrams as they are: no origin, sequence or signature)")
     else:
         lines.append("Relay wire: authenticated (origin, sequence, signed with the link's key)")

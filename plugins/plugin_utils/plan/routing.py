@@ -1,6 +1,6 @@
 # Copyright: sitelink.gateway developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Routes and relay trees over the links.
+"""Routes over the links.
 
 Routes: every gateway routes each office it can reach into the tunnel of the
 next hop on a shortest path (ties go to the lowest office name, so in
@@ -8,8 +8,7 @@ hub-and-spoke both directions between two branches use the same hub). Each hop
 gets strictly closer, so routes never loop. External peers are never a next
 hop for anyone else's traffic: we do not run their gateway.
 
-Relay: an origin's broadcasts follow a breadth-first tree rooted at the
-origin, so every office is reached at most once and never the origin again.
+Relay trees are the relay's (``relay.relay_tree``).
 """
 
 from __future__ import annotations
@@ -84,22 +83,3 @@ def next_hops(
                 hop = next(n for n in adj[node] if forwards[n] and dist.get(n) == distance - 1)
             routes[(node, hop)].append(dest)
     return routes
-
-
-def relay_tree(
-    origin: str, adj: Adjacency, forwards: dict[str, bool], transit: bool
-) -> dict[str, Optional[str]]:
-    """Parent of every office an origin's broadcasts can reach (origin: None)."""
-    parent: dict[str, Optional[str]] = {origin: None}
-    frontier = [origin]
-    while frontier:
-        nxt = []
-        for node in frontier:
-            if node != origin and (not transit or not forwards[node]):
-                continue
-            for neighbour in adj[node]:
-                if neighbour not in parent:
-                    parent[neighbour] = node
-                    nxt.append(neighbour)
-        frontier = nxt
-    return parent

@@ -12,10 +12,9 @@ import pytest
 import yaml
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import schema
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import (
-    PlanError,
-    tunnel_name,
-)
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.tunnels import tunnel_name
 
 ROOT = Path(__file__).resolve().parents[5]
 TEST_SECRET = "unit-test-secret-0123456789"  # noqa: S105  (a test value)
@@ -69,7 +68,7 @@ def network(offices: dict):
 
 def gateways(offices: dict) -> dict:
     plan = plan_network(offices)
-    return {host: plan.gateway_dict(host) for host in plan.gateways}
+    return {host: office_plan(plan, host) for host in plan.gateways}
 
 
 def problems(offices: dict, topology_name: str = "hub-and-spoke") -> list[str]:
@@ -85,8 +84,8 @@ def test_case_study_plan_matches_the_article():
         "manhattan": "manhattan-gw",
         "brooklyn": "brooklyn-gw",
     }
-    manhattan = plan.gateway_dict("manhattan-gw")
-    brooklyn = plan.gateway_dict("brooklyn-gw")
+    manhattan = office_plan(plan, "manhattan-gw")
+    brooklyn = office_plan(plan, "brooklyn-gw")
 
     assert manhattan["tunnels"] == [
         {
@@ -372,12 +371,12 @@ def test_hub_and_spoke_scales_with_transit(count):
     offices = branch_offices(count)
     plan = plan_network(offices)
     assert len(plan.gateways) == count
-    hub = plan.gateway_dict("office0-gw")
+    hub = office_plan(plan, "office0-gw")
     assert len(hub["tunnels"]) == count - 1
     assert len({t["name"] for t in hub["tunnels"]}) == count - 1
     every_lan = [f"10.{i >> 8}.{i & 255}.0/24" for i in range(count)]
     for index in range(1, count):
-        branch = plan.gateway_dict(f"office{index}-gw")
+        branch = office_plan(plan, f"office{index}-gw")
         assert [t["name"] for t in branch["tunnels"]] == ["sl-office0"]
         # Transit: every other office's LAN goes through the hub.
         assert branch["tunnels"][0]["routes"] == [n for i, n in enumerate(every_lan) if i != index]
@@ -388,7 +387,7 @@ def test_hub_and_spoke_scales_with_transit(count):
 def test_mesh_links_every_pair(count):
     plan = plan_network(with_topology(branch_offices(count), "mesh"))
     for host in plan.gateways:
-        tunnels = plan.gateway_dict(host)["tunnels"]
+        tunnels = office_plan(plan, host)["tunnels"]
         assert len(tunnels) == count - 1
         assert all(len(t["routes"]) == 1 for t in tunnels)  # no transit needed
     assert_tunnels_pair_up(plan)
@@ -404,7 +403,7 @@ def assert_tunnels_pair_up(plan):
     """Every tunnel has its mirror on the peer, with the endpoints swapped."""
     by_office = {g.office.name: host for host, g in plan.gateways.items()}
     remotes = {
-        host: Counter((t["local"], t["remote"]) for t in plan.gateway_dict(host)["tunnels"])
+        host: Counter((t["local"], t["remote"]) for t in office_plan(plan, host)["tunnels"])
         for host in plan.gateways
     }
     for host, pairs in remotes.items():
@@ -429,7 +428,7 @@ def test_explicit_links_and_their_mtu():
         ],
     )
     plan = plan_network(offices)
-    chain = {host: plan.gateway_dict(host) for host in plan.gateways}
+    chain = {host: office_plan(plan, host) for host in plan.gateways}
     assert [t["name"] for t in chain["office1-gw"]["tunnels"]] == ["sl-office0", "sl-office2"]
     assert chain["office1-gw"]["tunnels"][1]["mtu"] == 1400
     # office0 reaches office3 over two transit hops.
@@ -481,7 +480,7 @@ def test_external_peer_gets_tunnels_routes_and_relay_on_our_side_only():
     offices["office1-gw"]["office_broadcast_relay"] = [{"port": 7001, "to": ["partner"]}]
     plan = plan_network(offices)
     assert sorted(plan.gateways) == ["office0-gw", "office1-gw", "office2-gw"]  # no partner plan
-    hub = plan.gateway_dict("office0-gw")
+    hub = office_plan(plan, "office0-gw")
     to_partner = [t for t in hub["tunnels"] if t["description"] == "peer partner"]
     assert to_partner == [
         {
@@ -498,7 +497,7 @@ def test_external_peer_gets_tunnels_routes_and_relay_on_our_side_only():
     # verify.yml pings the partner's gateway, by its LAN address, through that tunnel.
     assert [lk["peer_address"] for lk in hub["links"] if lk["peer"] == "partner"] == ["10.200.0.1"]
     # A branch reaches the partner through the hub; the partner never carries transit.
-    branch = plan.gateway_dict("office1-gw")
+    branch = office_plan(plan, "office1-gw")
     assert "10.200.0.0/24" in branch["tunnels"][0]["routes"]
     # The partner's broadcasts on 7000 go office2-wards through the hub.
     (rule7000,) = [r for r in hub["relay"]["rules"] if r["port"] == 7000]
@@ -581,6 +580,21 @@ def test_role_defaults_and_specs_are_the_schema():
         assert options[field.name].get("default") == field.default, field.name
 
 
+def plan_reads(value: str, role: str) -> str:
+    """``value`` with each read of a plan section spelled as its office_plan path: a role
+    takes its section through plan_section (``(... plan_section('ipsec')).connections``
+    is office_plan.ipsec.connections), some bound to ``__ROLE_plan`` in vars/main.yml."""
+    bound = ROOT / f"roles/{role}/vars/main.yml"
+    for name, section in re.findall(
+        r"^(__\w+_plan):.*plan_section\('(\w+)'\)",
+        bound.read_text() if bound.exists() else "",
+        re.M,
+    ):
+        value = value.replace(name, f"office_plan.{section}")
+    value = re.sub(r"\(office_plan .*?plan_section\('(\w+)'\)\)", r"office_plan.\1", value)
+    return re.sub(r"office_plan .*?plan_section\('(\w+)'\)", r"office_plan.\1", value)
+
+
 @pytest.mark.parametrize("role", ["kernel", "firewall", "ipsec", "tunnel", "masquerade", "relay"])
 def test_every_role_documents_its_defaults(role):
     specs = yaml.safe_load((ROOT / f"roles/{role}/meta/argument_specs.yml").read_text())
@@ -595,7 +609,7 @@ def test_every_role_documents_its_defaults(role):
             # description names the variable the default comes from instead.
             assert "default" not in spec, name
             named = re.findall(r"C\(([\w.]+)\)", " ".join(spec["description"]))
-            assert any(source in value for source in named), name
+            assert any(source in plan_reads(value, role) for source in named), name
         else:
             assert spec.get("default") == value, name
 
@@ -610,7 +624,7 @@ def test_explicit_links_scale_as_a_ring(count):
     plan = plan_network(with_topology(branch_offices(count), "links", office_links=links))
     assert len(plan.links) == len(links)
     if count > 1:
-        config = plan.gateway_dict("office0-gw")
+        config = office_plan(plan, "office0-gw")
         routed = sorted(r for t in config["tunnels"] for r in t["routes"])
         assert len(routed) == count - 1  # every other office, exactly once
         if count == 50:
@@ -633,9 +647,9 @@ def test_external_peers_at_scale(count):
     offices = with_topology(branch_offices(count), "hub-and-spoke", office_external_peers=externals)
     plan = plan_network(offices)
     assert len(plan.gateways) == count  # external peers get no plan
-    hub = plan.gateway_dict("office0-gw")
+    hub = office_plan(plan, "office0-gw")
     assert len(hub["tunnels"]) == count - 1 + len(externals)
     if count > 1:
-        branch = plan.gateway_dict("office1-gw")
+        branch = office_plan(plan, "office1-gw")
         assert len(branch["tunnels"][0]["routes"]) == count - 2 + 1 + len(externals)
     assert_tunnels_pair_up(plan)

@@ -16,15 +16,16 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import (
     schema,
 )
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.ipsec import (
+    OWN_KEY,
+    UNPROTECTED,
+)
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (
     gateway_secrets,
     link_key,
     psk_hex,
-)
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.sections.ipsec import (
-    OWN_KEY,
-    UNPROTECTED,
 )
 from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (
     PARTNER_PSK,
@@ -66,15 +67,15 @@ def errors(offices: dict) -> list[str]:
 
 def secrets_of(plan, host: str, secret=TEST_SECRET, previous=None) -> dict:
     """office_secrets of one gateway, as the office role's filter makes them."""
-    mine = plan.gateway_dict(host)
+    mine = office_plan(plan, host)
     return gateway_secrets(mine["links"], secret, previous, plan.external_keys())
 
 
 def everything_shown(plan) -> str:
     """Every text the plan is shown or handed out as, but office_secrets."""
-    parts = [json.dumps(plan.gateway_dict(h)) for h in plan.gateways]
+    parts = [json.dumps(office_plan(plan, h)) for h in plan.gateways]
     parts += [render.network_text(plan), render.dot(plan), "\n".join(plan.warnings)]
-    parts += [render.gateway_text(plan.gateway_dict(h)) for h in plan.gateways]
+    parts += [render.gateway_text(office_plan(plan, h)) for h in plan.gateways]
     parts += [external.peer_text(plan, n) for n, o in plan.offices.items() if o.external]
     parts += [repr(o) for o in plan.offices.values()]
     return "\n".join(parts)
@@ -313,7 +314,7 @@ def test_an_unprotected_peer_is_plain_ipip_on_our_side_and_warned():
     peer = external_partner(protection="none")
     del peer["psk"]
     plan = plan_network(offices_with(peer, quiet=True))
-    hub = plan.gateway_dict("office0-gw")
+    hub = office_plan(plan, "office0-gw")
     assert [c["peer"] for c in hub["ipsec"]["connections"]] == ["office1", "office2"]
     assert hub["ipsec"]["unprotected"] == [
         {"name": "sl-partner", "peer": "partner", "remote": "198.51.100.7"}
@@ -337,7 +338,7 @@ def test_a_protected_peer_in_a_plain_deployment_gets_its_connection_only():
     plan = plan_network(
         offices_with(external_partner(protection="ipsec"), office_tunnel_protection="none")
     )
-    hub = plan.gateway_dict("office0-gw")
+    hub = office_plan(plan, "office0-gw")
     assert hub["protection"] == "none"
     assert hub["ipsec"]["connections"] == [
         {
@@ -377,7 +378,7 @@ def test_the_relay_on_an_unprotected_link_needs_a_key_only_when_it_is_used():
         "tunnel": psk_hex(PARTNER_PSK),
         "relay": link_key(PARTNER_PSK, "office0", "partner", "relay"),
     }
-    hub = keyed.gateway_dict("office0-gw")
+    hub = office_plan(keyed, "office0-gw")
     assert hub["ipsec"]["external"] == {"partner": UNPROTECTED}
     assert [c["peer"] for c in hub["ipsec"]["connections"]] == ["office1", "office2"]
 
@@ -392,7 +393,7 @@ def test_texts_say_how_each_external_link_is_protected():
     )
     assert re.search(r"  partner +ipsec \(own key\) +relay wire authenticated\n", text)
     assert re.search(r"  vendor +none \(unprotected, warned\) +relay wire authenticated\n", text)
-    hub = render.gateway_text(plan.gateway_dict("office0-gw"))
+    hub = render.gateway_text(office_plan(plan, "office0-gw"))
     assert (
         f"sl-partner to partner: 100.64.0.1 -> 198.51.100.7, MTU 1440, TTL 64\n"
         f"    external peer, protection: {OWN_KEY}\n" in hub
@@ -413,7 +414,7 @@ def test_their_ipsec_file_is_ours_with_the_ends_swapped():
     """What their swanctl needs is exactly what ours has, seen from their side."""
     plan = plan_network(offices_with(external_partner()))
     (conn,) = [
-        c for c in plan.gateway_dict("office0-gw")["ipsec"]["connections"] if c["peer"] == "partner"
+        c for c in office_plan(plan, "office0-gw")["ipsec"]["connections"] if c["peer"] == "partner"
     ]
     ours = ipsec_utils.render(
         [conn],
@@ -448,7 +449,7 @@ def test_their_routes_mirror_ours_with_two_hubs():
     routed = {p for prefixes in theirs.values() for p in prefixes}
     assert routed == {str(o.lan.network) for o in plan.offices.values() if o.name != "partner"}
     for host, gw in plan.gateways.items():
-        mine = plan.gateway_dict(host)
+        mine = office_plan(plan, host)
         (tunnel,) = [t for t in mine["tunnels"] if "10.200.0.0/24" in t["routes"]]
         hop = next(lk["peer"] for lk in mine["links"] if lk["tunnel"] == tunnel["name"])
         last = gw.office.name if hop == "partner" else hop

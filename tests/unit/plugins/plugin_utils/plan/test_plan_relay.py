@@ -3,16 +3,14 @@ the secrets it needs (rotation included) and the office ids of its authenticated
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import pytest
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import build, render
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import render
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import (
-    PlanError,
-    relay_office_id,
-)
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (
     gateway_secrets,
     link_key,
@@ -31,7 +29,7 @@ CASE_STUDY_SECRET = case_study()["manhattan-gw"]["office_tunnel_secret"]
 
 
 def relay(offices: dict, host: str) -> dict:
-    return plan_network(offices).gateway_dict(host)["relay"]
+    return office_plan(plan_network(offices), host)["relay"]
 
 
 def errors(offices: dict) -> list[str]:
@@ -54,7 +52,7 @@ def addresses_named_by_rules(config: dict) -> set[str]:
 
 def test_case_study_relay_config_is_version_2():
     plan = plan_network(case_study())
-    assert plan.gateway_dict("manhattan-gw")["relay"] == {
+    assert office_plan(plan, "manhattan-gw")["relay"] == {
         "version": 2,
         "office": "manhattan",
         "lan": {"interface": "eth0", "address": "192.168.1.126/24"},
@@ -67,14 +65,14 @@ def test_case_study_relay_config_is_version_2():
         "status_file": "/run/sitelink-relay/status.json",
         "metrics_file": "/run/sitelink-relay/metrics.prom",
     }
-    brooklyn = plan.gateway_dict("brooklyn-gw")["relay"]
+    brooklyn = office_plan(plan, "brooklyn-gw")["relay"]
     assert brooklyn["office"] == "brooklyn"
     assert brooklyn["peers"] == {
         "192.168.1.126": {"office": "manhattan", "interface": "sl-manhattan"}
     }
     assert brooklyn["rules"] == [{"port": 6799, "forward_to": [], "accept_from": ["192.168.1.126"]}]
     # No key of any kind in the plan, no storm_control (the relay's defaults apply).
-    text = json.dumps(plan.gateway_dict("manhattan-gw"))
+    text = json.dumps(office_plan(plan, "manhattan-gw"))
     for purpose in ("tunnel", "relay"):
         assert link_key(CASE_STUDY_SECRET, "brooklyn", "manhattan", purpose) not in text
     assert "storm_control" not in text and "multicast_groups" not in text
@@ -86,9 +84,9 @@ def test_peers_are_every_address_a_rule_names_transit_included():
     offices["office4-gw"]["office_broadcast_relay"] = [{"port": 5001}]
     plan = plan_network(offices)
     for host in plan.gateways:
-        config = plan.gateway_dict(host)["relay"]
+        config = office_plan(plan, host)["relay"]
         assert set(config["peers"]) == addresses_named_by_rules(config), host
-    hub = plan.gateway_dict("office0-gw")["relay"]
+    hub = office_plan(plan, "office0-gw")["relay"]
     (rule5000,) = [r for r in hub["rules"] if r["port"] == 5000]
     assert rule5000["transit"] == {"10.0.1.1": ["10.0.3.1"]}
     assert hub["peers"]["10.0.3.1"] == {"office": "office3", "interface": "sl-office3"}
@@ -114,7 +112,7 @@ def test_raw_deployment_wire_needs_no_secret_without_ipsec_and_warns():
     for office in offices.values():
         del office["office_tunnel_secret"]
     plan = plan_network(offices)
-    config = plan.gateway_dict("manhattan-gw")["relay"]
+    config = office_plan(plan, "manhattan-gw")["relay"]
     assert config["wire"] == "raw"
     assert config["peers"] == {"192.168.2.126": {"office": "brooklyn", "interface": "sl-brooklyn"}}
     # Emitted always; the relay ignores them with the raw wire.
@@ -125,7 +123,7 @@ def test_raw_deployment_wire_needs_no_secret_without_ipsec_and_warns():
     # The warning, wrapped and indented in the text.
     assert "Relay wire: RAW" in text
     assert " ".join(warning.split(": raw: ")[1].split()[:8]) in " ".join(text.split())
-    gateway = render.gateway_text(plan.gateway_dict("manhattan-gw"))
+    gateway = render.gateway_text(office_plan(plan, "manhattan-gw"))
     assert "NOT AUTHENTICATED (office_relay_wire: raw)" in gateway
 
 
@@ -139,7 +137,7 @@ def test_authenticated_wire_is_the_default_and_does_not_warn():
     plan = plan_network(case_study())
     assert plan.warnings == []
     assert "Relay wire: authenticated" in render.network_text(plan)
-    text = render.gateway_text(plan.gateway_dict("brooklyn-gw"))
+    text = render.gateway_text(office_plan(plan, "brooklyn-gw"))
     assert "authenticated: each datagram carries its origin office" in text
     assert "NOT AUTHENTICATED" not in text
 
@@ -154,7 +152,7 @@ def test_a_raw_external_peer_is_marked_on_its_entry_only():
     )
     offices["office1-gw"]["office_broadcast_relay"] = [{"port": 7001, "to": ["partner"]}]
     plan = plan_network(offices)
-    hub = plan.gateway_dict("office0-gw")["relay"]
+    hub = office_plan(plan, "office0-gw")["relay"]
     assert hub["wire"] == "sitelink1"
     assert hub["peers"]["10.200.0.1"] == {
         "office": "partner",
@@ -166,7 +164,7 @@ def test_a_raw_external_peer_is_marked_on_its_entry_only():
     assert warning.startswith(
         "office 'partner' (external peer): office_external_peers[0].relay_wire: raw: "
     )
-    text = render.gateway_text(plan.gateway_dict("office0-gw"))
+    text = render.gateway_text(office_plan(plan, "office0-gw"))
     assert "NOT AUTHENTICATED (relay_wire: raw), to: 10.200.0.1 (partner)" in text
 
 
@@ -305,7 +303,7 @@ def test_a_previous_secret_that_differs_between_offices_is_not_shown():
 def test_the_previous_secret_never_enters_the_plan():
     offices = with_topology(case_study(), "hub-and-spoke", office_tunnel_secret_previous=OLD_SECRET)
     plan = plan_network(offices)
-    text = json.dumps([plan.gateway_dict(h) for h in plan.gateways]) + render.network_text(plan)
+    text = json.dumps([office_plan(plan, h) for h in plan.gateways]) + render.network_text(plan)
     assert OLD_SECRET not in text
     assert link_key(OLD_SECRET, "brooklyn", "manhattan", "relay") not in text
 
@@ -356,7 +354,7 @@ def test_groups_reach_the_sender_the_hub_and_the_receivers():
         {"port": 1900, "to": ["office3"], "groups": ["239.1.2.3"]}
     ]
     plan = plan_network(offices)
-    rule = {h: plan.gateway_dict(h)["relay"]["rules"][0] for h in plan.gateways}
+    rule = {h: office_plan(plan, h)["relay"]["rules"][0] for h in plan.gateways}
     union = ["224.0.0.251", "239.1.2.3", "239.255.255.250"]
     assert rule["office1-gw"]["forward_to"] == ["10.0.0.1"]
     assert rule["office0-gw"]["transit"] == {
@@ -378,7 +376,7 @@ def test_groups_reach_the_sender_the_hub_and_the_receivers():
     ]
     text = render.network_text(plan)
     assert "office1:1900 (and multicast 224.0.0.251, 239.255.255.250) -> " in text
-    gateway = render.gateway_text(plan.gateway_dict("office3-gw"))
+    gateway = render.gateway_text(office_plan(plan, "office3-gw"))
     assert f"UDP port 1900 (and multicast {', '.join(union)}):" in gateway
 
 
@@ -403,7 +401,7 @@ def test_an_external_peers_groups_reach_our_receivers():
     )
     offices["office0-gw"]["office_broadcast_relay"] = []
     plan = plan_network(offices)
-    hub = plan.gateway_dict("office0-gw")["relay"]["rules"]
+    hub = office_plan(plan, "office0-gw")["relay"]["rules"]
     assert hub == [
         {
             "port": 1900,
@@ -413,7 +411,7 @@ def test_an_external_peers_groups_reach_our_receivers():
             "multicast_groups": [SSDP],
         }
     ]
-    assert plan.gateway_dict("office1-gw")["relay"]["rules"][0]["multicast_groups"] == [SSDP]
+    assert office_plan(plan, "office1-gw")["relay"]["rules"][0]["multicast_groups"] == [SSDP]
 
 
 @pytest.mark.parametrize("group", ["192.168.1.255", "255.255.255.255", "240.0.0.1", "ff02::c", "x"])
@@ -453,17 +451,20 @@ def test_groups_must_be_a_list_of_strings():
 # --------------------------------------------------------------------------- office ids
 
 
-def test_the_relay_office_id_is_four_bytes_of_sha256_of_the_name():
-    assert relay_office_id("manhattan") == hashlib.sha256(b"manhattan").digest()[:4]
-    assert relay_office_id("bröoklyn") == hashlib.sha256("bröoklyn".encode()).digest()[:4]
+def test_the_relay_office_id_is_the_contracts():
+    # The formula is the contract's (contract.office_id), shared with the relay.
+    manhattan = contract.office_id("manhattan")
+    assert isinstance(manhattan, bytes) and len(manhattan) == contract.OFFICE_ID_BYTES
+    assert manhattan == contract.office_id("manhattan") != contract.office_id("brooklyn")
+    assert len(contract.office_id("bröoklyn")) == contract.OFFICE_ID_BYTES
 
 
 def test_two_offices_with_the_same_relay_id_are_refused(monkeypatch):
     # A real collision needs ~2^16 names; the id function stands in for one.
-    real = build.relay_office_id
+    real = contract.office_id
     clash = ("office1", "office3")
     monkeypatch.setattr(
-        build, "relay_office_id", lambda name: b"\0\0\0\1" if name in clash else real(name)
+        contract, "office_id", lambda name: b"\0\0\0\1" if name in clash else real(name)
     )
     (problem,) = errors(branch_offices(4))
     assert problem.startswith("office 'office3' (host office3-gw): office_name: relay office id ")
@@ -472,4 +473,4 @@ def test_two_offices_with_the_same_relay_id_are_refused(monkeypatch):
 
 def test_no_two_of_many_offices_share_a_relay_id():
     plan = plan_network(branch_offices(300))
-    assert len({relay_office_id(name) for name in plan.offices}) == 300
+    assert len({contract.office_id(name) for name in plan.offices}) == 300

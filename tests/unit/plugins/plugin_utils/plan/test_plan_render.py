@@ -14,6 +14,7 @@ import pytest
 import yaml
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import render
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import (
     Link,
     LinkEnd,
@@ -110,7 +111,7 @@ def all_lines_short(text: str) -> bool:
 
 
 def test_case_study_hub_says_what_it_does():
-    text = render.gateway_text(plan_network(case_study()).gateway_dict("manhattan-gw"))
+    text = render.gateway_text(office_plan(plan_network(case_study()), "manhattan-gw"))
     assert text.startswith("Gateway of office manhattan (hub)\n")
     assert "LAN  eth0: 192.168.1.126/24 (office LAN 192.168.1.0/24" in text
     assert "WAN  eth1: 172.16.1.12/27, ISP router 172.16.1.30, path MTU 1500" in text
@@ -126,7 +127,7 @@ def test_case_study_hub_says_what_it_does():
 
 
 def test_case_study_branch_rebroadcasts_from_the_hub():
-    text = render.gateway_text(plan_network(case_study()).gateway_dict("brooklyn-gw"))
+    text = render.gateway_text(office_plan(plan_network(case_study()), "brooklyn-gw"))
     assert "sl-manhattan to manhattan: 172.17.2.10 -> 172.16.1.12" in text
     assert "routes 1 prefix into it: 192.168.1.0/24" in text
     assert "Masquerade: none" in text
@@ -136,7 +137,7 @@ def test_case_study_branch_rebroadcasts_from_the_hub():
 
 def test_hub_text_names_transit_and_external_peer():
     plan = plan_network(hub_with_branches())
-    text = render.gateway_text(plan.gateway_dict("hq-gw"))
+    text = render.gateway_text(office_plan(plan, "hq-gw"))
     assert "Tunnels: 6 (IPIP); this gateway's address inside them: 10.0.1.1" in text
     assert "sl-partner to partner: 100.64.0.1 -> 198.51.100.7" in text
     assert "routes 1 prefix into it: 172.30.0.0/24" in text
@@ -155,15 +156,15 @@ def test_hub_text_names_transit_and_external_peer():
 
 
 def test_branch_routes_other_branches_through_the_hub_only_with_transit():
-    with_transit = render.gateway_text(plan_network(hub_with_branches()).gateway_dict("b1-gw"))
+    with_transit = render.gateway_text(office_plan(plan_network(hub_with_branches()), "b1-gw"))
     assert "routes 6 prefixes into it: 10.0.1.0/24, 10.0.3.0/24 to 10.0.6.0/24" in with_transit
-    without = render.gateway_text(plan_network(hub_with_branches(False)).gateway_dict("b1-gw"))
+    without = render.gateway_text(office_plan(plan_network(hub_with_branches(False)), "b1-gw"))
     assert "routes 1 prefix into it: 10.0.1.0/24\n" in without
 
 
 def test_gateway_without_tunnels_or_relay():
     plan = plan_network({"solo-gw": office(0, "solo", "hub")})
-    text = render.gateway_text(plan.gateway_dict("solo-gw"))
+    text = render.gateway_text(office_plan(plan, "solo-gw"))
     assert "Tunnels: none" in text
     assert "Masquerade: none" in text
     assert "Broadcast relay: none" in text
@@ -171,11 +172,11 @@ def test_gateway_without_tunnels_or_relay():
 
 def test_hundreds_of_routes_stay_readable():
     plan = plan_network(many(400))
-    text = render.gateway_text(plan.gateway_dict("office7-gw"))
+    text = render.gateway_text(office_plan(plan, "office7-gw"))
     assert "routes 399 prefixes into it: 10.0.1.0/24 to 10.0.7.0/24 (7 adjacent /24)," in text
     assert "10.0.9.0/24 to 10.1.144.0/24 (392 adjacent /24)" in text
     assert len(text.splitlines()) < 32  # not one line per route
-    hub = render.gateway_text(plan.gateway_dict("office0-gw"))
+    hub = render.gateway_text(office_plan(plan, "office0-gw"))
     assert "Tunnels: 399 (IPIP)" in hub and "sl-office399 to office399" in hub
     assert all_lines_short(hub)
 
@@ -649,7 +650,7 @@ def test_checked_in_example_plans_are_current(example):
     rendered = {
         "network.txt": render.network_text(plan),
         "network.dot": render.dot(plan),
-        **{f"gateways/{h}.txt": render.gateway_text(plan.gateway_dict(h)) for h in plan.gateways},
+        **{f"gateways/{h}.txt": render.gateway_text(office_plan(plan, h)) for h in plan.gateways},
     }
     for name, content in rendered.items():
         assert (base / "plan" / name).read_text() == content, f"run `make plan`: {name} is stale"

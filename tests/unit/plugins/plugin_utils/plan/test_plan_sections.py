@@ -1,9 +1,23 @@
-"""The plan's safety sections: IPsec connections, the firewall, the relay's tunnels."""
+"""The plan's safety sections: IPsec connections, the firewall, the relay's tunnels;
+and every section as the contract (``module_utils.contract``) declares it."""
 
 from __future__ import annotations
 
+import ast
+import copy
+import re
+
 import pytest
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import (
+    firewall,
+    ipsec,
+    masquerade,
+    relay,
+    tunnels,
+)
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
 from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (
     branch_offices,
@@ -13,7 +27,10 @@ from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.t
 
 
 def gateway(offices: dict, host: str) -> dict:
-    return plan_network(offices).gateway_dict(host)
+    """One gateway's office_plan, which matches the contract."""
+    mine = office_plan(plan_network(offices), host)
+    assert contract.problems(mine) == []
+    return mine
 
 
 def errors(offices: dict) -> list[str]:
@@ -50,8 +67,8 @@ def test_without_protection_no_connection_and_a_warning():
     for office in offices.values():
         del office["office_tunnel_secret"]  # not needed then
     plan = plan_network(offices)
-    assert plan.gateway_dict("brooklyn-gw")["ipsec"]["connections"] == []
-    assert plan.gateway_dict("brooklyn-gw")["tunnels"][0]["mtu"] == 1480
+    assert office_plan(plan, "brooklyn-gw")["ipsec"]["connections"] == []
+    assert office_plan(plan, "brooklyn-gw")["tunnels"][0]["mtu"] == 1480
     assert any("office_tunnel_protection: none" in w and "forge" in w for w in plan.warnings)
     # The raw relay wire warns too, and says that without IPsec anyone can forge it.
     assert any(
@@ -155,8 +172,155 @@ def test_relay_knows_each_peer_relay_its_office_and_tunnel():
 def test_one_thousand_offices_plan_every_section():
     offices = branch_offices(1000)
     plan = plan_network(offices)
-    hub = plan.gateway_dict("office0-gw")
+    hub = office_plan(plan, "office0-gw")
     assert len(hub["ipsec"]["connections"]) == 999
     assert len(hub["firewall"]["tunnels"]) == 999
     # Every office LAN, collapsed: 1000 consecutive /24s are a handful of prefixes.
-    assert len(plan.gateway_dict("office500-gw")["firewall"]["office_lans"]) <= 10
+    assert len(office_plan(plan, "office500-gw")["firewall"]["office_lans"]) <= 10
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def rich() -> dict:
+    """A network whose hub's plan has something in every list and map the contract
+    declares: branches relaying through the hub (transit) with a multicast group, an
+    external peer protected with its own key, another plain and on the raw wire."""
+    offices = with_topology(
+        branch_offices(3),
+        "hub-and-spoke",
+        office_external_peers=[
+            {
+                "name": "partner",
+                "wan_address": "198.51.100.7",
+                "lan_address": "10.200.0.1/24",
+                "psk": "partner-own-key-0123456789",
+                "broadcast_relay": [{"port": 7000}],
+            },
+            {
+                "name": "vendor",
+                "wan_address": "198.51.100.9",
+                "lan_address": "10.201.0.1/24",
+                "protection": "none",
+                "relay_wire": "raw",
+                "broadcast_relay": [{"port": 7000}],
+            },
+        ],
+    )
+    offices["office1-gw"]["office_broadcast_relay"] = [
+        {"port": 1900, "to": ["office2"], "groups": ["239.255.255.250"]}
+    ]
+    offices["office1-gw"]["office_firewall_input_policy"] = "drop"
+    offices["office1-gw"]["office_management_sources"] = ["198.51.100.0/24"]
+    return offices
+
+
+@pytest.mark.parametrize(
+    "offices",
+    [
+        case_study,
+        rich,
+        lambda: branch_offices(1),
+        lambda: with_topology(branch_offices(4), "mesh", office_transit=False),
+        lambda: with_topology(branch_offices(3), "hub-and-spoke", office_tunnel_protection="none"),
+        lambda: with_topology(branch_offices(3), "hub-and-spoke", office_relay_wire="raw"),
+    ],
+    ids=["case-study", "rich", "alone", "mesh", "plain", "raw-wire"],
+)
+def test_every_gateway_plan_matches_the_contract(offices):
+    plan = plan_network(offices())
+    for host in plan.gateways:
+        assert contract.problems(office_plan(plan, host)) == [], host
+
+
+def _required(shape: contract.Shape, value, path: str):
+    """(path, field) of every required field ``value`` holds, where ``shape`` declares
+    it: the first item of each list, the first entry of each map."""
+    if isinstance(shape, contract.Record):
+        for name, inner in shape.fields.items():
+            if name in value:
+                yield path, name
+                yield from _required(inner, value[name], f"{path}.{name}")
+        for name, inner in shape.optional.items():
+            if name in value:
+                yield from _required(inner, value[name], f"{path}.{name}")
+    elif isinstance(shape, contract.ListOf) and value:
+        yield from _required(shape.item, value[0], f"{path}[0]")
+    elif isinstance(shape, contract.MapOf) and value:
+        key = next(iter(value))
+        yield from _required(shape.value, value[key], f"{path}[{key!r}]")
+
+
+def _declared_required(shape: contract.Shape, path: str) -> set[str]:
+    """Every required field's path the contract declares below ``path`` (``[]`` an item)."""
+    if isinstance(shape, contract.Record):
+        found = set()
+        for name, inner in shape.fields.items():
+            found |= {f"{path}.{name}"} | _declared_required(inner, f"{path}.{name}")
+        for name, inner in shape.optional.items():
+            found |= _declared_required(inner, f"{path}.{name}")
+        return found
+    if isinstance(shape, contract.ListOf):
+        return _declared_required(shape.item, path + "[]")
+    if isinstance(shape, contract.MapOf):
+        return _declared_required(shape.value, path + "[]")
+    return set()
+
+
+def _generic(path: str) -> str:
+    """``office_plan.tunnels[0]`` and ``office_plan.relay.peers['10.0.1.1']`` as
+    ``office_plan.tunnels[]`` and ``office_plan.relay.peers[]``."""
+    return re.sub(r"\[[^\]]*\]", "[]", path)
+
+
+def test_a_field_missing_from_any_section_is_named():
+    plan = plan_network(rich())
+    hub = office_plan(plan, "office0-gw")
+    fields = list(_required(contract.OFFICE_PLAN, hub, "office_plan"))
+    # The sample holds every required field the contract declares, so each is tried.
+    declared = _declared_required(contract.OFFICE_PLAN, "office_plan")
+    assert {_generic(f"{path}.{name}") for path, name in fields} == declared
+    for path, name in fields:
+        broken = copy.deepcopy(hub)
+        where = broken
+        for step in _steps(path):
+            where = where[step]
+        del where[name]
+        assert f"{path}: missing {name}" in contract.problems(broken), (path, name)
+
+
+def _steps(path: str) -> list:
+    """The keys and indexes of ``path`` below office_plan, as _required writes them."""
+    steps = []
+    for name, index in re.findall(r"\.(\w+)|\[([^\]]+)\]", path[len("office_plan") :]):
+        steps.append(name if name else ast.literal_eval(index))
+    return steps
+
+
+@pytest.mark.parametrize(
+    ("module", "section", "field"),
+    [
+        (tunnels, "tunnels", "mtu"),
+        (ipsec, "ipsec", "external"),
+        (firewall, "firewall", "relay_ports"),
+        (masquerade, "masquerade", "sources"),
+        (relay, "relay", "keys_file"),
+    ],
+)
+def test_a_section_that_drops_a_field_breaks_the_contract(monkeypatch, module, section, field):
+    """A feature module whose section loses a field consumers read: contract.problems
+    names it, and the section tests above fail."""
+    real = module.section
+
+    def without(gw):
+        value = real(gw)
+        for entry in value if isinstance(value, list) else [value]:
+            entry.pop(field)
+        return value
+
+    monkeypatch.setattr(module, "section", without)
+    plan = plan_network(rich())
+    problems = contract.problems(office_plan(plan, "office0-gw"))
+    where = f"office_plan.{section}[0]" if section == "tunnels" else f"office_plan.{section}"
+    assert f"{where}: missing {field}" in problems
+    assert all(p.endswith(f": missing {field}") for p in problems), problems

@@ -1,24 +1,34 @@
 # Copyright: sitelink.gateway developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One gateway's plan, section by section: what each role takes as its input.
+"""One gateway's plan as the roles take it (``office_plan``), declared in
+``contract.OFFICE_PLAN``: the gateway's own facts, then each feature's section
+(``tunnels``, ``ipsec``, ``firewall``, ``masquerade``, ``relay``), each a pure
+function of the gateway's ``GatewayPlan`` and tested on its own.
 
-``gateway_dict`` assembles ``office_plan``; each section is a pure function of
-the gateway's ``GatewayPlan`` and is tested on its own. Nothing here holds a
-key: those travel in ``office_secrets`` (see ``secrets``).
+Nothing in it belongs to another gateway, and nothing holds a key: those travel in
+``office_secrets`` (see ``secrets``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..model import GatewayPlan
-from . import firewall, ipsec, relay, tunnels
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract
+
+from . import firewall, ipsec, masquerade, relay, tunnels
+from .model import GatewayPlan, NetworkPlan
 
 
-def gateway_dict(gw: GatewayPlan) -> dict[str, Any]:
+def office_plan(plan: NetworkPlan, host: str) -> dict[str, Any]:
+    """The plan of the gateway of inventory host ``host`` (``office_plan``)."""
+    return gateway_plan(plan.gateways[host])
+
+
+def gateway_plan(gw: GatewayPlan) -> dict[str, Any]:
+    """``office_plan`` of one gateway."""
     office = gw.office
-    lan_address = str(office.lan.ip)
     return {
+        "contract": contract.VERSION,
         "office": office.name,
         "role": office.role,
         "peers": [link.other(office.name).office for link in gw.links],
@@ -36,7 +46,7 @@ def gateway_dict(gw: GatewayPlan) -> dict[str, Any]:
         ],
         "lan": {
             "interface": office.lan_interface,
-            "address": lan_address,
+            "address": str(office.lan.ip),
             "cidr": office.lan.with_prefixlen,
             "network": str(office.lan.network),
             "broadcast": str(office.lan.network.broadcast_address),
@@ -53,10 +63,6 @@ def gateway_dict(gw: GatewayPlan) -> dict[str, Any]:
         "tunnels": tunnels.section(gw),
         "ipsec": ipsec.section(gw),
         "firewall": firewall.section(gw),
-        "masquerade": {
-            "interface": office.lan_interface,
-            "address": lan_address,
-            "sources": list(gw.masquerade_sources),
-        },
+        "masquerade": masquerade.section(gw),
         "relay": relay.section(gw),
     }

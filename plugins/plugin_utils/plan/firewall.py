@@ -1,6 +1,6 @@
 # Copyright: sitelink.gateway developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The firewall section: what the gateway's own nftables table is built from.
+"""The firewall: what the gateway's own nftables table is built from.
 
 Everything comes from the links: who may speak IPIP, IKE and ESP to this
 gateway (the link peers' public addresses), what may come out of each tunnel
@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from ..model import GatewayPlan
+from .model import GatewayPlan
 
 
 def _peers(gw: GatewayPlan, protection: str) -> list[str]:
