@@ -5,6 +5,8 @@
 Pure, typed functions with no Ansible imports: the inventory's ``office_*``
 variables go in (``schema``), every problem is collected and reported at once
 (``PlanError``), a strategy per topology returns the links (``topologies``),
-and each gateway gets its own plan (``build``), rendered as text and as a
+``build`` plans the network, each feature plans its part and writes its section
+(``tunnels``, ``ipsec``, ``firewall``, ``masquerade``, ``relay``), and
+``gateway.office_plan`` is each gateway's own plan, rendered as text and as a
 picture (``render``). Secrets never enter the plan (``secrets``).
 """
