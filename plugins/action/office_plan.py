@@ -13,6 +13,7 @@ import os
 
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.inventory import (
     plan_inventory,
 )
@@ -73,7 +74,7 @@ class ActionModule(ActionBase):
                 os.unlink(os.path.join(gateways_dir, stale))
         texts = {}
         for host in sorted(plan.gateways):
-            texts[host] = render.gateway_text(plan.gateway_dict(host))
+            texts[host] = render.gateway_text(office_plan(plan, host))
             _write(os.path.join(gateways_dir, f"{host}.txt"), texts[host])
         externals = _write_external(plan, base)
         network = render.network_text(plan)

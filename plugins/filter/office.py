@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 from ansible.utils.display import Display
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.inventory import RUN
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.rollout import rollout
@@ -40,8 +41,8 @@ def office_gateways(hosts, hostvars, group="offices", groups=None):
     gateways, to loop over with ``office_gateway``.
 
     A bad inventory does not raise here: Ansible would hide the message of a no_log
-    task's loop. It returns one item, None, whose ``office_gateway`` fails with every
-    problem in one message (the office role shows that item: no_log is off for it).
+    task's loop. It returns one item, None, whose ``office_gateway`` gives every problem
+    in one message, for the office role's next task to fail with.
     The plan's warnings are said once, when it is made.
     """
     if not isinstance(hosts, list) or not isinstance(group, str):
@@ -67,9 +68,9 @@ def office_gateways(hosts, hostvars, group="offices", groups=None):
 
 
 def office_gateway(host, hostvars, group="offices", secret=None, previous=None):
-    """``{"plan": office_plan, "secrets": office_secrets}`` of gateway ``host``. With
-    ``host`` None (what ``office_gateways`` gives for a bad inventory): fails with the
-    problems."""
+    """``{"plan": office_plan, "secrets": office_secrets, "problems": None}`` of gateway
+    ``host``. With ``host`` None (what ``office_gateways`` gives for a bad inventory):
+    ``{"plan": None, "secrets": None, "problems": MESSAGE}``, every problem in one text."""
     if (host is not None and not isinstance(host, str)) or not isinstance(group, str):
         raise AnsibleFilterError(
             "office_gateway: use as HOST | office_gateway(hostvars, 'offices', secret, previous)"
@@ -83,15 +84,18 @@ def office_gateway(host, hostvars, group="offices", secret=None, previous=None):
         members = _group_hosts(hostvars, group, [host] if host else list(hostvars)[:1])
         plan, _made = RUN.get(hostvars, group, members)
     except PlanError as exc:
+        if host is None:
+            return {"plan": None, "secrets": None, "problems": str(exc)}
         raise AnsibleFilterError(str(exc)) from None
     if host not in plan.gateways:
         raise AnsibleFilterError(f"office_gateway: {host} is not a host of the group {group}")
-    mine = plan.gateway_dict(host)
+    mine = office_plan(plan, host)
     return {
         "plan": mine,
         "secrets": gateway_secrets(
             mine["links"], secret or None, previous or None, plan.external_keys()
         ),
+        "problems": None,
     }
 
 

@@ -29,6 +29,9 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import (  # 
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import (  # noqa: E402
     plan_network,
 )
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import (
+    office_plan,  # noqa: E402
+)
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (  # noqa: E402
     gateway_secrets,
     link_key,
@@ -256,7 +259,7 @@ def test_the_partners_relay_runs_with_what_its_file_says(tmp_path):
         derived[office] = done.stdout.strip().splitlines()[-1]
         # The key our hub's relay has for the link (office_secrets, from the psk).
         ours = gateway_secrets(
-            plan.gateway_dict(f"{office}-gw")["links"], "x" * 16, None, plan.external_keys()
+            office_plan(plan, f"{office}-gw")["links"], "x" * 16, None, plan.external_keys()
         )
         assert derived[office] == ours["links"][f"{office}+partner"]["relay"]
     for address, entry in config["peers"].items():

@@ -24,6 +24,9 @@ import conftest  # noqa: E402,F401  # pylint: disable=unused-import
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import (  # noqa: E402
     plan_network,
 )
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import (
+    office_plan,  # noqa: E402
+)
 from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (  # noqa: E402
     branch_offices,
     case_study,
@@ -57,14 +60,14 @@ def variants() -> dict[str, dict]:
         office_external_peers=[external_partner(protection="ipsec")],
     )
     return {
-        "case-study-hub": plan_network(case_study()).gateway_dict("manhattan-gw"),
-        "case-study-branch": plan_network(case_study()).gateway_dict("brooklyn-gw"),
-        "hub-of-three": plan_network(hub).gateway_dict("office0-gw"),
-        "hardened-branch": plan_network(hardened).gateway_dict("office1-gw"),
-        "plain-ipip": plan_network(plain).gateway_dict("brooklyn-gw"),
-        "no-links": plan_network(solo).gateway_dict("solo-gw"),
-        "plain-external-peer": plan_network(plain_partner).gateway_dict("office0-gw"),
-        "protected-external-peer": plan_network(protected_partner).gateway_dict("office0-gw"),
+        "case-study-hub": office_plan(plan_network(case_study()), "manhattan-gw"),
+        "case-study-branch": office_plan(plan_network(case_study()), "brooklyn-gw"),
+        "hub-of-three": office_plan(plan_network(hub), "office0-gw"),
+        "hardened-branch": office_plan(plan_network(hardened), "office1-gw"),
+        "plain-ipip": office_plan(plan_network(plain), "brooklyn-gw"),
+        "no-links": office_plan(plan_network(solo), "solo-gw"),
+        "plain-external-peer": office_plan(plan_network(plain_partner), "office0-gw"),
+        "protected-external-peer": office_plan(plan_network(protected_partner), "office0-gw"),
     }
 
 

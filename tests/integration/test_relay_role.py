@@ -29,6 +29,9 @@ import conftest  # noqa: E402,F401  # pylint: disable=unused-import
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import (  # noqa: E402
     plan_network,
 )
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import (
+    office_plan,  # noqa: E402
+)
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (  # noqa: E402
     gateway_secrets,
     link_key,
@@ -49,7 +52,7 @@ OLD_RELAY_KEY = link_key(OLD_SECRET, "brooklyn", "manhattan", "relay")
 
 
 def gateway(offices: dict, host: str, secret=SECRET, previous=None) -> dict:
-    plan = plan_network(offices).gateway_dict(host)
+    plan = office_plan(plan_network(offices), host)
     return {"plan": plan, "secrets": gateway_secrets(plan["links"], secret, previous)}
 
 

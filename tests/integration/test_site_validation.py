@@ -7,10 +7,19 @@ run through, it would fail to connect rather than change anything.
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import yaml
 from playbook import ROOT, run_playbook, unreachable
 from test_plan_playbook import offices_inventory
+
+sys.path.insert(0, str(ROOT / "tests/unit"))
+# Makes the collection importable.
+import conftest  # noqa: E402,F401  # pylint: disable=unused-import
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (  # noqa: E402
+    link_key,
+)
 
 
 def run_site(tmp_path, override: str, *extra: str):
@@ -189,3 +198,20 @@ def test_good_inventory_passes_planning(tmp_path):
     output = done.stdout + done.stderr
     assert "PLAY [Configure the hub gateways, one at a time]" in output
     assert "UNREACHABLE" in output  # port 9 on loopback: nothing listens there
+
+
+def test_the_network_is_planned_once_per_run_and_no_key_is_shown(tmp_path):
+    """The office role plans in its loop and hands out in the items: one plan per run.
+    Its -v line says each time it plans; the keys it hands out stay hidden at -vvv."""
+    secret = "planned-once-test-secret-0123"  # noqa: S105  (a test key)
+    done = run_site(
+        tmp_path, f"offices:\n  vars:\n    office_tunnel_secret: {secret}\n  hosts: {{}}\n", "-vvv"
+    )
+    output = done.stdout + done.stderr
+    assert output.count("sitelink.gateway: planned 2 offices, 2 gateways, 1 links") == 1, output[
+        -3000:
+    ]
+    assert "PLAY [Configure the hub gateways, one at a time]" in output
+    for purpose in ("tunnel", "relay"):
+        assert link_key(secret, "brooklyn", "manhattan", purpose) not in output
+    assert secret not in output

@@ -17,6 +17,7 @@ import difflib
 import functools
 from typing import Any, NamedTuple, Optional, Union
 
+import jinja2
 from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 
@@ -64,9 +65,17 @@ def office_variables(hostvars, hosts) -> OfficeInventory:
             if name in schema.OUTPUT_FACTS:
                 continue
             try:
-                mine[name] = host_vars[name]
+                value = host_vars[name]
             except AnsibleError as exc:
                 failed.append((name, to_text(getattr(exc, "message", exc)).splitlines()[0]))
+                continue
+            # Read from a filter (the office role), a value that cannot be templated is
+            # not raised but handed over as Jinja's Undefined, maybe deep inside a list.
+            undefined = _undefined(value)
+            if undefined is None:
+                mine[name] = value
+            else:
+                failed.append((name, undefined))
         office = mine.get("office_name") or host
         label = f"office {office!r} (host {host})"
         seen = dict(mine)
@@ -83,6 +92,20 @@ def office_variables(hostvars, hosts) -> OfficeInventory:
         offices[host] = mine
         values[host] = seen
     return OfficeInventory(offices, problems, warnings, values)
+
+
+def _undefined(value: Any) -> Optional[str]:
+    """Why ``value``, or something in it, could not be templated; None when it could."""
+    if isinstance(value, jinja2.Undefined):
+        return to_text(value._undefined_message).splitlines()[0]  # noqa: SLF001
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            found = _undefined(item)
+            if found is not None:
+                return found
+    return None
 
 
 @functools.lru_cache(maxsize=4096)

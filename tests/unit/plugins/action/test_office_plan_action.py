@@ -10,7 +10,7 @@ import pytest
 import yaml
 from ansible.errors import AnsibleUndefinedVariable
 from ansible_collections.sitelink.gateway.plugins.action import office_plan as action
-from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import render
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan import inventory, render
 from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (
     branch_offices,
 )
@@ -110,7 +110,7 @@ def test_render_warnings_do_not_replace_the_plans_own(tmp_path, monkeypatch):
 
     monkeypatch.setattr(render, "svg", no_dot)
     offices = branch_offices(1)
-    plan_warnings = action.plan_inventory(offices, sorted(offices)).warnings
+    plan_warnings = inventory.plan_inventory(offices, sorted(offices)).warnings
     assert plan_warnings  # office0 alone: nothing to masquerade, nobody to relay to
     result = run_action(offices, output_dir=str(tmp_path))
     assert result["warnings"] == [*plan_warnings, "no picture: Graphviz's dot is not installed"]
@@ -306,7 +306,7 @@ def test_the_roles_own_variables_are_all_found():
 def test_the_roles_variables_and_other_words_are_no_near_misses(name):
     offices = branch_offices(2)
     offices["office1-gw"][name] = "drop"
-    assert action.near_miss(name) is None
+    assert inventory.near_miss(name) is None
     assert run_action(offices)["warnings"] == []
 
 
@@ -332,8 +332,8 @@ def test_the_filter_path_sees_the_same_plan_without_groups():
     offices = copy.deepcopy(branch_offices(4))
     for office in offices.values():
         office["office_role"] = "spoke"
-    with pytest.raises(action.PlanError) as info:
-        action.plan_inventory(offices, sorted(offices))
+    with pytest.raises(inventory.PlanError) as info:
+        inventory.plan_inventory(offices, sorted(offices))
     assert len(info.value.errors) == 4
     assert (
         str(info.value)

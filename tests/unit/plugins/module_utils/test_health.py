@@ -18,6 +18,7 @@ import yaml
 from ansible_collections.sitelink.gateway.plugins.module_utils import health as hc
 from ansible_collections.sitelink.gateway.plugins.plugin_utils import health as report
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils import fakes
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import Exit
 
@@ -33,7 +34,7 @@ def case_study_plans(**deployment) -> dict:
         for host, host_vars in group["hosts"].items()
     }
     plan = plan_network(offices)
-    return {host: plan.gateway_dict(host) for host in plan.gateways}
+    return {host: office_plan(plan, host) for host in plan.gateways}
 
 
 PLANS = case_study_plans()
@@ -983,7 +984,7 @@ def test_a_plan_without_protection_is_not_a_gateway_plan():
     with pytest.raises(hc.HealthError, match="missing protection"):
         hc.plan_view(plan)
     plan["protection"] = "wireguard"
-    with pytest.raises(hc.HealthError, match="protection 'wireguard' is not one of ipsec, none"):
+    with pytest.raises(hc.HealthError, match="protection: 'wireguard' is not one of ipsec, none"):
         hc.plan_view(plan)
 
 
@@ -1113,7 +1114,10 @@ def test_module_changes_nothing_and_does_not_fail_on_problems(check_mode):
 def test_module_fails_on_a_plan_that_is_not_one():
     done = run_module(FakeModule({"office": "x"}), Gateway(BROOKLYN))
     assert done.failed is True
-    assert "not an office_plan (missing lan, tunnels" in done.result["msg"]
+    assert (
+        "not an office_plan of this collection (office_plan: missing contract, role"
+        in (done.result["msg"])
+    )
 
 
 def test_module_fails_when_ip_cannot_read_the_links():

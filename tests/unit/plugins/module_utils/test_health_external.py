@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ansible_collections.sitelink.gateway.plugins.plugin_utils import health as report
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
+from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.test_health import (
     Gateway,
     check,
@@ -22,7 +23,7 @@ def plans(*peers, **deployment) -> dict:
     )
     offices["office0-gw"]["office_broadcast_relay"] = []
     plan = plan_network(offices)
-    return {host: plan.gateway_dict(host) for host in plan.gateways}
+    return {host: office_plan(plan, host) for host in plan.gateways}
 
 
 def unprotected_partner() -> dict:
