@@ -15,7 +15,7 @@ import struct
 import time
 
 import pytest
-from sitelink_relay import config, loop, mmsg, ports, storm, wire
+from sitelink_relay import config, configure, loop, mmsg, ports, siblings, storm, wire
 
 PORT = 6799
 LAN_IF = 3
@@ -154,8 +154,8 @@ class Gateway:
         r.neighbours.send_probe = self.probed.append
         r.sealer = wire.Sealer(r.office_id, r.sender_id, 1000)
         r.lan_ifindex = LAN_IF
-        r._lan_dest = BCAST[name]
-        r._lan_pktinfo = (LAN_IF, socket.inet_aton(GW[name]))
+        r.datapath.lan_dest = BCAST[name]
+        r.egress.lan_pktinfo = (LAN_IF, socket.inet_aton(GW[name]))
         r.local = frozenset({GW[name]})
         self.sock = FakeSock()
         self.ports = {}
@@ -482,7 +482,8 @@ def test_two_relays_on_one_lan_do_not_double(monkeypatch):
     m2 = Gateway("manhattan-b", ["brooklyn"], siblings=["manhattan"])
     b = Gateway("brooklyn", ["manhattan", "manhattan-b"])
     for m in (m1, m2):  # as setup() starts them: listening before relaying
-        m.relay.standby, m.relay._hold_until = True, clock[0] + loop.SIBLING_TIMEOUT
+        m.relay.standby = True
+        m.relay.siblings.hold_until = clock[0] + siblings.SIBLING_TIMEOUT
     net = Net(m1, m2, b)
 
     def tick(seconds, alive=(m1, m2)):
@@ -511,7 +512,7 @@ def test_two_relays_on_one_lan_do_not_double(monkeypatch):
     assert standby.heard == [] and drops(standby)["standby"] >= 10
     assert drops(standby)["own"] >= 4  # the active one's re-broadcasts: never forwarded
     # the active one dies: the other takes over within the sibling timeout, still once each
-    tick(loop.SIBLING_TIMEOUT + 0.5, alive=(standby,))
+    tick(siblings.SIBLING_TIMEOUT + 0.5, alive=(standby,))
     assert standby.relay.standby is False
     standby.lan_broadcast(b"after failover")
     b.lan_broadcast(b"back")
@@ -691,7 +692,7 @@ def test_unicasts_to_the_relay_count_against_their_source(monkeypatch):
     assert m.relay.storm.cut_off(clock[0]).keys() == {"192.168.1.66"}
     assert drops(m)["cut_off"] > 2000 and drops(m)["foreign"] <= 10 + 100 * 0.5
     # what the kernel is told to drop: our own address and the flooder
-    assert m.relay._kernel_drops[0] == {GW["manhattan"], "192.168.1.66"}
+    assert m.relay.storm_guard.kernel_drops[0] == {GW["manhattan"], "192.168.1.66"}
 
 
 def test_a_forged_peer_address_is_cut_off_everywhere_but_on_the_peers_tunnel(monkeypatch):
@@ -710,7 +711,7 @@ def test_a_forged_peer_address_is_cut_off_everywhere_but_on_the_peers_tunnel(mon
         net.settle(rounds=2)
         clock[0] += 0.1
     assert m.relay.storm.cut_off(clock[0]).keys() == {GW["brooklyn"]}
-    plain, keep = m.relay._kernel_drops
+    plain, keep = m.relay.storm_guard.kernel_drops
     assert GW["brooklyn"] not in plain and dict(keep) == {GW["brooklyn"]: 0}  # no sl-brooklyn here
     # the real peer's datagrams (from its tunnel) are never charged: still relayed
     b.lan_broadcast(b"from brooklyn")
@@ -782,7 +783,7 @@ class NoSelector:
 
 def _started(cfg_file, monkeypatch):
     """A relay as main() starts it, with fake sockets (no ports are bound)."""
-    monkeypatch.setattr(loop, "open_socket", lambda port: FakeSock())
+    monkeypatch.setattr(configure, "open_socket", lambda port: FakeSock())
     r = loop.Relay(
         config=config.load_config(str(cfg_file)),
         config_path=str(cfg_file),

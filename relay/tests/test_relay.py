@@ -14,13 +14,26 @@ import types
 from pathlib import Path
 
 import pytest
-from sitelink_relay import classify, cli, config, loop, mmsg, netinfo, notify, ports, status
+from sitelink_relay import (
+    classify,
+    cli,
+    config,
+    configure,
+    localnet,
+    loop,
+    mmsg,
+    netinfo,
+    notify,
+    ports,
+    status,
+    stormguard,
+)
 
 
 def _facade():
     """Every public name of the relay's modules in one namespace (tests predate the split).
 
-    Monkeypatch the module that uses a name (e.g. ``loop.open_socket``), not this.
+    Monkeypatch the module that uses a name (e.g. ``configure.open_socket``), not this.
     """
     names = {}
     for module in (config, netinfo, classify, notify, status, ports, loop, cli):
@@ -890,8 +903,8 @@ def make_relay(sock, data=None, **kwargs):
     cfg = relay.parse_config(copy.deepcopy(BASE_CONFIG if data is None else data))
     r = relay.Relay(config=cfg, config_path="/dev/null", notifier=relay.Notifier({}), **kwargs)
     r.lan_ifindex = LAN_IFINDEX
-    r._lan_dest = "192.168.1.255"
-    r._lan_pktinfo = (LAN_IFINDEX, GW_A)
+    r.datapath.lan_dest = "192.168.1.255"
+    r.egress.lan_pktinfo = (LAN_IFINDEX, GW_A)
     ps = r._make_port(cfg, cfg.rules[0], sock)
     r.ports[6799] = ps
     return r, ps
@@ -1062,8 +1075,8 @@ def test_reload_rebinds_only_changed_ports(tmp_path, monkeypatch):
         opened.append(port)
         return a
 
-    monkeypatch.setattr(loop, "open_socket", fake_open)
-    monkeypatch.setattr(loop, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
+    monkeypatch.setattr(configure, "open_socket", fake_open)
+    monkeypatch.setattr(localnet, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
     path = tmp_path / "relay.json"
     conf = cfg_with(status_file=None, rules=[rule(port=6799), rule(port=6800)])
     path.write_text(json.dumps(conf))
@@ -1104,8 +1117,8 @@ def test_reload_applies_transit_changes(tmp_path, monkeypatch):
         b.close()
         return a
 
-    monkeypatch.setattr(loop, "open_socket", fake_open)
-    monkeypatch.setattr(loop, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
+    monkeypatch.setattr(configure, "open_socket", fake_open)
+    monkeypatch.setattr(localnet, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
     path = tmp_path / "relay.json"
     conf = cfg_with(status_file=None, rules=[rule()])
     path.write_text(json.dumps(conf))
@@ -1494,9 +1507,10 @@ def _fake_open(port):
 
 
 def test_refresh_and_reload_rebuild_the_interface_cache(tmp_path, monkeypatch, links, caplog):
-    monkeypatch.setattr(loop, "open_socket", _fake_open)
-    monkeypatch.setattr(loop, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
-    monkeypatch.setattr(loop, "if_index", lambda name: 0)  # no interface exists (yet)
+    monkeypatch.setattr(configure, "open_socket", _fake_open)
+    monkeypatch.setattr(localnet, "local_ipv4", lambda: (frozenset({"127.0.0.1"}), frozenset()))
+    for module in (localnet, stormguard):  # no interface exists (yet)
+        monkeypatch.setattr(module, "if_index", lambda name: 0)
     path = tmp_path / "relay.json"
     conf = cfg_with(status_file=None, rules=[rule(accept_from=[PEER])])
     path.write_text(json.dumps(conf))
