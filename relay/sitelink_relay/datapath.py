@@ -3,7 +3,7 @@
 The classifier says what a datagram is (classify.py): a LAN broadcast goes to the
 forward_to peers; a peer relay's datagram has its envelope checked (wire.py), then
 is re-broadcast on the LAN and/or passed on to transit peers; a sibling's heartbeat
-goes to the siblings' part; anything else is counted as dropped.  Egress sends.
+goes to the siblings' part; anything else is counted as dropped.  egress.py sends.
 
 What a datagram needs is an attribute of ``Datapath`` itself, or a local bound once
 per batch: each further object in the way costs a lookup per datagram.
