@@ -22,14 +22,22 @@ host repeating what we just re-broadcast is told by a causal memory of those
 payloads (``classify.RepeatMemory``).  A peer's datagram also counts only when it
 came out of that peer's tunnel (IP_PKTINFO).
 
-The parts: ``config`` (the JSON config, validated), ``wire`` (envelope, keys, replay
-windows), ``classify`` (a verdict per datagram), ``netinfo`` (addresses,
-interfaces), ``ports`` (per-port and per-peer state), ``mmsg`` (batched system calls),
-``sockfilter`` (what the kernel drops for us), ``storm`` (rate limits and breaker),
-``neighbours`` (which LAN sources are real), ``files`` (reading our own files),
-``loop`` (the event loop), ``status`` (status file, Prometheus text), ``journal``
-and ``notify`` (systemd), ``cli``.  Python 3.9+ standard library only; no privileges
-for ports above 1023.  ``make relay`` bundles it into the one file gateways run.
+The parts: ``contract`` (what the relay shares with the planner: wire names, office
+id, versions, paths; the collection's own file), ``config`` (the JSON config,
+validated), ``wire`` (envelope, keys, replay windows), ``classify`` (a verdict per
+datagram), ``netinfo`` (addresses, interfaces), ``ports`` (per-port and per-peer
+state), ``mmsg`` (batched system calls), ``sockfilter`` (what the kernel drops for
+us), ``storm`` (rate limits and breaker), ``neighbours`` (which LAN sources are
+real), ``files`` (reading our own files). The running relay, ``loop.Relay``, is the
+composition of: ``datapath`` (receive, classify, forward: the hot path), ``egress``
+(sending, GSO, re-broadcast markers), ``configure`` and ``topology`` (ports at start
+and on SIGHUP), ``localnet`` (local addresses, multicast joins), ``stormguard``
+(storm control, kernel filters), ``statedir`` (epoch, replay windows, forget
+requests), ``peerkeys``, ``siblings`` (redundant gateways), ``report`` (status and
+metrics), ``eventloop`` (select, timers, signals). Then ``status`` (status file,
+Prometheus text), ``journal`` and ``notify`` (systemd), ``cli``.  Python 3.9+
+standard library only; no privileges for ports above 1023.  ``make relay`` bundles it
+into the one file gateways run.
 """
 
 __version__ = "2.1.0"

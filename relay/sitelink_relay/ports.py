@@ -140,9 +140,9 @@ class PortState:
         self.no_gso: set[tuple[str, int]] = set()  # where segmentation offload failed
         self.transit_peers: dict[str, tuple[PeerState, ...]] = {}
         self.repeat: Any = None  # the classifier's repeat memory (service mode)
-        self.marker = b""  # the relay's marker (loop.handle_readable)
+        self.marker = b""  # the relay's marker (datapath.Datapath.handle_readable)
         self.forwarded_seen = 0  # ``forwarded`` when the LAN last forwarded something
-        self.lan_until = 0.0  # repeats are tracked until then (loop._mark_rebroadcasts)
+        self.lan_until = 0.0  # repeats are tracked until then (egress.Egress._mark_rebroadcasts)
         self.received = 0
         self.forwarded = 0
         self.rebroadcast = 0

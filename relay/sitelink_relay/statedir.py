@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any, Optional
 
-from . import PROG, files, wire
+from . import PROG, contract, files, wire
 from .config import Config, ConfigError
 from .peerkeys import load_keys_for
 
@@ -21,7 +21,8 @@ log = logging.getLogger(PROG)
 
 REPLAY_FILE = "replay.json"  # the replay windows (leased ahead, wire.py)
 EPOCH_FILE = "epoch"
-FORGET_FILE = "forget"  # {"senders": [...] or "all"}, written by root
+# {"senders": [...] or "all"}, written by root (relay_service), named in the contract
+FORGET_FILE = contract.RELAY_FORGET_FILE
 
 
 def start_check(config: Config, keys_path: Optional[str] = None) -> list[str]:
