@@ -247,7 +247,7 @@ def _required(shape: contract.Shape, value, path: str):
     elif isinstance(shape, contract.ListOf) and value:
         yield from _required(shape.item, value[0], f"{path}[0]")
     elif isinstance(shape, contract.MapOf) and value:
-        key = next(iter(value))
+        key = list(value)[0]
         yield from _required(shape.value, value[key], f"{path}[{key!r}]")
 
 
