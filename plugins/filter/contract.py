@@ -4,6 +4,7 @@
 
 ``plan_section``: one section of ``office_plan``, checked against the contract.
 ``link_keys``: the keys of this gateway's links, for one use (ipsec, relay).
+``relay_authenticates``: whether a relay configuration authenticates anything.
 ``relay_keys_file``: the relay's keys file, for the peers that need a key.
 ``relay_path``: one of the relay's files, as its configuration names it.
 
@@ -61,6 +62,12 @@ def link_keys(plan, secrets, purpose):
     }
 
 
+def relay_authenticates(config):
+    """Whether the relay configured by ``config`` speaks the authenticated wire itself
+    or to a peer: then it has a keys file."""
+    return contract.relay_needs_keys(config or {})
+
+
 def relay_keys_file(keys, config):
     """The keys file of the relay configured by ``config``, from ``keys`` (``link_keys``
     of purpose relay); None when it authenticates nothing. Fails naming the peers
@@ -86,6 +93,7 @@ class FilterModule:
         return {
             "plan_section": plan_section,
             "link_keys": link_keys,
+            "relay_authenticates": relay_authenticates,
             "relay_keys_file": relay_keys_file,
             "relay_path": relay_path,
         }

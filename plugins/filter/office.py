@@ -67,10 +67,11 @@ def office_gateways(hosts, hostvars, group="offices", groups=None):
     return list(hosts)
 
 
-def office_gateway(host, hostvars, group="offices", secret=None, previous=None):
+def office_gateway(host, hostvars, group="offices", secret=None, previous=None, groups=None):
     """``{"plan": office_plan, "secrets": office_secrets, "problems": None}`` of gateway
     ``host``. With ``host`` None (what ``office_gateways`` gives for a bad inventory):
-    ``{"plan": None, "secrets": None, "problems": MESSAGE}``, every problem in one text."""
+    ``{"plan": None, "secrets": None, "problems": MESSAGE}``, every problem in one text
+    (``groups``, as for ``office_gateways``, names a group every office of it shares)."""
     if (host is not None and not isinstance(host, str)) or not isinstance(group, str):
         raise AnsibleFilterError(
             "office_gateway: use as HOST | office_gateway(hostvars, 'offices', secret, previous)"
@@ -82,7 +83,7 @@ def office_gateway(host, hostvars, group="offices", secret=None, previous=None):
     try:
         # The plan office_gateways made for this task; made here when called alone.
         members = _group_hosts(hostvars, group, [host] if host else list(hostvars)[:1])
-        plan, _made = RUN.get(hostvars, group, members)
+        plan, _made = RUN.get(hostvars, group, members, groups)
     except PlanError as exc:
         if host is None:
             return {"plan": None, "secrets": None, "problems": str(exc)}

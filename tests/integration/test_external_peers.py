@@ -170,7 +170,7 @@ def test_the_partners_key_reaches_the_hub_alone_and_never_the_output(tmp_path):
 
 def test_the_ipsec_and_relay_roles_take_a_plain_links_empty_keys(tmp_path):
     """office_secrets has an empty entry for a link without keys: the ipsec role's keys
-    leave it out, and the relay role's still map every other link."""
+    leave it out, and the relay role's still map every other link (its relay keys only)."""
     defaults = {
         **yaml.safe_load((ROOT / "roles/ipsec/defaults/main.yml").read_text()),
         **yaml.safe_load((ROOT / "roles/relay/defaults/main.yml").read_text()),
@@ -178,8 +178,14 @@ def test_the_ipsec_and_relay_roles_take_a_plain_links_empty_keys(tmp_path):
     office_secrets = {"links": {"a+b": {"tunnel": "ab" * 32, "relay": "cd" * 32}, "a+c": {}}}
     office_plan = {
         "links": [
-            {"id": "a+b", "peer_address": "10.0.2.1"},
-            {"id": "a+c", "peer_address": "10.0.3.1"},
+            {
+                "id": f"a+{peer}",
+                "offices": ["a", peer],
+                "peer": peer,
+                "peer_address": address,
+                "tunnel": f"sl-{peer}",
+            }
+            for peer, address in (("b", "10.0.2.1"), ("c", "10.0.3.1"))
         ]
     }
     play = [
@@ -213,7 +219,8 @@ def test_the_ipsec_and_relay_roles_take_a_plain_links_empty_keys(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     keys = json.loads((tmp_path / "keys.json").read_text())
     assert keys["ipsec"] == {"a+b": "ab" * 32}
-    assert keys["relay"] == {"10.0.2.1": office_secrets["links"]["a+b"], "10.0.3.1": {}}
+    # The relay role gets the relay keys of the keyed link only, never a tunnel key.
+    assert keys["relay"] == {"10.0.2.1": {"relay": "cd" * 32}}
 
 
 # --------------------------------------------------------------------------- their relay

@@ -107,6 +107,7 @@ def rendered(tmp_path_factory) -> dict[str, str]:
     ]
     defaults = yaml.safe_load((ROOT / "roles/firewall/defaults/main.yml").read_text())
     render[0]["vars"].update(defaults)
+    render[0]["vars"].update(yaml.safe_load((ROOT / "roles/firewall/vars/main.yml").read_text()))
     (work / "site.yml").write_text(yaml.safe_dump(play))
     (work / "render.yml").write_text(yaml.safe_dump(render))
     done = subprocess.run(

@@ -158,3 +158,16 @@ def test_relay_paths_come_from_the_config_or_the_contract():
     assert contract_filters.relay_path({"keys_file": "/k"}, "keys_file") == "/k"
     with pytest.raises(AnsibleFilterError, match="one of"):
         contract_filters.relay_path({}, "config")
+
+
+def test_a_relay_authenticates_on_its_own_wire_or_a_peers(hub):
+    config = copy.deepcopy(hub["plan"]["relay"])
+    config["peers"] = {"10.0.1.1": {"office": "office1", "interface": "sl-office1"}}
+    assert contract_filters.relay_authenticates(config) is True
+    config["wire"] = contract.WIRE_RAW
+    config["peers"]["10.0.1.1"]["wire"] = contract.WIRE_SITELINK1
+    assert contract_filters.relay_authenticates(config) is True  # its peers still sitelink1
+    for peer in config["peers"].values():
+        peer["wire"] = contract.WIRE_RAW
+    assert contract_filters.relay_authenticates(config) is False
+    assert contract_filters.relay_authenticates(None) is False
