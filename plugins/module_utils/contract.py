@@ -29,6 +29,13 @@ from typing import Any, Optional
 # (a gateway module from another collection version) says so instead of guessing.
 VERSION = 1
 
+# ----------------------------------------------------------------------------- names
+# An office name's longest (the planner's pattern; the relay's configuration checks
+# it too), and an interface name's (the kernel's IFNAMSIZ, 16, less its NUL): the
+# tunnel names the planner makes are what the relay's configuration accepts.
+OFFICE_NAME_MAX = 63
+IFNAME_MAX = 15
+
 # ----------------------------------------------------------------------------- relay
 # The relay's wire names, as its configuration spells them. The planner's input says
 # "authenticated" or "raw" (office_relay_wire); the configuration says these.

@@ -29,7 +29,7 @@ STORM_DEFAULTS = {
     "global_burst": 40000.0,
     "cutoff_seconds": 10.0,
 }
-OFFICE_NAME_MAX = 63
+OFFICE_NAME_MAX = contract.OFFICE_NAME_MAX
 
 
 class ConfigError(Exception):

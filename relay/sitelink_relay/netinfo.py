@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 import struct
 
+from . import contract
+
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DONT = getattr(socket, "IP_PMTUDISC_DONT", 0)
@@ -15,7 +17,7 @@ SIOCGIFADDR = 0x8915
 PKTINFO = struct.Struct("=i4s4s")
 ANC_BUFSIZE = socket.CMSG_SPACE(PKTINFO.size)
 IFNAME_CACHE_MAX = 1024  # ifindex -> name entries kept before the cache starts over
-IFNAMSIZ = 16  # Linux interface names: at most 15 bytes + NUL
+IFNAMSIZ = contract.IFNAME_MAX + 1  # Linux interface names: at most 15 bytes + NUL
 
 
 class IfNames:

@@ -29,7 +29,7 @@ from . import ipsec, masquerade, relay, rollout, routing, schema, tunnels
 from .model import Bad, GatewayPlan, Link, LinkEnd, NetworkPlan, Office, PlanError
 from .topologies import STRATEGIES
 
-OFFICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+OFFICE_NAME = re.compile(rf"^[a-z0-9][a-z0-9_-]{{0,{contract.OFFICE_NAME_MAX - 1}}}$")
 IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 MTU_RANGE = (576, 65535)
 SECRET_MIN_LENGTH = 16

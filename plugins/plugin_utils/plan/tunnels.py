@@ -8,13 +8,15 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract
+
 from . import ipsec
 from .model import GatewayPlan, Office, link_protection
 
 IPIP_OVERHEAD = 20  # RFC 2003: one outer IPv4 header, no options
 TUNNEL_TTL = 64
 TUNNEL_PREFIX = "sl-"
-IFNAMSIZ = 15  # the kernel's limit on interface names
+IFNAMSIZ = contract.IFNAME_MAX  # the kernel's limit on interface names
 # 6 hex digits (24 bits): two long names that share their 5-character head
 # collide with odds of 1 in 16 million; collisions that remain are refused.
 TUNNEL_HASH_DIGITS = 6

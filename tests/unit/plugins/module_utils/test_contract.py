@@ -308,8 +308,25 @@ def copies_of_shared_facts(paths) -> list[str]:
     return found
 
 
+def literal_namesakes(paths) -> list[str]:
+    """Module-level names of the contract's (OFFICE_NAME_MAX, CONFIG_VERSION...) given a
+    literal value elsewhere: a second copy of a number a string search cannot find."""
+    names = {name for name in vars(contract) if name.isupper()}
+    names |= {name.removeprefix("RELAY_") for name in names if name.startswith("RELAY_")}
+    names = {name for name in names if "_" in name}  # not VERSION, UNIT: too common
+    found = []
+    for path in paths:
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and target.id in names:
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {target.id}")
+    return found
+
+
 def test_no_source_spells_a_shared_fact_again():
     assert copies_of_shared_facts(python_sources()) == []
+    assert literal_namesakes(python_sources()) == []
 
 
 def test_a_copy_of_a_shared_fact_is_caught(tmp_path):
@@ -320,6 +337,12 @@ def test_a_copy_of_a_shared_fact_is_caught(tmp_path):
         mp.setattr(sys.modules[__name__], "ROOT", tmp_path)
         assert copies_of_shared_facts([copy_, tmp_path / "ok.py"]) == [
             "config.py:2: 'sitelink1' is contract.WIRE_SITELINK1"
+        ]
+        number = tmp_path / "limits.py"
+        number.write_text("OFFICE_NAME_MAX = 63\nCONFIG_VERSION = 2\nOTHER = 2\n")
+        assert literal_namesakes([number]) == [
+            "limits.py:1: OFFICE_NAME_MAX",
+            "limits.py:2: CONFIG_VERSION",
         ]
 
 
