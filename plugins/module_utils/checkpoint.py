@@ -81,8 +81,9 @@ PROGRAM_HEADER = "# Written by sitelink.gateway (module_utils/checkpoint.py): do
 def restore_program():
     """The text of restore.py: the header and rollback_restore's source.
 
-    From the module's loader, so it works where module_utils are files and where they
-    are in AnsiballZ's zip (zipimport). Raises OSError when the source is not there.
+    From the module's loader, so it works where module_utils are files, in AnsiballZ's
+    zip (zipimport) and under Ansible's collection loader (which gives bytes). Raises
+    OSError when the source is not there.
     """
     name = rollback_restore.__name__
     loader = getattr(rollback_restore, "__loader__", None)
@@ -92,6 +93,8 @@ def restore_program():
         raise OSError(f"the source of {name}: {exc}") from None
     if not source:
         raise OSError(f"the source of {name} is not available (only bytecode?)")
+    if isinstance(source, bytes):  # Ansible's collection loader gives bytes
+        source = source.decode("utf-8")
     return PROGRAM_HEADER + source
 
 

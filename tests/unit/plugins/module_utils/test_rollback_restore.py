@@ -261,3 +261,16 @@ def test_the_source_is_read_from_a_zip_as_ansiballz_ships_it(tmp_path):
         check=False,
     )
     assert proc.returncode == 0 and "nothing to restore" in proc.stdout
+
+
+def test_the_source_is_text_whatever_the_loader_gives(monkeypatch):
+    """Ansible's collection loader (ansible-test units, the controller) gives bytes."""
+    with open(rr.__file__, encoding="utf-8") as fh:
+        source = fh.read()
+
+    class BytesLoader:
+        def get_source(self, _name):
+            return source.encode("utf-8")
+
+    monkeypatch.setattr(rr, "__loader__", BytesLoader())
+    assert cp.restore_program() == cp.PROGRAM_HEADER + source
