@@ -179,6 +179,15 @@ def run_module(module, systemd=None):
     except RelayFileError as exc:
         module.fail_json(msg=str(exc))
     old_program = read_bytes(program_path)
+    digest = params.get("program_sha256")
+    if digest is not None:
+        digest = digest.strip().lower()
+        if new_program is None:
+            # Checksum first: the bytes only when the gateway's copy differs.
+            if old_program is None or hashlib.sha256(old_program).hexdigest() != digest:
+                module.exit_json(changed=False, program_needed=True)
+        elif hashlib.sha256(new_program).hexdigest() != digest:
+            module.fail_json(msg="program: its SHA-256 is not program_sha256")
     program_changed = new_program is not None and new_program != old_program
     staged = None
     files = {

@@ -33,15 +33,24 @@ options:
   program_src:
     description:
       - The relay program on the controller, looked up like the C(src) of
-        M(ansible.builtin.copy) (a role's C(files/) first). The action plugin passes its
-        bytes to the module inside O(program), so installing it takes no extra task.
+        M(ansible.builtin.copy) (a role's C(files/) first). The action plugin gives the
+        module its checksum (O(program_sha256)) first, and its bytes (O(program)) only
+        when the gateway's copy differs - a run that changes nothing sends no program byte.
       - Omit to leave the installed program as it is.
     type: str
   program:
     description:
-      - The program's bytes, base64. Set by the action plugin from O(program_src); not
-        logged (it is large, not secret).
+      - The program's bytes, base64. Set by the action plugin from O(program_src), only when
+        the gateway's copy differs from O(program_sha256); not logged (it is large, not secret).
     type: str
+  program_sha256:
+    description:
+      - The SHA-256 (hex) of the program to install. Without O(program), where the installed
+        program differs the module changes nothing and returns RV(program_needed); with it,
+        O(program) must have that checksum.
+      - Set by the action plugin from O(program_src).
+    type: str
+    version_added: 0.2.0
   config:
     description:
       - The relay configuration, as the JSON text of O(config_path). Omit where the relay
@@ -133,6 +142,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+program_needed:
+  description:
+    - The installed program differs from O(program_sha256) and O(program) was not given -
+      nothing was done. The action plugin then calls the module again with the program.
+  type: bool
+  returned: when the program is needed
+  version_added: 0.2.0
 active:
   description: Whether the relay has rules, so is (or would be) running.
   type: bool
@@ -160,6 +176,7 @@ def build_module():
             "program_src": {"type": "str"},
             # Large, not secret: kept out of the logged invocation.
             "program": {"type": "str", "no_log": True},
+            "program_sha256": {"type": "str"},
             "program_path": {"type": "path", "default": "/usr/local/sbin/sitelink-relay"},
             "config_path": {"type": "path", "default": "/etc/sitelink/relay.json"},
             "keys_path": {"type": "path", "default": contract.RELAY_KEYS_FILE},

@@ -1,8 +1,10 @@
-"""relay_service's action plugin: the program's bytes go to the module in its arguments."""
+"""relay_service's action plugin: the program's checksum first, its bytes in the module's
+arguments only when the gateway's copy differs."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +12,7 @@ from ansible.errors import AnsibleActionFail, AnsibleFileNotFound
 from ansible_collections.sitelink.gateway.plugins.action import relay_service as action
 
 
-def make_action(args, files):
+def make_action(args, files, needed=False):
     task = SimpleNamespace(
         args=dict(args), async_val=0, check_mode=False, action="sitelink.gateway.relay_service"
     )
@@ -24,7 +26,9 @@ def make_action(args, files):
         return files[needle]
 
     def execute_module(module_name=None, module_args=None, task_vars=None):
-        calls.append((module_name, module_args))
+        calls.append((module_name, dict(module_args)))
+        if needed and "program" not in module_args:
+            return {"changed": False, "program_needed": True}
         return {"changed": True, "steps": ["install"]}
 
     plugin._find_needle = find_needle
@@ -32,19 +36,39 @@ def make_action(args, files):
     return plugin, calls
 
 
-def test_the_program_goes_base64_in_the_module_arguments(tmp_path):
+PROGRAM = b"#!/usr/bin/env python3\nPK\x03\x04\xff\x00binary"
+
+
+def test_a_program_the_gateway_has_is_sent_as_its_checksum_only(tmp_path):
     program = tmp_path / "sitelink-relay"
-    program.write_bytes(b"#!/usr/bin/env python3\nPK\x03\x04\xff\x00binary")
+    program.write_bytes(PROGRAM)
     plugin, calls = make_action(
         {"program_src": "sitelink-relay", "unit": "[Service]\n"},
         {"sitelink-relay": str(program)},
     )
     result = plugin.run(task_vars={})
     assert result["changed"] and result["steps"] == ["install"]
-    ((module, args),) = calls
+    ((module, args),) = calls  # one call, no program byte
     assert module == "sitelink.gateway.relay_service"
-    assert "program_src" not in args and args["unit"] == "[Service]\n"
-    assert base64.b64decode(args["program"]) == program.read_bytes()
+    assert "program_src" not in args and "program" not in args
+    assert args["program_sha256"] == hashlib.sha256(PROGRAM).hexdigest()
+    assert args["unit"] == "[Service]\n"
+
+
+def test_the_program_goes_base64_in_the_module_arguments_when_asked_for(tmp_path):
+    program = tmp_path / "sitelink-relay"
+    program.write_bytes(PROGRAM)
+    plugin, calls = make_action(
+        {"program_src": "sitelink-relay", "unit": "[Service]\n"},
+        {"sitelink-relay": str(program)},
+        needed=True,
+    )
+    result = plugin.run(task_vars={})
+    assert result["changed"] and "program_needed" not in result
+    (_first, first), (_second, second) = calls
+    assert "program" not in first
+    assert base64.b64decode(second["program"]) == PROGRAM
+    assert second["program_sha256"] == first["program_sha256"]
 
 
 def test_without_program_src_the_program_is_left_alone():

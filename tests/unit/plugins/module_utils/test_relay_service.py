@@ -4,6 +4,7 @@ or restarted as the change calls for, keys never shown."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -50,6 +51,7 @@ def params(root, **kw):
         "unit": UNIT,
         "program_src": None,
         "program": None,
+        "program_sha256": None,
         "program_path": str(root / "sbin/sitelink-relay"),
         "config_path": str(root / "etc/sitelink/relay.json"),
         "keys_path": str(root / "etc/sitelink/relay-keys.json"),
@@ -210,6 +212,39 @@ def test_a_new_program_is_installed_and_checks_the_files_then_restarts(host):
     assert sorted(p.name for p in (host / "sbin").iterdir()) == ["checked", "sitelink-relay"]
     again = run(host, systemd, config=CONFIG.replace("6799", "6800"), program=b64(new))
     assert not again.result["changed"]
+
+
+def sha256(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_checksum_first_the_same_program_needs_no_bytes(host):
+    """A run whose program is the gateway's sends only its checksum, and does its work."""
+    systemd = FakeSystemd()
+    done = run(host, systemd, program_sha256=sha256(CHECKER))
+    assert "program_needed" not in done.result
+    assert done.result["steps"][0] == f"write {host}/etc/sitelink/relay.json"
+    assert (host / "sbin/sitelink-relay").read_text() == CHECKER
+
+
+def test_checksum_first_a_different_program_is_asked_for_and_nothing_is_done(host):
+    systemd = FakeSystemd()
+    new = CHECKER.replace('echo "$1" >>', 'echo "new$1" >>')
+    asked = run(host, systemd, program_sha256=sha256(new))
+    assert asked.result == {"changed": False, "program_needed": True}
+    assert not (host / "etc").exists() and systemd.calls == []  # not half done
+    (host / "sbin/sitelink-relay").unlink()  # a first run: no program there at all
+    assert run(host, systemd, program_sha256=sha256(new)).result["program_needed"] is True
+    done = run(host, systemd, program=b64(new), program_sha256=sha256(new))
+    assert done.result["steps"][0] == f"install {host}/sbin/sitelink-relay"
+    assert (host / "sbin/sitelink-relay").read_text() == new
+
+
+def test_a_program_that_is_not_what_its_checksum_says_is_refused(host):
+    new = CHECKER.replace('echo "$1" >>', 'echo "new$1" >>')
+    done = run(host, FakeSystemd(), program=b64(new), program_sha256=sha256(CHECKER))
+    assert done.failed and "SHA-256" in done.result["msg"]
+    assert (host / "sbin/sitelink-relay").read_text() == CHECKER
 
 
 def test_a_new_program_that_refuses_the_config_is_not_installed(host):
