@@ -192,3 +192,11 @@ def fake_program(path, log):
         )
     os.chmod(path, 0o700)
     return str(path)
+
+
+def write(path, text, mode=0o644):
+    """Write ``text`` to ``path`` (a pathlib path), directories and mode included; its str."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+    return str(path)

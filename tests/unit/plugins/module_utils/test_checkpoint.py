@@ -20,7 +20,7 @@ import time
 import pytest
 from ansible_collections.sitelink.gateway.plugins.module_utils import checkpoint as cp
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils import fakes
-from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import Exit
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import Exit, write
 
 # --------------------------------------------------------------------------
 # helpers
@@ -35,13 +35,6 @@ def _locks():
 @pytest.fixture
 def gw(tmp_path):
     return fakes.CheckpointHost(tmp_path)
-
-
-def write(path, text, mode=0o644):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
-    return str(path)
 
 
 # --------------------------------------------------------------------------

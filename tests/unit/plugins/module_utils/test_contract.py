@@ -20,37 +20,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
 from ansible_collections.sitelink.gateway.plugins.module_utils import contract
 from ansible_collections.sitelink.gateway.plugins.module_utils import health as hc
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
+from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan_render import (  # noqa: E501
+    _inventory_offices,
+)
 
 ROOT = Path(__file__).resolve().parents[4]
 CONTRACT_FILE = ROOT / "plugins/module_utils/contract.py"
 RELAY_DIR = ROOT / "relay"
-
-
-def example_offices(name: str) -> dict:
-    """An example inventory's office variables, group vars applied; a whole value
-    "{{ name }}" (a vaulted key's stand-in) is looked up in the group's vars."""
-    group = yaml.safe_load((ROOT / f"examples/{name}/inventory.yml").read_text())["offices"]
-    shared = group.get("vars", {})
-
-    def resolve(value):
-        if isinstance(value, dict):
-            return {k: resolve(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [resolve(v) for v in value]
-        match = re.fullmatch(r"\{\{\s*(\w+)\s*\}\}", value) if isinstance(value, str) else None
-        return resolve(shared[match[1]]) if match else value
-
-    return {
-        host: {
-            k: resolve(v) for k, v in {**shared, **(own or {})}.items() if k.startswith("office_")
-        }
-        for host, own in group["hosts"].items()
-    }
 
 
 def all_plans(offices: dict) -> dict:
@@ -58,7 +38,10 @@ def all_plans(offices: dict) -> dict:
     return {host: office_plan(plan, host) for host in plan.gateways}
 
 
-EXAMPLES = {name: all_plans(example_offices(name)) for name in ("case-study", "hub-and-branches")}
+EXAMPLES = {
+    name: all_plans(_inventory_offices(ROOT / f"examples/{name}/inventory.yml"))
+    for name in ("case-study", "hub-and-branches")
+}
 MANHATTAN = EXAMPLES["case-study"]["manhattan-gw"]
 
 

@@ -20,15 +20,9 @@ import zipfile
 import pytest
 from ansible_collections.sitelink.gateway.plugins.module_utils import checkpoint as cp
 from ansible_collections.sitelink.gateway.plugins.module_utils import rollback_restore as rr
+from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import write
 
 MODULE_UTILS = os.path.dirname(os.path.abspath(rr.__file__))
-
-
-def write(path, text, mode=0o644):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    path.chmod(mode)
-    return str(path)
 
 
 # --------------------------------------------------------------------------
