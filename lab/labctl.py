@@ -10,7 +10,8 @@ Topology: one lab namespace holds a bridge per segment; a segment's optional
 "router" address sits on its bridge, and forwarding in the lab namespace makes
 it the "Internet" between WAN segments. LAN hosts are namespaces on veths.
 Gateway VMs get one tap per nic (eth0, eth1, ... in spec order) plus a
-restricted user-mode NIC last for SSH via 127.0.0.1:<ssh_port>.
+restricted user-mode NIC last for SSH via 127.0.0.1:<ssh_port>; 768 MB and one
+vCPU each unless the gateway's spec says "memory" (MB) or "smp".
 
 Every resource is written to state.json *before* it is created, so a crash at
 any point leaves enough for `down` to clean up; `down` touches nothing else.
@@ -353,9 +354,9 @@ def start_vm(st, vi, name, g):
         "-accel",
         "tcg",
         "-m",
-        "768",
+        str(g.get("memory", 768)),
         "-smp",
-        "1",
+        str(g.get("smp", 1)),
         "-nodefaults",
         "-display",
         "none",
