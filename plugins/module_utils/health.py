@@ -8,11 +8,13 @@ tools printed, and returns a dict of findings whose ``problems`` are sentences
 naming the tunnel, route, service or table, e.g.
 ``tunnel sl-manhattan: no answer from 192.168.1.126``.
 
-Commands per gateway: ``ip -j -d link show``, ``ip -j route show table main``,
-for each tunnel that is up one ``ip -j route get`` and one short ``ping``, then
-(with IPsec) ``ip xfrm state list`` and ``ip xfrm policy list`` once, after all
-the pings, then ``systemctl is-active``, ``nft -j list table`` (NAT) and
-``nft -t list table`` (firewall). Nothing is ever changed.
+Commands per gateway, whatever its number of tunnels: ``ip -j -d link show``,
+``ip -j route show table main``, one ``ip -j -batch`` asking ``route get`` for
+every tunnel that is up, then echo requests through all of them at once from one
+ICMP socket (``probe``: bounded concurrency, one overall deadline), then (with
+IPsec) ``ip xfrm state list`` and ``ip xfrm policy list`` once, after the probes,
+then ``systemctl is-active``, ``nft -j list table`` (NAT) and ``nft -t list table``
+(firewall). Nothing is ever changed.
 
 ``ip xfrm state`` prints every SA's keys. Its output is parsed line by line and
 only the lines naming an SA (addresses, protocol, mode) are read; neither the
@@ -27,7 +29,7 @@ import re
 import time
 from typing import Any, Optional
 
-from ansible_collections.sitelink.gateway.plugins.module_utils import contract
+from ansible_collections.sitelink.gateway.plugins.module_utils import contract, probe
 from ansible_collections.sitelink.gateway.plugins.module_utils.nftables import (
     MARKER,
     live_digest,
@@ -42,17 +44,12 @@ RELAY_STATUS_FILE = contract.RELAY_STATUS_FILE
 RELAY_STATUS_INTERVAL = 5.0  # the relay's default, when its status file does not say
 MASQUERADE_TABLE = "sitelink_masquerade"
 FIREWALL_TABLE = "sitelink_firewall"  # family inet
-PING_COUNT = 3
-PING_INTERVAL = "0.2"  # seconds between echo requests (root may go this low)
-# Stop at PING_COUNT answers, or after this many seconds. Long enough for IKE: the
-# first packet to a protected peer waits for its SA to be negotiated (a few
-# seconds on a slow gateway), and IPsec drops what is sent meanwhile.
-PING_DEADLINE = "15"
+PING_COUNT = probe.COUNT
+PROBE_DEADLINE = probe.DEADLINE
+PROBE_CONCURRENCY = probe.CONCURRENCY
 COUNTERS = ("received", "forwarded", "rebroadcast", "transited", "dropped", "send_errors")
 PEER_COUNTERS = ("received", "accepted", "sent", "dropped")
 
-_PING_STATS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received")
-_PING_RTT = re.compile(r"= [\d.]+/([\d.]+)/")
 # ip xfrm (iproute2 ipxfrm.c): an SA is "src A dst B" at column 0, then
 # "\tproto esp spi 0x... reqid N mode transport"; a policy is its selector
 # "src A/n dst B/n proto P" at column 0, then "\tdir out ...", then per template
@@ -161,85 +158,138 @@ def check_link(tunnel: dict[str, Any], links: dict[str, dict[str, Any]]) -> list
     return problems
 
 
-def route_get_device(text: str) -> Optional[str]:
-    """The output device of ``ip -j route get DST from SRC``."""
-    try:
-        entries = _load_json(text)
-    except ValueError:
-        return None
-    if isinstance(entries, list) and entries and isinstance(entries[0], dict):
-        return entries[0].get("dev")
-    return None
+_BATCH_FAILED = re.compile(r"^Command failed -:(\d+)\s*$")
 
 
-def parse_ping(text: str) -> dict[str, Any]:
-    """``ping -q`` summary -> transmitted, received, average round trip (ms)."""
-    stats = _PING_STATS.search(text or "")
-    rtt = _PING_RTT.search(text or "")
-    return {
-        "transmitted": int(stats.group(1)) if stats else 0,
-        "received": int(stats.group(2)) if stats else 0,
-        "rtt_avg_ms": float(rtt.group(1)) if rtt else None,
-    }
+def route_get_argv() -> list[str]:
+    """One ``ip`` for every tunnel's path: ``route get`` lines on its standard input."""
+    return ["ip", "-j", "-force", "-batch", "-"]
 
 
-def ping_argv(source: str, destination: str, count: int = PING_COUNT) -> list[str]:
-    return [
-        "ping",
-        "-n",
-        "-q",
-        "-c",
-        str(count),
-        "-i",
-        PING_INTERVAL,
-        "-w",
-        PING_DEADLINE,
-        "-I",
-        source,
-        destination,
-    ]
+def route_get_script(paths: list[tuple[str, str]]) -> str:
+    """The batch for ``route_get_argv``: a ``route get DST from SRC`` line per (dst, src)."""
+    return "".join(f"route get {destination} from {source}\n" for destination, source in paths)
 
 
-def check_tunnel(tunnel, own, links, runner, count=PING_COUNT) -> dict[str, Any]:
-    """One tunnel: its link, then the path to the peer's LAN address, then a ping through it.
+def parse_route_gets(
+    paths: list[tuple[str, str]], rc: int, stdout: str, stderr: str
+) -> list[tuple[Optional[str], Optional[str]]]:
+    """What ``ip -j -force -batch`` answered for each (dst, src) of ``paths``: its output
+    device, or None and the error ``ip`` gave for that line.
 
-    The path and the ping are skipped when the link is already wrong: the problem
-    is known, and a ping that leaves by another way would prove nothing.
+    Each command that succeeds prints one JSON list naming its ``dst``; one that fails
+    prints its error, then ``Command failed -:N`` (N: its line), on standard error."""
+    devices: dict[str, Optional[str]] = {}
+    decoder, text, at = json.JSONDecoder(), stdout or "", 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text):
+            break
+        try:
+            entries, at = decoder.raw_decode(text, at)
+        except ValueError:
+            break
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("dst"), str):
+                devices.setdefault(entry["dst"], entry.get("dev"))
+    errors: dict[int, str] = {}
+    message: list[str] = []
+    for line in (stderr or "").splitlines():
+        failed = _BATCH_FAILED.match(line)
+        if failed:
+            errors[int(failed.group(1))] = message[-1] if message else "failed"
+            message = []
+        elif line.strip():
+            message.append(line.strip())
+    answers: list[tuple[Optional[str], Optional[str]]] = []
+    for number, (destination, _source) in enumerate(paths, start=1):
+        if destination in devices and number not in errors:
+            answers.append((devices[destination], None))
+        else:
+            fallback = _tool_error(rc, "", stderr) if rc != 0 else "no answer"
+            answers.append((None, errors.get(number, fallback)))
+    return answers
+
+
+def check_tunnels(
+    tunnels: list[dict[str, Any]],
+    own: str,
+    links: dict[str, dict[str, Any]],
+    runner,
+    count: int = PING_COUNT,
+    deadline: float = PROBE_DEADLINE,
+    concurrency: int = PROBE_CONCURRENCY,
+) -> list[dict[str, Any]]:
+    """Every tunnel: its link, then the path to the peer's LAN address (one ``ip`` for
+    all of them), then echo requests through it, all tunnels at once
+    (``runner.probe``: bounded concurrency, one overall deadline).
+
+    The path and the probe are skipped when the link is already wrong: the problem
+    is known, and an echo that leaves by another way would prove nothing.
     """
-    name, peer_address = tunnel["name"], tunnel["peer_address"]
-    link = links.get(name) or {}
-    found = {
-        "name": name,
-        "peer": tunnel["peer"],
-        "peer_address": peer_address,
-        "present": name in links,
-        "up": bool(link.get("up")),
-        "path": None,
-        "ping": None,
-    }
-    problems = check_link(tunnel, links)
-    if not problems and not peer_address:
-        problems.append(f"tunnel {name}: the plan names no peer address to ping")
-    if not problems:
-        rc, out, err = runner.run(["ip", "-j", "route", "get", peer_address, "from", own])
-        found["path"] = route_get_device(out) if rc == 0 else None
-        if rc != 0:
-            problems.append(
-                f"tunnel {name}: no route from {own} to {peer_address} "
-                f"({_tool_error(rc, out, err)})"
-            )
-        elif found["path"] != name:
-            problems.append(
-                f"tunnel {name}: {peer_address} is routed via {found['path']}, not the tunnel"
-            )
-    if not problems:
-        rc, out, err = runner.run(ping_argv(own, peer_address, count))
-        found["ping"] = parse_ping(out)
-        if found["ping"]["received"] == 0:
-            detail = "" if rc in (0, 1) else f" ({_tool_error(rc, out, err)})"
-            problems.append(f"tunnel {name}: no answer from {peer_address}{detail}")
-    found["ok"] = not problems
-    found["problems"] = problems
+    found: list[dict[str, Any]] = []
+    problems: dict[str, list[str]] = {}
+    for tunnel in tunnels:
+        name, peer_address = tunnel["name"], tunnel["peer_address"]
+        link = links.get(name) or {}
+        found.append(
+            {
+                "name": name,
+                "peer": tunnel["peer"],
+                "peer_address": peer_address,
+                "present": name in links,
+                "up": bool(link.get("up")),
+                "path": None,
+                "ping": None,
+            }
+        )
+        problems[name] = check_link(tunnel, links)
+        if not problems[name] and not peer_address:
+            problems[name].append(f"tunnel {name}: the plan names no peer address to ping")
+
+    routed = [t for t in found if not problems[t["name"]]]
+    if routed:
+        paths = [(t["peer_address"], own) for t in routed]
+        rc, out, err = runner.run(route_get_argv(), data=route_get_script(paths))
+        for t, (device, error) in zip(routed, parse_route_gets(paths, rc, out, err)):
+            t["path"] = device
+            if error is not None:
+                problems[t["name"]].append(
+                    f"tunnel {t['name']}: no route from {own} to {t['peer_address']} ({error})"
+                )
+            elif device != t["name"]:
+                problems[t["name"]].append(
+                    f"tunnel {t['name']}: {t['peer_address']} is routed via {device}, "
+                    "not the tunnel"
+                )
+
+    probed = [t for t in found if not problems[t["name"]]]
+    if probed:
+        answers = runner.probe(
+            own,
+            [(t["name"], t["peer_address"]) for t in probed],
+            count=count,
+            deadline=deadline,
+            concurrency=concurrency,
+        )
+        for t in probed:
+            answer = answers[t["name"]]
+            if not answer["probed"]:
+                problems[t["name"]].append(
+                    f"tunnel {t['name']}: not probed: the {deadline:g} s deadline for all "
+                    "tunnels passed first (probe_deadline)"
+                )
+                continue
+            t["ping"] = {k: answer[k] for k in ("transmitted", "received", "rtt_avg_ms")}
+            if answer["received"] == 0:
+                detail = f" ({answer['error']})" if answer.get("error") else ""
+                problems[t["name"]].append(
+                    f"tunnel {t['name']}: no answer from {t['peer_address']}{detail}"
+                )
+    for t in found:
+        t["ok"] = not problems[t["name"]]
+        t["problems"] = problems[t["name"]]
     return found
 
 
@@ -887,6 +937,8 @@ def check_gateway(
     ping_count: int = PING_COUNT,
     firewall_table: str = FIREWALL_TABLE,
     host: Optional[str] = None,
+    probe_deadline: float = PROBE_DEADLINE,
+    probe_concurrency: int = PROBE_CONCURRENCY,
 ) -> dict[str, Any]:
     """Every check of one gateway; raises HealthError for a plan that is not one.
     ``host``: its inventory name, which the remedies in problems name."""
@@ -904,7 +956,23 @@ def check_gateway(
     except ValueError as exc:
         raise HealthError(f"cannot parse ip -j output: {exc}") from exc
 
-    tunnels = [check_tunnel(t, view["address"], links, runner, ping_count) for t in view["tunnels"]]
+    started = runner.now()
+    tunnels = check_tunnels(
+        view["tunnels"],
+        view["address"],
+        links,
+        runner,
+        ping_count,
+        probe_deadline,
+        probe_concurrency,
+    )
+    probes = {
+        "tunnels": len(tunnels),
+        "probed": sum(1 for t in tunnels if t["ping"] is not None),
+        "seconds": round(max(0.0, runner.now() - started), 1),
+        "deadline": probe_deadline,
+        "concurrency": probe_concurrency,
+    }
 
     # After every ping: each one that ran has made IKE key its tunnel's SAs.
     # Read once per gateway, whatever the number of tunnels.
@@ -958,6 +1026,7 @@ def check_gateway(
         "healthy": not problems,
         "problems": problems,
         "tunnels": tunnels,
+        "probes": probes,
         "routes": routes,
         "ipsec": ipsec,
         "firewall": firewall,
@@ -977,14 +1046,34 @@ class Runner:
         self.module = module
         self._paths: dict[str, Optional[str]] = {}
 
-    def run(self, argv: list[str]) -> tuple[int, str, str]:
-        """(rc, stdout, stderr); a tool that is not installed gives rc 127."""
+    def run(self, argv: list[str], data: Optional[str] = None) -> tuple[int, str, str]:
+        """(rc, stdout, stderr); ``data`` goes to its standard input; a tool that is not
+        installed gives rc 127."""
         tool = argv[0]
         if tool not in self._paths:
             self._paths[tool] = self.module.get_bin_path(tool, required=False)
         if not self._paths[tool]:
             return 127, "", f"{tool}: command not found"
-        return self.module.run_command([self._paths[tool], *argv[1:]], check_rc=False)
+        return self.module.run_command(
+            [self._paths[tool], *argv[1:]], check_rc=False, data=data, binary_data=True
+        )
+
+    @staticmethod
+    def probe(source: str, targets: list[tuple[str, str]], **options) -> dict[str, Any]:
+        """Echo requests from ``source`` to every (name, address) at once (probe.Prober)."""
+        try:
+            transport = probe.IcmpTransport(source)
+        except OSError as exc:
+            error = f"cannot send from {source}: {exc.strerror or exc}"
+            return {
+                name: {"probed": True, "transmitted": 0, "received": 0, "rtt_avg_ms": None,
+                       "error": error}
+                for name, _unused in targets
+            }  # fmt: skip
+        try:
+            return probe.Prober(transport, _Clock, **options).run(targets)
+        finally:
+            transport.close()
 
     @staticmethod
     def read(path: str) -> Optional[str]:
@@ -1000,11 +1089,21 @@ class Runner:
         return time.time()
 
 
+class _Clock:
+    """The probes' clock: monotonic, as a deadline must be."""
+
+    now = staticmethod(time.monotonic)
+
+
 def run_module(module, runner=None):
     """Entry point of the thin module; ``runner`` is injectable for tests."""
     params = module.params
     if params.get("ping_count") is not None and not 1 <= params["ping_count"] <= 100:
         module.fail_json(msg="ping_count: must be 1..100", changed=False)
+    if params.get("probe_deadline") is not None and not 1 <= params["probe_deadline"] <= 3600:
+        module.fail_json(msg="probe_deadline: must be 1..3600 seconds", changed=False)
+    if params.get("probe_concurrency") is not None and not 1 <= params["probe_concurrency"] <= 1024:
+        module.fail_json(msg="probe_concurrency: must be 1..1024", changed=False)
     try:
         result = check_gateway(
             params["plan"],
@@ -1015,6 +1114,8 @@ def run_module(module, runner=None):
             ping_count=params.get("ping_count") or PING_COUNT,
             firewall_table=params.get("firewall_table") or FIREWALL_TABLE,
             host=params.get("host"),
+            probe_deadline=params.get("probe_deadline") or PROBE_DEADLINE,
+            probe_concurrency=params.get("probe_concurrency") or PROBE_CONCURRENCY,
         )
     except HealthError as exc:
         module.fail_json(msg=str(exc), changed=False)

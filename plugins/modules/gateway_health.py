@@ -53,10 +53,12 @@ description:
   - Problems are reported in RV(problems), one sentence each, and do not fail the task;
     C(playbooks/verify.yml) gathers them with M(sitelink.gateway.health_report). The task fails
     only when O(plan) is not a gateway plan or the tunnels and routes cannot be read.
-  - Commands run, all read-only - C(ip -j -d link show), C(ip -j route show table main), for
-    each tunnel that is up one C(ip -j route get) and one C(ping -c O(ping_count) -i 0.2 -w 15),
-    then, with IPsec, C(ip xfrm state list) and C(ip xfrm policy list) once for the gateway,
-    then C(systemctl is-active), C(nft -j list table ip O(masquerade_table)) and
+  - Commands run, all read-only, whatever the number of tunnels - C(ip -j -d link show),
+    C(ip -j route show table main), one C(ip -j -force -batch -) asking C(route get) for each
+    tunnel that is up, then echo requests through all of them at once from one raw ICMP
+    socket bound to the LAN address (see O(probe_concurrency) and O(probe_deadline)), then,
+    with IPsec, C(ip xfrm state list) and C(ip xfrm policy list) once for the gateway, then
+    C(systemctl is-active), C(nft -j list table ip O(masquerade_table)) and
     C(nft -t list table inet O(firewall_table)).
 options:
   plan:
@@ -89,12 +91,26 @@ options:
     type: str
   ping_count:
     description:
-      - Echo requests per tunnel, 0.2 s apart; any answer passes.
-      - Pings run one tunnel after another, so a hub with many tunnels takes about
-        O(ping_count) times 0.2 s per tunnel, plus the IKE exchange of each IPsec link whose
-        SAs are not up yet (the ping waits up to 15 s for its answers).
+      - Answers wanted from each tunnel's peer. Echo requests go 0.2 s apart until that many
+        came back or the tunnel's own wait (15 s, long enough for IKE to key an IPsec link
+        on demand) is over; any answer passes.
     type: int
     default: 3
+  probe_concurrency:
+    description:
+      - Tunnels probed at once. A tunnel leaves the set as soon as it answered
+        O(ping_count) times or its 15 s are over; a hub's healthy tunnels take about 0.5 s
+        each, so 200 take a few seconds. Bounded so that a hub whose SAs are all down does
+        not start hundreds of IKE exchanges at the same instant.
+    type: int
+    default: 64
+  probe_deadline:
+    description:
+      - Seconds for the probes of all tunnels together. A tunnel whose turn did not come
+        before it is reported as not probed (a problem naming this option), never as dead.
+      - With the defaults, a quarter of 200 tunnels dead costs one 15 s wait, not 50.
+    type: float
+    default: 60
 extends_documentation_fragment:
   - sitelink.gateway.attributes
   - sitelink.gateway.attributes.platform
@@ -107,7 +123,7 @@ attributes:
   platform:
     platforms: linux
 requirements:
-  - iproute2 with JSON output (C(ip -j)) and C(ip xfrm), iputils C(ping), systemd, C(nft)
+  - iproute2 with JSON output (C(ip -j)) and C(ip xfrm), systemd, C(nft)
 notes:
   - Needs root (C(become)) to read the nftables ruleset and the IPsec SAs and policies.
   - A peer that filters ICMP echo (an external peer, say) shows as C(no answer).
@@ -169,6 +185,14 @@ tunnels:
       ping: {transmitted: 3, received: 3, rtt_avg_ms: 0.61}
       ok: true
       problems: []
+probes:
+  description:
+    - How the tunnels were probed - C(tunnels) planned, C(probed) (echo requests sent through
+      them; the others had a problem already, or their turn did not come before the deadline),
+      C(seconds) all the probes took, and the O(probe_deadline) and O(probe_concurrency) used.
+  returned: success
+  type: dict
+  sample: {tunnels: 200, probed: 200, seconds: 3.2, deadline: 60.0, concurrency: 64}
 routes:
   description: The planned prefixes found via their tunnel (C(ok)) out of C(total); C(failed)
     lists the others with the devices they go through instead.
@@ -303,6 +327,8 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.health import (  
     FIREWALL_TABLE,
     MASQUERADE_TABLE,
     PING_COUNT,
+    PROBE_CONCURRENCY,
+    PROBE_DEADLINE,
     RELAY_STATUS_FILE,
     RELAY_UNIT,
     run_module,
@@ -318,6 +344,8 @@ def build_module():
             masquerade_table=dict(type="str", default=MASQUERADE_TABLE),
             firewall_table=dict(type="str", default=FIREWALL_TABLE),
             ping_count=dict(type="int", default=PING_COUNT),
+            probe_concurrency=dict(type="int", default=PROBE_CONCURRENCY),
+            probe_deadline=dict(type="float", default=PROBE_DEADLINE),
             host=dict(type="str"),
         ),
         supports_check_mode=True,

@@ -156,7 +156,7 @@ report:
       C(warnings), and C(offices), one entry per office sorted by name."
     - "Each office entry: C(office), C(host), C(verdict) (C(healthy), C(unhealthy),
       C(unreachable), C(failed) or C(no result)), C(healthy), C(problems), and the
-      M(sitelink.gateway.gateway_health) sections C(tunnels), C(routes), C(ipsec),
+      M(sitelink.gateway.gateway_health) sections C(tunnels), C(probes), C(routes), C(ipsec),
       C(firewall), C(relay) (with every counter per port and per peer relay, drops by reason)
       and C(masquerade) (V(null) when the gateway gave no result)."
   returned: success

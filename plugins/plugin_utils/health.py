@@ -23,7 +23,7 @@ from typing import Any, Optional
 REPORT_VERSION = 1
 COUNTER_LEGEND = "relay counters: received/forwarded/rebroadcast/transited/dropped, all ports"
 _RELAY_COUNTERS = ("received", "forwarded", "rebroadcast", "transited", "dropped")
-_SECTIONS = ("tunnels", "routes", "ipsec", "firewall", "relay", "masquerade")
+_SECTIONS = ("tunnels", "probes", "routes", "ipsec", "firewall", "relay", "masquerade")
 PLAIN_IPIP_WARNING = (
     "office_tunnel_protection: none: the links of {} are plain IPIP, readable by anyone on "
     "the path and forgeable by anyone on the Internet (RFC 2003 has no authentication)"

@@ -241,6 +241,13 @@ def test_verify_names_the_office_whose_tunnel_was_deleted(tmp_path):
     assert "harlem" in unhealthy and "queens" not in unhealthy, report
     output = done.stdout + done.stderr
     assert "harlem: tunnel sl-manhattan: missing" in output, output[-3000:]
+    # The hub's end is up but dead: its probe names it, within the probes' deadline,
+    # while the hub's other link answered.
+    hub = next(o for o in report["offices"] if o["office"] == "manhattan")
+    assert "tunnel sl-harlem: no answer from 192.168.4.126" in hub["problems"], hub["problems"]
+    assert [t["name"] for t in hub["tunnels"] if t["ok"]] == ["sl-queens"], hub["tunnels"]
+    assert hub["probes"]["probed"] == 2
+    assert hub["probes"]["seconds"] <= hub["probes"]["deadline"], hub["probes"]
 
 
 # --------------------------------------------------------------------------- 5. rolling apply

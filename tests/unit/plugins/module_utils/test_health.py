@@ -228,19 +228,6 @@ def firewall_listing(table="sitelink_firewall", comment="sitelink-gateway 3f2a9c
     return "\n".join(lines) + "\n"
 
 
-def ping_output(source, destination, received, count=3):
-    lines = [
-        f"PING {destination} ({destination}) from {source} : 56(84) bytes of data.",
-        "",
-        f"--- {destination} ping statistics ---",
-        f"{count} packets transmitted, {received} received, "
-        f"{100 - 100 * received // count}% packet loss, time 404ms",
-    ]
-    if received:
-        lines.append("rtt min/avg/max/mdev = 0.512/0.610/0.700/0.077 ms")
-    return "\n".join(lines) + "\n"
-
-
 class Gateway:
     """A gateway as its tools see it; starts healthy for ``plan``, then tests break it."""
 
@@ -275,6 +262,8 @@ class Gateway:
                 )
         self.paths = {link["peer_address"]: link["tunnel"] for link in plan["links"]}
         self.answers = {link["peer_address"]: 3 for link in plan["links"]}
+        self.unprobed: set[str] = set()  # not probed before the deadline
+        self.probe_errors: dict[str, str] = {}
         ports = [rule["port"] for rule in plan["relay"]["rules"]]
         self.relay_state = "active" if ports else "inactive"
         peers = {a: p["office"] for a, p in plan["relay"]["peers"].items()}
@@ -317,22 +306,14 @@ class Gateway:
         self.routes = [route for route in self.routes if route["dev"] != name]
 
     # -- the runner interface
-    def run(self, argv):
+    def run(self, argv, data=None):
         self.calls.append(list(argv))
+        if argv == hc.route_get_argv():
+            return self.route_gets(data)
         if argv[:5] == ["ip", "-j", "-d", "link", "show"]:
             return 0, json.dumps(self.links), ""
         if argv[:4] == ["ip", "-j", "route", "show"]:
             return 0, json.dumps(self.routes), ""
-        if argv[:4] == ["ip", "-j", "route", "get"]:
-            destination, source = argv[4], argv[6]
-            dev = self.paths.get(destination)
-            if dev is None:
-                return 2, "", "RTNETLINK answers: Network is unreachable\n"
-            return 0, json.dumps([{"dst": destination, "from": source, "dev": dev}]), ""
-        if argv[0] == "ping":
-            source, destination = argv[-2], argv[-1]
-            received = self.answers.get(destination, 0)
-            return (0 if received else 1), ping_output(source, destination, received), ""
         if argv[:2] == ["systemctl", "is-active"]:
             return (0 if self.relay_state == "active" else 3), self.relay_state + "\n", ""
         if argv[:3] == ["ip", "xfrm", "state"]:
@@ -356,6 +337,36 @@ class Gateway:
                 )
             return 0, json.dumps(self.nat), ""
         raise AssertionError(f"unexpected command {argv}")
+
+    def route_gets(self, script):
+        """``ip -j -force -batch -`` as iproute2 6.1 answers: a JSON line per route found,
+        an error and ``Command failed -:N`` per line that failed."""
+        out, err, rc = [], [], 0
+        for number, line in enumerate(script.splitlines(), start=1):
+            words = line.split()
+            assert words[:2] == ["route", "get"] and words[3] == "from", line
+            self.calls.append(["route", "get", words[2], "from", words[4]])
+            dev = self.paths.get(words[2])
+            if dev is None:
+                err += ["RTNETLINK answers: Network is unreachable", f"Command failed -:{number}"]
+                rc = 1
+            else:
+                out.append(json.dumps([{"dst": words[2], "from": words[4], "dev": dev}]))
+        return rc, "".join(line + "\n" for line in out), "".join(line + "\n" for line in err)
+
+    def probe(self, source, targets, count, deadline, concurrency):
+        self.calls.append(["probe", source, *[address for _unused, address in targets]])
+        self.probe_options = {"count": count, "deadline": deadline, "concurrency": concurrency}
+        return {
+            name: {
+                "probed": address not in self.unprobed,
+                "transmitted": count,
+                "received": self.answers.get(address, 0),
+                "rtt_avg_ms": 0.61 if self.answers.get(address, 0) else None,
+                "error": self.probe_errors.get(address),
+            }
+            for name, address in targets
+        }
 
     def read(self, path):
         return self.files.get(path)
@@ -447,32 +458,21 @@ def test_a_healthy_hub_passes_every_check_with_few_read_only_commands():
         "ok": True,
         "problems": [],
     }
-    # Nine commands for one tunnel, none of which changes anything; IPsec is read
-    # once, after the pings that keyed it.
+    # Nine steps whatever the number of tunnels, none of which changes anything; IPsec
+    # is read once, after the probes that keyed it.
     assert gw.calls == [
         ["ip", "-j", "-d", "link", "show"],
         ["ip", "-j", "route", "show", "table", "main"],
-        ["ip", "-j", "route", "get", "192.168.2.126", "from", "192.168.1.126"],
-        [
-            "ping",
-            "-n",
-            "-q",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-w",
-            "15",
-            "-I",
-            "192.168.1.126",
-            "192.168.2.126",
-        ],
+        ["ip", "-j", "-force", "-batch", "-"],
+        ["route", "get", "192.168.2.126", "from", "192.168.1.126"],
+        ["probe", "192.168.1.126", "192.168.2.126"],
         ["ip", "xfrm", "state", "list"],
         ["ip", "xfrm", "policy", "list"],
         ["systemctl", "is-active", "sitelink-relay.service"],
         ["nft", "-j", "list", "table", "ip", "sitelink_masquerade"],
         ["nft", "-t", "list", "table", "inet", "sitelink_firewall"],
     ]
+    assert gw.probe_options == {"count": 3, "deadline": 60.0, "concurrency": 64}
 
 
 def test_a_healthy_branch_without_masquerade_passes():
@@ -502,7 +502,7 @@ def test_a_missing_tunnel_is_named_and_nothing_is_sent_through_it():
         "tunnel sl-manhattan: missing",
         "route 192.168.1.0/24: missing (should go via sl-manhattan)",
     ]
-    assert not [c for c in gw.calls if c[0] == "ping" or c[:4] == ["ip", "-j", "route", "get"]]
+    assert not [c for c in gw.calls if c[0] in ("probe", "route") or c == hc.route_get_argv()]
     assert result["tunnels"][0]["present"] is False
 
 
@@ -511,7 +511,7 @@ def test_a_tunnel_that_is_down_is_named():
     gw.link("sl-manhattan")["flags"] = ["POINTOPOINT", "NOARP"]
     result = check(gw)
     assert result["problems"] == ["tunnel sl-manhattan: down"]
-    assert not [c for c in gw.calls if c[0] == "ping"]
+    assert not [c for c in gw.calls if c[0] == "probe"]
 
 
 def test_a_tunnel_with_the_wrong_mtu_is_named():
@@ -555,7 +555,7 @@ def test_a_peer_routed_another_way_is_not_pinged():
     assert result["problems"] == [
         "tunnel sl-manhattan: 192.168.1.126 is routed via eth1, not the tunnel"
     ]
-    assert not [c for c in gw.calls if c[0] == "ping"]
+    assert not [c for c in gw.calls if c[0] == "probe"]
 
 
 def test_no_route_at_all_to_the_peer_says_what_ip_answered():
@@ -567,16 +567,88 @@ def test_no_route_at_all_to_the_peer_says_what_ip_answered():
     ]
 
 
-def test_ping_that_cannot_run_says_why():
+def test_a_probe_that_cannot_be_sent_says_why():
     gw = Gateway(BROOKLYN)
-    run = gw.run
-    gw.run = lambda argv: (
-        (2, "", "ping: bind: Cannot assign requested address\n") if argv[0] == "ping" else run(argv)
-    )
+    gw.answers["192.168.1.126"] = 0
+    gw.probe_errors["192.168.1.126"] = "Operation not permitted"
     assert check(gw)["problems"] == [
-        "tunnel sl-manhattan: no answer from 192.168.1.126 "
-        "(ping: bind: Cannot assign requested address)"
+        "tunnel sl-manhattan: no answer from 192.168.1.126 (Operation not permitted)"
     ]
+
+
+def test_a_tunnel_not_probed_before_the_deadline_is_named_as_such_not_as_dead():
+    gw = Gateway(BROOKLYN)
+    gw.unprobed.add("192.168.1.126")
+    result = hc.check_gateway(BROOKLYN, gw, probe_deadline=30)
+    assert result["problems"] == [
+        "tunnel sl-manhattan: not probed: the 30 s deadline for all tunnels passed first "
+        "(probe_deadline)"
+    ]
+    assert result["tunnels"][0]["ping"] is None
+    # and IPsec does not blame a missing SA on a probe that never ran
+    gw.sas = []
+    assert len(hc.check_gateway(BROOKLYN, gw, probe_deadline=30)["problems"]) == 1
+
+
+def test_many_tunnels_take_one_route_lookup_and_one_probe_and_each_answer_is_its_own():
+    plan = copy.deepcopy(MANHATTAN)
+    template_tunnel, template_link = plan["tunnels"][0], plan["links"][0]
+    for index in range(3, 203):
+        name, address = f"sl-branch{index}", f"10.{index // 250}.{index % 250}.126"
+        plan["tunnels"].append({**template_tunnel, "name": name, "routes": []})
+        plan["links"].append(
+            {**template_link, "peer": f"branch{index}", "peer_address": address, "tunnel": name}
+        )
+    gw = Gateway(plan)
+    for link in plan["links"]:
+        gw.paths[link["peer_address"]] = link["tunnel"]
+    del gw.paths["10.0.9.126"]  # branch9: ip finds no route (its line fails in the batch)
+    gw.paths["10.0.77.126"] = "eth1"  # branch77: routed around its tunnel
+    gw.answers["10.0.150.126"] = 0  # branch150: dead
+    result = hc.check_gateway(plan, gw)
+    assert [t["name"] for t in result["tunnels"] if not t["ok"]] == [
+        "sl-branch9",
+        "sl-branch77",
+        "sl-branch150",
+    ]
+    assert [p for p in result["problems"] if p.startswith("tunnel ")] == [
+        "tunnel sl-branch9: no route from 192.168.1.126 to 10.0.9.126 "
+        "(RTNETLINK answers: Network is unreachable)",
+        "tunnel sl-branch77: 10.0.77.126 is routed via eth1, not the tunnel",
+        "tunnel sl-branch150: no answer from 10.0.150.126",
+    ]
+    assert [c[0] for c in gw.calls].count("probe") == 1
+    assert gw.calls.count(hc.route_get_argv()) == 1
+    (probe,) = [c for c in gw.calls if c[0] == "probe"]
+    assert len(probe) == 2 + 201 - 2  # every tunnel but the two whose path is wrong
+
+
+@pytest.mark.parametrize(
+    ("rc", "stdout", "stderr", "expected"),
+    [
+        (
+            0,
+            '[{"dst":"10.0.0.1","dev":"sl-a","flags":[]}]\n[{"dst":"10.0.0.2","dev":"sl-b"}]\n',
+            "",
+            [("sl-a", None), ("sl-b", None)],
+        ),
+        # one line failed: its error is the message just before "Command failed -:N"
+        (
+            1,
+            '[{"dst":"10.0.0.2","dev":"sl-b"}]',
+            'Error: any valid prefix is expected rather than "x".\nCommand failed -:1\n',
+            [(None, 'Error: any valid prefix is expected rather than "x".'), ("sl-b", None)],
+        ),
+        # ip could not run at all
+        (127, "", "ip: command not found", [(None, "ip: command not found")] * 2),
+    ],
+)
+def test_parse_route_gets(rc, stdout, stderr, expected):
+    paths = [("10.0.0.1", "192.168.1.126"), ("10.0.0.2", "192.168.1.126")]
+    assert hc.parse_route_gets(paths, rc, stdout, stderr) == expected
+    assert hc.route_get_script(paths) == (
+        "route get 10.0.0.1 from 192.168.1.126\nroute get 10.0.0.2 from 192.168.1.126\n"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -721,8 +793,8 @@ def test_nat_sources_merged_by_nft_into_a_range():
 
 def test_nft_that_fails_otherwise_is_a_problem_not_an_absent_table():
     gw = Gateway(BROOKLYN)
-    gw.run = lambda argv, run=gw.run: (
-        (127, "", "nft: command not found") if argv[0] == "nft" else run(argv)
+    gw.run = lambda argv, data=None, run=gw.run: (
+        (127, "", "nft: command not found") if argv[0] == "nft" else run(argv, data)
     )
     result = check(gw)
     assert result["problems"] == [
@@ -773,8 +845,9 @@ def test_the_sas_are_read_once_per_gateway_after_every_ping():
     commands = [c[:3] if c[0] == "ip" else c[:1] for c in gw.calls]
     assert commands.count(["ip", "xfrm", "state"]) == 1
     assert commands.count(["ip", "xfrm", "policy"]) == 1
-    last_ping = max(i for i, c in enumerate(commands) if c == ["ping"])
-    assert commands.index(["ip", "xfrm", "state"]) > last_ping
+    assert commands.count(["probe"]) == 1
+    assert commands.count(hc.route_get_argv()[:3]) == 1
+    assert commands.index(["ip", "xfrm", "state"]) > commands.index(["probe"])
 
 
 def test_an_sa_missing_one_way_is_named_with_its_direction():
@@ -890,8 +963,10 @@ def test_keys_never_reach_the_result():
     assert broken["healthy"] is False
     # ip failing, with the listing on stdout and nothing on stderr: no tail of it is quoted.
     gw = Gateway(BROOKLYN)
-    gw.run = lambda argv, run=gw.run: (
-        (1, xfrm_state_output(gw.sas), "") if argv[:3] == ["ip", "xfrm", "state"] else run(argv)
+    gw.run = lambda argv, data=None, run=gw.run: (
+        (1, xfrm_state_output(gw.sas), "")
+        if argv[:3] == ["ip", "xfrm", "state"]
+        else run(argv, data)
     )
     unreadable = check(gw)
     assert unreadable["problems"] == ["IPsec: cannot read the kernel's SAs: exit status 1"]
@@ -905,10 +980,10 @@ def test_keys_never_reach_the_result():
 
 def test_xfrm_that_cannot_be_read_says_what_ip_said_and_claims_nothing_missing():
     gw = Gateway(BROOKLYN)
-    gw.run = lambda argv, run=gw.run: (
+    gw.run = lambda argv, data=None, run=gw.run: (
         (2, "", "RTNETLINK answers: Operation not permitted\n")
         if argv[:2] == ["ip", "xfrm"]
-        else run(argv)
+        else run(argv, data)
     )
     result = check(gw)
     assert result["problems"] == [
@@ -1122,7 +1197,7 @@ def test_module_fails_on_a_plan_that_is_not_one():
 
 def test_module_fails_when_ip_cannot_read_the_links():
     gw = Gateway(BROOKLYN)
-    gw.run = lambda argv: (1, "", "Cannot open netlink socket: Permission denied\n")
+    gw.run = lambda argv, data=None: (1, "", "Cannot open netlink socket: Permission denied\n")
     done = run_module(FakeModule(BROOKLYN), gw)
     assert done.failed is True
     assert done.result["msg"] == (
@@ -1135,24 +1210,35 @@ def test_runner_reports_a_missing_tool_and_runs_the_others_by_path():
         def get_bin_path(self, tool, required=False):
             return None if tool == "nft" else f"/usr/sbin/{tool}"
 
-        def run_command(self, argv, check_rc=False):
-            return 0, " ".join(argv), ""
+        def run_command(self, argv, check_rc=False, data=None, binary_data=False):
+            assert binary_data  # the batch is given as it is, no newline added
+            return 0, " ".join(argv), data
 
     runner = hc.Runner(Module())
     assert runner.run(["nft", "-j", "list", "ruleset"]) == (127, "", "nft: command not found")
-    assert runner.run(["ip", "-j", "link"]) == (0, "/usr/sbin/ip -j link", "")
+    assert runner.run(["ip", "-j", "link"]) == (0, "/usr/sbin/ip -j link", None)
+    assert runner.run(hc.route_get_argv(), data="route get 10.0.0.1\n") == (
+        0,
+        "/usr/sbin/ip -j -force -batch -",
+        "route get 10.0.0.1\n",
+    )
 
 
-def test_parse_ping_reads_iputils_summaries():
-    assert hc.parse_ping(ping_output("192.168.1.126", "192.168.2.126", 2)) == {
-        "transmitted": 3,
-        "received": 2,
-        "rtt_avg_ms": 0.61,
-    }
-    assert hc.parse_ping("ping: bind: Cannot assign requested address") == {
-        "transmitted": 0,
-        "received": 0,
-        "rtt_avg_ms": None,
+def test_runner_probe_without_a_socket_says_why_for_every_tunnel(monkeypatch):
+    def refused(source):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(hc.probe, "IcmpTransport", refused)
+    answers = hc.Runner.probe("192.168.1.126", [("sl-a", "10.0.0.1"), ("sl-b", "10.0.0.2")])
+    assert answers == {
+        name: {
+            "probed": True,
+            "transmitted": 0,
+            "received": 0,
+            "rtt_avg_ms": None,
+            "error": "cannot send from 192.168.1.126: Operation not permitted",
+        }
+        for name in ("sl-a", "sl-b")
     }
 
 
@@ -1278,6 +1364,7 @@ def test_report_json_shape():
         "healthy",
         "problems",
         "tunnels",
+        "probes",
         "routes",
         "ipsec",
         "firewall",
@@ -1427,10 +1514,10 @@ def test_raw_relay_wire_is_a_warning_not_a_problem():
 
 def test_relay_state_unknown_says_what_systemctl_said():
     gw = Gateway(MANHATTAN)
-    gw.run = lambda argv, run=gw.run: (
+    gw.run = lambda argv, data=None, run=gw.run: (
         (1, "", "System has not been booted with systemd as init system (PID 1).\n")
         if argv[0] == "systemctl"
-        else run(argv)
+        else run(argv, data)
     )
     assert check(gw)["problems"] == [
         "relay: sitelink-relay.service is unknown (the plan relays UDP 6799; systemctl: "
