@@ -40,8 +40,11 @@ class ActionModule(ActionBase):
                 raise AnsibleActionFail(f"program_src {source}: {exc}") from exc
             args["program_sha256"] = hashlib.sha256(program).hexdigest()
         done = self._execute_module(MODULE, module_args=args, task_vars=task_vars)
-        if program is not None and done.get("program_needed"):
+        sent = program is not None and bool(done.get("program_needed"))
+        if sent:
             args["program"] = base64.b64encode(program).decode("ascii")
             done = self._execute_module(MODULE, module_args=args, task_vars=task_vars)
         result.update(done)
+        # Whether the program's bytes crossed the connection in this run.
+        result["program_sent"] = sent
         return result

@@ -142,6 +142,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+program_sent:
+  description:
+    - Whether the program's bytes were sent to the gateway in this run - only where its
+      copy differed from O(program_sha256) (set by the action plugin).
+  type: bool
+  returned: always
+  version_added: 0.2.0
 program_needed:
   description:
     - The installed program differs from O(program_sha256) and O(program) was not given -

@@ -4,7 +4,8 @@ Runs after converge and idempotence, in file order; each step builds on the last
   1. verify.yml reports every office healthy;
   2. traffic: branch to hub (masqueraded), branch to branch through the hub,
      broadcasts fanned out from the hub, a branch's broadcasts only where asked;
-  3. a relay change at one branch applied with --limit touches no other gateway;
+  3. a relay change at one branch applied with --limit touches no other gateway; the
+     relay program crosses the connection only when the gateway's copy differs;
   4. a tunnel deleted by hand: verify.yml fails and names the office;
   5. rolling apply: a failing hub stops the run before any branch; a failing
      branch within the tolerance does not stop the others, and is named;
@@ -16,8 +17,10 @@ Gateways are QEMU VMs; LAN hosts are network namespaces of the lab.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -228,6 +231,43 @@ def test_limit_to_one_branch_touches_no_other_gateway(tmp_path):
     assert {vm: relay_pid(vm) for vm in others} == pids, "a relay elsewhere was restarted"
     assert {vm: LAB.file_digest(vm, RELAY_CONFIG) for vm in others} == configs
     assert "6801" in LAB.ssh(QUEENS, f"cat {RELAY_CONFIG}")
+
+
+RELAY_ONLY = """
+- name: The office plan, then the relay, as site.yml applies them
+  hosts: offices
+  gather_facts: false
+  become: true
+  roles:
+    - role: sitelink.gateway.office
+    - role: sitelink.gateway.relay
+"""
+RELAY_PROGRAM = "/usr/local/sbin/sitelink-relay"
+
+
+def test_the_relay_program_crosses_only_when_the_gateways_copy_differs(tmp_path):
+    inventory = offices_inventory(tmp_path, change=add_queens_port)  # as Queens has it now
+    play = tmp_path / "relay-only.yml"
+    play.write_text(RELAY_ONLY)
+    program = ROOT / "roles/relay/files/sitelink-relay"
+    wanted = hashlib.sha256(program.read_bytes()).hexdigest()
+    pid = relay_pid(QUEENS)
+
+    done = playbook(str(play), inventory, "--limit", QUEENS, "-v")
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert re.findall(r"program_sent: (\w+)", done.stdout) == ["false"], done.stdout[-4000:]
+    assert recap(done.stdout)[QUEENS]["changed"] == 0
+    assert relay_pid(QUEENS) == pid
+
+    # The gateway's copy differs: its bytes are sent, installed, and the relay restarted.
+    LAB.ssh(QUEENS, f"printf '#' >> {RELAY_PROGRAM}")
+    assert LAB.file_digest(QUEENS, RELAY_PROGRAM) != wanted
+    done = playbook(str(play), inventory, "--limit", QUEENS, "-v")
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert re.findall(r"program_sent: (\w+)", done.stdout) == ["true"], done.stdout[-4000:]
+    assert recap(done.stdout)[QUEENS]["changed"] > 0
+    assert LAB.file_digest(QUEENS, RELAY_PROGRAM) == wanted
+    assert relay_pid(QUEENS) not in ("", "0", pid)
 
 
 # --------------------------------------------------------------------------- 4. verify fails

@@ -48,6 +48,7 @@ def test_a_program_the_gateway_has_is_sent_as_its_checksum_only(tmp_path):
     )
     result = plugin.run(task_vars={})
     assert result["changed"] and result["steps"] == ["install"]
+    assert result["program_sent"] is False
     ((module, args),) = calls  # one call, no program byte
     assert module == "sitelink.gateway.relay_service"
     assert "program_src" not in args and "program" not in args
@@ -65,6 +66,7 @@ def test_the_program_goes_base64_in_the_module_arguments_when_asked_for(tmp_path
     )
     result = plugin.run(task_vars={})
     assert result["changed"] and "program_needed" not in result
+    assert result["program_sent"] is True
     (_first, first), (_second, second) = calls
     assert "program" not in first
     assert base64.b64decode(second["program"]) == PROGRAM
@@ -73,7 +75,7 @@ def test_the_program_goes_base64_in_the_module_arguments_when_asked_for(tmp_path
 
 def test_without_program_src_the_program_is_left_alone():
     plugin, calls = make_action({"unit": "[Service]\n"}, {})
-    plugin.run(task_vars={})
+    assert plugin.run(task_vars={})["program_sent"] is False
     assert "program" not in calls[0][1]
 
 
