@@ -26,7 +26,7 @@ ANSIBLE_TEST := $(PY) tools/run_ansible_test.py
 COLLECTION_VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
 
 .PHONY: help setup deps lint sanity schema relay unit integration molecule build ee docs release test \
-        demo bench bench-plan bench-relay plan clean
+        demo bench bench-plan bench-relay scale plan clean
 
 help:
 	@echo "Start here (no root, no gateway contacted):"
@@ -47,8 +47,12 @@ help:
 	@echo "  make deps         the Debian packages the lab and the namespace tests need"
 	@echo "  make demo         boot the case-study lab, run site.yml and verify.yml, show traffic, tear down"
 	@echo "  make bench        planning at scale, the relay against socat, then site.yml, verify.yml,"
-	@echo "                    TCP throughput with and without ESP, ipip_tunnel run times (offices lab)"
+	@echo "                    TCP throughput with and without ESP, ipip_tunnel run times (offices lab),"
+	@echo "                    and the crowd lab at N=$(SCALE_BENCH_N) (make scale)"
 	@echo "  make bench-plan   planning only;  make bench-relay   the relay only"
+	@echo "  make scale N=200  the crowd lab: a hub and N-1 branches (two real, the rest simulated"
+	@echo "                    by one VM); site.yml, SAs, reboot, broadcasts, verify.yml, removal"
+	@echo "                    (default N=$(SCALE_N); /tmp/sitelink-lab/scale/scale-N.json)"
 	@echo "Maintenance:"
 	@echo "  make schema       regenerate the office role's specs, defaults and README table from the schema"
 	@echo "  make relay        rebuild roles/relay/files/sitelink-relay from relay/sitelink_relay"
@@ -174,11 +178,19 @@ demo: setup deps
 
 bench: bench-plan bench-relay
 	$(PY) lab/run.py bench
+	$(PY) lab/scale.py $(SCALE_BENCH_N)
 
 # The relay against socat, side by side in network namespaces (root): capacity,
 # latency and loss, service and compat modes, authentication on and off.
 bench-relay: setup deps relay
 	python3 bench/relay.py
+
+# The crowd lab (lab/scale.py): N offices, a hub and two branches as real gateways,
+# the other N-3 simulated by one "crowd" VM. Not in make test.
+SCALE_N := 50
+SCALE_BENCH_N := 20
+scale: setup deps
+	$(PY) lab/scale.py $(or $(N),$(SCALE_N))
 
 bench-plan: setup
 	$(PY) bench/plan.py
