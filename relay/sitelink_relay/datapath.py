@@ -184,23 +184,26 @@ class Datapath:
     def _forward(self, ps: PortState, payload: Any, dst: bytes) -> None:
         """A LAN broadcast (or compat datagram) to the forward_to peers."""
         ps.forwarded += 1
-        out = ps.out
-        header = None
         size = len(payload)
-        for peer, dest, key in ps.fwd:
-            queue = out.get(dest)
-            if queue is None:
-                queue = out[dest] = []
-            if key is None:
+        if ps.fwd_raw:
+            out = ps.out
+            for peer, dest in ps.fwd_raw:
+                queue = out.get(dest)
+                if queue is None:
+                    queue = out[dest] = []
                 queue.append(((payload,), size))
-            else:
-                if header is None:
-                    if size > _MAX_PAYLOAD:
-                        ps.dropped[DROP_TOO_BIG] = ps.dropped.get(DROP_TOO_BIG, 0) + 1
-                        continue
-                    header = self.sealer.header(*envelope_kind(dst))  # type: ignore[union-attr]
-                queue.append(((header, key.tag(header, payload), payload), size + _OVERHEAD))
-            peer.sent += 1
+                peer.sent += 1
+        fan_peers = ps.fanout.peers
+        if fan_peers:
+            # Sealed once here (one header: the sequence number of this broadcast);
+            # tagged per peer and sent by egress, after the batch (ports.Fanout).
+            if size > _MAX_PAYLOAD:
+                ps.dropped[DROP_TOO_BIG] = ps.dropped.get(DROP_TOO_BIG, 0) + 1
+                return
+            header = self.sealer.header(*envelope_kind(dst))  # type: ignore[union-attr]
+            ps.fans.append((header, payload, size + _OVERHEAD))
+            for peer in fan_peers:
+                peer.sent += 1
 
     @staticmethod
     def _queue(ps: PortState, dest: tuple[str, int], parts: tuple[Any, ...], size: int) -> None:

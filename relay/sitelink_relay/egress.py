@@ -1,6 +1,7 @@
 """The hot path's send side: a batch's queued datagrams out, in as few system calls
-as the kernel allows; the marker that numbers re-broadcasts; send errors counted and
-logged at a bounded rate."""
+as the kernel allows; a hub's fan-out (each LAN broadcast tagged for every peer);
+the marker that numbers re-broadcasts; send errors counted and logged at a bounded
+rate."""
 
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ class Egress:
             if ps.repeat is not None:
                 self._mark_rebroadcasts(ps)
             self._send_out(ps)
+        if ps.fans:
+            self._send_fans(ps)
         self.flush(ps)
 
     def flush(self, ps: PortState) -> None:
@@ -139,6 +142,62 @@ class Egress:
                 for k in range(i, j):
                     add(items[k][0], dest, pktinfo)
                 i = j
+
+    def _send_fans(self, ps: PortState) -> None:
+        """This batch's LAN broadcasts to the fanout peers (the authenticated wire),
+        after the batch's other datagrams.
+
+        Each broadcast gets a tag per peer (wire.FanoutKeys: that link's key), then
+        its envelopes go out together (sender.send_fans: sendmmsg, the arrays filled
+        list by list).  A run of same-size broadcasts (a burst, a blast) goes to each
+        peer as one segmented send instead, as in _send_out; a peer where the kernel
+        cannot gets them one by one.  Order is kept per peer.
+        """
+        fans = ps.fans
+        ps.fans = []
+        fanout = ps.fanout
+        tags_for = fanout.keys.tags
+        count = len(fans)
+        pending: list = []  # broadcasts with their tags, for one send_fans call
+        i = 0
+        while i < count:
+            size = fans[i][2]
+            j = i + 1
+            if 0 < size <= GSO_MAX_SEGMENT:
+                limit = min(count, i + GSO_MAX_SEGMENTS, i + GSO_MAX_BYTES // size)
+                while j < limit and fans[j][2] == size:
+                    j += 1
+            if j - i == 1:
+                header, payload, _unused = fans[i]
+                pending.append((header, tags_for(header, payload), payload))
+            else:
+                if pending:
+                    self._send_fan_batch(ps, pending)
+                    pending = []
+                self._send_fan_run(ps, fans[i:j], size)
+            i = j
+        if pending:
+            self._send_fan_batch(ps, pending)
+
+    def _send_fan_batch(self, ps: PortState, pending: list) -> None:
+        fanout = ps.fanout
+        for addr, exc in ps.tx.send_fans(ps.sock, pending, fanout.dests, fanout.names):
+            self.send_error(ps, addr[0], exc)
+
+    def _send_fan_run(self, ps: PortState, run: list, size: int) -> None:
+        """Same-size broadcasts: to each peer, one segmented send of its envelopes."""
+        fanout = ps.fanout
+        tags_for = fanout.keys.tags
+        tags = [tags_for(header, payload) for header, payload, _unused in run]
+        add = ps.tx.add
+        for k, dest in enumerate(fanout.dests):
+            items = [
+                ((header, peer_tags[k], payload), size)
+                for (header, payload, _unused), peer_tags in zip(run, tags)
+            ]
+            if dest in ps.no_gso or not self._send_gso(ps, dest, size, items, None):
+                for parts, _unused in items:
+                    add(parts, dest, None)
 
     def _send_gso(
         self,

@@ -30,6 +30,14 @@ and returns ``[(addr, OSError), ...]`` for the datagrams that failed.  Use one
 Sender per socket: ``add()`` flushes by itself when ``batch`` datagrams are queued
 (to the socket given to the constructor or to the last ``flush()``), and the
 errors of such a flush are returned by the next ``flush()``.
+
+Fan-out: ``s.send_fans(sock, fans, dests, names)`` sends, at once, one datagram
+``header + tags[i] + payload`` to each ``dests[i]`` for every ``(header, tags,
+payload)`` in ``fans`` (a hub sealing each LAN broadcast for each of its peers);
+``names`` is ``sockaddr_names(dests)``, made once per set of peers.  What ``add()``
+queued goes first; the failures are returned as by ``flush()``.  The mmsg backend
+lays the datagrams into its arrays with whole-list operations, nothing per datagram
+but the tag's address.
 """
 
 # The send path tests ``type(x) is bytes`` on purpose: only exact bytes objects have
@@ -45,7 +53,8 @@ import os
 import socket
 import struct
 import sys
-from itertools import accumulate, chain
+from itertools import accumulate, chain, repeat
+from operator import add as _add
 from typing import Any, Optional
 
 IPPROTO_IP = socket.IPPROTO_IP
@@ -236,6 +245,11 @@ def _sockaddr8(addr: tuple[str, int]) -> bytes:
     except OSError:
         packed = socket.inet_aton(socket.gethostbyname(ip))
     return socket.AF_INET.to_bytes(2, _NATIVE) + port.to_bytes(2, "big") + packed
+
+
+def sockaddr_names(addrs: Any) -> array.array:
+    """The sendmmsg form of each (ip, port) in addrs: send_fans' ``names``."""
+    return array.array("Q", [int.from_bytes(_sockaddr8(a), _NATIVE) for a in addrs])
 
 
 def _pktinfo_data(pktinfo: tuple[int, bytes]) -> bytes:
@@ -540,6 +554,20 @@ class _SenderBase:
         """Send every queued datagram; append (addr, OSError) to errors for each failure."""
         raise NotImplementedError
 
+    def send_fans(
+        self, sock: socket.socket, fans: list, dests: Any, names: array.array
+    ) -> list[tuple[Any, OSError]]:
+        """``header + tags[i] + payload`` to ``dests[i]``, for each (header, tags,
+        payload) of ``fans``, now (after what add() queued); the failures (see the
+        module docstring)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_fans(fans: list, count: int) -> None:
+        for fan in fans:
+            if len(fan[1]) != count:
+                raise ValueError(f"{len(fan[1])} tags for {count} destinations")
+
 
 class MmsgSender(_SenderBase):
     """Queues datagrams; one sendmmsg call per flush (more only when a datagram fails).
@@ -557,6 +585,8 @@ class MmsgSender(_SenderBase):
         "_iq",
         "_iov_addr",
         "_single_iov",
+        "_triple_iov",
+        "_threes",
         "_v_iov",
         "_v_iovlen",
         "_v_clen",
@@ -604,6 +634,12 @@ class MmsgSender(_SenderBase):
         self._single_iov = array.array(
             _SIZE_FMT, range(self._iov_addr, self._iov_addr + batch * IOV_SIZE, IOV_SIZE)
         )
+        # send_fans: three parts each (header, tag, payload), datagram i's at slot 3i
+        step = 3 * IOV_SIZE
+        self._triple_iov = array.array(
+            _SIZE_FMT, range(self._iov_addr, self._iov_addr + batch * step, step)
+        )
+        self._threes = array.array(_SIZE_FMT, [3] * batch)
         self._ctl = memoryview(ctl)
         self._ctl_slots: list = [None] * batch  # which cmsg each control slot holds
         self._zeros = array.array(_SIZE_FMT, bytes(SIZE_T * batch))
@@ -726,6 +762,17 @@ class MmsgSender(_SenderBase):
             self._ctl[o : o + CMSG_PKTINFO_SPACE] = cmsg
             self._ctl_slots[i] = cmsg
 
+    @classmethod
+    def _bases(cls, parts: list, keep: list) -> list:
+        """Each part's address, in bulk (the common kinds in C: all bytes, or all
+        writable buffers); a part that needs a copy is replaced by it in ``parts``."""
+        if _BYTES_OFFSET >= 0 and set(map(type, parts)) == {bytes}:
+            return list(map(_add, map(id, parts), repeat(_BYTES_OFFSET)))
+        try:
+            return list(map(_addressof, map(_char_from_buffer, parts)))
+        except (TypeError, ValueError, BufferError):
+            return cls._addresses(parts, keep)
+
     @staticmethod
     def _addresses(flat: list, keep: list) -> list:
         """Addresses of parts that are not all writable: bytes, read-only or empty views."""
@@ -775,7 +822,10 @@ class MmsgSender(_SenderBase):
             return
         # what must stay alive until sent: the parts (and copies of odd ones)
         keep = self._fill(queue) if n > FEW else self._fill_few(queue)  # noqa: F841
-        fd = sock.fileno()
+        self._send_filled(sock.fileno(), n, lambda i: queue[i][1], errors)
+
+    def _send_filled(self, fd: int, n: int, addr_of: Any, errors: list) -> None:
+        """sendmmsg the first n datagrams of the arrays; addr_of(i): datagram i's address."""
         ptrs = self._ptrs
         send = self._sendmmsg
         start = 0
@@ -788,8 +838,56 @@ class MmsgSender(_SenderBase):
             if err == errno.EINTR:
                 continue
             # sendmmsg stopped at this datagram: record it, go on with the rest
-            errors.append((queue[start][1], OSError(err, os.strerror(err))))
+            errors.append((addr_of(start), OSError(err, os.strerror(err))))
             start += 1
+
+    def send_fans(
+        self, sock: socket.socket, fans: list, dests: Any, names: array.array
+    ) -> list[tuple[Any, OSError]]:
+        errors = self.flush(sock)
+        k = len(dests)
+        if not fans or not k:
+            return errors
+        self._check_fans(fans, k)
+        if len(names) != k:
+            raise ValueError(f"{len(names)} names for {k} destinations")
+        # iovecs, six words a datagram: header, tag and payload (address, length); the
+        # addresses in bulk, a broadcast's header and payload repeated for its k tags
+        headers, tag_lists, payloads = (list(column) for column in zip(*fans))
+        tags = list(chain.from_iterable(tag_lists))
+        keep = [headers, payloads, tags]  # what must stay alive until sent (and copies)
+        head_bases = self._bases(headers, keep)
+        body_bases = self._bases(payloads, keep)
+
+        def each(values: Any) -> Any:
+            return values if k == 1 else chain.from_iterable(map(repeat, values, repeat(k)))
+
+        pairs = [0] * (6 * k * len(fans))
+        pairs[0::6] = each(head_bases)
+        pairs[1::6] = each(map(len, headers))
+        pairs[2::6] = self._bases(tags, keep)
+        pairs[3::6] = map(len, tags)
+        pairs[4::6] = each(body_bases)
+        pairs[5::6] = each(map(len, payloads))
+        words = array.array(_SIZE_FMT, pairs)
+        every_name = names * len(fans)
+        if self._clen_dirty:
+            self._v_clen[:] = self._zeros
+            self._clen_dirty = False
+        self._v_iov[:] = self._triple_iov
+        self._v_iovlen[:] = self._threes
+        self._multi = True
+        fd = sock.fileno()
+        total = k * len(fans)
+        start = 0
+        while start < total:
+            m = min(self.batch, total - start)
+            self._iq[: 6 * m] = words[6 * start : 6 * (start + m)]
+            self._v_name[:m] = every_name[start : start + m]
+            self._send_filled(fd, m, lambda i, first=start: dests[(first + i) % k], errors)
+            start += m
+        del keep
+        return errors
 
 
 class PySender(_SenderBase):
@@ -816,6 +914,19 @@ class PySender(_SenderBase):
         queue.append((parts, addr, anc))
         if len(queue) >= self.batch and self.sock is not None:
             self._full()
+
+    def send_fans(
+        self, sock: socket.socket, fans: list, dests: Any, names: array.array
+    ) -> list[tuple[Any, OSError]]:
+        errors = self.flush(sock)
+        self._check_fans(fans, len(dests))
+        queue = [
+            ((header, tag, payload), addr, [])
+            for header, tags, payload in fans
+            for tag, addr in zip(tags, dests)
+        ]
+        self._send_batch(sock, queue, errors)
+        return errors
 
     def _send_batch(self, sock: socket.socket, queue: list, errors: list) -> None:
         sendmsg = sock.sendmsg

@@ -14,6 +14,11 @@ from .netinfo import IP_MTU_DISCOVER, IP_PKTINFO, IP_PMTUDISC_DONT
 
 RECV_BUFSIZE = 65535  # > 65507, the largest IPv4 UDP payload, so MSG_TRUNC means trouble
 SOCKET_RCVBUF = 1 << 21  # ask for 2 MiB; the kernel caps it at net.core.rmem_max
+# A hub's fan-out leaves in bursts (one LAN broadcast: an envelope per peer, about
+# 1 KiB of kernel memory each until the NIC has sent it): room for a few thousand,
+# where the default (about 200 KiB) makes a burst to 1000 peers fail with EAGAIN.
+# The kernel caps it at net.core.wmem_max.
+SOCKET_SNDBUF = 1 << 22
 BATCH = 64  # datagrams per recvmmsg/sendmmsg
 IP_MULTICAST_LOOP = getattr(socket, "IP_MULTICAST_LOOP", 34)
 
@@ -75,6 +80,26 @@ class PeerState:
         return data
 
 
+class Fanout:
+    """A port's authenticated forward_to peers, as the hot path sends to them: their
+    states, destinations, sockaddrs (the sender's form) and send keys, in one order.
+
+    A LAN broadcast is sealed once (one header, one sequence number: a branch that
+    gets it by two paths takes it once) and tagged for each peer with that link's key.
+    """
+
+    __slots__ = ("peers", "dests", "names", "keys")
+
+    def __init__(self, peers: tuple[PeerState, ...], port: int):
+        self.peers = peers
+        self.dests = tuple((p.addr, port) for p in peers)
+        self.names = mmsg.sockaddr_names(self.dests)
+        self.keys = wire.FanoutKeys(p.keys.send for p in peers)  # type: ignore[union-attr]
+
+
+NO_FANOUT = Fanout((), 0)
+
+
 class PortState:
     """One listening socket, its classifier, peers and counters.
 
@@ -95,8 +120,10 @@ class PortState:
         "rx",
         "tx",
         "fwd_peers",
-        "fwd",
+        "fwd_raw",
+        "fanout",
         "out",
+        "fans",
         "lan_dests",
         "no_gso",
         "transit_peers",
@@ -132,9 +159,14 @@ class PortState:
         self.rx: Any = Receiver(sock, BATCH, RECV_BUFSIZE) if sock is not None else None
         self.tx: Any = Sender(BATCH, sock)
         self.fwd_peers: tuple[PeerState, ...] = ()
-        self.fwd: tuple[tuple[Any, tuple[str, int], Any], ...] = ()
-        # this batch's datagrams by destination, (parts, size) each: sent in runs (loop)
+        # the forward_to peers on the raw wire, (peer, destination) each; those on the
+        # authenticated wire (a key each) in fanout
+        self.fwd_raw: tuple[tuple[PeerState, tuple[str, int]], ...] = ()
+        self.fanout = NO_FANOUT
+        # this batch's datagrams by destination, (parts, size) each: sent in runs (egress)
         self.out: dict[tuple[str, int], list[tuple[tuple[Any, ...], int]]] = {}
+        # this batch's LAN broadcasts for the fanout peers: (header, payload, envelope size)
+        self.fans: list[tuple[bytes, Any, int]] = []
         # destinations that are this LAN (re-broadcasts leave by its interface)
         self.lan_dests: frozenset[str] = frozenset(("255.255.255.255",))
         self.no_gso: set[tuple[str, int]] = set()  # where segmentation offload failed
@@ -184,6 +216,8 @@ def open_socket(port: int) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_SNDBUF)
         with contextlib.suppress(OSError):
             # Let the kernel fragment big datagrams instead of failing with EMSGSIZE.
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)

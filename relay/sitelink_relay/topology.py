@@ -11,7 +11,7 @@ from .classify import Classifier, CompatClassifier
 from .config import WIRE_SITELINK1, Config, Rule
 from .localnet import LocalNetwork
 from .peerkeys import rule_peers
-from .ports import PeerState, PortState
+from .ports import NO_FANOUT, Fanout, PeerState, PortState
 
 
 def peer_states(
@@ -95,12 +95,10 @@ def link_peers(ps: PortState, peers: dict[str, PeerState]) -> None:
             if addr not in peers:
                 peers[addr] = PeerState(addr, None, None)
     ps.fwd_peers = tuple(peers[a] for a in ps.forward_to)
-    # (peer, destination, its send key; None: raw) for the hot path; no key: never
-    ps.fwd = tuple(
-        (p, (p.addr, ps.port), None if p.keys is None else p.keys.send)
-        for p in ps.fwd_peers
-        if p.keys is not wire.NO_KEYS
-    )
+    # for the hot path: raw peers, and those with a key (a peer without: never)
+    ps.fwd_raw = tuple((p, (p.addr, ps.port)) for p in ps.fwd_peers if p.keys is None)
+    keyed = tuple(p for p in ps.fwd_peers if p.keys is not None and p.keys is not wire.NO_KEYS)
+    ps.fanout = Fanout(keyed, ps.port) if keyed else NO_FANOUT
     ps.transit_peers = {
         src: tuple(peers[a] for a in targets) for src, targets in ps.transit.items()
     }

@@ -33,6 +33,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterable
 from typing import Any, Optional
 
 from . import contract
@@ -114,6 +115,36 @@ class LinkKey:
 
     def __repr__(self) -> str:  # never the key itself
         return f"LinkKey({self.fingerprint})"
+
+
+class FanoutKeys:
+    """The send keys of several links, to tag one envelope for each (a hub's fan-out).
+
+    ``tags(header, payload)[i]`` is ``keys[i].tag(header, payload)``: header and
+    payload are joined once per message, not once per key, and the loop calls the
+    hash objects' methods directly, with no method call of our own per key.  Each
+    envelope still gets its own tag, with its own link's key.
+    """
+
+    __slots__ = ("_pads",)
+
+    def __init__(self, keys: Iterable[LinkKey]):
+        self._pads = tuple((k._inner, k._outer) for k in keys)  # pylint: disable=protected-access
+
+    def __len__(self) -> int:
+        return len(self._pads)
+
+    def tags(self, header: bytes, payload: Any) -> list[bytes]:
+        message = header + payload
+        tags = []
+        append = tags.append
+        for inner_pad, outer_pad in self._pads:
+            inner = inner_pad.copy()
+            inner.update(message)
+            outer = outer_pad.copy()
+            outer.update(inner.digest())
+            append(outer.digest()[:TAG_SIZE])
+        return tags
 
 
 class PeerKeys:

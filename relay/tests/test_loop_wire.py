@@ -27,6 +27,7 @@ OFFICES = {
     "brooklyn": ("192.168.2.126/24", "192.168.2.20"),
     "queens": ("192.168.3.126/24", "192.168.3.30"),
     "manhattan-b": ("192.168.1.125/24", "192.168.1.10"),  # Manhattan's second gateway
+    "bronx": ("192.168.4.126/24", "192.168.4.40"),
 }
 OFFICE_OF = {"manhattan-b": "manhattan"}
 GW = {name: lan.split("/", maxsplit=1)[0] for name, (lan, _unused) in OFFICES.items()}
@@ -946,3 +947,55 @@ def test_a_run_of_rebroadcasts_is_one_segmented_send(fail_gso):
         assert b.ps.no_gso == {(BCAST["brooklyn"], PORT)} and b.sock.calls.count(None) == 11
     else:
         assert b.sock.calls.count(100) == 1 and b.sock.calls.count(None) == 1
+
+
+def _envelopes(sock_sent):
+    """What a relay sent, by destination address: (header, tag, payload) each."""
+    by_dest = {}
+    for payload, (addr, _port), _anc in sock_sent:
+        h, o = wire.HEADER_SIZE, wire.OVERHEAD
+        by_dest.setdefault(addr, []).append((payload[:h], payload[h:o], payload[o:]))
+    return by_dest
+
+
+@pytest.mark.parametrize("fail_gso", [False, True])
+def test_a_lan_broadcast_is_sealed_once_and_tagged_for_each_peer(fail_gso):
+    """A hub's fan-out: each broadcast has one header (its own sequence number, the
+    same for every peer, so two paths deliver once) and a tag per peer with that
+    link's key; a run of same-size broadcasts goes to each peer as one segmented
+    send (or one by one where the kernel cannot)."""
+    peers = ["brooklyn", "queens", "bronx"]
+    hub = Gateway("manhattan", peers)
+    hub.sock = GsoCountingSock(fail_gso)
+    hub.ps.sock = hub.ps.tx.sock = hub.sock
+    hub.ps.rx = mmsg.PyReceiver(hub.sock, 64)
+    payloads = [b"alone", b"a run %d" % 1, b"a run %d" % 2, b"a run %d" % 3, b"y" * 300]
+    for p in payloads:
+        hub.lan_broadcast(p)
+    hub.relay.handle_readable(hub.ps)
+    by_dest = _envelopes(hub.sock.sent)
+    assert sorted(by_dest) == sorted(GW[p] for p in peers)
+    headers = None
+    for peer in peers:
+        got = by_dest[GW[peer]]
+        assert [body for _h, _t, body in got] == payloads  # each once, in order
+        key = wire.LinkKey(bytes.fromhex(link_key(*sorted(("manhattan", peer)))))
+        assert [tag for _h, tag, _b in got] == [key.tag(h, b) for h, _t, b in got]
+        if headers is None:
+            headers = [h for h, _t, _b in got]
+        assert [h for h, _t, _b in got] == headers  # one header per broadcast
+        assert hub.relay.peers[GW[peer]].sent == len(payloads)
+    seqs = [wire.HEADER.unpack(h)[6] for h in headers]
+    assert len(set(seqs)) == len(payloads)  # a sequence number of its own each
+    if fail_gso:
+        assert hub.ps.no_gso == {(GW[p], PORT) for p in peers}
+    else:
+        assert hub.sock.calls.count(len(payloads[1]) + wire.OVERHEAD) == len(peers)
+
+
+def test_too_big_for_the_envelope_counts_once_whatever_the_peers():
+    hub = Gateway("manhattan", ["brooklyn", "queens"])
+    hub.lan_broadcast(b"x" * (wire.MAX_PAYLOAD + 1))
+    hub.relay.handle_readable(hub.ps)
+    assert hub.sock.sent == [] and drops(hub) == {"too_big": 1}
+    assert [hub.relay.peers[GW[p]].sent for p in ("brooklyn", "queens")] == [0, 0]

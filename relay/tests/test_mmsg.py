@@ -335,6 +335,59 @@ def test_automatic_flush_when_the_batch_is_full(backend, socks):
     assert [g[0] for g in recv_all(receiver_cls(rx), 2)] == [b"8", b"9"]
 
 
+@pytest.mark.parametrize("batch", [64, 4])  # one sendmmsg call, and several
+def test_fan_out_gives_each_destination_its_own_tag(backend, socks, batch):
+    """send_fans: header + the destination's tag + payload, per broadcast and
+    destination, in order; what add() queued before goes first."""
+    receiver_cls, sender_cls = backend
+    rxs, tx = [socks() for _unused in range(3)], socks()
+    dests = [r.getsockname() for r in rxs]
+    sender = sender_cls(batch=batch, sock=tx)
+    # one part each, laid out in bulk, and an IP_PKTINFO (bad: that one fails) in slot 0
+    bad = (0x7FFFFFF0, LOOPBACK_PACKED)
+    for i in range(mmsg.FEW + 1):
+        sender.add([b"before%d" % i], dests[2], bad if i == 0 else None)
+    assert [addr for addr, _unused in sender.flush(tx)] == [dests[2]]
+    sender.add([b"queued first"], dests[1])
+    received = memoryview(bytearray(b"..payload-one..payload-two-longer.."))
+    fans = [
+        (b"H1" * 12, [b"tag-%d" % i + bytes(11) for i in range(3)], received[2:13]),
+        (b"H2" * 12, [bytearray(b"ba-%d" % i) for i in range(3)], received[15:33]),
+        (b"H3", [b"a", b"", b"ccc"], b"read-only payload"),
+        (b"H4", [b"x", b"y", b"z"], b""),
+    ]
+    assert sender.send_fans(tx, fans, dests, mmsg.sockaddr_names(dests)) == []
+    assert len(sender) == 0
+    for i, rx in enumerate(rxs):
+        expected = [bytes(h) + bytes(tags[i]) + bytes(p) for h, tags, p in fans]
+        first = [b"queued first"] if i == 1 else []
+        first += [b"before%d" % n for n in range(1, mmsg.FEW + 1)] if i == 2 else []
+        assert [g[0] for g in recv_all(receiver_cls(rx), len(first) + 4)] == first + expected
+    # the arrays serve ordinary batches again afterwards (many, a few, one)
+    for count in (9, 3, 1):
+        for i in range(count):
+            sender.add([b"after%d" % i], dests[0])
+        assert sender.flush(tx) == []
+        got = recv_all(receiver_cls(rxs[0]), count)
+        assert [g[0] for g in got] == [b"after%d" % i for i in range(count)]
+
+
+def test_fan_out_failures_are_each_destinations_own(backend, socks):
+    receiver_cls, sender_cls = backend
+    rx0, rx1, tx = socks(), socks(), socks()
+    refused = (LOOPBACK_BROADCAST, rx0.getsockname()[1])  # EACCES: no SO_BROADCAST on tx
+    dests = [rx0.getsockname(), refused, rx1.getsockname()]
+    sender = sender_cls(batch=4)  # 9 datagrams: three sendmmsg calls
+    fans = [(b"h%d" % n, [b"a", b"b", b"c"], b"-%d" % n) for n in range(3)]
+    errors = sender.send_fans(tx, fans, dests, mmsg.sockaddr_names(dests))
+    assert [(addr, exc.errno) for addr, exc in errors] == [(refused, errno.EACCES)] * 3
+    assert [g[0] for g in recv_all(receiver_cls(rx0), 3)] == [b"h0a-0", b"h1a-1", b"h2a-2"]
+    assert [g[0] for g in recv_all(receiver_cls(rx1), 3)] == [b"h0c-0", b"h1c-1", b"h2c-2"]
+    assert sender.send_fans(tx, [], dests, mmsg.sockaddr_names(dests)) == []
+    with pytest.raises(ValueError):  # a tag for every destination, no fewer
+        sender.send_fans(tx, [(b"h", [b"a"], b"p")], dests, mmsg.sockaddr_names(dests))
+
+
 def test_full_queue_without_a_socket(backend):
     _unused, sender_cls = backend
     sender = sender_cls(batch=2)

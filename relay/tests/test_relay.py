@@ -1566,3 +1566,19 @@ def _restore_logger():
     saved = (list(logger.handlers), logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = saved
+
+
+def test_a_port_has_room_for_a_hubs_fan_out_burst():
+    """A LAN broadcast on a hub leaves as one envelope per peer at once: the socket asks
+    for a send buffer that holds thousands (the kernel caps it at wmem_max)."""
+    try:
+        with open("/proc/sys/net/core/wmem_max") as fh:
+            wmem_max = int(fh.read())
+    except OSError:
+        pytest.skip("no /proc/sys/net/core/wmem_max")
+    sock = ports.open_socket(0)  # any free port
+    try:
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    finally:
+        sock.close()
+    assert granted >= 2 * min(ports.SOCKET_SNDBUF, wmem_max)  # the kernel doubles it

@@ -25,6 +25,20 @@ def test_tag_is_hmac_sha256_truncated():
     )
 
 
+def test_fanout_tags_each_envelope_with_its_own_links_key():
+    """A hub's fan-out: one header and payload, a tag per peer, each that link's HMAC."""
+    keys = [bytes([i]) * 32 for i in range(1, 6)]
+    header = wire.HEADER.pack(wire.MAGIC, 1, 0, OFFICE, SENDER, 7, 9, wire.NO_GROUP)
+    payload = memoryview(bytearray(b"p" * 200))  # as the receiver hands it over
+    fanout = wire.FanoutKeys(wire.LinkKey(k) for k in keys)
+    tags = fanout.tags(header, payload)
+    assert len(fanout) == len(keys)
+    assert tags == [hmac.digest(k, header + b"p" * 200, "sha256")[:16] for k in keys]
+    assert tags == [wire.LinkKey(k).tag(header, payload) for k in keys]
+    assert {type(t) for t in tags} == {bytes}  # the sender points at them
+    assert wire.FanoutKeys([]).tags(header, payload) == []
+
+
 def test_key_repr_and_fingerprint_never_show_the_key():
     key = wire.LinkKey(KEY)
     assert KEY.hex() not in repr(key) and KEY.hex()[:8] != key.fingerprint
