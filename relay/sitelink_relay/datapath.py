@@ -36,6 +36,12 @@ from .stormguard import StormGuard
 log = logging.getLogger(PROG)
 
 BATCHES = 8  # batches read from one socket before looking at the others
+# Datagrams sent per handle_readable call at most, counted as what a LAN broadcast
+# becomes (one per forward_to peer): a hub with 1000 peers reads 8 broadcasts, not 8
+# batches of 64 (two seconds of work), so that timers (siblings' heartbeats, the
+# watchdog), signals and the other ports get their turn within some 30 ms.  A relay
+# with up to 16 peers reads 8 full batches, as ever.
+SEND_BUDGET = 8 * 64 * 16
 DROP_STANDBY = "standby"  # another relay of this office relays it
 DROP_TOO_BIG = "too_big"  # a LAN datagram too big for the envelope (over 65467 bytes)
 DROP_GROUP = "group"  # a peer's multicast datagram for a group this port does not relay
@@ -93,12 +99,16 @@ class Datapath:
         self.lan_dest = ""  # the LAN's broadcast address (re-broadcasts)
 
     def handle_readable(self, ps: PortState) -> None:
-        """Read what the socket has (a few batches), act on each datagram, send in batches."""
+        """Read what the socket has (a few batches, SEND_BUDGET at most), act on each
+        datagram, send in batches."""
         rx = ps.rx
         send = self.egress.send
+        fan = max(1, len(ps.fwd_raw) + len(ps.fanout.peers))  # a LAN broadcast's sends
+        budget = SEND_BUDGET
         for _unused in range(BATCHES):
+            limit = min(rx.batch, max(1, budget // fan))
             try:
-                n = rx.recv()
+                n = rx.recv(limit)
             except OSError as exc:
                 # e.g. a queued ICMP error; never fatal
                 name = "recv_" + errname(exc)
@@ -108,7 +118,8 @@ class Datapath:
                 break
             self._handle_batch(ps, n)
             send(ps)
-            if n < rx.batch:
+            budget -= n * fan
+            if n < limit or budget < fan:
                 break
 
     def _handle_batch(self, ps: PortState, n: int) -> None:

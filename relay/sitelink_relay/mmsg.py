@@ -16,7 +16,8 @@ that.  Two backends share one interface:
 AF_INET UDP socket; its options (IP_PKTINFO, SO_BROADCAST, non-blocking) are the
 caller's business.
 
-Receiver: after ``n = r.recv()``, for ``i in range(n)``: ``r.payloads[i]`` (a
+Receiver: after ``n = r.recv()`` (``r.recv(limit)``: at most ``limit`` datagrams
+this time), for ``i in range(n)``: ``r.payloads[i]`` (a
 memoryview of exactly the datagram, valid until the next ``recv()``),
 ``r.sources[i]`` ((ip, port)), ``r.ifindex[i]`` and ``r.dests[i]`` (arrival
 interface and header destination address from IP_PKTINFO; 0 and b"" when absent),
@@ -378,12 +379,13 @@ class MmsgReceiver(_ReceiverBase):
         self._src_cache: dict[int, tuple[str, int]] = {}
         self._dst_cache: dict[int, bytes] = {}
 
-    def recv(self) -> int:
+    def recv(self, limit: Optional[int] = None) -> int:
         dirty = self._dirty
         if dirty:
             self._hdrs[:dirty] = self._template[:dirty]
             self._dirty = 0
-        n = self._recvmmsg(self._fd, self._hdr_ptr, self.batch, MSG_DONTWAIT, None)
+        count = self.batch if limit is None else max(1, min(limit, self.batch))
+        n = self._recvmmsg(self._fd, self._hdr_ptr, count, MSG_DONTWAIT, None)
         if n <= 0:
             err = ctypes.get_errno() if n < 0 else errno.EAGAIN
             if err in _AGAIN:
@@ -467,7 +469,7 @@ class PyReceiver(_ReceiverBase):
         self._recv = sock.recvmsg_into
         self._error: Optional[OSError] = None
 
-    def recv(self) -> int:
+    def recv(self, limit: Optional[int] = None) -> int:
         if self._error is not None:
             exc, self._error = self._error, None
             self._empty()
@@ -478,7 +480,8 @@ class PyReceiver(_ReceiverBase):
         dests = []
         truncated = []
         recv = self._recv
-        for bufs in self._slots:
+        slots = self._slots if limit is None else self._slots[: max(1, limit)]
+        for bufs in slots:
             try:
                 n, ancdata, flags, addr = recv(bufs, ANC_BUFSIZE, MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):

@@ -15,7 +15,7 @@ import struct
 import time
 
 import pytest
-from sitelink_relay import config, configure, loop, mmsg, ports, siblings, storm, wire
+from sitelink_relay import config, configure, datapath, loop, mmsg, ports, siblings, storm, wire
 
 PORT = 6799
 LAN_IF = 3
@@ -999,3 +999,19 @@ def test_too_big_for_the_envelope_counts_once_whatever_the_peers():
     hub.relay.handle_readable(hub.ps)
     assert hub.sock.sent == [] and drops(hub) == {"too_big": 1}
     assert [hub.relay.peers[GW[p]].sent for p in ("brooklyn", "queens")] == [0, 0]
+
+
+def test_a_hub_reads_no_more_broadcasts_at_once_than_its_send_budget(monkeypatch):
+    """Each LAN broadcast becomes a datagram per peer: with many peers, fewer
+    broadcasts are read per call, so timers and signals are not kept waiting."""
+    monkeypatch.setattr(datapath, "SEND_BUDGET", 7)  # 3 peers: 2 broadcasts a call
+    hub = Gateway("manhattan", ["brooklyn", "queens", "bronx"])
+    for i in range(5):
+        hub.lan_broadcast(b"b%d" % i)
+    calls = []
+    while hub.sock.queue:
+        hub.relay.handle_readable(hub.ps)
+        calls.append(len(hub.sock.sent))
+        hub.sock.sent = []
+    assert calls == [6, 6, 3]
+    assert hub.ps.forwarded == 5

@@ -127,6 +127,25 @@ def test_batch_limit_and_order(backend, socks):
     assert r.payloads == [] and r.sources == [] and r.truncated == []
 
 
+def test_receive_limit(backend, socks):
+    """recv(limit): at most that many this time (a hub reads fewer broadcasts a batch)."""
+    receiver_cls, _unused = backend
+    rx, tx = socks(), socks()
+    for i in range(13):
+        tx.sendto(b"%d" % i, rx.getsockname())
+    r = receiver_cls(rx, batch=8)
+    counts, payloads = [], []
+    deadline = time.monotonic() + 5
+    for limit in (3, 0, 100, None):  # 0 reads one all the same; 100 or None: a batch
+        n = 0
+        while not n and time.monotonic() < deadline:
+            n = r.recv(limit)
+        counts.append(n)
+        payloads += [bytes(p) for p in r.payloads]
+    assert counts == [3, 1, 8, 1]
+    assert payloads == [b"%d" % i for i in range(13)]
+
+
 def test_sources_from_several_senders(backend, socks):
     receiver_cls, _unused = backend
     rx = socks()
