@@ -51,6 +51,16 @@ VERSION = 1
 PAYLOAD_PREFIX = b"sitelink-scale "
 TALLY_FILE = "/run/crowd/tally.json"
 SWANCTL_FILE = "/etc/swanctl/conf.d/crowd.conf"
+# One charon answers for every simulated branch, but each real branch would count
+# its half-open IKE_SAs alone: one from its hub at a time. charon's DoS limits are
+# per daemon (cookies beyond 10 half-open, and at most 5 half-open per peer address,
+# the hub's): left at their defaults, a hub that initiates all its links at once is
+# refused by the crowd as no real branch would refuse it.
+CHARON_FILE = "/etc/strongswan.d/crowd.conf"
+CHARON_LIMITS = "".join(
+    f"{daemon} {{\n  cookie_threshold = 1000000\n  block_threshold = 1000000\n}}\n"
+    for daemon in ("charon", "charon-systemd")  # the latter falls back to the former
+)
 RECEIVER_UNIT = "crowd-receiver"
 DUMMY = "crowdlan"
 TABLE_BASE = 1000  # branch i's replies leave by its own tunnel: table TABLE_BASE + i
@@ -224,6 +234,8 @@ def setup(config: dict[str, Any], path: str) -> None:
     os.umask(0o077)
     with open(SWANCTL_FILE, "w") as fh:
         fh.write(config["swanctl"])
+    with open(CHARON_FILE, "w") as fh:
+        fh.write(CHARON_LIMITS)
     sh(["systemctl", "restart", "strongswan.service"])
     # charon-systemd's unit loads the files after start; again, to see the count.
     for _attempt in range(30):
