@@ -37,11 +37,12 @@ log = logging.getLogger(PROG)
 
 BATCHES = 8  # batches read from one socket before looking at the others
 # Datagrams sent per handle_readable call at most, counted as what a LAN broadcast
-# becomes (one per forward_to peer): a hub with 1000 peers reads 8 broadcasts, not 8
+# becomes (one per forward_to peer): a hub with 1000 peers reads 32 broadcasts, not 8
 # batches of 64 (two seconds of work), so that timers (siblings' heartbeats, the
-# watchdog), signals and the other ports get their turn within some 30 ms.  A relay
-# with up to 16 peers reads 8 full batches, as ever.
-SEND_BUDGET = 8 * 64 * 16
+# watchdog), signals and the other ports get their turn within about 0.1 s.  Not
+# fewer: a run of same-size broadcasts goes to each peer as one segmented send, the
+# cheaper the longer.  A relay with up to 64 peers reads 8 full batches, as ever.
+SEND_BUDGET = 8 * 64 * 64
 DROP_STANDBY = "standby"  # another relay of this office relays it
 DROP_TOO_BIG = "too_big"  # a LAN datagram too big for the envelope (over 65467 bytes)
 DROP_GROUP = "group"  # a peer's multicast datagram for a group this port does not relay
