@@ -43,6 +43,8 @@ from typing import Any, Optional
 
 LAB_DIR = Path(__file__).resolve().parent
 ROOT = LAB_DIR.parent
+# No lab/crowd/__pycache__ (the collection tarball would carry it).
+sys.dont_write_bytecode = True
 sys.path.insert(0, str(LAB_DIR))
 sys.path.insert(0, str(LAB_DIR / "crowd"))
 sys.path.insert(0, str(ROOT / ".cache/collections"))
@@ -424,7 +426,7 @@ def hub_memory() -> dict[str, int]:
 
 def sa_links() -> tuple[int, int]:
     """(links with ESP SAs both ways, those of them to the crowd), on the hub."""
-    script = SA_COUNT.format(hub=HUB_WAN, crowd=CROWD_ROUTER.split(".255.")[0] + ".")
+    script = SA_COUNT.format(hub=HUB_WAN, crowd=CROWD_ROUTER.split(".255.", maxsplit=1)[0] + ".")
     both, crowd_links = ssh(HUB, "python3 -c " + shlex.quote(script)).split()
     return int(both), int(crowd_links)
 
@@ -585,7 +587,9 @@ def measure(n: int, out: dict[str, Any]) -> dict[str, Any]:
 
     log(f"N={n}: booting the hub, two branches and the crowd ({n_crowd} branches)")
     t0 = time.monotonic()
-    subprocess.run([sys.executable, str(LABCTL), "up", str(STATE / "spec.json"), str(STATE)])
+    subprocess.run(
+        [sys.executable, str(LABCTL), "up", str(STATE / "spec.json"), str(STATE)], check=False
+    )
     state = json.loads((STATE / "state.json").read_text())
     if state.get("status") != "up":
         raise RuntimeError(f"the lab did not come up: {state.get('error')}")
@@ -699,11 +703,11 @@ def measure(n: int, out: dict[str, Any]) -> dict[str, Any]:
     removed = []
     for i in range(drop):
         _host, v = crowd_office(i)
-        lan = v["office_lan_address"].split("/")[0]
+        lan = v["office_lan_address"].split("/", maxsplit=1)[0]
         removed.append(
             {
                 "tunnel": tunnel_name(v["office_name"]),
-                "wan": v["office_wan_address"].split("/")[0],
+                "wan": v["office_wan_address"].split("/", maxsplit=1)[0],
                 "lan": lan,
                 "network": lan.rsplit(".", 1)[0] + ".0/24",
             }

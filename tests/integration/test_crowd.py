@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# No lab/crowd/__pycache__ (the collection tarball would carry it).
+sys.dont_write_bytecode = True
 sys.path.insert(0, str(ROOT / "relay"))
 sys.path.insert(0, str(ROOT / "lab/crowd"))
 sys.path.insert(0, str(ROOT / "tests/unit"))
