@@ -82,14 +82,29 @@ def office_gateway(host, hostvars, group="offices", secret=None, previous=None, 
         raise AnsibleFilterError("office_gateway: office_tunnel_secret_previous must be a string")
     try:
         # The plan office_gateways made for this task; made here when called alone.
-        members = _group_hosts(hostvars, group, [host] if host else list(hostvars)[:1])
-        plan, _made = RUN.get(hostvars, group, members, groups)
+        plan, _made = RUN.get(
+            hostvars,
+            group,
+            lambda: _group_hosts(hostvars, group, [host] if host else list(hostvars)[:1]),
+            groups,
+        )
     except PlanError as exc:
         if host is None:
             return {"plan": None, "secrets": None, "problems": str(exc)}
         raise AnsibleFilterError(str(exc)) from None
     if host not in plan.gateways:
         raise AnsibleFilterError(f"office_gateway: {host} is not a host of the group {group}")
+    # The office role's item asks twice (office_plan, then office_secrets): the second
+    # call gets the first one's answer. Only the last gateway's is kept.
+    return RUN.handout(
+        host,
+        secret or None,
+        previous or None,
+        make=lambda: _hand_out(plan, host, secret, previous),
+    )
+
+
+def _hand_out(plan, host, secret, previous):
     mine = office_plan(plan, host)
     return {
         "plan": mine,

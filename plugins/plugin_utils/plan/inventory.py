@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import functools
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Callable, NamedTuple, Optional, Union
 
 import jinja2
 from ansible.errors import AnsibleError
@@ -197,21 +197,41 @@ class RunPlans:
         self._group: Optional[str] = None
         self._outcome: Union[NetworkPlan, PlanError, None] = None
         self.plans_made = 0  # in this process: the office role's test counts them
+        self._handout: tuple[Any, Any] = (None, None)  # (its key, the last gateway's part)
+        self.handouts_made = 0
 
     def get(self, hostvars, group: str, hosts, groups=None) -> tuple[NetworkPlan, bool]:
         """The plan of ``group``'s ``hosts`` and whether this call made it (rather than
-        reused it); raises the run's PlanError, every time it is asked."""
+        reused it); raises the run's PlanError, every time it is asked.
+
+        ``hosts`` may be a function that gives them, called only to plan: finding a
+        group's hosts through ``hostvars`` templates a host's variables, which the
+        office role's items, reusing the plan, should not pay for."""
         made = self._hostvars is not hostvars or self._group != group
         if made:
             try:
-                self._outcome = plan_inventory(hostvars, hosts, groups)
+                self._outcome = plan_inventory(
+                    hostvars, hosts() if callable(hosts) else hosts, groups
+                )
             except PlanError as exc:
                 self._outcome = exc
             self._hostvars, self._group = hostvars, group
+            self._handout = (None, None)
             self.plans_made += 1
         if isinstance(self._outcome, PlanError):
             raise self._outcome
         return self._outcome, made
+
+    def handout(self, host: str, *args: Any, make: Callable[[], Any]) -> Any:
+        """``make()``: gateway ``host``'s part of this run's plan (for ``args``), made once
+        for consecutive calls with the same arguments, as the office role's item asks for
+        it once per fact it sets. Only the last one is kept: one gateway's part in memory.
+        A new plan (``get``) forgets it."""
+        key = (host, *args)
+        if self._handout[0] != key:
+            self._handout = (key, make())
+            self.handouts_made += 1
+        return self._handout[1]
 
 
 RUN = RunPlans()
