@@ -58,13 +58,19 @@ def office_gateways(hosts, hostvars, group="offices", groups=None):
             display.warning(warning)
         return [None]
     if made:
-        for warning in plan.warnings:
-            display.warning(warning)
-        display.v(
-            f"sitelink.gateway: planned {len(plan.offices)} offices, {len(plan.gateways)} "
-            f"gateways, {len(plan.links)} links ({plan.topology})"
-        )
+        _say(plan)
     return list(hosts)
+
+
+def _say(plan):
+    """A plan's warnings, and the -v line that says a plan was made: whichever filter
+    makes it says it, so the line counts the plans of a run (a test counts it at 1)."""
+    for warning in plan.warnings:
+        display.warning(warning)
+    display.v(
+        f"sitelink.gateway: planned {len(plan.offices)} offices, {len(plan.gateways)} "
+        f"gateways, {len(plan.links)} links ({plan.topology})"
+    )
 
 
 def office_gateway(host, hostvars, group="offices", secret=None, previous=None, groups=None):
@@ -82,7 +88,7 @@ def office_gateway(host, hostvars, group="offices", secret=None, previous=None, 
         raise AnsibleFilterError("office_gateway: office_tunnel_secret_previous must be a string")
     try:
         # The plan office_gateways made for this task; made here when called alone.
-        plan, _made = RUN.get(
+        plan, made = RUN.get(
             hostvars,
             group,
             lambda: _group_hosts(hostvars, group, [host] if host else list(hostvars)[:1]),
@@ -92,6 +98,8 @@ def office_gateway(host, hostvars, group="offices", secret=None, previous=None, 
         if host is None:
             return {"plan": None, "secrets": None, "problems": str(exc)}
         raise AnsibleFilterError(str(exc)) from None
+    if made:
+        _say(plan)
     if host not in plan.gateways:
         raise AnsibleFilterError(f"office_gateway: {host} is not a host of the group {group}")
     # The office role's item asks twice (office_plan, then office_secrets): the second

@@ -57,6 +57,52 @@ def test_the_network_is_planned_once_for_the_loop_and_all_its_items(run):
     assert inventory.RUN.plans_made == 2
 
 
+class CountingHostvars(dict):
+    """hostvars that count lookups: through Ansible's, each templates a host's variables."""
+
+    lookups = 0
+
+    def __getitem__(self, host):
+        self.lookups += 1
+        return super().__getitem__(host)
+
+
+def test_an_item_costs_one_hand_out_and_no_lookup(run):
+    """The office role's item asks for its gateway's part twice (office_plan, then
+    office_secrets): one part is made, and neither call looks anything up in hostvars
+    again; the plan was made by the loop."""
+    offices = branch_offices(4)
+    hostvars = CountingHostvars(hostvars_of(offices))
+    hosts = sorted(offices)
+    assert office_filters.office_gateways(hosts, hostvars, "offices") == hosts
+    planned = hostvars.lookups
+    assert planned > 0 and inventory.RUN.handouts_made == 0
+    for host in hosts:
+        plan = office_filters.office_gateway(host, hostvars, "offices", SECRET)["plan"]
+        secrets = office_filters.office_gateway(host, hostvars, "offices", SECRET)["secrets"]
+        assert plan["office"] == offices[host]["office_name"]
+        assert set(secrets["links"]) == {link["id"] for link in plan["links"]}
+    assert inventory.RUN.handouts_made == len(hosts)
+    assert inventory.RUN.plans_made == 1
+    assert hostvars.lookups == planned
+
+
+def test_a_hand_out_is_remade_for_other_keys_or_another_plan(run):
+    offices = branch_offices(2)
+    hostvars = hostvars_of(offices)
+    first = office_filters.office_gateway("office1-gw", hostvars, "offices", SECRET)
+    rotated = office_filters.office_gateway("office1-gw", hostvars, "offices", SECRET, "old")
+    assert rotated is not first and "relay_previous" in next(
+        iter(rotated["secrets"]["links"].values())
+    )
+    assert office_filters.office_gateway("office1-gw", hostvars, "offices", SECRET) is not first
+    assert inventory.RUN.handouts_made == 3
+    # Another run's hostvars: a new plan, and nothing handed out from the last one.
+    again = office_filters.office_gateway("office1-gw", hostvars_of(offices), "offices", SECRET)
+    assert inventory.RUN.plans_made == 2 and inventory.RUN.handouts_made == 4
+    assert again == first
+
+
 def test_the_plans_warnings_are_said_once(run):
     offices = branch_offices(1)  # alone: nothing to masquerade, nobody to relay to
     hostvars = hostvars_of(offices)
