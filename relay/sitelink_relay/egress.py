@@ -155,9 +155,12 @@ class Egress:
         """
         fans = ps.fans
         ps.fans = []
-        fanout = ps.fanout
-        tags_for = fanout.keys.tags
+        tags_for = ps.fanout.keys.tags
         count = len(fans)
+        if count == 1:  # a lone broadcast (the usual case below full load)
+            header, payload, _unused = fans[0]
+            self._send_fan_batch(ps, [(header, tags_for(header, payload), payload)])
+            return
         pending: list = []  # broadcasts with their tags, for one send_fans call
         i = 0
         while i < count:

@@ -854,6 +854,14 @@ class MmsgSender(_SenderBase):
         self._check_fans(fans, k)
         if len(names) != k:
             raise ValueError(f"{len(names)} names for {k} destinations")
+        if k * len(fans) <= FEW:  # a few (a branch's broadcast to its hub): as add() would
+            queue = [
+                ((header, tag, payload), addr, None)
+                for header, tags, payload in fans
+                for tag, addr in zip(tags, dests)
+            ]
+            self._send_batch(sock, queue, errors)
+            return errors
         # iovecs, six words a datagram: header, tag and payload (address, length); the
         # addresses in bulk, a broadcast's header and payload repeated for its k tags
         headers, tag_lists, payloads = (list(column) for column in zip(*fans))

@@ -398,10 +398,16 @@ def test_fan_out_failures_are_each_destinations_own(backend, socks):
     dests = [rx0.getsockname(), refused, rx1.getsockname()]
     sender = sender_cls(batch=4)  # 9 datagrams: three sendmmsg calls
     fans = [(b"h%d" % n, [b"a", b"b", b"c"], b"-%d" % n) for n in range(3)]
-    errors = sender.send_fans(tx, fans, dests, mmsg.sockaddr_names(dests))
+    names = mmsg.sockaddr_names(dests)
+    errors = sender.send_fans(tx, fans, dests, names)
     assert [(addr, exc.errno) for addr, exc in errors] == [(refused, errno.EACCES)] * 3
     assert [g[0] for g in recv_all(receiver_cls(rx0), 3)] == [b"h0a-0", b"h1a-1", b"h2a-2"]
     assert [g[0] for g in recv_all(receiver_cls(rx1), 3)] == [b"h0c-0", b"h1c-1", b"h2c-2"]
+    # a few datagrams (a branch's broadcast to its hub) take the queue's way
+    errors = sender.send_fans(tx, [(b"h9", [b"x", b"y", b"z"], b"-9")], dests, names)
+    assert [(addr, exc.errno) for addr, exc in errors] == [(refused, errno.EACCES)]
+    assert [g[0] for g in recv_all(receiver_cls(rx0), 1)] == [b"h9x-9"]
+    assert [g[0] for g in recv_all(receiver_cls(rx1), 1)] == [b"h9z-9"]
     assert sender.send_fans(tx, [], dests, mmsg.sockaddr_names(dests)) == []
     with pytest.raises(ValueError):  # a tag for every destination, no fewer
         sender.send_fans(tx, [(b"h", [b"a"], b"p")], dests, mmsg.sockaddr_names(dests))
