@@ -49,7 +49,7 @@ help:
 	@echo "  make bench        planning at scale, the relay against socat, then site.yml, verify.yml,"
 	@echo "                    TCP throughput with and without ESP, ipip_tunnel run times (offices lab),"
 	@echo "                    and the crowd lab at N=$(SCALE_BENCH_N) (make scale)"
-	@echo "  make bench-plan   planning only;  make bench-relay   the relay only"
+	@echo "  make bench-plan   planning only;  make bench-relay   the relay only (and a hub's fan-out)"
 	@echo "  make scale N=200  the crowd lab: a hub and N-1 branches (two real, the rest simulated"
 	@echo "                    by one VM); site.yml, SAs, reboot, broadcasts, verify.yml, removal"
 	@echo "                    (default N=$(SCALE_N); /tmp/sitelink-lab/scale/scale-N.json)"
@@ -181,7 +181,8 @@ bench: bench-plan bench-relay
 	$(PY) lab/scale.py $(SCALE_BENCH_N)
 
 # The relay against socat, side by side in network namespaces (root): capacity,
-# latency and loss, service and compat modes, authentication on and off.
+# latency and loss, service and compat modes, authentication on and off; then a hub's
+# fan-out to 10, 100 and 1000 peers (a key per link). About 4 minutes.
 bench-relay: setup deps relay
 	python3 bench/relay.py
 

@@ -57,11 +57,37 @@ Loads, each measured for the relay and for socat:
                sequence number and its CLOCK_MONOTONIC send time; same kernel, so
                the receiver in another namespace can subtract), loss and duplicates.
 
+The hub case (``--cases hub``, K from ``--hub-peers``, default 10, 100, 1000): one
+LAN broadcast to K peer relays on the authenticated wire, each link with its own key.
+The hub's relay runs at gwA; the K peers are addresses in one more namespace, brn,
+behind a veth from gwA (hub0), where all of 10.100.0.0/16 is local (one route, no
+address per peer) and one receiver bound to the port gets every envelope with its
+destination (IP_PKTINFO): the peer it was made for.  The receiver verifies each
+envelope with that peer's key (the hub's keys file) and counts it per peer and
+broadcast, so a missing, duplicated or forged envelope shows, as does a broadcast
+whose copies do not share one sequence number.  Per K:
+
+    one        20 single broadcasts, 50 ms apart (the relay idle in between): the time
+               from each send to the kernel's receive time (SO_TIMESTAMPNS) of the
+               last of its K envelopes, p50 and max;
+    mixed      broadcasts paced to ask for 600 000 envelopes/s (more than one core
+               carries), sizes 200, 201, 202 bytes in turn: each broadcast's K
+               envelopes leave through sendmmsg;
+    burst      the same, all 200 bytes: each peer gets its run of them as one
+               segmented send (UDP_SEGMENT).
+
+For mixed and burst, the relay's CPU time (utime + stime, /proc) and the envelopes it
+sent (its status file, written on SIGUSR1, read with the relay idle before and after
+the load) give the CPU time per envelope and the rate one core carries; the system
+share includes the veth delivery into brn (IP and UDP receive, waking the receiver),
+which on a real hub is the peers' work, while tunnel and ESP are not here.
+
 Figures only: nothing here asserts a time.  Tables go to stdout, everything to a
 JSON file (--output): end to end under "cases", per hop under "per_hop" (per case
 and implementation: "A", "B", capacity_per_s = the slower hop's, limited_by,
 lower_bound; per case: relay_over_socat), the per-hop capacity ratios under
-"per_hop_capacity_ratio_relay_over_socat".  Storm control is turned off in the
+"per_hop_capacity_ratio_relay_over_socat", the hub case under "hub" (per K: one,
+mixed, burst) and its rates per core under "hub_per_core_per_s".  Storm control is turned off in the
 relay's configs (it would cap a blast by design).  Until the relay has --keys, the
 sitelink1 case is reported as skipped.  The sender and receiver are this script
 (--role send|recv) run with /usr/bin/python3 inside the namespaces, batching with
@@ -71,6 +97,7 @@ the relay's own sitelink_relay/mmsg.py.
 from __future__ import annotations
 
 import argparse
+import array
 import contextlib
 import ctypes
 import importlib.util
@@ -109,11 +136,29 @@ PR_SET_PDEATHSIG = 1
 PR_SET_TIMERSLACK = 29
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 UDP_FIELDS = ("InDatagrams", "NoPorts", "InErrors", "OutDatagrams", "RcvbufErrors")
+IP_PKTINFO = 8  # Python 3.11 lacks socket.IP_PKTINFO
+SO_TIMESTAMPNS = 35  # SCM_TIMESTAMPNS too; not in Python's socket module
+MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0x40)
+# The hub case (see "hub" below): K peers behind one relay.
+HUB_PEERS = (10, 100, 1000)
+HUB_OFFICE = "hub"
+HUB_NEXT_HOP = "10.100.255.254"  # the branches' end of hub0; 10.100.0.0/16 is theirs
+HUB_OFFER = 600_000  # envelopes/s the load's broadcasts ask for (broadcasts/s = this / K)
+HUB_SINGLES = 20  # single broadcasts for the time to reach all K
+HUB_SPREAD = 3  # the mixed load's sizes: size, size + 1, size + 2 in turn
+HUB_LOADS = (("mixed", HUB_SPREAD), ("burst", 1))
+HUB_SINGLE_RATE = 20  # a second: the relay is idle between them
+HUB_RCVBUF = (1 << 30) - 1  # the K peers' queue (the kernel doubles it): the verifying
+# receiver is slower than the relay, and a queued envelope takes a few KiB (segments of a
+# segmented send more); the host's udp_mem still caps it
+HUB_QUIET = 0.5  # s without an envelope after the load's window: the receiver is done
+HUB_DRAIN_MAX = 30.0  # s after the window at most
 
 CASES = {
     "compat": "compat mode (sitelink-relay PORT DEST)",
     "raw": 'service mode, "wire": "raw"',
     "sitelink1": 'service mode, "wire": "sitelink1" (authenticated)',
+    "hub": "a hub: one LAN broadcast to K peers, sitelink1 with a key per link",
 }
 
 
@@ -187,6 +232,12 @@ def role_send(args: argparse.Namespace) -> int:
 
         def datagram(seq: int, ts: int) -> tuple:
             return (pack(seq, ts), pad)
+
+        if args.size_spread > 1:  # paced only: sizes size .. size + spread - 1, in turn
+            pads = [bytes(max(0, args.size + i - HEADER.size)) for i in range(args.size_spread)]
+
+            def datagram(seq: int, ts: int) -> tuple:
+                return (pack(seq, ts), pads[seq % len(pads)])
 
     start, warm, duration = _read_go()
     measure_from = start + warm
@@ -358,6 +409,207 @@ def role_recv(args: argparse.Namespace) -> int:
     return 0
 
 
+class HubCheck:
+    """The K peers' side of the hub case: each envelope verified with the key of the
+    peer it was sent to (its destination address), and counted per peer and broadcast.
+
+    Per envelope: the destination must be one of the K peers, the envelope the hub's
+    (magic, version, kind, origin office, sender), the tag the one that peer's key
+    gives, and the broadcast (the bench's sequence number in the payload) new for that
+    peer, else it counts as malformed, foreign, auth or duplicate.  The hub's sequence
+    number must be the same in every copy of one broadcast (a branch that gets it by
+    two paths takes it once) and differ between broadcasts (a branch's replay window
+    would drop a repeat): else seq_mismatch / seq_reused.
+    """
+
+    def __init__(self, args: argparse.Namespace, wire: Any):
+        keys = wire.load_keys(args.seal_keys)  # the hub's keys file: its send key per peer
+        self.addrs = sorted(keys, key=socket.inet_aton)
+        self.index = {socket.inet_aton(a): i for i, a in enumerate(self.addrs)}
+        self.tags = [keys[a].send.tag for a in self.addrs]
+        self.prefix = (
+            wire.MAGIC
+            + bytes([wire.VERSION, wire.KIND_BROADCAST])
+            + wire.office_id(args.seal_office)
+            + socket.inet_aton(args.seal_sender)
+        )
+        self.sizes = range(ENVELOPE + args.size, ENVELOPE + args.size + args.size_spread)
+        self.seen = [bytearray(1024) for _unused in self.addrs]  # per peer: broadcasts
+        self.copies = array.array("I", bytes(4 * 1024))  # per broadcast: peers reached
+        self.hub_seq = array.array("q", [-1] * 1024)  # per broadcast: the hub's seq
+        self.stamps = array.array("q", bytes(8 * 1024))  # per broadcast: its send time
+        self.counts = {"received": 0, "duplicates": 0, "auth": 0, "foreign": 0,
+                       "malformed": 0, "seq_mismatch": 0}  # fmt: skip
+
+    def _grow(self, seq: int) -> bool:
+        if seq > 1 << 26:
+            return False
+        size = max(seq + 1, 2 * len(self.copies))
+        for i, seen in enumerate(self.seen):
+            seen.extend(bytes(size - len(seen)))
+            self.seen[i] = seen
+        more = size - len(self.copies)
+        self.copies.frombytes(bytes(4 * more))
+        self.hub_seq.extend([-1] * more)
+        self.stamps.frombytes(bytes(8 * more))
+        return True
+
+    def check(self, payloads: list, dests: list) -> list:
+        """Count a batch; returns (peer, broadcast) of each new, verified envelope."""
+        counts = self.counts
+        index, tags, prefix, sizes = self.index, self.tags, self.prefix, self.sizes
+        seen, copies, hub_seq = self.seen, self.copies, self.hub_seq
+        unpack = HEADER.unpack_from
+        new = []
+        for p, d in zip(payloads, dests):
+            peer = index.get(d)
+            if peer is None or len(p) not in sizes:
+                counts["malformed"] += 1
+                continue
+            if p[:12] != prefix:
+                counts["foreign"] += 1
+                continue
+            if tags[peer](p[:24], p[ENVELOPE:]) != p[24:ENVELOPE]:
+                counts["auth"] += 1
+                continue
+            seq, stamp = unpack(p, ENVELOPE)
+            if seq >= len(copies) and not self._grow(seq):
+                counts["malformed"] += 1
+                continue
+            if seen[peer][seq]:
+                counts["duplicates"] += 1
+                continue
+            seen[peer][seq] = 1
+            env_seq = int.from_bytes(p[16:20], "big")
+            if copies[seq] == 0:
+                hub_seq[seq] = env_seq
+                self.stamps[seq] = stamp
+            elif hub_seq[seq] != env_seq:
+                counts["seq_mismatch"] += 1
+            copies[seq] += 1
+            new.append((peer, seq))
+        counts["received"] += len(new)
+        return new
+
+    def summary(self) -> dict[str, Any]:
+        k = len(self.addrs)
+        reached = [c for c in self.copies if c]
+        per_peer = [sum(s) for s in self.seen]
+        hub_seqs = [s for s, c in zip(self.hub_seq, self.copies) if c]
+        return {
+            **self.counts,
+            "peers": k,
+            "broadcasts": len(reached),  # reached at least one peer
+            "complete": reached.count(k),  # reached every peer
+            "missing": sum(k - c for c in reached),  # envelopes of those that did not come
+            "seq_reused": len(hub_seqs) - len(set(hub_seqs)),
+            "per_peer_min": min(per_peer) if per_peer else 0,
+            "per_peer_max": max(per_peer) if per_peer else 0,
+        }
+
+
+def _hub_socket(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:  # the verifying receiver may lag the relay: a queue that holds the whole load
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, HUB_RCVBUF)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, HUB_RCVBUF)
+    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    sock.bind(("0.0.0.0", port))  # noqa: S104 - the branches' namespace: every peer address
+    sock.setblocking(False)
+    return sock
+
+
+def role_hub_recv(args: argparse.Namespace) -> int:
+    """The K peers (every address of 10.100.0.0/16 is local in this namespace).
+
+    ``--hub-mode one``: single broadcasts, one at a time; each envelope's arrival is the
+    kernel's receive time (SO_TIMESTAMPNS), so the time for a broadcast to reach all K
+    does not depend on how fast this receiver reads.  ``--hub-mode load``: a stream
+    through recvmmsg, counted as it comes (the queue holds what it cannot keep up with).
+    """
+    mmsg = _load(MMSG)
+    check = HubCheck(args, _load(WIRE))
+    sock = _hub_socket(args.port)
+    clock = time.monotonic_ns
+    cpu_start = time.process_time()
+    if args.hub_mode == "one":
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        anc_size = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(12)
+        want = args.hub_expect * len(check.addrs)
+        got: list = []  # (destination, kernel time, datagram)
+        start, warm, duration = _read_go()
+        end = start + warm + duration + int(args.drain * 1e9)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        while len(got) < want and clock() < end:
+            if not poller.poll(100):
+                continue
+            while True:
+                try:
+                    data, anc, _flags, _addr = sock.recvmsg(65535, anc_size, MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                dst, stamp = b"", 0
+                for level, kind, value in anc:
+                    if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+                        dst = value[8:12]
+                    elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                        sec, nsec = struct.unpack("=qq", value[:16])
+                        stamp = sec * 1_000_000_000 + nsec
+                got.append((dst, stamp, data))
+        offset = time.time_ns() - clock()  # kernel times are CLOCK_REALTIME
+        last: dict[int, int] = {}
+        first: dict[int, int] = {}
+        for dst, stamp, data in got:
+            for _peer, seq in check.check([data], [dst]):
+                mono = stamp - offset
+                last[seq] = max(last.get(seq, mono), mono)
+                first[seq] = min(first.get(seq, mono), mono)
+        k = len(check.addrs)
+        reach = sorted(
+            (last[s] - check.stamps[s]) / 1e3 for s in last if check.copies[s] == k
+        )  # us from the send to the last of the K envelopes
+        spread = sorted((last[s] - first[s]) / 1e3 for s in last if check.copies[s] == k)
+        result = {
+            **check.summary(),
+            "reach_all_us": {
+                "p50": _round(_percentile(reach, 0.5), 1),
+                "max": _round(reach[-1] if reach else None, 1),
+                "min": _round(reach[0] if reach else None, 1),
+            },
+            "first_to_last_us": {"p50": _round(_percentile(spread, 0.5), 1)},
+        }
+    else:
+        rx = mmsg.Receiver(sock, BATCH, 2048)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        start, warm, duration = _read_go()
+        measure_from = start + warm
+        window_end = measure_from + duration
+        hard_end = window_end + int(HUB_DRAIN_MAX * 1e9)
+        quiet = int(args.drain * 1e9)  # after the window: done once nothing came this long
+        last_rx = window_end
+        while True:
+            now = clock()
+            if now >= hard_end or (now >= window_end and now - last_rx >= quiet):
+                break
+            if not poller.poll(50):
+                continue
+            while True:
+                n = rx.recv()
+                if not n:
+                    break
+                last_rx = clock()
+                check.check(rx.payloads, rx.dests)
+                if n < BATCH:
+                    break
+        result = {**check.summary(), "drained_s": round(max(0, last_rx - window_end) / 1e9, 2)}
+    result["cpu"] = round(time.process_time() - cpu_start, 3)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def _round(value: Optional[float], scale: float) -> Optional[float]:
     return None if value is None else round(value * scale, 1)
 
@@ -426,6 +678,24 @@ class Lab:
             run("ip", "-n", ns[gw], "addr", "add", f"{own}/32", "peer", f"{peer}/32", "dev", "tun0")
             run("ip", "-n", ns[gw], "link", "set", "tun0", "up")
             run("ip", "-n", ns[gw], "route", "add", other, "via", peer, "dev", "tun0", "src", own)
+
+    def build_hub(self) -> None:
+        """The hub case's K peers: namespace brn behind hub0 (a veth from gwA), where
+        every address of 10.100.0.0/16 is local; gwA routes them through hub0."""
+        ns = self.ns
+        if "brn" in ns:
+            return
+        ns["brn"] = self.add_ns("brn")
+        run("ip", "-n", ns["gwA"], "link", "add", "hub0", "type", "veth", "peer", "name", "hub0",
+            "netns", ns["brn"])  # fmt: skip
+        for role in ("gwA", "brn"):
+            run("ip", "-n", ns[role], "link", "set", "hub0", "up")
+        run("ip", "-n", ns["brn"], "addr", "add", f"{HUB_NEXT_HOP}/32", "dev", "hub0")
+        run("ip", "-n", ns["brn"], "route", "add", f"{GW_A}/32", "dev", "hub0")
+        run("ip", "-n", ns["brn"], "route", "add", "local", "10.100.0.0/16", "dev", "lo")
+        run("ip", "-n", ns["gwA"], "route", "add", f"{HUB_NEXT_HOP}/32", "dev", "hub0", "src", GW_A)
+        run("ip", "-n", ns["gwA"], "route", "add", "10.100.0.0/16", "via", HUB_NEXT_HOP,
+            "dev", "hub0", "src", GW_A)  # fmt: skip
 
     # -- processes
     def spawn(self, ns: str, cmd: list[str], log_name: Optional[str] = None, pipes=False, nice=0):
@@ -930,6 +1200,322 @@ def bench_hop(lab: Lab, args: argparse.Namespace, impl: str, case: str, hop: str
     return result
 
 
+# ------------------------------------------------------------------------------ hub
+#
+# One LAN broadcast to K peer relays, each with its own link key (a hub and its
+# branches).  The hub's relay runs at gwA (LAN A, the sender there); the K peers are
+# addresses in one more namespace, "brn", behind a veth from gwA (hub0): every
+# address of 10.100.0.0/16 is local there (a local route, no address per peer), and
+# one receiver bound to the port gets every envelope with its destination
+# (IP_PKTINFO), the peer it was made for.
+
+
+def hub_peer(i: int) -> str:
+    return f"10.100.{i // 250}.{i % 250 + 1}"
+
+
+class HubRelay:
+    """The hub's relay at gwA: K peers, a key each, all in forward_to."""
+
+    def __init__(self, lab: Lab, args: argparse.Namespace, k: int):
+        self.lab, self.args, self.k = lab, args, k
+        lab.runs += 1
+        self.run_id = f"hub{k}-{lab.runs}"
+        self.peers = [hub_peer(i) for i in range(k)]
+        self.proc: Optional[subprocess.Popen] = None
+        self.log = f"{self.run_id}-gwA.log"
+        self.status_file = os.path.join(lab.workdir, f"status-{self.run_id}.json")
+        keys = {}
+        for p in self.peers:  # a key per link, as the planner derives them
+            key = secrets.token_hex(32)
+            keys[p] = {"send": key, "accept": [key]}
+        self.keys_file = lab.write(
+            f"keys-{self.run_id}.json", json.dumps({"version": 1, "peers": keys}), 0o600
+        )
+        state_dir = os.path.join(lab.workdir, f"state-{self.run_id}")
+        os.makedirs(state_dir)
+        config = {
+            "version": 2,
+            "office": HUB_OFFICE,
+            "lan": {"interface": "lan0", "address": f"{GW_A}/24"},
+            "wire": "sitelink1",
+            "peers": {p: {"office": f"branch{i}"} for i, p in enumerate(self.peers)},
+            "rules": [{"port": PORT, "forward_to": self.peers, "accept_from": self.peers}],
+            "storm_control": None,
+            "state_dir": state_dir,
+            "status_file": self.status_file,
+        }
+        self.config = lab.write(f"config-{self.run_id}.json", json.dumps(config))
+
+    def start(self) -> None:
+        cmd = [self.args.python, self.args.relay, "--config", self.config, "--keys", self.keys_file]
+        self.proc = self.lab.spawn(self.lab.ns["gwA"], cmd, log_name=self.log)
+        if not wait_bound(self.proc, PORT):
+            raise BenchError(f"the hub's relay did not start:\n{self.lab.log_tail(self.log)}")
+        time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.lab.stop(self.proc)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def counters(self) -> dict[str, Any]:
+        """Its status file written now (SIGUSR1): envelopes sent, LAN datagrams read."""
+        if self.proc is None:
+            raise BenchError("the hub's relay is not running")
+        try:
+            before = os.stat(self.status_file).st_mtime_ns
+        except OSError:
+            before = 0
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 10  # it writes between batches
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                if os.stat(self.status_file).st_mtime_ns != before:
+                    summary = status_summary(self.status_file)
+                    if summary is not None:
+                        return hub_counters(summary)
+            time.sleep(0.005)
+        raise BenchError("the hub's relay did not write its status on SIGUSR1")
+
+
+def hub_counters(summary: dict[str, Any]) -> dict[str, Any]:
+    """A relay status summary of the hub's port in a few numbers (K peers summed)."""
+    peers = summary.get("peers", {})
+    sent = [p.get("sent") or 0 for p in peers.values()]
+    return {
+        "received": summary.get("received"),
+        "forwarded": summary.get("forwarded"),
+        "sent": sum(sent),
+        "sent_per_peer_min": min(sent) if sent else None,
+        "sent_per_peer_max": max(sent) if sent else None,
+        "dropped": summary.get("dropped", {}),
+        "send_errors": summary.get("send_errors", {}),
+    }
+
+
+def cpu_split(pid: int) -> tuple[float, float, float]:
+    """(user s, system s, total s): total from schedstat (ns), the split from stat (ticks)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as fh:
+            total = int(fh.read().split()[0]) / 1e9
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0.0, 0.0
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck, total
+
+
+def _hub_pair(
+    lab: Lab,
+    args: argparse.Namespace,
+    hub: HubRelay,
+    rate: int,
+    recv_args: list[str],
+    spread: int = 1,
+) -> tuple[subprocess.Popen, subprocess.Popen]:
+    script = str(Path(__file__).resolve())
+    common = ["--port", str(PORT), "--size", str(args.size), "--size-spread", str(spread)]
+    receiver = lab.spawn(
+        lab.ns["brn"],
+        [args.python, script, "--role", "hubrecv", *common, "--seal-keys", hub.keys_file,
+         "--seal-office", HUB_OFFICE, "--seal-sender", GW_A, *recv_args],
+        pipes=True,
+    )  # fmt: skip
+    sender = lab.spawn(
+        lab.ns["snd"],
+        [args.python, script, "--role", "send", *common, "--rate", str(rate), "--dest", BCAST_A],
+        pipes=True,
+    )
+    return receiver, sender
+
+
+def _go(procs: tuple[subprocess.Popen, ...], warm: float, duration: float) -> int:
+    deadline = time.monotonic() + 15
+    for proc in procs:
+        if _readline(proc, deadline) != "ready":
+            raise BenchError("unexpected sender/receiver output")
+    start = time.monotonic_ns() + 50_000_000
+    go = f"{start} {int(warm * 1e9)} {int(duration * 1e9)}\n"
+    for proc in procs:
+        if proc.stdin is None:
+            raise BenchError("no pipe to a sender/receiver")
+        proc.stdin.write(go)
+        proc.stdin.flush()
+    return start
+
+
+def hub_one(lab: Lab, args: argparse.Namespace, hub: HubRelay) -> dict[str, Any]:
+    """Single broadcasts, HUB_SINGLES of them, HUB_SINGLE_RATE a second (the relay idle
+    in between): the time from each send to the last of its K envelopes' arrival."""
+    duration = HUB_SINGLES / HUB_SINGLE_RATE
+    receiver, sender = _hub_pair(
+        lab, args, hub, HUB_SINGLE_RATE,
+        ["--hub-mode", "one", "--hub-expect", str(HUB_SINGLES), "--drain", "1.0"],
+    )  # fmt: skip
+    try:
+        _go((receiver, sender), 0.0, duration)
+        sent = _result(sender, duration + 15)
+        got = _result(receiver, duration + 15)
+    finally:
+        lab.stop(sender)
+        lab.stop(receiver)
+    got["broadcasts_sent"] = sent["sent"]
+    return got
+
+
+def hub_load(lab: Lab, args: argparse.Namespace, hub: HubRelay, spread: int) -> dict[str, Any]:
+    """Broadcasts at HUB_OFFER/K a second (HUB_OFFER envelopes/s asked for, more than
+    one core carries) for warm + hub_seconds: the relay's envelopes and CPU time from
+    before the load to after it (its counters read with the relay idle, before and
+    after; an idle relay spends next to nothing), and the receiver's verdicts.
+
+    spread 1: every broadcast the same size (a burst: the relay sends each peer its
+    run of them as one segmented send); HUB_SPREAD: sizes in turn, no two neighbours
+    alike (each broadcast's K envelopes through sendmmsg, as a lone broadcast's)."""
+    k = hub.k
+    rate = max(1, HUB_OFFER // k)
+    warm, duration = args.warm, args.hub_seconds
+    if hub.proc is None:
+        raise BenchError("the hub's relay is not running")
+    pid = hub.proc.pid
+    before = {r: lab.udp_counters(r) for r in ("gwA", "brn")}
+    c0, cpu0 = hub.counters(), cpu_split(pid)
+    receiver, sender = _hub_pair(
+        lab, args, hub, rate, ["--hub-mode", "load", "--drain", str(HUB_QUIET)], spread
+    )
+    try:
+        _go((receiver, sender), warm, duration)
+        sent = _result(sender, warm + duration + 15)
+        got = _result(receiver, HUB_DRAIN_MAX + 15)
+    finally:
+        lab.stop(sender)
+        lab.stop(receiver)
+    c1, cpu1 = hub.counters(), cpu_split(pid)
+    after = {r: lab.udp_counters(r) for r in ("gwA", "brn")}
+    envelopes = c1["sent"] - c0["sent"]
+    user, system, total = (b - a for a, b in zip(cpu0, cpu1))
+    ticks = user + system
+    busy = warm + duration + got["drained_s"]  # until the last envelope arrived
+    return {
+        "broadcasts_per_s_offered": round(sent["sent"] / max(sent["elapsed"], 1e-9)),
+        "broadcasts_sent": sent["sent"],
+        "relay_forwarded": c1["forwarded"] - c0["forwarded"],
+        "relay_envelopes": envelopes,
+        # what the relay achieved on this shared machine (its queue drained after the
+        # sender stopped), and per second of its own CPU time
+        "relayed_per_s": round(envelopes / busy),
+        "relay_cpu_s": round(total, 3),
+        "relay_cpu_share": round(total / busy, 2),
+        "relay_sys_fraction": round(system / ticks, 2) if ticks else None,
+        "cpu_us_per_envelope": round(1e6 * total / envelopes, 3) if envelopes else None,
+        # the relay's own work (Python, HMAC, the arrays), without the kernel's
+        "user_us_per_envelope": round(1e6 * total * user / ticks / envelopes, 3)
+        if envelopes and ticks
+        else None,
+        "per_core_per_s": round(envelopes / total) if total else None,
+        "relay_send_errors": {
+            k: v - c0["send_errors"].get(k, 0) for k, v in c1["send_errors"].items()
+        },
+        "receiver": got,
+        # receive-queue overflows: the relay's LAN socket (gwA), the K peers' (brn)
+        "socket_drops": {
+            r: after[r].get("RcvbufErrors", 0) - before[r].get("RcvbufErrors", 0) for r in after
+        },
+    }
+
+
+def bench_hub(lab: Lab, args: argparse.Namespace, k: int) -> dict[str, Any]:
+    lab.build_hub()
+    hub = HubRelay(lab, args, k)
+    result: dict[str, Any] = {"peers": k, "load_average": round(os.getloadavg()[0], 2)}
+    try:
+        hub.start()
+        log(f"  relay hub K={k:<5d} one broadcast at a time ({HUB_SINGLES})")
+        result["one"] = hub_one(lab, args, hub)
+        for load, spread in HUB_LOADS:
+            log(f"  relay hub K={k:<5d} {load} ({args.hub_seconds:g} s + {args.warm:g} s warm-up)")
+            result[load] = hub_load(lab, args, hub, spread)
+        if not hub.alive():
+            raise BenchError(f"the hub's relay died: {lab.log_tail(hub.log)}")
+    except BenchError as exc:
+        result["error"] = str(exc)
+    finally:
+        hub.stop()
+    status = status_summary(hub.status_file)
+    if status:
+        result["relay_status"] = hub_counters(status)
+    result["load_average_after"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+def hub_table(hub: dict[str, Any]) -> str:
+    head = (
+        f"{'K':>5s} {'load':6s} {'offered/s':>9s} {'relayed/s':>9s} {'cpu us/env':>10s}"
+        f" {'user':>5s} {'per core/s':>10s}  {'missing':>7s} {'dup':>4s} {'auth':>4s}"
+        f" {'q drops hub/K':>13s}  {'reach all K p50/max ms':>22s} {'load avg':>8s}"
+    )
+    lines = [
+        "hub fan-out: one LAN broadcast to K peers, sitelink1 (a key per link), one relay",
+        head,
+        "-" * len(head),
+    ]
+    for r in hub.values():
+        if not isinstance(r, dict) or "peers" not in r:
+            continue
+        k = r["peers"]
+        if "error" in r:
+            lines.append(f"{k:5d} error: {r['error'].splitlines()[0]}")
+        one = r.get("one", {})
+        reach = one.get("reach_all_us", {})
+        ms = "/".join(
+            "-" if reach.get(q) is None else f"{reach[q] / 1e3:.2f}" for q in ("p50", "max")
+        )
+        ones = f"one at a time: missing {_fmt(one.get('missing'), 0)}"
+        ones += f", dup {_fmt(one.get('duplicates'), 0)}, auth {_fmt(one.get('auth'), 0)}"
+        lines.append(
+            f"{k:5d} {'one':6s} {ones:>66s}  {ms:>22s} {_fmt(r.get('load_average'), 8, 2)}"
+        )
+        for name, _unused in HUB_LOADS:
+            load = r.get(name)
+            if not load:
+                continue
+            got = load.get("receiver", {})
+            drops = load.get("socket_drops", {})
+            offered = load.get("broadcasts_per_s_offered")
+            lines.append(
+                f"{k:5d} {name:6s} {_fmt(offered * k if offered else None, 9)}"
+                f" {_fmt(load.get('relayed_per_s'), 9)}"
+                f" {_fmt(load.get('cpu_us_per_envelope'), 10, 2)}"
+                f" {_fmt(load.get('user_us_per_envelope'), 5, 2)}"
+                f" {_fmt(load.get('per_core_per_s'), 10)}  {_fmt(got.get('missing'), 7)}"
+                f" {_fmt(got.get('duplicates'), 4)} {_fmt(got.get('auth'), 4)}"
+                f" {(str(drops.get('gwA', '-')) + '/' + str(drops.get('brn', '-'))):>13s}"
+            )
+    lines.append(
+        "one: 20 single broadcasts, the relay idle in between; reach all K: from a"
+        " broadcast's send to the kernel's receive time of the last of its K envelopes."
+        "  mixed, burst: broadcasts paced to ask for offered envelopes/s (broadcasts/s x K,"
+        " more than one core carries), of sizes 200-202 bytes in turn (each broadcast's K"
+        " envelopes through sendmmsg) or all 200 (a burst: each peer gets its run of them"
+        " as one segmented send).  relayed: envelopes/s the relay sent from the load's start"
+        " to the last arrival, on this shared machine; cpu us/env: the relay's CPU time"
+        " (user + system, from before the load to after it) per envelope it sent, its"
+        " sendmmsg's kernel work included and with it the veth delivery into the K peers'"
+        " namespace (on a real hub: tunnel and ESP instead); user: its user-space share"
+        " (Python, HMAC); per core/s: 1e6 / cpu us/env.  missing, dup,"
+        " auth: envelopes of broadcasts the relay forwarded that never came, came twice, or"
+        " failed their peer's key; q drops: receive-queue overflows at the relay's LAN"
+        " socket (the load asks for more than it carries) and at the K peers'.  load avg:"
+        " the 1-minute load average when K started (above the number of CPUs, other work"
+        " competed for them)."
+    )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -1048,6 +1634,9 @@ def table(report: dict) -> str:
             " overflows (queue drops above) are counted by the kernel, not by the relay.",
             "",
         ]
+    hub = report.get("hub")
+    if hub:
+        notes += ["", f"hub skipped: {hub['skipped']}" if "skipped" in hub else hub_table(hub)]
     return "\n".join([*hops, "", *cap, "", *lat, "", *drops, *notes])
 
 
@@ -1133,6 +1722,12 @@ def bench(args: argparse.Namespace) -> dict:
         log(f"building namespaces slb{lab.suffix}*")
         lab.build()
         for case in args.cases:
+            if case == "hub":
+                if not features["keys"]:
+                    report["hub"] = {"skipped": "relay has no --keys yet"}
+                    continue
+                report["hub"] = {str(k): bench_hub(lab, args, k) for k in args.hub_peers}
+                continue
             if case == "sitelink1" and not features["keys"]:
                 report["cases"][case] = {"skipped": "relay has no --keys yet"}
                 report["per_hop"][case] = {"skipped": "relay has no --keys yet"}
@@ -1169,6 +1764,12 @@ def bench(args: argparse.Namespace) -> dict:
             continue
     report["one_core_bound_ratio_relay_over_socat"] = bounds
     report["per_hop_capacity_ratio_relay_over_socat"] = summarize_hops(report["per_hop"])
+    if "hub" in report:
+        report["hub_per_core_per_s"] = {
+            k: {load: r.get(load, {}).get("per_core_per_s") for load, _unused in HUB_LOADS}
+            for k, r in report["hub"].items()
+            if isinstance(r, dict) and "peers" in r
+        }
     return report
 
 
@@ -1243,7 +1844,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         default=",".join(CASES),
         help=f"comma-separated subset of {', '.join(CASES)}",
     )
-    parser.add_argument("--role", choices=("send", "recv"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--hub-peers",
+        default=",".join(str(k) for k in HUB_PEERS),
+        help="the hub case's numbers of peers K (default %(default)s)",
+    )
+    parser.add_argument("--role", choices=("send", "recv", "hubrecv"), help=argparse.SUPPRESS)
+    parser.add_argument("--hub-mode", choices=("one", "load"), help=argparse.SUPPRESS)
+    parser.add_argument("--hub-expect", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--size-spread", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=PORT, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--dest", default=BCAST_A, help=argparse.SUPPRESS)
@@ -1266,6 +1875,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         if not HEADER.size <= args.size <= 65507:
             parser.error(f"--size must be between {HEADER.size} and 65507")
         args.blast, args.paced, args.warm = (1.5, 1.5, 0.3) if args.quick else (3.0, 3.0, 0.5)
+        args.hub_seconds = 0.75 if args.quick else 1.5
+        try:
+            args.hub_peers = [int(k) for k in args.hub_peers.split(",") if k.strip()]
+        except ValueError:
+            parser.error("--hub-peers: comma-separated numbers")
+        if not args.hub_peers or not all(1 <= k <= 50000 for k in args.hub_peers):
+            parser.error("--hub-peers: between 1 and 50000 each")
     return args
 
 
@@ -1275,6 +1891,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return role_send(args)
     if args.role == "recv":
         return role_recv(args)
+    if args.role == "hubrecv":
+        return role_hub_recv(args)
     problem = prerequisites(args)
     if problem:
         log(f"bench/relay.py: {problem}")
