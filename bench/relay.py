@@ -1827,7 +1827,7 @@ def prerequisites(args: argparse.Namespace) -> Optional[str]:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n", maxsplit=1)[0],
-        epilog="Needs root, ip netns and socat; takes about 2.5 minutes (--quick: about 1.5).",
+        epilog="Needs root, ip netns and socat; takes about 4 minutes (--quick: about 2.5).",
     )
     parser.add_argument("--quick", action="store_true", help="shorter loads (about 1 s each)")
     parser.add_argument(
