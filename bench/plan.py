@@ -6,6 +6,11 @@ the same inventory (one controller-side task per office, what any per-host step
 costs) and site.yml's planning play (the office role). It also counts the tasks
 site.yml runs per gateway at 2 and at 100 peers.
 Figures only: nothing here asserts a time.
+
+Each line starts with the 1-minute load average, and gives the CPU seconds (user +
+system, every process of the run) after each wall time: on a machine others load,
+wall time swings (the no-op play, a thousand short processes, most of all) where CPU
+time barely moves, so compare ratios of runs made under the same load.
 """
 
 from __future__ import annotations
@@ -106,8 +111,9 @@ def main() -> int:
         ):
             inv = Path(tmp, f"{topology}-{count}.yml")
             inv.write_text(yaml.safe_dump(inventory(count, topology)))
+            load = os.getloadavg()[0]
             # Each measured in its own interpreter so the peak is its own.
-            plan_s, plan_mb = measure(
+            plan_s, plan_cpu, plan_mb = measure(
                 [
                     "-i",
                     str(inv),
@@ -118,13 +124,17 @@ def main() -> int:
                     "sitelink_plan_console=summary",
                 ]
             )
-            noop_s, _unused = measure(["-i", str(inv), str(noop)])
-            office_s, office_mb = measure(["-i", str(inv), str(ROOT / "bench/office.yml")])
+            noop_s, noop_cpu, _unused = measure(["-i", str(inv), str(noop)])
+            office_s, office_cpu, office_mb = measure(
+                ["-i", str(inv), str(ROOT / "bench/office.yml")]
+            )
             print(
-                f"{topology:>13} {count:>5} offices: plan.yml {plan_s:6.1f} s,"
-                f" peak {plan_mb:6.0f} MB;"
-                f" no-op play {noop_s:6.1f} s ({plan_s / noop_s:.2f}x);"
-                f" site.yml's planning play {office_s:6.1f} s, peak {office_mb:6.0f} MB",
+                f"load {load:4.1f} {topology:>13} {count:>5} offices:"
+                f" plan.yml {plan_s:6.1f} s (cpu {plan_cpu:5.1f} s), peak {plan_mb:5.0f} MB;"
+                f" no-op play {noop_s:6.1f} s (cpu {noop_cpu:5.1f} s);"
+                f" site.yml's planning play {office_s:6.1f} s (cpu {office_cpu:5.1f} s),"
+                f" peak {office_mb:5.0f} MB, {office_s / noop_s:.2f}x the no-op play"
+                f" ({office_cpu / noop_cpu:.2f}x its cpu)",
                 flush=True,
             )
         for peers in (2, 100):
@@ -146,8 +156,9 @@ def main() -> int:
     return 0
 
 
-def measure(args: list[str]) -> tuple[float, float]:
-    """Run in a fresh child interpreter so RUSAGE_CHILDREN is this run's alone."""
+def measure(args: list[str]) -> tuple[float, float, float]:
+    """Seconds, CPU seconds and peak RSS in MB (of the largest process) of one run, in a
+    fresh child interpreter so RUSAGE_CHILDREN is this run's alone."""
     code = (
         "import resource,subprocess,sys,time,os;"
         "t=time.monotonic();"
@@ -155,7 +166,8 @@ def measure(args: list[str]) -> tuple[float, float]:
         "capture_output=True,text=True);"
         "s=time.monotonic()-t;"
         "sys.stderr.write(r.stdout[-2000:]+r.stderr[-2000:]) if r.returncode else None;"
-        "print(s, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024);"
+        "u=resource.getrusage(resource.RUSAGE_CHILDREN);"
+        "print(s, u.ru_utime+u.ru_stime, u.ru_maxrss/1024);"
         "sys.exit(r.returncode)"
     )
     done = subprocess.run(
@@ -168,8 +180,8 @@ def measure(args: list[str]) -> tuple[float, float]:
     )
     if done.returncode != 0:
         sys.exit(f"ansible-playbook {' '.join(args)} failed:\n{done.stderr}")
-    seconds, peak = done.stdout.split()
-    return float(seconds), float(peak)
+    seconds, cpu, peak = done.stdout.split()
+    return float(seconds), float(cpu), float(peak)
 
 
 if __name__ == "__main__":
