@@ -190,13 +190,11 @@ class Egress:
     def _send_fan_run(self, ps: PortState, run: list, size: int) -> None:
         """Same-size broadcasts: to each peer, one segmented send of its envelopes."""
         fanout = ps.fanout
-        tags_for = fanout.keys.tags
-        tags = [tags_for(header, payload) for header, payload, _unused in run]
+        by_key = fanout.keys.tags_by_key([header + payload for header, payload, _unused in run])
         add = ps.tx.add
-        for k, dest in enumerate(fanout.dests):
+        for dest, tags in zip(fanout.dests, by_key):
             items = [
-                ((header, peer_tags[k], payload), size)
-                for (header, payload, _unused), peer_tags in zip(run, tags)
+                ((header, tag, payload), size) for (header, payload, _unused), tag in zip(run, tags)
             ]
             if dest in ps.no_gso or not self._send_gso(ps, dest, size, items, None):
                 for parts, _unused in items:

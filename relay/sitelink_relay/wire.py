@@ -123,7 +123,8 @@ class FanoutKeys:
     ``tags(header, payload)[i]`` is ``keys[i].tag(header, payload)``: header and
     payload are joined once per message, not once per key, and the loop calls the
     hash objects' methods directly, with no method call of our own per key.  Each
-    envelope still gets its own tag, with its own link's key.
+    envelope still gets its own tag, with its own link's key.  ``tags_by_key`` does a
+    run of messages in one call (a burst: each peer's tags, for its segmented send).
     """
 
     __slots__ = ("_pads",)
@@ -145,6 +146,21 @@ class FanoutKeys:
             outer.update(inner.digest())
             append(outer.digest()[:TAG_SIZE])
         return tags
+
+    def tags_by_key(self, messages: list[bytes]) -> list[list[bytes]]:
+        """For a run of messages (header + payload each): per key, the tag of each."""
+        by_key = []
+        for inner_pad, outer_pad in self._pads:
+            tags = []
+            append = tags.append
+            for message in messages:
+                inner = inner_pad.copy()
+                inner.update(message)
+                outer = outer_pad.copy()
+                outer.update(inner.digest())
+                append(outer.digest()[:TAG_SIZE])
+            by_key.append(tags)
+        return by_key
 
 
 class PeerKeys:

@@ -37,6 +37,11 @@ def test_fanout_tags_each_envelope_with_its_own_links_key():
     assert tags == [wire.LinkKey(k).tag(header, payload) for k in keys]
     assert {type(t) for t in tags} == {bytes}  # the sender points at them
     assert wire.FanoutKeys([]).tags(header, payload) == []
+    # a run of messages (a burst): per key, the tag of each message
+    messages = [header + b"p" * 200, header[:-1] + b"\1" + b"q" * 10]
+    assert fanout.tags_by_key(messages) == [
+        [hmac.digest(k, m, "sha256")[:16] for m in messages] for k in keys
+    ]
 
 
 def test_key_repr_and_fingerprint_never_show_the_key():
