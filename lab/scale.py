@@ -50,6 +50,7 @@ sys.path.insert(0, str(LAB_DIR / "crowd"))
 sys.path.insert(0, str(ROOT / ".cache/collections"))
 
 import crowd  # noqa: E402
+from labctl import SSH_OPTS  # noqa: E402
 from lanhost import BIN, LABCTL, Background, recap  # noqa: E402
 
 STATE = Path(os.environ.get("SITELINK_SCALE_STATE", "/tmp/sitelink-lab/scale"))
@@ -257,14 +258,7 @@ def ssh(vm: str, command: str, input: Optional[bytes] = None, timeout: float = 3
     state = json.loads((STATE / "state.json").read_text())
     argv = [
         "ssh",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "LogLevel=ERROR",
-        "-o",
-        "BatchMode=yes",
+        *SSH_OPTS,
         "-o",
         "ConnectTimeout=5",
         "-o",
