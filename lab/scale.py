@@ -771,12 +771,30 @@ def _lost_dup(b: dict[str, Any], ratio: bool = False) -> str:
     return f"{b['loss']:.2%}/{b['duplicates']}" if ratio else f"{lost}/{b['duplicates']}"
 
 
-def cell(fn, row) -> str:
+def value(fn, row) -> Any:
+    """A column's value in a row, None where the row has no such measurement."""
     try:
-        value = fn(row)
+        return fn(row)
     except (KeyError, TypeError):
-        return "-"
-    return "-" if value is None else str(value)
+        return None
+
+
+def cell(fn, row) -> str:
+    found = value(fn, row)
+    return "-" if found is None else str(found)
+
+
+# Per 100 links: (what, the column it is read from, how many links it is about).
+PER_LINK = [
+    ("hub's first run", "hub 1st s", lambda r: r["n"] - 1),
+    ("hub's no-change run", "hub again s", lambda r: r["n"] - 1),
+    ("crowd's SAs after the hub's play", "crowd SAs s", lambda r: r["n"] - 1),
+    ("all SAs after the hub's play", "all SAs s", lambda r: r["n"] - 1),
+    ("all SAs after a hub reboot", "reboot SAs s", lambda r: r["n"] - 1),
+    ("verify.yml on the hub", "verify s", lambda r: r["n"] - 1),
+    ("removing half (per link removed)", "remove half s", lambda r: r["remove_half"]["removed"]),
+    ("charon MB", "charon MB", lambda r: r["n"] - 1),
+]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -785,26 +803,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in cells]
     lines += ["", "Per 100 links (seconds; the slope between sizes where there are two or more):"]
-    per_link = [
-        ("hub's first run", lambda r: r["site_first"]["hub_play_s"]),
-        ("hub's no-change run", lambda r: r["site_again"]["hub_play_s"]),
-        ("crowd's SAs after the hub's play", lambda r: r["sas_after_site"]["crowd_s"]),
-        ("all SAs after the hub's play", lambda r: r["sas_after_site"]["seconds"]),
-        ("all SAs after a hub reboot", lambda r: r["reboot"]["seconds"]),
-        ("verify.yml on the hub", lambda r: r["verify_healthy"]["seconds"]),
-        ("removing half (per link removed)", lambda r: r["remove_half"]["seconds"]),
-        ("charon MB", lambda r: r["hub_memory"]["charon_mb"]),
-    ]
-    for name, fn in per_link:
-        points = []
-        for r in rows:
-            try:
-                value = fn(r)
-            except (KeyError, TypeError):
-                value = None
-            links = r["remove_half"]["removed"] if "removing" in name else r["n"] - 1
-            if value is not None:
-                points.append((links, value))
+    columns = dict(COLUMNS)
+    for name, column, links in PER_LINK:
+        points = [
+            (links(r), found) for r in rows if (found := value(columns[column], r)) is not None
+        ]
         if not points:
             continue
         ratios = ", ".join(f"{v / x * 100:.1f} at {x}" for x, v in points)

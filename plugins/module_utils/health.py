@@ -1064,12 +1064,7 @@ class Runner:
         try:
             transport = probe.IcmpTransport(source)
         except OSError as exc:
-            error = f"cannot send from {source}: {exc.strerror or exc}"
-            return {
-                name: {"probed": True, "transmitted": 0, "received": 0, "rtt_avg_ms": None,
-                       "error": error}
-                for name, _unused in targets
-            }  # fmt: skip
+            return probe.not_sent(targets, f"cannot send from {source}: {exc.strerror or exc}")
         try:
             return probe.Prober(transport, _Clock, **options).run(targets)
         finally:

@@ -90,6 +90,16 @@ class _Link:
         }
 
 
+def not_sent(targets: list[tuple[str, str]], error: str) -> dict[str, dict[str, Any]]:
+    """Each (name, address)'s result where nothing could be sent (no socket): ``error``."""
+    results = {}
+    for name, address in targets:
+        link = _Link(name, address)
+        link.error = error
+        results[name] = link.result(True)
+    return results
+
+
 class Prober:
     """Probes links through ``transport`` (``send(address, packet) -> error or None``,
     ``receive(timeout) -> [(source, ident, seq)]``) on ``clock`` (``now()``)."""
