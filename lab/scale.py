@@ -381,8 +381,63 @@ print(json.dumps({
 }))
 """
 
+# Where datagrams are lost: the kernel's drop counters (UDP receive buffers, xfrm,
+# the backlog, each interface), and on a gateway the relay's own counters, read
+# before and after a broadcast test; the report gives what grew.
+COUNTERS = r"""
+import json, re
+out = {}
+with open("/proc/net/snmp") as fh:
+    rows = [line.split() for line in fh if line.startswith("Udp:")]
+for name, value in zip(rows[0][1:], rows[1][1:]):
+    if name in ("InErrors", "RcvbufErrors", "SndbufErrors"):
+        out["udp_" + name] = int(value)
+try:
+    with open("/proc/net/xfrm_stat") as fh:
+        for line in fh:
+            name, value = line.split()
+            out["xfrm_" + name] = int(value)
+except OSError:
+    pass
+with open("/proc/net/softnet_stat") as fh:
+    out["backlog_dropped"] = sum(int(line.split()[1], 16) for line in fh)
+with open("/proc/net/dev") as fh:
+    for line in list(fh)[2:]:
+        dev, fields = line.split(":", 1)
+        f = fields.split()
+        if dev.strip() != "lo":
+            out["rx_dropped_" + dev.strip()] = int(f[3])
+            out["tx_dropped_" + dev.strip()] = int(f[11])
+try:
+    with open("/run/sitelink-relay/metrics.prom") as fh:
+        for line in fh:
+            if line.startswith("#") or not line.strip():
+                continue
+            name, value = line.rsplit(" ", 1)
+            if not re.search(r"(sent|forwarded|dropped|errors)_total", name):
+                continue
+            # Summed over ports and peers, kept apart by reason (or error).
+            key = "relay_" + name.split("{")[0].replace("sitelink_relay_", "")
+            why = re.search(r'(?:reason|error)="([^"]*)"', name)
+            key += "_" + why.group(1) if why else ""
+            out[key] = out.get(key, 0) + int(float(value))
+except OSError:
+    pass
+print(json.dumps(out))
+"""
+
+
+def counters(vm: str) -> dict[str, int]:
+    return json.loads(ssh(vm, "python3 -c " + shlex.quote(COUNTERS)))
+
+
+def grown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The counters that grew, by how much."""
+    return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v > before.get(k, 0)}
+
+
 LEFTOVERS = r"""
-import json, os, re, subprocess, sys
+import ipaddress, json, os, re, subprocess, sys
 removed = json.load(sys.stdin)
 def out(*argv):
     return subprocess.run(argv, capture_output=True, text=True).stdout
@@ -405,9 +460,18 @@ texts["relay_files"] = relay
 found = {}
 for where, text in texts.items():
     hits = 0
+    # Routes and the masquerade set are collapsed prefixes: one that still covers a
+    # removed LAN counts as well as its name does.
+    prefixes = [
+        ipaddress.ip_network(p, strict=False)
+        for p in re.findall(r"(?<![\d.])\d+\.\d+\.\d+\.\d+/\d+", text)
+    ]
     for office in removed:
         words = [office["tunnel"], office["wan"], office["lan"], office["network"]]
-        if any(re.search(r"(?<![\w.-])" + re.escape(w) + r"(?![\w-]|\.\d)", text) for w in words):
+        named = any(re.search(r"(?<![\w.-])" + re.escape(w) + r"(?![\w-]|\.\d)", text)
+                    for w in words)
+        network = ipaddress.ip_network(office["network"])
+        if named or any(network.subnet_of(p) for p in prefixes):
             hits += 1
     found[where] = hits
 print(json.dumps(found))
@@ -475,6 +539,7 @@ def broadcast(test: str, count: int, rate: float, n_crowd: int) -> dict[str, Any
         )
         for gw, host in LAN_LISTENERS.items()
     }
+    before = {vm: counters(vm) for vm in (HUB, CROWD_VM)}
     try:
         sent = subprocess.run(
             ["ip", "netns", "exec", netns(HQ_HOST), sys.executable, crowd.__file__, "send"]
@@ -485,11 +550,13 @@ def broadcast(test: str, count: int, rate: float, n_crowd: int) -> dict[str, Any
             timeout=count / rate + 60,
         )
         log(f"  sent: {sent.stdout.strip()}")
-        time.sleep(8)  # in flight through the hub, and the crowd's tally file (1 s)
+        time.sleep(8)  # in flight through the hub, then the crowd writes its tally file
         real = {gw: bg.finish(settle=0) for gw, bg in listeners.items()}
     finally:
         for bg in listeners.values():
             bg.stop()
+    # The relay's counters are written every 5 s: the 8 s above covered that too.
+    drops = {vm: grown(before[vm], counters(vm)) for vm in before}
     config = json.loads((STATE / "crowd-config.json").read_text())
     tally = crowd.Tally.load(
         json.loads(ssh(CROWD_VM, "python3 /root/crowd/crowd.py tally")), config["branches"]
@@ -512,6 +579,7 @@ def broadcast(test: str, count: int, rate: float, n_crowd: int) -> dict[str, Any
         "crowd_silent": report["silent"],
         "crowd_failures": report["failures"],
         "crowd_unknown": report["unknown"],
+        "counters_grown": drops,
     }
     branches = len(REAL_BRANCHES) + n_crowd
     received = result["crowd_received"] + sum(r["received"] for r in result["real"].values())

@@ -541,24 +541,23 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     offices = {o.name: o for o in offices_list}
     adj = routing.adjacency(sorted(offices), pairs)
     forwards = {name: not o.external for name, o in offices.items()}
-    # Per office once: its LAN as text and as a sort key (address, then length).
-    lan_text = {name: str(o.lan.network) for name, o in offices.items()}
-    lan_key = {
+    # Per office once: its LAN as a block (address, length), which is also its sort key.
+    lan_block = {
         name: (int(o.lan.network.network_address), o.lan.network.prefixlen)
         for name, o in offices.items()
     }
     # Destinations visited in LAN order, so every route list comes out sorted.
-    routed = routing.next_hops(adj, forwards, transit, order=sorted(offices, key=lan_key.get))
+    routed = routing.next_hops(adj, forwards, transit, order=sorted(offices, key=lan_block.get))
     warnings: list[str] = []
     relay_ports, flows = relay.plan(offices, adj, forwards, transit, errors, warnings)
     relay.check_external_keys(offices, flows, errors)
     if errors:
         raise PlanError(errors)
 
-    lan_key_of_text = {lan_text[name]: key for name, key in lan_key.items()}
+    lans = routing.Prefixes(o.lan.network for o in offices_list)
 
     def prefixes(office: str, hop: str) -> tuple[str, ...]:
-        return tuple(lan_text[d] for d in routed.get((office, hop), ()))
+        return lans.collapsed(lan_block[d] for d in routed.get((office, hop), ()))
 
     protection = deployment["office_tunnel_protection"]
     warnings.extend(ipsec.warnings(protection, offices_list, pairs))
@@ -588,7 +587,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
         if office.external:
             continue
         mine = sorted(by_office[office.name], key=lambda lk: lk.other(office.name).office)
-        masqueraded = masquerade.sources(office, mine, lan_key_of_text.__getitem__)
+        masqueraded = masquerade.sources(office, mine, lans)
         if len(offices) > 1 and not mine:
             warnings.append(
                 f"{office.label()}: office_topology: this office has no link to any other "

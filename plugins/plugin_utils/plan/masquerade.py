@@ -6,19 +6,19 @@ without a route back. What it masquerades: every LAN routed to it over its links
 
 from __future__ import annotations
 
-import heapq
-from typing import Any, Callable
+from typing import Any
 
 from .model import GatewayPlan, Link, Office
+from .routing import Prefixes
 
 
-def sources(office: Office, links: list[Link], lan_key: Callable[[str], Any]) -> list[str]:
+def sources(office: Office, links: list[Link], prefixes: Prefixes) -> list[str]:
     """What ``office`` masquerades ([] when it does not): every LAN routed from it over
-    ``links``; the links' route lists are sorted by ``lan_key`` and disjoint, and are
-    merged."""
+    ``links``, their route lists merged and collapsed (a hub's thousand branch LANs in
+    a few prefixes)."""
     if not office.masquerade:
         return []
-    return list(heapq.merge(*(lk.end(office.name).routes for lk in links), key=lan_key))
+    return list(prefixes.merged(*(lk.end(office.name).routes for lk in links)))
 
 
 def warnings(office: Office, masqueraded: list[str]) -> list[str]:

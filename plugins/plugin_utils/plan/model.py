@@ -286,10 +286,17 @@ class NetworkPlan:
             self.protection, self.offices[link.a.office], self.offices[link.b.office]
         )
 
+    # external_keys(), made at its first call: every gateway's handout asks for it.
+    _external_keys: Optional[dict[str, Optional[str]]] = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
     def external_keys(self) -> dict[str, Optional[str]]:
         """Each external peer's own key (None: it has none), by office name: what
         ``secrets.gateway_secrets`` keys its links with. Never rendered anywhere."""
-        return {name: o.psk for name, o in self.offices.items() if o.external}
+        if self._external_keys is None:
+            self._external_keys = {n: o.psk for n, o in self.offices.items() if o.external}
+        return self._external_keys
 
 
 def link_protection(deployment: str, *ends: Office) -> str:

@@ -118,33 +118,6 @@ def _net(text: str) -> Optional[tuple[int, int, int]]:
     return int(net.network_address), net.prefixlen, int(net.broadcast_address)
 
 
-def _prefix_items(prefixes: Iterable[str]) -> list[str]:
-    """Prefixes for reading: three or more adjacent ones of one length become one range."""
-    items: list[str] = []
-    run: list[tuple[str, tuple[int, int, int]]] = []
-
-    def flush() -> None:
-        if len(run) >= 3:
-            items.append(f"{run[0][0]} to {run[-1][0]} ({len(run)} adjacent /{run[0][1][1]})")
-        else:
-            items.extend(text for text, _unused in run)
-        run.clear()
-
-    for text in prefixes:
-        net = _net(str(text))
-        if net is None:
-            flush()
-            items.append(str(text))
-            continue
-        if run:
-            last = run[-1][1]
-            if not (net[1] == last[1] and net[0] == last[2] + 1):
-                flush()
-        run.append((text, net))
-    flush()
-    return items
-
-
 # --------------------------------------------------------------------------- one gateway
 
 
@@ -237,7 +210,7 @@ def gateway_text(plan: Mapping[str, Any]) -> str:
                 lines.extend(
                     _wrap(
                         f"routes {_plural(len(routes), 'prefix', 'prefixes')} into it: ",
-                        _prefix_items(routes),
+                        routes,
                         "    ",
                     )
                 )
@@ -256,7 +229,7 @@ def gateway_text(plan: Mapping[str, Any]) -> str:
         )
         networks = _plural(len(sources), "network")
         lines.append(f"  so LAN hosts see the gateway and reply to it; from {networks}:")
-        lines.extend(_wrap("", _prefix_items(sources), "    "))
+        lines.extend(_wrap("", sources, "    "))
     else:
         lines.append("Masquerade: none (LAN hosts see other offices' own addresses)")
 

@@ -8,15 +8,73 @@ hub-and-spoke both directions between two branches use the same hub). Each hop
 gets strictly closer, so routes never loop. External peers are never a next
 hop for anyone else's traffic: we do not run their gateway.
 
+Each tunnel's routes are its destinations' LANs collapsed: the fewest prefixes that
+cover exactly those LANs (a branch of a hub with 999 others in one /14 gets a few
+routes, not 999), so a plan, the gateway's routes and its firewall grow with the
+address plan, not with the number of offices.
+
 Relay trees are the relay's (``relay.relay_tree``).
 """
 
 from __future__ import annotations
 
+import heapq
+import ipaddress
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Optional
 
 Adjacency = dict[str, list[str]]  # office -> linked offices, sorted
+Block = tuple[int, int]  # an IPv4 network: its address as an integer, its prefix length
+
+
+def collapse(blocks: Iterable[Block]) -> list[Block]:
+    """Disjoint IPv4 networks, in address order, merged into the fewest networks that
+    cover exactly the same addresses (what ``ipaddress.collapse_addresses`` gives for
+    them), in one pass: two halves of one network, once both are seen, become it."""
+    out: list[Block] = []
+    for address, length in blocks:
+        while out and length > 0:
+            half = 1 << (32 - length)
+            below, below_length = out[-1]
+            if below_length != length or below & half or below | half != address:
+                break
+            out.pop()
+            address, length = below, length - 1
+        out.append((address, length))
+    return out
+
+
+class Prefixes:
+    """Office LANs and the prefixes collapsed from them, as text and as blocks, each
+    converted once per plan."""
+
+    def __init__(self, lans: Iterable[ipaddress.IPv4Network]):
+        self._text: dict[Block, str] = {}
+        self._block: dict[str, Block] = {}
+        for lan in lans:
+            self._remember((int(lan.network_address), lan.prefixlen), str(lan))
+
+    def _remember(self, block: Block, text: str) -> None:
+        self._text[block] = text
+        self._block[text] = block
+
+    def block(self, text: str) -> Block:
+        return self._block[text]
+
+    def text(self, block: Block) -> str:
+        found = self._text.get(block)
+        if found is None:
+            found = f"{ipaddress.IPv4Address(block[0])}/{block[1]}"
+            self._remember(block, found)
+        return found
+
+    def collapsed(self, blocks: Iterable[Block]) -> tuple[str, ...]:
+        return tuple(self.text(b) for b in collapse(blocks))
+
+    def merged(self, *texts: Iterable[str]) -> tuple[str, ...]:
+        """Route lists (each in address order, all disjoint) as one, collapsed."""
+        return self.collapsed(heapq.merge(*(map(self.block, t) for t in texts)))
 
 
 def adjacency(names: list[str], pairs) -> Adjacency:

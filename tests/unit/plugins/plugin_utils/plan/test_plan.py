@@ -54,6 +54,15 @@ def branch_offices(count: int) -> dict:
     return offices
 
 
+def collapsed(*lans: str) -> list[str]:
+    """What a plan routes (or masquerades) for these LANs: them, collapsed."""
+    return [str(n) for n in ipaddress.collapse_addresses(map(ipaddress.ip_network, lans))]
+
+
+def addresses(prefixes: list[str]) -> int:
+    return sum(ipaddress.ip_network(p).num_addresses for p in prefixes)
+
+
 def with_topology(offices: dict, topology: str, **deployment) -> dict:
     """The same offices with deployment-wide variables set on every one (group vars)."""
     for office in offices.values():
@@ -144,7 +153,8 @@ def test_peers_come_from_the_inventory_not_the_play():
     # (as --limit would) is not possible by construction, so check the hub side.
     hub = gateways(branch_offices(5))["office0-gw"]
     assert [t["name"] for t in hub["tunnels"]] == [f"sl-office{i}" for i in range(1, 5)]
-    assert hub["masquerade"]["sources"] == [f"10.0.{i}.0/24" for i in range(1, 5)]
+    assert hub["masquerade"]["sources"] == ["10.0.1.0/24", "10.0.2.0/23", "10.0.4.0/24"]
+    assert hub["masquerade"]["sources"] == collapsed(*(f"10.0.{i}.0/24" for i in range(1, 5)))
 
 
 def test_relay_without_to_goes_to_every_office():
@@ -378,8 +388,9 @@ def test_hub_and_spoke_scales_with_transit(count):
     for index in range(1, count):
         branch = office_plan(plan, f"office{index}-gw")
         assert [t["name"] for t in branch["tunnels"]] == ["sl-office0"]
-        # Transit: every other office's LAN goes through the hub.
-        assert branch["tunnels"][0]["routes"] == [n for i, n in enumerate(every_lan) if i != index]
+        # Transit: every other office's LAN goes through the hub (collapsed).
+        others = (n for i, n in enumerate(every_lan) if i != index)
+        assert branch["tunnels"][0]["routes"] == collapsed(*others)
     assert_tunnels_pair_up(plan)
 
 
@@ -432,12 +443,8 @@ def test_explicit_links_and_their_mtu():
     assert [t["name"] for t in chain["office1-gw"]["tunnels"]] == ["sl-office0", "sl-office2"]
     assert chain["office1-gw"]["tunnels"][1]["mtu"] == 1400
     # office0 reaches office3 over two transit hops.
-    assert chain["office0-gw"]["tunnels"][0]["routes"] == [
-        "10.0.1.0/24",
-        "10.0.2.0/24",
-        "10.0.3.0/24",
-    ]
-    assert chain["office1-gw"]["tunnels"][1]["routes"] == ["10.0.2.0/24", "10.0.3.0/24"]
+    assert chain["office0-gw"]["tunnels"][0]["routes"] == ["10.0.1.0/24", "10.0.2.0/23"]
+    assert chain["office1-gw"]["tunnels"][1]["routes"] == ["10.0.2.0/23"]
 
 
 @pytest.mark.parametrize(
@@ -625,10 +632,14 @@ def test_explicit_links_scale_as_a_ring(count):
     assert len(plan.links) == len(links)
     if count > 1:
         config = office_plan(plan, "office0-gw")
-        routed = sorted(r for t in config["tunnels"] for r in t["routes"])
-        assert len(routed) == count - 1  # every other office, exactly once
+        routed = [r for t in config["tunnels"] for r in t["routes"]]
+        # Every other office, exactly once: as many addresses as their LANs.
+        assert addresses(routed) == 256 * (count - 1)
+        assert collapsed(*routed) == collapsed(
+            *(f"10.{i >> 8}.{i & 255}.0/24" for i in range(1, count))
+        )
         if count == 50:
-            by_tunnel = {t["name"]: len(t["routes"]) for t in config["tunnels"]}
+            by_tunnel = {t["name"]: addresses(t["routes"]) // 256 for t in config["tunnels"]}
             # office25 is 25 hops either way: the tie goes to the lower-named next hop.
             assert by_tunnel == {"sl-office1": 25, "sl-office49": 24}
 
@@ -651,5 +662,7 @@ def test_external_peers_at_scale(count):
     assert len(hub["tunnels"]) == count - 1 + len(externals)
     if count > 1:
         branch = office_plan(plan, "office1-gw")
-        assert len(branch["tunnels"][0]["routes"]) == count - 2 + 1 + len(externals)
+        # Every other office's LAN and every external peer's (each a /24).
+        routes = branch["tunnels"][0]["routes"]
+        assert addresses(routes) == 256 * (count - 2 + 1 + len(externals))
     assert_tunnels_pair_up(plan)

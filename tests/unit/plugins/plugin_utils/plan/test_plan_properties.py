@@ -2,6 +2,8 @@
 
 - every pair of offices the topology connects has a route both ways, hop by hop;
 - no route points into a tunnel that does not exist at both ends;
+- each tunnel's routes cover exactly the LANs routed into it, no address more
+  (they are collapsed: the fewest prefixes that do);
 - relay fan-out, simulated with the relays' own rules, delivers each broadcast
   to exactly the offices asked for, once each, and never back to its origin;
 - every gateway's office_plan matches the contract (``contract.problems``), from one
@@ -13,6 +15,7 @@ definition, not from the planner's own links.
 
 from __future__ import annotations
 
+import ipaddress
 from itertools import combinations
 
 from ansible_collections.sitelink.gateway.plugins.module_utils import contract
@@ -114,6 +117,13 @@ def reachable(origin, adjacency, externals, transit):
     return seen - {origin}
 
 
+def _covering(tunnels, network):
+    """The tunnels (of one gateway's plan) whose routes cover ``network``."""
+    return [
+        t for t in tunnels if any(network.subnet_of(ipaddress.ip_network(r)) for r in t["routes"])
+    ]
+
+
 def _adjacency(links):
     adjacency = {}
     for a, b in links:
@@ -147,9 +157,17 @@ def test_routes_relay_and_tunnels(case):
         for peer in peers - externals:
             back = [t for t in configs[peer]["tunnels"] if t["remote"] == config["wan"]["address"]]
             assert len(back) == 1
-        routed = [r for t in config["tunnels"] for r in t["routes"]]
-        assert len(routed) == len(set(routed)), "a prefix routed into two tunnels"
-        assert str(lan[name]) not in routed
+        routed = [ipaddress.ip_network(r) for t in config["tunnels"] for r in t["routes"]]
+        assert not any(a.overlaps(b) for a, b in combinations(routed, 2)), "routed twice"
+        assert not _covering(config["tunnels"], lan[name])
+        # Collapsed, and exact: the routes hold as many addresses as the LANs they cover.
+        for tunnel in config["tunnels"]:
+            covered = [d for d in plan.offices if _covering([tunnel], lan[d])]
+            routes = [ipaddress.ip_network(r) for r in tunnel["routes"]]
+            assert sum(r.num_addresses for r in routes) == sum(
+                lan[d].num_addresses for d in covered
+            ), tunnel
+            assert routes == list(ipaddress.collapse_addresses(lan[d] for d in covered))
 
     # Every connected pair has a route both ways, hop by hop, without loops.
     for name in configs:
@@ -157,12 +175,12 @@ def test_routes_relay_and_tunnels(case):
             node, hops = name, 0
             while node != dest:
                 assert node in configs, f"route from {name} to {dest} transits external {node}"
-                (tunnel,) = [t for t in configs[node]["tunnels"] if str(lan[dest]) in t["routes"]]
+                (tunnel,) = _covering(configs[node]["tunnels"], lan[dest])
                 node = tunnel["description"].split()[-1]
                 hops += 1
                 assert hops <= len(plan.offices), "routing loop"
-        assert all(
-            str(lan[d]) not in [r for t in configs[name]["tunnels"] for r in t["routes"]]
+        assert not any(
+            _covering(configs[name]["tunnels"], lan[d])
             for d in set(plan.offices) - reachable(name, adjacency, externals, transit) - {name}
         )
 

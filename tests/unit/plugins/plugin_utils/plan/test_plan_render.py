@@ -151,13 +151,17 @@ def test_hub_text_names_transit_and_external_peer():
     port = text[text.index("UDP port 6000:") : text.index("UDP port 6799:")]
     assert "re-broadcast on eth0: datagrams from 1 relay: 172.30.0.1 (partner)" in port
     assert "6 relays: 10.0.2.1 (b1)" in text and "172.30.0.1 (partner)" in text
-    assert "10.0.2.0/24 to 10.0.6.0/24 (5 adjacent /24), 172.30.0.0/24" in text
+    # What hq masquerades: the branch LANs 10.0.2.0/24 to 10.0.6.0/24, collapsed.
+    assert "10.0.2.0/23, 10.0.4.0/23, 10.0.6.0/24, 172.30.0.0/24" in text
     assert all_lines_short(text)
 
 
 def test_branch_routes_other_branches_through_the_hub_only_with_transit():
     with_transit = render.gateway_text(office_plan(plan_network(hub_with_branches()), "b1-gw"))
-    assert "routes 6 prefixes into it: 10.0.1.0/24, 10.0.3.0/24 to 10.0.6.0/24" in with_transit
+    assert (
+        "routes 5 prefixes into it: 10.0.1.0/24, 10.0.3.0/24, 10.0.4.0/23, 10.0.6.0/24, "
+        "172.30.0.0/24"
+    ) in with_transit
     without = render.gateway_text(office_plan(plan_network(hub_with_branches(False)), "b1-gw"))
     assert "routes 1 prefix into it: 10.0.1.0/24\n" in without
 
@@ -173,8 +177,9 @@ def test_gateway_without_tunnels_or_relay():
 def test_hundreds_of_routes_stay_readable():
     plan = plan_network(many(400))
     text = render.gateway_text(office_plan(plan, "office7-gw"))
-    assert "routes 399 prefixes into it: 10.0.1.0/24 to 10.0.7.0/24 (7 adjacent /24)," in text
-    assert "10.0.9.0/24 to 10.1.144.0/24 (392 adjacent /24)" in text
+    # 399 LANs, 10.0.1.0/24 to 10.1.144.0/24 but its own: 13 prefixes.
+    assert "routes 13 prefixes into it: 10.0.1.0/24, 10.0.2.0/23, 10.0.4.0/22, 10.0.9.0/24," in text
+    assert "10.1.128.0/20, 10.1.144.0/24\n" in text
     assert len(text.splitlines()) < 32  # not one line per route
     hub = render.gateway_text(office_plan(plan, "office0-gw"))
     assert "Tunnels: 399 (IPIP)" in hub and "sl-office399 to office399" in hub
