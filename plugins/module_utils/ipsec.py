@@ -161,6 +161,10 @@ def render(connections, keys, ike_proposals, esp_proposals, dpd_delay, start=Tru
             f"    dpd_delay = {dpd_delay}s",
             # A second IKE_SA with the peer replaces the first (see the docstring).
             "    unique = replace",
+            # Fixed public addresses at both ends: nothing to roam. With MOBIKE, every
+            # tunnel interface a hub adds made charon tell every peer its address
+            # list (its LAN and tunnel addresses too): n links, n*n exchanges.
+            "    mobike = no",
             "    local {",
             "      auth = psk",
             f"      id = {local}",
