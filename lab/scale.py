@@ -460,12 +460,15 @@ texts["relay_files"] = relay
 found = {}
 for where, text in texts.items():
     hits = 0
-    # Routes and the masquerade set are collapsed prefixes: one that still covers a
-    # removed LAN counts as well as its name does.
+    # Routes and the nftables sets hold collapsed prefixes: one that still covers a
+    # removed LAN counts as well as its name does ("everything", 0.0.0.0/0, is no
+    # office's: xfrm's socket policies have it).
     prefixes = [
         ipaddress.ip_network(p, strict=False)
         for p in re.findall(r"(?<![\d.])\d+\.\d+\.\d+\.\d+/\d+", text)
+        if where in ("routes", "nftables")
     ]
+    prefixes = [p for p in prefixes if p.prefixlen > 0]
     for office in removed:
         words = [office["tunnel"], office["wan"], office["lan"], office["network"]]
         named = any(re.search(r"(?<![\w.-])" + re.escape(w) + r"(?![\w-]|\.\d)", text)

@@ -43,7 +43,12 @@ HEADERS = {
 # Where systemd looks for sysctl.d and modules-load.d files, in precedence order.
 CONFIG_DIRS = ("/etc", "/run", "/usr/local/lib", "/usr/lib", "/lib")
 # The kernel's own values of the sysctls the collection sets.
-BUILTIN_DEFAULTS = {"net.ipv4.ip_forward": 0, "net.ipv4.conf.all.rp_filter": 0}
+BUILTIN_DEFAULTS = {
+    "net.ipv4.ip_forward": 0,
+    "net.ipv4.conf.all.rp_filter": 0,
+    "net.core.rmem_max": 212992,
+    "net.core.wmem_max": 212992,
+}
 # Per module: the link kinds that need it, and the devices the kernel itself
 # creates with it (never a reason to keep it). Unloading ipip deletes every
 # ipip link, someone else's too; modules not listed here are never unloaded.

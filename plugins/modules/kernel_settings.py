@@ -73,6 +73,8 @@ options:
     default:
       net.ipv4.ip_forward: 0
       net.ipv4.conf.all.rp_filter: 0
+      net.core.rmem_max: 212992
+      net.core.wmem_max: 212992
 extends_documentation_fragment:
   - sitelink.gateway.attributes
   - sitelink.gateway.attributes.platform

@@ -373,3 +373,20 @@ def test_office_ids_of_the_planner_and_the_relay_agree():
         assert wire.office_id(name) == contract.office_id(name)
         assert len(contract.office_id(name)) == contract.OFFICE_ID_BYTES
     assert os.path.basename(wire.office_id.__code__.co_filename) == "contract.py"
+
+
+def test_the_kernel_role_lets_the_relay_have_the_buffers_it_asks_for():
+    # The relay runs unprivileged: the kernel caps its socket buffers at rmem_max and
+    # wmem_max, and a hub's fan-out needs the send buffer it asks for.
+    import yaml  # noqa: PLC0415
+
+    sys.path.insert(0, str(RELAY_DIR))
+    try:
+        from sitelink_relay import ports  # noqa: PLC0415  (the relay's own package)
+    finally:
+        sys.path.remove(str(RELAY_DIR))
+    sysctls = yaml.safe_load((ROOT / "roles/kernel/defaults/main.yml").read_text())[
+        "kernel_sysctls"
+    ]
+    assert sysctls["net.core.rmem_max"] >= ports.SOCKET_RCVBUF
+    assert sysctls["net.core.wmem_max"] >= ports.SOCKET_SNDBUF
