@@ -74,10 +74,10 @@ class Rule:
         )
 
     def __repr__(self) -> str:
+        transit = {k: list(v) for k, v in self.transit.items()}
         return (
             f"Rule(port={self.port}, forward_to={list(self.forward_to)!r},"
-            f" accept_from={sorted(self.accept_from)!r},"
-            f" transit={ {k: list(v) for k, v in self.transit.items()}!r})"
+            f" accept_from={sorted(self.accept_from)!r}, transit={transit!r})"
         )
 
 
