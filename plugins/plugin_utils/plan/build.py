@@ -581,7 +581,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
 
     # Collapsed once here, not per gateway: every gateway's firewall gets the same list,
     # and collapsing 1000 LANs a thousand times was most of handing out 1000 plans.
-    all_lans = list(ipaddress.collapse_addresses(o.lan.network for o in offices_list))
+    all_lans = list(lans.collapsed(sorted(lan_block.values())))
     gateways: dict[str, GatewayPlan] = {}
     for office in offices_list:
         if office.external:

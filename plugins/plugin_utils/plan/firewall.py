@@ -50,7 +50,7 @@ def section(gw: GatewayPlan) -> dict[str, Any]:
         # choice): whose IPIP must come out of ESP, and whose may come without it.
         "ipsec_peers": _peers(gw, "ipsec"),
         "plain_peers": _peers(gw, "none"),
-        "office_lans": [str(n) for n in gw.office_lans],  # collapsed by the planner
+        "office_lans": list(gw.office_lans),  # collapsed by the planner
         "tunnels": tunnels,
         "relay_ports": sorted(gw.relay),
     }

@@ -260,7 +260,7 @@ class GatewayPlan:
     protection: str = "ipsec"
     rollback_timeout: int = 0
     # Every office's LAN, collapsed (one list, shared by every gateway of the plan).
-    office_lans: list[ipaddress.IPv4Network] = field(default_factory=list)
+    office_lans: list[str] = field(default_factory=list)
     relay_wire: str = contract.WIRE_SITELINK1  # the deployment's; a peer's own is on its Office
 
     def protection_to(self, peer: Office) -> str:
