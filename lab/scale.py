@@ -457,23 +457,23 @@ for root, _dirs, files in os.walk("/etc/sitelink"):
         except OSError:
             pass
 texts["relay_files"] = relay
+networks = [ipaddress.ip_network(office["network"]) for office in removed]
 found = {}
 for where, text in texts.items():
     hits = 0
     # Routes and the nftables sets hold collapsed prefixes: one that still covers a
     # removed LAN counts as well as its name does ("everything", 0.0.0.0/0, is no
     # office's: xfrm's socket policies have it).
-    prefixes = [
-        ipaddress.ip_network(p, strict=False)
-        for p in re.findall(r"(?<![\d.])\d+\.\d+\.\d+\.\d+/\d+", text)
-        if where in ("routes", "nftables")
-    ]
-    prefixes = [p for p in prefixes if p.prefixlen > 0]
-    for office in removed:
+    prefixes = []
+    if where in ("routes", "nftables"):
+        for p in re.findall(r"(?<![\d.])\d+\.\d+\.\d+\.\d+/\d+", text):
+            prefix = ipaddress.ip_network(p, strict=False)
+            if prefix.prefixlen > 0:
+                prefixes.append(prefix)
+    for office, network in zip(removed, networks):
         words = [office["tunnel"], office["wan"], office["lan"], office["network"]]
         named = any(re.search(r"(?<![\w.-])" + re.escape(w) + r"(?![\w-]|\.\d)", text)
                     for w in words)
-        network = ipaddress.ip_network(office["network"])
         if named or any(network.subnet_of(p) for p in prefixes):
             hits += 1
     found[where] = hits
