@@ -36,8 +36,9 @@ def plan_section(plan, name):
 
 
 def link_keys(plan, secrets, purpose):
-    """This gateway's link keys for ``purpose``: ``tunnel``, the pre-shared key of each
-    link by link id; ``relay``, ``relay`` and ``relay_previous`` by peer relay address.
+    """This gateway's link keys for ``purpose``: ``tunnel``, the pre-shared keys of each
+    link by link id, a list (the one sent first, then those accepted besides during a
+    rotation); ``relay``, ``relay`` and ``relay_accepted`` by peer relay address.
     Links without such a key are left out. No plan or no secrets: none."""
     if purpose not in PURPOSES:
         raise AnsibleFilterError(f"link_keys: purpose must be one of {', '.join(PURPOSES)}")
@@ -51,7 +52,7 @@ def link_keys(plan, secrets, purpose):
     links = contract.section(plan, "links")
     if purpose == "tunnel":
         return {
-            link["id"]: keys[link["id"]]["tunnel"]
+            link["id"]: [keys[link["id"]]["tunnel"], *keys[link["id"]].get("tunnel_accepted", ())]
             for link in links
             if "tunnel" in keys.get(link["id"], {})
         }

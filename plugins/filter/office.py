@@ -73,7 +73,9 @@ def _say(plan):
     )
 
 
-def office_gateway(host, hostvars, group="offices", secret=None, previous=None, groups=None):
+def office_gateway(
+    host, hostvars, group="offices", secret=None, previous=None, groups=None, next_secret=None
+):
     """``{"plan": office_plan, "secrets": office_secrets, "problems": None}`` of gateway
     ``host``. With ``host`` None (what ``office_gateways`` gives for a bad inventory):
     ``{"plan": None, "secrets": None, "problems": MESSAGE}``, every problem in one text
@@ -86,6 +88,8 @@ def office_gateway(host, hostvars, group="offices", secret=None, previous=None, 
         raise AnsibleFilterError("office_gateway: office_tunnel_secret must be a string")
     if previous is not None and not isinstance(previous, str):
         raise AnsibleFilterError("office_gateway: office_tunnel_secret_previous must be a string")
+    if next_secret is not None and not isinstance(next_secret, str):
+        raise AnsibleFilterError("office_gateway: office_tunnel_secret_next must be a string")
     try:
         # The plan office_gateways made for this task; made here when called alone.
         plan, made = RUN.get(
@@ -108,16 +112,21 @@ def office_gateway(host, hostvars, group="offices", secret=None, previous=None, 
         host,
         secret or None,
         previous or None,
-        make=lambda: _hand_out(plan, host, secret, previous),
+        next_secret or None,
+        make=lambda: _hand_out(plan, host, secret, previous, next_secret),
     )
 
 
-def _hand_out(plan, host, secret, previous):
+def _hand_out(plan, host, secret, previous, next_secret):
     mine = office_plan(plan, host)
     return {
         "plan": mine,
         "secrets": gateway_secrets(
-            mine["links"], secret or None, previous or None, plan.external_keys()
+            mine["links"],
+            secret or None,
+            previous or None,
+            plan.external_keys(),
+            next_secret=next_secret or None,
         ),
         "problems": None,
     }

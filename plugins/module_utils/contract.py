@@ -91,11 +91,11 @@ def relay_keys_document(
     keyed_peers: list[str], link_keys: dict[str, dict[str, str]]
 ) -> dict[str, Any]:
     """The relay's keys file for ``keyed_peers``, from each peer's link keys
-    (``relay``, and ``relay_previous`` during a rotation, hex), by peer address.
+    (``relay``, and ``relay_accepted`` during a rotation, hex), by peer address.
 
-    During a rotation the relay sends with the previous key and accepts both;
-    afterwards it sends and accepts the current one. Raises ``ContractError`` naming
-    the peers that have no key (never a key).
+    The relay sends with ``relay`` and accepts it and, during a rotation, the keys of
+    the secret being rotated in or out (``relay_accepted``). Raises ``ContractError``
+    naming the peers that have no key (never a key).
     """
     keyless = [a for a in keyed_peers if not (link_keys.get(a) or {}).get("relay")]
     if keyless:
@@ -107,10 +107,8 @@ def relay_keys_document(
     peers = {}
     for address in keyed_peers:
         keys = link_keys[address]
-        accept = [keys["relay"]]
-        if "relay_previous" in keys:
-            accept.insert(0, keys["relay_previous"])
-        peers[address] = {"send": accept[0], "accept": accept}
+        accept = [keys["relay"], *keys.get("relay_accepted", ())]
+        peers[address] = {"send": keys["relay"], "accept": accept}
     return {"version": RELAY_KEYS_VERSION, "peers": peers}
 
 
@@ -319,11 +317,20 @@ OFFICE_PLAN = Record(
     }
 )
 # office_secrets: the keys of this gateway's own links, by link id (an entry for
-# every link, empty where it has no key). Hex strings.
+# every link, empty where it has no key). Hex strings: the one each link sends with,
+# and during a rotation the ones it accepts besides (*_accepted).
 OFFICE_SECRETS = Record(
     {
         "links": MapOf(
-            Record({}, {"tunnel": STR, "relay": STR, "relay_previous": STR}),
+            Record(
+                {},
+                {
+                    "tunnel": STR,
+                    "relay": STR,
+                    "tunnel_accepted": ListOf(STR),
+                    "relay_accepted": ListOf(STR),
+                },
+            ),
         )
     }
 )

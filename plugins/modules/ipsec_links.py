@@ -44,6 +44,14 @@ description:
   - Keys are never logged. The diff shows the file with every key replaced by
     C(<hidden>) and a fingerprint (8 hex digits of the key's SHA-256), so a rotation
     shows as a new fingerprint and no key is ever shown.
+  - Each key is owned by the peer's identity alone, so that a peer's AUTH is checked
+    against that link's keys only, never another link's.
+  - A link may have several keys (a rotation). It accepts all of them and authenticates
+    itself with the first. When that one changes, the links that were up are
+    re-authenticated with it at once, make-before-break - the new IKE_SA and CHILD_SA
+    are set up before the old ones close, as the collection's charon settings file
+    O(settings_path) asks - so no packet is lost. A link whose peer refuses the new key
+    keeps its SAs (RV(links.previous_key), and a warning).
   - With O(rollback_timeout), the previous file is restored and loaded by the gateway
     itself unless M(sitelink.gateway.gateway_confirm) confirms the change in time.
   - With O(state=absent), or no O(connections), the file is removed and its connections
@@ -77,12 +85,20 @@ options:
   keys:
     description:
       - Pre-shared key of each link, by link id, as hex (32 digits or more). Never logged.
+      - During a rotation, a list - the key the link authenticates with first, then the keys
+        it accepts besides.
     type: dict
     default: {}
   path:
     description: The collection's swanctl file.
     type: path
     default: /etc/swanctl/conf.d/sitelink-gateway.conf
+  settings_path:
+    description:
+      - The collection's charon settings file (C(make_before_break = yes)), which
+        C(strongswan.conf) includes from C(/etc/strongswan.d). Removed with the swanctl file.
+    type: path
+    default: /etc/strongswan.d/sitelink-gateway.conf
   ike_proposals:
     description: IKE proposals (both ends must share one).
     type: str
@@ -136,10 +152,8 @@ EXAMPLES = r"""
 - name: Protect every link of this gateway
   sitelink.gateway.ipsec_links:
     connections: "{{ office_plan.ipsec.connections }}"
-    # link id -> the link's PSK, from the office role's no_log fact
-    keys: >-
-      {{ dict(office_secrets.links.keys()
-              | zip(office_secrets.links.values() | map(attribute='tunnel'))) }}
+    # link id -> the link's PSKs, from the office role's no_log fact
+    keys: "{{ office_plan | sitelink.gateway.link_keys(office_secrets, 'tunnel') }}"
     rollback_timeout: 300
 """
 
@@ -186,13 +200,23 @@ links:
       description: Seconds from the end of loading the file (or from the start of the
         wait) until the links were settled.
       type: float
+    reauthenticated:
+      description: Links re-authenticated with the new key they authenticate with.
+      type: list
+      elements: str
+    previous_key:
+      description: Links whose key changed and which are still up on an IKE_SA
+        authenticated before (their peer refused the new key), each with why.
+      type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
 from ansible_collections.sitelink.gateway.plugins.module_utils.ipsec import (  # noqa: E402
+    DEFAULT_PATH,
     DPD_DELAY,
     ESP_PROPOSALS,
     IKE_PROPOSALS,
+    SETTINGS_PATH,
     run_module,
 )
 
@@ -213,7 +237,8 @@ def build_module():
                 },
             },
             "keys": {"type": "dict", "default": {}, "no_log": True},
-            "path": {"type": "path", "default": "/etc/swanctl/conf.d/sitelink-gateway.conf"},
+            "path": {"type": "path", "default": DEFAULT_PATH},
+            "settings_path": {"type": "path", "default": SETTINGS_PATH},
             "ike_proposals": {"type": "str", "default": IKE_PROPOSALS},
             "esp_proposals": {"type": "str", "default": ESP_PROPOSALS},
             "dpd_delay": {"type": "int", "default": DPD_DELAY},

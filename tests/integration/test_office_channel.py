@@ -93,14 +93,21 @@ def test_link_keys_reach_their_gateways_and_never_the_output(run):
     tmp, output = run
     secrets = {h: json.loads((tmp / f"{h}.secrets.json").read_text()) for h in HOSTS}
     expected = {p: link_key(SECRET, "brooklyn", "manhattan", p) for p in ("tunnel", "relay")}
-    # During the rotation, the relay key of the previous secret too.
-    expected["relay_previous"] = link_key(PREVIOUS, "brooklyn", "manhattan", "relay")
+    # During the rotation (its step 2), the previous secret's keys are accepted too.
+    for purpose in ("tunnel", "relay"):
+        expected[f"{purpose}_accepted"] = [link_key(PREVIOUS, "brooklyn", "manhattan", purpose)]
     assert secrets["manhattan-gw"]["links"]["brooklyn+manhattan"] == expected
     assert secrets["brooklyn-gw"]["links"]["brooklyn+manhattan"] == expected
     # Each gateway gets the keys of its own links only.
     assert sorted(secrets["brooklyn-gw"]["links"]) == ["brooklyn+manhattan"]
     assert sorted(secrets["manhattan-gw"]["links"]) == ["brooklyn+manhattan", "manhattan+queens"]
-    keys = [k for s in secrets.values() for link in s["links"].values() for k in link.values()]
+    keys = [
+        k
+        for s in secrets.values()
+        for link in s["links"].values()
+        for v in link.values()
+        for k in ([v] if isinstance(v, str) else v)
+    ]
     assert keys and all(len(k) == 64 for k in keys)
     assert "PLAY RECAP" in output
     for value in [SECRET, PREVIOUS, *keys]:

@@ -234,10 +234,10 @@ def test_case_study_keys_file_holds_the_link_key_only(rendered):
         assert tunnel_key not in rendered[name]["keys.json"]
 
 
-def test_rotation_sends_with_the_previous_key_and_accepts_both(rendered):
+def test_rotation_sends_with_the_new_key_and_accepts_the_previous_one_too(rendered):
     keys = keys_of(rendered["rotation"])
     assert keys["peers"] == {
-        "192.168.2.126": {"send": OLD_RELAY_KEY, "accept": [OLD_RELAY_KEY, RELAY_KEY]}
+        "192.168.2.126": {"send": RELAY_KEY, "accept": [RELAY_KEY, OLD_RELAY_KEY]}
     }
 
 
@@ -421,7 +421,13 @@ def test_the_role_in_check_mode_never_shows_a_key(tmp_path):
     assert "+<hidden> (sha256 " in task and "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in task
     assert "systemctl start sitelink-relay.service" in task
     assert f"install {tmp_path}/sbin/sitelink-relay" in task
-    keys = [k for link in case["secrets"]["links"].values() for k in link.values()]
+    keys = [
+        k
+        for link in case["secrets"]["links"].values()
+        for v in link.values()
+        for k in ([v] if isinstance(v, str) else v)
+    ]
+    assert len(keys) == 4  # tunnel and relay, sent and accepted
     for value in [SECRET, OLD_SECRET, *keys]:
         assert value not in output, "a key appears in the -vvv --diff output"
     assert not (tmp_path / "etc").exists()  # check mode: nothing written

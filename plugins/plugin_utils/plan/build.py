@@ -253,6 +253,7 @@ def _check_external_keys(
     leaves the collection), and not another peer's. Never echoed."""
     own = {
         "office_tunnel_secret": deployment.get("office_tunnel_secret"),
+        "office_tunnel_secret_next": deployment.get("office_tunnel_secret_next"),
         "office_tunnel_secret_previous": deployment.get("office_tunnel_secret_previous"),
     }
     first: dict[str, Office] = {}
@@ -333,9 +334,18 @@ def _secret_users(deployment: dict[str, Any]) -> list[tuple[str, str]]:
     return users
 
 
+# The secrets of a rotation besides office_tunnel_secret, and what each stands for.
+ROTATION_STEPS = {
+    "office_tunnel_secret_next": "in step 1 of a rotation it is the new secret, accepted "
+    "before any gateway sends with it, and office_tunnel_secret still the old one",
+    "office_tunnel_secret_previous": "in step 2 of a rotation office_tunnel_secret is the "
+    "new secret and office_tunnel_secret_previous the old one",
+}
+
+
 def _check_protection(deployment: dict[str, Any], errors: list[str]) -> None:
     """IPsec and the authenticated relay wire need the deployment secret, and a secret
-    worth the name; so does the previous secret of a rotation. Neither is ever shown."""
+    worth the name; so do the secrets of a rotation. None is ever shown."""
     secret = deployment.get("office_tunnel_secret")
     users = _secret_users(deployment)
     if users and not secret:
@@ -350,18 +360,18 @@ def _check_protection(deployment: dict[str, Any], errors: list[str]) -> None:
             f"deployment (every office): office_tunnel_secret: is shorter than "
             f"{SECRET_MIN_LENGTH} characters (e.g. `openssl rand -base64 32`)"
         )
-    previous = deployment.get("office_tunnel_secret_previous")
-    if previous:
+    for name, step in ROTATION_STEPS.items():
+        value = deployment.get(name)
+        if not value:
+            continue
         if not secret:
             errors.append(
-                "deployment (every office): office_tunnel_secret_previous: is set, but "
-                "office_tunnel_secret is not (during a rotation, office_tunnel_secret is the "
-                "new secret and office_tunnel_secret_previous the old one)"
+                f"deployment (every office): {name}: is set, but office_tunnel_secret is not "
+                f"({step}; the README's Key rotation)"
             )
-        elif len(previous) < SECRET_MIN_LENGTH:
+        elif len(value) < SECRET_MIN_LENGTH:
             errors.append(
-                f"deployment (every office): office_tunnel_secret_previous: is shorter than "
-                f"{SECRET_MIN_LENGTH} characters"
+                f"deployment (every office): {name}: is shorter than {SECRET_MIN_LENGTH} characters"
             )
     rollback = deployment.get("office_rollback_timeout")
     if rollback is not None and not (rollback == 0 or 30 <= rollback <= 3600):

@@ -389,22 +389,34 @@ FIELDS: tuple[Field, ...] = (
         version_added="0.2.0",
     ),
     Field(
-        "office_tunnel_secret_previous",
+        "office_tunnel_secret_next",
         "str",
         (
-            "Only while O(office_tunnel_secret) is being rotated: the old secret (vault it "
-            "too; at least 16 characters). While it is set, every relay sends with the relay "
-            "key derived from it and accepts both that one and the new one, so gateways that "
-            "already have the new secret and those that do not yet still understand each "
-            "other. Once C(site.yml) has run over every office, remove it and run C(site.yml) "
-            "again: relays then send and accept the new key only (during that run, what a "
-            "gateway not yet updated sends is dropped by those already updated, as C(auth)).",
-            "IPsec keys always follow O(office_tunnel_secret).",
+            "The first step of a rotation of O(office_tunnel_secret): the new secret (vault "
+            "it too; at least 16 characters). Every gateway accepts the keys derived from it "
+            "(IPsec and relay) and still sends with those of O(office_tunnel_secret). Once "
+            "C(site.yml) has run over every office, make it O(office_tunnel_secret) and the "
+            "old one O(office_tunnel_secret_previous) (the README's Key rotation).",
         ),
         scope=DEPLOYMENT,
         secret=True,
-        summary="during a rotation of `office_tunnel_secret`, the old one: relays send with "
-        "its keys and accept both (remove it once every office has the new secret)",
+        summary="rotation, step 1: the new secret, accepted but not sent yet",
+        default_text="none",
+        version_added="0.2.0",
+    ),
+    Field(
+        "office_tunnel_secret_previous",
+        "str",
+        (
+            "The second step of a rotation of O(office_tunnel_secret): the old secret (vault "
+            "it too; at least 16 characters). Every gateway sends with the keys of "
+            "O(office_tunnel_secret), the new one, and still accepts those derived from this "
+            "one, so that gateways not updated yet still understand it. Once C(site.yml) has "
+            "run over every office, remove it (the README's Key rotation).",
+        ),
+        scope=DEPLOYMENT,
+        secret=True,
+        summary="rotation, step 2: the old secret, still accepted but no longer sent",
         default_text="none",
         version_added="0.2.0",
     ),

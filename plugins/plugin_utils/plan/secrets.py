@@ -47,26 +47,31 @@ def gateway_secrets(
     secret: Optional[str],
     previous: Optional[str] = None,
     external: Optional[dict[str, Optional[str]]] = None,
+    next_secret: Optional[str] = None,
 ) -> dict[str, Any]:
     """``office_secrets`` of one gateway: the keys of its own links only.
 
     ``links`` is ``office_plan.links`` (each with its id and both office names). Each
-    link gets ``tunnel`` and ``relay`` from ``secret`` and, while
-    ``office_tunnel_secret_previous`` is set (``previous``), ``relay_previous`` from it:
-    a rotation in two phases. With ``relay_previous`` the relay sends with it and accepts
-    both (the relay role's keys file); once it is gone, the relay sends and accepts
-    ``relay`` only.
+    link gets ``tunnel`` and ``relay`` from ``secret``: the keys this gateway sends
+    with (and accepts). A rotation adds keys that are accepted but never sent, so that
+    any two gateways understand each other whichever step of it each is at:
+    ``office_tunnel_secret_next`` (``next_secret``: the first step, every gateway
+    accepts the new secret's keys) and ``office_tunnel_secret_previous``
+    (``previous``: the second step, every gateway sends the new ones and still accepts
+    the old). Their keys are ``tunnel_accepted`` and ``relay_accepted``, lists, only
+    while either is set.
 
     ``external`` maps each external peer's name to its own key (None: it has none). A
     link to one gets ``tunnel`` (the key's bytes, as hex) and ``relay`` (derived from
-    it) when it has a key, no keys when it has none, and never anything from ``secret``
-    or ``previous``: rotating the deployment secret leaves external peers alone.
+    it) when it has a key, no keys when it has none, and never anything from the
+    deployment's secrets: rotating them leaves external peers alone.
 
     Every link of the gateway has an entry (empty when it has no key: no deployment
     secret, or an external peer without one), so that consumers can look any link up.
     """
     external = external or {}
-    keys: dict[str, dict[str, str]] = {}
+    also = [s for s in dict.fromkeys((next_secret, previous)) if s and s != secret]
+    keys: dict[str, dict[str, Any]] = {}
     for link in links:
         a, b = link["offices"]
         outside = [name for name in (a, b) if name in external]
@@ -76,9 +81,9 @@ def gateway_secrets(
                 {} if not psk else {"tunnel": psk_hex(psk), "relay": link_key(psk, a, b, "relay")}
             )
         elif secret:
-            keys[link["id"]] = {p: link_key(secret, a, b, p) for p in PURPOSES}
-            if previous:
-                keys[link["id"]]["relay_previous"] = link_key(previous, a, b, "relay")
+            mine = keys[link["id"]] = {p: link_key(secret, a, b, p) for p in PURPOSES}
+            for purpose in PURPOSES if also else ():
+                mine[f"{purpose}_accepted"] = [link_key(s, a, b, purpose) for s in also]
         else:
             keys[link["id"]] = {}
     return {"links": keys}

@@ -92,7 +92,7 @@ def test_a_hand_out_is_remade_for_other_keys_or_another_plan(run):
     hostvars = hostvars_of(offices)
     first = office_filters.office_gateway("office1-gw", hostvars, "offices", SECRET)
     rotated = office_filters.office_gateway("office1-gw", hostvars, "offices", SECRET, "old")
-    assert rotated is not first and "relay_previous" in next(
+    assert rotated is not first and "relay_accepted" in next(
         iter(rotated["secrets"]["links"].values())
     )
     assert office_filters.office_gateway("office1-gw", hostvars, "offices", SECRET) is not first
@@ -176,7 +176,7 @@ def test_a_role_gets_its_section_checked(hub):
 def test_link_keys_by_link_for_ipsec_and_by_peer_relay_for_the_relay(hub):
     plan, secrets = hub["plan"], hub["secrets"]
     tunnel = contract_filters.link_keys(plan, secrets, "tunnel")
-    assert tunnel == {lid: keys["tunnel"] for lid, keys in secrets["links"].items()}
+    assert tunnel == {lid: [keys["tunnel"]] for lid, keys in secrets["links"].items()}
     relay = contract_filters.link_keys(plan, secrets, "relay")
     assert relay == {
         link["peer_address"]: {"relay": secrets["links"][link["id"]]["relay"]}

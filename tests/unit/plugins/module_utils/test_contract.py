@@ -117,20 +117,30 @@ def test_every_section_a_role_takes_has_a_standalone_form():
 # ----------------------------------------------------------------------------- relay keys
 
 
-def test_the_keys_file_sends_with_the_previous_key_during_a_rotation():
+def test_the_keys_file_sends_with_the_key_and_accepts_the_rotated_ones_too():
     config = copy.deepcopy(MANHATTAN["relay"])
     peers = contract.relay_keyed_peers(config)
     assert peers == ["192.168.2.126"] and contract.relay_needs_keys(config)
-    keys = {"192.168.2.126": {"relay": "11" * 32, "relay_previous": "22" * 32}}
-    assert contract.relay_keys_document(peers, keys) == {
-        "version": contract.RELAY_KEYS_VERSION,
-        "peers": {"192.168.2.126": {"send": "22" * 32, "accept": ["22" * 32, "11" * 32]}},
-    }
-    del keys["192.168.2.126"]["relay_previous"]
-    assert contract.relay_keys_document(peers, keys)["peers"]["192.168.2.126"] == {
-        "send": "11" * 32,
-        "accept": ["11" * 32],
-    }
+    old, new = "11" * 32, "22" * 32
+    # Step 1: sends the old key, accepts the new one too; step 2: sends the new one,
+    # accepts the old one too; step 3: the new one only.
+    steps = [
+        {"relay": old, "relay_accepted": [new]},
+        {"relay": new, "relay_accepted": [old]},
+        {"relay": new},
+    ]
+    files = [
+        contract.relay_keys_document(peers, {"192.168.2.126": keys})["peers"]["192.168.2.126"]
+        for keys in steps
+    ]
+    assert files == [
+        {"send": old, "accept": [old, new]},
+        {"send": new, "accept": [new, old]},
+        {"send": new, "accept": [new]},
+    ]
+    assert contract.relay_keys_document(peers, {"192.168.2.126": steps[0]})["version"] == (
+        contract.RELAY_KEYS_VERSION
+    )
 
 
 def test_a_peer_on_the_raw_wire_needs_no_key_and_a_keyless_one_is_named():

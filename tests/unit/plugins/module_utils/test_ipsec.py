@@ -46,6 +46,7 @@ class FakeSwanctl:
         self.strongswan = strongswan  # Debian 12's; Debian 11 has 5.9.1
         self.versions = 0
         self.calls = []
+        self.generation = {}  # name -> re-authentications: each a new IKE_SA
 
     def version(self):
         self.versions += 1
@@ -71,7 +72,7 @@ class FakeSwanctl:
         return [
             {
                 "name": name,
-                "uniqueid": str(number),
+                "uniqueid": str(number + 1000 * self.generation.get(name, 0)),
                 "state": "ESTABLISHED",
                 "initiator": "yes",
                 "initiator-spi": f"{number:016x}",
@@ -84,6 +85,13 @@ class FakeSwanctl:
     def initiate(self, name):
         self.calls.append("initiate " + name)
 
+    def reload_settings(self):
+        self.calls.append("reload-settings")
+
+    def reauthenticate(self, name):
+        self.calls.append("reauth " + name)
+        self.generation[name] = self.generation.get(name, 0) + 1
+
     def terminate_ike_id(self, uniqueid):
         self.calls.append(f"terminate #{uniqueid}")
 
@@ -93,6 +101,7 @@ def params(tmp_path, connections=(BROOKLYN,), keys=None, **extra):
         "connections": [dict(c) for c in connections],
         "keys": keys if keys is not None else {c["link"]: KEY for c in connections},
         "path": str(tmp_path / "sitelink-gateway.conf"),
+        "settings_path": str(tmp_path / "strongswan.d-sitelink-gateway.conf"),
         "ike_proposals": "aes256gcm16-prfsha256-x25519",
         "esp_proposals": "aes256gcm16",
         "dpd_delay": 30,
@@ -122,7 +131,8 @@ def test_first_run_writes_a_private_file_and_loads_it(tmp_path):
     text = path.read_text()
     assert "local_ts = dynamic[4]" in text and "mode = transport" in text
     assert "start_action = trap" in text and f"secret = 0x{KEY}" in text
-    assert swanctl.calls == ["load-all"]
+    # charon's settings (make-before-break) first, then the connections.
+    assert swanctl.calls == ["reload-settings", "load-all"]
 
 
 def test_second_run_changes_nothing(tmp_path):
@@ -146,10 +156,10 @@ def test_the_diff_never_shows_a_key_even_in_a_rotation(tmp_path):
     run(params(tmp_path))
     path = str(tmp_path / "sitelink-gateway.conf")
     rotated = params(tmp_path, keys={BROOKLYN["link"]: OTHER_KEY})
-    done, _unused, _unused = run(
+    done, swanctl, _unused = run(
         rotated, diff=True, swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"})
     )
-    assert done.result["changed"]
+    assert done.result["changed"] and swanctl.calls == ["load-all", "reauth sl-brooklyn"]
     shown = repr(done.result)
     assert KEY not in shown and OTHER_KEY not in shown
     diff = done.result["diff"]
@@ -157,6 +167,54 @@ def test_the_diff_never_shows_a_key_even_in_a_rotation(tmp_path):
     # The rotation shows (as a new fingerprint), the keys do not.
     assert diff["before"] != diff["after"]
     assert Path(path).read_text().count(OTHER_KEY) == 1
+
+
+def secret_sections(text):
+    """Each secrets section of the file: (name, [its lines]), in file order."""
+    body = text.split("\nsecrets {\n", 1)[1]
+    sections, name = [], None
+    for line in body.splitlines():
+        if line.endswith("{"):
+            name, lines = line.strip()[:-2], []
+        elif line.strip() == "}" and name:
+            sections.append((name, lines))
+            name = None
+        elif name:
+            lines.append(line.strip())
+    return sections
+
+
+def test_each_key_is_owned_by_the_peer_alone():
+    """charon checks a peer's AUTH against every key one of whose owners matches either
+    end: owned by the hub too, one branch's key would pass for any other branch."""
+    text = ipsec.render(
+        [BROOKLYN, QUEENS], {BROOKLYN["link"]: KEY, QUEENS["link"]: OTHER_KEY}, "a", "e", 30
+    )
+    assert secret_sections(text) == [
+        ("ike-sl-brooklyn", ["id = 172.17.2.10", f"secret = 0x{KEY}"]),
+        ("ike-sl-queens", ["id = 172.18.3.10", f"secret = 0x{OTHER_KEY}"]),
+    ]
+
+
+def test_during_a_rotation_the_key_sent_is_loaded_after_the_ones_accepted():
+    """charon keeps keys newest first and authenticates with the first of equal
+    matches: the key a link sends is the one loaded last."""
+    third = "ef" * 32
+    text = ipsec.render([BROOKLYN], {BROOKLYN["link"]: [OTHER_KEY, KEY, third]}, "a", "e", 30)
+    assert secret_sections(text) == [
+        ("ike1-sl-brooklyn", ["id = 172.17.2.10", f"secret = 0x{KEY}"]),
+        ("ike2-sl-brooklyn", ["id = 172.17.2.10", f"secret = 0x{third}"]),
+        ("ike-sl-brooklyn", ["id = 172.17.2.10", f"secret = 0x{OTHER_KEY}"]),
+    ]
+    assert ipsec.sent_keys(text) == {"sl-brooklyn": f"0x{OTHER_KEY}"}
+    # A key list the module refuses, naming the link and never a key.
+    bad = ipsec.validate(
+        {"path": "/x", "connections": [BROOKLYN], "keys": {BROOKLYN["link"]: [KEY, "zz"]}}
+    )
+    assert bad == [
+        f"keys['{BROOKLYN['link']}']: must be a hex string of 32+ digits, or a list of them"
+    ]
+    assert ipsec.validate({"path": "/x", "connections": [BROOKLYN], "keys": {BROOKLYN["link"]: []}})
 
 
 def test_check_mode_reports_and_changes_nothing(tmp_path):
@@ -180,8 +238,8 @@ def test_absent_removes_the_file_and_closes_everything(tmp_path):
     path = str(tmp_path / "sitelink-gateway.conf")
     p = params(tmp_path, state="absent")
     done, swanctl, _unused = run(p, swanctl=FakeSwanctl(path, loaded={"sl-brooklyn"}))
-    assert not os.path.exists(path)
-    assert swanctl.calls == ["load-all", "terminate sl-brooklyn"]
+    assert not os.path.exists(path) and not os.path.exists(p["settings_path"])
+    assert swanctl.calls == ["reload-settings", "load-all", "terminate sl-brooklyn"]
     again, swanctl, _unused = run(p)
     assert not again.result["changed"] and swanctl.calls == []
 
@@ -334,11 +392,9 @@ def test_the_far_end_gets_our_file_with_its_ends_swapped_and_no_key():
         ("remote_addrs = 172.18.3.10", "remote_addrs = 172.16.1.12"),
         ("id = 172.16.1.12", "id = 172.18.3.10"),
         ("id = 172.18.3.10", "id = 172.16.1.12"),
-        ("id-1 = 172.16.1.12", "id-1 = 172.17.2.10"),
-        ("id-2 = 172.17.2.10", "id-2 = 172.16.1.12"),
+        ("id = 172.17.2.10", "id = 172.16.1.12"),
         (f"secret = 0x{KEY}", 'secret = "<the key you were given>"'),
-        ("id-1 = 172.16.1.12", "id-1 = 172.18.3.10"),
-        ("id-2 = 172.18.3.10", "id-2 = 172.16.1.12"),
+        ("id = 172.18.3.10", "id = 172.16.1.12"),
         (f"secret = 0x{OTHER_KEY}", 'secret = "<the key you were given>"'),
     ]
 

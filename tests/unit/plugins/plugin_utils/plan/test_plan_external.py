@@ -286,9 +286,10 @@ def test_rotating_the_deployment_secret_leaves_external_links_alone():
     plan = plan_network(offices)
     during = secrets_of(plan, "office0-gw", TEST_SECRET, OLD_SECRET)["links"]
     after = secrets_of(plan, "office0-gw", "a-brand-new-secret-0123456789")["links"]
-    assert "relay_previous" not in during["office0+partner"]
+    assert "relay_accepted" not in during["office0+partner"]
     assert during["office0+partner"] == after["office0+partner"]
-    assert "relay_previous" in during["office0+office1"]
+    assert "relay_accepted" in during["office0+office1"]
+    assert "tunnel_accepted" in during["office0+office1"]
 
 
 def test_the_key_is_never_in_a_plan_a_text_or_a_repr():

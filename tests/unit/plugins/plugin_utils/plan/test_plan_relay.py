@@ -12,11 +12,11 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.model import PlanError
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.secrets import (
+    PURPOSES,
     gateway_secrets,
     link_key,
 )
 from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (
-    TEST_SECRET,
     branch_offices,
     case_study,
     external_partner,
@@ -260,34 +260,38 @@ def test_a_bad_relay_wire_is_named():
 # --------------------------------------------------------------------------- rotation
 
 
+ROTATION_SECRETS = ("office_tunnel_secret_next", "office_tunnel_secret_previous")
+
+
+@pytest.mark.parametrize("name", ROTATION_SECRETS)
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("short-old", "office_tunnel_secret_previous: is shorter than 16 characters"),
-        (12345678901234567890, "office_tunnel_secret_previous: the value is not a string"),
+        ("short-old", "is shorter than 16 characters"),
+        (12345678901234567890, "the value is not a string"),
     ],
 )
-def test_a_bad_previous_secret_is_named_and_never_shown(value, expected):
-    offices = with_topology(case_study(), "hub-and-spoke", office_tunnel_secret_previous=value)
+def test_a_bad_rotation_secret_is_named_and_never_shown(name, value, expected):
+    offices = with_topology(case_study(), "hub-and-spoke", **{name: value})
     text = "\n".join(errors(offices))
-    assert expected in text, text
+    assert f"{name}: {expected}" in text, text
     assert str(value) not in text
 
 
-def test_a_previous_secret_without_a_secret_is_refused():
+@pytest.mark.parametrize("name", ROTATION_SECRETS)
+def test_a_rotation_secret_without_a_secret_is_refused(name):
     offices = with_topology(
         case_study(),
         "hub-and-spoke",
         office_tunnel_protection="none",
         office_relay_wire="raw",
-        office_tunnel_secret_previous=OLD_SECRET,
+        **{name: OLD_SECRET},
     )
     for office in offices.values():
         del office["office_tunnel_secret"]
     (problem,) = errors(offices)
     assert problem.startswith(
-        "deployment (every office): office_tunnel_secret_previous: is set, but "
-        "office_tunnel_secret is not"
+        f"deployment (every office): {name}: is set, but office_tunnel_secret is not"
     )
     assert OLD_SECRET not in problem
 
@@ -311,34 +315,61 @@ def test_the_previous_secret_never_enters_the_plan():
 LINKS = [{"id": "brooklyn+manhattan", "offices": ["brooklyn", "manhattan"]}]
 
 
-def test_phase_one_carries_the_previous_relay_key_next_to_the_new_one():
-    secrets = gateway_secrets(LINKS, TEST_SECRET, OLD_SECRET)
-    assert secrets == {
-        "links": {
-            "brooklyn+manhattan": {
-                "tunnel": link_key(TEST_SECRET, "brooklyn", "manhattan", "tunnel"),
-                "relay": link_key(TEST_SECRET, "brooklyn", "manhattan", "relay"),
-                "relay_previous": link_key(OLD_SECRET, "brooklyn", "manhattan", "relay"),
-            }
-        }
+NEW_SECRET = "the-new-deployment-secret-0123456789"  # noqa: S105  (a test value)
+
+
+def rotation_steps() -> list[dict]:
+    """One link's keys at each step of a rotation from OLD_SECRET to NEW_SECRET: before,
+    step 1 (next), step 2 (previous), after."""
+    return [
+        gateway_secrets(LINKS, *args, **kwargs)["links"]["brooklyn+manhattan"]
+        for args, kwargs in (
+            ((OLD_SECRET,), {}),
+            ((OLD_SECRET,), {"next_secret": NEW_SECRET}),
+            ((NEW_SECRET, OLD_SECRET), {}),
+            ((NEW_SECRET,), {}),
+        )
+    ]
+
+
+def test_a_rotation_adds_keys_that_are_accepted_never_sent():
+    before, step1, step2, after = rotation_steps()
+    key = {
+        s: {p: link_key(s, "brooklyn", "manhattan", p) for p in PURPOSES}
+        for s in (OLD_SECRET, NEW_SECRET)
     }
-    keys = secrets["links"]["brooklyn+manhattan"]
-    assert len(set(keys.values())) == 3 and all(len(k) == 64 for k in keys.values())
+    assert before == key[OLD_SECRET] and after == key[NEW_SECRET]
+    assert step1 == {
+        **key[OLD_SECRET],
+        "tunnel_accepted": [key[NEW_SECRET]["tunnel"]],
+        "relay_accepted": [key[NEW_SECRET]["relay"]],
+    }
+    assert step2 == {
+        **key[NEW_SECRET],
+        "tunnel_accepted": [key[OLD_SECRET]["tunnel"]],
+        "relay_accepted": [key[OLD_SECRET]["relay"]],
+    }
     # Both ends of the link derive the same keys, whatever the order of the names.
     flipped = [{"id": "brooklyn+manhattan", "offices": ["manhattan", "brooklyn"]}]
-    assert gateway_secrets(flipped, TEST_SECRET, OLD_SECRET) == secrets
-
-
-def test_phase_two_carries_the_new_relay_key_only():
-    during = gateway_secrets(LINKS, TEST_SECRET, OLD_SECRET)["links"]["brooklyn+manhattan"]
-    after = gateway_secrets(LINKS, TEST_SECRET)["links"]["brooklyn+manhattan"]
-    assert after == {"tunnel": during["tunnel"], "relay": during["relay"]}
-    # The previous relay key is what the secret used to give: gateways not yet in
-    # phase one send with it, so phase one's relays still understand them.
-    before = gateway_secrets(LINKS, OLD_SECRET)["links"]["brooklyn+manhattan"]
-    assert during["relay_previous"] == before["relay"]
+    assert gateway_secrets(flipped, NEW_SECRET, OLD_SECRET)["links"]["brooklyn+manhattan"] == step2
     # Without a deployment secret, a link has no keys (but an entry, to be looked up).
     assert gateway_secrets(LINKS, None, OLD_SECRET) == {"links": {"brooklyn+manhattan": {}}}
+
+
+@pytest.mark.parametrize("purpose", PURPOSES)
+def test_two_gateways_one_step_apart_accept_what_the_other_sends(purpose):
+    """A rolling apply, in any order of gateways: at any moment two ends of a link are
+    at most one step apart, and each accepts the key the other sends."""
+    steps = rotation_steps()
+
+    def accepts(keys):
+        return {keys[purpose], *keys.get(f"{purpose}_accepted", ())}
+
+    for a, b in zip(steps, steps[1:]):
+        assert a[purpose] in accepts(b) and b[purpose] in accepts(a)
+    # Two steps apart (a gateway skipped one) is not promised, and indeed fails:
+    # before and step 2 share no key either sends (the test can fail).
+    assert steps[0][purpose] not in accepts(steps[3])
 
 
 # --------------------------------------------------------------------------- groups
