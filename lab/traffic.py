@@ -11,6 +11,17 @@
   traffic.py udp-send DEST PORT COUNT SIZE [BIG]
                                         COUNT broadcasts of SIZE bytes, then one of BIG
 
+A stream, for as long as a change takes (both stop on SIGTERM, then report):
+
+  traffic.py stream-send DEST PORT INTERVAL
+                                        numbered datagrams "sitelink-stream N", one
+                                        every INTERVAL seconds: {"sent": N}
+  traffic.py stream-receive PORT        counts them: {"sent_seen": highest N + 1,
+                                        "received", "missing": [N...], "duplicates"}
+  traffic.py ping DEST INTERVAL         pings: {"sent", "answered", "lost": [seq...],
+                                        "unanswered_at_stop"}: lost, those before the last
+                                        answered; the ones after it (1 is in flight)
+
 Forging, from a "stranger" namespace (raw socket, IP_HDRINCL, needs CAP_NET_RAW):
 
   traffic.py forge-udp SRC DST PORT COUNT [options]
@@ -54,10 +65,12 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -159,6 +172,96 @@ def udp_send(dest, port, count, size, big=0):
             sent.append({"size": len(data), "sha256": _sha(data)})
             time.sleep(0.02)  # a realistic pace: an application, not a flood
     emit(sent=sent)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_on_term():
+    def stop(signum, frame):
+        raise _Stop
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def stream_send(dest, port, interval):
+    _stop_on_term()
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        emit(ready=True)
+        try:
+            while True:
+                sock.sendto(f"sitelink-stream {sent}".encode(), (dest, int(port)))
+                sent += 1
+                time.sleep(float(interval))
+        except _Stop:
+            pass
+    emit(sent=sent)
+
+
+def stream_receive(port):
+    _stop_on_term()
+    counts = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.bind(("", int(port)))
+        emit(ready=True)
+        try:
+            while True:
+                data = sock.recv(65535)
+                if data.startswith(b"sitelink-stream "):
+                    number = int(data.split()[1])
+                    counts[number] = counts.get(number, 0) + 1
+        except _Stop:
+            pass
+    top = max(counts, default=-1) + 1
+    emit(
+        sent_seen=top,
+        received=sum(counts.values()),
+        missing=[n for n in range(top) if n not in counts],
+        duplicates=sum(c - 1 for c in counts.values()),
+    )
+
+
+def ping(dest, interval):
+    """ICMP echo through the kernel's ping (unprivileged datagram socket not assumed):
+    every reply's sequence number, read from ping's own lines."""
+    proc = subprocess.Popen(
+        ["ping", "-n", "-i", str(interval), dest], stdout=subprocess.PIPE, text=True
+    )
+    _stop_on_term()
+    answered, sent = set(), [0]
+
+    def read(line):
+        reply = re.search(r" bytes from .*icmp_seq=(\d+) ", line)
+        if reply:
+            answered.add(int(reply.group(1)))
+        summary = re.match(r"(\d+) packets transmitted", line)
+        if summary:
+            sent[0] = int(summary.group(1))
+
+    emit(ready=True)
+    try:
+        for line in proc.stdout:
+            read(line)
+    except _Stop:
+        pass
+    proc.send_signal(signal.SIGINT)  # ping's summary: how many it sent
+    for line in proc.stdout:
+        read(line)
+    proc.wait()
+    sent = sent[0]
+    top = max(answered, default=0)
+    emit(
+        sent=sent,
+        answered=len(answered),
+        lost=[n for n in range(1, top + 1) if n not in answered],
+        unanswered_at_stop=max(0, sent - top),
+    )
 
 
 def _sha(data):
@@ -391,6 +494,9 @@ if __name__ == "__main__":
         "tcp-server": tcp_server,
         "tcp-client": tcp_client,
         "udp-send": udp_send,
+        "stream-send": stream_send,
+        "stream-receive": stream_receive,
+        "ping": ping,
     }
     with_options = {
         "udp-listen": _udp_listen,

@@ -62,6 +62,11 @@ RELAY_UNIT = "sitelink-relay.service"
 # In the state directory: {"senders": [...] or "all"}, written by root (relay_service),
 # read and deleted by the relay at start and on SIGHUP.
 RELAY_FORGET_FILE = "forget"
+# In the state directory: the keys file's copy that a running relay reads on SIGHUP
+# (systemd copies the credential only at start), so that new keys (a rotation) need
+# no restart, which would lose the broadcasts of its seconds. Written by root
+# (relay_service) beside every change of the keys file, owned by the relay, 0600.
+RELAY_LIVE_KEYS_FILE = "keys.json"
 
 
 def office_id(name: str) -> bytes:

@@ -43,11 +43,13 @@ link, and one branch's key would let it pass for another branch. A link may have
 more than one key (a rotation): charon accepts any of them, and authenticates
 itself with the one whose section it loaded last (charon keeps keys newest
 first and takes the first of equal matches), which is the one sent, written
-after the accepted ones. When that key changes, the links it was up with are
-re-authenticated (``swanctl --rekey --reauth``) so their SAs are set up with the
-new key at once; the collection's second file, in ``/etc/strongswan.d``, makes
-charon do that make-before-break (the new IKE_SA and its CHILD_SA before the old
-ones close), without a lost packet.
+after the accepted ones. A change of keys alone changes no connection: the SAs
+up stay up (their keys come from Diffie-Hellman, not from the pre-shared key),
+and authenticate with the new key when they next authenticate (a restart, a
+dead peer). Re-authenticating them at once would cost packets: strongSwan
+installs a new IKE_SA's CHILD_SA outbound at the responder at once, before the
+initiator has it inbound (a CHILD_SA rekeying waits; a re-authentication does
+not), and the lab lost a ping to that.
 """
 
 from __future__ import annotations
@@ -71,16 +73,6 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
 )
 
 DEFAULT_PATH = "/etc/swanctl/conf.d/sitelink-gateway.conf"
-# charon's own settings (strongswan.conf includes /etc/strongswan.d/*.conf).
-SETTINGS_PATH = "/etc/strongswan.d/sitelink-gateway.conf"
-SETTINGS = (
-    "# Managed by sitelink.gateway: do not edit.\n"
-    "charon {\n"
-    "  # Re-authentication (a key rotation) sets up the new IKE_SA and CHILD_SAs\n"
-    "  # before it closes the old ones: no packet is lost (strongSwan 6's default).\n"
-    "  make_before_break = yes\n"
-    "}\n"
-)
 SERVICE = "strongswan.service"
 HEADER = "# Managed by sitelink.gateway: do not edit. Loaded by strongswan.service."
 # The module's defaults (ipsec_links), which the ipsec role keeps: what the far end
@@ -98,9 +90,6 @@ _REMOTE_MARK = "0" * 32  # stands for the key while the file is made (hex, as re
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX = re.compile(r"^[0-9a-f]{32,}$")
 _SECRET_LINE = re.compile(r"^(\s*secret = )(.*)$", re.M)
-# The section of the key a connection authenticates with: ike-NAME (accepted keys
-# are ikeN-NAME).
-_SENT_SECTION = re.compile(r"^  ike-(\S+) \{\n(?:    .*\n)*?    secret = (\S+)$", re.M)
 _LOADED = re.compile(r"^([^\s:]+): IKEv", re.M)
 # "strongSwan swanctl 5.9.8" (--version), or "strongSwan 5.9.8 swanctl" (its usage,
 # printed after the error when charon is not running).
@@ -165,12 +154,6 @@ def key_list(value):
     """A link's keys as a list, the one it authenticates with first: ``keys`` takes
     one key or a list (a rotation)."""
     return [value] if isinstance(value, str) else list(value or [])
-
-
-def sent_keys(text):
-    """The key each connection authenticates with, by name, in a file this module
-    wrote (empty without one)."""
-    return dict(_SENT_SECTION.findall(text or ""))
 
 
 def parse_version(text):
@@ -532,43 +515,6 @@ def bring_up(
     }
 
 
-def reauthenticate(swanctl, names, timeout, clock=time.monotonic, sleep=time.sleep):
-    """Re-authenticate the links ``names`` (their key changed) and wait, at most
-    ``timeout`` seconds for all, until each has no IKE_SA left from before and is up
-    with a new one. Returns (done, kept): the links re-authenticated, and {link: why}
-    for those still up on an IKE_SA from before (their peer refused the new key: it
-    keeps working until the peer accepts it)."""
-    if not names:
-        return [], {}
-    before = {}
-    for sa in swanctl.sas():
-        if sa["name"] in names:
-            before.setdefault(sa["name"], set()).add(sa.get("uniqueid"))
-    waiting = [name for name in names if name in before]
-    for name in waiting:
-        swanctl.reauthenticate(name)
-    done, deadline = [], clock() + timeout
-    while waiting:
-        sas = _by_name(swanctl.sas())
-        for name in list(waiting):
-            own = sas.get(name, [])
-            old = [s for s in own if s.get("uniqueid") in before[name]]
-            new = [s for s in own if s.get("uniqueid") not in before[name] and _is_up(s, name)]
-            if new and not old:
-                done.append(name)
-                waiting.remove(name)
-        left = deadline - clock()
-        if not waiting or left <= 0:
-            break
-        sleep(min(POLL_INTERVAL, left))
-    kept = {
-        name: "still authenticated with its previous key: the peer did not take the new "
-        "one (has it run the rotation's previous step?)"
-        for name in waiting
-    }
-    return sorted(done), kept
-
-
 def survey(swanctl, connections):
     """Check mode: which links are up now (none without a running charon: swanctl
     None), none initiated."""
@@ -643,14 +589,6 @@ class Swanctl:
         said = [line for line in (err or out or "").splitlines() if "failed:" in line]
         return f"charon would not initiate it: {(said or [str(rc)])[-1].strip()}"
 
-    def reauthenticate(self, name):
-        """Re-authenticate a link's IKE_SA (make-before-break, the settings file): its
-        new IKE_SA authenticates with the key it has now. Returns at once."""
-        self.run("--rekey", "--ike", name, "--reauth", check=False)
-
-    def reload_settings(self):
-        self.run("--reload-settings")
-
     def terminate_ike_id(self, uniqueid):
         # A duplicate IKE_SA: its DELETE goes to the peer, which closes it too.
         self.run("--terminate", "--ike-id", str(uniqueid), "--timeout", "-1", check=False)
@@ -664,7 +602,6 @@ def run_module(
     if errors:
         module.fail_json(msg="; ".join(errors))
     path, check_mode = params["path"], module.check_mode
-    settings_path = params["settings_path"]
     present = params["state"] == "present"
     connections = params["connections"] if present else []
     result = {"changed": False, "path": path, "connections": [c["name"] for c in connections]}
@@ -673,9 +610,7 @@ def run_module(
     if checkpoint is None and params["rollback_timeout"] > 0 and not check_mode:
         checkpoint = Checkpoint(module)
     old = read_file(path)
-    old_settings = read_file(settings_path)
     new = None
-    new_settings = SETTINGS if present and connections else None
     try:
         swanctl = swanctl or Swanctl(module)
         systemd = systemd or Systemd(module)
@@ -699,14 +634,10 @@ def run_module(
         stale = sorted(set(connection_names(old)) - wanted)
         if new != old:
             steps.append(("write " if new is not None else "remove ") + path)
-        if new_settings != old_settings:
-            steps.append(("write " if new_settings is not None else "remove ") + settings_path)
         if new is not None and not systemd.is_enabled(SERVICE):
             steps.append(f"systemctl enable {SERVICE}")
         if new is not None and not running:
             steps.append(f"systemctl start {SERVICE}")
-        if running and new_settings != old_settings:
-            steps.append("swanctl --reload-settings")
         if running and (new != old or not wanted <= loaded):
             steps.append("swanctl --load-all")
         steps += [f"swanctl --terminate --ike {name}" for name in stale]
@@ -722,15 +653,6 @@ def run_module(
             starting = wanted
         elif running and "swanctl --load-all" in steps:
             starting = changed & wanted
-        # Loaded links, unchanged but for the key they authenticate with: their SAs
-        # stay, and are re-authenticated with the new key once the links are up.
-        old_sent, new_sent = sent_keys(old), sent_keys(new)
-        rekeyed = sorted(
-            name
-            for name in wanted & loaded
-            if name in old_sent and old_sent[name] != new_sent.get(name) and name not in changed
-        )
-        steps += [f"swanctl --rekey --ike {name} --reauth" for name in rekeyed]
         replaced = {}
         if starting and running and not check_mode:
             for sa in swanctl.sas():
@@ -743,11 +665,8 @@ def run_module(
                 # unloaded) by swanctl.
                 result["rollback"] = checkpoint.arm(
                     "ipsec",
-                    files=[path, settings_path],
-                    commands=[
-                        [swanctl.swanctl, "--reload-settings"],
-                        [swanctl.swanctl, "--load-all", "--noprompt"],
-                    ],
+                    files=[path],
+                    commands=[[swanctl.swanctl, "--load-all", "--noprompt"]],
                     timeout=params["rollback_timeout"],
                 )
             if new is None:
@@ -755,18 +674,11 @@ def run_module(
                     os.unlink(path)
             elif new != old:
                 write_atomic(module, path, new, mode=0o600)
-            if new_settings is None:
-                if old_settings is not None:
-                    os.unlink(settings_path)
-            elif new_settings != old_settings:
-                write_atomic(module, settings_path, new_settings, mode=0o644)
             if new is not None and not systemd.is_enabled(SERVICE):
                 systemd.run("enable", SERVICE)
             if new is not None and not running:
                 systemd.run("start", SERVICE)  # its ExecStartPost loads the file
             elif running:
-                if new_settings != old_settings:
-                    swanctl.reload_settings()
                 swanctl.load_all()
             for name in stale:
                 swanctl.terminate(name)
@@ -788,18 +700,6 @@ def run_module(
                 clock=clock,
                 sleep=sleep,
             )
-            up = set(result["links"]["up"])
-            done, kept = reauthenticate(
-                swanctl,
-                [name for name in rekeyed if name in up],
-                params["up_timeout"],
-                clock=clock,
-                sleep=sleep,
-            )
-            result["links"]["reauthenticated"] = done
-            result["links"]["previous_key"] = kept
-            for name, why in kept.items():
-                module.warn(f"IPsec link {name}: {why}")
     except (IpsecError, SystemdError, CheckpointError, OSError) as exc:
         module.fail_json(msg=str(exc), steps=steps, stderr=getattr(exc, "stderr", ""), **result)
     result["changed"] = bool(steps)

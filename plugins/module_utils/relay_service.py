@@ -6,8 +6,12 @@ Program, config, keys and unit are written atomically and only when they change.
 Config and keys are first checked by the relay program (``--check-config``,
 ``--check-keys``), the new one when it changes (staged beside its place), so a bad
 one changes nothing. Then the service: a changed config is reloaded (SIGHUP keeps
-unchanged ports open); a changed program, keys file or unit restarts it (systemd
-copies the keys as a credential only at start). One call instead of seven tasks and
+unchanged ports open); a changed program or unit restarts it. Changed keys (a
+rotation) are reloaded too: systemd copies the keys file as a credential only at
+start, so the module puts the same keys in the relay's state directory (owned by
+the relay, 0600), which a running relay reads on SIGHUP; a restart would lose the
+broadcasts of its seconds. Only a relay without a state directory yet (never
+started) is restarted for new keys. One call instead of seven tasks and
 two handlers: under software emulation each task costs seconds per gateway, on every
 run.
 
@@ -43,6 +47,7 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
 SERVICE = contract.RELAY_UNIT
 # The relay's forget request, in its state directory (relay/sitelink_relay reads it).
 FORGET_FILE = contract.RELAY_FORGET_FILE
+LIVE_KEYS_FILE = contract.RELAY_LIVE_KEYS_FILE
 
 
 class RelayFileError(Exception):
@@ -190,10 +195,18 @@ def run_module(module, systemd=None):
             module.fail_json(msg="program: its SHA-256 is not program_sha256")
     program_changed = new_program is not None and new_program != old_program
     staged = None
+    directory = state_directory(params["state_dir"])
     files = {
         # name: (path, wanted content, mode, checker flag, reload or restart on change)
         "config": (params["config_path"], params["config"], 0o644, "--check-config", "reload"),
-        "keys": (params["keys_path"], params["keys"], 0o600, "--check-keys", "restart"),
+        # Reloaded from the live copy in the state directory, once there is one.
+        "keys": (
+            params["keys_path"],
+            params["keys"],
+            0o600,
+            "--check-keys",
+            "reload" if directory is not None else "restart",
+        ),
         "unit": (params["unit_path"], params["unit"], 0o644, None, "restart"),
     }
     result = {"changed": False, "active": active}
@@ -233,9 +246,24 @@ def run_module(module, systemd=None):
             changed.add(effect)
             if not check_mode:
                 write_atomic(module, path, wanted, mode=mode)
+        if directory is not None:
+            # The keys' live copy: the keys file's content, what a running relay takes on
+            # SIGHUP (and at start). No diff: the keys file's fingerprint says it.
+            live_path = os.path.join(directory, LIVE_KEYS_FILE)
+            live = params["keys"] if active else None
+            if live != read_file(live_path):
+                if live is None:
+                    if remove_file(live_path, check_mode):
+                        steps.append("remove " + live_path)
+                else:
+                    steps.append("write " + live_path)
+                    changed.add("reload")
+                    if not check_mode:
+                        write_atomic(module, live_path, live, mode=0o600)
+                        owner = os.stat(directory)
+                        os.chown(live_path, owner.st_uid, owner.st_gid)
         if forget is not None:
             # Written every time it is asked for: an explicit request, not a state.
-            directory = state_directory(params["state_dir"])
             if directory is None:
                 module.warn(
                     f"forget_senders: no state directory {params['state_dir']}: the relay "

@@ -47,11 +47,9 @@ description:
   - Each key is owned by the peer's identity alone, so that a peer's AUTH is checked
     against that link's keys only, never another link's.
   - A link may have several keys (a rotation). It accepts all of them and authenticates
-    itself with the first. When that one changes, the links that were up are
-    re-authenticated with it at once, make-before-break - the new IKE_SA and CHILD_SA
-    are set up before the old ones close, as the collection's charon settings file
-    O(settings_path) asks - so no packet is lost. A link whose peer refuses the new key
-    keeps its SAs (RV(links.previous_key), and a warning).
+    itself with the first. A change of keys alone leaves the SAs that are up as they are
+    (no packet is lost); they authenticate with the new key the next time they
+    authenticate.
   - With O(rollback_timeout), the previous file is restored and loaded by the gateway
     itself unless M(sitelink.gateway.gateway_confirm) confirms the change in time.
   - With O(state=absent), or no O(connections), the file is removed and its connections
@@ -93,12 +91,6 @@ options:
     description: The collection's swanctl file.
     type: path
     default: /etc/swanctl/conf.d/sitelink-gateway.conf
-  settings_path:
-    description:
-      - The collection's charon settings file (C(make_before_break = yes)), which
-        C(strongswan.conf) includes from C(/etc/strongswan.d). Removed with the swanctl file.
-    type: path
-    default: /etc/strongswan.d/sitelink-gateway.conf
   ike_proposals:
     description: IKE proposals (both ends must share one).
     type: str
@@ -200,14 +192,6 @@ links:
       description: Seconds from the end of loading the file (or from the start of the
         wait) until the links were settled.
       type: float
-    reauthenticated:
-      description: Links re-authenticated with the new key they authenticate with.
-      type: list
-      elements: str
-    previous_key:
-      description: Links whose key changed and which are still up on an IKE_SA
-        authenticated before (their peer refused the new key), each with why.
-      type: dict
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
@@ -216,7 +200,6 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.ipsec import (  #
     DPD_DELAY,
     ESP_PROPOSALS,
     IKE_PROPOSALS,
-    SETTINGS_PATH,
     run_module,
 )
 
@@ -238,7 +221,6 @@ def build_module():
             },
             "keys": {"type": "dict", "default": {}, "no_log": True},
             "path": {"type": "path", "default": DEFAULT_PATH},
-            "settings_path": {"type": "path", "default": SETTINGS_PATH},
             "ike_proposals": {"type": "str", "default": IKE_PROPOSALS},
             "esp_proposals": {"type": "str", "default": ESP_PROPOSALS},
             "dpd_delay": {"type": "int", "default": DPD_DELAY},

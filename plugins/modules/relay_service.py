@@ -17,8 +17,12 @@ description:
     C(--check-keys)), the new one if it changes, before anything is written; one refused
     leaves the program, every file and the service as they were.
   - A changed O(config) reloads the relay (SIGHUP, unchanged ports stay open). A changed
-    program, O(keys) or O(unit) restarts it, because systemd copies the keys to the relay
-    as a credential only when it starts.
+    program or O(unit) restarts it.
+  - Changed O(keys) (a key rotation) reload it too, losing no broadcast - systemd copies the
+    keys file to the relay as a credential only when it starts, so the same keys also go to
+    C(keys.json) in O(state_dir) (owned by the relay, mode 0600), which the relay prefers
+    at start and takes on C(SIGHUP). Only a relay that never ran (no O(state_dir) yet) is
+    restarted for new keys.
   - Without O(config) the relay has no rules - the service is stopped and disabled and the
     configuration and keys files are removed. O(unit) stays installed.
   - Keys are never logged, and the diff shows only a fingerprint of the keys file (8 hex
@@ -97,7 +101,7 @@ options:
   state_dir:
     description:
       - The relay's state directory (its configuration's C(state_dir)), where the request of
-        O(forget_senders) goes.
+        O(forget_senders) goes, and the keys' live copy.
       - With C(DynamicUser), systemd keeps it in C(/var/lib/private/sitelink-relay), and
         C(/var/lib/sitelink-relay) is a symlink to it; whichever of the two exists is used.
         With neither (the relay never ran), there is nothing to forget - the module warns

@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple, Optional
 from . import PROG, wire
 from .config import Config, ConfigError, Rule, load_config
 from .localnet import LocalNetwork
-from .peerkeys import load_keys_for
+from .peerkeys import keys_source, load_keys_for
 from .ports import PeerState, PortState, open_socket
 from .topology import compat_port, link_peers
 
@@ -105,7 +105,7 @@ def accept(
     except ConfigError as exc:
         log.error(
             "reload: the keys (%s) are refused, keeping the running config and keys:\n%s",
-            keys_path or new.keys_file,
+            keys_source(new, keys_path),
             exc,
         )
         return None

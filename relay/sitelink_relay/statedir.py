@@ -29,7 +29,7 @@ def start_check(config: Config, keys_path: Optional[str] = None) -> list[str]:
     """What a start would refuse, short of binding the ports (--check-config): the keys
     (readable, one per authenticated peer) and the state_dir.  Raises ConfigError;
     returns notes (e.g. a state_dir that will be created)."""
-    load_keys_for(config, keys_path)
+    load_keys_for(config, keys_path, live=False)
     notes = []
     if config.authenticated and config.state_dir:
         problem = files.writable_dir(config.state_dir)

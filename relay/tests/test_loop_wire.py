@@ -916,6 +916,47 @@ def test_sighup_reads_a_new_keys_file(tmp_path, monkeypatch):
     )
 
 
+def test_sighup_takes_the_live_keys_root_put_in_the_state_dir(tmp_path, monkeypatch):
+    """A rotation without a restart: systemd's credential (--keys) is the start's copy;
+    the live copy in state_dir is newer, and wins at SIGHUP and at start alike."""
+    data, cfg_file, keys_file = _keyed_relay(tmp_path)
+    monkeypatch.setattr(configure, "open_socket", lambda port: FakeSock())
+    r = loop.Relay(
+        config=config.load_config(str(cfg_file)),
+        config_path=str(cfg_file),
+        notifier=loop.Notifier({}),
+        keys_path=str(keys_file),
+    )
+    r.selector = NoSelector()
+    r.setup()
+    peer = GW["manhattan"]
+    old = r.peers[peer].keys.send.fingerprint
+    new_key = "cd" * 32
+    live = tmp_path / "state" / "keys.json"
+    live.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "peers": {
+                    peer: {"send": new_key, "accept": [new_key, link_key("brooklyn", "manhattan")]}
+                },
+            }
+        )
+    )
+    assert r.reload()
+    new = wire.LinkKey(bytes.fromhex(new_key)).fingerprint
+    assert r.peers[peer].keys.send.fingerprint == new != old
+    # A start (the credential still the old file) takes the live copy too.
+    again = _started(cfg_file, monkeypatch)
+    assert again.peers[peer].keys.send.fingerprint == new
+    # --check-config checks with the keys it is given, never the running relay's.
+    live.write_text("not the keys a new config will run with")
+    assert loop.start_check(config.load_config(str(cfg_file)), str(keys_file)) == []
+    # Without it, the credential.
+    live.unlink()
+    assert _started(cfg_file, monkeypatch).peers[peer].keys.send.fingerprint == old
+
+
 class GsoCountingSock(FakeSock):
     def __init__(self, fail_gso=False):
         super().__init__()

@@ -4,6 +4,10 @@ Runs after converge and idempotence, in file order; each step builds on the last
   1. verify.yml reports every office healthy;
   2. traffic: branch to hub (masqueraded), branch to branch through the hub,
      broadcasts fanned out from the hub, a branch's broadcasts only where asked;
+     then the deployment secret rotated, the branches before the hub at each step,
+     under a ping and broadcast stream (nothing lost); each end authenticating anew
+     with the keys of its step (and a branch that missed a step refused, then back
+     in one --limit run); the original secret back in one run;
   3. a relay change at one branch applied with --limit touches no other gateway; the
      relay program crosses the connection only when the gateway's copy differs;
   4. a tunnel deleted by hand: verify.yml fails and names the office;
@@ -22,6 +26,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -213,6 +218,129 @@ def test_branch_broadcast_reaches_only_where_configured():
     assert got["harlem-ws"] == [], "Harlem was not asked for Queens' 6800"
     assert sorted(d["sha256"] for d in got["queens-observer"]) == sent_hashes, "echo at Queens"
     assert {d["source"] for d in got["queens-observer"]} == {QUEENS_WS}
+
+
+# --------------------------------------------------------------------------- 2. key rotation
+
+OLD_SECRET = "lab-only-not-a-secret-molecule-offices"  # noqa: S105  (the scenario's, public)
+NEW_SECRET = "lab-only-rotated-secret-molecule-offices"  # noqa: S105  (a lab value)
+ROTATION = (  # the README's Key rotation, step by step
+    {"office_tunnel_secret_next": NEW_SECRET},
+    {"office_tunnel_secret": NEW_SECRET, "office_tunnel_secret_previous": OLD_SECRET},
+    {"office_tunnel_secret": NEW_SECRET},
+)
+
+
+def link_up(vm: str, name: str) -> bool:
+    text = LAB.ssh(vm, f"swanctl --list-sas --ike {name} --raw 2>/dev/null || true")
+    return "state=ESTABLISHED" in text and "state=INSTALLED" in text
+
+
+def with_vars(settings: dict):
+    """An inventory change: the scenario's deployment variables, ``settings`` on top."""
+    return lambda offices: offices["vars"].update(settings)
+
+
+def directory(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+class Streams:
+    """Pings Queens -> Harlem (through the hub) and Queens -> the app server, and the
+    app server's broadcasts (every 0.1 s) heard at both branches, while a change runs."""
+
+    def __init__(self):
+        self.receivers = {
+            host: LAB.background(host, "stream-receive", "6799")
+            for host in ("queens-ws", "harlem-ws")
+        }
+        self.pings = {
+            dest: LAB.background("queens-ws", "ping", dest, "0.2")
+            for dest in (HARLEM_WS, APP_SERVER)
+        }
+        self.sender = LAB.background("appserver", "stream-send", "192.168.1.255", "6799", "0.1")
+
+    def stop(self) -> dict:
+        sent = self.sender.finish(settle=0)
+        # The last broadcasts and echo replies in flight arrive first.
+        pings = {dest: bg.finish(settle=1.0) for dest, bg in self.pings.items()}
+        heard = {host: bg.finish(settle=0) for host, bg in self.receivers.items()}
+        return {"sent": sent["sent"], "pings": pings, "heard": heard}
+
+    def kill(self) -> None:
+        for bg in (self.sender, *self.pings.values(), *self.receivers.values()):
+            bg.stop()
+
+
+def test_key_rotation_in_a_bad_order_loses_nothing(tmp_path):
+    """Each step on the branches first, then the hub (the order site.yml never takes),
+    under a ping and a broadcast stream."""
+    streams = Streams()
+    try:
+        for number, secrets in enumerate(ROTATION, 1):
+            inventory = offices_inventory(directory(tmp_path / f"step{number}"), with_vars(secrets))
+            for limit in (f"{QUEENS},{HARLEM}", HUB):
+                done = playbook("site.yml", inventory, "--limit", limit)
+                assert done.returncode == 0, f"step {number} on {limit}: {done.stdout[-3000:]}"
+        seen = streams.stop()
+    finally:
+        streams.kill()
+    for dest, ping in seen["pings"].items():
+        assert ping["lost"] == [] and ping["unanswered_at_stop"] <= 1, (dest, ping)
+        assert ping["answered"] > 100, (dest, ping)
+    for host, heard in seen["heard"].items():
+        assert heard["missing"] == [] and heard["duplicates"] == 0, (host, heard)
+        assert heard["sent_seen"] >= seen["sent"] - 2 and seen["sent"] > 300, (host, heard)
+
+
+def rekeyed_from_scratch(vm: str, link: str) -> bool:
+    """Whether ``link`` comes up again once charon on ``vm`` restarts: it authenticates
+    anew, with the keys each end has now."""
+    LAB.ssh(vm, "systemctl restart strongswan")
+    for _unused in range(20):
+        time.sleep(1)
+        if link_up(vm, link):
+            return True
+    return False
+
+
+def test_each_end_authenticates_with_the_keys_of_its_step(tmp_path):
+    """Every gateway has the new secret only. Then, charon restarted at Harlem each time
+    (a fresh authentication):
+      - Harlem at step 2: it must authenticate with the new key (the one it sends),
+        not the old one it still accepts, which the hub refuses;
+      - the hub at step 2, Harlem at step 1 (one step apart, each sending its own key):
+        each accepts the other's;
+      - the hub done, Harlem at step 1 (it missed a step): refused; one run limited to
+        Harlem brings it back.
+    Then the scenario's own secret back, in one run."""
+
+    def apply(vm, settings, name):
+        done = playbook(
+            "site.yml",
+            offices_inventory(directory(tmp_path / name), with_vars(settings)),
+            "--limit",
+            vm,
+        )
+        assert done.returncode == 0, done.stdout[-3000:]
+
+    step1 = {"office_tunnel_secret": OLD_SECRET, "office_tunnel_secret_next": NEW_SECRET}
+    step2, after = ROTATION[1], ROTATION[2]
+    apply(HARLEM, step2, "harlem-step2")
+    assert rekeyed_from_scratch(HARLEM, "sl-manhattan"), "Harlem authenticated with the old key"
+    apply(HUB, step2, "hub-step2")
+    apply(HARLEM, step1, "harlem-step1")
+    assert rekeyed_from_scratch(HARLEM, "sl-manhattan"), "one step apart, refused"
+    apply(HUB, after, "hub-after")
+    assert not rekeyed_from_scratch(HARLEM, "sl-manhattan"), "the hub took a key it dropped"
+    apply(HARLEM, after, "harlem-after")
+    assert link_up(HARLEM, "sl-manhattan") and LAB.ping("queens-ws", HARLEM_WS).returncode == 0
+
+    done = playbook("site.yml", INVENTORY)
+    assert done.returncode == 0, done.stdout[-3000:]
+    checked, _report = verify(INVENTORY, tmp_path)
+    assert checked.returncode == 0, checked.stdout[-3000:]
 
 
 # --------------------------------------------------------------------------- 3. --limit

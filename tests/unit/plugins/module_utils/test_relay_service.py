@@ -116,7 +116,8 @@ def test_new_config_reloads_new_keys_or_program_restart(host):
     assert systemd.verbs() == [("reload", SERVICE)]
     systemd.calls.clear()
     run(host, systemd, config=CONFIG, keys=KEYS.replace("ab", "cd"))
-    assert systemd.verbs() == [("restart", SERVICE)]  # the credential is copied at start
+    # The relay never ran here (no state directory): the credential is copied at start.
+    assert systemd.verbs() == [("restart", SERVICE)]
     systemd.calls.clear()
     run(host, systemd, config=CONFIG, keys=KEYS.replace("ab", "cd"), unit=UNIT + "# new\n")
     assert systemd.verbs() == [("daemon-reload",), ("restart", SERVICE)]
@@ -323,8 +324,35 @@ def test_forget_with_a_restart_due_needs_no_reload(host, state):
     systemd = FakeSystemd()
     run(host, systemd)
     systemd.calls.clear()
-    run(host, systemd, keys=KEYS.replace("ab", "cd"), forget_senders=["192.168.1.126"])
-    assert systemd.verbs() == [("restart", SERVICE)]  # it reads the request as it starts
+    run(host, systemd, unit=UNIT + "# new\n", forget_senders=["192.168.1.126"])
+    # It reads the request as it starts.
+    assert systemd.verbs() == [("daemon-reload",), ("restart", SERVICE)]
+
+
+def test_new_keys_reach_a_running_relay_by_a_reload_not_a_restart(host, state):
+    """A restart loses the broadcasts of its seconds: a rotation's keys go to the live
+    copy in the state directory (the relay's, 0600), which it takes on SIGHUP."""
+    systemd = FakeSystemd()
+    run(host, systemd)
+    live = state / "keys.json"
+    assert live.read_text() == KEYS and oct(live.stat().st_mode & 0o777) == "0o600"
+    assert live.stat().st_uid == state.stat().st_uid
+    systemd.calls.clear()
+    rotated = KEYS.replace("ab", "cd")
+    done = run(host, systemd, keys=rotated, diff=True)
+    assert systemd.verbs() == [("reload", SERVICE)]
+    assert live.read_text() == rotated == (host / "etc/sitelink/relay-keys.json").read_text()
+    assert f"write {host}/var/lib/sitelink-relay/keys.json" in done.result["steps"]
+    assert "cd" * 32 not in repr(done.result) and "ab" * 32 not in repr(done.result)
+    # Nothing more to do; a copy changed by hand is put back.
+    systemd.calls.clear()
+    assert not run(host, systemd, keys=rotated).result["changed"]
+    live.write_text(KEYS)
+    run(host, systemd, keys=rotated)
+    assert live.read_text() == rotated and systemd.verbs() == [("reload", SERVICE)]
+    # No rules: the relay stops, and the copy goes with the keys file.
+    run(host, systemd, config=None, keys=None)
+    assert not live.exists()
 
 
 def test_forget_where_the_relay_does_not_run_leaves_it_for_its_next_start(host, state):
@@ -364,7 +392,8 @@ def test_forget_writes_into_whichever_state_directory_exists(host, layout):
     assert request(real) == {"senders": ["192.168.1.126"]}
     wrote = [s for s in done.result["steps"] if s.endswith("/forget")]
     assert [os.path.realpath(s.split(" ", 1)[1]) for s in wrote] == [str(real / "forget")]
-    assert sorted(p.name for p in real.iterdir()) == ["forget"]  # no temp file left
+    # No temp file left (the keys' live copy is written too, where a relay ran).
+    assert sorted(p.name for p in real.iterdir()) == ["forget", "keys.json"]
 
 
 def test_forget_without_a_state_directory_warns_and_writes_nothing(host):
