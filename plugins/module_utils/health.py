@@ -43,6 +43,9 @@ RELAY_UNIT = contract.RELAY_UNIT
 RELAY_STATUS_FILE = contract.RELAY_STATUS_FILE
 RELAY_STATUS_INTERVAL = 5.0  # the relay's default, when its status file does not say
 MASQUERADE_TABLE = "sitelink_masquerade"
+IPSEC_CONFIG = "/etc/swanctl/conf.d/sitelink-gateway.conf"  # the ipsec role's ipsec_config_path
+# A key section of that file: ike-NAME (the key sent) or ikeN-NAME (accepted too).
+_KEY_SECTION = re.compile(r"^  ike\d*-(\S+) \{$", re.M)
 FIREWALL_TABLE = "sitelink_firewall"  # family inet
 PING_COUNT = probe.COUNT
 PROBE_DEADLINE = probe.DEADLINE
@@ -426,6 +429,15 @@ def _xfrm_error(rc: int, stderr: str) -> str:
     return lines[-1].strip() if lines else f"exit status {rc}"
 
 
+def ipsec_key_counts(text: Optional[str]) -> dict[str, int]:
+    """How many keys each connection accepts, from the ipsec role's swanctl file (more
+    than one: a key rotation has not finished). Never reads a key."""
+    counts: dict[str, int] = {}
+    for name in _KEY_SECTION.findall(text or ""):
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def check_ipsec(
     protection: str,
     connections: list[dict[str, Any]],
@@ -433,6 +445,7 @@ def check_ipsec(
     states: Optional[tuple[int, str, str]] = None,
     policies: Optional[tuple[int, str, str]] = None,
     unprotected: Optional[list[dict[str, Any]]] = None,
+    key_counts: Optional[dict[str, int]] = None,
 ) -> dict[str, Any]:
     """Every IPsec connection of the plan against ``ip xfrm state`` and ``ip xfrm policy``.
 
@@ -444,6 +457,9 @@ def check_ipsec(
 
     ``unprotected``: the links to external peers that chose plain IPIP where the
     deployment's links are protected; not a problem, but the report warns about each.
+
+    ``key_counts``: how many keys each connection accepts (``ipsec_key_counts``; None:
+    the file was not read); each entry's ``keys``, for the report's rotation state.
     """
     found: dict[str, Any] = {
         "protection": protection,
@@ -477,6 +493,7 @@ def check_ipsec(
             "remote": remote,
             "sa": {"out": None, "in": None},
             "policy": {"out": None, "in": None},
+            "keys": None if key_counts is None else key_counts.get(name, 0),
         }
         mine: list[str] = []
         if sa_list is not None:
@@ -621,6 +638,8 @@ def peer_counters(peer: dict[str, Any]) -> dict[str, Any]:
     }
     if "stale_streak" in peer:
         counters["stale_streak"] = _count(peer["stale_streak"])
+    if isinstance(peer.get("keys"), list):  # fingerprints of the keys it accepts
+        counters["keys"] = len(peer["keys"])
     return counters
 
 
@@ -939,6 +958,7 @@ def check_gateway(
     host: Optional[str] = None,
     probe_deadline: float = PROBE_DEADLINE,
     probe_concurrency: int = PROBE_CONCURRENCY,
+    ipsec_config: str = IPSEC_CONFIG,
 ) -> dict[str, Any]:
     """Every check of one gateway; raises HealthError for a plan that is not one.
     ``host``: its inventory name, which the remedies in problems name."""
@@ -976,10 +996,15 @@ def check_gateway(
 
     # After every ping: each one that ran has made IKE key its tunnel's SAs.
     # Read once per gateway, whatever the number of tunnels.
-    states = policies = None
+    states = policies = key_counts = None
     if view["connections"]:
         states = runner.run(["ip", "xfrm", "state", "list"])
         policies = runner.run(["ip", "xfrm", "policy", "list"])
+        try:
+            text = runner.read(ipsec_config)
+        except OSError:
+            text = None  # the SAs and policies above say what matters
+        key_counts = None if text is None else ipsec_key_counts(text)
     ipsec = check_ipsec(
         view["protection"],
         view["connections"],
@@ -987,6 +1012,7 @@ def check_gateway(
         states,
         policies,
         view["unprotected"],
+        key_counts,
     )
 
     rc, state, err = runner.run(["systemctl", "is-active", relay_unit])
@@ -1111,6 +1137,7 @@ def run_module(module, runner=None):
             host=params.get("host"),
             probe_deadline=params.get("probe_deadline") or PROBE_DEADLINE,
             probe_concurrency=params.get("probe_concurrency") or PROBE_CONCURRENCY,
+            ipsec_config=params.get("ipsec_config") or IPSEC_CONFIG,
         )
     except HealthError as exc:
         module.fail_json(msg=str(exc), changed=False)

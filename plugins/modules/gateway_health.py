@@ -84,6 +84,13 @@ options:
       C(firewall_table)).
     type: str
     default: sitelink_firewall
+  ipsec_config:
+    description:
+      - The collection's swanctl file (the ipsec role's C(ipsec_config_path)). Only how many
+        keys each link accepts is read from it (more than one - a key rotation not
+        finished), never a key.
+    type: path
+    default: /etc/swanctl/conf.d/sitelink-gateway.conf
   host:
     description:
       - This gateway's name in the inventory (C(inventory_hostname)); the commands that
@@ -228,8 +235,9 @@ ipsec:
       description:
         - With IPsec, one entry per connection of the plan - C(name), C(peer), C(local) and
           C(remote), then C(sa) and C(policy), each with C(out) and C(in), true where the
-          kernel holds it (V(null) where it could not be read), and the entry's C(ok) and
-          C(problems).
+          kernel holds it (V(null) where it could not be read), C(keys), how many keys the
+          link accepts (more than one - a key rotation not finished; V(null) where the file
+          could not be read), and the entry's C(ok) and C(problems).
         - Empty where the plan's C(protection) is V(none), but for links to external peers
           that chose C(ipsec).
       type: list
@@ -276,7 +284,9 @@ relay:
       C(send_errors) summed over their reasons, which C(dropped_by_reason) and
       C(send_errors_by_reason) keep) and per peer relay (C(peers), by address - its office,
       C(received), C(accepted), C(sent), C(dropped) and C(dropped_by_reason), and from a
-      relay that counts it C(stale_streak), its last datagrams in a row refused as C(stale)).
+      relay that counts it C(stale_streak), its last datagrams in a row refused as C(stale),
+      and C(keys), how many keys it accepts from that peer (more than one - a key rotation
+      not finished)).
     - "Drop reasons include C(auth) (failed authentication), C(replay), C(stale),
       C(rate_limited), C(cut_off) and C(storm) (storm control)."
     - "C(replay) - where the relay keeps its replay windows (C(state_dir)), for how many
@@ -301,7 +311,7 @@ relay:
                send_errors: 0, dropped_by_reason: {repeated: 3}, send_errors_by_reason: {}}
     peers:
       192.168.2.126: {office: brooklyn, received: 0, accepted: 0, sent: 12, dropped: 0,
-                      dropped_by_reason: {}, stale_streak: 0}
+                      dropped_by_reason: {}, stale_streak: 0, keys: 1}
     replay: {state_dir: /var/lib/sitelink-relay, senders: 1, save_failures: 0, save_error: null,
              forgotten_total: 0}
     stuck: []
@@ -325,6 +335,7 @@ masquerade:
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402  (Ansible convention: docs first)
 from ansible_collections.sitelink.gateway.plugins.module_utils.health import (  # noqa: E402
     FIREWALL_TABLE,
+    IPSEC_CONFIG,
     MASQUERADE_TABLE,
     PING_COUNT,
     PROBE_CONCURRENCY,
@@ -343,6 +354,7 @@ def build_module():
             relay_status_file=dict(type="path", default=RELAY_STATUS_FILE),
             masquerade_table=dict(type="str", default=MASQUERADE_TABLE),
             firewall_table=dict(type="str", default=FIREWALL_TABLE),
+            ipsec_config=dict(type="path", default=IPSEC_CONFIG),
             ping_count=dict(type="int", default=PING_COUNT),
             probe_concurrency=dict(type="int", default=PROBE_CONCURRENCY),
             probe_deadline=dict(type="float", default=PROBE_DEADLINE),

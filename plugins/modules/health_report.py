@@ -24,6 +24,9 @@ description:
   - "Links to external peers that chose otherwise (C(office_external_peers[].protection)):
     'ipsec ok, N PLAIN' where N of an office's links are plain IPIP to such peers (a warning
     per peer), 'NONE, ipsec ok' where a plain deployment protects some of them."
+  - "Under the table, the state of a key rotation - office by office, the IPsec links and the
+    peer relays that still accept more than one key (a step of the rotation not followed by
+    the next yet); nothing when no rotation is under way. Not a problem."
   - "A second table shows the relay's counters, a row per office and port - received,
     relayed (forwarded and passed on), re-broadcast, dropped, and among the drops the
     authentication failures, replays (and stale datagrams) and storm control's. Drops never
@@ -153,7 +156,9 @@ report:
   description:
     - "The report, as written to O(output): C(version), C(generated) (UTC, ISO 8601),
       C(healthy), C(counts) (C(offices), C(healthy), C(unhealthy)), C(problems),
-      C(warnings), and C(offices), one entry per office sorted by name."
+      C(warnings), C(rotation) (a list of C({office, ipsec, relay}) - the tunnels and the
+      peer relays' offices that still accept a second key), and C(offices), one entry per
+      office sorted by name."
     - "Each office entry: C(office), C(host), C(verdict) (C(healthy), C(unhealthy),
       C(unreachable), C(failed) or C(no result)), C(healthy), C(problems), and the
       M(sitelink.gateway.gateway_health) sections C(tunnels), C(probes), C(routes), C(ipsec),

@@ -11,6 +11,11 @@ could not be checked is unhealthy, never skipped. Links run as plain IPIP
 and relays on the raw wire are not a problem, but the report says so in its
 ``warnings`` (and the table in its protection column).
 
+Then the state of a key rotation: the links that still accept more than one key
+(IPsec, and the relay from each peer), office by office; none when no rotation is
+under way. Not a problem: a step of a rotation, run over every office, leaves it so
+until the next step (README, Key rotation).
+
 A second table shows the relay's counters, a row per office and port. Its drops
 (authentication failures, replays, storm control) never make an office unhealthy:
 anyone who can reach a relay port could otherwise make any office unhealthy.
@@ -112,8 +117,46 @@ def build_report(
         },
         "problems": problem_lines(entries) if entries else ["no office was checked"],
         "warnings": warning_lines(entries),
+        "rotation": rotation_state(entries),
         "offices": entries,
     }
+
+
+def rotation_state(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each office with links that accept more than one key: a rotation under way.
+    ``ipsec``: its tunnels; ``relay``: the offices of the peer relays."""
+    found = []
+    for e in entries:
+        ipsec = [
+            str(c.get("name"))
+            for c in (e.get("ipsec") or {}).get("connections") or []
+            if (c.get("keys") or 0) > 1
+        ]
+        peers = ((e.get("relay") or {}).get("peers")) or {}
+        relay = sorted(
+            str(p.get("office") or address)
+            for address, p in peers.items()
+            if isinstance(p, dict) and (p.get("keys") or 0) > 1
+        )
+        if ipsec or relay:
+            found.append({"office": e["office"], "ipsec": ipsec, "relay": relay})
+    return found
+
+
+def rotation_lines(report: dict[str, Any]) -> list[str]:
+    """The rotation state under the table: nothing when no link accepts a second key."""
+    state = report.get("rotation") or []
+    if not state:
+        return []
+    lines = ["", "key rotation not finished here: links that still accept a second key"]
+    for office in state:
+        parts = []
+        if office["ipsec"]:
+            parts.append("IPsec " + ", ".join(office["ipsec"]))
+        if office["relay"]:
+            parts.append("relay from " + ", ".join(office["relay"]))
+        lines.append(f"  {office['office']}: " + "; ".join(parts))
+    return lines
 
 
 def warning_lines(entries: list[dict[str, Any]]) -> list[str]:
@@ -318,6 +361,7 @@ def render_table(report: dict[str, Any]) -> str:
         )
     )
     lines.append(COUNTER_LEGEND)
+    lines += rotation_lines(report)
     relay = relay_rows(report)
     if len(relay) > 1:
         lines += ["", *_aligned(relay), *RELAY_COUNTER_LEGEND]

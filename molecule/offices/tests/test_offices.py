@@ -311,7 +311,7 @@ def test_each_end_authenticates_with_the_keys_of_its_step(tmp_path):
       - Harlem at step 2: it must authenticate with the new key (the one it sends),
         not the old one it still accepts, which the hub refuses;
       - the hub at step 2, Harlem at step 1 (one step apart, each sending its own key):
-        each accepts the other's;
+        each accepts the other's, and verify.yml names the links that accept two keys;
       - the hub done, Harlem at step 1 (it missed a step): refused; one run limited to
         Harlem brings it back.
     Then the scenario's own secret back, in one run."""
@@ -332,6 +332,15 @@ def test_each_end_authenticates_with_the_keys_of_its_step(tmp_path):
     apply(HUB, step2, "hub-step2")
     apply(HARLEM, step1, "harlem-step1")
     assert rekeyed_from_scratch(HARLEM, "sl-manhattan"), "one step apart, refused"
+    # verify.yml shows the rotation under way: the links that still accept a second key.
+    checked, report = verify(INVENTORY, tmp_path)
+    assert checked.returncode == 0, checked.stdout[-3000:]
+    state = {o["office"]: (sorted(o["ipsec"]), o["relay"]) for o in report["rotation"]}
+    assert state == {
+        "manhattan": (["sl-harlem", "sl-queens"], ["harlem", "queens"]),
+        "harlem": (["sl-manhattan"], ["manhattan"]),
+    }, report["rotation"]
+    assert "key rotation not finished here" in checked.stdout
     apply(HUB, after, "hub-after")
     assert not rekeyed_from_scratch(HARLEM, "sl-manhattan"), "the hub took a key it dropped"
     apply(HARLEM, after, "harlem-after")

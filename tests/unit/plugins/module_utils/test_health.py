@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible_collections.sitelink.gateway.plugins.module_utils import health as hc
+from ansible_collections.sitelink.gateway.plugins.module_utils import ipsec
 from ansible_collections.sitelink.gateway.plugins.plugin_utils import health as report
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import plan_network
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
@@ -443,6 +444,7 @@ def test_a_healthy_hub_passes_every_check_with_few_read_only_commands():
                 "remote": "172.17.2.10",
                 "sa": {"out": True, "in": True},
                 "policy": {"out": True, "in": True},
+                "keys": None,  # the fake has no swanctl file
                 "ok": True,
                 "problems": [],
             }
@@ -1353,6 +1355,7 @@ def test_report_json_shape():
         "counts",
         "problems",
         "warnings",
+        "rotation",
         "offices",
     ]
     assert data["version"] == 1
@@ -1675,3 +1678,45 @@ def test_odd_replay_content_names_no_command_it_cannot_trust():
     status["replay"] = ["not", "a", "dict"]
     relay = hc.check_relay([6799], "active", json.dumps(status), NOW)
     assert (relay["ok"], relay["replay"]) == (True, None)
+
+
+# --------------------------------------------------------------------------- key rotation
+
+
+def test_verify_shows_the_links_that_still_accept_a_second_key():
+    """A rotation under way: the hub's IPsec link to Brooklyn and its relay from Brooklyn
+    accept two keys; the report names them (not a problem), and nothing once done."""
+    gateway = Gateway(MANHATTAN)
+    conns = MANHATTAN["ipsec"]["connections"]
+    rotating = {c["link"]: ["ab" * 32, "cd" * 32] for c in conns}
+    gateway.files[hc.IPSEC_CONFIG] = ipsec.render(conns, rotating, "aes", "esp", 30)
+    status = json.loads(gateway.files[hc.RELAY_STATUS_FILE])
+    for peer in status["peers"].values():
+        peer["keys"] = ["1a2b3c4d", "5e6f7a8b"]
+    gateway.files[hc.RELAY_STATUS_FILE] = json.dumps(status)
+    result = check(gateway)
+    assert result["healthy"], result["problems"]
+    assert [c["keys"] for c in result["ipsec"]["connections"]] == [2]
+    assert [p["keys"] for p in result["relay"]["peers"].values()] == [2]
+    hosts = {"manhattan-gw": "manhattan"}
+    built = report.build_report(["manhattan-gw"], {"manhattan-gw": result}, hosts, "now")
+    assert built["rotation"] == [
+        {"office": "manhattan", "ipsec": ["sl-brooklyn"], "relay": ["brooklyn"]}
+    ]
+    table = report.render_table(built).splitlines()
+    assert table[
+        table.index("key rotation not finished here: links that still accept a second key") + 1
+    ] == ("  manhattan: IPsec sl-brooklyn; relay from brooklyn")
+    assert built["healthy"]
+    # Done: one key each, and the report says nothing of a rotation.
+    gateway.files[hc.IPSEC_CONFIG] = ipsec.render(
+        conns, {c["link"]: "ab" * 32 for c in conns}, "a", "e", 30
+    )
+    for peer in status["peers"].values():
+        peer["keys"] = ["1a2b3c4d"]
+    gateway.files[hc.RELAY_STATUS_FILE] = json.dumps(status)
+    done = report.build_report(["manhattan-gw"], {"manhattan-gw": check(gateway)}, hosts, "now")
+    assert done["rotation"] == [] and "key rotation" not in report.render_table(done)
+    # No file to read: unknown, not a rotation.
+    del gateway.files[hc.IPSEC_CONFIG]
+    assert [c["keys"] for c in check(gateway)["ipsec"]["connections"]] == [None]
