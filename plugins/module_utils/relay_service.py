@@ -247,11 +247,17 @@ def run_module(module, systemd=None):
             if not check_mode:
                 write_atomic(module, path, wanted, mode=mode)
         if directory is not None:
-            # The keys' live copy: the keys file's content, what a running relay takes on
-            # SIGHUP (and at start). No diff: the keys file's fingerprint says it.
+            # The keys' live copy, what a running relay takes on SIGHUP (and at start):
+            # made when keys the relay has change, and from then on kept equal to the
+            # keys file (the credential of the next start). Not needed while the
+            # credential holds the keys, nor for a relay's first keys (its unit changes:
+            # a restart). No diff: the keys file's fingerprint says it.
             live_path = os.path.join(directory, LIVE_KEYS_FILE)
+            current = read_file(live_path)
             live = params["keys"] if active else None
-            if live != read_file(live_path):
+            if current is None and before["keys"] in (None, params["keys"]):
+                live = None
+            if live != current:
                 if live is None:
                     if remove_file(live_path, check_mode):
                         steps.append("remove " + live_path)
