@@ -218,7 +218,7 @@ def test_the_ipsec_and_relay_roles_take_a_plain_links_empty_keys(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     keys = json.loads((tmp_path / "keys.json").read_text())
-    assert keys["ipsec"] == {"a+b": "ab" * 32}
+    assert keys["ipsec"] == {"a+b": ["ab" * 32]}
     # The relay role gets the relay keys of the keyed link only, never a tunnel key.
     assert keys["relay"] == {"10.0.2.1": {"relay": "cd" * 32}}
 
