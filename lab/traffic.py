@@ -62,6 +62,7 @@ Payloads are random, so nothing can match by accident.
 """
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
@@ -227,11 +228,19 @@ def stream_receive(port):
     )
 
 
+def _die_with_parent():
+    """In a child, before exec: SIGKILL when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
 def ping(dest, interval):
     """ICMP echo through the kernel's ping (unprivileged datagram socket not assumed):
     every reply's sequence number, read from ping's own lines."""
     proc = subprocess.Popen(
-        ["ping", "-n", "-i", str(interval), dest], stdout=subprocess.PIPE, text=True
+        ["ping", "-n", "-i", str(interval), dest],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=_die_with_parent,  # a killed traffic.py leaves no ping running
     )
     _stop_on_term()
     answered, sent = set(), [0]

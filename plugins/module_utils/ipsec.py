@@ -123,6 +123,10 @@ def validate(params):
     errors = []
     if not str(params.get("path") or "").startswith("/"):
         errors.append(f"path: {params.get('path')!r} must be an absolute path")
+    for name in ("dpd_delay", "ike_rekey_time", "child_rekey_time"):
+        value = params.get(name)
+        if value is not None and value < 1:
+            errors.append(f"{name}: {value} must be 1 or more seconds")
     keys = params.get("keys") or {}
     seen = set()
     for index, conn in enumerate(params.get("connections") or []):
@@ -168,10 +172,23 @@ def initiates_at_load(version):
     return version is None or tuple(version) >= TRAP_AND_START_SINCE
 
 
-def render(connections, keys, ike_proposals, esp_proposals, dpd_delay, start=True):
+def render(
+    connections,
+    keys,
+    ike_proposals,
+    esp_proposals,
+    dpd_delay,
+    start=True,
+    ike_rekey_time=None,
+    child_rekey_time=None,
+):
     """The swanctl file: every connection, then every key. ``start``: initiate at load
-    and at boot (``trap|start``, strongSwan 5.9.6 and later); else the trap alone."""
+    and at boot (``trap|start``, strongSwan 5.9.6 and later); else the trap alone.
+    ``ike_rekey_time``, ``child_rekey_time``: seconds, or None for strongSwan's own
+    (4 h and 1 h); set, e.g. short in a lab, they show in the connection."""
     start_action = "trap|start" if start else "trap"
+    ike_rekey = [f"    rekey_time = {ike_rekey_time}s"] if ike_rekey_time else []
+    child_rekey = [f"        rekey_time = {child_rekey_time}s"] if child_rekey_time else []
     lines = [HEADER, "connections {"]
     for conn in connections:
         name, local, remote = conn["name"], conn["local"], conn["remote"]
@@ -190,6 +207,7 @@ def render(connections, keys, ike_proposals, esp_proposals, dpd_delay, start=Tru
             # tunnel interface a hub adds made charon tell every peer its address
             # list (its LAN and tunnel addresses too): n links, n*n exchanges.
             "    mobike = no",
+            *ike_rekey,
             "    local {",
             "      auth = psk",
             f"      id = {local}",
@@ -205,6 +223,7 @@ def render(connections, keys, ike_proposals, esp_proposals, dpd_delay, start=Tru
             "        local_ts = dynamic[4]",
             "        remote_ts = dynamic[4]",
             f"        esp_proposals = {esp_proposals}",
+            *child_rekey,
             # Initiated when loaded (and at boot); the trap keys it again on
             # traffic if the peer was not ready then.
             f"        start_action = {start_action}",
@@ -626,6 +645,8 @@ def run_module(
                 params["esp_proposals"],
                 params["dpd_delay"],
                 start=start,
+                ike_rekey_time=params.get("ike_rekey_time"),
+                child_rekey_time=params.get("child_rekey_time"),
             )
         running = systemd.is_active(SERVICE)
         loaded = swanctl.loaded() if running else set()

@@ -104,6 +104,17 @@ options:
     description: Seconds between dead peer detection checks of a quiet link.
     type: int
     default: 30
+  ike_rekey_time:
+    description:
+      - Seconds between rekeyings of each link's IKE_SA. Unset, strongSwan's own (4 hours),
+        and the file does not name it.
+      - Short ones are for a lab that proves rekeying loses nothing.
+    type: int
+  child_rekey_time:
+    description:
+      - Seconds between rekeyings of each link's CHILD_SA (its ESP SAs). Unset, strongSwan's
+        own (1 hour), and the file does not name it.
+    type: int
   up_timeout:
     description:
       - Seconds the call waits at most, for all links at once, until every link is up (or
@@ -224,6 +235,8 @@ def build_module():
             "ike_proposals": {"type": "str", "default": IKE_PROPOSALS},
             "esp_proposals": {"type": "str", "default": ESP_PROPOSALS},
             "dpd_delay": {"type": "int", "default": DPD_DELAY},
+            "ike_rekey_time": {"type": "int"},
+            "child_rekey_time": {"type": "int"},
             "rollback_timeout": {"type": "int", "default": 0},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
             "up_timeout": {"type": "int", "default": 15},

@@ -416,3 +416,22 @@ def test_a_removed_link_is_closed_without_waiting_for_its_peer(tmp_path):
     (argv,) = ran
     assert argv[:4] == ["/usr/sbin/swanctl", "--terminate", "--ike", "sl-queens"]
     assert "--force" in argv and "--timeout" not in argv
+
+
+def test_rekey_times_show_only_when_set():
+    """Unset, the file is as before (no connection changes, no SA closed on upgrade);
+    set, e.g. short in a lab, each connection and its CHILD_SA name them."""
+    plain = ipsec.render([BROOKLYN], {BROOKLYN["link"]: KEY}, "a", "e", 30)
+    assert "rekey_time" not in plain
+    short = ipsec.render(
+        [BROOKLYN], {BROOKLYN["link"]: KEY}, "a", "e", 30, ike_rekey_time=90, child_rekey_time=40
+    )
+    block = ipsec.connection_blocks(short)["sl-brooklyn"].splitlines()
+    assert (
+        block.index("rekey_time = 90s")
+        < block.index("children {")
+        < block.index("rekey_time = 40s")
+    )
+    assert ipsec.validate({"path": "/x", "child_rekey_time": 0}) == [
+        "child_rekey_time: 0 must be 1 or more seconds"
+    ]
