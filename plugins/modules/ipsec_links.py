@@ -235,8 +235,9 @@ def build_module():
             "ike_proposals": {"type": "str", "default": IKE_PROPOSALS},
             "esp_proposals": {"type": "str", "default": ESP_PROPOSALS},
             "dpd_delay": {"type": "int", "default": DPD_DELAY},
-            "ike_rekey_time": {"type": "int"},
-            "child_rekey_time": {"type": "int"},
+            # Times, not keys (sanity's no-log-needed reads "key" in the names).
+            "ike_rekey_time": {"type": "int", "no_log": False},
+            "child_rekey_time": {"type": "int", "no_log": False},
             "rollback_timeout": {"type": "int", "default": 0},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
             "up_timeout": {"type": "int", "default": 15},
