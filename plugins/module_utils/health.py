@@ -30,6 +30,12 @@ import time
 from typing import Any, Optional
 
 from ansible_collections.sitelink.gateway.plugins.module_utils import contract, probe
+from ansible_collections.sitelink.gateway.plugins.module_utils.ipsec import (
+    DEFAULT_PATH as IPSEC_CONFIG,  # the ipsec role's ipsec_config_path
+)
+from ansible_collections.sitelink.gateway.plugins.module_utils.ipsec import (
+    key_counts as ipsec_key_counts,
+)
 from ansible_collections.sitelink.gateway.plugins.module_utils.nftables import (
     MARKER,
     live_digest,
@@ -43,9 +49,6 @@ RELAY_UNIT = contract.RELAY_UNIT
 RELAY_STATUS_FILE = contract.RELAY_STATUS_FILE
 RELAY_STATUS_INTERVAL = 5.0  # the relay's default, when its status file does not say
 MASQUERADE_TABLE = "sitelink_masquerade"
-IPSEC_CONFIG = "/etc/swanctl/conf.d/sitelink-gateway.conf"  # the ipsec role's ipsec_config_path
-# A key section of that file: ike-NAME (the key sent) or ikeN-NAME (accepted too).
-_KEY_SECTION = re.compile(r"^  ike\d*-(\S+) \{$", re.M)
 FIREWALL_TABLE = "sitelink_firewall"  # family inet
 PING_COUNT = probe.COUNT
 PROBE_DEADLINE = probe.DEADLINE
@@ -429,15 +432,6 @@ def _xfrm_error(rc: int, stderr: str) -> str:
     return lines[-1].strip() if lines else f"exit status {rc}"
 
 
-def ipsec_key_counts(text: Optional[str]) -> dict[str, int]:
-    """How many keys each connection accepts, from the ipsec role's swanctl file (more
-    than one: a key rotation has not finished). Never reads a key."""
-    counts: dict[str, int] = {}
-    for name in _KEY_SECTION.findall(text or ""):
-        counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
 def check_ipsec(
     protection: str,
     connections: list[dict[str, Any]],
@@ -458,7 +452,7 @@ def check_ipsec(
     ``unprotected``: the links to external peers that chose plain IPIP where the
     deployment's links are protected; not a problem, but the report warns about each.
 
-    ``key_counts``: how many keys each connection accepts (``ipsec_key_counts``; None:
+    ``key_counts``: how many keys each connection accepts (``ipsec.key_counts``; None:
     the file was not read); each entry's ``keys``, for the report's rotation state.
     """
     found: dict[str, Any] = {

@@ -256,6 +256,19 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+# A key section of what render writes: ike-NAME (the key sent) or ikeN-NAME (accepted).
+_KEY_SECTION = re.compile(r"^  ike\d*-(\S+) \{$", re.M)
+
+
+def key_counts(text):
+    """How many keys each connection accepts, from a file ``render`` wrote (more than
+    one: a key rotation has not finished). Never reads a key."""
+    counts = {}
+    for name in _KEY_SECTION.findall(text or ""):
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def remote_end(
     connections, ike_proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS, dpd_delay=DPD_DELAY
 ):
