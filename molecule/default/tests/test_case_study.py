@@ -404,7 +404,10 @@ LINK_NAME = {"manhattan-gw": "sl-brooklyn", "brooklyn-gw": "sl-manhattan"}
 # Correctness bound, not a performance target: a rebooted gateway's link carries the
 # workstation's pings again at most this long after the reboot module returns (the
 # gateway answers SSH and its services are active), with nobody's help. Measured under
-# TCG: HEAL_MEASURED; the margin covers a slow, loaded CI machine.
+# TCG (2026-12): answered again 2 to 4 s before the module returned (outages of 27 and
+# 32 s): the rebooted gateway's charon initiates at boot, and the other end replaces its
+# stale IKE_SA (unique = replace). A link left to the other end's dead peer detection
+# instead (30 s idle, then about 165 s of retransmissions) would miss this bound.
 HEAL_BOUND = 120
 
 
@@ -464,6 +467,10 @@ def test_a_rebooted_gateway_heals_its_link_by_itself():
             seen = stream.finish(settle=1.0)
         finally:
             stream.stop()
+        assert healed, (
+            f"{rebooted}: pings not answered again within {HEAL_BOUND} s of the reboot "
+            f"returning ({seen}); the link's SAs at {other}: {link_sas(other)}"
+        )
         gaps = [g for g in seen["gaps"] if g["resumed_at"] > started]
         # Not a vacuous pass: the reboot did cut the link.
         assert gaps, f"no outage while {rebooted} rebooted: {seen}"
@@ -476,9 +483,7 @@ def test_a_rebooted_gateway_heals_its_link_by_itself():
             f"answered again {heal:+.1f} s after it returned"
         )
         print(figures[-1])
-        assert healed and heal <= HEAL_BOUND, (
-            f"{rebooted}: no answer within {HEAL_BOUND} s of the reboot returning: {seen}"
-        )
+        assert heal <= HEAL_BOUND, (rebooted, outage)
         # Healed by IKE, as it must: the other end keyed the link anew with the rebooted one.
         new, children = link_sas(other)
         established = {i for i, state in new.items() if state == "ESTABLISHED"}
