@@ -169,9 +169,10 @@ BROOKLYN_WAN = "172.17.2.10"
 CUT_SECONDS = 300
 # Correctness bound, not a target: the link carries pings again at most this long after
 # the peer is reachable again, with nobody's help. charon retransmits an IKE request 5
-# times, 4 s * 1.8^n apart (the longest wait 76 s), then gives up, and the next packet
-# the trap catches starts a new try at once: a try reaches the peer within about 76 s of
-# the path's return. The rest is margin for a slow machine.
+# times, 4 s * 1.8^n apart (the longest wait 76 s), then (keyingtries = 0) starts the
+# next try at once: a try reaches the peer within about 76 s of the path's return. The
+# rest is margin for a slow machine. (With one try, the link sat untried for 165 s
+# after it, and healed 225 s after a 5-minute cut: plugins/module_utils/ipsec.py.)
 HEAL_AFTER_CUT_BOUND = 180
 
 
@@ -211,12 +212,18 @@ def heal_after_cut(lab: Lab, seconds: float = CUT_SECONDS) -> dict:
             lab.ns_nft_delete("lab", CUT_TABLE)
         restored = time.time()
         deadline = restored + HEAL_AFTER_CUT_BOUND
-        while time.time() < deadline:
-            if lab.ping("workstation", APP_SERVER, count=1).returncode == 0:
-                break
+        healed = False
+        while not healed and time.time() < deadline:
+            healed = lab.ping("workstation", APP_SERVER, count=1).returncode == 0
         seen = stream.finish(settle=1.0)
     finally:
         stream.stop()
+    if not healed:
+        seen.pop("lost")  # every sequence number since the cut: too long to print
+        sys.exit(
+            f"the link did not heal within {HEAL_AFTER_CUT_BOUND} s of the cut's end: {seen}; "
+            f"link states at the end of the cut {during}, now {link_states(lab)}"
+        )
     gaps = [g for g in seen["gaps"] if g["last_answer_at"] <= restored]
     if dropped == 0 or not gaps:
         sys.exit(f"the cut cut nothing: {dropped} packets dropped, {seen['gaps']}")
@@ -229,8 +236,6 @@ def heal_after_cut(lab: Lab, seconds: float = CUT_SECONDS) -> dict:
         "heal_after_restore_s": outage["resumed_at"] - restored,
         "states_after": link_states(lab),
     }
-    if figures["heal_after_restore_s"] > HEAL_AFTER_CUT_BOUND:
-        sys.exit(f"the link did not heal within {HEAL_AFTER_CUT_BOUND} s: {figures}, {seen}")
     return figures
 
 
