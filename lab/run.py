@@ -202,6 +202,7 @@ def heal_after_cut(lab: Lab, seconds: float = CUT_SECONDS) -> dict:
     )
     stream = lab.background("workstation", "ping", APP_SERVER, "0.2")
     try:
+        time.sleep(2)  # answers before the cut: the outage is measured from the last one
         lab.ns_nft("lab", cut)
         try:
             cut_at = time.time()
@@ -226,7 +227,7 @@ def heal_after_cut(lab: Lab, seconds: float = CUT_SECONDS) -> dict:
         )
     gaps = [g for g in seen["gaps"] if g["last_answer_at"] <= restored]
     if dropped == 0 or not gaps:
-        sys.exit(f"the cut cut nothing: {dropped} packets dropped, {seen['gaps']}")
+        sys.exit(f"no outage seen: {dropped} packets dropped by the cut, gaps {seen['gaps']}")
     outage = max(gaps, key=lambda g: g["resumed_at"] - g["last_answer_at"])
     figures = {
         "cut_s": restored - cut_at,
