@@ -48,7 +48,8 @@ help:
 	@echo "  make demo         boot the case-study lab, run site.yml and verify.yml, show traffic, tear down"
 	@echo "  make bench        planning at scale, the relay against socat, then site.yml, verify.yml,"
 	@echo "                    TCP throughput with and without ESP, ipip_tunnel run times (offices lab),"
-	@echo "                    and the crowd lab at N=$(SCALE_BENCH_N) (make scale)"
+	@echo "                    a link healing by itself after Brooklyn is cut off the lab's Internet"
+	@echo "                    for 5 minutes (case-study lab), and the crowd lab at N=$(SCALE_BENCH_N) (make scale)"
 	@echo "  make bench-plan   planning only;  make bench-relay   the relay only (and a hub's fan-out)"
 	@echo "  make scale N=200  the crowd lab: a hub and N-1 branches (two real, the rest simulated"
 	@echo "                    by one VM); site.yml, SAs, reboot, broadcasts, verify.yml, removal"
@@ -178,6 +179,7 @@ demo: setup deps
 
 bench: bench-plan bench-relay
 	$(PY) lab/run.py bench
+	$(PY) lab/run.py heal
 	$(PY) lab/scale.py $(SCALE_BENCH_N)
 
 # The relay against socat, side by side in network namespaces (root): capacity,

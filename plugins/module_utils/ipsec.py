@@ -207,6 +207,13 @@ def render(
             # tunnel interface a hub adds made charon tell every peer its address
             # list (its LAN and tunnel addresses too): n links, n*n exchanges.
             "    mobike = no",
+            # Never give up keying a link: each try that gets no answer (5 retransmits,
+            # 165 s) starts the next at once. With strongSwan's one try, the kernel's
+            # next acquire for the trap comes xfrm_acq_expires (165 s) after the one that
+            # started the try, a moment before the try gives up, and is ignored ("
+            # connection attempt pending"); the link then sat untried 165 s more, and came
+            # back up to 4 minutes after its peer did.
+            "    keyingtries = 0",
             *ike_rekey,
             "    local {",
             "      auth = psk",

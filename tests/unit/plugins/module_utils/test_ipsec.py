@@ -247,6 +247,7 @@ def test_strongswan_before_5_9_6_gets_a_file_it_can_load(tmp_path):
     lines = [line.strip() for line in Path(path).read_text().splitlines()]
     assert "start_action = trap" in lines and "start_action = trap|start" not in lines
     assert "dpd_action = trap" in lines and "close_action = trap" in lines
+    assert "keyingtries = 0" in lines  # 5.9.1 has it too
     assert done.result["diff"]["after"] == checked.result["diff"]["after"]
     again, swanctl, _unused = run(
         params(tmp_path), swanctl=FakeSwanctl(path, {"sl-brooklyn"}, strongswan=(5, 9, 1))
@@ -435,3 +436,23 @@ def test_rekey_times_show_only_when_set():
     assert ipsec.validate({"path": "/x", "child_rekey_time": 0}) == [
         "child_rekey_time: 0 must be 1 or more seconds"
     ]
+
+
+def test_every_link_keeps_trying_to_key_its_peer():
+    """A peer gone a while (a reboot, a cut line) is keyed again soon after it is back:
+    each connection tries again at once when a try gets no answer (keyingtries = 0), with
+    or without the initiation at load. With strongSwan's one try, the trap's next acquire
+    came a moment before the try gave up, was ignored, and the link sat untried 165 s."""
+    for start in (True, False):
+        text = ipsec.render(
+            [BROOKLYN, QUEENS],
+            {BROOKLYN["link"]: KEY, QUEENS["link"]: KEY},
+            "a",
+            "e",
+            30,
+            start=start,
+        )
+        for name, block in ipsec.connection_blocks(text).items():
+            lines = block.splitlines()
+            # The connection's own option (IKE_SA retries), not its CHILD_SA's.
+            assert lines.index("keyingtries = 0") < lines.index("children {"), (start, name)
