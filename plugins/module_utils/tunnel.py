@@ -15,11 +15,13 @@ be unit tested without Ansible, root or an ipip-capable kernel:
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import json
 import os
 import re
 
+from ansible_collections.sitelink.gateway.plugins.module_utils import failover
 from ansible_collections.sitelink.gateway.plugins.module_utils.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -202,18 +204,23 @@ def validate_tunnels(raw):
         elif len(alias_for(description).encode("utf-8")) > _MAX_ALIAS:
             errors.append(f"{label} description: too long for the link alias")
 
-        result.append(
-            {
-                "name": name,
-                "local": str(local) if local else None,
-                "remote": str(remote) if remote else None,
-                "address": str(address) if address else None,
-                "routes": [str(n) for n in routes],
-                "mtu": mtu,
-                "ttl": ttl,
-                "description": description,
-            }
-        )
+        backup = item.get("backup") or None
+        if backup is not None and (not isinstance(backup, str) or backup == name):
+            errors.append(f"{label} backup: must name another tunnel (got {backup!r})")
+
+        tunnel = {
+            "name": name,
+            "local": str(local) if local else None,
+            "remote": str(remote) if remote else None,
+            "address": str(address) if address else None,
+            "routes": [str(n) for n in routes],
+            "mtu": mtu,
+            "ttl": ttl,
+            "description": description,
+        }
+        if backup:
+            tunnel["backup"] = backup
+        result.append(tunnel)
 
     # Cross-tunnel checks: each would make the kernel or routing ambiguous.
     seen = {}
@@ -241,6 +248,12 @@ def validate_tunnels(raw):
                 )
             else:
                 seen[("route", prefix)] = t["name"]
+    names = {t["name"] for t in result}
+    for t in result:
+        if t.get("backup") not in (None, t["name"], *names):
+            errors.append(
+                "tunnel {!r} backup: {!r} is not one of the tunnels".format(t["name"], t["backup"])
+            )
     if errors:
         raise TunnelError("invalid tunnels: " + "; ".join(errors))
     return sorted(result, key=lambda t: t["name"])
@@ -464,6 +477,12 @@ def plan(desired, live, purge=True):
         raise TunnelError("; ".join(errors))
 
     wanted = {t["name"] for t in desired}
+    # Routes the failover hook moved onto a tunnel's backup stay there: the hook owns
+    # which of the two carries them (module_utils/failover.py).
+    backed_up = {}
+    for t in desired:
+        if t.get("backup"):
+            backed_up.setdefault(t["backup"], set()).update(t["routes"])
     removes, route_dels, addr_dels, adds = [], [], [], []
     removed = []
     if purge:
@@ -511,10 +530,17 @@ def plan(desired, live, purge=True):
                 if route["prefsrc"] == t["address"] and not route["gateway"]:
                     good.add(route["dst"])
                 # else: fixed by the `route replace` below (same dst/metric key)
+            elif route["dst"] in backed_up.get(name, ()) and not route["metric"]:
+                pass  # another tunnel's route, moved here by the failover hook
             else:
                 route_dels.append(Action(name, "update", _route_del(name, route)))
+        on_backup = {
+            r["dst"]
+            for r in live.routes.get(t.get("backup") or "", [])
+            if not r["metric"] and r["prefsrc"] == t["address"] and not r["gateway"]
+        }
         for prefix in t["routes"]:
-            if prefix not in good:
+            if prefix not in good and prefix not in on_backup:
                 argv = ["route", "replace", prefix, "dev", name, "src", t["address"]]
                 adds.append(Action(name, "update", argv))
 
@@ -883,6 +909,11 @@ def run_module(module, runner=None, systemd=None, checkpoint=None):
         result["persist_changed"] = old_file != new_file
         result["changed"] = result["changed"] or result["persist_changed"]
 
+    failover_files = _failover_files(desired) if persist_path else []
+    for _path, old, new, _mode in failover_files:
+        result["failover_changed"] = result.get("failover_changed", False) or old != new
+    result["changed"] = result["changed"] or result.get("failover_changed", False)
+
     if module._diff:
         before = [live.describe(n) for n in live.owned()]
         # Without purge, owned tunnels that are not desired stay as they are.
@@ -905,6 +936,7 @@ def run_module(module, runner=None, systemd=None, checkpoint=None):
                     "after": new_file,
                 }
             )
+        diff.extend(_failover_diff(failover_files))
         result["diff"] = diff
 
     if module.check_mode:
@@ -925,9 +957,64 @@ def run_module(module, runner=None, systemd=None, checkpoint=None):
             write_atomic(module, persist_path, new_file)
         except OSError as e:
             module.fail_json(msg=f"writing {persist_path}: {e}{_rollback_note(result)}", **result)
+    try:
+        _write_failover(module, failover_files)
+    except OSError as e:
+        module.fail_json(msg=f"writing the failover hook: {e}{_rollback_note(result)}", **result)
     if boot_unit:
         _ensure_unit(module, systemd, boot_unit, persist_path, result)
     module.exit_json(**result)
+
+
+def failover_hook():
+    """The updown hook's text: module_utils/failover.py itself, made a program."""
+    # Through the module's loader: from a file, or from the zip Ansible sends.
+    return "#!/usr/bin/python3\n" + inspect.getsource(failover)
+
+
+def _failover_files(desired):
+    """``(path, old, new, mode)`` of the failover hook and its configuration; ``new``
+    None: the file goes (no tunnel has a backup)."""
+    conf = failover.config(desired)
+    wanted = (
+        (json.dumps(conf, indent=2, sort_keys=True) + "\n", failover_hook())
+        if conf
+        else (None, None)
+    )
+    return [
+        (path, read_file(path), new, mode)
+        for path, new, mode in zip(
+            (failover.CONFIG_PATH, failover.HOOK_PATH), wanted, (0o644, 0o755)
+        )
+    ]
+
+
+def _failover_diff(files):
+    """Diff entries of the failover files that change; the hook as one line (it is this
+    collection's code, not configuration)."""
+    entries = []
+    for path, old, new, _mode in files:
+        if old == new:
+            continue
+        if path == failover.HOOK_PATH:
+            old = old and "(the failover hook)\n"
+            new = new and "(the failover hook)\n"
+        entries.append(
+            {"before_header": path, "after_header": path, "before": old or "", "after": new or ""}
+        )
+    return entries
+
+
+def _write_failover(module, files):
+    """Write (or delete) the failover files that change: the hook last when written (it
+    reads the configuration), first when deleted."""
+    for path, old, new, mode in files if files and files[0][2] else reversed(files):
+        if old == new:
+            continue
+        if new is None:
+            remove_file(path, False)
+        else:
+            write_atomic(module, path, new, mode)
 
 
 def _unit_due(module, systemd, unit, persist_path):
@@ -1029,6 +1116,10 @@ def retire(module, runner, systemd, persist_path, boot_unit, result, checkpoint=
         _apply_or_fail(module, actions, runner, result)
     # The tunnels first: the boot file and unit go only once the tunnels are gone.
     try:
+        if persist_path:
+            for path in (failover.HOOK_PATH, failover.CONFIG_PATH):
+                if remove_file(path, check_mode):
+                    result["removed_paths"].append(path)
         if drop_file and remove_file(persist_path, check_mode):
             result["removed_paths"].append(persist_path)
         if boot_unit:
@@ -1042,7 +1133,11 @@ def retire(module, runner, systemd, persist_path, boot_unit, result, checkpoint=
             # The collection's directory (/etc/sitelink) goes once nothing is left in it;
             # the other roles' retire steps run before this one for that reason.
             directory = os.path.dirname(persist_path)
-            leaving = [os.path.basename(persist_path)] if drop_file and check_mode else []
+            leaving = [
+                os.path.basename(p)
+                for p in result["removed_paths"]
+                if check_mode and os.path.dirname(p) == directory
+            ]
             if remove_dir_if_empty(directory, check_mode, leaving):
                 result["removed_paths"].append(directory)
     except (SystemdError, OSError) as e:

@@ -1426,3 +1426,15 @@ def test_the_restore_program_runs_the_inverse_and_restores_the_boot_file(tmp_pat
     )
     assert not os.path.exists(gw.directory)
     assert gw.rollback_record()["resources"] == [{"key": "tunnels", "ok": True, "errors": []}]
+
+
+def test_routes_the_failover_hook_moved_to_the_backup_stay_there():
+    """Two hubs: Queens' routes ride Brooklyn's tunnel (the hook moved them, its link
+    being down); a run leaves them there, and takes them back without a backup."""
+    queens = {**QUEENS, "backup": "sl-brooklyn"}
+    moved = [(r, LAN) for r in BROOKLYN["routes"] + QUEENS["routes"]]
+    live = Host().add_tunnel(BROOKLYN, routes=moved).add_tunnel(QUEENS, routes=[]).live()
+    assert argvs(tu.plan(desired(BROOKLYN, queens), live)[0]) == []
+    undone = argvs(tu.plan(desired(BROOKLYN, QUEENS), live)[0])
+    assert "route replace 10.30.0.0/16 dev sl-queens src 192.168.1.126" in undone
+    assert "route replace 192.168.3.0/24 dev sl-queens src 192.168.1.126" in undone

@@ -1,0 +1,194 @@
+# Copyright: sitelink.gateway developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Hub failover: which tunnel carries each link's routes, and the hook that moves them.
+
+With two hubs a branch routes every other office through one hub's tunnel, its
+primary, and names the other hub's tunnel as that tunnel's backup (the planner
+does, ``plan/tunnels.py``); a hub names the other hub as the backup of each of its
+branch tunnels. An IPIP device has no carrier, so nothing in the kernel notices a
+dead hub: strongSwan does (DPD, or the peer deleting its SAs), and runs this file
+as its updown hook (``updown =`` in each protected link's child) with
+``PLUTO_VERB`` (``up-host`` / ``down-host``) and ``PLUTO_PEER`` (the peer's public
+address) in the environment.
+
+A tunnel's routes ride on the tunnel while its link is up or its backup's is not,
+else on the backup (``carrier``). The hook counts up and down events per tunnel
+(a peer rebooting may bring a new IKE_SA up before the old one is torn down), then
+reconciles the routes of every tunnel that has a backup with ``ip route replace``,
+in one ``ip -batch``: moving a route is one replace of the same key (prefix, metric
+0), so no packet finds no route. Reconciling from the live routes each time makes
+every event heal what an earlier one missed.
+
+The counts live in ``STATE_PATH`` (``/run``: gone at boot, when every tunnel comes
+up as the boot file left it, on its own device) with the identity of the charon
+that made them: a restarted charon starts from zero. ``ipip_tunnel`` writes the
+configuration (``CONFIG_PATH``, from its tunnels) and this file as the hook
+(``HOOK_PATH``); a route it finds on its tunnel's backup is where this hook put it.
+
+Standard library only, Python 3.9+: it runs on gateways, as a module_utils of
+``ipip_tunnel`` and as the hook itself (``main``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+
+CONFIG_PATH = "/etc/sitelink/failover.json"
+HOOK_PATH = "/usr/local/libexec/sitelink-failover"
+STATE_PATH = "/run/sitelink-failover.json"
+FAILOVER_VERSION = 1
+# charon's process names: charon-systemd (Debian's strongswan.service), or charon.
+_CHARON = ("charon-systemd", "charon")
+
+
+def config(tunnels):
+    """The hook's configuration from ``ipip_tunnel``'s tunnels: every tunnel's peer
+    (to know which tunnel an event is about) and, for those with a backup, their
+    routes. None when no tunnel has a backup: then no hook and no file."""
+    if not any(t.get("backup") for t in tunnels):
+        return None
+    return {
+        "version": FAILOVER_VERSION,
+        "tunnels": {
+            t["name"]: {
+                "remote": t["remote"],
+                "backup": t.get("backup"),
+                "routes": list(t["routes"]) if t.get("backup") else [],
+                "src": t["address"],
+            }
+            for t in sorted(tunnels, key=lambda t: t["name"])
+        },
+    }
+
+
+def carrier(name, tunnels, up):
+    """The device that carries tunnel ``name``'s routes: the tunnel itself while its
+    link is up, or while its backup's is not either (both down: nothing to win)."""
+    backup = tunnels[name].get("backup")
+    if not backup or up.get(name, 0) > 0 or up.get(backup, 0) <= 0:
+        return name
+    return backup
+
+
+def moves(conf, up, routes):
+    """``ip route replace`` argv lists that put every failover route on its carrier.
+
+    ``routes``: ``{prefix: device}`` of the main table's metric-0 routes now.
+    """
+    tunnels = conf["tunnels"]
+    argvs = []
+    for name in sorted(tunnels):
+        entry = tunnels[name]
+        if not entry.get("backup"):
+            continue
+        device = carrier(name, tunnels, up)
+        for prefix in entry["routes"]:
+            if routes.get(prefix) != device:
+                argvs.append(["route", "replace", prefix, "dev", device, "src", entry["src"]])
+    return argvs
+
+
+def count(up, tunnel, verb):
+    """``up`` after one event: ``up-host`` adds one, ``down-host`` takes one (never
+    below zero); other verbs change nothing."""
+    counts = dict(up)
+    if verb.startswith("up"):
+        counts[tunnel] = counts.get(tunnel, 0) + 1
+    elif verb.startswith("down"):
+        counts[tunnel] = max(0, counts.get(tunnel, 0) - 1)
+    return counts
+
+
+def tunnel_of(conf, peer):
+    """The tunnel whose remote is ``peer``, or None."""
+    for name, entry in conf["tunnels"].items():
+        if entry["remote"] == peer:
+            return name
+    return None
+
+
+def main_routes(text):
+    """``{prefix: device}`` of metric-0 routes in ``ip -j route show table main``."""
+    found = {}
+    for route in json.loads(text or "[]"):
+        if route.get("metric") or "dev" not in route:
+            continue
+        dst = route.get("dst", "")
+        if dst != "default" and "/" not in dst:
+            dst += "/32"
+        found[dst] = route["dev"]
+    return found
+
+
+# ----------------------------------------------------------------------------- the hook
+
+
+def _charon():
+    """``pid:start time`` of the charon that runs this hook (through a shell), or None."""
+    pid = os.getppid()
+    for _unused in range(4):
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+                stat = fh.read()
+        except OSError:
+            return None
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if name in _CHARON:
+            return f"{pid}:{fields[19]}"
+        pid = int(fields[1])
+    return None
+
+
+def _ip(argv, data=None):
+    return subprocess.run(["ip", *argv], input=data, capture_output=True, text=True, check=False)
+
+
+def _event(env, conf_path, state_path):
+    """One updown event: count it, then reconcile. Returns a line for charon's log."""
+    verb, peer = env.get("PLUTO_VERB", ""), env.get("PLUTO_PEER", "")
+    with open(conf_path, encoding="utf-8") as fh:
+        conf = json.load(fh)
+    tunnel = tunnel_of(conf, peer)
+    with open(state_path + ".lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # charon runs hooks from several threads
+        try:
+            with open(state_path, encoding="utf-8") as fh:
+                state = json.load(fh)
+        except (OSError, ValueError):
+            state = {}
+        charon = _charon()
+        up = state.get("up", {}) if state.get("charon") == charon else {}
+        if tunnel is not None:
+            up = count(up, tunnel, verb)
+        tmp = state_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"charon": charon, "up": up}, fh, sort_keys=True)
+        os.replace(tmp, state_path)
+        done = _ip(["-j", "route", "show", "table", "main"])
+        argvs = moves(conf, up, main_routes(done.stdout))
+        if argvs:
+            text = "".join(" ".join(a) + "\n" for a in argvs)
+            applied = _ip(["-batch", "-"], data=text)
+            if applied.returncode != 0:
+                return f"sitelink failover: {verb} {tunnel}: ip failed: {applied.stderr.strip()}"
+    moved = sorted({a[4] for a in argvs})
+    return f"sitelink failover: {verb} {tunnel or peer}: {len(argvs)} routes now on {moved or '-'}"
+
+
+def main(argv=None):
+    """The updown hook (strongSwan passes no arguments, only the environment)."""
+    try:
+        print(_event(os.environ, CONFIG_PATH, STATE_PATH))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"sitelink failover: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
