@@ -96,6 +96,7 @@ def plan_view(plan: Any) -> dict[str, Any]:
                 "remote": t["remote"],
                 "mtu": t["mtu"],
                 "routes": list(t["routes"]),
+                "backup": t.get("backup"),
                 "peer": link.get("peer"),
                 "peer_address": link.get("peer_address"),
             }
@@ -316,12 +317,17 @@ def check_routes(tunnels: list[dict[str, Any]], routes_text: str) -> dict[str, A
     for dev, routes in parse_routes(routes_text).items():
         for route in routes:
             devices.setdefault(route["dst"], []).append(dev)
-    total, failed, problems = 0, [], []
+    total, failed, problems, carriers = 0, [], [], []
+    peers = {t["name"]: t.get("peer") for t in tunnels}
     for tunnel in tunnels:
+        backup, moved = tunnel.get("backup"), 0
         for prefix in tunnel["routes"]:
             total += 1
             via = devices.get(_network(prefix), [])
             if tunnel["name"] in via:
+                continue
+            if backup and backup in via:
+                moved += 1  # the failover hook moved it: the link is down (two hubs)
                 continue
             failed.append({"prefix": prefix, "tunnel": tunnel["name"], "via": sorted(via)})
             if via:
@@ -332,7 +338,24 @@ def check_routes(tunnels: list[dict[str, Any]], routes_text: str) -> dict[str, A
                 )
             else:
                 problems.append(f"route {prefix}: missing (should go via {tunnel['name']})")
-    return {"total": total, "ok": total - len(failed), "failed": failed, "problems": problems}
+        if backup:
+            carrier = backup if moved and moved == len(tunnel["routes"]) else tunnel["name"]
+            carriers.append(
+                {
+                    "tunnel": tunnel["name"],
+                    "peer": peers.get(tunnel["name"]),
+                    "routes": list(tunnel["routes"]),
+                    "carrier": carrier,
+                    "carrier_peer": peers.get(carrier),
+                }
+            )
+    return {
+        "total": total,
+        "ok": total - len(failed),
+        "failed": failed,
+        "problems": problems,
+        "carriers": carriers,
+    }
 
 
 # --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ anyone who can reach a relay port could otherwise make any office unhealthy.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Optional
 
 REPORT_VERSION = 1
@@ -118,6 +119,7 @@ def build_report(
         "problems": problem_lines(entries) if entries else ["no office was checked"],
         "warnings": warning_lines(entries),
         "rotation": rotation_state(entries),
+        "failover": failover_state(entries),
         "offices": entries,
     }
 
@@ -141,6 +143,43 @@ def rotation_state(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if ipsec or relay:
             found.append({"office": e["office"], "ipsec": ipsec, "relay": relay})
     return found
+
+
+def failover_state(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two hubs: each office's hub now (the peer whose tunnel carries the most addresses),
+    and the links whose routes ride another hub's tunnel (down: failed over)."""
+    found = []
+    for e in entries:
+        carriers = (e.get("routes") or {}).get("carriers") or []
+        if not carriers:
+            continue
+        load: dict[str, int] = {}
+        for c in carriers:
+            peer = str(c.get("carrier_peer") or c.get("carrier"))
+            size = sum(ipaddress.ip_network(r).num_addresses for r in c.get("routes") or [])
+            load[peer] = load.get(peer, 0) + size
+        uses = max(sorted(load), key=lambda peer: load[peer])
+        down = sorted(
+            str(c.get("peer") or c.get("tunnel")) for c in carriers if c["carrier"] != c["tunnel"]
+        )
+        found.append({"office": e["office"], "uses": uses, "failed_over": down})
+    return found
+
+
+def failover_lines(report: dict[str, Any]) -> list[str]:
+    """Which hub each office uses now: nothing without two hubs."""
+    state = report.get("failover") or []
+    if not state:
+        return []
+    lines = ["", "hubs in use (two hubs): the hub each office's traffic goes through now"]
+    for office in state:
+        line = f"  {office['office']}: {office['uses']}"
+        if office["failed_over"]:
+            line += " (failed over: the link to {} is down)".format(
+                ", ".join(office["failed_over"])
+            )
+        lines.append(line)
+    return lines
 
 
 def rotation_lines(report: dict[str, Any]) -> list[str]:
@@ -362,6 +401,7 @@ def render_table(report: dict[str, Any]) -> str:
     )
     lines.append(COUNTER_LEGEND)
     lines += rotation_lines(report)
+    lines += failover_lines(report)
     relay = relay_rows(report)
     if len(relay) > 1:
         lines += ["", *_aligned(relay), *RELAY_COUNTER_LEGEND]

@@ -585,7 +585,20 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     # Destinations visited in LAN order, so every route list comes out sorted.
     routed = routing.next_hops(adj, forwards, transit, order=sorted(offices, key=lan_block.get))
     warnings: list[str] = []
-    relay_ports, flows = relay.plan(offices, adj, forwards, transit, errors, warnings)
+    protection = deployment["office_tunnel_protection"]
+    backups = _backup_hubs(topology, transit, protection, offices, adj)
+    # Broadcasts through both hubs, the second copy dropped as a replay: only the
+    # authenticated wire can tell a copy from a new datagram.
+    failover_hubs = sorted({hub for hub in backups.values()})
+    relay_ports, flows = relay.plan(
+        offices,
+        adj,
+        forwards,
+        transit,
+        errors,
+        warnings,
+        failover_hubs if relay_wire == contract.WIRE_SITELINK1 else None,
+    )
     relay.check_external_keys(offices, flows, errors)
     if errors:
         raise PlanError(errors)
@@ -595,10 +608,8 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     def prefixes(office: str, hop: str) -> tuple[str, ...]:
         return lans.collapsed(lan_block[d] for d in routed.get((office, hop), ()))
 
-    protection = deployment["office_tunnel_protection"]
     warnings.extend(ipsec.warnings(protection, offices_list, pairs))
     warnings.extend(relay.raw_wire_warnings(relay_wire, protection, offices_list))
-    backups = _backup_hubs(topology, transit, protection, offices, adj)
 
     def end(office: str, peer: str) -> LinkEnd:
         backup = backups.get((office, peer))
