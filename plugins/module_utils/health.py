@@ -343,6 +343,7 @@ def check_routes(tunnels: list[dict[str, Any]], routes_text: str) -> dict[str, A
             carriers.append(
                 {
                     "tunnel": tunnel["name"],
+                    "backup": backup,
                     "peer": peers.get(tunnel["name"]),
                     "routes": list(tunnel["routes"]),
                     "carrier": carrier,

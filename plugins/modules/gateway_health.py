@@ -206,7 +206,7 @@ routes:
       lists the others with the devices they go through instead.
     - With two hubs, a tunnel's prefixes found on its C(backup) tunnel are where the
       failover hook put them (the link is down) and count as C(ok); C(carriers) lists each
-      tunnel with a backup - C(tunnel), C(peer), C(routes) (its prefixes),
+      tunnel with a backup - C(tunnel), C(backup), C(peer), C(routes) (its prefixes),
       C(carrier) (the tunnel that carries them now) and C(carrier_peer).
   returned: success
   type: dict

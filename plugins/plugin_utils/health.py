@@ -146,19 +146,23 @@ def rotation_state(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def failover_state(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Two hubs: each office's hub now (the peer whose tunnel carries the most addresses),
-    and the links whose routes ride another hub's tunnel (down: failed over)."""
+    """Two hubs: each office's links failed over (their routes ride another hub's
+    tunnel: the link is down), and for a branch the hub it goes through now (the peer
+    whose tunnel carries the most addresses). A branch's two hub tunnels back each other
+    up; a hub's branch tunnels are backed by the other hub, whose own tunnel is not."""
     found = []
     for e in entries:
         carriers = (e.get("routes") or {}).get("carriers") or []
         if not carriers:
             continue
-        load: dict[str, int] = {}
-        for c in carriers:
-            peer = str(c.get("carrier_peer") or c.get("carrier"))
-            size = sum(ipaddress.ip_network(r).num_addresses for r in c.get("routes") or [])
-            load[peer] = load.get(peer, 0) + size
-        uses = max(sorted(load), key=lambda peer: load[peer])
+        uses = None
+        if {c.get("backup") for c in carriers} <= {c["tunnel"] for c in carriers}:  # a branch
+            load: dict[str, int] = {}
+            for c in carriers:
+                peer = str(c.get("carrier_peer") or c.get("carrier"))
+                size = sum(ipaddress.ip_network(r).num_addresses for r in c.get("routes") or [])
+                load[peer] = load.get(peer, 0) + size
+            uses = max(sorted(load), key=lambda peer: load[peer])
         down = sorted(
             str(c.get("peer") or c.get("tunnel")) for c in carriers if c["carrier"] != c["tunnel"]
         )
@@ -167,18 +171,21 @@ def failover_state(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def failover_lines(report: dict[str, Any]) -> list[str]:
-    """Which hub each office uses now: nothing without two hubs."""
+    """The hub each branch goes through now, and the links failed over: nothing
+    without two hubs."""
     state = report.get("failover") or []
     if not state:
         return []
-    lines = ["", "hubs in use (two hubs): the hub each office's traffic goes through now"]
+    lines = ["", "two hubs: the hub each branch goes through now, and links failed over"]
     for office in state:
-        line = f"  {office['office']}: {office['uses']}"
+        said = []
+        if office["uses"]:
+            said.append(f"through {office['uses']}")
         if office["failed_over"]:
-            line += " (failed over: the link to {} is down)".format(
-                ", ".join(office["failed_over"])
+            said.append(
+                "failed over: the link to {} is down".format(", ".join(office["failed_over"]))
             )
-        lines.append(line)
+        lines.append(f"  {office['office']}: " + ("; ".join(said) or "every link up"))
     return lines
 
 

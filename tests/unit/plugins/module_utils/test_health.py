@@ -1753,7 +1753,7 @@ def test_verify_shows_the_hub_each_office_uses_and_the_links_failed_over():
     (state,) = report.failover_state([entry])
     assert state == {"office": "queens", "uses": "manhattan", "failed_over": ["bronx"]}
     lines = report.failover_lines({"failover": [state]})
-    assert lines[-1] == "  queens: manhattan (failed over: the link to bronx is down)"
+    assert lines[-1] == "  queens: through manhattan; failed over: the link to bronx is down"
     # Both links up: its routes on their own tunnels, the hub with most of them.
     home = json.dumps(
         [
@@ -1770,5 +1770,19 @@ def test_verify_shows_the_hub_each_office_uses_and_the_links_failed_over():
     assert report.failover_state([entry]) == [
         {"office": "queens", "uses": "bronx", "failed_over": []}
     ]
+    # A hub: its branch tunnels backed by the other hub, whose own tunnel is not.
+    hub = [
+        {"name": "sl-queens", "routes": ["192.168.3.0/24"], "backup": "sl-bronx", "peer": "queens"},
+        {"name": "sl-bronx", "routes": ["192.168.5.0/24"], "peer": "bronx"},
+    ]
+    moved = json.dumps(
+        [{"dst": "192.168.3.0/24", "dev": "sl-bronx", "prefsrc": "192.168.1.126", "flags": []}]
+    )
+    entry = {"office": "manhattan", "routes": hc.check_routes(hub, moved)}
+    (state,) = report.failover_state([entry])
+    assert state == {"office": "manhattan", "uses": None, "failed_over": ["queens"]}
+    assert report.failover_lines({"failover": [state]})[-1] == (
+        "  manhattan: failed over: the link to queens is down"
+    )
     # One hub: nothing said.
     assert report.failover_lines({"failover": []}) == []
