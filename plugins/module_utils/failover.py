@@ -22,8 +22,10 @@ every event heal what an earlier one missed.
 The counts live in ``STATE_PATH`` (``/run``: gone at boot, when every tunnel comes
 up as the boot file left it, on its own device) with the identity of the charon
 that made them: a restarted charon starts from zero. ``ipip_tunnel`` writes the
-configuration (``CONFIG_PATH``, from its tunnels) and this file as the hook
-(``HOOK_PATH``); a route it finds on its tunnel's backup is where this hook put it.
+configuration (``CONFIG_PATH``, from its tunnels) and reconciles (``sync``) once it
+changed something: events may come before it (they are counted, keyed by peer);
+a route it finds on its tunnel's backup is where this hook put it. ``ipsec_links``,
+which names the hook in each link, writes this file as the hook (``HOOK_PATH``).
 
 Standard library only, Python 3.9+: it runs on gateways, as a module_utils of
 ``ipip_tunnel`` and as the hook itself (``main``).
@@ -32,6 +34,7 @@ Standard library only, Python 3.9+: it runs on gateways, as a module_utils of
 from __future__ import annotations
 
 import fcntl
+import inspect
 import json
 import os
 import subprocess
@@ -92,23 +95,20 @@ def moves(conf, up, routes):
     return argvs
 
 
-def count(up, tunnel, verb):
-    """``up`` after one event: ``up-host`` adds one, ``down-host`` takes one (never
-    below zero); other verbs change nothing."""
+def count(up, peer, verb):
+    """``up`` (CHILD_SAs up, by peer address) after one event: ``up-host`` adds one,
+    ``down-host`` takes one (never below zero); other verbs (``sync``) change nothing."""
     counts = dict(up)
     if verb.startswith("up"):
-        counts[tunnel] = counts.get(tunnel, 0) + 1
+        counts[peer] = counts.get(peer, 0) + 1
     elif verb.startswith("down"):
-        counts[tunnel] = max(0, counts.get(tunnel, 0) - 1)
+        counts[peer] = max(0, counts.get(peer, 0) - 1)
     return counts
 
 
-def tunnel_of(conf, peer):
-    """The tunnel whose remote is ``peer``, or None."""
-    for name, entry in conf["tunnels"].items():
-        if entry["remote"] == peer:
-            return name
-    return None
+def by_tunnel(conf, up):
+    """The counts by tunnel name, from the counts by peer address."""
+    return {name: up.get(entry["remote"], 0) for name, entry in conf["tunnels"].items()}
 
 
 def main_routes(text):
@@ -127,20 +127,34 @@ def main_routes(text):
 # ----------------------------------------------------------------------------- the hook
 
 
-def _charon():
-    """``pid:start time`` of the charon that runs this hook (through a shell), or None."""
-    pid = os.getppid()
-    for _unused in range(4):
-        try:
-            with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-                stat = fh.read()
-        except OSError:
-            return None
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if name in _CHARON:
-            return f"{pid}:{fields[19]}"
-        pid = int(fields[1])
+def _stat(pid):
+    """(name, parent pid, start time) of a process, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.index("(") + 1 : stat.rindex(")")], int(fields[1]), fields[19]
+
+
+def _charon(hook=True):
+    """``pid:start time`` of charon, or None: the one running this hook (through a
+    shell), or, for a sync, the one running on the host."""
+    if hook:
+        pid = os.getppid()
+        for _unused in range(4):
+            found = _stat(pid)
+            if found is None:
+                return None
+            if found[0] in _CHARON:
+                return f"{pid}:{found[2]}"
+            pid = found[1]
+        return None
+    for entry in os.listdir("/proc"):
+        found = _stat(entry) if entry.isdigit() else None
+        if found and found[0] in _CHARON:
+            return f"{entry}:{found[2]}"
     return None
 
 
@@ -149,11 +163,14 @@ def _ip(argv, data=None):
 
 
 def _event(env, conf_path, state_path):
-    """One updown event: count it, then reconcile. Returns a line for charon's log."""
+    """One updown event: count it, then reconcile (with a configuration: before
+    ``ipip_tunnel`` wrote one, events are only counted). Returns a line for the log."""
     verb, peer = env.get("PLUTO_VERB", ""), env.get("PLUTO_PEER", "")
-    with open(conf_path, encoding="utf-8") as fh:
-        conf = json.load(fh)
-    tunnel = tunnel_of(conf, peer)
+    try:
+        with open(conf_path, encoding="utf-8") as fh:
+            conf = json.load(fh)
+    except FileNotFoundError:
+        conf = None
     with open(state_path + ".lock", "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # charon runs hooks from several threads
         try:
@@ -161,27 +178,42 @@ def _event(env, conf_path, state_path):
                 state = json.load(fh)
         except (OSError, ValueError):
             state = {}
-        charon = _charon()
+        charon = _charon(hook=verb != "sync")
         up = state.get("up", {}) if state.get("charon") == charon else {}
-        if tunnel is not None:
-            up = count(up, tunnel, verb)
+        if peer:
+            up = count(up, peer, verb)
         tmp = state_path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump({"charon": charon, "up": up}, fh, sort_keys=True)
         os.replace(tmp, state_path)
+        if conf is None:
+            return f"sitelink failover: {verb} {peer}: counted (no configuration yet)"
         done = _ip(["-j", "route", "show", "table", "main"])
-        argvs = moves(conf, up, main_routes(done.stdout))
+        argvs = moves(conf, by_tunnel(conf, up), main_routes(done.stdout))
         if argvs:
             text = "".join(" ".join(a) + "\n" for a in argvs)
             applied = _ip(["-batch", "-"], data=text)
             if applied.returncode != 0:
-                return f"sitelink failover: {verb} {tunnel}: ip failed: {applied.stderr.strip()}"
+                return f"sitelink failover: {verb} {peer}: ip failed: {applied.stderr.strip()}"
     moved = sorted({a[4] for a in argvs})
-    return f"sitelink failover: {verb} {tunnel or peer}: {len(argvs)} routes now on {moved or '-'}"
+    return f"sitelink failover: {verb} {peer or '-'}: {len(argvs)} routes moved to {moved or '-'}"
+
+
+def sync(conf_path=CONFIG_PATH, state_path=STATE_PATH):
+    """Reconcile with no event: what ``ipip_tunnel`` runs once it wrote a new
+    configuration (the events before it were counted, not acted on)."""
+    return _event({"PLUTO_VERB": "sync"}, conf_path, state_path)
+
+
+def hook_text():
+    """The hook's file: this module itself, made a program (``ipsec_links`` writes it).
+    Through the module's loader: from a file, or from the zip Ansible sends."""
+    return "#!/usr/bin/python3\n" + inspect.getsource(sys.modules[__name__])
 
 
 def main(argv=None):
-    """The updown hook (strongSwan passes no arguments, only the environment)."""
+    """The updown hook (strongSwan passes no arguments, only the environment; with
+    none, ``PLUTO_VERB`` unset, it reconciles: ``ipip_tunnel``'s sync)."""
     try:
         print(_event(os.environ, CONFIG_PATH, STATE_PATH))
     except (OSError, ValueError, KeyError) as exc:

@@ -696,6 +696,9 @@ def run_module(
                 child_rekey_time=params.get("child_rekey_time"),
             )
         old_settings, new_settings = read_file(SETTINGS_PATH), render_settings(connections)
+        # The updown hook the failover links name (module_utils/failover.py).
+        old_hook = read_file(failover.HOOK_PATH)
+        new_hook = failover.hook_text() if new_settings else None
         running = systemd.is_active(SERVICE)
         loaded = swanctl.loaded() if running else set()
         wanted = {c["name"] for c in connections}
@@ -703,6 +706,8 @@ def run_module(
         stale = sorted(set(connection_names(old)) - wanted)
         if new != old:
             steps.append(("write " if new is not None else "remove ") + path)
+        if new_hook != old_hook:
+            steps.append(("write " if new_hook else "remove ") + failover.HOOK_PATH)
         if new_settings != old_settings:
             steps.append(("write " if new_settings else "remove ") + SETTINGS_PATH)
             if running:
@@ -738,14 +743,18 @@ def run_module(
                 # unloaded) by swanctl.
                 result["rollback"] = checkpoint.arm(
                     "ipsec",
-                    files=[path, SETTINGS_PATH],
+                    files=[path, SETTINGS_PATH, failover.HOOK_PATH],
                     commands=[
                         [swanctl.swanctl, "--reload-settings"],
                         [swanctl.swanctl, "--load-all", "--noprompt"],
                     ],
                     timeout=params["rollback_timeout"],
                 )
-            # Settings first: the IKE_SAs the load starts read them.
+            # The hook and the settings first: the SAs the load starts use them.
+            if new_hook is None and old_hook is not None:
+                os.unlink(failover.HOOK_PATH)
+            elif new_hook != old_hook:
+                write_atomic(module, failover.HOOK_PATH, new_hook, mode=0o755)
             if new_settings is None and old_settings is not None:
                 os.unlink(SETTINGS_PATH)
             elif new_settings != old_settings:
@@ -798,6 +807,15 @@ def run_module(
                 "after": hide_keys(new),
             }
         ]
+        if new_hook != old_hook:
+            result["diff"].append(
+                {
+                    "before_header": failover.HOOK_PATH,
+                    "after_header": failover.HOOK_PATH,
+                    "before": "(the failover hook)\n" if old_hook else "",
+                    "after": "(the failover hook)\n" if new_hook else "",
+                }
+            )
         if new_settings != old_settings:
             result["diff"].append(
                 {

@@ -15,7 +15,6 @@ be unit tested without Ansible, root or an ipip-capable kernel:
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import json
 import os
@@ -958,63 +957,47 @@ def run_module(module, runner=None, systemd=None, checkpoint=None):
         except OSError as e:
             module.fail_json(msg=f"writing {persist_path}: {e}{_rollback_note(result)}", **result)
     try:
-        _write_failover(module, failover_files)
-    except OSError as e:
+        said = _write_failover(module, failover_files, result["changed"])
+        if said:
+            result["failover"] = said
+    except (OSError, ValueError) as e:
         module.fail_json(msg=f"writing the failover hook: {e}{_rollback_note(result)}", **result)
     if boot_unit:
         _ensure_unit(module, systemd, boot_unit, persist_path, result)
     module.exit_json(**result)
 
 
-def failover_hook():
-    """The updown hook's text: module_utils/failover.py itself, made a program."""
-    # Through the module's loader: from a file, or from the zip Ansible sends.
-    return "#!/usr/bin/python3\n" + inspect.getsource(failover)
-
-
 def _failover_files(desired):
-    """``(path, old, new, mode)`` of the failover hook and its configuration; ``new``
-    None: the file goes (no tunnel has a backup)."""
+    """``(path, old, new, mode)`` of the failover hook's configuration; ``new`` None:
+    the file goes (no tunnel has a backup)."""
     conf = failover.config(desired)
-    wanted = (
-        (json.dumps(conf, indent=2, sort_keys=True) + "\n", failover_hook())
-        if conf
-        else (None, None)
-    )
-    return [
-        (path, read_file(path), new, mode)
-        for path, new, mode in zip(
-            (failover.CONFIG_PATH, failover.HOOK_PATH), wanted, (0o644, 0o755)
-        )
-    ]
+    new = json.dumps(conf, indent=2, sort_keys=True) + "\n" if conf else None
+    return [(failover.CONFIG_PATH, read_file(failover.CONFIG_PATH), new, 0o644)]
 
 
 def _failover_diff(files):
-    """Diff entries of the failover files that change; the hook as one line (it is this
-    collection's code, not configuration)."""
-    entries = []
-    for path, old, new, _mode in files:
-        if old == new:
-            continue
-        if path == failover.HOOK_PATH:
-            old = old and "(the failover hook)\n"
-            new = new and "(the failover hook)\n"
-        entries.append(
-            {"before_header": path, "after_header": path, "before": old or "", "after": new or ""}
-        )
-    return entries
+    """Diff entries of the failover files that change."""
+    return [
+        {"before_header": path, "after_header": path, "before": old or "", "after": new or ""}
+        for path, old, new, _mode in files
+        if old != new
+    ]
 
 
-def _write_failover(module, files):
-    """Write (or delete) the failover files that change: the hook last when written (it
-    reads the configuration), first when deleted."""
-    for path, old, new, mode in files if files and files[0][2] else reversed(files):
+def _write_failover(module, files, changed):
+    """Write (or delete) the failover configuration if it changes; then, if this call
+    changed anything, put every failover route where the links' state wants it (the
+    hook acts only on events, and routes just made sit on their own tunnel)."""
+    for path, old, new, mode in files:
         if old == new:
             continue
         if new is None:
             remove_file(path, False)
         else:
             write_atomic(module, path, new, mode)
+    if changed and any(new for _path, _old, new, _mode in files):
+        return failover.sync()
+    return None
 
 
 def _unit_due(module, systemd, unit, persist_path):
@@ -1116,10 +1099,8 @@ def retire(module, runner, systemd, persist_path, boot_unit, result, checkpoint=
         _apply_or_fail(module, actions, runner, result)
     # The tunnels first: the boot file and unit go only once the tunnels are gone.
     try:
-        if persist_path:
-            for path in (failover.HOOK_PATH, failover.CONFIG_PATH):
-                if remove_file(path, check_mode):
-                    result["removed_paths"].append(path)
+        if persist_path and remove_file(failover.CONFIG_PATH, check_mode):
+            result["removed_paths"].append(failover.CONFIG_PATH)
         if drop_file and remove_file(persist_path, check_mode):
             result["removed_paths"].append(persist_path)
         if boot_unit:

@@ -94,25 +94,30 @@ def test_the_hook_counts_per_charon_and_reconciles(tmp_path, monkeypatch):
     state = str(tmp_path / "state.json")
     ip = FakeIp(HOME)
     monkeypatch.setattr(failover, "_ip", ip)
-    monkeypatch.setattr(failover, "_charon", lambda: "100:5")
+    monkeypatch.setattr(failover, "_charon", lambda hook=True: "100:5")
 
     def event(verb, peer):
         return failover._event({"PLUTO_VERB": verb, "PLUTO_PEER": peer}, str(conf), state)
 
+    # Events before ipip_tunnel wrote the configuration: counted, acted on at its sync.
+    conf.unlink()
+    assert "counted (no configuration yet)" in event("up-host", "172.16.1.12")
+    conf.write_text(json.dumps(CONF))
+    monkeypatch.setattr(failover, "_charon", lambda hook=True: "100:5")
+    failover.sync(str(conf), state)
+    assert ip.routes["192.168.3.0/24"] == "sl-manhattan"  # bronx not up yet
+
     event("up-host", "172.20.5.10")
-    # Manhattan's link not up yet, bronx's up: manhattan's routes ride bronx's tunnel.
-    assert ip.routes["192.168.1.0/24"] == "sl-bronx"
-    event("up-host", "172.16.1.12")
     assert ip.routes == HOME
     said = event("down-host", "172.20.5.10")  # DPD: bronx is dead
     assert ip.routes["192.168.3.0/24"] == ip.routes["192.168.5.0/24"] == "sl-manhattan"
-    assert "2 routes now on ['sl-manhattan']" in said
+    assert "2 routes moved to ['sl-manhattan']" in said
     event("up-host", "172.20.5.10")
     assert ip.routes == HOME
     # A restarted charon: the counts of the one before are void.
-    monkeypatch.setattr(failover, "_charon", lambda: "200:9")
+    monkeypatch.setattr(failover, "_charon", lambda hook=True: "200:9")
     event("up-host", "172.16.1.12")
-    assert json.loads(Path(state).read_text()) == {"charon": "200:9", "up": {"sl-manhattan": 1}}
+    assert json.loads(Path(state).read_text()) == {"charon": "200:9", "up": {"172.16.1.12": 1}}
     assert ip.routes["192.168.3.0/24"] == "sl-manhattan"  # bronx not up again yet
 
 
@@ -126,6 +131,6 @@ def test_a_backup_must_be_another_listed_tunnel():
 
 
 def test_the_hook_is_this_module_made_a_program():
-    text = tunnel.failover_hook()
+    text = failover.hook_text()
     assert text.startswith("#!/usr/bin/python3\n")
     assert "def main(" in text and 'if __name__ == "__main__":' in text

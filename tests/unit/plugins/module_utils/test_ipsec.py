@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from ansible_collections.sitelink.gateway.plugins.module_utils import ipsec
+from ansible_collections.sitelink.gateway.plugins.module_utils import failover, ipsec
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import (
     CheckpointHost,
     Exit,
@@ -446,12 +446,15 @@ def test_a_failover_link_runs_the_hook_and_comes_back_by_itself(tmp_path, monkey
     answers; the other links are as they were, and without failover no settings file."""
     settings = tmp_path / "strongswan.d" / "sitelink-gateway.conf"
     monkeypatch.setattr(ipsec, "SETTINGS_PATH", str(settings))
+    hook = tmp_path / "sitelink-failover"
+    monkeypatch.setattr(failover, "HOOK_PATH", str(hook))
     path = str(tmp_path / "sitelink-gateway.conf")
     links = (BROOKLYN, {**QUEENS, "failover": True})
     swanctl = FakeSwanctl(path, loaded={"sl-brooklyn", "sl-queens"})
     done, swanctl, _unused = run(params(tmp_path, links), diff=True, swanctl=swanctl)
     blocks = ipsec.connection_blocks(Path(path).read_text())
-    assert "updown = /usr/local/libexec/sitelink-failover" in blocks["sl-queens"]
+    assert f"updown = {hook}" in blocks["sl-queens"]
+    assert hook.read_text().startswith("#!/usr/bin/python3") and hook.stat().st_mode & 0o111
     assert "dpd_action = restart" in blocks["sl-queens"]
     assert "keyingtries = 0" in blocks["sl-queens"]
     assert "dpd_delay = 10s" in blocks["sl-queens"]
@@ -459,9 +462,9 @@ def test_a_failover_link_runs_the_hook_and_comes_back_by_itself(tmp_path, monkey
     assert "retransmit_tries = 3" in settings.read_text()
     # Settings before the load: the IKE_SAs it starts read them.
     assert swanctl.calls.index("reload-settings") < swanctl.calls.index("load-all")
-    assert done.result["diff"][1]["before_header"] == str(settings)
+    assert [d["before_header"] for d in done.result["diff"][1:]] == [str(hook), str(settings)]
 
     again, swanctl, _unused = run(params(tmp_path, links), swanctl=swanctl)
     assert not again.result["changed"]
     plain, swanctl, _unused = run(params(tmp_path, (BROOKLYN, QUEENS)), swanctl=swanctl)
-    assert plain.result["changed"] and not settings.exists()
+    assert plain.result["changed"] and not settings.exists() and not hook.exists()

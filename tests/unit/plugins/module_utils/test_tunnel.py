@@ -14,7 +14,7 @@ import shlex
 import stat
 
 import pytest
-from ansible_collections.sitelink.gateway.plugins.module_utils import persist
+from ansible_collections.sitelink.gateway.plugins.module_utils import failover, persist
 from ansible_collections.sitelink.gateway.plugins.module_utils import tunnel as tu
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils import fakes
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import Exit
@@ -43,6 +43,12 @@ QUEENS = {
     "ttl": 64,
     "description": "peer queens",
 }
+
+
+@pytest.fixture(autouse=True)
+def _failover_files_in_tmp(tmp_path, monkeypatch):
+    """The failover hook's configuration is a fixed path on a gateway: here, a temp one."""
+    monkeypatch.setattr(failover, "CONFIG_PATH", str(tmp_path / "failover.json"))
 
 
 # --------------------------------------------------------------------------
