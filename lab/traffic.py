@@ -19,8 +19,11 @@ A stream, for as long as a change takes (both stop on SIGTERM, then report):
   traffic.py stream-receive PORT        counts them: {"sent_seen": highest N + 1,
                                         "received", "missing": [N...], "duplicates"}
   traffic.py ping DEST INTERVAL         pings: {"sent", "answered", "lost": [seq...],
-                                        "unanswered_at_stop"}: lost, those before the last
-                                        answered; the ones after it (1 is in flight)
+                                        "unanswered_at_stop", "gaps"}: lost, those before
+                                        the last answered; the ones after it (1 is in
+                                        flight); gaps, each run of lost ones: {"after_seq",
+                                        "resumed_seq", "last_answer_at", "resumed_at"}
+                                        (Unix times the replies arrived, ping -D)
 
 Forging, from a "stranger" namespace (raw socket, IP_HDRINCL, needs CAP_NET_RAW):
 
@@ -237,18 +240,18 @@ def ping(dest, interval):
     """ICMP echo through the kernel's ping (unprivileged datagram socket not assumed):
     every reply's sequence number, read from ping's own lines."""
     proc = subprocess.Popen(
-        ["ping", "-n", "-i", str(interval), dest],
+        ["ping", "-n", "-D", "-i", str(interval), dest],
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=_die_with_parent,  # a killed traffic.py leaves no ping running
     )
     _stop_on_term()
-    answered, sent = set(), [0]
+    answered, sent = {}, [0]  # answered: {seq: Unix time the reply arrived}
 
     def read(line):
-        reply = re.search(r" bytes from .*icmp_seq=(\d+) ", line)
+        reply = re.search(r"^\[(\d+\.\d+)\] .* bytes from .*icmp_seq=(\d+) ", line)
         if reply:
-            answered.add(int(reply.group(1)))
+            answered.setdefault(int(reply.group(2)), float(reply.group(1)))
         summary = re.match(r"(\d+) packets transmitted", line)
         if summary:
             sent[0] = int(summary.group(1))
@@ -265,11 +268,23 @@ def ping(dest, interval):
     proc.wait()
     sent = sent[0]
     top = max(answered, default=0)
+    order = sorted(answered)
     emit(
         sent=sent,
         answered=len(answered),
         lost=[n for n in range(1, top + 1) if n not in answered],
         unanswered_at_stop=max(0, sent - top),
+        # An outage, as the LAN host saw it: the last reply before, the first after.
+        gaps=[
+            {
+                "after_seq": before,
+                "resumed_seq": after,
+                "last_answer_at": answered[before],
+                "resumed_at": answered[after],
+            }
+            for before, after in zip(order, order[1:])
+            if after > before + 1
+        ],
     )
 
 
