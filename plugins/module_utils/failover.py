@@ -43,6 +43,11 @@ import sys
 CONFIG_PATH = "/etc/sitelink/failover.json"
 HOOK_PATH = "/usr/local/libexec/sitelink-failover"
 STATE_PATH = "/run/sitelink-failover.json"
+# Seconds a link is up before its routes come back to it (failback), and the
+# transient timer that brings them: the hub's links to the other branches come back
+# within one of charon's retry rounds (about 14 s).
+HOLD = 20
+HOLD_UNIT = "sitelink-failback"
 FAILOVER_VERSION = 1
 # charon's process names: charon-systemd (Debian's strongswan.service), or charon.
 _CHARON = ("charon-systemd", "charon")
@@ -77,22 +82,32 @@ def carrier(name, tunnels, up):
     return backup
 
 
-def moves(conf, up, routes):
-    """``ip route replace`` argv lists that put every failover route on its carrier.
+def moves(conf, up, routes, hold=False):
+    """``ip route replace`` argv lists that put every failover route on its carrier,
+    and whether some were held back.
 
-    ``routes``: ``{prefix: device}`` of the main table's metric-0 routes now.
+    ``routes``: ``{prefix: device}`` of the main table's metric-0 routes now. With
+    ``hold``, a route on a live backup stays there even if its own tunnel is up again:
+    failback waits (``HOLD``) for the hub's other links to come back too, or its first
+    packets would find the hub with no SA yet to the far branch. Routes on a dead
+    tunnel always move.
     """
     tunnels = conf["tunnels"]
-    argvs = []
+    argvs, held = [], False
     for name in sorted(tunnels):
         entry = tunnels[name]
         if not entry.get("backup"):
             continue
         device = carrier(name, tunnels, up)
         for prefix in entry["routes"]:
-            if routes.get(prefix) != device:
-                argvs.append(["route", "replace", prefix, "dev", device, "src", entry["src"]])
-    return argvs
+            now = routes.get(prefix)
+            if now == device:
+                continue
+            if hold and device == name and now == entry["backup"] and up.get(now, 0) > 0:
+                held = True
+                continue
+            argvs.append(["route", "replace", prefix, "dev", device, "src", entry["src"]])
+    return argvs, held
 
 
 def count(up, peer, verb):
@@ -158,8 +173,12 @@ def _charon(hook=True):
     return None
 
 
+def _run(argv, data=None):
+    return subprocess.run(argv, input=data, capture_output=True, text=True, check=False)
+
+
 def _ip(argv, data=None):
-    return subprocess.run(["ip", *argv], input=data, capture_output=True, text=True, check=False)
+    return _run(["ip", *argv], data)
 
 
 def _event(env, conf_path, state_path):
@@ -189,14 +208,31 @@ def _event(env, conf_path, state_path):
         if conf is None:
             return f"sitelink failover: {verb} {peer}: counted (no configuration yet)"
         done = _ip(["-j", "route", "show", "table", "main"])
-        argvs = moves(conf, by_tunnel(conf, up), main_routes(done.stdout))
+        argvs, held = moves(
+            conf, by_tunnel(conf, up), main_routes(done.stdout), hold=verb.startswith("up")
+        )
         if argvs:
             text = "".join(" ".join(a) + "\n" for a in argvs)
             applied = _ip(["-batch", "-"], data=text)
             if applied.returncode != 0:
                 return f"sitelink failover: {verb} {peer}: ip failed: {applied.stderr.strip()}"
-    moved = sorted({a[4] for a in argvs})
-    return f"sitelink failover: {verb} {peer or '-'}: {len(argvs)} routes moved to {moved or '-'}"
+    said = f"sitelink failover: {verb} {peer or '-'}: {len(argvs)} routes moved"
+    if argvs:
+        said += f" to {', '.join(sorted({a[4] for a in argvs}))}"
+    if held:
+        # A transient timer runs the hook again with no event; a second one while
+        # the first waits is refused by systemd (same unit name): one failback.
+        _run(
+            [
+                "systemd-run",
+                f"--unit={HOLD_UNIT}",
+                f"--on-active={HOLD}",
+                "--setenv=PLUTO_VERB=sync",
+                HOOK_PATH,
+            ]
+        )
+        said += f"; failback in {HOLD} s"
+    return said
 
 
 def sync(conf_path=CONFIG_PATH, state_path=STATE_PATH):

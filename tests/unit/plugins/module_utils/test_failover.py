@@ -42,17 +42,26 @@ def test_no_backup_no_hook():
 
 def test_routes_move_only_when_the_link_is_down_and_the_backup_up():
     both = {"sl-bronx": 1, "sl-manhattan": 1}
-    assert failover.moves(CONF, both, HOME) == []
+    assert failover.moves(CONF, both, HOME) == ([], False)
     # bronx dead: its routes go over manhattan's tunnel, in one replace each
-    assert failover.moves(CONF, {"sl-manhattan": 1}, HOME) == [
-        ["route", "replace", p, "dev", "sl-manhattan", "src", "192.168.4.126"]
-        for p in ("192.168.3.0/24", "192.168.5.0/24")
-    ]
+    assert failover.moves(CONF, {"sl-manhattan": 1}, HOME) == (
+        [
+            ["route", "replace", p, "dev", "sl-manhattan", "src", "192.168.4.126"]
+            for p in ("192.168.3.0/24", "192.168.5.0/24")
+        ],
+        False,
+    )
     # both dead: nothing to win, nothing moves (the boot file's places)
-    assert failover.moves(CONF, {}, HOME) == []
-    # bronx back: its routes come home
+    assert failover.moves(CONF, {}, HOME) == ([], False)
+    # bronx back: its routes come home, at once on a sync, held back on its up event
     moved = {**HOME, "192.168.3.0/24": "sl-manhattan", "192.168.5.0/24": "sl-manhattan"}
-    assert [a[2] for a in failover.moves(CONF, both, moved)] == ["192.168.3.0/24", "192.168.5.0/24"]
+    argvs, held = failover.moves(CONF, both, moved)
+    assert [a[2] for a in argvs] == ["192.168.3.0/24", "192.168.5.0/24"] and not held
+    assert failover.moves(CONF, both, moved, hold=True) == ([], True)
+    # held back only from a live backup: off a dead tunnel, at once
+    argvs, held = failover.moves(CONF, {"sl-bronx": 1}, moved, hold=True)
+    assert [a[2] for a in argvs] == ["192.168.3.0/24", "192.168.5.0/24", "192.168.1.0/24"]
+    assert {a[4] for a in argvs} == {"sl-bronx"} and not held
 
 
 def test_a_new_sa_before_the_old_ones_down_keeps_the_link_up():
@@ -69,12 +78,18 @@ class FakeIp:
     def __init__(self, routes):
         self.routes = dict(routes)
         self.batches = []
+        self.timers = []
 
     def __call__(self, argv, data=None):
         class Done:
             returncode, stderr = 0, ""
 
         done = Done()
+        if argv[0] == "systemd-run":
+            self.timers.append(argv)
+            done.stdout = ""
+            return done
+        argv = argv[1:]  # ip
         if argv[:2] == ["-batch", "-"]:
             self.batches.append(data)
             for line in data.splitlines():
@@ -93,7 +108,7 @@ def test_the_hook_counts_per_charon_and_reconciles(tmp_path, monkeypatch):
     conf.write_text(json.dumps(CONF))
     state = str(tmp_path / "state.json")
     ip = FakeIp(HOME)
-    monkeypatch.setattr(failover, "_ip", ip)
+    monkeypatch.setattr(failover, "_run", ip)
     monkeypatch.setattr(failover, "_charon", lambda hook=True: "100:5")
 
     def event(verb, peer):
@@ -107,12 +122,23 @@ def test_the_hook_counts_per_charon_and_reconciles(tmp_path, monkeypatch):
     failover.sync(str(conf), state)
     assert ip.routes["192.168.3.0/24"] == "sl-manhattan"  # bronx not up yet
 
-    event("up-host", "172.20.5.10")
+    said = event("up-host", "172.20.5.10")  # bronx up: its routes come after HOLD s
+    assert ip.routes["192.168.3.0/24"] == "sl-manhattan" and "failback in 20 s" in said
+    failover.sync(str(conf), state)  # the timer's run
     assert ip.routes == HOME
     said = event("down-host", "172.20.5.10")  # DPD: bronx is dead
     assert ip.routes["192.168.3.0/24"] == ip.routes["192.168.5.0/24"] == "sl-manhattan"
-    assert "2 routes moved to ['sl-manhattan']" in said
-    event("up-host", "172.20.5.10")
+    assert "2 routes moved to sl-manhattan" in said
+    said = event("up-host", "172.20.5.10")  # bronx back: failback after HOLD s
+    assert ip.routes["192.168.3.0/24"] == "sl-manhattan" and "failback in 20 s" in said
+    assert ip.timers[-1] == [
+        "systemd-run",
+        "--unit=sitelink-failback",
+        "--on-active=20",
+        "--setenv=PLUTO_VERB=sync",
+        failover.HOOK_PATH,
+    ]
+    failover.sync(str(conf), state)  # the timer's run
     assert ip.routes == HOME
     # A restarted charon: the counts of the one before are void.
     monkeypatch.setattr(failover, "_charon", lambda hook=True: "200:9")
