@@ -197,7 +197,7 @@ def _event(env, conf_path, state_path):
                 state = json.load(fh)
         except (OSError, ValueError):
             state = {}
-        charon = _charon(hook=verb != "sync")
+        charon = _charon(hook=verb.startswith(("up", "down")))
         up = state.get("up", {}) if state.get("charon") == charon else {}
         if peer:
             up = count(up, peer, verb)
@@ -247,16 +247,17 @@ def hook_text():
     return "#!/usr/bin/python3\n" + inspect.getsource(sys.modules[__name__])
 
 
-def main(argv=None):
-    """The updown hook (strongSwan passes no arguments, only the environment; with
-    none, ``PLUTO_VERB`` unset, it reconciles: ``ipip_tunnel``'s sync)."""
+def main():
+    """The updown hook: strongSwan passes no arguments, only the environment. Run by
+    hand (``PLUTO_VERB`` unset) or by the failback timer, it reconciles. What it says
+    goes to charon's log."""
     try:
-        print(_event(os.environ, CONFIG_PATH, STATE_PATH))
+        said, status = _event(os.environ, CONFIG_PATH, STATE_PATH), 0
     except (OSError, ValueError, KeyError) as exc:
-        print(f"sitelink failover: {exc}")
-        return 1
-    return 0
+        said, status = f"sitelink failover: {exc}", 1
+    sys.stdout.write(said + "\n")
+    return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -589,7 +589,7 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     backups = _backup_hubs(topology, transit, protection, offices, adj)
     # Broadcasts through both hubs, the second copy dropped as a replay: only the
     # authenticated wire can tell a copy from a new datagram.
-    failover_hubs = sorted({hub for hub in backups.values()})
+    failover_hubs = sorted(set(backups.values()))
     relay_ports, flows = relay.plan(
         offices,
         adj,
