@@ -817,13 +817,14 @@ def _rollback_key(checkpoint):
 def arm_rollback(module, checkpoint, actions, live, persist_path, boot_unit, ip, systemctl):
     """Arm the rollback of this change (before it is applied); returns what arm() does.
 
-    Saves the boot file, the unit and its enablement link as they are, and an
-    ``ip -force -batch`` file with the inverse of ``actions`` (``rollback_argvs``).
+    Saves the boot file, the failover hook's configuration, the unit and its
+    enablement link as they are, and an ``ip -force -batch`` file with the inverse
+    of ``actions`` (``rollback_argvs``).
     """
     timeout = module.params.get("rollback_timeout") or 0
     files, commands = [], []
     if persist_path:
-        files.append(persist_path)
+        files += [persist_path, failover.CONFIG_PATH]
     if boot_unit:
         files += [unit_path(boot_unit), unit_path("multi-user.target.wants/" + boot_unit)]
         commands.append([systemctl, "daemon-reload"])

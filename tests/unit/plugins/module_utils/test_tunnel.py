@@ -1313,6 +1313,7 @@ def test_run_module_arms_the_rollback_before_changing_tunnels(tmp_path, gw, monk
     (resource,) = gw.manifest()["resources"]
     assert [f["path"] for f in resource["files"]] == [
         path,
+        failover.CONFIG_PATH,  # the failover hook's, with two hubs (absent here)
         str(tmp_path / "units" / "sl-t.service"),
         str(tmp_path / "units" / "multi-user.target.wants" / "sl-t.service"),
     ]
