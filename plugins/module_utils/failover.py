@@ -7,28 +7,29 @@ primary, and names the other hub's tunnel as that tunnel's backup (the planner
 does, ``plan/tunnels.py``); a hub names the other hub as the backup of each of its
 branch tunnels. An IPIP device has no carrier, so nothing in the kernel notices a
 dead hub: strongSwan does (DPD, or the peer deleting its SAs), and runs this file
-as its updown hook (``updown =`` in each protected link's child) with
-``PLUTO_VERB`` (``up-host`` / ``down-host``) and ``PLUTO_PEER`` (the peer's public
-address) in the environment.
+as its updown hook (``updown =`` in each protected link's child) as a link's SAs
+come up or go down.
 
-A tunnel's routes ride on the tunnel while its link is up or its backup's is not,
-else on the backup (``carrier``). The hook counts up and down events per tunnel
-(a peer rebooting may bring a new IKE_SA up before the old one is torn down), then
-reconciles the routes of every tunnel that has a backup with ``ip route replace``,
-in one ``ip -batch``: moving a route is one replace of the same key (prefix, metric
-0), so no packet finds no route. Reconciling from the live routes each time makes
-every event heal what an earlier one missed.
+A link is up while the kernel holds an established ESP SA each way with its peer
+(``ip xfrm state``, read for addresses and SPIs only). That is the truth whatever
+strongSwan did before (a rekeying, a duplicate IKE_SA, an event this hook missed),
+so the hook counts nothing: on each event it reads the kernel and reconciles. A
+tunnel's routes ride on the tunnel while its link is up or its backup's is not,
+else on the backup (``carrier``), moved with ``ip route replace`` in one
+``ip -batch``: one replace of the same key (prefix, metric 0) per route, so no
+packet finds no route.
 
-The counts live in ``STATE_PATH`` (``/run``: gone at boot, when every tunnel comes
-up as the boot file left it, on its own device) with the identity of the charon
-that made them: a restarted charon starts from zero. ``ipip_tunnel`` writes the
-configuration (``CONFIG_PATH``, from its tunnels) and reconciles (``sync``) once it
-changed something: events may come before it (they are counted, keyed by peer);
-a route it finds on its tunnel's backup is where this hook put it. ``ipsec_links``,
+charon runs the hook for a going SA before it deletes it from the kernel: a down
+event reconciles a second later (``SETTLE``, a transient systemd timer). An up
+event moves routes off dead tunnels at once, but leaves routes on a live backup for
+``HOLD`` seconds (failback, by a second timer): the hub's links to the other
+branches come back meanwhile. ``ipip_tunnel`` writes the configuration
+(``CONFIG_PATH``) and reconciles (``sync``) when it changed something, and leaves
+a route it finds on its tunnel's backup where this hook put it. ``ipsec_links``,
 which names the hook in each link, writes this file as the hook (``HOOK_PATH``).
 
 Standard library only, Python 3.9+: it runs on gateways, as a module_utils of
-``ipip_tunnel`` and as the hook itself (``main``).
+``ipip_tunnel``, ``ipsec_links`` and ``gateway_health``, and as the hook itself.
 """
 
 from __future__ import annotations
@@ -37,32 +38,74 @@ import fcntl
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
 CONFIG_PATH = "/etc/sitelink/failover.json"
 HOOK_PATH = "/usr/local/libexec/sitelink-failover"
-STATE_PATH = "/run/sitelink-failover.json"
-# Seconds a link is up before its routes come back to it (failback), and the
-# transient timer that brings them: the hub's links to the other branches come back
-# within one of charon's retry rounds (about 14 s).
+LOCK_PATH = "/run/sitelink-failover.lock"
+# Seconds after a down event (charon deletes the SA once the hook returns), and after
+# an up event before routes leave a live backup (failback): within one of charon's
+# retry rounds (about 14 s with ipsec_links' settings) the hub's other links are back.
+SETTLE = 1
 HOLD = 20
-HOLD_UNIT = "sitelink-failback"
 FAILOVER_VERSION = 1
-# charon's process names: charon-systemd (Debian's strongswan.service), or charon.
-_CHARON = ("charon-systemd", "charon")
+_SA_HEAD = re.compile(r"^src (\S+) dst (\S+)\s*$")
+_SA_ID = re.compile(r"^\s+proto (\S+) (?:spi (0x[0-9a-fA-F]+)\S* )?reqid \S+ mode (\S+)")
+
+
+def parse_xfrm_states(text):
+    """``ip xfrm state list`` -> each SA's addresses, protocol and mode; nothing else.
+
+    Only a block's first two lines are read. The key lines (``aead``, ``enc``,
+    ``auth``...) are skipped unread, and the SPI is reduced to whether there is
+    one: an SA being negotiated (an ACQUIRE) lists as SPI 0 and carries no traffic.
+    """
+    states = []
+    head = None
+    for line in (text or "").splitlines():
+        if line[:1] not in (" ", "\t"):
+            match = _SA_HEAD.match(line)
+            head = match.groups() if match else None
+            continue
+        if head is not None:
+            match = _SA_ID.match(line)
+            if match:
+                proto, spi, mode = match.groups()
+                states.append(
+                    {
+                        "src": head[0],
+                        "dst": head[1],
+                        "proto": proto,
+                        "mode": mode,
+                        "established": bool(spi) and int(spi, 16) != 0,
+                    }
+                )
+        head = None  # the SA's identity is the line right after its head
+    return states
+
+
+def links_up(conf, states):
+    """``{tunnel: True/False}``: an established ESP SA each way with its peer."""
+    pairs = {(s["src"], s["dst"]) for s in states if s["proto"] == "esp" and s["established"]}
+    return {
+        name: (e["local"], e["remote"]) in pairs and (e["remote"], e["local"]) in pairs
+        for name, e in conf["tunnels"].items()
+    }
 
 
 def config(tunnels):
-    """The hook's configuration from ``ipip_tunnel``'s tunnels: every tunnel's peer
-    (to know which tunnel an event is about) and, for those with a backup, their
-    routes. None when no tunnel has a backup: then no hook and no file."""
+    """The hook's configuration from ``ipip_tunnel``'s tunnels: every tunnel's ends
+    (whose SAs say whether its link is up) and, for those with a backup, their routes.
+    None when no tunnel has a backup: then no file."""
     if not any(t.get("backup") for t in tunnels):
         return None
     return {
         "version": FAILOVER_VERSION,
         "tunnels": {
             t["name"]: {
+                "local": t["local"],
                 "remote": t["remote"],
                 "backup": t.get("backup"),
                 "routes": list(t["routes"]) if t.get("backup") else [],
@@ -77,7 +120,7 @@ def carrier(name, tunnels, up):
     """The device that carries tunnel ``name``'s routes: the tunnel itself while its
     link is up, or while its backup's is not either (both down: nothing to win)."""
     backup = tunnels[name].get("backup")
-    if not backup or up.get(name, 0) > 0 or up.get(backup, 0) <= 0:
+    if not backup or up.get(name) or not up.get(backup):
         return name
     return backup
 
@@ -103,27 +146,11 @@ def moves(conf, up, routes, hold=False):
             now = routes.get(prefix)
             if now == device:
                 continue
-            if hold and device == name and now == entry["backup"] and up.get(now, 0) > 0:
+            if hold and device == name and now == entry["backup"] and up.get(now):
                 held = True
                 continue
             argvs.append(["route", "replace", prefix, "dev", device, "src", entry["src"]])
     return argvs, held
-
-
-def count(up, peer, verb):
-    """``up`` (CHILD_SAs up, by peer address) after one event: ``up-host`` adds one,
-    ``down-host`` takes one (never below zero); other verbs (``sync``) change nothing."""
-    counts = dict(up)
-    if verb.startswith("up"):
-        counts[peer] = counts.get(peer, 0) + 1
-    elif verb.startswith("down"):
-        counts[peer] = max(0, counts.get(peer, 0) - 1)
-    return counts
-
-
-def by_tunnel(conf, up):
-    """The counts by tunnel name, from the counts by peer address."""
-    return {name: up.get(entry["remote"], 0) for name, entry in conf["tunnels"].items()}
 
 
 def main_routes(text):
@@ -142,37 +169,6 @@ def main_routes(text):
 # ----------------------------------------------------------------------------- the hook
 
 
-def _stat(pid):
-    """(name, parent pid, start time) of a process, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return stat[stat.index("(") + 1 : stat.rindex(")")], int(fields[1]), fields[19]
-
-
-def _charon(hook=True):
-    """``pid:start time`` of charon, or None: the one running this hook (through a
-    shell), or, for a sync, the one running on the host."""
-    if hook:
-        pid = os.getppid()
-        for _unused in range(4):
-            found = _stat(pid)
-            if found is None:
-                return None
-            if found[0] in _CHARON:
-                return f"{pid}:{found[2]}"
-            pid = found[1]
-        return None
-    for entry in os.listdir("/proc"):
-        found = _stat(entry) if entry.isdigit() else None
-        if found and found[0] in _CHARON:
-            return f"{entry}:{found[2]}"
-    return None
-
-
 def _run(argv, data=None):
     return subprocess.run(argv, input=data, capture_output=True, text=True, check=False)
 
@@ -181,64 +177,55 @@ def _ip(argv, data=None):
     return _run(["ip", *argv], data)
 
 
-def _event(env, conf_path, state_path):
-    """One updown event: count it, then reconcile (with a configuration: before
-    ``ipip_tunnel`` wrote one, events are only counted). Returns a line for the log."""
-    verb, peer = env.get("PLUTO_VERB", ""), env.get("PLUTO_PEER", "")
+def _later(seconds, unit):
+    """Run the hook again (a sync) in ``seconds``, once: a transient timer, which
+    systemd refuses to start twice under one name while the first waits."""
+    _run(
+        [
+            "systemd-run",
+            f"--unit={unit}",
+            f"--on-active={seconds}",
+            "--timer-property=AccuracySec=100ms",
+            "--property=CollectMode=inactive-or-failed",
+            "--setenv=PLUTO_VERB=sync",
+            HOOK_PATH,
+        ]
+    )
+
+
+def _event(env, conf_path):
+    """One event (``PLUTO_VERB``: ``up-host``, ``down-host``, or ``sync``): reconcile
+    from the kernel's SAs, now or a little later. Returns a line for charon's log."""
+    verb, peer = env.get("PLUTO_VERB") or "sync", env.get("PLUTO_PEER") or "-"
     try:
         with open(conf_path, encoding="utf-8") as fh:
             conf = json.load(fh)
     except FileNotFoundError:
-        conf = None
-    with open(state_path + ".lock", "w", encoding="utf-8") as lock:
+        return f"sitelink failover: {verb} {peer}: no configuration yet"
+    if verb.startswith("down"):
+        _later(SETTLE, "sitelink-failover-settle")
+        return f"sitelink failover: {verb} {peer}: routes checked in {SETTLE} s"
+    with open(LOCK_PATH, "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # charon runs hooks from several threads
-        try:
-            with open(state_path, encoding="utf-8") as fh:
-                state = json.load(fh)
-        except (OSError, ValueError):
-            state = {}
-        charon = _charon(hook=verb.startswith(("up", "down")))
-        up = state.get("up", {}) if state.get("charon") == charon else {}
-        if peer:
-            up = count(up, peer, verb)
-        tmp = state_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"charon": charon, "up": up}, fh, sort_keys=True)
-        os.replace(tmp, state_path)
-        if conf is None:
-            return f"sitelink failover: {verb} {peer}: counted (no configuration yet)"
-        done = _ip(["-j", "route", "show", "table", "main"])
-        argvs, held = moves(
-            conf, by_tunnel(conf, up), main_routes(done.stdout), hold=verb.startswith("up")
-        )
+        up = links_up(conf, parse_xfrm_states(_ip(["xfrm", "state", "list"]).stdout))
+        routes = main_routes(_ip(["-j", "route", "show", "table", "main"]).stdout)
+        argvs, held = moves(conf, up, routes, hold=verb.startswith("up"))
         if argvs:
-            text = "".join(" ".join(a) + "\n" for a in argvs)
-            applied = _ip(["-batch", "-"], data=text)
+            applied = _ip(["-batch", "-"], data="".join(" ".join(a) + "\n" for a in argvs))
             if applied.returncode != 0:
                 return f"sitelink failover: {verb} {peer}: ip failed: {applied.stderr.strip()}"
-    said = f"sitelink failover: {verb} {peer or '-'}: {len(argvs)} routes moved"
+    said = f"sitelink failover: {verb} {peer}: {len(argvs)} routes moved"
     if argvs:
         said += f" to {', '.join(sorted({a[4] for a in argvs}))}"
     if held:
-        # A transient timer runs the hook again with no event; a second one while
-        # the first waits is refused by systemd (same unit name): one failback.
-        _run(
-            [
-                "systemd-run",
-                f"--unit={HOLD_UNIT}",
-                f"--on-active={HOLD}",
-                "--setenv=PLUTO_VERB=sync",
-                HOOK_PATH,
-            ]
-        )
+        _later(HOLD, "sitelink-failback")
         said += f"; failback in {HOLD} s"
     return said
 
 
-def sync(conf_path=CONFIG_PATH, state_path=STATE_PATH):
-    """Reconcile with no event: what ``ipip_tunnel`` runs once it wrote a new
-    configuration (the events before it were counted, not acted on)."""
-    return _event({"PLUTO_VERB": "sync"}, conf_path, state_path)
+def sync(conf_path=CONFIG_PATH):
+    """Reconcile now: what ``ipip_tunnel`` runs once it changed something."""
+    return _event({"PLUTO_VERB": "sync"}, conf_path)
 
 
 def hook_text():
@@ -252,7 +239,7 @@ def main():
     hand (``PLUTO_VERB`` unset) or by the failback timer, it reconciles. What it says
     goes to charon's log."""
     try:
-        said, status = _event(os.environ, CONFIG_PATH, STATE_PATH), 0
+        said, status = _event(os.environ, CONFIG_PATH), 0
     except (OSError, ValueError, KeyError) as exc:
         said, status = f"sitelink failover: {exc}", 1
     sys.stdout.write(said + "\n")

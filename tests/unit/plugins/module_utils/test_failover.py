@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from ansible_collections.sitelink.gateway.plugins.module_utils import failover, tunnel
 
@@ -64,38 +63,51 @@ def test_routes_move_only_when_the_link_is_down_and_the_backup_up():
     assert {a[4] for a in argvs} == {"sl-bronx"} and not held
 
 
-def test_a_new_sa_before_the_old_ones_down_keeps_the_link_up():
-    up = failover.count({}, "sl-bronx", "up-host")
-    up = failover.count(up, "sl-bronx", "up-host")  # the peer rebooted: a new IKE_SA
-    up = failover.count(up, "sl-bronx", "down-host")  # the old one goes
-    assert up == {"sl-bronx": 1}
-    assert failover.count(failover.count(up, "sl-bronx", "down-host"), "sl-bronx", "down-host") == {
-        "sl-bronx": 0
-    }
+def xfrm(*peers, local="172.19.4.10"):
+    """``ip xfrm state list`` with an established ESP SA each way per peer (keys cut)."""
+    lines = []
+    for peer in peers:
+        for src, dst in ((local, peer), (peer, local)):
+            lines += [
+                f"src {src} dst {dst}",
+                "\tproto esp spi 0x0000abcd reqid 1 mode transport",
+                "\treplay-window 0 flag af-unspec",
+                "\taead rfc4106(gcm(aes)) 0x00 128",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_link_is_up_with_an_esp_sa_each_way():
+    states = failover.parse_xfrm_states(xfrm("172.20.5.10"))
+    assert failover.links_up(CONF, states) == {"sl-bronx": True, "sl-manhattan": False}
+    # One way only (an SA being installed, or going), or an ACQUIRE (SPI 0): not up.
+    one_way = [s for s in states if s["src"] == "172.19.4.10"]
+    assert failover.links_up(CONF, one_way)["sl-bronx"] is False
+    larval = failover.parse_xfrm_states(xfrm("172.20.5.10").replace("0x0000abcd", "0x00000000"))
+    assert failover.links_up(CONF, larval)["sl-bronx"] is False
 
 
 class FakeIp:
+    """ip and systemd-run as the hook runs them: routes kept, SAs as the test sets them."""
+
     def __init__(self, routes):
         self.routes = dict(routes)
-        self.batches = []
+        self.peers = ()
         self.timers = []
 
     def __call__(self, argv, data=None):
         class Done:
-            returncode, stderr = 0, ""
+            returncode, stderr, stdout = 0, "", ""
 
         done = Done()
         if argv[0] == "systemd-run":
-            self.timers.append(argv)
-            done.stdout = ""
-            return done
-        argv = argv[1:]  # ip
-        if argv[:2] == ["-batch", "-"]:
-            self.batches.append(data)
+            self.timers.append(argv[1].split("=")[1])
+        elif argv[1:3] == ["xfrm", "state"]:
+            done.stdout = xfrm(*self.peers)
+        elif argv[1:3] == ["-batch", "-"]:
             for line in data.splitlines():
                 words = line.split()
                 self.routes[words[2]] = words[4]
-            done.stdout = ""
         else:
             done.stdout = json.dumps(
                 [{"dst": p, "dev": d, "protocol": "boot"} for p, d in self.routes.items()]
@@ -103,48 +115,39 @@ class FakeIp:
         return done
 
 
-def test_the_hook_counts_per_charon_and_reconciles(tmp_path, monkeypatch):
+def test_the_hook_reconciles_from_the_kernel(tmp_path, monkeypatch):
     conf = tmp_path / "failover.json"
-    conf.write_text(json.dumps(CONF))
-    state = str(tmp_path / "state.json")
+    monkeypatch.setattr(failover, "LOCK_PATH", str(tmp_path / "lock"))
     ip = FakeIp(HOME)
     monkeypatch.setattr(failover, "_run", ip)
-    monkeypatch.setattr(failover, "_charon", lambda hook=True: "100:5")
 
-    def event(verb, peer):
-        return failover._event({"PLUTO_VERB": verb, "PLUTO_PEER": peer}, str(conf), state)
+    def event(verb, peer="172.20.5.10"):
+        return failover._event({"PLUTO_VERB": verb, "PLUTO_PEER": peer}, str(conf))
 
-    # Events before ipip_tunnel wrote the configuration: counted, acted on at its sync.
-    conf.unlink()
-    assert "counted (no configuration yet)" in event("up-host", "172.16.1.12")
+    # Before ipip_tunnel wrote the configuration: nothing to do (its sync comes after).
+    assert "no configuration yet" in event("up-host")
     conf.write_text(json.dumps(CONF))
-    monkeypatch.setattr(failover, "_charon", lambda hook=True: "100:5")
-    failover.sync(str(conf), state)
-    assert ip.routes["192.168.3.0/24"] == "sl-manhattan"  # bronx not up yet
-
-    said = event("up-host", "172.20.5.10")  # bronx up: its routes come after HOLD s
+    ip.peers = ("172.16.1.12",)  # manhattan's link up, bronx's not yet
+    failover.sync(str(conf))
+    assert ip.routes["192.168.3.0/24"] == "sl-manhattan"
+    ip.peers = ("172.16.1.12", "172.20.5.10")
+    said = event("up-host")  # bronx up: its routes come back after HOLD s
     assert ip.routes["192.168.3.0/24"] == "sl-manhattan" and "failback in 20 s" in said
-    failover.sync(str(conf), state)  # the timer's run
+    assert ip.timers == ["sitelink-failback"]
+    failover.sync(str(conf))  # the timer's run
     assert ip.routes == HOME
-    said = event("down-host", "172.20.5.10")  # DPD: bronx is dead
+    # DPD: bronx is dead. charon runs the hook before it deletes the SAs: a second later.
+    said = event("down-host")
+    assert ip.routes == HOME and ip.timers[-1] == "sitelink-failover-settle"
+    ip.peers = ("172.16.1.12",)
+    said = failover.sync(str(conf))
     assert ip.routes["192.168.3.0/24"] == ip.routes["192.168.5.0/24"] == "sl-manhattan"
     assert "2 routes moved to sl-manhattan" in said
-    said = event("up-host", "172.20.5.10")  # bronx back: failback after HOLD s
-    assert ip.routes["192.168.3.0/24"] == "sl-manhattan" and "failback in 20 s" in said
-    assert ip.timers[-1] == [
-        "systemd-run",
-        "--unit=sitelink-failback",
-        "--on-active=20",
-        "--setenv=PLUTO_VERB=sync",
-        failover.HOOK_PATH,
-    ]
-    failover.sync(str(conf), state)  # the timer's run
-    assert ip.routes == HOME
-    # A restarted charon: the counts of the one before are void.
-    monkeypatch.setattr(failover, "_charon", lambda hook=True: "200:9")
-    event("up-host", "172.16.1.12")
-    assert json.loads(Path(state).read_text()) == {"charon": "200:9", "up": {"172.16.1.12": 1}}
-    assert ip.routes["192.168.3.0/24"] == "sl-manhattan"  # bronx not up again yet
+    # A duplicate IKE_SA going while another is up: the kernel says up, nothing moves.
+    ip.peers = ("172.16.1.12", "172.20.5.10")
+    event("down-host")
+    failover.sync(str(conf))
+    assert ip.routes["192.168.3.0/24"] == "sl-bronx"
 
 
 def test_a_backup_must_be_another_listed_tunnel():
