@@ -20,7 +20,8 @@ else on the backup (``carrier``), moved with ``ip route replace`` in one
 packet finds no route.
 
 charon runs the hook for a going SA before it deletes it from the kernel: a down
-event reconciles a second later (``SETTLE``, a transient systemd timer). An up
+event takes the peer's link as down at once, and reconciles again a second later
+(``SETTLE``, a transient systemd timer), when the kernel says. An up
 event moves routes off dead tunnels at once, but leaves routes on a live backup for
 ``HOLD`` seconds (failback, by a second timer): the hub's links to the other
 branches come back meanwhile. ``ipip_tunnel`` writes the configuration
@@ -41,6 +42,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 CONFIG_PATH = "/etc/sitelink/failover.json"
 HOOK_PATH = "/usr/local/libexec/sitelink-failover"
@@ -178,8 +180,8 @@ def _ip(argv, data=None):
 
 
 def _later(seconds, unit):
-    """Run the hook again (a sync) in ``seconds``, once: a transient timer, which
-    systemd refuses to start twice under one name while the first waits."""
+    """Run the hook again (a sync) in ``seconds``: a transient timer. systemd refuses a
+    second one under a name that waits: one failback for several up events."""
     _run(
         [
             "systemd-run",
@@ -202,12 +204,15 @@ def _event(env, conf_path):
             conf = json.load(fh)
     except FileNotFoundError:
         return f"sitelink failover: {verb} {peer}: no configuration yet"
-    if verb.startswith("down"):
-        _later(SETTLE, "sitelink-failover-settle")
-        return f"sitelink failover: {verb} {peer}: routes checked in {SETTLE} s"
+    down = verb.startswith("down")
     with open(LOCK_PATH, "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # charon runs hooks from several threads
         up = links_up(conf, parse_xfrm_states(_ip(["xfrm", "state", "list"]).stdout))
+        if down:
+            # Its SAs are still in the kernel: taken as gone now, and checked again once
+            # they are (a duplicate IKE_SA going while another stays: back at once).
+            up.update({n: False for n, e in conf["tunnels"].items() if e["remote"] == peer})
+            _later(SETTLE, f"sitelink-failover-settle-{time.monotonic_ns()}")
         routes = main_routes(_ip(["-j", "route", "show", "table", "main"]).stdout)
         argvs, held = moves(conf, up, routes, hold=verb.startswith("up"))
         if argvs:
