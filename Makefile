@@ -48,7 +48,7 @@ help:
 	@echo "  make demo         boot the case-study lab, run site.yml and verify.yml, show traffic, tear down"
 	@echo "  make bench        planning at scale, the relay against socat, then site.yml, verify.yml,"
 	@echo "                    TCP throughput with and without ESP, ipip_tunnel run times (offices lab),"
-	@echo "                    and the crowd lab at N=$(SCALE_BENCH_N) (make scale)"
+	@echo "                    the crowd lab at N=$(SCALE_BENCH_N) (make scale), a hub rebooted (hubs lab)"
 	@echo "  make bench-plan   planning only;  make bench-relay   the relay only (and a hub's fan-out)"
 	@echo "  make scale N=200  the crowd lab: a hub and N-1 branches (two real, the rest simulated"
 	@echo "                    by one VM); site.yml, SAs, reboot, broadcasts, verify.yml, removal"
@@ -151,6 +151,7 @@ build: setup relay
 molecule: setup deps
 	$(BIN)/molecule test -s default
 	$(BIN)/molecule test -s offices
+	$(BIN)/molecule test -s hubs
 
 # The execution environment's build context (no container engine needed), checked:
 # the collection tarball, ansible-core, and every Python and system dependency.
@@ -179,6 +180,7 @@ demo: setup deps
 bench: bench-plan bench-relay
 	$(PY) lab/run.py bench
 	$(PY) lab/scale.py $(SCALE_BENCH_N)
+	SITELINK_HUBS_BENCH=1 $(BIN)/molecule test -s hubs
 
 # The relay against socat, side by side in network namespaces (root): capacity,
 # latency and loss, service and compat modes, authentication on and off; then a hub's

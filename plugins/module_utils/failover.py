@@ -49,7 +49,7 @@ HOOK_PATH = "/usr/local/libexec/sitelink-failover"
 LOCK_PATH = "/run/sitelink-failover.lock"
 # Seconds after a down event (charon deletes the SA once the hook returns), and after
 # an up event before routes leave a live backup (failback): within one of charon's
-# retry rounds (about 14 s with ipsec_links' settings) the hub's other links are back.
+# retry rounds (about 11 s with ipsec_links' settings) the hub's other links are back.
 SETTLE = 1
 HOLD = 20
 FAILOVER_VERSION = 1

@@ -87,7 +87,7 @@ options:
             hook of M(sitelink.gateway.ipip_tunnel) on up and down.
           - A dead peer is declared sooner - DPD every O(dpd_delay) but at most 10 s, and
             charon's retransmits (C(/etc/strongswan.d/sitelink-gateway.conf), written while
-            any link has it) give up after about 14 s, so about 24 s after the peer's last
+            any link has it) give up after about 11 s, so about 21 s after the peer's last
             packet. The link is then re-keyed until the peer answers, with no traffic
             needed (C(dpd_action = restart), C(keyingtries = 0)).
         type: bool

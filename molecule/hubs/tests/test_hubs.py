@@ -8,7 +8,9 @@ Runs after converge, in file order:
      switch back once bronx is reachable again; every broadcast heard exactly once;
      a no-change site.yml run while bronx is down changes nothing and moves no route;
   3. bronx rebooted (a one-sided reboot of a hub): the same streams, the loss window
-     of each switch, and bronx's links back by themselves.
+     of each switch, and bronx's links back by themselves. In `make bench` only
+     (SITELINK_HUBS_BENCH=1): `make test` keeps under 45 minutes, and the case study
+     already reboots each gateway alone there.
 Gateways are QEMU VMs; LAN hosts and the lab's Internet are network namespaces.
 """
 
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "lab"))
@@ -36,7 +40,7 @@ HARLEM_WS = "192.168.4.20"
 QUEENS_WS = "192.168.3.20"
 CUT = "sitelink_test_cut"  # the lab namespace's own nft table, this file's alone
 # The issue's bound for a switch: detection (DPD at most 10 s, then charon's
-# retransmits, about 14 s) and the hook's route change, under software emulation.
+# retransmits, about 11 s) and the hook's route change, under software emulation.
 SWITCH_BOUND = 30.0
 
 testinfra_hosts = ["ansible://offices"]
@@ -191,6 +195,9 @@ def test_a_hub_gone_from_the_internet_fails_over_and_back(tmp_path):
 # --------------------------------------------------------------------------- 3. a hub rebooted
 
 
+@pytest.mark.skipif(
+    not os.environ.get("SITELINK_HUBS_BENCH"), reason="make bench (SITELINK_HUBS_BENCH=1)"
+)
 def test_a_rebooted_hub_fails_over_and_its_links_come_back_by_themselves():
     streams = Streams()
     try:
