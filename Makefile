@@ -49,7 +49,8 @@ help:
 	@echo "  make bench        planning at scale, the relay against socat, then site.yml, verify.yml,"
 	@echo "                    TCP throughput with and without ESP, ipip_tunnel run times (offices lab),"
 	@echo "                    a link healing by itself after Brooklyn is cut off the lab's Internet"
-	@echo "                    for 5 minutes (case-study lab), and the crowd lab at N=$(SCALE_BENCH_N) (make scale)"
+	@echo "                    for 5 minutes (case-study lab), the crowd lab at N=$(SCALE_BENCH_N) (make scale),"
+	@echo "                    and a hub rebooted (hubs lab)"
 	@echo "  make bench-plan   planning only;  make bench-relay   the relay only (and a hub's fan-out)"
 	@echo "  make scale N=200  the crowd lab: a hub and N-1 branches (two real, the rest simulated"
 	@echo "                    by one VM); site.yml, SAs, reboot, broadcasts, verify.yml, removal"
@@ -152,6 +153,7 @@ build: setup relay
 molecule: setup deps
 	$(BIN)/molecule test -s default
 	$(BIN)/molecule test -s offices
+	$(BIN)/molecule test -s hubs
 
 # The execution environment's build context (no container engine needed), checked:
 # the collection tarball, ansible-core, and every Python and system dependency.
@@ -181,6 +183,7 @@ bench: bench-plan bench-relay
 	$(PY) lab/run.py bench
 	$(PY) lab/run.py heal
 	$(PY) lab/scale.py $(SCALE_BENCH_N)
+	SITELINK_HUBS_BENCH=1 $(BIN)/molecule test -s hubs
 
 # The relay against socat, side by side in network namespaces (root): capacity,
 # latency and loss, service and compat modes, authentication on and off; then a hub's

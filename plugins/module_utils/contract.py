@@ -142,10 +142,13 @@ class Scalar(Shape):
             return
         if self.kind == "int":
             ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind == "bool":
+            ok = isinstance(value, bool)
         else:
             ok = isinstance(value, str)
         if not ok:
-            out.append(f"{path}: {value!r} is not {'an int' if self.kind == 'int' else 'a string'}")
+            kind = {"int": "an int", "bool": "true or false"}.get(self.kind, "a string")
+            out.append(f"{path}: {value!r} is not {kind}")
         elif self.choices and value not in self.choices:
             out.append(f"{path}: {value!r} is not one of {', '.join(map(str, self.choices))}")
 
@@ -213,6 +216,7 @@ class Record(Shape):
 
 STR = Scalar("str")
 INT = Scalar("int")
+BOOL = Scalar("bool")
 NAMES = ListOf(STR)
 PROTECTION = Scalar("str", ("ipsec", "none"))
 POLICY = Scalar("str", ("accept", "drop"))
@@ -230,7 +234,9 @@ TUNNELS = ListOf(
             "mtu": INT,
             "ttl": INT,
             "description": STR,
-        }
+        },
+        # the tunnel that carries this one's routes while its link is down (two hubs)
+        {"backup": STR},
     )
 )
 IPSEC = Record(
@@ -238,7 +244,12 @@ IPSEC = Record(
         "protection": PROTECTION,
         # one IKEv2 connection per protected link
         "connections": ListOf(
-            Record({"name": STR, "link": STR, "peer": STR, "local": STR, "remote": STR})
+            Record(
+                {"name": STR, "link": STR, "peer": STR, "local": STR, "remote": STR},
+                # the link's state moves routes between hubs (tunnels[].backup): its
+                # SAs run the failover hook, and come back by themselves
+                {"failover": BOOL},
+            )
         ),
         # links to external peers that chose no protection
         "unprotected": ListOf(Record({"name": STR, "peer": STR, "remote": STR})),

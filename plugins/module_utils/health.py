@@ -30,6 +30,9 @@ import time
 from typing import Any, Optional
 
 from ansible_collections.sitelink.gateway.plugins.module_utils import contract, probe
+from ansible_collections.sitelink.gateway.plugins.module_utils.failover import (
+    parse_xfrm_states,  # one reader of `ip xfrm state`, which never reads a key
+)
 from ansible_collections.sitelink.gateway.plugins.module_utils.ipsec import (
     DEFAULT_PATH as IPSEC_CONFIG,  # the ipsec role's ipsec_config_path
 )
@@ -60,8 +63,6 @@ PEER_COUNTERS = ("received", "accepted", "sent", "dropped")
 # "\tproto esp spi 0x... reqid N mode transport"; a policy is its selector
 # "src A/n dst B/n proto P" at column 0, then "\tdir out ...", then per template
 # "\ttmpl src ... dst ..." and "\t\tproto esp reqid N mode transport".
-_SA_HEAD = re.compile(r"^src (\S+) dst (\S+)\s*$")
-_SA_ID = re.compile(r"^\s+proto (\S+) (?:spi (0x[0-9a-fA-F]+)\S* )?reqid \S+ mode (\S+)")
 _POLICY_SELECTOR = re.compile(r"^src (\S+) dst (\S+)(?: proto (\S+))?")
 _TMPL_ID = re.compile(r"^proto (\S+) .*\bmode (\S+)")
 # IP protocol 4 as getprotobynumber names it (netbase: "ipencap"), or its number.
@@ -96,6 +97,7 @@ def plan_view(plan: Any) -> dict[str, Any]:
                 "remote": t["remote"],
                 "mtu": t["mtu"],
                 "routes": list(t["routes"]),
+                "backup": t.get("backup"),
                 "peer": link.get("peer"),
                 "peer_address": link.get("peer_address"),
             }
@@ -316,12 +318,17 @@ def check_routes(tunnels: list[dict[str, Any]], routes_text: str) -> dict[str, A
     for dev, routes in parse_routes(routes_text).items():
         for route in routes:
             devices.setdefault(route["dst"], []).append(dev)
-    total, failed, problems = 0, [], []
+    total, failed, problems, carriers = 0, [], [], []
+    peers = {t["name"]: t.get("peer") for t in tunnels}
     for tunnel in tunnels:
+        backup, moved = tunnel.get("backup"), 0
         for prefix in tunnel["routes"]:
             total += 1
             via = devices.get(_network(prefix), [])
             if tunnel["name"] in via:
+                continue
+            if backup and backup in via:
+                moved += 1  # the failover hook moved it: the link is down (two hubs)
                 continue
             failed.append({"prefix": prefix, "tunnel": tunnel["name"], "via": sorted(via)})
             if via:
@@ -332,42 +339,29 @@ def check_routes(tunnels: list[dict[str, Any]], routes_text: str) -> dict[str, A
                 )
             else:
                 problems.append(f"route {prefix}: missing (should go via {tunnel['name']})")
-    return {"total": total, "ok": total - len(failed), "failed": failed, "problems": problems}
+        if backup:
+            carrier = backup if moved and moved == len(tunnel["routes"]) else tunnel["name"]
+            carriers.append(
+                {
+                    "tunnel": tunnel["name"],
+                    "backup": backup,
+                    "peer": peers.get(tunnel["name"]),
+                    "routes": list(tunnel["routes"]),
+                    "carrier": carrier,
+                    "carrier_peer": peers.get(carrier),
+                }
+            )
+    return {
+        "total": total,
+        "ok": total - len(failed),
+        "failed": failed,
+        "problems": problems,
+        "carriers": carriers,
+    }
 
 
 # --------------------------------------------------------------------------
 # IPsec: ESP transport-mode SAs both ways and the kernel policies for each tunnel
-
-
-def parse_xfrm_states(text: str) -> list[dict[str, Any]]:
-    """``ip xfrm state list`` -> each SA's addresses, protocol and mode; nothing else.
-
-    Only a block's first two lines are read. The key lines (``aead``, ``enc``,
-    ``auth``...) are skipped unread, and the SPI is reduced to whether there is
-    one: an SA being negotiated (an ACQUIRE) lists as SPI 0 and carries no traffic.
-    """
-    states: list[dict[str, Any]] = []
-    head = None
-    for line in (text or "").splitlines():
-        if line[:1] not in (" ", "\t"):
-            match = _SA_HEAD.match(line)
-            head = match.groups() if match else None
-            continue
-        if head is not None:
-            match = _SA_ID.match(line)
-            if match:
-                proto, spi, mode = match.groups()
-                states.append(
-                    {
-                        "src": head[0],
-                        "dst": head[1],
-                        "proto": proto,
-                        "mode": mode,
-                        "established": bool(spi) and int(spi, 16) != 0,
-                    }
-                )
-        head = None  # the SA's identity is the line right after its head
-    return states
 
 
 def parse_xfrm_policies(text: str) -> list[dict[str, Any]]:

@@ -59,6 +59,7 @@ import os
 import re
 import time
 
+from ansible_collections.sitelink.gateway.plugins.module_utils import failover
 from ansible_collections.sitelink.gateway.plugins.module_utils.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -75,11 +76,22 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
 DEFAULT_PATH = "/etc/swanctl/conf.d/sitelink-gateway.conf"
 SERVICE = "strongswan.service"
 HEADER = "# Managed by sitelink.gateway: do not edit. Loaded by strongswan.service."
+SETTINGS_HEADER = (
+    "# Managed by sitelink.gateway: do not edit. Hub failover: a dead peer is declared "
+    "sooner.\n# Read by each new IKE_SA after `swanctl --reload-settings`."
+)
 # The module's defaults (ipsec_links), which the ipsec role keeps: what the far end
 # of a link to an external peer must offer too (remote_end).
 IKE_PROPOSALS = "aes256gcm16-prfsha256-x25519"
 ESP_PROPOSALS = "aes256gcm16"
 DPD_DELAY = 30
+# Hub failover (connections with ``failover``): a shorter DPD, and charon's own
+# settings for fewer, quicker retransmits (strongSwan's: 5 tries from 4 s, x1.8, so
+# a dead peer is declared after 165 s). With these: 1.5 + 2.1 + 2.9 + 4.1 = 11 s
+# after the DPD that goes unanswered. Global in charon, read by each new IKE_SA.
+FAILOVER_DPD_DELAY = 10
+SETTINGS_PATH = "/etc/strongswan.d/sitelink-gateway.conf"
+RETRANSMIT = (("retransmit_tries", "3"), ("retransmit_timeout", "1.5"), ("retransmit_base", "1.4"))
 # What the far end of an external peer's link writes instead of its key.
 REMOTE_KEY_PLACEHOLDER = "<the key you were given>"
 REMOTE_HEADER = (
@@ -192,6 +204,13 @@ def render(
     lines = [HEADER, "connections {"]
     for conn in connections:
         name, local, remote = conn["name"], conn["local"], conn["remote"]
+        delay, dead, hub_failover = dpd_delay, "trap", []
+        if conn.get("failover"):
+            # Its state moves routes between hubs (module_utils/failover.py): a dead
+            # peer is noticed sooner, and re-keyed at once, with no traffic to trigger
+            # the trap (its routes went to the other hub).
+            delay, dead = min(dpd_delay, FAILOVER_DPD_DELAY), "restart"
+            hub_failover = [f"        updown = {failover.HOOK_PATH}"]
         lines += [
             f"  {name} {{",
             f"    # link {conn['link']}",
@@ -200,7 +219,7 @@ def render(
             f"    remote_addrs = {remote}",
             f"    proposals = {ike_proposals}",
             # Dead peers are noticed, and a rebooted one is re-keyed by the trap.
-            f"    dpd_delay = {dpd_delay}s",
+            f"    dpd_delay = {delay}s",
             # A second IKE_SA with the peer replaces the first (see the docstring).
             "    unique = replace",
             # Fixed public addresses at both ends: nothing to roam. With MOBIKE, every
@@ -234,7 +253,8 @@ def render(
             # Initiated when loaded (and at boot); the trap keys it again on
             # traffic if the peer was not ready then.
             f"        start_action = {start_action}",
-            "        dpd_action = trap",
+            f"        dpd_action = {dead}",
+            *hub_failover,
             "        close_action = trap",
             "      }",
             "    }",
@@ -261,6 +281,15 @@ def render(
         ]
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def render_settings(connections):
+    """charon's settings file for hub failover (see RETRANSMIT), or None without it."""
+    if not any(c.get("failover") for c in connections):
+        return None
+    lines = [SETTINGS_HEADER, "charon {"]
+    lines += [f"    {name} = {value}" for name, value in RETRANSMIT]
+    return "\n".join(lines + ["}"]) + "\n"
 
 
 # A key section of what render writes: ike-NAME (the key sent) or ikeN-NAME (accepted).
@@ -606,6 +635,9 @@ class Swanctl:
     def load_all(self):
         self.run("--load-all", "--noprompt")
 
+    def reload_settings(self):
+        self.run("--reload-settings")
+
     def terminate(self, name):
         # Closing the SAs of a connection that left the file: their policies would
         # otherwise keep matching until they expire. Not there: nothing to do.
@@ -668,6 +700,10 @@ def run_module(
                 ike_rekey_time=params.get("ike_rekey_time"),
                 child_rekey_time=params.get("child_rekey_time"),
             )
+        old_settings, new_settings = read_file(SETTINGS_PATH), render_settings(connections)
+        # The updown hook the failover links name (module_utils/failover.py).
+        old_hook = read_file(failover.HOOK_PATH)
+        new_hook = failover.hook_text() if new_settings else None
         running = systemd.is_active(SERVICE)
         loaded = swanctl.loaded() if running else set()
         wanted = {c["name"] for c in connections}
@@ -675,6 +711,12 @@ def run_module(
         stale = sorted(set(connection_names(old)) - wanted)
         if new != old:
             steps.append(("write " if new is not None else "remove ") + path)
+        if new_hook != old_hook:
+            steps.append(("write " if new_hook else "remove ") + failover.HOOK_PATH)
+        if new_settings != old_settings:
+            steps.append(("write " if new_settings else "remove ") + SETTINGS_PATH)
+            if running:
+                steps.append("swanctl --reload-settings")
         if new is not None and not systemd.is_enabled(SERVICE):
             steps.append(f"systemctl enable {SERVICE}")
         if new is not None and not running:
@@ -706,10 +748,24 @@ def run_module(
                 # unloaded) by swanctl.
                 result["rollback"] = checkpoint.arm(
                     "ipsec",
-                    files=[path],
-                    commands=[[swanctl.swanctl, "--load-all", "--noprompt"]],
+                    files=[path, SETTINGS_PATH, failover.HOOK_PATH],
+                    commands=[
+                        [swanctl.swanctl, "--reload-settings"],
+                        [swanctl.swanctl, "--load-all", "--noprompt"],
+                    ],
                     timeout=params["rollback_timeout"],
                 )
+            # The hook and the settings first: the SAs the load starts use them.
+            if new_hook is None and old_hook is not None:
+                os.unlink(failover.HOOK_PATH)
+            elif new_hook != old_hook:
+                write_atomic(module, failover.HOOK_PATH, new_hook, mode=0o755)
+            if new_settings is None and old_settings is not None:
+                os.unlink(SETTINGS_PATH)
+            elif new_settings != old_settings:
+                write_atomic(module, SETTINGS_PATH, new_settings, mode=0o644)
+            if new_settings != old_settings and running:
+                swanctl.reload_settings()
             if new is None:
                 if old is not None:
                     os.unlink(path)
@@ -748,10 +804,30 @@ def run_module(
     if "rollback" in result:
         result["ansible_facts"] = fact(result["rollback"])
     if module._diff:
-        result["diff"] = {
-            "before_header": path,
-            "after_header": path,
-            "before": hide_keys(old),
-            "after": hide_keys(new),
-        }
+        result["diff"] = [
+            {
+                "before_header": path,
+                "after_header": path,
+                "before": hide_keys(old),
+                "after": hide_keys(new),
+            }
+        ]
+        if new_hook != old_hook:
+            result["diff"].append(
+                {
+                    "before_header": failover.HOOK_PATH,
+                    "after_header": failover.HOOK_PATH,
+                    "before": "(the failover hook)\n" if old_hook else "",
+                    "after": "(the failover hook)\n" if new_hook else "",
+                }
+            )
+        if new_settings != old_settings:
+            result["diff"].append(
+                {
+                    "before_header": SETTINGS_PATH,
+                    "after_header": SETTINGS_PATH,
+                    "before": old_settings or "",
+                    "after": new_settings or "",
+                }
+            )
     module.exit_json(**result)

@@ -20,6 +20,7 @@ import json
 import os
 import re
 
+from ansible_collections.sitelink.gateway.plugins.module_utils import failover
 from ansible_collections.sitelink.gateway.plugins.module_utils.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -202,18 +203,23 @@ def validate_tunnels(raw):
         elif len(alias_for(description).encode("utf-8")) > _MAX_ALIAS:
             errors.append(f"{label} description: too long for the link alias")
 
-        result.append(
-            {
-                "name": name,
-                "local": str(local) if local else None,
-                "remote": str(remote) if remote else None,
-                "address": str(address) if address else None,
-                "routes": [str(n) for n in routes],
-                "mtu": mtu,
-                "ttl": ttl,
-                "description": description,
-            }
-        )
+        backup = item.get("backup") or None
+        if backup is not None and (not isinstance(backup, str) or backup == name):
+            errors.append(f"{label} backup: must name another tunnel (got {backup!r})")
+
+        tunnel = {
+            "name": name,
+            "local": str(local) if local else None,
+            "remote": str(remote) if remote else None,
+            "address": str(address) if address else None,
+            "routes": [str(n) for n in routes],
+            "mtu": mtu,
+            "ttl": ttl,
+            "description": description,
+        }
+        if backup:
+            tunnel["backup"] = backup
+        result.append(tunnel)
 
     # Cross-tunnel checks: each would make the kernel or routing ambiguous.
     seen = {}
@@ -241,6 +247,12 @@ def validate_tunnels(raw):
                 )
             else:
                 seen[("route", prefix)] = t["name"]
+    names = {t["name"] for t in result}
+    for t in result:
+        if t.get("backup") not in (None, t["name"], *names):
+            errors.append(
+                "tunnel {!r} backup: {!r} is not one of the tunnels".format(t["name"], t["backup"])
+            )
     if errors:
         raise TunnelError("invalid tunnels: " + "; ".join(errors))
     return sorted(result, key=lambda t: t["name"])
@@ -464,6 +476,12 @@ def plan(desired, live, purge=True):
         raise TunnelError("; ".join(errors))
 
     wanted = {t["name"] for t in desired}
+    # Routes the failover hook moved onto a tunnel's backup stay there: the hook owns
+    # which of the two carries them (module_utils/failover.py).
+    backed_up = {}
+    for t in desired:
+        if t.get("backup"):
+            backed_up.setdefault(t["backup"], set()).update(t["routes"])
     removes, route_dels, addr_dels, adds = [], [], [], []
     removed = []
     if purge:
@@ -511,10 +529,17 @@ def plan(desired, live, purge=True):
                 if route["prefsrc"] == t["address"] and not route["gateway"]:
                     good.add(route["dst"])
                 # else: fixed by the `route replace` below (same dst/metric key)
+            elif route["dst"] in backed_up.get(name, ()) and not route["metric"]:
+                pass  # another tunnel's route, moved here by the failover hook
             else:
                 route_dels.append(Action(name, "update", _route_del(name, route)))
+        on_backup = {
+            r["dst"]
+            for r in live.routes.get(t.get("backup") or "", [])
+            if not r["metric"] and r["prefsrc"] == t["address"] and not r["gateway"]
+        }
         for prefix in t["routes"]:
-            if prefix not in good:
+            if prefix not in good and prefix not in on_backup:
                 argv = ["route", "replace", prefix, "dev", name, "src", t["address"]]
                 adds.append(Action(name, "update", argv))
 
@@ -792,13 +817,14 @@ def _rollback_key(checkpoint):
 def arm_rollback(module, checkpoint, actions, live, persist_path, boot_unit, ip, systemctl):
     """Arm the rollback of this change (before it is applied); returns what arm() does.
 
-    Saves the boot file, the unit and its enablement link as they are, and an
-    ``ip -force -batch`` file with the inverse of ``actions`` (``rollback_argvs``).
+    Saves the boot file, the failover hook's configuration, the unit and its
+    enablement link as they are, and an ``ip -force -batch`` file with the inverse
+    of ``actions`` (``rollback_argvs``).
     """
     timeout = module.params.get("rollback_timeout") or 0
     files, commands = [], []
     if persist_path:
-        files.append(persist_path)
+        files += [persist_path, failover.CONFIG_PATH]
     if boot_unit:
         files += [unit_path(boot_unit), unit_path("multi-user.target.wants/" + boot_unit)]
         commands.append([systemctl, "daemon-reload"])
@@ -883,6 +909,11 @@ def run_module(module, runner=None, systemd=None, checkpoint=None):
         result["persist_changed"] = old_file != new_file
         result["changed"] = result["changed"] or result["persist_changed"]
 
+    failover_files = _failover_files(desired) if persist_path else []
+    for _path, old, new, _mode in failover_files:
+        result["failover_changed"] = result.get("failover_changed", False) or old != new
+    result["changed"] = result["changed"] or result.get("failover_changed", False)
+
     if module._diff:
         before = [live.describe(n) for n in live.owned()]
         # Without purge, owned tunnels that are not desired stay as they are.
@@ -905,6 +936,7 @@ def run_module(module, runner=None, systemd=None, checkpoint=None):
                     "after": new_file,
                 }
             )
+        diff.extend(_failover_diff(failover_files))
         result["diff"] = diff
 
     if module.check_mode:
@@ -925,9 +957,48 @@ def run_module(module, runner=None, systemd=None, checkpoint=None):
             write_atomic(module, persist_path, new_file)
         except OSError as e:
             module.fail_json(msg=f"writing {persist_path}: {e}{_rollback_note(result)}", **result)
+    try:
+        said = _write_failover(module, failover_files, result["changed"])
+        if said:
+            result["failover"] = said
+    except (OSError, ValueError) as e:
+        module.fail_json(msg=f"writing the failover hook: {e}{_rollback_note(result)}", **result)
     if boot_unit:
         _ensure_unit(module, systemd, boot_unit, persist_path, result)
     module.exit_json(**result)
+
+
+def _failover_files(desired):
+    """``(path, old, new, mode)`` of the failover hook's configuration; ``new`` None:
+    the file goes (no tunnel has a backup)."""
+    conf = failover.config(desired)
+    new = json.dumps(conf, indent=2, sort_keys=True) + "\n" if conf else None
+    return [(failover.CONFIG_PATH, read_file(failover.CONFIG_PATH), new, 0o644)]
+
+
+def _failover_diff(files):
+    """Diff entries of the failover files that change."""
+    return [
+        {"before_header": path, "after_header": path, "before": old or "", "after": new or ""}
+        for path, old, new, _mode in files
+        if old != new
+    ]
+
+
+def _write_failover(module, files, changed):
+    """Write (or delete) the failover configuration if it changes; then, if this call
+    changed anything, put every failover route where the links' state wants it (the
+    hook acts only on events, and routes just made sit on their own tunnel)."""
+    for path, old, new, mode in files:
+        if old == new:
+            continue
+        if new is None:
+            remove_file(path, False)
+        else:
+            write_atomic(module, path, new, mode)
+    if changed and any(new for _path, _old, new, _mode in files):
+        return failover.sync()
+    return None
 
 
 def _unit_due(module, systemd, unit, persist_path):
@@ -1029,6 +1100,8 @@ def retire(module, runner, systemd, persist_path, boot_unit, result, checkpoint=
         _apply_or_fail(module, actions, runner, result)
     # The tunnels first: the boot file and unit go only once the tunnels are gone.
     try:
+        if persist_path and remove_file(failover.CONFIG_PATH, check_mode):
+            result["removed_paths"].append(failover.CONFIG_PATH)
         if drop_file and remove_file(persist_path, check_mode):
             result["removed_paths"].append(persist_path)
         if boot_unit:
@@ -1042,7 +1115,11 @@ def retire(module, runner, systemd, persist_path, boot_unit, result, checkpoint=
             # The collection's directory (/etc/sitelink) goes once nothing is left in it;
             # the other roles' retire steps run before this one for that reason.
             directory = os.path.dirname(persist_path)
-            leaving = [os.path.basename(persist_path)] if drop_file and check_mode else []
+            leaving = [
+                os.path.basename(p)
+                for p in result["removed_paths"]
+                if check_mode and os.path.dirname(p) == directory
+            ]
             if remove_dir_if_empty(directory, check_mode, leaving):
                 result["removed_paths"].append(directory)
     except (SystemdError, OSError) as e:

@@ -201,11 +201,16 @@ probes:
   type: dict
   sample: {tunnels: 200, probed: 200, seconds: 3.2, deadline: 60.0, concurrency: 64}
 routes:
-  description: The planned prefixes found via their tunnel (C(ok)) out of C(total); C(failed)
-    lists the others with the devices they go through instead.
+  description:
+    - The planned prefixes found via their tunnel (C(ok)) out of C(total); C(failed)
+      lists the others with the devices they go through instead.
+    - With two hubs, a tunnel's prefixes found on its C(backup) tunnel are where the
+      failover hook put them (the link is down) and count as C(ok); C(carriers) lists each
+      tunnel with a backup - C(tunnel), C(backup), C(peer), C(routes) (its prefixes),
+      C(carrier) (the tunnel that carries them now) and C(carrier_peer).
   returned: success
   type: dict
-  sample: {total: 1, ok: 1, failed: [], problems: []}
+  sample: {total: 1, ok: 1, failed: [], problems: [], carriers: []}
 ipsec:
   description:
     - The IPsec checks, against the plan's C(protection).

@@ -27,6 +27,9 @@ description:
   - "Under the table, the state of a key rotation - office by office, the IPsec links and the
     peer relays that still accept more than one key (a step of the rotation not followed by
     the next yet); nothing when no rotation is under way. Not a problem."
+  - "With two hubs, the hub each office's traffic goes through now (the peer whose tunnel
+    carries most of its routes), and the links whose routes went to the other hub because
+    they are down (failed over)."
   - "A second table shows the relay's counters, a row per office and port - received,
     relayed (forwarded and passed on), re-broadcast, dropped, and among the drops the
     authentication failures, replays (and stale datagrams) and storm control's. Drops never
@@ -157,8 +160,10 @@ report:
     - "The report, as written to O(output): C(version), C(generated) (UTC, ISO 8601),
       C(healthy), C(counts) (C(offices), C(healthy), C(unhealthy)), C(problems),
       C(warnings), C(rotation) (a list of C({office, ipsec, relay}) - the tunnels and the
-      peer relays' offices that still accept a second key), and C(offices), one entry per
-      office sorted by name."
+      peer relays' offices that still accept a second key), C(failover) (a list of
+      C({office, uses, failed_over}) - with two hubs, the hub each office uses now and the
+      peers whose links are failed over), and C(offices), one entry per office sorted by
+      name."
     - "Each office entry: C(office), C(host), C(verdict) (C(healthy), C(unhealthy),
       C(unreachable), C(failed) or C(no result)), C(healthy), C(problems), and the
       M(sitelink.gateway.gateway_health) sections C(tunnels), C(probes), C(routes), C(ipsec),

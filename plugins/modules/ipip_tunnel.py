@@ -122,6 +122,17 @@ options:
             format cannot escape them).
         type: str
         default: ''
+      backup:
+        description:
+          - Hub failover. The name of another tunnel in O(tunnels) that carries this
+            tunnel's O(tunnels[].routes) while this tunnel's link is down and the backup's
+            is up (two hubs; the planner sets it).
+          - strongSwan says when a link goes down or up, through the hook this module
+            writes to C(/usr/local/libexec/sitelink-failover) with its configuration in
+            C(/etc/sitelink/failover.json) (with O(persist_path) only); the hook moves the
+            routes. A route found on this tunnel's backup is where the hook put it, and stays.
+        type: str
+        version_added: 0.2.0
   purge:
     description:
       - Delete owned tunnels that are not listed in O(tunnels).
@@ -314,6 +325,7 @@ TUNNEL_OPTIONS = dict(
     mtu=dict(type="int", default=DEFAULT_MTU),
     ttl=dict(type="int", default=DEFAULT_TTL),
     description=dict(type="str", default=""),
+    backup=dict(type="str"),
 )
 
 

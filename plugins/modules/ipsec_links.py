@@ -80,6 +80,19 @@ options:
       peer:
         description: The peer office's name (informational).
         type: str
+      failover:
+        description:
+          - Hub failover (the plan sets it on every link of a gateway with two hubs). The
+            link's state moves routes between the hubs' tunnels - its CHILD_SA runs the
+            hook of M(sitelink.gateway.ipip_tunnel) on up and down.
+          - A dead peer is declared sooner - DPD every O(dpd_delay) but at most 10 s, and
+            charon's retransmits (C(/etc/strongswan.d/sitelink-gateway.conf), written while
+            any link has it) give up after about 11 s, so about 21 s after the peer's last
+            packet. The link is then re-keyed at once, with no traffic needed
+            (C(dpd_action = restart)).
+        type: bool
+        default: false
+        version_added: 0.2.0
   keys:
     description:
       - Pre-shared key of each link, by link id, as hex (32 digits or more). Never logged.
@@ -228,6 +241,7 @@ def build_module():
                     "local": {"type": "str", "required": True},
                     "remote": {"type": "str", "required": True},
                     "peer": {"type": "str"},
+                    "failover": {"type": "bool", "default": False},
                 },
             },
             "keys": {"type": "dict", "default": {}, "no_log": True},

@@ -23,6 +23,7 @@ anyone who can reach a relay port could otherwise make any office unhealthy.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Optional
 
 REPORT_VERSION = 1
@@ -118,6 +119,7 @@ def build_report(
         "problems": problem_lines(entries) if entries else ["no office was checked"],
         "warnings": warning_lines(entries),
         "rotation": rotation_state(entries),
+        "failover": failover_state(entries),
         "offices": entries,
     }
 
@@ -141,6 +143,50 @@ def rotation_state(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if ipsec or relay:
             found.append({"office": e["office"], "ipsec": ipsec, "relay": relay})
     return found
+
+
+def failover_state(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two hubs: each office's links failed over (their routes ride another hub's
+    tunnel: the link is down), and for a branch the hub it goes through now (the peer
+    whose tunnel carries the most addresses). A branch's two hub tunnels back each other
+    up; a hub's branch tunnels are backed by the other hub, whose own tunnel is not."""
+    found = []
+    for e in entries:
+        carriers = (e.get("routes") or {}).get("carriers") or []
+        if not carriers:
+            continue
+        uses = None
+        if {c.get("backup") for c in carriers} <= {c["tunnel"] for c in carriers}:  # a branch
+            load: dict[str, int] = {}
+            for c in carriers:
+                peer = str(c.get("carrier_peer") or c.get("carrier"))
+                size = sum(ipaddress.ip_network(r).num_addresses for r in c.get("routes") or [])
+                load[peer] = load.get(peer, 0) + size
+            uses = max(sorted(load), key=lambda peer: load[peer])
+        down = sorted(
+            str(c.get("peer") or c.get("tunnel")) for c in carriers if c["carrier"] != c["tunnel"]
+        )
+        found.append({"office": e["office"], "uses": uses, "failed_over": down})
+    return found
+
+
+def failover_lines(report: dict[str, Any]) -> list[str]:
+    """The hub each branch goes through now, and the links failed over: nothing
+    without two hubs."""
+    state = report.get("failover") or []
+    if not state:
+        return []
+    lines = ["", "two hubs: the hub each branch goes through now, and links failed over"]
+    for office in state:
+        said = []
+        if office["uses"]:
+            said.append(f"through {office['uses']}")
+        if office["failed_over"]:
+            said.append(
+                "failed over: the link to {} is down".format(", ".join(office["failed_over"]))
+            )
+        lines.append(f"  {office['office']}: " + ("; ".join(said) or "every link up"))
+    return lines
 
 
 def rotation_lines(report: dict[str, Any]) -> list[str]:
@@ -362,6 +408,7 @@ def render_table(report: dict[str, Any]) -> str:
     )
     lines.append(COUNTER_LEGEND)
     lines += rotation_lines(report)
+    lines += failover_lines(report)
     relay = relay_rows(report)
     if len(relay) > 1:
         lines += ["", *_aligned(relay), *RELAY_COUNTER_LEGEND]

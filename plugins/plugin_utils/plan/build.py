@@ -26,7 +26,16 @@ from typing import Any, Optional
 from ansible_collections.sitelink.gateway.plugins.module_utils import contract
 
 from . import ipsec, masquerade, relay, rollout, routing, schema, tunnels
-from .model import Bad, GatewayPlan, Link, LinkEnd, NetworkPlan, Office, PlanError
+from .model import (
+    Bad,
+    GatewayPlan,
+    Link,
+    LinkEnd,
+    NetworkPlan,
+    Office,
+    PlanError,
+    link_protection,
+)
 from .topologies import STRATEGIES
 
 OFFICE_NAME = re.compile(rf"^[a-z0-9][a-z0-9_-]{{0,{contract.OFFICE_NAME_MAX - 1}}}$")
@@ -497,6 +506,23 @@ def _pairs(
 # --------------------------------------------------------------------------- entry point
 
 
+def _backup_hubs(
+    topology: str, transit: bool, protection: str, offices: dict[str, Office], adj
+) -> dict[tuple[str, str], str]:
+    """Hub failover (``routing.backup_hubs``): hub-and-spoke with transit and two hubs
+    or more, on links between our gateways that IPsec protects (its SAs say whether
+    a link is up; plain IPIP says nothing)."""
+    hubs = sorted(n for n, o in offices.items() if o.role == "hub" and not o.external)
+    if topology != "hub-and-spoke" or not transit or len(hubs) < 2:
+        return {}
+
+    def watched(a: str, b: str) -> bool:
+        ends = offices[a], offices[b]
+        return not any(o.external for o in ends) and link_protection(protection, *ends) == "ipsec"
+
+    return routing.backup_hubs(adj, hubs, watched)
+
+
 def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     """Validate every office and plan every gateway.
 
@@ -559,7 +585,20 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     # Destinations visited in LAN order, so every route list comes out sorted.
     routed = routing.next_hops(adj, forwards, transit, order=sorted(offices, key=lan_block.get))
     warnings: list[str] = []
-    relay_ports, flows = relay.plan(offices, adj, forwards, transit, errors, warnings)
+    protection = deployment["office_tunnel_protection"]
+    backups = _backup_hubs(topology, transit, protection, offices, adj)
+    # Broadcasts through both hubs, the second copy dropped as a replay: only the
+    # authenticated wire can tell a copy from a new datagram.
+    failover_hubs = sorted(set(backups.values()))
+    relay_ports, flows = relay.plan(
+        offices,
+        adj,
+        forwards,
+        transit,
+        errors,
+        warnings,
+        failover_hubs if relay_wire == contract.WIRE_SITELINK1 else None,
+    )
     relay.check_external_keys(offices, flows, errors)
     if errors:
         raise PlanError(errors)
@@ -569,20 +608,23 @@ def plan_network(office_vars: dict[str, dict[str, Any]]) -> NetworkPlan:
     def prefixes(office: str, hop: str) -> tuple[str, ...]:
         return lans.collapsed(lan_block[d] for d in routed.get((office, hop), ()))
 
-    protection = deployment["office_tunnel_protection"]
     warnings.extend(ipsec.warnings(protection, offices_list, pairs))
     warnings.extend(relay.raw_wire_warnings(relay_wire, protection, offices_list))
+
+    def end(office: str, peer: str) -> LinkEnd:
+        backup = backups.get((office, peer))
+        return LinkEnd(
+            office,
+            tunnels.tunnel_name(peer),
+            prefixes(office, peer),
+            tunnels.tunnel_name(backup) if backup else None,
+        )
+
     links = []
     for (a, b), mtu in sorted(pairs.items()):
         if mtu is None:
             mtu = tunnels.link_mtu(protection, offices[a], offices[b])
-        links.append(
-            Link(
-                LinkEnd(a, tunnels.tunnel_name(b), prefixes(a, b)),
-                LinkEnd(b, tunnels.tunnel_name(a), prefixes(b, a)),
-                mtu,
-            )
-        )
+        links.append(Link(end(a, b), end(b, a), mtu))
 
     by_office: dict[str, list[Link]] = {name: [] for name in offices}
     for link in links:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from . import routing
+from . import tunnels as tunnels_plan
 from .model import GatewayPlan
 
 
@@ -27,13 +29,19 @@ def _peers(gw: GatewayPlan, protection: str) -> list[str]:
 def section(gw: GatewayPlan) -> dict[str, Any]:
     office = gw.office
     tunnels = []
+    backed_up = tunnels_plan.backed_up(gw)
     for link in gw.links:
         peer = gw.peers[link.other(office.name).office]
+        name = link.end(office.name).tunnel
+        sources = link.end(office.name).routes
+        if name in backed_up:
+            # A backup tunnel also brings what the tunnels it backs up would (two hubs).
+            sources = routing.merge(sources, *backed_up[name])
         tunnels.append(
             {
-                "name": link.end(office.name).tunnel,
+                "name": name,
                 # What leaves this tunnel must come from a LAN routed over it.
-                "sources": list(link.end(office.name).routes),
+                "sources": list(sources),
                 "relay_peer": str(peer.lan.ip),
                 "mtu": link.mtu,
             }

@@ -60,6 +60,9 @@ def warnings(
 def section(gw: GatewayPlan) -> dict[str, Any]:
     office = gw.office
     connections, unprotected, external = [], [], {}
+    # Tunnels whose link state moves routes (two hubs): a backup, or backed up.
+    ends = [lk.end(office.name) for lk in gw.links]
+    failover = {e.backup for e in ends if e.backup} | {e.tunnel for e in ends if e.backup}
     for link in gw.links:
         peer = gw.peers[link.other(office.name).office]
         tunnel = link.end(office.name).tunnel
@@ -69,17 +72,18 @@ def section(gw: GatewayPlan) -> dict[str, Any]:
         if not protected:
             unprotected.append({"name": tunnel, "peer": peer.name, "remote": str(peer.wan.ip)})
             continue
-        connections.append(
-            {
-                # The peer's tunnel name is unique on this gateway and readable in
-                # `swanctl --list-sas`.
-                "name": tunnel,
-                "link": link.id,
-                "peer": peer.name,
-                "local": str(office.wan.ip),
-                "remote": str(peer.wan.ip),
-            }
-        )
+        connection = {
+            # The peer's tunnel name is unique on this gateway and readable in
+            # `swanctl --list-sas`.
+            "name": tunnel,
+            "link": link.id,
+            "peer": peer.name,
+            "local": str(office.wan.ip),
+            "remote": str(peer.wan.ip),
+        }
+        if tunnel in failover:
+            connection["failover"] = True
+        connections.append(connection)
     return {
         "protection": gw.protection,
         "connections": connections,

@@ -205,6 +205,8 @@ class LinkEnd:
     office: str
     tunnel: str  # interface name at this end
     routes: tuple[str, ...]  # prefixes this end routes into the tunnel
+    # The tunnel at this end that takes those routes while this link is down (two hubs).
+    backup: Optional[str] = None
 
 
 @dataclass(frozen=True)

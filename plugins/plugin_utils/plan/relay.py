@@ -168,6 +168,44 @@ def relay_tree(
     return parent
 
 
+def _second_paths(
+    origin: str,
+    children: dict[str, set[str]],
+    wanted: set[str],
+    hubs: list[str],
+    adj: Adjacency,
+    ours: dict[str, bool],
+) -> None:
+    """Hub failover: every target a hub serves gets the datagram from each other hub
+    too, which the origin (or the first hub) also sends to. A target keeps the first
+    copy and drops the second as a replay (the authenticated wire's sequence numbers),
+    so while one hub is dead the other's copy is the one kept."""
+    parent = {child: p for p, kids in children.items() for child in kids}
+    linked = {hub: set(adj[hub]) for hub in hubs}
+    for hub in hubs:
+        if hub == origin:
+            continue
+        served = {
+            c
+            for c in wanted
+            # Our branches only: a hub is no second path's end (two hubs would send
+            # each other the same datagram), nor an external peer (its relay is not ours).
+            if c not in (origin, hub)
+            and c not in linked
+            and ours[c]
+            and parent.get(c) in linked
+            and parent[c] != hub
+            and c in linked[hub]
+        }
+        if not served:
+            continue
+        if hub not in parent:
+            if hub not in adj[origin]:
+                continue  # it never sees the origin's datagrams
+            children.setdefault(origin, set()).add(hub)
+        children.setdefault(hub, set()).update(served)
+
+
 def plan(
     offices: dict[str, Office],
     adj: Adjacency,
@@ -175,8 +213,11 @@ def plan(
     transit: bool,
     errors: list[str],
     warnings: list[str],
+    failover_hubs: Optional[list[str]] = None,
 ) -> tuple[dict[str, dict[int, RelayPort]], list[RelayFlow]]:
-    """Each gateway's relay ports, from every office's relay requests."""
+    """Each gateway's relay ports, from every office's relay requests. With
+    ``failover_hubs`` (two hubs, authenticated wire), each hub a target is served
+    through sends it a copy too (``_second_paths``)."""
     ports: dict[str, dict[int, RelayPort]] = {name: {} for name in offices}
     flows: list[RelayFlow] = []
     # (office, port, previous hop) -> (re-broadcast?, onward hops, origin): with the
@@ -220,6 +261,8 @@ def plan(
                     children.setdefault(parent, set()).add(node)
                     node = parent
             wanted = set(usable)
+            if failover_hubs:
+                _second_paths(origin.name, children, wanted, failover_hubs, adj, forwards)
             hops: list[tuple[str, str]] = []
             conflict = False
             for parent in _tree_order(origin.name, children):

@@ -22,7 +22,7 @@ import heapq
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Optional
+from typing import Callable, Optional
 
 Adjacency = dict[str, list[str]]  # office -> linked offices, sorted
 Block = tuple[int, int]  # an IPv4 network: its address as an integer, its prefix length
@@ -43,6 +43,15 @@ def collapse(blocks: Iterable[Block]) -> list[Block]:
             address, length = below, length - 1
         out.append((address, length))
     return out
+
+
+def merge(*texts: Iterable[str]) -> tuple[str, ...]:
+    """Route lists (disjoint prefixes, as text) as one, collapsed."""
+    blocks = set()
+    for prefix in (p for text in texts for p in text):
+        network = ipaddress.IPv4Network(prefix)
+        blocks.add((int(network.network_address), network.prefixlen))
+    return tuple(f"{ipaddress.IPv4Address(a)}/{n}" for a, n in collapse(sorted(blocks)))
 
 
 class Prefixes:
@@ -141,3 +150,32 @@ def next_hops(
                 hop = next(n for n in adj[node] if forwards[n] and dist.get(n) == distance - 1)
             routes[(node, hop)].append(dest)
     return routes
+
+
+def backup_hubs(
+    adj: Adjacency, hubs: list[str], watched: Callable[[str, str], bool]
+) -> dict[tuple[str, str], str]:
+    """``(office, next hop) -> hub`` whose tunnel takes that link's routes while the link
+    is down: the lowest-named other hub linked to both ends, when both links have a
+    state to watch (``watched``: IPsec between two of our gateways).
+
+    A branch's link to one hub is backed by the other hub; a hub's link to a branch by
+    the other hub too (it reaches the branch directly). Two hubs' own link has no
+    backup unless a third hub links them.
+    """
+    linked = {hub: set(adj[hub]) for hub in hubs}
+    found: dict[tuple[str, str], str] = {}
+    for office, neighbours in adj.items():
+        for peer in neighbours:
+            for hub in hubs:  # sorted: the first that fits is the lowest-named
+                if (
+                    hub not in (office, peer)
+                    and office in linked[hub]
+                    and peer in linked[hub]
+                    and watched(office, peer)
+                    and watched(office, hub)
+                    and watched(hub, peer)
+                ):
+                    found[(office, peer)] = hub
+                    break
+    return found

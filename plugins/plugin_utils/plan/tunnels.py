@@ -63,16 +63,27 @@ def section(gw: GatewayPlan) -> list[dict[str, Any]]:
     tunnels = []
     for link in gw.links:
         mine, theirs = link.end(office.name), gw.peers[link.other(office.name).office]
-        tunnels.append(
-            {
-                "name": mine.tunnel,
-                "local": str(office.wan.ip),
-                "remote": str(theirs.wan.ip),
-                "address": str(office.lan.ip),
-                "routes": list(mine.routes),
-                "mtu": link.mtu,
-                "ttl": TUNNEL_TTL,
-                "description": f"peer {theirs.name}",
-            }
-        )
+        tunnel = {
+            "name": mine.tunnel,
+            "local": str(office.wan.ip),
+            "remote": str(theirs.wan.ip),
+            "address": str(office.lan.ip),
+            "routes": list(mine.routes),
+            "mtu": link.mtu,
+            "ttl": TUNNEL_TTL,
+            "description": f"peer {theirs.name}",
+        }
+        if mine.backup:
+            tunnel["backup"] = mine.backup
+        tunnels.append(tunnel)
     return tunnels
+
+
+def backed_up(gw: GatewayPlan) -> dict[str, list[tuple[str, ...]]]:
+    """Each backup tunnel of this gateway: the route lists it may carry for others."""
+    found: dict[str, list[tuple[str, ...]]] = {}
+    for link in gw.links:
+        mine = link.end(gw.office.name)
+        if mine.backup:
+            found.setdefault(mine.backup, []).append(mine.routes)
+    return found

@@ -403,7 +403,7 @@ def test_a_healthy_hub_passes_every_check_with_few_read_only_commands():
         "ok": True,
         "problems": [],
     }
-    assert result["routes"] == {"total": 1, "ok": 1, "failed": [], "problems": []}
+    assert result["routes"] == {"total": 1, "ok": 1, "failed": [], "problems": [], "carriers": []}
     assert result["relay"]["state"] == "active"
     assert result["relay"]["stale"] is False
     assert result["relay"]["ports"] == {
@@ -667,6 +667,7 @@ def test_a_missing_route_is_named_with_its_tunnel():
         "ok": 0,
         "failed": [{"prefix": "192.168.2.0/24", "tunnel": "sl-brooklyn", "via": []}],
         "problems": ["route 192.168.2.0/24: missing (should go via sl-brooklyn)"],
+        "carriers": [],
     }
 
 
@@ -1356,6 +1357,7 @@ def test_report_json_shape():
         "problems",
         "warnings",
         "rotation",
+        "failover",
         "offices",
     ]
     assert data["version"] == 1
@@ -1720,3 +1722,67 @@ def test_verify_shows_the_links_that_still_accept_a_second_key():
     # No file to read: unknown, not a rotation.
     del gateway.files[hc.IPSEC_CONFIG]
     assert [c["keys"] for c in check(gateway)["ipsec"]["connections"]] == [None]
+
+
+def test_verify_shows_the_hub_each_office_uses_and_the_links_failed_over():
+    """Two hubs: Queens' routes through bronx moved to manhattan's tunnel (the hook did,
+    bronx's link being down): not a route problem, but the report says it."""
+    tunnels = [
+        {
+            "name": "sl-bronx",
+            "routes": ["192.168.4.0/23"],
+            "backup": "sl-manhattan",
+            "peer": "bronx",
+        },
+        {
+            "name": "sl-manhattan",
+            "routes": ["192.168.1.0/24"],
+            "backup": "sl-bronx",
+            "peer": "manhattan",
+        },
+    ]
+    routes = json.dumps(
+        [
+            {"dst": p, "dev": "sl-manhattan", "prefsrc": "192.168.3.126", "flags": []}
+            for p in ("192.168.4.0/23", "192.168.1.0/24")
+        ]
+    )
+    result = hc.check_routes(tunnels, routes)
+    assert result["problems"] == [] and result["ok"] == 2
+    entry = {"office": "queens", "host": "queens-gw", "healthy": True, "routes": result}
+    (state,) = report.failover_state([entry])
+    assert state == {"office": "queens", "uses": "manhattan", "failed_over": ["bronx"]}
+    lines = report.failover_lines({"failover": [state]})
+    assert lines[-1] == "  queens: through manhattan; failed over: the link to bronx is down"
+    # Both links up: its routes on their own tunnels, the hub with most of them.
+    home = json.dumps(
+        [
+            {"dst": "192.168.4.0/23", "dev": "sl-bronx", "prefsrc": "192.168.3.126", "flags": []},
+            {
+                "dst": "192.168.1.0/24",
+                "dev": "sl-manhattan",
+                "prefsrc": "192.168.3.126",
+                "flags": [],
+            },
+        ]
+    )
+    entry["routes"] = hc.check_routes(tunnels, home)
+    assert report.failover_state([entry]) == [
+        {"office": "queens", "uses": "bronx", "failed_over": []}
+    ]
+    # A hub: its branch tunnels backed by the other hub, whose own tunnel is not.
+    hub = [
+        {"name": "sl-queens", "routes": ["192.168.3.0/24"], "backup": "sl-bronx", "peer": "queens"},
+        {"name": "sl-bronx", "routes": ["192.168.5.0/24"], "peer": "bronx"},
+    ]
+    moved = json.dumps(
+        [{"dst": "192.168.3.0/24", "dev": "sl-bronx", "prefsrc": "192.168.1.126", "flags": []}]
+    )
+    entry = {"office": "manhattan", "routes": hc.check_routes(hub, moved)}
+    (state,) = report.failover_state([entry])
+    assert state == {"office": "manhattan", "uses": None, "failed_over": ["queens"]}
+    assert report.failover_lines({"failover": [state]})[-1] == (
+        "  manhattan: failed over: the link to queens is down"
+    )
+    # One hub: nothing said.
+    assert report.failover_lines({"failover": []}) == []

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from ansible_collections.sitelink.gateway.plugins.module_utils import ipsec
+from ansible_collections.sitelink.gateway.plugins.module_utils import failover, ipsec
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import (
     CheckpointHost,
     Exit,
@@ -57,6 +57,9 @@ class FakeSwanctl:
     def load_all(self):
         self.calls.append("load-all")
         self._load()
+
+    def reload_settings(self):
+        self.calls.append("reload-settings")
 
     def _load(self):
         text = Path(self.path).read_text() if os.path.exists(self.path) else ""
@@ -152,7 +155,7 @@ def test_the_diff_never_shows_a_key_even_in_a_rotation(tmp_path):
     assert done.result["changed"] and swanctl.calls == ["load-all"]
     shown = repr(done.result)
     assert KEY not in shown and OTHER_KEY not in shown
-    diff = done.result["diff"]
+    diff = done.result["diff"][0]
     assert "secret = <hidden> (sha256 " in diff["after"]
     # The rotation shows (as a new fingerprint), the keys do not.
     assert diff["before"] != diff["after"]
@@ -248,7 +251,7 @@ def test_strongswan_before_5_9_6_gets_a_file_it_can_load(tmp_path):
     assert "start_action = trap" in lines and "start_action = trap|start" not in lines
     assert "dpd_action = trap" in lines and "close_action = trap" in lines
     assert "keyingtries = 0" in lines  # 5.9.1 has it too
-    assert done.result["diff"]["after"] == checked.result["diff"]["after"]
+    assert done.result["diff"][0]["after"] == checked.result["diff"][0]["after"]
     again, swanctl, _unused = run(
         params(tmp_path), swanctl=FakeSwanctl(path, {"sl-brooklyn"}, strongswan=(5, 9, 1))
     )
@@ -456,3 +459,33 @@ def test_every_link_keeps_trying_to_key_its_peer():
             lines = block.splitlines()
             # The connection's own option (IKE_SA retries), not its CHILD_SA's.
             assert lines.index("keyingtries = 0") < lines.index("children {"), (start, name)
+
+
+def test_a_failover_link_runs_the_hook_and_comes_back_by_itself(tmp_path, monkeypatch):
+    """Two hubs: the link's state moves routes (the updown hook), a dead peer is noticed
+    sooner (DPD at most 10 s, charon's retransmits shortened) and re-keyed until it
+    answers; the other links are as they were, and without failover no settings file."""
+    settings = tmp_path / "strongswan.d" / "sitelink-gateway.conf"
+    monkeypatch.setattr(ipsec, "SETTINGS_PATH", str(settings))
+    hook = tmp_path / "sitelink-failover"
+    monkeypatch.setattr(failover, "HOOK_PATH", str(hook))
+    path = str(tmp_path / "sitelink-gateway.conf")
+    links = (BROOKLYN, {**QUEENS, "failover": True})
+    swanctl = FakeSwanctl(path, loaded={"sl-brooklyn", "sl-queens"})
+    done, swanctl, _unused = run(params(tmp_path, links), diff=True, swanctl=swanctl)
+    blocks = ipsec.connection_blocks(Path(path).read_text())
+    assert f"updown = {hook}" in blocks["sl-queens"]
+    assert hook.read_text().startswith("#!/usr/bin/python3") and hook.stat().st_mode & 0o111
+    assert "dpd_action = restart" in blocks["sl-queens"]
+    assert "keyingtries = 0" in blocks["sl-queens"]
+    assert "dpd_delay = 10s" in blocks["sl-queens"]
+    assert "updown" not in blocks["sl-brooklyn"] and "dpd_delay = 30s" in blocks["sl-brooklyn"]
+    assert "retransmit_tries = 3" in settings.read_text()
+    # Settings before the load: the IKE_SAs it starts read them.
+    assert swanctl.calls.index("reload-settings") < swanctl.calls.index("load-all")
+    assert [d["before_header"] for d in done.result["diff"][1:]] == [str(hook), str(settings)]
+
+    again, swanctl, _unused = run(params(tmp_path, links), swanctl=swanctl)
+    assert not again.result["changed"]
+    plain, swanctl, _unused = run(params(tmp_path, (BROOKLYN, QUEENS)), swanctl=swanctl)
+    assert plain.result["changed"] and not settings.exists() and not hook.exists()

@@ -14,7 +14,7 @@ import shlex
 import stat
 
 import pytest
-from ansible_collections.sitelink.gateway.plugins.module_utils import persist
+from ansible_collections.sitelink.gateway.plugins.module_utils import failover, persist
 from ansible_collections.sitelink.gateway.plugins.module_utils import tunnel as tu
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils import fakes
 from ansible_collections.sitelink.gateway.tests.unit.plugins.module_utils.fakes import Exit
@@ -43,6 +43,12 @@ QUEENS = {
     "ttl": 64,
     "description": "peer queens",
 }
+
+
+@pytest.fixture(autouse=True)
+def _failover_files_in_tmp(tmp_path, monkeypatch):
+    """The failover hook's configuration is a fixed path on a gateway: here, a temp one."""
+    monkeypatch.setattr(failover, "CONFIG_PATH", str(tmp_path / "failover.json"))
 
 
 # --------------------------------------------------------------------------
@@ -1307,6 +1313,7 @@ def test_run_module_arms_the_rollback_before_changing_tunnels(tmp_path, gw, monk
     (resource,) = gw.manifest()["resources"]
     assert [f["path"] for f in resource["files"]] == [
         path,
+        failover.CONFIG_PATH,  # the failover hook's, with two hubs (absent here)
         str(tmp_path / "units" / "sl-t.service"),
         str(tmp_path / "units" / "multi-user.target.wants" / "sl-t.service"),
     ]
@@ -1426,3 +1433,15 @@ def test_the_restore_program_runs_the_inverse_and_restores_the_boot_file(tmp_pat
     )
     assert not os.path.exists(gw.directory)
     assert gw.rollback_record()["resources"] == [{"key": "tunnels", "ok": True, "errors": []}]
+
+
+def test_routes_the_failover_hook_moved_to_the_backup_stay_there():
+    """Two hubs: Queens' routes ride Brooklyn's tunnel (the hook moved them, its link
+    being down); a run leaves them there, and takes them back without a backup."""
+    queens = {**QUEENS, "backup": "sl-brooklyn"}
+    moved = [(r, LAN) for r in BROOKLYN["routes"] + QUEENS["routes"]]
+    live = Host().add_tunnel(BROOKLYN, routes=moved).add_tunnel(QUEENS, routes=[]).live()
+    assert argvs(tu.plan(desired(BROOKLYN, queens), live)[0]) == []
+    undone = argvs(tu.plan(desired(BROOKLYN, QUEENS), live)[0])
+    assert "route replace 10.30.0.0/16 dev sl-queens src 192.168.1.126" in undone
+    assert "route replace 192.168.3.0/24 dev sl-queens src 192.168.1.126" in undone

@@ -9,6 +9,7 @@ from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.build import
 from ansible_collections.sitelink.gateway.plugins.plugin_utils.plan.gateway import office_plan
 from ansible_collections.sitelink.gateway.tests.unit.plugins.plugin_utils.plan.test_plan import (
     branch_offices,
+    collapsed,
     with_topology,
 )
 from hypothesis import given
@@ -68,3 +69,56 @@ def test_a_branch_of_a_thousand_office_hub_routes_a_few_prefixes_not_999_lans():
     branches = [lan for host, lan in lans.items() if host != "office0-gw"]
     assert hub["masquerade"]["sources"] == [str(n) for n in ipaddress.collapse_addresses(branches)]
     assert len(hub["masquerade"]["sources"]) == 14  # not 999
+
+
+def two_hubs(count: int, **deployment) -> dict:
+    """office0 and office1 hubs, the rest branches."""
+    offices = with_topology(branch_offices(count), "hub-and-spoke", office_transit=True)
+    offices["office1-gw"]["office_role"] = "hub"
+    for office in offices.values():
+        office.update(deployment)
+    return offices
+
+
+def test_with_two_hubs_each_link_is_backed_by_the_other_hub():
+    plan = plan_network(two_hubs(5))
+    branch = office_plan(plan, "office3-gw")
+    tunnels = {t["name"]: t for t in branch["tunnels"]}
+    # Everything but office1's LAN through office0 (the lower name), office1 backs it up.
+    assert tunnels["sl-office0"]["backup"] == "sl-office1"
+    assert tunnels["sl-office1"]["backup"] == "sl-office0"
+    # What the backup may bring in: its own LAN and everything it carries when it backs up.
+    sources = {t["name"]: t["sources"] for t in branch["firewall"]["tunnels"]}
+    assert sources["sl-office1"] == collapsed(
+        *tunnels["sl-office1"]["routes"], *tunnels["sl-office0"]["routes"]
+    )
+    assert all(c["failover"] for c in branch["ipsec"]["connections"])
+
+    hub = office_plan(plan, "office0-gw")
+    tunnels = {t["name"]: t for t in hub["tunnels"]}
+    assert {n: t.get("backup") for n, t in tunnels.items()} == {
+        "sl-office1": None,  # two hubs' own link: no third hub to back it
+        "sl-office2": "sl-office1",
+        "sl-office3": "sl-office1",
+        "sl-office4": "sl-office1",
+    }
+    sources = {t["name"]: t["sources"] for t in hub["firewall"]["tunnels"]}
+    assert sources["sl-office1"] == collapsed(
+        "10.0.1.0/24", "10.0.2.0/24", "10.0.3.0/24", "10.0.4.0/24"
+    )
+
+
+def test_no_failover_with_one_hub_without_transit_or_without_ipsec():
+    def backups(offices):
+        plan = plan_network(offices)
+        return [
+            t.get("backup")
+            for host in plan.gateways
+            for t in office_plan(plan, host)["tunnels"]
+            if t.get("backup")
+        ]
+
+    assert backups(two_hubs(5)) != []
+    assert backups(with_topology(branch_offices(5), "hub-and-spoke", office_transit=True)) == []
+    assert backups(two_hubs(5, office_transit=False)) == []
+    assert backups(two_hubs(5, office_tunnel_protection="none")) == []
