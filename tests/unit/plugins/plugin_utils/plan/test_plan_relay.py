@@ -505,3 +505,43 @@ def test_two_offices_with_the_same_relay_id_are_refused(monkeypatch):
 def test_no_two_of_many_offices_share_a_relay_id():
     plan = plan_network(branch_offices(300))
     assert len({contract.office_id(name) for name in plan.offices}) == 300
+
+
+def deliveries(plan, origin: str, port: int, dead: str = "") -> list[str]:
+    """Where ``origin``'s broadcasts on ``port`` are re-broadcast, following the relays'
+    own rules, with office ``dead`` sending and passing on nothing (a hub gone)."""
+    configs = {g.office.name: office_plan(plan, h)["relay"] for h, g in plan.gateways.items()}
+    name_of = {str(o.lan.ip): n for n, o in plan.offices.items()}
+    (rule,) = [r for r in configs[origin]["rules"] if r["port"] == port]
+    queue = [(str(plan.offices[origin].lan.ip), to) for to in rule["forward_to"]]
+    delivered = []
+    while queue:
+        sender, receiver = queue.pop()
+        node = name_of[receiver]
+        if node == dead:
+            continue
+        (rule,) = [r for r in configs[node]["rules"] if r["port"] == port]
+        if sender in rule["accept_from"]:
+            delivered.append(node)
+        queue += [(receiver, to) for to in rule.get("transit", {}).get(sender, [])]
+    return sorted(delivered)
+
+
+def test_with_two_hubs_a_branch_broadcast_crosses_either_hub():
+    """office3's broadcasts for office4 go through both hubs: office4 gets a copy from
+    each (the second dropped as a replay), and one while either hub is dead. With the
+    raw wire, which cannot tell a copy from a new datagram, through one hub only."""
+    offices = with_topology(branch_offices(5), "hub-and-spoke", office_transit=True)
+    offices["office1-gw"]["office_role"] = "hub"
+    offices["office3-gw"]["office_broadcast_relay"] = [{"port": 6801, "to": ["office4"]}]
+    plan = plan_network(offices)
+    assert deliveries(plan, "office3", 6801) == ["office4", "office4"]
+    assert deliveries(plan, "office3", 6801, dead="office0") == ["office4"]
+    assert deliveries(plan, "office3", 6801, dead="office1") == ["office4"]
+
+    for office in offices.values():
+        office["office_relay_wire"] = "raw"
+        office["office_tunnel_secret"] = CASE_STUDY_SECRET
+    raw = plan_network(offices)
+    assert deliveries(raw, "office3", 6801) == ["office4"]
+    assert deliveries(raw, "office3", 6801, dead="office0") == []
