@@ -910,9 +910,9 @@ def run_module(module, runner=None, systemd=None, checkpoint=None):
         result["changed"] = result["changed"] or result["persist_changed"]
 
     failover_files = _failover_files(desired) if persist_path else []
-    for _path, old, new, _mode in failover_files:
-        result["failover_changed"] = result.get("failover_changed", False) or old != new
-    result["changed"] = result["changed"] or result.get("failover_changed", False)
+    if persist_path:
+        result["failover_changed"] = any(old != new for _p, old, new, _m in failover_files)
+        result["changed"] = result["changed"] or result["failover_changed"]
 
     if module._diff:
         before = [live.describe(n) for n in live.owned()]
@@ -962,7 +962,9 @@ def run_module(module, runner=None, systemd=None, checkpoint=None):
         if said:
             result["failover"] = said
     except (OSError, ValueError) as e:
-        module.fail_json(msg=f"writing the failover hook: {e}{_rollback_note(result)}", **result)
+        module.fail_json(
+            msg=f"writing the failover configuration: {e}{_rollback_note(result)}", **result
+        )
     if boot_unit:
         _ensure_unit(module, systemd, boot_unit, persist_path, result)
     module.exit_json(**result)

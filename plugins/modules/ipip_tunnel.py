@@ -264,6 +264,22 @@ persist_changed:
   returned: when O(persist_path) is set
   type: bool
   sample: false
+failover_changed:
+  description:
+    - Whether the failover hook's configuration (C(/etc/sitelink/failover.json)) changed
+      (or would change in check mode), written when a tunnel has O(tunnels[].backup).
+  returned: when O(persist_path) is set
+  type: bool
+  sample: false
+  version_added: 0.2.0
+failover:
+  description:
+    - What the failover hook did when this call changed something - its routes put
+      where the links' state wants them (as the hook logs it).
+  returned: when a tunnel has O(tunnels[].backup) and the call changed something
+  type: str
+  sample: "sitelink failover: sync -: 0 routes moved"
+  version_added: 0.2.0
 removed_paths:
   description:
     - With O(state=absent), the files and directory deleted (or that would be in check mode)
