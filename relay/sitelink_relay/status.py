@@ -537,6 +537,8 @@ def _sample_value(value: Any, counter: bool) -> Optional[str]:
     n = _number(value)
     if n is None or (counter and n < 0):
         return None
+    if n == 0:
+        n = 0  # not "-0.0", which a scraper reads as a negative counter
     if isinstance(n, int):
         if -(2**53) <= n <= 2**53:
             return str(n)
