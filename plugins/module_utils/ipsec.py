@@ -55,7 +55,6 @@ not), and the lab lost a ping to that.
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import time
 
@@ -69,8 +68,8 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
     Systemd,
     SystemdError,
     hidden,
+    put_file,
     read_file,
-    write_atomic,
 )
 
 DEFAULT_PATH = "/etc/swanctl/conf.d/sitelink-gateway.conf"
@@ -756,21 +755,11 @@ def run_module(
                     timeout=params["rollback_timeout"],
                 )
             # The hook and the settings first: the SAs the load starts use them.
-            if new_hook is None and old_hook is not None:
-                os.unlink(failover.HOOK_PATH)
-            elif new_hook != old_hook:
-                write_atomic(module, failover.HOOK_PATH, new_hook, mode=0o755)
-            if new_settings is None and old_settings is not None:
-                os.unlink(SETTINGS_PATH)
-            elif new_settings != old_settings:
-                write_atomic(module, SETTINGS_PATH, new_settings, mode=0o644)
+            put_file(module, failover.HOOK_PATH, old_hook, new_hook, mode=0o755)
+            put_file(module, SETTINGS_PATH, old_settings, new_settings)
             if new_settings != old_settings and running:
                 swanctl.reload_settings()
-            if new is None:
-                if old is not None:
-                    os.unlink(path)
-            elif new != old:
-                write_atomic(module, path, new, mode=0o600)
+            put_file(module, path, old, new, mode=0o600)
             if new is not None and not systemd.is_enabled(SERVICE):
                 systemd.run("enable", SERVICE)
             if new is not None and not running:

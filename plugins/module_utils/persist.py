@@ -71,6 +71,17 @@ def write_atomic(module, path, content, mode=0o644):
             os.unlink(tmp)
 
 
+def put_file(module, path, old, new, mode=0o644):
+    """Make ``path``, which holds ``old`` (None: absent), hold ``new`` (None: absent):
+    written atomically, or deleted; nothing when they are the same."""
+    if new == old:
+        return
+    if new is None:
+        remove_file(path, False)
+    else:
+        write_atomic(module, path, new, mode)
+
+
 def remove_file(path, check_mode):
     """Delete ``path`` if it exists. Returns whether it was (or would be) deleted."""
     if not os.path.lexists(path):

@@ -33,6 +33,7 @@ from ansible_collections.sitelink.gateway.plugins.module_utils.persist import (
     Systemd,
     SystemdError,
     ensure_boot_unit,
+    put_file,
     read_file,
     remove_boot_unit,
     remove_dir_if_empty,
@@ -992,12 +993,7 @@ def _write_failover(module, files, changed):
     changed anything, put every failover route where the links' state wants it (the
     hook acts only on events, and routes just made sit on their own tunnel)."""
     for path, old, new, mode in files:
-        if old == new:
-            continue
-        if new is None:
-            remove_file(path, False)
-        else:
-            write_atomic(module, path, new, mode)
+        put_file(module, path, old, new, mode)
     if changed and any(new for _path, _old, new, _mode in files):
         return failover.sync()
     return None
