@@ -19,26 +19,31 @@ COLLECTION_LINK := .cache/collections/ansible_collections/sitelink/gateway
 # Debian packages the lab and the namespace tests need.
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftables \
                 openssh-client iputils-ping socat python3 graphviz
+# The ansible-core release .venv is built on: make setup CORE=2.19 picks one of
+# requirements/core-*.txt; later make commands keep it (.venv/.core). Without one,
+# the newest. tools/core_matrix.py picks the controller Python each release needs.
+CORE ?= $(or $(shell cat $(VENV)/.core 2>/dev/null),$(shell python3 tools/core_matrix.py default))
 # ansible-test runs on the venv's Python; gateways may have 3.9 (Debian 11).
-CONTROLLER_PYTHON := 3.11
+CONTROLLER_PYTHON = $(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 GATEWAY_PYTHON := 3.9
 ANSIBLE_TEST := $(PY) tools/run_ansible_test.py
 COLLECTION_VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
 
-.PHONY: help setup deps lint sanity schema relay unit integration molecule build ee docs release test \
+.PHONY: help setup deps lint sanity schema relay unit matrix integration molecule build ee docs release test \
         demo bench bench-plan bench-relay scale plan clean
 
 help:
 	@echo "Start here (no root, no gateway contacted):"
-	@echo "  make setup        .venv with pinned Ansible, linters and test tools (PyPI only);"
-	@echo "                    then: . .venv/bin/activate"
+	@echo "  make setup        .venv with pinned Ansible, linters and test tools (PyPI only):"
+	@echo "                    ansible-core $(shell python3 tools/core_matrix.py default), or CORE=2.19|2.20|...; then: . .venv/bin/activate"
 	@echo "  make plan         redraw both examples' plans and pictures (examples/*/plan; needs Graphviz)"
 	@echo "  make build        the collection tarball in build/, installed and checked"
 	@echo "  make docs         the HTML docs site in build/docs (Sphinx, -W)"
-	@echo "Checks (make test runs them all, in this order; about 30 minutes on 2 cores, root):"
+	@echo "Checks (make test runs them all, in this order; about 45 minutes on 2 cores, root):"
 	@echo "  make lint         ruff, the office schema's generated files, ansible-lint, changelog, docs lint"
 	@echo "  make sanity       ansible-test sanity; Python $(GATEWAY_PYTHON) for what runs on gateways"
 	@echo "  make unit         unit tests: modules, module_utils, controller plugins, the relay"
+	@echo "  make matrix       ansible-test sanity and units on the other tested ansible-core releases"
 	@echo "  make integration  playbooks and the relay in network namespaces (root)"
 	@echo "  make ee           the execution environment's build context in build/ee, checked"
 	@echo "  make molecule     both Molecule scenarios on QEMU gateways (root): case study, offices"
@@ -61,17 +66,21 @@ help:
 	@echo "  make release VERSION=x.y.z   bump galaxy.yml, release the changelog, build the tarball"
 	@echo "  make clean        remove build/ and the test caches (keeps .venv and .cache)"
 
-$(VENV)/.installed: requirements.txt
-	python3 -m venv $(VENV)
+# A fresh venv for another release: its Python may differ.
+$(VENV)/.installed-$(CORE): requirements.txt requirements/core-$(CORE).txt
+	@[ -f requirements/core-$(CORE).txt ] || { echo "CORE=$(CORE): no requirements/core-$(CORE).txt"; exit 2; }
+	rm -rf $(VENV)
+	$$(python3 tools/core_matrix.py python $(CORE)) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements/core-$(CORE).txt
+	echo $(CORE) > $(VENV)/.core
 	touch $@
 
 $(COLLECTION_LINK):
 	mkdir -p $(dir $@)
 	ln -sfn ../../../.. $@
 
-setup: $(VENV)/.installed $(COLLECTION_LINK)
+setup: $(VENV)/.installed-$(CORE) $(COLLECTION_LINK)
 
 # Installs the lab's system packages when one is missing (CI starts bare).
 deps:
@@ -84,6 +93,7 @@ deps:
 	fi
 
 lint: setup
+	$(PY) tools/core_matrix.py check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(PY) tools/office_schema.py --check
@@ -118,6 +128,11 @@ plan: setup
 unit: setup
 	$(ANSIBLE_TEST) units --venv --python $(CONTROLLER_PYTHON)
 	$(PY) -m pytest -q relay/tests
+
+# ansible-test sanity and units on every other ansible-core release of the matrix
+# (requirements/core-*.txt), each in .cache/ansible-core/X.Y with its own Python.
+matrix: setup
+	$(PY) tools/core_matrix.py run --skip $(CORE)
 
 # Plays the tests run on localhost (connection local) keep their module files in
 # remote_tmp, which is ~/.ansible/tmp whatever ANSIBLE_HOME says.
@@ -174,7 +189,7 @@ release: setup
 	$(MAKE) build
 	@echo "released $(VERSION): commit galaxy.yml, changelogs/ and CHANGELOG.rst, tag $(VERSION)"
 
-test: lint sanity unit integration build docs ee molecule
+test: lint sanity unit matrix integration build docs ee molecule
 
 demo: setup deps
 	$(PY) lab/run.py demo
