@@ -7,8 +7,9 @@
 1. Stages the collection tarball where execution-environment.yml takes it from
    (its ``additional_build_files`` entry, build/ee-src/sitelink-gateway.tar.gz).
 2. Writes a fresh build context with ``ansible-builder create`` (no podman or docker).
-3. Checks the context: the Containerfile installs ansible-core (the pin of
-   requirements.txt, within meta/runtime.yml's requires_ansible) and ansible-runner;
+3. Checks the context: the Containerfile installs ansible-core (the pin of the
+   newest requirements/core-X.Y.txt, within meta/runtime.yml's requires_ansible)
+   and ansible-runner;
    _build/requirements.yml names the staged tarball, which is there and is the one given;
    the context's bindep and pip files list every controller dependency.
 4. Runs the image build's galaxy stage (``ansible-galaxy collection install -r
@@ -298,20 +299,24 @@ def check_containerfile(c: Checks, containerfile: Path, ee: dict, repo: Path) ->
         "it does not (AWX runs jobs with ansible-runner)",
     )
     core_version = core.partition("==")[2]
+    # The newest release of the matrix (requirements/core-X.Y.txt), make setup's default.
+    newest = max(
+        (repo / "requirements").glob("core-*.txt"),
+        key=lambda p: tuple(int(n) for n in p.stem.removeprefix("core-").split(".")),
+    )
     pinned = next(
         (
             line.partition("==")[2].strip()
-            for line in read_lines(repo / "requirements.txt")
+            for line in read_lines(newest)
             if re.match(r"ansible-core\s*==", line)
         ),
         None,
     )
-    if pinned:
-        c.check(
-            core_version == pinned,
-            f"ansible-core {core_version} is requirements.txt's pin",
-            f"requirements.txt pins {pinned}, the EE {core_version or 'nothing'}",
-        )
+    c.check(
+        core_version == pinned,
+        f"ansible-core {core_version} is requirements/{newest.name}'s pin",
+        f"requirements/{newest.name} pins {pinned}, the EE {core_version or 'nothing'}",
+    )
     runtime = yaml.safe_load((repo / "meta/runtime.yml").read_text(encoding="utf-8")) or {}
     requires = str(runtime.get("requires_ansible", ""))
     c.check(

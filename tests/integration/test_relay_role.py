@@ -418,7 +418,10 @@ def test_the_role_in_check_mode_never_shows_a_key(tmp_path):
     task = output.split(head, 1)[1].split("TASK [", 1)[0]
     # The keys file would be written: its diff is a fingerprint, its argument censored.
     assert "changed: [localhost]" in task, task[-3000:]
-    assert "+<hidden> (sha256 " in task and "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in task
+    assert "+<hidden> (sha256 " in task
+    # ansible-core 2.19 and 2.20 show the module's arguments (`invocation`) at -vvv, the
+    # keys censored; 2.21 shows none.
+    assert "invocation" not in task or "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in task
     assert "systemctl start sitelink-relay.service" in task
     assert f"install {tmp_path}/sbin/sitelink-relay" in task
     keys = [

@@ -450,6 +450,9 @@ def first_answer(deadline: float) -> bool:
     return False
 
 
+# make bench (SITELINK_BENCH=1): make test keeps under 45 minutes with the ansible-core
+# matrix, and still reboots both gateways (test_everything_holds_after_reboot).
+@pytest.mark.skipif(not os.environ.get("SITELINK_BENCH"), reason="make bench (SITELINK_BENCH=1)")
 def test_a_rebooted_gateway_heals_its_link_by_itself(capsys):
     """Only Brooklyn's gateway rebooted, then only Manhattan's, under a ping stream from
     the workstation to the app server: no playbook, no help. The pings are answered again
