@@ -124,7 +124,7 @@ fi
 set +e
 "$@"
 rc=$?
-[ -z "$dev" ] || { umount -l /dev; rm -rf "$dev"; }
+[ -z "$dev" ] || { umount -n -l /dev; rm -rf "$dev"; }
 exit $rc
 """
 
