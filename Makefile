@@ -20,12 +20,15 @@ COLLECTION_LINK := .cache/collections/ansible_collections/sitelink/gateway
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftables \
                 openssh-client iputils-ping socat python3 graphviz
 # ansible-test runs on the venv's Python; gateways may have 3.9 (Debian 11).
+# Debian packages only make ee-image needs: podman with runc (crun refuses this
+# machine's cgroups), mmdebstrap for the local base image.
+EE_APT_PACKAGES := podman runc mmdebstrap
 CONTROLLER_PYTHON := 3.11
 GATEWAY_PYTHON := 3.9
 ANSIBLE_TEST := $(PY) tools/run_ansible_test.py
 COLLECTION_VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
 
-.PHONY: help setup deps lint sanity schema relay unit integration molecule build ee docs release test \
+.PHONY: help setup deps ee-deps lint sanity schema relay unit integration molecule build ee ee-image docs release test \
         demo bench bench-plan bench-relay scale plan clean
 
 help:
@@ -52,6 +55,9 @@ help:
 	@echo "                    for 5 minutes (case-study lab), the crowd lab at N=$(SCALE_BENCH_N) (make scale),"
 	@echo "                    and a hub rebooted (hubs lab)"
 	@echo "  make bench-plan   planning only;  make bench-relay   the relay only (and a hub's fan-out)"
+	@echo "  make ee-image     the execution environment image, built with podman offline (a local"
+	@echo "                    Debian base, wheels from PyPI), then checked in the image (root; not in"
+	@echo "                    make test; installs podman, runc and mmdebstrap when missing)"
 	@echo "  make scale N=200  the crowd lab: a hub and N-1 branches (two real, the rest simulated"
 	@echo "                    by one VM); site.yml, SAs, reboot, broadcasts, verify.yml, removal"
 	@echo "                    (default N=$(SCALE_N); /tmp/sitelink-lab/scale/scale-N.json)"
@@ -159,6 +165,24 @@ molecule: setup deps
 # the collection tarball, ansible-core, and every Python and system dependency.
 ee: build
 	$(PY) tools/check_ee.py --tarball build/sitelink-gateway-$(COLLECTION_VERSION).tar.gz --context build/ee
+
+# The execution environment image, built with podman and no registry, then checked
+# in the image (tools/ee_image.py): the collection's version, every module's docs,
+# plan.yml on the case study with its picture, and ansible-navigator when the venv
+# has it. podman's storage is .cache/ee/containers (podman outside the tool does not
+# see it: python tools/ee_image.py --podman images). Root; not in make test.
+ee-image: build ee-deps
+	$(PY) tools/ee_image.py --tarball build/sitelink-gateway-$(COLLECTION_VERSION).tar.gz \
+	  $(if $(wildcard $(BIN)/ansible-navigator),--navigator)
+
+ee-deps:
+	@missing=""; for p in $(EE_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 # The HTML docs site (antsibull-docs and Sphinx), from the same plugin and role docs.
 docs: setup
