@@ -19,10 +19,10 @@ COLLECTION_LINK := .cache/collections/ansible_collections/sitelink/gateway
 # Debian packages the lab and the namespace tests need.
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftables \
                 openssh-client iputils-ping socat python3 graphviz
-# ansible-test runs on the venv's Python; gateways may have 3.9 (Debian 11).
 # Debian packages only make ee-image needs: podman with runc (crun refuses this
 # machine's cgroups), mmdebstrap for the local base image.
 EE_APT_PACKAGES := podman runc mmdebstrap
+# ansible-test runs on the venv's Python; gateways may have 3.9 (Debian 11).
 CONTROLLER_PYTHON := 3.11
 GATEWAY_PYTHON := 3.9
 ANSIBLE_TEST := $(PY) tools/run_ansible_test.py
@@ -79,15 +79,20 @@ $(COLLECTION_LINK):
 
 setup: $(VENV)/.installed $(COLLECTION_LINK)
 
+# $(call apt_install,PACKAGES): installs those of the Debian PACKAGES that are missing.
+define apt_install
+@missing=""; for p in $(1); do \
+  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+done; \
+if [ -n "$$missing" ]; then \
+  echo "installing:$$missing"; \
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+fi
+endef
+
 # Installs the lab's system packages when one is missing (CI starts bare).
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call apt_install,$(APT_PACKAGES))
 
 lint: setup
 	$(BIN)/ruff check .
@@ -176,13 +181,7 @@ ee-image: build ee-deps
 	  $(if $(wildcard $(BIN)/ansible-navigator),--navigator)
 
 ee-deps:
-	@missing=""; for p in $(EE_APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call apt_install,$(EE_APT_PACKAGES))
 
 # The HTML docs site (antsibull-docs and Sphinx), from the same plugin and role docs.
 docs: setup
