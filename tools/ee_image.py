@@ -68,6 +68,7 @@ from check_ee import (  # noqa: E402 (tools/ is not a package)
     read_lines,
     staged_tarball,
     tool,
+    without_comment,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,13 +184,13 @@ class Engine:
             CONTAINERS_STORAGE_CONF=str(storage),
             TMPDIR=str(RUN_DIR / "tmp"),
         )
+        (self.conf / "namespace.sh").write_text(NAMESPACE_SCRIPT, encoding="utf-8")
 
     def wrap(self, cmd: list[str]) -> list[str]:
         """``cmd`` in a private mount namespace (NAMESPACE_SCRIPT)."""
-        script = self.conf / "namespace.sh"
-        script.write_text(NAMESPACE_SCRIPT, encoding="utf-8")
         unshare = ["unshare", "--mount", "--propagation", "private", "--"]
-        return [*unshare, "sh", str(script), str(RUN_DIR), str(self.cache), *cmd]
+        script = str(self.conf / "namespace.sh")
+        return [*unshare, "sh", script, str(RUN_DIR), str(self.cache), *cmd]
 
     def run(
         self, args: list[str], what: str, timeout: int = 600, check: bool = True
@@ -300,11 +301,8 @@ def pip_refs(containerfile: Path, repo: Path) -> list[str]:
     for line in re.findall(r"pip install --no-cache-dir (.*)$", text, flags=re.M):
         line = line.replace("$ANSIBLE_INSTALL_REFS", args.get("ANSIBLE_INSTALL_REFS", ""))
         refs += [word for word in shlex.split(line) if not word.startswith("-")]
-    for line in read_lines(repo / "meta/ee-requirements.txt"):
-        line = re.sub(r"(^|\s)#.*$", "", line).strip()
-        if line:
-            refs.append(line)
-    return refs
+    requirements = map(without_comment, read_lines(repo / "meta/ee-requirements.txt"))
+    return refs + [line for line in requirements if line]
 
 
 def wheel_python(version: str, given: Optional[str]) -> str:
