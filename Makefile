@@ -20,6 +20,9 @@ COLLECTION_LINK := .cache/collections/ansible_collections/sitelink/gateway
 # which ansible-test sanity skips its shellcheck test.
 APT_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap e2fsprogs iproute2 nftables \
                 openssh-client iputils-ping socat python3 graphviz shellcheck
+# Debian packages only make ee-image needs: podman with runc (crun refuses this
+# machine's cgroups), mmdebstrap for the local base image.
+EE_APT_PACKAGES := podman runc mmdebstrap
 # The ansible-core release .venv is built on: make setup CORE=2.19 picks one of
 # requirements/core-*.txt; later make commands keep it (.venv/.core). Without one,
 # the newest. tools/core_matrix.py picks the controller Python each release needs.
@@ -30,8 +33,8 @@ GATEWAY_PYTHON := 3.9
 ANSIBLE_TEST := $(PY) tools/run_ansible_test.py
 COLLECTION_VERSION = $(shell sed -n 's/^version: *//p' galaxy.yml)
 
-.PHONY: help setup deps lint sanity schema relay unit matrix integration molecule build ee docs release test \
-        demo bench bench-plan bench-relay molecule-bench scale plan clean
+.PHONY: help setup deps ee-deps lint sanity schema relay unit matrix integration molecule build ee ee-image \
+        docs release test demo bench bench-plan bench-relay molecule-bench scale plan clean
 
 help:
 	@echo "Start here (no root, no gateway contacted):"
@@ -60,13 +63,16 @@ help:
 	@echo "  make molecule-bench  the lab tests make test leaves out for time: each case-study"
 	@echo "                    gateway rebooted alone, key rotation one step apart, a hub rebooted"
 	@echo "  make bench-plan   planning only;  make bench-relay   the relay only (and a hub's fan-out)"
+	@echo "  make ee-image     the execution environment image, built with podman offline (a local"
+	@echo "                    Debian base, wheels from PyPI), then checked in the image (root; in"
+	@echo "                    make release, not make test; installs podman, runc, mmdebstrap)"
 	@echo "  make scale N=200  the crowd lab: a hub and N-1 branches (two real, the rest simulated"
 	@echo "                    by one VM); site.yml, SAs, reboot, broadcasts, verify.yml, removal"
 	@echo "                    (default N=$(SCALE_N); /tmp/sitelink-lab/scale/scale-N.json)"
 	@echo "Maintenance:"
 	@echo "  make schema       regenerate the office role's specs, defaults and README table from the schema"
 	@echo "  make relay        rebuild roles/relay/files/sitelink-relay from relay/sitelink_relay"
-	@echo "  make release VERSION=x.y.z   bump galaxy.yml, release the changelog, build the tarball"
+	@echo "  make release VERSION=x.y.z   bump galaxy.yml, release the changelog, build the tarball and the EE image"
 	@echo "  make clean        remove build/ and the test caches (keeps .venv and .cache)"
 
 # A fresh venv for another release: its Python may differ.
@@ -85,15 +91,20 @@ $(COLLECTION_LINK):
 
 setup: $(VENV)/.installed-$(CORE) $(COLLECTION_LINK)
 
+# $(call apt_install,PACKAGES): installs those of the Debian PACKAGES that are missing.
+define apt_install
+@missing=""; for p in $(1); do \
+  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+done; \
+if [ -n "$$missing" ]; then \
+  echo "installing:$$missing"; \
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+fi
+endef
+
 # Installs the lab's system packages when one is missing (CI starts bare).
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call apt_install,$(APT_PACKAGES))
 
 lint: setup
 	$(PY) tools/core_matrix.py check
@@ -178,18 +189,31 @@ molecule: setup deps
 ee: build
 	$(PY) tools/check_ee.py --tarball build/sitelink-gateway-$(COLLECTION_VERSION).tar.gz --context build/ee
 
+# The execution environment image, built with podman and no registry, then checked
+# in the image (tools/ee_image.py): the collection's version, every module's docs,
+# plan.yml on the case study with its picture, and ansible-navigator when the venv
+# has it. podman's storage is .cache/ee/containers (podman outside the tool does not
+# see it: python tools/ee_image.py --podman images). Root; not in make test.
+ee-image: build ee-deps
+	$(PY) tools/ee_image.py --tarball build/sitelink-gateway-$(COLLECTION_VERSION).tar.gz \
+	  $(if $(wildcard $(BIN)/ansible-navigator),--navigator)
+
+ee-deps:
+	$(call apt_install,$(EE_APT_PACKAGES))
+
 # The HTML docs site (antsibull-docs and Sphinx), from the same plugin and role docs.
 docs: setup
 	tools/build_docs.sh
 
 # make release VERSION=x.y.z: galaxy.yml's version, the changelog's release (from
-# changelogs/fragments, which it removes), and the tarball in build/.
+# changelogs/fragments, which it removes), the tarball in build/, and the EE image
+# built from it and checked (root).
 release: setup
 	@[[ "$(VERSION)" =~ ^[0-9]+\.[0-9]+\.[0-9]+$$ ]] || { echo "usage: make release VERSION=x.y.z"; exit 2; }
 	sed -i 's/^version: .*/version: $(VERSION)/' galaxy.yml
 	$(BIN)/antsibull-changelog release --reload-plugins
 	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
-	$(MAKE) build
+	$(MAKE) build ee-image
 	@echo "released $(VERSION): commit galaxy.yml, changelogs/ and CHANGELOG.rst, tag $(VERSION)"
 
 test: lint sanity unit matrix integration build docs ee molecule

@@ -20,7 +20,9 @@
    declared system and Python dependencies come out, and nothing else.
 
 One line per check; exit status 1, naming what is missing, when any fails. Then
-``podman build -f CONTEXT/Containerfile CONTEXT`` (or docker) builds the image.
+``make ee-image`` (tools/ee_image.py) builds the image with podman, offline, and
+checks it; with a registry, ``ansible-builder build`` (or ``podman build -f
+CONTEXT/Containerfile CONTEXT``) builds it from debian:trixie, fetching everything.
 """
 
 from __future__ import annotations
@@ -276,6 +278,24 @@ def check_tarball(c: Checks, tarball: Path, repo: Path) -> dict:
     return info
 
 
+def default_core_pin(repo: Path) -> tuple[Optional[str], str]:
+    """The ansible-core ``make setup`` installs by default, and the file that pins it.
+
+    requirements.txt when it pins one; else the newest requirements/core-X.Y.txt.
+    """
+    files = [repo / "requirements.txt"]
+    files += sorted(
+        (repo / "requirements").glob("core-*.txt"),
+        key=lambda p: version_tuple(p.stem),
+        reverse=True,
+    )
+    for path in files:
+        for line in read_lines(path):
+            if re.match(r"ansible-core\s*==", line):
+                return without_comment(line).partition("==")[2].strip(), str(path.relative_to(repo))
+    return None, ""
+
+
 def check_containerfile(c: Checks, containerfile: Path, ee: dict, repo: Path) -> str:
     text = containerfile.read_text(encoding="utf-8") if containerfile.exists() else ""
     c.check(bool(text), f"{containerfile} written", "ansible-builder create wrote none")
@@ -299,24 +319,20 @@ def check_containerfile(c: Checks, containerfile: Path, ee: dict, repo: Path) ->
         "it does not (AWX runs jobs with ansible-runner)",
     )
     core_version = core.partition("==")[2]
-    # The newest release of the matrix (requirements/core-X.Y.txt), make setup's default.
-    newest = max(
-        (repo / "requirements").glob("core-*.txt"),
-        key=lambda p: tuple(int(n) for n in p.stem.removeprefix("core-").split(".")),
-    )
-    pinned = next(
-        (
-            line.partition("==")[2].strip()
-            for line in read_lines(newest)
-            if re.match(r"ansible-core\s*==", line)
-        ),
-        None,
-    )
-    c.check(
-        core_version == pinned,
-        f"ansible-core {core_version} is requirements/{newest.name}'s pin",
-        f"requirements/{newest.name} pins {pinned}, the EE {core_version or 'nothing'}",
-    )
+    pinned, source = default_core_pin(repo)
+    if pinned:
+        c.check(
+            core_version == pinned,
+            f"ansible-core {core_version} is {source}'s pin (make setup's default)",
+            f"{source} pins {pinned}, the EE {core_version or 'nothing'}",
+        )
+    base_is_debian = re.search(r"(^|/)(debian|ubuntu):", str(base or "")) is not None
+    if base_is_debian:
+        c.check(
+            args.get("PKGMGR") == "/usr/bin/apt-get",
+            f"Containerfile installs system packages with apt-get on {base}",
+            f"PKGMGR is {args.get('PKGMGR')!r} (options.package_manager_path)",
+        )
     runtime = yaml.safe_load((repo / "meta/runtime.yml").read_text(encoding="utf-8")) or {}
     requires = str(runtime.get("requires_ansible", ""))
     c.check(
@@ -438,12 +454,12 @@ def check_introspection(
         cwd=build,
         env=env,
     )
-    check_system_packages(  # the base image is Fedora: dnf, rpm selectors
+    check_system_packages(  # the base image is Debian: apt-get, dpkg selectors
         c,
         read_lines(out_dir / "bindep.txt"),
-        "builder stage: the image's dnf installs {name}",
+        "builder stage: the image's apt-get installs {name}",
         "missing from the combined bindep list",
-        families=("rpm",),
+        families=("dpkg",),
     )
     combined_pip = requirement_names(read_lines(out_dir / "requirements.txt"))
     c.check(
@@ -498,7 +514,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"  - {failure}")
         return 1
     print(f"\nexecution environment context ok: {c.count} checks, {elapsed:.1f} s")
-    print(f"build it with: podman build -t sitelink-ee -f {context}/Containerfile {context}")
+    print("build the image offline with podman and check it: make ee-image")
+    print(f"or, with a registry: podman build -t sitelink-ee -f {context}/Containerfile {context}")
     return 0
 
 
