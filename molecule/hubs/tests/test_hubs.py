@@ -195,9 +195,7 @@ def test_a_hub_gone_from_the_internet_fails_over_and_back(tmp_path, capsys):
 # --------------------------------------------------------------------------- 3. a hub rebooted
 
 
-@pytest.mark.skipif(
-    not os.environ.get("SITELINK_BENCH"), reason="make bench (SITELINK_BENCH=1)"
-)
+@pytest.mark.skipif(not os.environ.get("SITELINK_BENCH"), reason="make bench (SITELINK_BENCH=1)")
 def test_a_rebooted_hub_fails_over_and_its_links_come_back_by_themselves(capsys):
     streams = Streams()
     try:
