@@ -65,7 +65,7 @@ help:
 	@echo "  make bench-plan   planning only;  make bench-relay   the relay only (and a hub's fan-out)"
 	@echo "  make ee-image     the execution environment image, built with podman offline (a local"
 	@echo "                    Debian base, wheels from PyPI), then checked in the image (root; in"
-	@echo "                    make release, not make test; installs podman, runc, mmdebstrap)"
+	@echo "                    make release, not make test; make ee-deps: podman, runc, mmdebstrap)"
 	@echo "  make scale N=200  the crowd lab: a hub and N-1 branches (two real, the rest simulated"
 	@echo "                    by one VM); site.yml, SAs, reboot, broadcasts, verify.yml, removal"
 	@echo "                    (default N=$(SCALE_N); /tmp/sitelink-lab/scale/scale-N.json)"
