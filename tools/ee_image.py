@@ -537,7 +537,10 @@ def check_navigator(c: Checks, engine: Engine, image: str, repo: Path, out: Path
     cmd += ["--playbook-artifact-enable", "false", "--log-file", str(out / "navigator.log")]
     cmd += ["--extra-vars", f"sitelink_plan_dir={IN_OUT}/plan"]
     cmd += ["--extra-vars", "sitelink_plan_console=summary"]
-    env = dict(engine.env, ANSIBLE_NAVIGATOR_CONFIG=str(out / "navigator.yml"))
+    # The host's Ansible settings (make exports ANSIBLE_COLLECTIONS_PATH, ANSIBLE_HOME)
+    # are not the image's: navigator would hand them to ansible-playbook in it.
+    env = {k: v for k, v in engine.env.items() if not k.startswith("ANSIBLE_")}
+    env["ANSIBLE_NAVIGATOR_CONFIG"] = str(out / "navigator.yml")
     (out / "navigator.yml").write_text("---\nansible-navigator: {}\n", encoding="utf-8")
     say(f"navigator: {shlex.join(cmd)}")
     result = subprocess.run(
