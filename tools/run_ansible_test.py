@@ -6,7 +6,7 @@ do). This copies the files git knows about (tracked, plus new ones not ignored)
 into ``.cache/ansible-test/ansible_collections/sitelink/gateway`` and runs
 ansible-test there with the arguments given, e.g.::
 
-    python tools/run_ansible_test.py sanity --venv --python 3.11
+    python tools/run_ansible_test.py sanity --venv --python 3.12
 
 ``--relay`` first tests the relay program instead. Gateways run it with their own
 python3 (3.9 on Debian 11), but ansible-test holds only modules and module_utils
