@@ -78,6 +78,16 @@ class Checks:
             print(f"FAIL  {what}" + (f": {why}" if why else ""))
         return ok
 
+    def summary(self, subject: str, detail: str) -> int:
+        """The closing lines (the failures again, if any) and the exit status."""
+        if self.failed:
+            print(f"\n{subject} NOT ok ({len(self.failed)} failed; {detail}):")
+            for failure in self.failed:
+                print(f"  - {failure}")
+            return 1
+        print(f"\n{subject} ok: {self.count} checks; {detail}")
+        return 0
+
 
 class Fatal(Exception):
     """A step after which nothing else can be checked."""
@@ -507,13 +517,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (Fatal, OSError, ValueError, yaml.YAMLError) as exc:
         c.failed.append(str(exc))
         print(f"FAIL  {exc}")
-    elapsed = time.monotonic() - started
-    if c.failed:
-        print(f"\nexecution environment context NOT ok ({len(c.failed)} failed, {elapsed:.1f} s):")
-        for failure in c.failed:
-            print(f"  - {failure}")
+    if c.summary("execution environment context", f"{time.monotonic() - started:.1f} s"):
         return 1
-    print(f"\nexecution environment context ok: {c.count} checks, {elapsed:.1f} s")
     print("build the image offline with podman and check it: make ee-image")
     print(f"or, with a registry: podman build -t sitelink-ee -f {context}/Containerfile {context}")
     return 0

@@ -649,13 +649,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         engine.teardown()
     summary = ", ".join(f"{what} {seconds:.1f} s" for what, seconds in times.items())
     total = time.monotonic() - started
-    if c.failed:
-        print(f"\nexecution environment image NOT ok ({len(c.failed)} failed; {summary}):")
-        for failure in c.failed:
-            print(f"  - {failure}")
-        return 1
-    print(f"\nexecution environment image ok: {c.count} checks; {summary}; total {total:.1f} s")
-    return 0
+    return c.summary("execution environment image", f"{summary}; total {total:.1f} s")
 
 
 if __name__ == "__main__":
