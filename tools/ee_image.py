@@ -592,7 +592,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             version = tarball_version(tarball)
             image = f"localhost/{IMAGE}:{version}"
             if not args.skip_build:
-                staged, _ = staged_tarball(ee, ee_file)
+                staged = staged_tarball(ee, ee_file)[0]
                 staged.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(tarball, staged)
                 say(f"staged {tarball} as {staged}")
