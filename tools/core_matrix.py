@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 REQUIREMENTS = REPO / "requirements"
 VENVS = REPO / ".cache" / "ansible-core"
+TREE = REPO / ".cache" / "ansible-test-matrix"
 # The controller Pythons each release runs on, in the order tried: ansible-core
 # 2.20 dropped 3.11. 2.19 keeps 3.11, the Python it was first tested on here.
 CONTROLLER_PYTHONS = {
@@ -170,6 +171,8 @@ def run(skip: list[str]) -> int:
         venv = venv_for(release)
         python = Path(python_for(release)).name.removeprefix("python")
         env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
+        # A copy of the collection of its own, so that it can run beside make sanity.
+        env["SITELINK_ANSIBLE_TEST_TREE"] = str(TREE)
         tool = [str(venv / "bin" / "python"), str(REPO / "tools" / "run_ansible_test.py")]
         for test in ("sanity", "units"):
             print(f"== ansible-core {release}: ansible-test {test} --python {python}", flush=True)

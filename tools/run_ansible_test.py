@@ -39,7 +39,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-TREE = REPO / ".cache" / "ansible-test"
+# SITELINK_ANSIBLE_TEST_TREE gives a run a tree of its own: make test runs the
+# ansible-core matrix (tools/core_matrix.py) beside make sanity and make unit.
+TREE = Path(os.environ.get("SITELINK_ANSIBLE_TEST_TREE") or REPO / ".cache" / "ansible-test")
 COLLECTION = TREE / "ansible_collections" / "sitelink" / "gateway"
 RELAY_VIEW = TREE / "ansible_collections" / "sitelink" / "relay_view"
 # __main__.py only starts the program (it would run it on import).

@@ -341,6 +341,10 @@ def _firewall_digest(vm: str) -> str:
     return out.split()[-1].strip('"')
 
 
+# make bench (SITELINK_BENCH=1), for its 2.5 minutes: make test keeps under 45 minutes
+# with the ansible-core matrix. The rollback's parts have unit tests (test_checkpoint,
+# test_rollback_restore, test_gateway_confirm_action); this is the whole of it on a VM.
+@pytest.mark.skipif(not os.environ.get("SITELINK_BENCH"), reason="make bench (SITELINK_BENCH=1)")
 def test_a_push_that_cuts_ssh_is_rolled_back_by_the_gateway():
     """Management sources that exclude the controller: the hub applies them, cannot be
     reached over a new connection, and restores its previous rules by itself."""
