@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 REQUIREMENTS = REPO / "requirements"
 VENVS = REPO / ".cache" / "ansible-core"
+# ansible-test's copy of the collection for the matrix, apart from make sanity's.
 TREE = REPO / ".cache" / "ansible-test-matrix"
 # The controller Pythons each release runs on, in the order tried: ansible-core
 # 2.20 dropped 3.11. 2.19 keeps 3.11, the Python it was first tested on here.
@@ -42,8 +43,9 @@ CONTROLLER_PYTHONS = {
     "2.20": ("3.12", "3.13"),
     "2.21": ("3.12", "3.13"),
 }
-# The sanity run each release gets: the controller's (every test); the gateways'
-# Python 3.9 compile and import are make sanity's, on the default release.
+# A release's ansible-core pin in its requirements file. Each release gets every
+# sanity test on its controller Python; the gateways' Python 3.9 compile and import
+# are make sanity's, on the default release.
 PIN = re.compile(r"^ansible-core==(\d+\.\d+)\.\d+\s*$", re.MULTILINE)
 
 
