@@ -43,7 +43,7 @@ help:
 	@echo "  make plan         redraw both examples' plans and pictures (examples/*/plan; needs Graphviz)"
 	@echo "  make build        the collection tarball in build/, installed and checked"
 	@echo "  make docs         the HTML docs site in build/docs (Sphinx, -W)"
-	@echo "Checks (make test runs them all, in this order; about 45 minutes on 2 cores, root):"
+	@echo "Checks (make test runs them all, about 40 minutes on 2 cores, root):"
 	@echo "  make lint         ruff, the office schema's generated files, ansible-lint, changelog, docs lint"
 	@echo "  make sanity       ansible-test sanity; Python $(GATEWAY_PYTHON) for what runs on gateways"
 	@echo "  make unit         unit tests: modules, module_utils, controller plugins, the relay"
