@@ -316,7 +316,8 @@ def rekeyed_from_scratch(vm: str, link: str) -> bool:
 
 
 # make bench (SITELINK_BENCH=1), for its 5 minutes: make test keeps under 45 minutes
-# with the ansible-core matrix, and keeps the rotation in a bad order above.
+# with the ansible-core matrix, and keeps the rotation in a bad order above, whose
+# end (every gateway on the new secret alone) this test starts from.
 @pytest.mark.skipif(not os.environ.get("SITELINK_BENCH"), reason="make bench (SITELINK_BENCH=1)")
 def test_each_end_authenticates_with_the_keys_of_its_step(tmp_path):
     """Every gateway has the new secret only. Then, charon restarted at Harlem each time
