@@ -180,8 +180,8 @@ build: setup relay
 	done
 	@echo "collection builds, installs, and its docs render"
 
-# Two scenarios, one after the other (each boots its own VMs): the case study,
-# then a hub and two branches.
+# Three scenarios, one after the other (each boots its own VMs): the case study,
+# a hub and two branches, two hubs and two branches.
 molecule: setup deps
 	$(BIN)/molecule test -s default
 	$(BIN)/molecule test -s offices
