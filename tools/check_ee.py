@@ -44,6 +44,10 @@ from typing import Optional
 
 import yaml
 
+# tools/ is not a package: the matrix's releases come from its sibling.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import core_matrix  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE, NAME = "sitelink", "gateway"
 # What the controller side needs from the system, per package family of the base
@@ -289,21 +293,13 @@ def check_tarball(c: Checks, tarball: Path, repo: Path) -> dict:
 
 
 def default_core_pin(repo: Path) -> tuple[Optional[str], str]:
-    """The ansible-core ``make setup`` installs by default, and the file that pins it.
-
-    requirements.txt when it pins one; else the newest requirements/core-X.Y.txt.
-    """
-    files = [repo / "requirements.txt"]
-    files += sorted(
-        (repo / "requirements").glob("core-*.txt"),
-        key=lambda p: version_tuple(p.stem),
-        reverse=True,
-    )
-    for path in files:
-        for line in read_lines(path):
-            if re.match(r"ansible-core\s*==", line):
-                return without_comment(line).partition("==")[2].strip(), str(path.relative_to(repo))
-    return None, ""
+    """The ansible-core ``make setup`` installs by default, and the file that pins it:
+    the newest release of the matrix (tools/core_matrix.py), requirements/core-X.Y.txt."""
+    path = repo / "requirements" / f"core-{core_matrix.releases()[-1]}.txt"
+    for line in read_lines(path):
+        if re.match(r"ansible-core\s*==", line):
+            return without_comment(line).partition("==")[2].strip(), str(path.relative_to(repo))
+    return None, str(path.relative_to(repo))
 
 
 def check_containerfile(c: Checks, containerfile: Path, ee: dict, repo: Path) -> str:
@@ -330,12 +326,11 @@ def check_containerfile(c: Checks, containerfile: Path, ee: dict, repo: Path) ->
     )
     core_version = core.partition("==")[2]
     pinned, source = default_core_pin(repo)
-    if pinned:
-        c.check(
-            core_version == pinned,
-            f"ansible-core {core_version} is {source}'s pin (make setup's default)",
-            f"{source} pins {pinned}, the EE {core_version or 'nothing'}",
-        )
+    c.check(
+        bool(pinned) and core_version == pinned,
+        f"ansible-core {core_version} is {source}'s pin (make setup's default)",
+        f"{source} pins {pinned or 'nothing'}, the EE {core_version or 'nothing'}",
+    )
     base_is_debian = re.search(r"(^|/)(debian|ubuntu):", str(base or "")) is not None
     if base_is_debian:
         c.check(
